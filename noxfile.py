@@ -1,0 +1,120 @@
+"""Developer and CI sessions for netcall.
+
+nox                      # tests (every interpreter found) + lint + typecheck
+nox -s tests-3.10 tests-3.13 lint typecheck     # what .ci/run runs
+nox -s bench -- --help   # benchmarks against raw pyzmq and peer libraries
+nox -s demo              # service + client demo with streaming
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2024.4.15"
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_venv = "yes"
+nox.options.error_on_external_run = True
+
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+# One fixed interpreter for the single-run sessions (the image's default python).
+TOOLS_PYTHON = "3.11"
+ROOT = Path(__file__).parent
+LINT_PATHS = ["src", "tests", "benchmarks", "examples", "noxfile.py"]
+# Pinned so a new ruff/mypy release cannot turn CI red overnight; bump deliberately.
+RUFF = "ruff==0.17.6"
+MYPY = "mypy==2.4.1"
+BENCH_PEERS = ["zerorpc", "aiozmq", "grpcio", "uvloop", "matplotlib"]
+
+
+def _expose_pyenv_interpreters() -> None:
+    """Put every pyenv-installed CPython on PATH so nox can find python3.X.
+
+    pyenv's shims exist for all installed versions but fail for versions that are
+    not selected by `pyenv global`, so a shim found first would make nox (with CI
+    set) report a missing interpreter. Real bin dirs are prepended ahead of shims.
+    """
+    root = os.environ.get("PYENV_ROOT")
+    if not root and shutil.which("pyenv"):
+        try:
+            root = subprocess.run(
+                ["pyenv", "root"], capture_output=True, text=True, check=True, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            root = None
+    if not root:
+        root = str(Path.home() / ".pyenv")
+    versions = Path(root) / "versions"
+    if not versions.is_dir():
+        return
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    extra: list[str] = []
+    for want in PYTHONS:
+        # newest patch release of each minor version
+        cands = sorted(
+            (p for p in versions.glob(f"{want}.*") if (p / "bin" / f"python{want}").exists()),
+            key=lambda p: [int(x) if x.isdigit() else -1 for x in p.name.split(".")],
+        )
+        if cands:
+            bindir = str(cands[-1] / "bin")
+            if bindir not in path:
+                extra.append(bindir)
+    if extra:
+        os.environ["PATH"] = os.pathsep.join(extra + path)
+
+
+_expose_pyenv_interpreters()
+
+
+def _existing(paths: list[str]) -> list[str]:
+    return [p for p in paths if (ROOT / p).exists()]
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """Run the test suite (pytest args after `--`)."""
+    session.install(".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=TOOLS_PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check + ruff format --check."""
+    session.install(RUFF)
+    paths = _existing(LINT_PATHS)
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
+
+
+@nox.session(python=TOOLS_PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on src/ (settings in pyproject.toml)."""
+    session.install(MYPY, ".[all]")
+    session.run("mypy", "src/", *session.posargs)
+
+
+@nox.session(python=TOOLS_PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks vs raw pyzmq and peers; results in benchmarks/README.md."""
+    session.install(".[all]", *BENCH_PEERS)
+    session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session(python=TOOLS_PYTHON)
+def demo(session: nox.Session) -> None:
+    """Run the service + client demo (with streaming)."""
+    session.install(".")
+    session.run("python", "examples/demo.py", *session.posargs)
+
+
+@nox.session(name="format", python=TOOLS_PYTHON)
+def format_(session: nox.Session) -> None:
+    """Apply ruff fixes and formatting (not run by default)."""
+    session.install(RUFF)
+    paths = _existing(LINT_PATHS)
+    session.run("ruff", "check", "--fix", *paths)
+    session.run("ruff", "format", *paths)
