@@ -1,0 +1,62 @@
+"""netcall: RPC for Python on ZeroMQ, asyncio-native.
+
+::
+
+    from netcall import RPCService, RPCClient
+
+    service = RPCService()
+
+    @service.register
+    async def echo(s):
+        return s
+
+Legacy entry points over the same core: :mod:`netcall.tornado`, :mod:`netcall.green` (gevent)
+and :mod:`netcall.sync` (a blocking client).
+"""
+
+from ._context import CallContext, current_call
+from .client import RemoteGenerator, RPCClient
+from .errors import (
+    ClientClosedError,
+    MethodNotFoundError,
+    ProtocolError,
+    RemoteProtocolError,
+    RemoteRPCError,
+    RemoteSerializationError,
+    RPCError,
+    RPCTimeoutError,
+    SerializationError,
+    SerializerMismatchError,
+    ServiceStoppingError,
+    StreamClosedError,
+)
+from .serializers import JSONSerializer, MsgpackSerializer, PickleSerializer, Serializer
+from .service import RESERVED_NAMES, RPCService
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RESERVED_NAMES",
+    "CallContext",
+    "ClientClosedError",
+    "JSONSerializer",
+    "MethodNotFoundError",
+    "MsgpackSerializer",
+    "PickleSerializer",
+    "ProtocolError",
+    "RPCClient",
+    "RPCError",
+    "RPCService",
+    "RPCTimeoutError",
+    "RemoteGenerator",
+    "RemoteProtocolError",
+    "RemoteRPCError",
+    "RemoteSerializationError",
+    "SerializationError",
+    "Serializer",
+    "SerializerMismatchError",
+    "ServiceStoppingError",
+    "StreamClosedError",
+    "__version__",
+    "current_call",
+]

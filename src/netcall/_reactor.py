@@ -1,0 +1,200 @@
+"""Drives one ZeroMQ socket from an asyncio loop.
+
+Why not ``zmq.asyncio``: its per-operation Future dominates under load. Here one reader callback
+on the socket's file descriptor drains every ready message without blocking, and sends are
+plain non-blocking calls. Rules this file keeps:
+
+- The ZeroMQ FD is edge-triggered: after every batch of sends or receives ``EVENTS`` is
+  checked again (scheduled once per loop iteration), or a message could sit unseen.
+- ``EAGAIN`` on send is "try again" (the peer's pipe is full, or libzmq throttled command
+  processing), never a failure: the message is queued for that peer, in order, and retried.
+- ``EHOSTUNREACH`` (ROUTER_MANDATORY: the peer is gone) drops the message and reports the peer.
+- Everything runs on the loop's thread; only :meth:`SocketDriver.close` may be called from
+  elsewhere through ``loop.call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+log = logging.getLogger("netcall")
+
+_BATCH = 512  # messages handled per wake-up before yielding to other callbacks
+_RETRY_MIN = 0.0005
+_RETRY_MAX = 0.02
+
+OnMessage = Callable[[list[Any]], None]
+OnUnreachable = Callable[[bytes], None]
+
+
+class SocketDriver:
+    """Reads and writes one ROUTER socket on an asyncio loop (see the module docstring)."""
+
+    __slots__ = (
+        "_blocked",
+        "_check_scheduled",
+        "_closed",
+        "_fd",
+        "_loop",
+        "_on_message",
+        "_on_unreachable",
+        "_retry_delay",
+        "_retry_handle",
+        "sock",
+    )
+
+    def __init__(
+        self,
+        sock: zmq.Socket[Any],
+        loop: asyncio.AbstractEventLoop,
+        on_message: OnMessage,
+        on_unreachable: OnUnreachable | None = None,
+    ) -> None:
+        self.sock = sock
+        self._loop = loop
+        self._on_message = on_message
+        self._on_unreachable = on_unreachable
+        self._blocked: dict[bytes, deque[list[Any]]] = {}
+        self._retry_handle: asyncio.TimerHandle | None = None
+        self._retry_delay = _RETRY_MIN
+        self._check_scheduled = False
+        self._closed = False
+        self._fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]
+        loop.add_reader(self._fd, self._on_ready)
+        # Messages may already be queued (the FD edge came before we listened).
+        self._schedule_check()
+
+    @property
+    def backlog(self) -> int:
+        """Messages waiting for a full peer pipe to drain."""
+        return sum(len(q) for q in self._blocked.values())
+
+    def is_blocked(self, peer: bytes) -> bool:
+        """Whether messages to ``peer`` are queued behind a full pipe."""
+        return peer in self._blocked
+
+    def send(self, frames: list[Any]) -> None:
+        """Send ``frames`` (routing id first) without blocking; queue it if the peer is full."""
+        if self._closed:
+            return
+        if self._blocked:
+            queue = self._blocked.get(frames[0])
+            if queue is not None:
+                queue.append(frames)
+                return
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=len(frames[-1]) < 65536)
+        except zmq.Again:
+            self._blocked[frames[0]] = deque([frames])
+            self._schedule_retry()
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EHOSTUNREACH:
+                self._unreachable(frames[0])
+            elif exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
+                self._closed = True
+            else:
+                raise
+        if not self._check_scheduled:
+            self._check_scheduled = True
+            self._loop.call_soon(self._on_ready)
+
+    def _unreachable(self, peer: bytes) -> None:
+        self._blocked.pop(peer, None)
+        if self._on_unreachable is not None:
+            self._on_unreachable(peer)
+
+    def _schedule_check(self) -> None:
+        if not self._check_scheduled and not self._closed:
+            self._check_scheduled = True
+            self._loop.call_soon(self._on_ready)
+
+    def _schedule_retry(self) -> None:
+        if self._retry_handle is None and not self._closed:
+            self._retry_handle = self._loop.call_later(self._retry_delay, self._retry)
+
+    def _retry(self) -> None:
+        self._retry_handle = None
+        if self._flush():
+            self._retry_delay = _RETRY_MIN
+        else:
+            self._retry_delay = min(self._retry_delay * 2, _RETRY_MAX)
+            self._schedule_retry()
+
+    def _flush(self) -> bool:
+        """Try to send every queued message; True when nothing is left queued."""
+        sock = self.sock
+        for peer in list(self._blocked):
+            queue = self._blocked[peer]
+            while queue:
+                try:
+                    sock.send_multipart(queue[0], zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except zmq.ZMQError as exc:
+                    if exc.errno == errno.EHOSTUNREACH:
+                        self._unreachable(peer)
+                        break
+                    if exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
+                        self._closed = True
+                        return True
+                    raise
+                queue.popleft()
+            else:
+                del self._blocked[peer]
+        return not self._blocked
+
+    def _on_ready(self) -> None:
+        self._check_scheduled = False
+        if self._closed:
+            return
+        sock = self.sock
+        on_message = self._on_message
+        handled = 0
+        try:
+            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[operator,arg-type]
+                while handled < _BATCH:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    handled += 1
+                    try:
+                        on_message(frames)
+                    except Exception:  # a handler bug must never kill the reader
+                        log.exception("netcall: error while handling a message")
+                if handled >= _BATCH:
+                    # Let other callbacks run; come back for the rest.
+                    self._schedule_check()
+                    break
+                if sock.closed:  # a handler closed us
+                    return
+        except zmq.ZMQError as exc:
+            if exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
+                self._closed = True
+                return
+            raise
+        if self._blocked and self._retry_handle is None:
+            self._schedule_retry()
+
+    def close(self, linger: int = 0) -> None:
+        """Stop reading and close the socket (on the loop's thread)."""
+        if self._closed and self.sock.closed:
+            return
+        self._closed = True
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+            self._retry_handle = None
+        try:
+            self._loop.remove_reader(self._fd)
+        except Exception:  # the loop may already be closed
+            pass
+        self._blocked.clear()
+        if not self.sock.closed:
+            self.sock.close(linger=linger)

@@ -1,0 +1,251 @@
+"""netcall's exceptions.
+
+The tree::
+
+    RPCError                          base of everything netcall raises
+    ├── RemoteRPCError                the remote handler raised; crossed the wire
+    │   ├── (Remote<Builtin>)         also an instance of the builtin type, e.g. ValueError,
+    │   │                             built from an allowlist, never by unpickling
+    │   ├── MethodNotFoundError       no such method on the service (also an AttributeError)
+    │   ├── ServiceStoppingError      the service stopped before it finished the call
+    │   ├── StreamClosedError         the service has no such open stream
+    │   ├── RemoteSerializationError  the service could not decode arguments or encode a result
+    │   │                             (also a SerializationError)
+    │   └── RemoteProtocolError       the service rejected a malformed message (also a
+    │                                 ProtocolError)
+    ├── RPCTimeoutError               no answer before the timeout (also a TimeoutError)
+    ├── ProtocolError                 malformed frames, or a peer speaking another version
+    ├── SerializationError            a value could not be encoded or decoded (also a TypeError)
+    │   └── SerializerMismatchError   the client and the service use different serializers
+    └── ClientClosedError             the client was closed before or during the call
+
+``asyncio.CancelledError`` is never wrapped: a cancelled call re-raises it unchanged.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+__all__ = [
+    "BUILTIN_ERRORS",
+    "ClientClosedError",
+    "MethodNotFoundError",
+    "ProtocolError",
+    "RPCError",
+    "RPCTimeoutError",
+    "RemoteProtocolError",
+    "RemoteRPCError",
+    "RemoteSerializationError",
+    "SerializationError",
+    "SerializerMismatchError",
+    "ServiceStoppingError",
+    "StreamClosedError",
+    "exception_from_remote",
+    "exception_to_remote",
+    "remote_type_name",
+]
+
+
+class RPCError(Exception):
+    """Base class of every error netcall raises."""
+
+
+class RemoteRPCError(RPCError):
+    """The remote side raised an exception.
+
+    Attributes:
+        type_name: the remote exception's type, e.g. ``"ValueError"`` or ``"app.models.Missing"``.
+        message: ``str()`` of the remote exception.
+        traceback: the formatted remote traceback (may be empty).
+    """
+
+    def __init__(self, type_name: str, message: str = "", traceback: str = "") -> None:
+        super().__init__(type_name, message, traceback)
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        text = f"{self.type_name}: {self.message}" if self.message else self.type_name
+        if self.traceback:
+            text += "\n--- remote traceback ---\n" + self.traceback.rstrip()
+        return text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (exception_from_remote, (self.type_name, self.message, self.traceback))
+
+
+class MethodNotFoundError(RemoteRPCError, AttributeError):
+    """The service has no method of that name."""
+
+
+class ServiceStoppingError(RemoteRPCError):
+    """The service was stopped before it finished the call (its grace period ran out)."""
+
+
+class RPCTimeoutError(RPCError, TimeoutError):
+    """No answer arrived within the call's timeout. The remote handler is asked to cancel."""
+
+
+class ProtocolError(RPCError):
+    """A message could not be parsed, or came from a peer speaking another protocol version."""
+
+
+class SerializationError(RPCError, TypeError):
+    """A value could not be serialized or deserialized by the configured serializer."""
+
+
+class SerializerMismatchError(SerializationError):
+    """The client and the service are configured with different serializers."""
+
+
+class ClientClosedError(RPCError):
+    """The client was closed before or while the call was made."""
+
+
+#: Builtin exception types that a remote error may be raised as, by name. Only these names are
+#: turned into local types; every other name stays a plain :class:`RemoteRPCError`.
+BUILTIN_ERRORS: frozenset[str] = frozenset(
+    {
+        "ArithmeticError",
+        "AssertionError",
+        "AttributeError",
+        "BufferError",
+        "EOFError",
+        "FileExistsError",
+        "FileNotFoundError",
+        "FloatingPointError",
+        "ImportError",
+        "IndexError",
+        "IsADirectoryError",
+        "KeyError",
+        "LookupError",
+        "MemoryError",
+        "ModuleNotFoundError",
+        "NameError",
+        "NotADirectoryError",
+        "NotImplementedError",
+        "OSError",
+        "OverflowError",
+        "PermissionError",
+        "RecursionError",
+        "ReferenceError",
+        "RuntimeError",
+        "StopIteration",
+        "StopAsyncIteration",
+        "TimeoutError",
+        "TypeError",
+        "UnicodeDecodeError",
+        "UnicodeEncodeError",
+        "UnicodeError",
+        "ValueError",
+        "ZeroDivisionError",
+        "ConnectionError",
+        "ConnectionRefusedError",
+        "ConnectionResetError",
+        "BrokenPipeError",
+        "ProcessLookupError",
+        "Exception",
+        "GeneratorExit",
+        "KeyboardInterrupt",
+        "SystemExit",
+    }
+)
+
+
+class RemoteSerializationError(RemoteRPCError, SerializationError):
+    """The service could not decode the arguments or encode the result."""
+
+
+class RemoteProtocolError(RemoteRPCError, ProtocolError):
+    """The service rejected a message as malformed."""
+
+
+class StreamClosedError(RemoteRPCError):
+    """The service has no open stream of that id (it ended, or its lease expired)."""
+
+
+# Names netcall itself sends for its own refusals.
+_NETCALL_ERRORS: dict[str, type[RPCError]] = {
+    "netcall.MethodNotFound": MethodNotFoundError,
+    "netcall.ServiceStopping": ServiceStoppingError,
+    "netcall.SerializationError": RemoteSerializationError,
+    "netcall.ProtocolError": RemoteProtocolError,
+    "netcall.StreamClosed": StreamClosedError,
+    "netcall.SerializerMismatch": SerializerMismatchError,
+    "netcall.Timeout": RPCTimeoutError,
+}
+
+_remote_classes: dict[str, type[RemoteRPCError]] = {}
+
+
+def _remote_class(name: str) -> type[RemoteRPCError]:
+    cls = _remote_classes.get(name)
+    if cls is None:
+        base = getattr(builtins, name)
+        if base in (GeneratorExit, KeyboardInterrupt, SystemExit):
+            # Never let a remote peer raise these control-flow exceptions locally.
+            cls = RemoteRPCError
+        else:
+            cls = type(f"Remote{name}", (RemoteRPCError, base), {"__module__": __name__})
+        _remote_classes[name] = cls
+    return cls
+
+
+def exception_from_remote(type_name: str, message: str, traceback: str = "") -> RPCError:
+    """Build the local exception for an error that crossed the wire.
+
+    Builtin names in :data:`BUILTIN_ERRORS` give an instance of both :class:`RemoteRPCError` and
+    the builtin type; netcall's own names give their classes; anything else a plain
+    :class:`RemoteRPCError`.
+    """
+    cls: type[RemoteRPCError]
+    local = _NETCALL_ERRORS.get(type_name)
+    if local is not None and not issubclass(local, RemoteRPCError):
+        return local(message)
+    if local is not None:
+        cls = local
+    elif type_name in BUILTIN_ERRORS:
+        cls = _remote_class(type_name)
+    else:
+        cls = RemoteRPCError
+    exc = cls.__new__(cls)
+    RemoteRPCError.__init__(exc, type_name, message, traceback)
+    return exc
+
+
+def remote_type_name(exc: BaseException) -> str:
+    """The name an exception travels under: bare for builtins, ``module.Qualname`` otherwise."""
+    if isinstance(exc, RemoteRPCError):
+        return exc.type_name
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def exception_to_remote(exc: BaseException) -> tuple[str, str]:
+    """The (type name, message) pair of a local exception, as it is sent."""
+    if isinstance(exc, RemoteRPCError):
+        return exc.type_name, exc.message
+    return remote_type_name(exc), str(exc)
+
+
+def exception_for_throw(type_name: str, message: str) -> BaseException:
+    """Rebuild an exception thrown into a remote generator (``athrow``), by allowlist.
+
+    A builtin name gives that builtin type with the message; anything else a
+    :class:`RemoteRPCError` carrying the name.
+    """
+    if type_name in BUILTIN_ERRORS and type_name not in (
+        "GeneratorExit",
+        "KeyboardInterrupt",
+        "SystemExit",
+    ):
+        cls = getattr(builtins, type_name)
+        try:
+            return cls(message) if message else cls()  # type: ignore[no-any-return]
+        except Exception:  # pragma: no cover - builtins with odd constructors
+            pass
+    return RemoteRPCError(type_name, message)
