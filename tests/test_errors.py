@@ -305,21 +305,34 @@ async def raw_dealer(ctx):
         s.close(linger=0)
 
 
+def _call_frames(rid=1, method="echo", **kw):
+    return p.Call(rid, method, "msgpack", b"\x90", **kw).to_frames()
+
+
+def _with_head(frames, head):
+    return [head, *frames[1:]]
+
+
+# Built only from the protocol's public helpers, so they stay malformed whatever the layout.
 GARBAGE = [
     [b""],
     [b"garbage"],
     [b"\x00" * 12],
     [b"NC"],
     [b"NC\x01"],
-    [b"NC\x01\xff" + b"\x00" * 8],  # unknown kind
-    [p.header(p.Kind.CALL, 1)],  # CALL without its frames
-    [p.header(p.Kind.CALL, 2), b"echo", b"msgpack", b"short", b"\x90"],  # bad options frame
-    [p.header(p.Kind.CALL, 3), b"\xff\xfe", b"msgpack", p._OPTIONS.pack(0, 0, 0), b"\x90"],
-    [p.header(p.Kind.CALL, 4), b"echo", b"msgpack", p._OPTIONS.pack(float("nan"), 0, 0), b"\x90"],
-    [p.header(p.Kind.RESULT, 5), b"\x01"],  # a service-only message sent to a service
-    [p.header(p.Kind.NEXT, 6), b"\xc0"],  # a stream that does not exist
-    [p.header(p.Kind.CREDIT, 7), b"\x00\x00\x00\x10"],
-    [p.header(p.Kind.CANCEL, 8)],  # cancel of an unknown call
+    [p.HEADER.pack(p.MAGIC, p.VERSION, 0xFF, 1)],  # unknown kind
+    [p.header(p.Kind.CALL, 1)],  # CALL without its fields
+    _call_frames(2)[:1],  # CALL without its arguments frame
+    _with_head(_call_frames(3), _call_frames(3)[0][: p.HEADER.size + 3]),  # truncated head
+    _with_head(_call_frames(4), _call_frames(4)[0][:-4] + b"\xff\xfe\xff\xfe"),  # bad UTF-8 name
+    _call_frames(5, deadline=float("nan")),
+    [*_call_frames(6), b"extra", b"frames"],
+    p.Result(7, b"\x01").to_frames(),  # a service-only message sent to a service
+    p.Next(8, b"\xc0").to_frames(),  # a stream that does not exist
+    p.Credit(9, 16).to_frames(),
+    p.Throw(10, "ValueError", "x").to_frames(),
+    p.Cancel(11).to_frames(),  # cancel of an unknown call
+    [*p.Ping(0).to_frames(), b"trailing"],
     [b"x" * 1_000_000],
     [b"a"] * 500,
 ]
@@ -338,16 +351,15 @@ async def test_malformed_frames_do_not_hurt_the_service(fsvc, client, endpoint, 
 
 async def test_wrong_protocol_version_is_answered_with_an_error(fsvc, client, endpoint, raw_dealer):
     raw = raw_dealer(endpoint)
-    call = p.Call(77, "echo", "msgpack", b"\x91\x01")
-    frames = call.to_frames()
-    frames[0] = p.HEADER.pack(p.MAGIC, p.VERSION + 1, p.Kind.CALL, 77)
+    frames = _call_frames(77)
+    head = frames[0]
+    frames[0] = p.HEADER.pack(p.MAGIC, p.VERSION + 1, p.Kind.CALL, 77) + head[p.HEADER.size :]
     raw.send_multipart(frames)
-    reply = await _recv(raw)
     # the reply is readable by *this* version and names the problem; the call did not run
-    kind, rid = p.HEADER.unpack(reply[0])[2:]
-    assert rid == 77
-    assert kind == p.Kind.ERROR
-    assert b"version" in reply[2].lower()
+    reply = p.decode(await _recv(raw))
+    assert isinstance(reply, p.Error)
+    assert reply.id == 77
+    assert "version" in reply.message.lower()
     assert await client.echo("ok") == "ok"
 
 
