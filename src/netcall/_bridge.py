@@ -1,0 +1,528 @@
+"""The machinery shared by the blocking and gevent adapters: one asyncio loop in a real thread.
+
+Rules of this file:
+
+- One owned asyncio loop per process runs in a real OS thread (never a greenlet, even under
+  ``gevent.monkey.patch_all()``), with the real epoll selector and a default executor of real
+  threads. Every socket a bridged client or service owns lives on that loop; nothing else
+  touches it.
+- The loop is reference counted: each bridged client or service :func:`acquire`\\ s it and
+  :func:`release`\\ s it on close; the last release stops and joins the thread. ``atexit`` closes
+  whatever is left; after ``fork()`` the child starts from nothing (the thread does not exist
+  there).
+- A thread waits for a coroutine with ``run_coroutine_threadsafe(...).result()``. A greenlet
+  never blocks its hub: it waits on a :class:`HubPort` (one ``loop.async_()`` watcher per hub
+  and a deque of callbacks to run there, the watcher referenced only while someone waits).
+- Waiting from the loop's own thread would deadlock: it raises ``RuntimeError`` instead.
+- ``CancelledError`` never leaks to the blocking side: a call cancelled because the loop shut
+  down raises :class:`~netcall.errors.ClientClosedError`.
+- Finalizers never block or switch: they schedule with ``call_soon_threadsafe``.
+- No call, stream, timeout or serialization logic here: that is the asyncio core's job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections.abc
+import concurrent.futures
+import functools
+import importlib
+import logging
+import os
+import sys
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import nullcontext
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .errors import ClientClosedError, RPCTimeoutError
+
+if TYPE_CHECKING:
+    from .client import RemoteGenerator
+
+__all__ = ["BlockingGenerator", "Bridge", "HubPort", "acquire", "current_port", "release"]
+
+log = logging.getLogger("netcall")
+
+T = TypeVar("T")
+
+STOP_TIMEOUT = 5.0  # seconds the loop thread gets to finish when the bridge stops
+
+
+def _original(module: str, name: str) -> Any:
+    """``module.name`` as it was before gevent's monkey-patching (if it happened at all)."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:
+        return monkey.get_original(module, name)
+    return getattr(importlib.import_module(module), name)
+
+
+def _real_lock() -> Any:
+    return _original("_thread", "allocate_lock")()
+
+
+def _start_real_thread(fn: Callable[..., None], *args: Any) -> None:
+    _original("_thread", "start_new_thread")(fn, args)
+
+
+def _real_ident() -> int:
+    return int(_original("_thread", "get_ident")())
+
+
+class _RealThreadExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor: each job in a fresh real thread (patched threads would be
+    greenlets of a hub that never runs in the loop thread). Only rare helpers use it
+    (``getaddrinfo``); netcall's own calls never do. asyncio insists on a ThreadPoolExecutor
+    subclass; none of the pool's own machinery is used."""
+
+    def submit(
+        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def work() -> None:
+            if not fut.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+        _start_real_thread(work)
+        return fut
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        return None
+
+
+def _new_selector() -> Any:
+    try:
+        return _original("selectors", "EpollSelector")()
+    except AttributeError:  # pragma: no cover - not Linux
+        return _original("selectors", "DefaultSelector")()
+
+
+# ----------------------------------------------------------------------------------- gevent
+
+
+class HubPort:
+    """Runs callbacks on one gevent hub, from any thread; lets greenlets of that hub wait.
+
+    One per hub (:func:`port_for`). :meth:`submit` appends to a deque and wakes the hub
+    through an ``async_`` watcher, which is started once, here, before anything is scheduled
+    (libev forgets a ``send`` that came before ``start``). The watcher holds the hub alive
+    only while :meth:`hold` counts something waiting, so an idle hub can still exit.
+    """
+
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub
+        self._queue: deque[Callable[[], Any]] = deque()
+        self._holds = 0
+        self._watcher = hub.loop.async_()
+        self._watcher.start(self._drain)
+        self._watcher.ref = False
+
+    def submit(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` in the hub (thread-safe, never blocks). It must not block either."""
+        self._queue.append(fn)
+        self._watcher.send()
+
+    def _drain(self) -> None:
+        queue = self._queue
+        while queue:
+            fn = queue.popleft()
+            try:
+                fn()
+            except BaseException:  # a callback must never kill the hub
+                log.exception("netcall: error in a callback on the gevent hub")
+
+    def hold(self) -> None:
+        """Keep the hub running (call from the hub's thread)."""
+        self._holds += 1
+        self._watcher.ref = True
+
+    def unhold(self) -> None:
+        self._holds -= 1
+        if self._holds <= 0:
+            self._holds = 0
+            self._watcher.ref = False
+
+    def wait(self, start: Callable[[Callable[[Any], None]], None]) -> Any:
+        """Block the calling greenlet until the callback given to ``start`` is called (from
+        any thread); return the value it was given."""
+        from gevent.hub import Waiter
+
+        waiter = Waiter(self.hub)
+        self.hold()
+        try:
+            start(lambda value: self.submit(functools.partial(waiter.switch, value)))
+            return waiter.get()
+        finally:
+            self.unhold()
+
+
+def port_for(hub: Any) -> HubPort:
+    """The :class:`HubPort` of ``hub`` (created on first use; call from the hub's thread)."""
+    port: HubPort | None = getattr(hub, "_netcall_port", None)
+    if port is None:
+        port = HubPort(hub)
+        hub._netcall_port = port
+    return port
+
+
+def current_port() -> HubPort | None:
+    """The hub port to wait on, when the caller is a greenlet; ``None`` for a plain thread.
+
+    A greenlet is any caller in a thread that has a gevent hub, or in a process whose
+    ``threading`` is monkey-patched.
+
+    Raises:
+        RuntimeError: called from the hub itself, which must never block.
+    """
+    gevent = sys.modules.get("gevent")
+    if gevent is None:
+        return None
+    from gevent._hub_local import get_hub_if_exists
+
+    hub = get_hub_if_exists()
+    if hub is None:
+        monkey = sys.modules.get("gevent.monkey")
+        if monkey is None or not monkey.is_module_patched("threading"):
+            return None
+        hub = gevent.get_hub()
+    if gevent.getcurrent() is hub:
+        raise RuntimeError("netcall cannot block the gevent hub; call it from a greenlet")
+    return port_for(hub)
+
+
+# ----------------------------------------------------------------------------------- loop
+
+
+class Bridge:
+    """An asyncio loop running in its own real thread (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.SelectorEventLoop(_new_selector())
+        self.loop.set_default_executor(_RealThreadExecutor())
+        self.thread_id = 0
+        self.users = 0
+        self.closers: dict[int, Callable[[], None]] = {}
+        self._done = _real_lock()
+        self._done.acquire()
+        started = _real_lock()
+        started.acquire()
+        _start_real_thread(self._main, started)
+        started.acquire()
+
+    def _main(self, started: Any) -> None:
+        loop = self.loop
+        self.thread_id = _real_ident()
+        started.release()
+        try:
+            loop.run_forever()
+        finally:
+            try:
+                tasks = asyncio.all_tasks(loop)
+                for task in tasks:
+                    task.cancel()
+                if tasks:
+                    loop.run_until_complete(asyncio.wait(tasks, timeout=STOP_TIMEOUT))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            except BaseException:  # pragma: no cover - best effort at shutdown
+                log.exception("netcall: error while stopping the bridge loop")
+            finally:
+                loop.close()
+                self._done.release()
+
+    # -- state ----------------------------------------------------------------------------
+
+    def in_loop_thread(self) -> bool:
+        return self.thread_id == _real_ident()
+
+    @property
+    def alive(self) -> bool:
+        return not self.loop.is_closed() and self.pid == os.getpid()
+
+    def _check(self) -> None:
+        if self.pid != os.getpid():
+            raise RuntimeError(
+                "this netcall client or service was created before fork(); "
+                "create a new one in the child process"
+            )
+        if self.in_loop_thread():
+            raise RuntimeError(
+                "a blocking netcall call was made from the netcall loop thread (deadlock)"
+            )
+
+    # -- running --------------------------------------------------------------------------
+
+    def run(self, aw: Awaitable[T], timeout: float | None = None) -> T:
+        """Run ``aw`` on the loop and return its result, blocking only the calling thread (or
+        greenlet). The awaitable is cancelled if the waiting side is interrupted.
+
+        Raises:
+            whatever ``aw`` raises; RPCTimeoutError after ``timeout`` seconds (``aw`` is
+            cancelled); ClientClosedError when the loop stopped or stops meanwhile;
+            RuntimeError from the loop's own thread, or after ``fork()``.
+        """
+        coro = _as_coroutine(aw)
+        try:
+            self._check()
+            port = current_port()
+        except BaseException:
+            coro.close()
+            raise
+        if port is None:
+            return self._run_in_thread(coro, timeout)
+        return self._run_in_greenlet(coro, port, timeout)
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run the plain function ``fn(*args, **kwargs)`` on the loop's thread and return its
+        result (raises like :meth:`run`)."""
+        return self.run(_call_async(fn, args, kwargs))
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Schedule ``fn(*args)`` on the loop without waiting (safe in finalizers); False
+        when the loop is gone."""
+        if not self.alive:
+            return False
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            return False
+        return True
+
+    def _run_in_thread(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        try:
+            fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:  # the loop is closed
+            coro.close()
+            raise ClientClosedError("the netcall loop thread has stopped") from None
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.CancelledError:
+            raise ClientClosedError("the call was cancelled: the netcall loop stopped") from None
+        except concurrent.futures.TimeoutError:
+            if fut.done():  # the coroutine itself raised TimeoutError (3.11+: same class)
+                raise
+            fut.cancel()
+            raise RPCTimeoutError(f"no answer within {timeout} s") from None
+        except BaseException:
+            fut.cancel()  # KeyboardInterrupt while waiting: do not leave the call running
+            raise
+
+    def _run_in_greenlet(
+        self, coro: Coroutine[Any, Any, T], port: HubPort, timeout: float | None
+    ) -> T:
+        import gevent
+
+        tasks: list[asyncio.Task[T]] = []
+        finished = False
+
+        def start(done: Callable[[Any], None]) -> None:
+            def create() -> None:
+                task = self.loop.create_task(coro)
+                tasks.append(task)
+                task.add_done_callback(done)
+
+            try:
+                self.loop.call_soon_threadsafe(create)
+            except RuntimeError:
+                coro.close()
+                raise ClientClosedError("the netcall loop thread has stopped") from None
+
+        try:
+            with gevent.Timeout(timeout, False) if timeout is not None else nullcontext():
+                task: asyncio.Task[T] = port.wait(start)
+                finished = True
+                return _task_result(task)
+            raise RPCTimeoutError(f"no answer within {timeout} s")
+        finally:
+            if not finished:  # killed, timed out or interrupted: do not leave the call running
+                self.call_soon(_cancel_all, tasks)
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Run the closers, stop the loop and join its thread (a no-op in the loop thread,
+        which only asks the loop to stop)."""
+        if not self.alive:
+            return
+        closers = list(self.closers.values())
+        self.closers.clear()
+        if self.in_loop_thread():
+            for fn in closers:
+                _safely(fn)
+            self.loop.stop()
+            return
+        if closers:
+            try:
+                self.run(_call_async(_run_all, (closers,), {}), timeout=STOP_TIMEOUT)
+            except Exception:
+                log.exception("netcall: error while closing bridged sockets")
+        if self.call_soon(self.loop.stop) and not self._done.acquire(True, STOP_TIMEOUT):
+            log.warning("netcall: the bridge loop thread did not stop in time")
+
+
+def _safely(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception:
+        log.exception("netcall: error while closing")
+
+
+def _run_all(fns: list[Callable[[], None]]) -> None:
+    for fn in fns:
+        _safely(fn)
+
+
+def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+
+
+def _task_result(task: asyncio.Task[T]) -> T:
+    if task.cancelled():
+        raise ClientClosedError("the call was cancelled: the netcall loop stopped")
+    return task.result()
+
+
+async def _awaited(aw: Awaitable[T]) -> T:
+    return await aw
+
+
+def _as_coroutine(aw: Awaitable[T]) -> Coroutine[Any, Any, T]:
+    if isinstance(aw, collections.abc.Coroutine):
+        return aw
+    return _awaited(aw)
+
+
+async def _call_async(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    return fn(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------- singleton
+
+_lock = _real_lock()
+_bridge: Bridge | None = None
+
+
+def acquire() -> Bridge:
+    """The process's bridge, started if needed; pair with :func:`release`."""
+    global _bridge
+    with _lock:
+        bridge = _bridge
+        if bridge is None or not bridge.alive:
+            bridge = _bridge = Bridge()
+        bridge.users += 1
+        return bridge
+
+
+def release(bridge: Bridge, wait: bool = True) -> None:
+    """Drop one user of ``bridge``; the last one stops it (joining the thread when ``wait``:
+    finalizers pass False and never block)."""
+    global _bridge
+    with _lock:
+        bridge.users -= 1
+        if bridge.users > 0:
+            return
+        if _bridge is bridge:
+            _bridge = None
+    if wait:
+        bridge.stop()
+    else:
+        bridge.call_soon(bridge.loop.stop)
+
+
+def _at_exit() -> None:
+    global _bridge
+    with _lock:
+        bridge, _bridge = _bridge, None
+    if bridge is not None:
+        bridge.stop()
+
+
+def _after_fork_in_child() -> None:
+    global _bridge, _lock
+    # The loop thread does not exist here; its objects belong to the parent. Start afresh.
+    _lock = _real_lock()
+    _bridge = None
+
+
+atexit.register(_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# ----------------------------------------------------------------------------------- generators
+
+
+class BlockingGenerator(collections.abc.Generator[Any, Any, None]):
+    """A remote generator as a plain Python generator (``next``, ``send``, ``throw``,
+    ``close``), for threads and greenlets; it drives a core
+    :class:`~netcall.client.RemoteGenerator` in lock-step. A ``for`` loop switches the stream
+    to prefetching (``send``/``throw`` are then unavailable, as with ``async for``).
+
+    Dropping the last reference closes the generator on the service (without waiting).
+    """
+
+    __slots__ = ("_bridge", "_gen", "_owner")
+
+    def __init__(self, gen: RemoteGenerator, bridge: Bridge, owner: object = None) -> None:
+        self._gen = gen
+        self._bridge = bridge
+        self._owner = owner  # keeps the client (and its bridge) alive while the stream is
+
+    def __iter__(self) -> BlockingGenerator:
+        self._bridge.call(self._gen.__aiter__)
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return self._bridge.run(self._gen.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def send(self, value: Any) -> Any:
+        """Send ``value`` in; return the next yielded value.
+
+        Raises:
+            StopIteration: the generator is exhausted or closed.
+            RemoteRPCError: the generator raised. RPCTimeoutError: the step timed out.
+        """
+        try:
+            return self._bridge.run(self._gen.asend(value))
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def throw(
+        self,
+        typ: type[BaseException] | BaseException,
+        val: Any = None,
+        tb: TracebackType | None = None,
+    ) -> Any:
+        """Raise an exception in the generator at its ``yield``; return the next value.
+
+        Raises: the generator's exception (as a RemoteRPCError), or what :meth:`send` raises.
+        """
+        try:
+            return self._bridge.run(self._gen.athrow(typ, val, tb))
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Close the generator on the service and wait until its ``finally`` blocks ran."""
+        self._bridge.run(self._gen.aclose())
+
+    def __enter__(self) -> BlockingGenerator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Dropping the proxy drops the core RemoteGenerator, whose finalizer schedules the close
+    # on the loop with call_soon_threadsafe: nothing here may block.

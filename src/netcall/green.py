@@ -1,0 +1,225 @@
+"""netcall for gevent: a client that blocks only the calling greenlet, and a service whose sync
+handlers run as greenlets. Works with and without ``gevent.monkey.patch_all()``.
+
+::
+
+    from netcall.green import GeventRPCService, GeventRPCClient
+
+    service = GeventRPCService()
+
+    @service.register
+    def echo(s):
+        gevent.sleep(0.1)          # other handlers keep running
+        return s
+
+    service.bind("tcp://127.0.0.1:5555")
+    service.start().join()         # or: service.serve()
+
+    client = GeventRPCClient()
+    client.connect("tcp://127.0.0.1:5555")
+    client.echo("hi")              # -> "hi", blocking only this greenlet
+
+Both sit on the asyncio core, which runs in netcall's own loop thread (see
+:mod:`netcall._bridge`): the service's socket lives there, and each sync handler call or sync
+generator step is shipped to the gevent hub of the thread that started the service, to run as
+a greenlet. ``async def`` handlers run on the loop thread itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import gevent
+import gevent.event
+
+from . import _bridge
+from .service import RPCService
+from .sync import SyncRPCClient
+
+__all__ = ["GeventRPCClient", "GeventRPCService", "GreenRPCClient", "GreenRPCService"]
+
+T = TypeVar("T")
+
+
+class GeventRPCClient(SyncRPCClient):
+    """A client whose calls block only the calling greenlet (any number may call at once).
+
+    The same API as :class:`~netcall.sync.SyncRPCClient`: ``client.name(...)``,
+    ``client.call(name, ..., timeout=...)``, dotted names, ``connect``, ``close``; a remote
+    generator is a plain generator with ``next``, ``send``, ``throw`` and ``close``.
+    """
+
+
+class GeventRPCService(RPCService):
+    """A service for gevent programs: sync handlers (and sync generator steps) run as
+    greenlets on the hub of the thread that calls :meth:`start`, so one handler's
+    ``gevent.sleep`` never stalls another.
+
+    Registration is the core's (``register``/``task``, ``register_object``, public methods of
+    a subclass). :meth:`start` returns a greenlet that finishes when the service stops
+    (``service.start().join()`` serves forever); :meth:`serve` blocks the calling greenlet
+    until then; :meth:`stop` and :meth:`close` block until done.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._bridge = _bridge.acquire()
+        self._bridge.closers[id(self)] = super().close
+        self._released = False
+        self._serving: Any = None  # the greenlet start() returns
+        self._done: Any = None  # gevent Event on the serving hub, set when the service stops
+        self._port: _bridge.HubPort | None = None
+
+    # -- endpoints (the socket belongs to the loop thread) ----------------------------------
+
+    def bind(self, urls: str | Iterable[str], only: bool = False) -> None:
+        self._bridge.call(super().bind, urls, only)
+
+    def unbind(self, url: str) -> None:
+        self._bridge.call(super().unbind, url)
+
+    def bind_ports(
+        self, ip: str = "127.0.0.1", port: int = 0, *, min_port: int = 49152, max_port: int = 65535
+    ) -> int:
+        return self._bridge.call(super().bind_ports, ip, port, min_port=min_port, max_port=max_port)
+
+    # -- running --------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> Any:
+        """Start serving (handlers run on this thread's hub); return a greenlet that finishes
+        when the service stops. Call it from a greenlet; ``loop`` is ignored.
+
+        Raises:
+            RuntimeError: the service is closed.
+        """
+        if self._serving is not None:
+            return self._serving
+        port = _bridge.port_for(gevent.get_hub())
+        self._port = port
+        self._sync_runner = _GreenletRunner(port)
+        self._done = gevent.event.Event()
+        self._bridge.call(super().start, self._bridge.loop)
+        self._serving = gevent.spawn(self._wait_stopped, port, self._done)
+        return self._serving
+
+    @staticmethod
+    def _wait_stopped(port: _bridge.HubPort, done: Any) -> None:
+        port.hold()  # a serving service keeps its hub running
+        try:
+            done.wait()
+        finally:
+            port.unhold()
+
+    def serve(self) -> None:  # type: ignore[override]
+        """Serve until :meth:`stop` or :meth:`close`, blocking the calling greenlet. An
+        exception here (``KeyboardInterrupt``) closes the service."""
+        try:
+            self.start().get()
+        except BaseException:
+            self.close()
+            raise
+
+    def stop(self, grace: float | None = None) -> None:  # type: ignore[override]
+        """Stop gracefully (see :meth:`RPCService.stop`), blocking until done."""
+        if not self._released and self._bridge.alive and not self.closed:
+            self._bridge.run(super().stop(grace))
+        self._finished()
+
+    def close(self) -> None:
+        """Close at once: cancel running calls (their greenlets are killed), close the socket."""
+        if not self._released and self._bridge.alive and not self.closed:
+            self._bridge.call(super().close)
+        self._finished()
+
+    def _finished(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._bridge.closers.pop(id(self), None)
+        if self._done is not None and self._port is not None:
+            self._port.submit(self._done.set)
+        _bridge.release(self._bridge)
+
+    def __enter__(self) -> GeventRPCService:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class _GreenletRunner:
+    """The core's ``_sync_runner``: run a sync call as a greenlet on one hub (from the loop
+    thread); cancelling the returned awaitable kills the greenlet."""
+
+    __slots__ = ("port",)
+
+    def __init__(self, port: _bridge.HubPort) -> None:
+        self.port = port
+
+    async def __call__(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        ctx = contextvars.copy_context()  # current_call() inside the handler
+        spawned: list[Any] = []
+
+        def spawn() -> None:  # on the hub
+            if not fut.done():
+                spawned.append(gevent.spawn(_run_greenlet, fn, ctx, fut, loop))
+
+        def kill() -> None:  # on the hub
+            for g in spawned:
+                g.kill(block=False)
+
+        self.port.submit(spawn)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self.port.submit(kill)
+            raise
+
+
+def _run_greenlet(
+    fn: Callable[[], T],
+    ctx: contextvars.Context,
+    fut: asyncio.Future[T],
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    try:
+        outcome: tuple[bool, Any] = (True, ctx.run(fn))
+    except StopIteration:
+        # A sync generator ended: StopIteration cannot cross a Future (core-requests.md #1).
+        outcome = (False, StopAsyncIteration())
+    except Exception as exc:
+        outcome = (False, exc)
+    except BaseException as exc:  # GreenletExit (killed), SystemExit...: still an answer
+        err = RuntimeError(f"the handler's greenlet ended with {type(exc).__name__}")
+        err.__cause__ = exc
+        outcome = (False, err)
+    try:
+        loop.call_soon_threadsafe(_settle, fut, outcome)
+    except RuntimeError:  # the loop is closed: nobody waits any more
+        pass
+
+
+def _settle(fut: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    if fut.done():
+        return
+    ok, value = outcome
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
+GreenRPCService = GeventRPCService
+GreenRPCClient = GeventRPCClient
