@@ -1,0 +1,209 @@
+"""gevent scenarios, each run by ``test_gevent.py`` in a fresh process, with and without
+``gevent.monkey.patch_all()`` (the process patches before importing this module).
+
+Each scenario raises on failure and prints ``OK`` when everything held.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from typing import Any
+
+import gevent
+import gevent.event
+from gevent.pywsgi import WSGIServer
+
+from netcall import RPCTimeoutError, _bridge
+from netcall.green import GeventRPCClient, GeventRPCService, GreenRPCClient, GreenRPCService
+
+
+def make_service() -> tuple[GeventRPCService, str, dict[str, Any]]:
+    state: dict[str, Any] = {"killed": 0, "closed": gevent.event.Event(), "running": 0}
+    svc = GeventRPCService()
+
+    @svc.register
+    def slow(seconds: float, result: Any = None) -> Any:
+        state["running"] += 1
+        try:
+            gevent.sleep(seconds)
+        except gevent.GreenletExit:
+            state["killed"] += 1
+            raise
+        finally:
+            state["running"] -= 1
+        return result
+
+    @svc.register
+    def echo(value: Any = None) -> Any:
+        print("S> Execution starts when 'next()' is called for the first time.")
+        try:
+            while True:
+                try:
+                    value = yield value
+                except Exception as e:
+                    value = f"{type(e).__name__}({e})"
+        finally:
+            print("S> Don't forget to clean up when 'close()' is called.")
+            state["closed"].set()
+
+    port = svc.bind_ports()
+    return svc, f"tcp://127.0.0.1:{port}", state
+
+
+def finish(svc: GeventRPCService, *clients: GeventRPCClient) -> None:
+    for c in clients:
+        c.close()
+    svc.stop(grace=0)
+    assert _bridge._bridge is None, "the loop thread is still running"
+    print("OK")
+
+
+def concurrency() -> None:
+    """50 greenlets x a 0.3 s method: only the calling greenlet blocks, on both ends."""
+    svc, url, _state = make_service()
+    svc.start()
+    client = GeventRPCClient(timeout=5)
+    client.connect(url)
+    ticks = []
+    ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(20)])
+    assert client.slow(0.3, "one") == "one"
+    assert len(ticks) >= 10, f"the hub was blocked during a call ({len(ticks)} ticks)"
+    ticker.join()
+    start = time.monotonic()
+    greenlets = [gevent.spawn(client.slow, 0.3, i) for i in range(50)]
+    gevent.joinall(greenlets, raise_error=True, timeout=10)
+    elapsed = time.monotonic() - start
+    assert [g.value for g in greenlets] == list(range(50))
+    assert elapsed < 1.5, f"50 x 0.3 s took {elapsed:.2f} s"
+    print(f"50x0.3s: {elapsed:.3f}s")
+    finish(svc, client)
+
+
+def generators() -> None:
+    """The seed README's generator example, including close on garbage collection."""
+    svc, url, state = make_service()
+    svc.start()
+    client = GeventRPCClient(timeout=5)
+    client.connect(url)
+    generator = client.echo(1)
+    assert next(generator) == 1
+    assert next(generator) is None
+    assert generator.send(2) == 2
+    assert generator.throw(TypeError, "spam") == "TypeError(spam)"
+    generator = None  # implicitly call generator.close()
+    gc.collect()
+    assert state["closed"].wait(5), "close on garbage collection did not reach the service"
+
+    state["closed"].clear()
+    gen = client.echo("a")
+    assert next(gen) == "a"
+    gen.close()
+    assert state["closed"].is_set()  # close() waits for the finally block
+    try:
+        next(gen)
+    except StopIteration:
+        pass
+    else:
+        raise AssertionError("a closed generator went on")
+    finish(svc, client)
+
+
+def timeouts() -> None:
+    """Timeouts raise RPCTimeoutError and kill the handler's greenlet; so does a
+    gevent.Timeout around a call."""
+    svc, url, state = make_service()
+    svc.start()
+    client = GeventRPCClient(timeout=5)
+    client.connect(url)
+    start = time.monotonic()
+    try:
+        client.call("slow", 5, timeout=0.2)
+    except RPCTimeoutError:
+        pass
+    else:
+        raise AssertionError("no timeout")
+    assert time.monotonic() - start < 2
+    deadline = time.monotonic() + 5
+    while state["killed"] < 1 and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    assert state["killed"] == 1, "the handler's greenlet was not killed"
+
+    with gevent.Timeout(0.2, False):
+        client.slow(5)
+        raise AssertionError("gevent.Timeout did not interrupt the call")
+    while state["killed"] < 2 and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    assert state["killed"] == 2, "the interrupted call's handler was not killed"
+    assert client.slow(0.01, "still fine") == "still fine"
+
+    short = GreenRPCClient(timeout=0.2)
+    short.connect(url)
+    try:
+        short.slow(5)
+    except TimeoutError:
+        pass
+    else:
+        raise AssertionError("no default timeout")
+    finish(svc, client, short)
+
+
+def start_and_serve() -> None:
+    """start() returns a joinable greenlet that ends when the service stops; serve() blocks."""
+    svc, url, _state = make_service()
+    serving = svc.start()
+    assert svc.start() is serving
+    client = GeventRPCClient(timeout=5)
+    client.connect(url)
+    assert client.slow(0, "up") == "up"
+    serving.join(timeout=0.1)
+    assert not serving.ready(), "start()'s greenlet ended while the service was running"
+    gevent.spawn_later(0.1, svc.stop)
+    serving.join(timeout=5)
+    assert serving.ready()
+    assert svc.closed
+
+    svc2 = GreenRPCService()
+    svc2.register(lambda n: f"Hello {n}", name="hello")
+    port = svc2.bind_ports()
+    client.connect(f"tcp://127.0.0.1:{port}", only=True)
+    answers = []
+    gevent.spawn(lambda: (answers.append(client.hello("World")), svc2.stop()))
+    start = time.monotonic()
+    svc2.serve()  # returns once the greenlet above stopped the service
+    assert answers == ["Hello World"]
+    assert time.monotonic() - start < 5
+    finish(svc2, client)
+
+
+def wsgi_server() -> None:
+    """A gevent.pywsgi server whose handler calls netcall; the test drives it over HTTP.
+    GET /<n> answers ``n`` after a 0.3 s netcall call; GET /quit stops everything."""
+    svc, url, _state = make_service()
+    svc.start()
+    client = GeventRPCClient(timeout=5)
+    client.connect(url)
+    done = gevent.event.Event()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        path = environ["PATH_INFO"].strip("/")
+        if path == "quit":
+            done.set()
+            body = b"bye"
+        else:
+            body = str(client.slow(0.3, path)).encode()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [body]
+
+    server = WSGIServer(("127.0.0.1", 0), app, log=None)
+    server.start()
+    print(f"PORT {server.server_port}", flush=True)
+    done.wait()
+    gevent.sleep(0.05)
+    server.stop(timeout=1)
+    finish(svc, client)
+
+
+if __name__ == "__main__":  # pragma: no cover - run by test_gevent.py
+    globals()[sys.argv[1]]()
