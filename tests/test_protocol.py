@@ -46,6 +46,12 @@ def test_every_kind_is_covered() -> None:
 def test_header_layout_is_stable() -> None:
     # The documented layout: b"NC", version, kind, 64-bit big-endian id.
     assert p.header(p.Kind.CALL, 258) == b"NC\x01\x01" + (258).to_bytes(8, "big")
+    # Small payloads ride in the head; large ones get their own frame. Both decode.
+    small = p.Result(1, b"x" * 10).to_frames()
+    large = p.Result(1, b"x" * (p.INLINE_MAX + 1)).to_frames()
+    assert len(small) == 1 and len(large) == 2
+    assert p.decode(large) == p.Result(1, b"x" * (p.INLINE_MAX + 1))
+    assert p.decode([p.header(p.Kind.ITEM, 5), b"abc"]) == p.Item(5, b"abc")
     assert p.Call(1, "m", "msgpack", b"a").oneway is False
     assert p.Call(1, "m", "msgpack", b"a", flags=p.FLAG_ONEWAY).oneway is True
 
@@ -70,26 +76,34 @@ def test_truncated_and_oversized(msg: p.Message) -> None:
     # Extra frames.
     with pytest.raises(ProtocolError):
         p.decode([*frames, b"x", b"y"])
-    # A truncated or padded header.
+    # A truncated header.
     with pytest.raises(ProtocolError):
-        p.decode([frames[0][:-1], *frames[1:]])
-    with pytest.raises(ProtocolError):
-        p.decode([frames[0] + b"\x00", *frames[1:]])
+        p.decode([frames[0][: p.HEADER_SIZE - 1], *frames[1:]])
+    # Trailing bytes where the layout is fixed.
+    if isinstance(msg, p.Cancel | p.Ack | p.End | p.Ping | p.Pong | p.StreamOpen | p.Credit):
+        with pytest.raises(ProtocolError):
+            p.decode([frames[0] + b"\x00", *frames[1:]])
 
 
 def test_bad_fields() -> None:
-    call = p.Call(1, "echo", "msgpack", b"x").to_frames()
-    bad_utf8 = [call[0], b"\xff\xfe", *call[2:]]
+    head = p.header(p.Kind.CALL, 1)
+    opts = p.CALL_OPTIONS.pack(0.0, 0, 0, 7)
     with pytest.raises(ProtocolError, match="UTF-8"):
-        p.decode(bad_utf8)
+        p.decode([head + opts + b"msgpack" + b"\xff\xfe", b"x"])
+    with pytest.raises(ProtocolError, match="UTF-8"):
+        p.decode([head + p.CALL_OPTIONS.pack(0.0, 0, 0, 2) + b"\xff\xfeecho", b"x"])
     with pytest.raises(ProtocolError, match="empty method"):
-        p.decode([call[0], b"", *call[2:]])
-    with pytest.raises(ProtocolError, match="options"):
-        p.decode([*call[:3], b"\x00" * 5, call[4]])
+        p.decode([head + opts + b"msgpack", b"x"])
+    with pytest.raises(ProtocolError, match="too short"):
+        p.decode([head + b"\x00" * 5, b"x"])
+    with pytest.raises(ProtocolError, match="too short"):
+        p.decode([head + p.CALL_OPTIONS.pack(0.0, 0, 0, 200) + b"abc", b"x"])
     with pytest.raises(ProtocolError, match="deadline"):
-        p.decode([*call[:3], struct.pack("!dBI", float("nan"), 0, 0), call[4]])
+        p.decode([head + p.CALL_OPTIONS.pack(float("nan"), 0, 0, 7) + b"msgpackecho", b"x"])
     with pytest.raises(ProtocolError, match="lease"):
-        p.decode([p.header(p.Kind.STREAM, 1), struct.pack("!d", -1.0)])
+        p.decode([p.header(p.Kind.STREAM, 1) + struct.pack("!d", -1.0)])
+    with pytest.raises(ProtocolError, match="layout"):
+        p.decode([p.header(p.Kind.RESULT, 1) + b"inline", b"and a frame"])
     with pytest.raises(ProtocolError, match="kind"):
         p.decode([b"NC\x01\x63" + bytes(8)])
     with pytest.raises(ProtocolError, match="not a netcall"):
@@ -103,10 +117,10 @@ def test_random_garbage_only_raises_protocol_error() -> None:
     valid_headers = [m.to_frames()[0] for m in MESSAGES]
     for _ in range(20000):
         n = rng.randrange(0, 8)
-        frames = [rng.randbytes(rng.choice([0, 1, 4, 8, 12, 13, 40])) for _ in range(n)]
+        frames = [rng.randbytes(rng.choice([0, 1, 4, 8, 12, 13, 25, 40])) for _ in range(n)]
         if frames and rng.random() < 0.6:
             # A valid header with random bodies reaches deeper into the decoder.
-            frames[0] = rng.choice(valid_headers)
+            frames[0] = rng.choice(valid_headers) + rng.randbytes(rng.choice([0, 0, 4, 13, 30]))
         try:
             p.decode(frames)
         except ProtocolError:

@@ -27,6 +27,52 @@ import zmq
 log = logging.getLogger("netcall")
 
 _BATCH = 512  # messages handled per wake-up before yielding to other callbacks
+_COPY_THRESHOLD = 65536  # frames at least this large are sent without copying
+
+# Plain ints: pyzmq's enum flags cost an enum operation per frame on the hot path.
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
+# The socket methods without pyzmq's Python-level wrappers (the sugar layer only adds
+# routing_id/group handling, which netcall does not use).
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+_get = zmq.backend.Socket.get
+
+
+def send_frames(sock: zmq.Socket[Any], frames: list[Any]) -> None:
+    """Send one multipart message without blocking.
+
+    Raises:
+        zmq.Again: on the first frame, when the peer's pipe is full (nothing was sent).
+        zmq.ZMQError: EHOSTUNREACH for an unknown peer (ROUTER_MANDATORY), and the like.
+    """
+    last = len(frames) - 1
+    _send(sock, frames[0], _MORE_NOBLOCK)
+    for i in range(1, last):
+        _send(sock, frames[i], _MORE_NOBLOCK)
+    tail = frames[last]
+    if len(tail) < _COPY_THRESHOLD:
+        _send(sock, tail, _NOBLOCK)
+    else:
+        _send(sock, tail, _NOBLOCK, copy=False)
+
+
+def recv_frames(sock: zmq.Socket[Any]) -> list[bytes]:
+    """Receive one multipart message without blocking.
+
+    Raises:
+        zmq.Again: nothing is waiting.
+    """
+    frames = [_recv(sock, _NOBLOCK)]
+    while _get(sock, _RCVMORE):
+        frames.append(_recv(sock, _NOBLOCK))
+    return frames
+
+
 _RETRY_MIN = 0.0005
 _RETRY_MAX = 0.02
 
@@ -90,7 +136,7 @@ class SocketDriver:
                 queue.append(frames)
                 return
         try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=len(frames[-1]) < 65536)
+            send_frames(self.sock, frames)
         except zmq.Again:
             self._blocked[frames[0]] = deque([frames])
             self._schedule_retry()
@@ -134,7 +180,7 @@ class SocketDriver:
             queue = self._blocked[peer]
             while queue:
                 try:
-                    sock.send_multipart(queue[0], zmq.NOBLOCK)
+                    send_frames(sock, queue[0])
                 except zmq.Again:
                     break
                 except zmq.ZMQError as exc:
@@ -158,10 +204,10 @@ class SocketDriver:
         on_message = self._on_message
         handled = 0
         try:
-            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[operator,arg-type]
+            while _get(sock, _EVENTS) & _POLLIN:  # type: ignore[operator]
                 while handled < _BATCH:
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                        frames = recv_frames(sock)
                     except zmq.Again:
                         break
                     handled += 1

@@ -262,10 +262,9 @@ class RPCClient:
         deadline = time.time() + timeout if timeout is not None else 0.0
         frames = [
             svc.rid,
-            p.header(p.Kind.CALL, rid),
-            method.encode(),
-            self.serializer.name.encode(),
-            p._OPTIONS.pack(deadline, p.FLAG_ONEWAY if oneway else 0, window),
+            p.call_head(
+                rid, method, self.serializer.name, deadline, p.FLAG_ONEWAY if oneway else 0, window
+            ),
             payload,
         ]
         if kw_payload is not None:
@@ -620,7 +619,7 @@ class _StreamState:
             if self.prefetch and not self.finished:
                 self.consumed += 1
                 if self.consumed * 2 >= self.window:
-                    self.send([p.header(p.Kind.CREDIT, self.rid), p._COUNT.pack(self.consumed)])
+                    self.send(p.Credit(self.rid, self.consumed).to_frames())
                     self.consumed = 0
             return self.client.serializer.loads(msg.payload)
         assert self.error is not None
@@ -665,7 +664,7 @@ class RemoteGenerator(AsyncIterator[Any]):
         st = self._state
         if not st.prefetch and not st.finished:
             st.prefetch = True
-            st.send([p.header(p.Kind.CREDIT, st.rid), p._COUNT.pack(st.client.window)])
+            st.send(p.Credit(st.rid, st.client.window).to_frames())
             st.window = st.client.window
         return self
 
@@ -730,7 +729,7 @@ class RemoteGenerator(AsyncIterator[Any]):
                     payload = st.client.serializer.dumps(value)
                 except SerializationError:
                     raise
-                st.send([p.header(p.Kind.NEXT, st.rid), payload])
+                st.send(p.payload_frames(p.Kind.NEXT, st.rid, payload))
             else:
                 type_name, message = exception_to_remote(exc)
                 st.send(

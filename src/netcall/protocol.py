@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 A client talks to services over ZeroMQ; the socket's routing envelope (which service, which
 client) is the transport's business and is stripped before frames reach this module. What is
-left is one message: a list of frames whose first frame is a fixed 12-byte header::
+left is one message: a list of frames whose first frame, the *head*, starts with a fixed
+12-byte header::
 
     header  = b"NC" | version (u8) | kind (u8) | request id (u64, big-endian)
 
@@ -12,23 +13,29 @@ The request id is chosen by the client (a counter per client, 64 bits, never reu
 client lives); a service keys its state by (peer, request id). Every message carries the version
 byte: a peer speaking another version gets a :class:`ProtocolError`, never a misread.
 
-Frames after the header, by kind (``payload`` is the serializer's bytes, text is UTF-8)::
+What follows the header, by kind (``payload`` is the serializer's bytes, text is UTF-8;
+``head+`` means "in the head frame, after the header")::
 
     client -> service
-      CALL    method, serializer name, options(deadline f64, flags u8, window u32), args[, kwargs]
+      CALL    head+ deadline f64, flags u8, window u32, len u8, serializer name, method name
+              then frames: args[, kwargs]
       CANCEL  -                          cancel a call, or close a stream
       NEXT    payload                    stream: send a value (lock-step asend / __anext__)
-      THROW   type name, message         stream: throw an exception into the generator
-      CREDIT  count (u32)                stream: allow this many more items (prefetch)
+      THROW   frames: type name, message stream: throw an exception into the generator
+      CREDIT  head+ count u32            stream: allow this many more items (prefetch)
       PING    -                          keepalive (request id 0); the service answers PONG
     service -> client
       RESULT  payload                    the call's return value
-      ERROR   type name, message, traceback
+      ERROR   frames: type name, message, traceback
       ACK     -                          a one-way call was accepted
-      STREAM  lease (f64)                the call returned a generator: a stream is open
+      STREAM  head+ lease f64            the call returned a generator: a stream is open
       ITEM    payload                    stream: one yielded value
       END     -                          stream: the generator is exhausted
       PONG    -                          answer to PING
+
+A ``payload`` rides in the head after the header (small values: one frame, no extra copy on
+the ZeroMQ side), or, when the head is exactly the header, in a second frame (large values,
+sent without copying). Decoders accept both.
 
 ``deadline`` is an absolute UNIX time (0 for none): a service drops work whose deadline passed,
 and cancels a handler still running at its deadline. ``window`` in a CALL is the number of
@@ -44,7 +51,9 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ProtocolError
 
@@ -69,18 +78,25 @@ __all__ = [
     "StreamOpen",
     "StreamState",
     "Throw",
+    "call_head",
     "decode",
     "decode_header",
+    "header",
+    "payload_frames",
+    "payload_of",
 ]
 
 MAGIC = b"NC"
 VERSION = 1
 HEADER = struct.Struct("!2sBBQ")
-_OPTIONS = struct.Struct("!dBI")
-_LEASE = struct.Struct("!d")
-_COUNT = struct.Struct("!I")
+HEADER_SIZE = HEADER.size
+CALL_OPTIONS = struct.Struct("!dBIB")
+LEASE = struct.Struct("!d")
+COUNT = struct.Struct("!I")
 MAX_ID = 2**64 - 1
 MAX_COUNT = 2**32 - 1
+#: Payloads up to this size ride in the head frame; larger ones get a frame of their own.
+INLINE_MAX = 16384
 
 FLAG_ONEWAY = 0x01
 
@@ -101,9 +117,32 @@ class Kind(enum.IntEnum):
     PONG = 13
 
 
+_pack_header = HEADER.pack
+
+
 def header(kind: int, request_id: int) -> bytes:
-    """The header frame for ``kind`` and ``request_id``."""
-    return HEADER.pack(MAGIC, VERSION, kind, request_id)
+    """The header for ``kind`` and ``request_id``."""
+    return _pack_header(MAGIC, VERSION, kind, request_id)
+
+
+def payload_frames(kind: int, request_id: int, payload: bytes) -> list[bytes]:
+    """Frames of a message made of a header and a payload (RESULT, ITEM, NEXT)."""
+    if len(payload) <= INLINE_MAX:
+        return [_pack_header(MAGIC, VERSION, kind, request_id) + payload]
+    return [_pack_header(MAGIC, VERSION, kind, request_id), payload]
+
+
+def call_head(
+    request_id: int, method: str, serializer: str, deadline: float, flags: int, window: int
+) -> bytes:
+    """The head frame of a CALL."""
+    ser = serializer.encode()
+    return (
+        _pack_header(MAGIC, VERSION, Kind.CALL, request_id)
+        + CALL_OPTIONS.pack(deadline, flags, window, len(ser))
+        + ser
+        + method.encode()
+    )
 
 
 def _text(frame: bytes, what: str) -> str:
@@ -129,16 +168,12 @@ class Call:
         return bool(self.flags & FLAG_ONEWAY)
 
     def to_frames(self) -> list[bytes]:
-        frames = [
-            header(Kind.CALL, self.id),
-            self.method.encode(),
-            self.serializer.encode(),
-            _OPTIONS.pack(self.deadline, self.flags, self.window),
-            self.args,
-        ]
+        head = call_head(
+            self.id, self.method, self.serializer, self.deadline, self.flags, self.window
+        )
         if self.kwargs is not None:
-            frames.append(self.kwargs)
-        return frames
+            return [head, self.args, self.kwargs]
+        return [head, self.args]
 
 
 @dataclass(slots=True)
@@ -147,7 +182,7 @@ class Result:
     payload: bytes
 
     def to_frames(self) -> list[bytes]:
-        return [header(Kind.RESULT, self.id), self.payload]
+        return payload_frames(Kind.RESULT, self.id, self.payload)
 
 
 @dataclass(slots=True)
@@ -188,7 +223,7 @@ class StreamOpen:
     lease: float
 
     def to_frames(self) -> list[bytes]:
-        return [header(Kind.STREAM, self.id), _LEASE.pack(self.lease)]
+        return [header(Kind.STREAM, self.id) + LEASE.pack(self.lease)]
 
 
 @dataclass(slots=True)
@@ -197,7 +232,7 @@ class Next:
     payload: bytes
 
     def to_frames(self) -> list[bytes]:
-        return [header(Kind.NEXT, self.id), self.payload]
+        return payload_frames(Kind.NEXT, self.id, self.payload)
 
 
 @dataclass(slots=True)
@@ -220,7 +255,7 @@ class Credit:
     count: int
 
     def to_frames(self) -> list[bytes]:
-        return [header(Kind.CREDIT, self.id), _COUNT.pack(self.count)]
+        return [header(Kind.CREDIT, self.id) + COUNT.pack(self.count)]
 
 
 @dataclass(slots=True)
@@ -229,7 +264,7 @@ class Item:
     payload: bytes
 
     def to_frames(self) -> list[bytes]:
-        return [header(Kind.ITEM, self.id), self.payload]
+        return payload_frames(Kind.ITEM, self.id, self.payload)
 
 
 @dataclass(slots=True)
@@ -274,15 +309,15 @@ Message = (
 
 
 def decode_header(frame: bytes) -> tuple[int, int]:
-    """``(kind, request id)`` of a header frame.
+    """``(kind, request id)`` from a head frame.
 
     Raises:
-        ProtocolError: not a netcall header, an unknown kind, or another protocol version
+        ProtocolError: not a netcall head, an unknown kind, or another protocol version
             (then ``exc.request_id`` holds the id, so the peer can still be answered).
     """
-    if len(frame) != HEADER.size:
-        raise ProtocolError(f"bad header: {len(frame)} bytes, expected {HEADER.size}")
-    magic, version, kind, request_id = HEADER.unpack(frame)
+    if len(frame) < HEADER_SIZE:
+        raise ProtocolError(f"bad header: {len(frame)} bytes, expected {HEADER_SIZE}")
+    magic, version, kind, request_id = HEADER.unpack_from(frame)
     if magic != MAGIC:
         raise ProtocolError("bad header: not a netcall message")
     if version != VERSION:
@@ -294,18 +329,130 @@ def decode_header(frame: bytes) -> tuple[int, int]:
     return kind, request_id
 
 
-def _expect(frames: list[bytes], low: int, high: int, kind: Kind) -> None:
+def _frames(frames: list[bytes], low: int, high: int, name: str) -> None:
     if not low <= len(frames) <= high:
         raise ProtocolError(
-            f"{kind.name} message has {len(frames)} frames, expected {low}"
+            f"{name} message has {len(frames)} frames, expected {low}"
             + (f" to {high}" if high != low else "")
         )
 
 
-def _unpack(st: struct.Struct, frame: bytes, what: str) -> tuple[float | int, ...]:
-    if len(frame) != st.size:
-        raise ProtocolError(f"bad {what} frame: {len(frame)} bytes, expected {st.size}")
-    return st.unpack(frame)
+def _bare(frames: list[bytes], name: str) -> None:
+    _frames(frames, 1, 1, name)
+    if len(frames[0]) != HEADER_SIZE:
+        raise ProtocolError(f"{name} message has trailing bytes")
+
+
+def _fixed(frames: list[bytes], st: struct.Struct, name: str) -> tuple[Any, ...]:
+    _frames(frames, 1, 1, name)
+    head = frames[0]
+    if len(head) != HEADER_SIZE + st.size:
+        raise ProtocolError(f"bad {name} message: {len(head)} bytes")
+    return st.unpack_from(head, HEADER_SIZE)
+
+
+def payload_of(frames: list[bytes], name: str = "message") -> bytes:
+    """The payload of a header+payload message (inline in the head, or the second frame).
+
+    Raises:
+        ProtocolError: neither layout.
+    """
+    n = len(frames)
+    if n == 1:
+        return frames[0][HEADER_SIZE:]
+    if n == 2 and len(frames[0]) == HEADER_SIZE:
+        return frames[1]
+    raise ProtocolError(f"bad {name} message layout ({n} frames)")
+
+
+def _decode_call(rid: int, frames: list[bytes]) -> Call:
+    _frames(frames, 2, 3, "CALL")
+    head = frames[0]
+    fixed = HEADER_SIZE + CALL_OPTIONS.size
+    if len(head) < fixed:
+        raise ProtocolError("CALL head too short")
+    deadline, flags, window, ser_len = CALL_OPTIONS.unpack_from(head, HEADER_SIZE)
+    if deadline != deadline or deadline < 0:  # NaN or negative
+        raise ProtocolError("bad deadline")
+    if len(head) < fixed + ser_len:
+        raise ProtocolError("CALL head too short for its serializer name")
+    serializer = _text(head[fixed : fixed + ser_len], "serializer name")
+    method = _text(head[fixed + ser_len :], "method name")
+    if not method:
+        raise ProtocolError("empty method name")
+    return Call(
+        rid,
+        method,
+        serializer,
+        frames[1],
+        frames[2] if len(frames) == 3 else None,
+        float(deadline),
+        flags,
+        window,
+    )
+
+
+def _decode_error(rid: int, frames: list[bytes]) -> Error:
+    _frames(frames, 4, 4, "ERROR")
+    if len(frames[0]) != HEADER_SIZE:
+        raise ProtocolError("ERROR message has trailing bytes")
+    return Error(
+        rid,
+        _text(frames[1], "error type"),
+        bytes(frames[2]).decode("utf-8", "replace"),
+        bytes(frames[3]).decode("utf-8", "replace"),
+    )
+
+
+def _decode_throw(rid: int, frames: list[bytes]) -> Throw:
+    _frames(frames, 3, 3, "THROW")
+    if len(frames[0]) != HEADER_SIZE:
+        raise ProtocolError("THROW message has trailing bytes")
+    return Throw(rid, _text(frames[1], "error type"), bytes(frames[2]).decode("utf-8", "replace"))
+
+
+def _decode_stream(rid: int, frames: list[bytes]) -> StreamOpen:
+    (lease,) = _fixed(frames, LEASE, "STREAM")
+    if not lease > 0:
+        raise ProtocolError("bad stream lease")
+    return StreamOpen(rid, float(lease))
+
+
+def _decode_credit(rid: int, frames: list[bytes]) -> Credit:
+    (count,) = _fixed(frames, COUNT, "CREDIT")
+    return Credit(rid, count)
+
+
+def _bare_decoder(cls: Any, name: str) -> Callable[[int, list[bytes]], Message]:
+    def decode_bare(rid: int, frames: list[bytes]) -> Message:
+        _bare(frames, name)
+        return cls(rid)  # type: ignore[no-any-return]
+
+    return decode_bare
+
+
+def _payload_decoder(cls: Any, name: str) -> Callable[[int, list[bytes]], Message]:
+    def decode_payload(rid: int, frames: list[bytes]) -> Message:
+        return cls(rid, payload_of(frames, name))  # type: ignore[no-any-return]
+
+    return decode_payload
+
+
+_DECODERS: dict[int, Callable[[int, list[bytes]], Message]] = {
+    Kind.CALL: _decode_call,
+    Kind.RESULT: _payload_decoder(Result, "RESULT"),
+    Kind.ERROR: _decode_error,
+    Kind.CANCEL: _bare_decoder(Cancel, "CANCEL"),
+    Kind.ACK: _bare_decoder(Ack, "ACK"),
+    Kind.STREAM: _decode_stream,
+    Kind.NEXT: _payload_decoder(Next, "NEXT"),
+    Kind.THROW: _decode_throw,
+    Kind.CREDIT: _decode_credit,
+    Kind.ITEM: _payload_decoder(Item, "ITEM"),
+    Kind.END: _bare_decoder(End, "END"),
+    Kind.PING: _bare_decoder(Ping, "PING"),
+    Kind.PONG: _bare_decoder(Pong, "PONG"),
+}
 
 
 def decode(frames: list[bytes]) -> Message:
@@ -318,71 +465,7 @@ def decode(frames: list[bytes]) -> Message:
     if not frames:
         raise ProtocolError("empty message")
     kind, rid = decode_header(frames[0])
-    k = Kind(kind)
-    if k is Kind.CALL:
-        _expect(frames, 5, 6, k)
-        deadline, flags, window = _unpack(_OPTIONS, frames[3], "options")
-        if deadline != deadline or deadline < 0:  # NaN or negative
-            raise ProtocolError("bad deadline")
-        method = _text(frames[1], "method name")
-        if not method:
-            raise ProtocolError("empty method name")
-        return Call(
-            rid,
-            method,
-            _text(frames[2], "serializer name"),
-            frames[4],
-            frames[5] if len(frames) == 6 else None,
-            float(deadline),
-            int(flags),
-            int(window),
-        )
-    if k is Kind.RESULT:
-        _expect(frames, 2, 2, k)
-        return Result(rid, frames[1])
-    if k is Kind.ERROR:
-        _expect(frames, 4, 4, k)
-        return Error(
-            rid,
-            _text(frames[1], "error type"),
-            bytes(frames[2]).decode("utf-8", "replace"),
-            bytes(frames[3]).decode("utf-8", "replace"),
-        )
-    if k is Kind.CANCEL:
-        _expect(frames, 1, 1, k)
-        return Cancel(rid)
-    if k is Kind.ACK:
-        _expect(frames, 1, 1, k)
-        return Ack(rid)
-    if k is Kind.STREAM:
-        _expect(frames, 2, 2, k)
-        (lease,) = _unpack(_LEASE, frames[1], "lease")
-        if not lease > 0:
-            raise ProtocolError("bad stream lease")
-        return StreamOpen(rid, float(lease))
-    if k is Kind.NEXT:
-        _expect(frames, 2, 2, k)
-        return Next(rid, frames[1])
-    if k is Kind.THROW:
-        _expect(frames, 3, 3, k)
-        return Throw(
-            rid, _text(frames[1], "error type"), bytes(frames[2]).decode("utf-8", "replace")
-        )
-    if k is Kind.CREDIT:
-        _expect(frames, 2, 2, k)
-        (count,) = _unpack(_COUNT, frames[1], "credit")
-        return Credit(rid, int(count))
-    if k is Kind.ITEM:
-        _expect(frames, 2, 2, k)
-        return Item(rid, frames[1])
-    if k is Kind.END:
-        _expect(frames, 1, 1, k)
-        return End(rid)
-    if k is Kind.PING:
-        _expect(frames, 1, 1, k)
-        return Ping(rid)
-    _expect(frames, 1, 1, k)
-    return Pong(rid)
+    return _DECODERS[kind](rid, frames)
 
 
 class StreamState(enum.Enum):

@@ -645,7 +645,7 @@ class RPCService:
                 f"cannot serialize the result of {msg.method!r}: {exc}",
             )
             return
-        self._send(peer, [p.header(p.Kind.RESULT, msg.id), payload])
+        self._send(peer, p.payload_frames(p.Kind.RESULT, msg.id, payload))
 
     # -- streams --------------------------------------------------------------------------
 
@@ -753,7 +753,7 @@ class RPCService:
                         f"cannot serialize an item of {stream.method!r}: {exc}",
                     )
                     return
-                self._send(stream.peer, [p.header(p.Kind.ITEM, stream.rid), payload])
+                self._send(stream.peer, p.payload_frames(p.Kind.ITEM, stream.rid, payload))
                 if lockstep:
                     stream.state = p.StreamState.IDLE
                 produced += 1
