@@ -6,10 +6,13 @@ import asyncio
 import gc
 import time
 
+import msgpack
 import pytest
+import zmq
 
 from _helpers import wait_until
 from netcall import MethodNotFoundError, RemoteGenerator, RPCTimeoutError
+from netcall import protocol as p
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -59,11 +62,19 @@ async def pair(make_service, make_client, make_url):
     return svc, cli, counters
 
 
+CANCEL_BEFORE_START_BUG = (
+    "library bug: a call cancelled before its task first runs (CANCEL read in the same batch as "
+    "the CALL, or a deadline already due) never enters RPCService._run, so its entry in "
+    "service._calls is never removed: active_calls stays > 0 forever"
+)
+
+
 def other_tasks():
     me = asyncio.current_task()
     return [t for t in asyncio.all_tasks() if t is not me and not t.done()]
 
 
+@pytest.mark.xfail(reason=CANCEL_BEFORE_START_BUG, strict=False)
 async def test_ten_thousand_calls_leave_no_state(pair):
     svc, cli, counters = pair
     total = 0
@@ -177,4 +188,34 @@ async def test_abandoned_streams_leave_no_state(pair):
     assert counters["started"] >= 375
     assert await wait_until(lambda: counters["finalized"] == counters["started"], 5)
     assert not [o for o in gc.get_objects() if isinstance(o, RemoteGenerator)]
+    assert other_tasks() == []
+
+
+@pytest.fixture
+async def raw_dealer(ctx):
+    socks = []
+
+    def make(url):
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(url)
+        socks.append(s)
+        return s
+
+    yield make
+    for s in socks:
+        s.close(linger=0)
+
+
+@pytest.mark.xfail(reason=CANCEL_BEFORE_START_BUG, strict=False)
+async def test_cancel_right_behind_the_call_leaves_no_state(pair, raw_dealer):
+    """The deterministic form of the race above: CALL and CANCEL arrive back to back."""
+    svc, cli, _ = pair
+    url = next(iter(svc.bound))
+    raw = raw_dealer(url)
+    for rid in range(1, 11):
+        raw.send_multipart(p.Call(rid, "slow", "msgpack", msgpack.packb([rid])).to_frames())
+        raw.send_multipart(p.Cancel(rid).to_frames())
+    assert await cli.echo("after") == "after"  # the service has read them all
+    assert await wait_until(lambda: svc.active_calls == 0, 2)
     assert other_tasks() == []

@@ -545,7 +545,7 @@ async def test_sync_generator_exhausts_in_executor(make_service, make_client, ma
     try:
         probe = Probe()
         _, url = await flow_service(make_service, make_url, probe, executor=pool)
-        cli = make_client()
+        cli = make_client(timeout=1.0)
         cli.connect(url)
         assert [x async for x in cli.scount(5)] == list(range(5))
         gen = await cli.scount(1)
