@@ -1,0 +1,145 @@
+"""netcall: one asyncio ``RPCService`` server, and every netcall client against it.
+
+Service methods: ``echo`` (async def), ``count`` (async generator), ``count_sync``
+(plain generator), and for the memory figures ``hold`` (parks until ``release()``),
+``held`` (how many are parked) and ``release``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def make_service() -> Any:
+    from netcall import RPCService
+
+    service = RPCService()
+    state: dict[str, Any] = {"held": 0, "event": None}
+
+    @service.register
+    async def echo(s: Any) -> Any:
+        return s
+
+    @service.register
+    async def count(n: int) -> Any:
+        for i in range(n):
+            yield i
+
+    @service.register
+    def count_sync(n: int) -> Any:
+        yield from range(n)
+
+    @service.register
+    async def hold() -> int:
+        if state["event"] is None:
+            state["event"] = asyncio.Event()
+        ev = state["event"]
+        state["held"] += 1
+        try:
+            await ev.wait()
+        finally:
+            state["held"] -= 1
+        return 1
+
+    @service.register
+    def held() -> int:
+        return int(state["held"])
+
+    @service.register
+    def release() -> None:
+        ev = state["event"]
+        state["event"] = None
+        if ev is not None:
+            ev.set()
+
+    return service
+
+
+async def serve(endpoint_cb: Callable[[str], None], host: str = "127.0.0.1") -> None:
+    service = make_service()
+    bind_ports = getattr(service, "bind_ports", None)
+    if bind_ports is not None:
+        port = bind_ports(host, port=0)
+    else:
+        port = _free_port(host)
+        service.bind(f"tcp://{host}:{port}")
+    endpoint_cb(f"tcp://{host}:{port}")
+    await service.serve()
+
+
+# =========================================================================== asyncio clients
+
+
+class AsyncioClient:
+    """netcall.RPCClient on the running loop (default asyncio loop, or uvloop)."""
+
+    client_cls_path = ("netcall", "RPCClient")
+
+    async def open(self, endpoint: str) -> AsyncioClient:
+        import importlib
+
+        mod, name = self.client_cls_path
+        cls = getattr(importlib.import_module(mod), name)
+        # default options (no timeout), like the raw baselines: no timer per call
+        self.client = cls()
+        self.client.connect(endpoint)
+        c = self.client
+        self.echo = lambda s: c.echo(s)
+        self.stream = lambda n: c.count(n)
+        self.stream_sync = lambda n: c.count_sync(n)
+        return self
+
+    async def close(self) -> None:
+        aclose = getattr(self.client, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        else:
+            self.client.close()
+
+
+class TornadoClient(AsyncioClient):
+    """netcall.tornado.TornadoRPCClient; Tornado >= 5 runs on the asyncio loop."""
+
+    client_cls_path = ("netcall.tornado", "TornadoRPCClient")
+
+
+# =========================================================================== blocking clients
+
+
+class _BlockingClient:
+    spawner = "thread"
+    client_cls_path = ("netcall.sync", "SyncRPCClient")
+
+    def __init__(self, endpoint: str) -> None:
+        import importlib
+
+        mod, name = self.client_cls_path
+        cls = getattr(importlib.import_module(mod), name)
+        self.client = cls()
+        self.client.connect(endpoint)
+        c = self.client
+        self.echo = lambda s: c.echo(s)
+        self.stream = lambda n: c.count(n)
+        self.stream_sync = lambda n: c.count_sync(n)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class SyncClient(_BlockingClient):
+    spawner = "thread"
+    client_cls_path = ("netcall.sync", "SyncRPCClient")
+
+
+class GeventClient(_BlockingClient):
+    spawner = "gevent"
+    client_cls_path = ("netcall.green", "GeventRPCClient")

@@ -1,0 +1,585 @@
+#!/usr/bin/env python
+"""netcall benchmark harness: netcall vs raw pyzmq vs peer RPC libraries, as ratios.
+
+    python benchmarks/run.py                 # full run (a few minutes)
+    python benchmarks/run.py --quick         # smoke run, a few seconds
+    python benchmarks/run.py --systems raw-zmq-asyncio,netcall-asyncio --out /tmp/b
+
+Each server runs in its own process; each client too (so gevent, uvloop and
+threads never share an interpreter).  Repetitions are interleaved: for each
+repetition every system is measured once, so drift on the machine hits every
+system alike; the reported figure is the median over repetitions.  Every figure is
+also reported as a ratio to ``raw-zmq-asyncio`` measured in the same run.
+Writes ``results.json``, ``results.md`` and ``throughput.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from worker import SYSTEMS  # noqa: E402
+
+BASELINE = "raw-zmq-asyncio"
+ALL_SYSTEMS = list(SYSTEMS)
+QUICK_SYSTEMS = ["raw-zmq-asyncio", "raw-zmq-fd", "netcall-asyncio"]
+INFLIGHT = [1, 8, 64, 512]
+
+FULL_CFG: dict[str, Any] = {
+    "time": 1.5,
+    "warmup": 0.5,
+    "reps": 3,
+    "seq_calls": 100_000,
+    "conc_calls": 1_000_000,
+    "stream_items": 10_000_000,
+    "mib_calls": 10_000,
+    "inflight": INFLIGHT,
+    "mem_calls": 10_000,
+    "mem_streams": 1_000,
+}
+QUICK_CFG: dict[str, Any] = {
+    "time": 0.15,
+    "warmup": 0.1,
+    "reps": 1,
+    "seq_calls": 2_000,
+    "conc_calls": 5_000,
+    "stream_items": 20_000,
+    "mib_calls": 50,
+    "inflight": INFLIGHT,
+    "mem_calls": 1_000,
+    "mem_streams": 100,
+}
+
+# (metric, field, column title, higher is better)
+COLUMNS = [
+    ("seq", "calls_s", "sequential calls/s", True),
+    ("seq", "p50_us", "p50 µs", False),
+    ("seq", "p99_us", "p99 µs", False),
+    ("c1", "calls_s", "1 in flight", True),
+    ("c8", "calls_s", "8 in flight", True),
+    ("c64", "calls_s", "64 in flight", True),
+    ("c512", "calls_s", "512 in flight", True),
+    ("stream", "items_s", "stream items/s", True),
+    ("kib1", "calls_s", "1 KiB calls/s", True),
+    ("mib1", "calls_s", "1 MiB calls/s", True),
+]
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Proc:
+    """A child process in its own process group, always killed by ``stop``."""
+
+    def __init__(self, args: list[str], log: str) -> None:
+        self.log_path = log
+        self.log = open(log, "wb")  # noqa: SIM115 - open for the process lifetime
+        self.p = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "worker.py"), *args],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=os.path.dirname(HERE),
+        )
+        self.pid = self.p.pid
+
+    def alive(self) -> bool:
+        return self.p.poll() is None
+
+    def wait(self, timeout: float) -> bool:
+        try:
+            self.p.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            for sig, grace in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+                try:
+                    os.killpg(self.pid, sig)
+                except ProcessLookupError:
+                    break
+                if self.wait(grace):
+                    break
+        else:
+            # the leader exited; make sure nothing it started is left in its group
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.log.close()
+
+    def tail(self, n: int = 600) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read()[-n:].decode(errors="replace").strip()
+        except OSError:
+            return ""
+
+
+def start_server(kind: str, tmp: str, timeout: float = 20.0) -> tuple[Proc, str]:
+    ready = os.path.join(tmp, f"server-{kind}-{time.monotonic_ns()}.ready")
+    proc = Proc(["server", kind, "--ready", ready], ready + ".log")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(ready):
+            with open(ready) as f:
+                return proc, f.read().strip()
+        if not proc.alive():
+            break
+        time.sleep(0.02)
+    proc.stop()
+    raise RuntimeError(f"server {kind} did not start: {proc.tail() or 'timeout'}")
+
+
+def run_client(
+    system: str, endpoint: str, server_pid: int, cfg: dict[str, Any], tmp: str, timeout: float
+) -> dict[str, Any]:
+    result = os.path.join(tmp, f"client-{system}-{time.monotonic_ns()}.json")
+    ccfg = dict(cfg, server_pid=server_pid)
+    proc = Proc(
+        [
+            "client",
+            system,
+            "--endpoint",
+            endpoint,
+            "--result",
+            result,
+            "--config",
+            json.dumps(ccfg),
+            "--max-seconds",
+            str(timeout + 30),
+        ],
+        result + ".log",
+    )
+    try:
+        finished = proc.wait(timeout)
+    finally:
+        proc.stop()
+    data: dict[str, Any] = {"metrics": {}, "errors": {}, "info": {}}
+    if os.path.exists(result):
+        with open(result) as f:
+            data = json.load(f)
+    if not finished:
+        data["errors"]["client"] = f"killed after {timeout:.0f} s time limit"
+    elif not data.get("done") and "client" not in data["errors"]:
+        data["errors"]["client"] = f"client exited with {proc.p.returncode}: {proc.tail(300)}"
+    return data
+
+
+# --------------------------------------------------------------------------- availability
+
+
+def probe(system: str) -> str | None:
+    """None if the system's modules import, else the reason it is skipped."""
+    mods = {
+        "netcall-asyncio": ["netcall"],
+        "netcall-uvloop": ["netcall", "uvloop"],
+        "netcall-gevent": ["netcall.green", "gevent"],
+        "netcall-sync": ["netcall.sync"],
+        "netcall-tornado": ["netcall.tornado", "tornado"],
+        "aiozmq-rpc": ["aiozmq.rpc"],
+        "grpc-aio": ["grpc"],
+        "zerorpc": ["zerorpc"],
+    }.get(system, ["zmq", "msgpack"])
+    code = "import " + ", ".join(mods)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=os.path.dirname(HERE),
+        )
+    except subprocess.TimeoutExpired:
+        return f"n/a: importing {', '.join(mods)} timed out"
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["?"])[-1]
+        return f"n/a: {last}"
+    return None
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def versions() -> dict[str, str]:
+    code = (
+        "import json, importlib.metadata as md, zmq, sys\n"
+        "v = {'python': sys.version.split()[0], 'pyzmq': zmq.__version__, 'libzmq': zmq.zmq_version()}\n"
+        "for d in ['msgpack', 'netcall', 'uvloop', 'gevent', 'tornado', 'zerorpc', 'aiozmq', 'grpcio']:\n"
+        "    try: v[d] = md.version(d)\n"
+        "    except Exception: v[d] = 'not installed'\n"
+        "print(json.dumps(v))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    v = json.loads(r.stdout) if r.returncode == 0 else {}
+    v["nproc"] = str(os.cpu_count())
+    v["platform"] = platform.platform()
+    v["cpu"] = _cpu_model()
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=HERE,
+            timeout=10,
+        )
+        v["git"] = rev.stdout.strip() or "?"
+    except (OSError, subprocess.TimeoutExpired):
+        v["git"] = "?"
+    return v
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def aggregate(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of every numeric field over the repetitions that produced it."""
+    out: dict[str, Any] = {}
+    names = {m for r in reps for m in r.get("metrics", {})}
+    for m in names:
+        runs = [r["metrics"][m] for r in reps if m in r.get("metrics", {})]
+        fields = {k for run in runs for k in run}
+        agg: dict[str, Any] = {}
+        for k in fields:
+            vals = [run[k] for run in runs if isinstance(run.get(k), (int, float))]
+            if vals:
+                agg[k] = statistics.median(vals)
+        agg["reps"] = len(runs)
+        out[m] = agg
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: tiny counts, a few systems (< 30 s)"
+    )
+    ap.add_argument("--systems", help=f"comma-separated subset of: {', '.join(ALL_SYSTEMS)}")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"), help="output directory")
+    ap.add_argument("--reps", type=int, help="repetitions (median reported)")
+    ap.add_argument("--time", type=float, help="seconds per measurement")
+    ap.add_argument("--no-memory", action="store_true", help="skip the RSS measurements")
+    ap.add_argument(
+        "--from-json", metavar="FILE", help="only rewrite the reports from a results.json"
+    )
+    a = ap.parse_args(argv)
+    if a.from_json:
+        with open(a.from_json) as f:
+            results = json.load(f)
+        return write_reports(results, a.out)
+
+    cfg = dict(QUICK_CFG if a.quick else FULL_CFG)
+    if a.reps:
+        cfg["reps"] = a.reps
+    if a.time:
+        cfg["time"] = a.time
+    if a.systems:
+        systems = [s.strip() for s in a.systems.split(",") if s.strip()]
+        bad = [s for s in systems if s not in SYSTEMS]
+        if bad:
+            ap.error(f"unknown systems {bad}; known: {', '.join(ALL_SYSTEMS)}")
+    else:
+        systems = list(QUICK_SYSTEMS if a.quick else ALL_SYSTEMS)
+    if BASELINE not in systems:
+        systems.insert(0, BASELINE)  # ratios need the baseline in the same run
+
+    # wall-clock bound for one client process: metrics x (time + slack) + warm-up + start-up
+    n_metrics = 2 + len(cfg["inflight"]) + 4
+    client_timeout = n_metrics * (cfg["time"] * 3 + 2) + cfg["warmup"] * 3 + 20
+    if a.quick:
+        client_timeout = 20.0
+
+    t_start = time.time()
+    os.makedirs(a.out, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="netcall-bench-")
+    results: dict[str, Any] = {
+        "command": "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "config": cfg,
+        "baseline": BASELINE,
+        "env": versions(),
+        "systems": {},
+    }
+    status: dict[str, str] = {}
+    servers: dict[str, tuple[Proc, str]] = {}
+    raw_reps: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
+    try:
+        for s in systems:
+            reason = probe(s)
+            if reason:
+                status[s] = reason
+                print(f"[bench] {s}: {reason}", flush=True)
+        for s in systems:
+            if s in status:
+                continue
+            kind = SYSTEMS[s][0]
+            if kind not in servers:
+                try:
+                    servers[kind] = start_server(kind, tmp)
+                except Exception as e:
+                    status[s] = f"n/a: {e}"[:300]
+                    print(f"[bench] {s}: {status[s]}", flush=True)
+        for rep in range(cfg["reps"]):
+            for s in systems:
+                if s in status:
+                    continue
+                kind = SYSTEMS[s][0]
+                proc, endpoint = servers[kind]
+                if not proc.alive():
+                    status[s] = f"n/a: server died: {proc.tail(300)}"
+                    continue
+                t0 = time.monotonic()
+                data = run_client(s, endpoint, proc.pid, cfg, tmp, client_timeout)
+                raw_reps[s].append(data)
+                errs = {
+                    k: v.splitlines()[0] for k, v in data["errors"].items() if k != "warmup" and v
+                }
+                print(
+                    f"[bench] rep {rep + 1}/{cfg['reps']} {s}: {time.monotonic() - t0:.1f} s"
+                    + (f"; errors: {errs}" if errs else ""),
+                    flush=True,
+                )
+                if not data["metrics"] and "client" in data["errors"]:
+                    status[s] = "n/a: " + data["errors"]["client"]
+        # memory: netcall's asyncio client against a fresh service, in a fresh client
+        # process for each figure (a heap that already grew would hide the growth)
+        if not a.no_memory:
+            for s in [x for x in ("netcall-asyncio",) if x in systems and x not in status]:
+                mem: dict[str, Any] = {"metrics": {}, "errors": {}}
+                results.setdefault("memory", {})[s] = mem
+                for what in ("calls", "streams"):
+                    try:
+                        proc, endpoint = start_server(SYSTEMS[s][0], tmp)
+                    except Exception as e:
+                        mem["errors"]["mem_" + what] = f"n/a: {e}"
+                        continue
+                    try:
+                        mcfg = dict(cfg, memory=what, only=["none"], warmup=0.05)
+                        data = run_client(
+                            s, endpoint, proc.pid, mcfg, tmp, 150.0 if not a.quick else 20.0
+                        )
+                    finally:
+                        proc.stop()
+                    mem["metrics"].update(
+                        {k: v for k, v in data["metrics"].items() if k.startswith("mem")}
+                    )
+                    mem["errors"].update(
+                        {
+                            k: v
+                            for k, v in data["errors"].items()
+                            if k.startswith("mem") or k == "client"
+                        }
+                    )
+                print(f"[bench] memory {s}: {mem}", flush=True)
+    finally:
+        for proc, _ in servers.values():
+            proc.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    for s in systems:
+        reps = raw_reps[s]
+        errors: dict[str, str] = {}
+        for r in reps:
+            for k, v in r.get("errors", {}).items():
+                errors.setdefault(k, v)
+        tracebacks: dict[str, str] = {}
+        for r in reps:
+            tracebacks.update(r.get("tracebacks", {}))
+        results["systems"][s] = {
+            "status": status.get(s, "ok"),
+            "metrics": aggregate(reps),
+            "errors": errors,
+            "tracebacks": tracebacks,
+            "info": reps[-1]["info"] if reps else {},
+        }
+    add_ratios(results)
+    results["elapsed_s"] = round(time.time() - t_start, 1)
+    return write_reports(results, a.out)
+
+
+def write_reports(results: dict[str, Any], out: str) -> int:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, sort_keys=True)
+    md = markdown(results)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(md)
+    note = plot(results, os.path.join(out, "throughput.png"))
+    print(md)
+    if note:
+        print(note)
+    pngs = "" if note else ", throughput.png"
+    print(f"[bench] wrote {out}/results.json, results.md{pngs} in {results.get('elapsed_s')} s")
+    return 0
+
+
+def add_ratios(results: dict[str, Any]) -> None:
+    base = results["systems"].get(BASELINE, {}).get("metrics", {})
+    for sysres in results["systems"].values():
+        ratios: dict[str, float] = {}
+        for m, field, _title, higher in COLUMNS:
+            v = sysres["metrics"].get(m, {}).get(field)
+            b = base.get(m, {}).get(field)
+            if isinstance(v, (int, float)) and isinstance(b, (int, float)) and v > 0 and b > 0:
+                ratios[f"{m}.{field}"] = v / b if higher else b / v
+        sysres["ratios"] = ratios
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _fmt(v: float) -> str:
+    if v >= 100:
+        return f"{v:,.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def cell(sysres: dict[str, Any], m: str, field: str, with_ratio: bool = True) -> str:
+    v = sysres["metrics"].get(m, {}).get(field)
+    if not isinstance(v, (int, float)):
+        err = sysres["errors"].get(m) or (sysres["status"] if sysres["status"] != "ok" else "")
+        return "n/a" if err else "–"  # noqa: RUF001
+    r = sysres.get("ratios", {}).get(f"{m}.{field}")
+    if with_ratio and r is not None:
+        return f"{_fmt(v)} ({r:.2f}×)"  # noqa: RUF001
+    return _fmt(v)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    env = results["env"]
+    lines = [
+        "## Results",
+        "",
+        f"`{results['command']}` — {env.get('nproc')} cores ({env.get('cpu')}), Python {env.get('python')}, "
+        f"pyzmq {env.get('pyzmq')}, libzmq {env.get('libzmq')}, netcall {env.get('netcall')} (git {env.get('git')}); "
+        f"{results['config']['reps']} repetitions of {results['config']['time']} s, median; "
+        f"echo of `'hello'` over tcp://127.0.0.1, service and client in separate processes.",
+        "",
+        f"Ratios in parentheses are to `{BASELINE}` in the same run (throughput: system/baseline; "
+        "latency: baseline/system; above 1 is better).",
+        "",
+    ]
+    header = ["system"] + [c[2] for c in COLUMNS]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for s, r in results["systems"].items():
+        row = [f"`{s}`"]
+        for m, field, _title, _h in COLUMNS:
+            row.append(cell(r, m, field, with_ratio=field.endswith("_s")))
+        lines.append("| " + " | ".join(row) + " |")
+    for key, title in (
+        ("stream_sync", "Streams from a plain (sync) generator on the service"),
+        ("stream_push", "Raw streams with no flow control (plain push, unbounded HWM)"),
+    ):
+        extra = [(s, r) for s, r in results["systems"].items() if key in r["metrics"]]
+        if extra:
+            lines += ["", f"{title}:", ""]
+            for s, r in extra:
+                lines.append(f"- `{s}`: {cell(r, key, 'items_s', False)} items/s")
+    mem = results.get("memory")
+    if mem:
+        lines += [
+            "",
+            "### Memory (RSS growth)",
+            "",
+            "| system | what | client | service |",
+            "|---|---|---|---|",
+        ]
+        for s, d in mem.items():
+            for key, what in (("mem_calls", "calls in flight"), ("mem_streams", "open streams")):
+                v = d["metrics"].get(key)
+                if v:
+                    lines.append(
+                        f"| `{s}` | {v['n']:,} {what} | {v['client_mib']:.1f} MiB ({v['client_kib_each']:.2f} KiB each) "
+                        f"| {v['server_mib']:.1f} MiB ({v['server_kib_each']:.2f} KiB each) |"
+                    )
+                else:
+                    lines.append(
+                        f"| `{s}` | {what} | n/a: {d['errors'].get(key) or d['errors'].get('client', '?')} | |"
+                    )
+    notes = []
+    for s, r in results["systems"].items():
+        if r["status"] != "ok":
+            notes.append(f"- `{s}`: {r['status']}")
+        for k, v in r["errors"].items():
+            if k not in ("warmup",) and r["status"] == "ok":
+                first = v.splitlines()[0] if v else "?"
+                notes.append(f"- `{s}` {k}: {first}")
+    if notes:
+        lines += ["", "Not measured / errors:", "", *notes]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: str) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as e:
+        return f"[bench] plot skipped: matplotlib not importable ({e})"
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for s, r in results["systems"].items():
+        xs, ys = [], []
+        for c in results["config"]["inflight"]:
+            v = r["metrics"].get(f"c{c}", {}).get("calls_s")
+            if isinstance(v, (int, float)):
+                xs.append(c)
+                ys.append(v)
+        if xs:
+            style = "--" if s.startswith("raw") else "-"
+            ax.plot(
+                xs,
+                ys,
+                style,
+                marker="o",
+                label=s,
+                linewidth=2.5 if s.startswith("netcall-asyncio") else 1.5,
+            )
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(results["config"]["inflight"])
+    ax.set_xticklabels([str(c) for c in results["config"]["inflight"]])
+    ax.set_xlabel("calls in flight")
+    ax.set_ylabel("calls/s (echo 'hello')")
+    env = results["env"]
+    ax.set_title(
+        f"throughput vs calls in flight — {env.get('nproc')} cores, Python {env.get('python')}, pyzmq {env.get('pyzmq')}"
+    )
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""One benchmark process: a server (``worker.py server KIND``) or a client
+(``worker.py client SYSTEM``).  Started by ``run.py``; not meant to be run by hand.
+
+A server writes its endpoint to ``--ready FILE`` once it is bound and serves until
+killed.  A client writes its figures to ``--result FILE`` (JSON) after every
+measurement, so a client killed at its time limit still leaves what it measured.
+Both exit on their own if the harness that started them disappears.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+# --------------------------------------------------------------------------- systems
+
+# system -> (server kind, client kind ("async"/"blocking"), loop ("asyncio"/"uvloop"/None))
+SYSTEMS: dict[str, tuple[str, str, str | None]] = {
+    "raw-zmq-asyncio": ("raw-asyncio", "async", "asyncio"),
+    "raw-zmq-fd": ("raw-fd", "async", "asyncio"),
+    "netcall-asyncio": ("netcall", "async", "asyncio"),
+    "netcall-uvloop": ("netcall-uvloop", "async", "uvloop"),
+    "netcall-gevent": ("netcall", "blocking", None),
+    "netcall-sync": ("netcall", "blocking", None),
+    "netcall-tornado": ("netcall", "async", "asyncio"),
+    "aiozmq-rpc": ("aiozmq", "async", "asyncio"),
+    "grpc-aio": ("grpc", "async", "asyncio"),
+    "zerorpc": ("zerorpc", "blocking", None),
+}
+
+NETCALL_SYSTEMS = [s for s in SYSTEMS if s.startswith("netcall")]
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _watch_parent(max_seconds: float) -> None:
+    """Exit if the harness goes away or the process outlives its limit."""
+    parent = os.getppid()
+    start = time.monotonic()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent or time.monotonic() - start > max_seconds:
+                os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _new_loop(kind: str | None) -> asyncio.AbstractEventLoop:
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def run_server(kind: str, ready: str) -> None:
+    def endpoint_cb(endpoint: str) -> None:
+        tmp = ready + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(endpoint)
+        os.replace(tmp, ready)
+
+    if kind == "zerorpc":
+        import peers
+
+        peers.serve_zerorpc(endpoint_cb)
+        return
+    if kind == "raw-asyncio":
+        import raw
+
+        coro_fn: Callable[..., Any] = raw.serve_asyncio
+    elif kind == "raw-fd":
+        import raw
+
+        coro_fn = raw.serve_fd
+    elif kind in ("netcall", "netcall-uvloop"):
+        import netcall_systems
+
+        coro_fn = netcall_systems.serve
+    elif kind == "aiozmq":
+        import peers
+
+        coro_fn = peers.serve_aiozmq
+    elif kind == "grpc":
+        import peers
+
+        coro_fn = peers.serve_grpc
+    else:
+        raise SystemExit(f"unknown server kind {kind}")
+    loop = _new_loop("uvloop" if kind == "netcall-uvloop" else None)
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(coro_fn(endpoint_cb))
+
+
+# --------------------------------------------------------------------------- clients
+
+
+class Recorder:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {"metrics": {}, "errors": {}, "info": {}}
+        self.save()
+
+    def save(self) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.data, f)
+        os.replace(tmp, self.path)
+
+    def metric(self, name: str, value: dict[str, Any]) -> None:
+        self.data["metrics"][name] = value
+        self.save()
+
+    def error(self, name: str, exc: BaseException | str) -> None:
+        if isinstance(exc, BaseException):
+            msg = f"{type(exc).__name__}: {exc}".strip()
+            self.data.setdefault("tracebacks", {})[name] = traceback.format_exc()[-2000:]
+        else:
+            msg = exc
+        self.data["errors"][name] = msg[:300]
+        self.save()
+
+
+PAYLOAD_1K = b"x" * 1024
+PAYLOAD_1M = b"y" * (1 << 20)
+
+
+def _plan(cfg: dict[str, Any], cli: Any) -> list[tuple[str, str, Any]]:
+    """(metric name, driver kind, parameters)."""
+    plan: list[tuple[str, str, Any]] = [("seq", "seq", ("hello", cfg["seq_calls"], cfg["time"]))]
+    for c in cfg["inflight"]:
+        plan.append((f"c{c}", "conc", ("hello", c, cfg["conc_calls"], cfg["time"])))
+    plan.append(("stream", "stream", (cfg["stream_items"], cfg["time"])))
+    for extra in ("stream_sync", "stream_push"):
+        if hasattr(cli, extra):
+            plan.append((extra, extra, (cfg["stream_items"], cfg["time"])))
+    plan.append(("kib1", "seq", (PAYLOAD_1K, cfg["seq_calls"], cfg["time"])))
+    plan.append(("mib1", "seq", (PAYLOAD_1M, cfg["mib_calls"], cfg["time"])))
+    return [p for p in plan if not cfg.get("only") or p[0] in cfg["only"]]
+
+
+async def _async_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Recorder) -> None:
+    import drivers
+
+    if system == "raw-zmq-asyncio":
+        import raw
+
+        cli: Any = raw.AsyncioClient(endpoint)
+    elif system == "raw-zmq-fd":
+        import raw
+
+        cli = raw.FdClient(endpoint)
+    elif system in ("netcall-asyncio", "netcall-uvloop"):
+        import netcall_systems
+
+        cli = await netcall_systems.AsyncioClient().open(endpoint)
+    elif system == "netcall-tornado":
+        import netcall_systems
+
+        cli = await netcall_systems.TornadoClient().open(endpoint)
+    elif system == "aiozmq-rpc":
+        import peers
+
+        cli = await peers.AiozmqClient().open(endpoint)
+    elif system == "grpc-aio":
+        import peers
+
+        cli = await peers.GrpcClient().open(endpoint)
+    else:
+        raise SystemExit(f"unknown system {system}")
+    rec.data["info"]["loop"] = type(asyncio.get_running_loop()).__module__
+    try:
+        if system == "aiozmq-rpc":
+            rec.error("stream", "n/a: aiozmq.rpc has no streams")
+        # warm-up: not recorded
+        wt = cfg["warmup"]
+        try:
+            await asyncio.wait_for(drivers.a_conc(cli.echo, "hello", 64, 10**9, wt), wt * 4 + 10)
+            await asyncio.wait_for(drivers.a_seq(cli.echo, "hello", 10**9, wt / 2), wt * 4 + 10)
+        except Exception as e:
+            rec.error("warmup", e)
+        for name, kind, params in _plan(cfg, cli):
+            if name in rec.data["errors"]:
+                continue
+            limit = cfg["time"] * 4 + 15
+            try:
+                if kind == "seq":
+                    res = await asyncio.wait_for(drivers.a_seq(cli.echo, *params), limit)
+                elif kind == "conc":
+                    res = await asyncio.wait_for(drivers.a_conc(cli.echo, *params), limit)
+                else:
+                    res = await asyncio.wait_for(
+                        drivers.a_stream(getattr(cli, kind), *params), limit
+                    )
+                rec.metric(name, res)
+            except Exception as e:
+                rec.error(name, e)
+        if cfg.get("memory"):
+            await _memory(cli, cfg, rec)
+    finally:
+        try:
+            await asyncio.wait_for(cli.close(), 10)
+        except Exception as e:
+            rec.error("close", e)
+
+
+async def _memory(cli: Any, cfg: dict[str, Any], rec: Recorder) -> None:
+    """RSS deltas (client process and service process) for N calls in flight and M open streams."""
+    spid = cfg["server_pid"]
+    c = cli.client
+    n_calls = cfg["mem_calls"]
+    n_streams = cfg["mem_streams"]
+    what = cfg["memory"]
+    if what == "calls":
+        await _memory_calls(c, spid, n_calls, rec)
+    else:
+        await _memory_streams(c, spid, n_streams, rec)
+
+
+async def _memory_calls(c: Any, spid: int, n_calls: int, rec: Recorder) -> None:
+    try:
+        await c.release()
+        base_c, base_s = rss_kib(), rss_kib(spid)
+        tasks = [asyncio.ensure_future(c.hold()) for _ in range(n_calls)]
+        t_end = time.perf_counter() + 60
+        while await c.held() < n_calls and time.perf_counter() < t_end:
+            await asyncio.sleep(0.05)
+        held = await c.held()
+        peak_c, peak_s = rss_kib(), rss_kib(spid)
+        await c.release()
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        rec.metric(
+            "mem_calls",
+            {
+                "n": n_calls,
+                "held": held,
+                "client_mib": (peak_c - base_c) / 1024,
+                "server_mib": (peak_s - base_s) / 1024,
+                "client_kib_each": (peak_c - base_c) / max(held, 1),
+                "server_kib_each": (peak_s - base_s) / max(held, 1),
+            },
+        )
+    except Exception as e:
+        rec.error("mem_calls", e)
+
+
+async def _memory_streams(c: Any, spid: int, n_streams: int, rec: Recorder) -> None:
+    try:
+        base_c, base_s = rss_kib(), rss_kib(spid)
+        its = []
+        for _ in range(n_streams):
+            it = c.count(10**9).__aiter__()
+            its.append(it)
+            await it.__anext__()  # the stream is open and has produced
+        await asyncio.sleep(0.3)  # let prefetch windows fill
+        peak_c, peak_s = rss_kib(), rss_kib(spid)
+        for it in its:
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        rec.metric(
+            "mem_streams",
+            {
+                "n": n_streams,
+                "client_mib": (peak_c - base_c) / 1024,
+                "server_mib": (peak_s - base_s) / 1024,
+                "client_kib_each": (peak_c - base_c) / n_streams,
+                "server_kib_each": (peak_s - base_s) / n_streams,
+            },
+        )
+    except Exception as e:
+        rec.error("mem_streams", e)
+
+
+def _blocking_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Recorder) -> None:
+    if system == "zerorpc":
+        import peers
+
+        cli: Any = peers.ZerorpcClient(endpoint)
+    elif system == "netcall-gevent":
+        import netcall_systems
+
+        cli = netcall_systems.GeventClient(endpoint)
+    elif system == "netcall-sync":
+        import netcall_systems
+
+        cli = netcall_systems.SyncClient(endpoint)
+    else:
+        raise SystemExit(f"unknown system {system}")
+    import drivers
+
+    spawner = cli.spawner
+    rec.data["info"]["spawner"] = spawner
+    try:
+        wt = cfg["warmup"]
+        try:
+            drivers.b_conc(cli.echo, "hello", 8, 10**9, wt, spawner)
+            drivers.b_seq(cli.echo, "hello", 10**9, wt / 2)
+        except Exception as e:
+            rec.error("warmup", e)
+        for name, kind, params in _plan(cfg, cli):
+            try:
+                if kind == "seq":
+                    res = drivers.b_seq(cli.echo, *params)
+                elif kind == "conc":
+                    res = drivers.b_conc(cli.echo, *params, spawner)
+                else:
+                    res = drivers.b_stream(getattr(cli, kind), *params)
+                rec.metric(name, res)
+            except Exception as e:
+                rec.error(name, e)
+    finally:
+        try:
+            cli.close()
+        except Exception as e:
+            rec.error("close", e)
+
+
+def run_client(system: str, endpoint: str, cfg: dict[str, Any], result: str) -> None:
+    rec = Recorder(result)
+    rec.data["info"]["pid"] = os.getpid()
+    _server, kind, loop_kind = SYSTEMS[system]
+    try:
+        if kind == "async":
+            loop = _new_loop(loop_kind)
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(_async_client(system, endpoint, cfg, rec))
+            finally:
+                loop.close()
+        else:
+            _blocking_client(system, endpoint, cfg, rec)
+    except BaseException as e:
+        rec.error("client", e)
+        raise
+    rec.data["info"]["rss_kib_end"] = rss_kib()
+    rec.data["done"] = True
+    rec.save()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("role", choices=["server", "client"])
+    ap.add_argument("name")
+    ap.add_argument("--ready")
+    ap.add_argument("--endpoint")
+    ap.add_argument("--config", default="{}")
+    ap.add_argument("--result")
+    ap.add_argument("--max-seconds", type=float, default=900)
+    a = ap.parse_args()
+    _watch_parent(a.max_seconds)
+    if a.role == "server":
+        assert a.ready
+        run_server(a.name, a.ready)
+    else:
+        assert a.endpoint and a.result
+        run_client(a.name, a.endpoint, json.loads(a.config), a.result)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # do not wait for libraries' non-daemon threads at exit (they could hang)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
