@@ -173,11 +173,11 @@ class RPCClient:
         return self._closed
 
     def _start(self) -> SocketDriver:
+        if self._closed:
+            raise ClientClosedError("the client is closed")
         driver = self._driver
         if driver is not None:
             return driver
-        if self._closed:
-            raise ClientClosedError("the client is closed")
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._driver = SocketDriver(self.socket, loop, self._on_message, self._on_unreachable)

@@ -8,6 +8,7 @@ import contextvars
 import functools
 import inspect
 import logging
+import sys
 import time
 import traceback as _traceback
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable
@@ -19,7 +20,12 @@ import zmq
 from . import protocol as p
 from ._context import CallContext, _current
 from ._reactor import SocketDriver
-from .errors import SerializationError, exception_for_throw, exception_to_remote
+from .errors import (
+    SerializationError,
+    exception_for_throw,
+    exception_to_remote,
+    remote_type_name,
+)
 from .serializers import Serializer, get_serializer
 
 __all__ = ["RESERVED_NAMES", "RPCService"]
@@ -159,7 +165,7 @@ class RPCService:
         self._tracebacks = tracebacks
         self._handlers: dict[str, _Handler] = {}
         self._bound: set[str] = set()
-        self._calls: dict[tuple[bytes, int], asyncio.Task[None]] = {}
+        self._calls: dict[tuple[bytes, int], asyncio.Future[Any]] = {}
         self._streams: dict[tuple[bytes, int], _Stream] = {}
         self._seen: dict[bytes, float] = {}
         self._driver: SocketDriver | None = None
@@ -533,38 +539,35 @@ class RPCService:
         if oneway:
             self._send(peer, p.Ack(rid).to_frames())
         ctx = CallContext(msg.method, peer, deadline, oneway)
-        if not handler.is_async and self._executor is None and self._sync_runner is None:
-            # Fast path: a sync handler runs inline, no task.
-            token = _current.set(ctx)
-            try:
+        token = _current.set(ctx)
+        try:
+            if handler.is_async:
+                # Creating the coroutine binds the arguments (TypeError here) but runs nothing.
+                work: Awaitable[Any] = handler.fn(*args, **kwargs)
+            elif self._executor is None and self._sync_runner is None:
+                # Fast path: a sync handler runs inline, no task.
                 result = handler.fn(*args, **kwargs)
-            except Exception as exc:
-                self._handler_failed(peer, rid, handler, args, kwargs, exc, oneway)
-                return
-            finally:
-                _current.reset(token)
-            if not inspect.isawaitable(result):
-                self._finish(peer, msg, result, oneway)
-                return
-            coro: Awaitable[Any] = result
-        else:
-            coro = self._invoke(handler, args, kwargs)
-        assert self._loop is not None
-        # The task runs in a context where current_call() is this call (3.10 has no
-        # create_task(context=...): create it inside that context instead).
-        task = _context_with(ctx).run(
-            self._loop.create_task, self._run(peer, msg, handler, args, kwargs, coro, oneway)
-        )
-        self._calls[key] = task
+                if not inspect.isawaitable(result):
+                    self._finish(peer, msg, result, oneway)
+                    return
+                work = result
+            else:
+                work = self._run_sync(functools.partial(handler.fn, *args, **kwargs))
+            # The task runs in a copy of this context, where current_call() is this call.
+            task = _start_task(self._loop, work)  # type: ignore[arg-type]
+        except Exception as exc:
+            self._handler_failed(peer, rid, handler, args, kwargs, exc, oneway)
+            return
+        finally:
+            _current.reset(token)
+        timer = None
         if deadline is not None:
-            delay = deadline - time.time()
-            timer = self._loop.call_later(delay, task.cancel)
-            task.add_done_callback(lambda _t: timer.cancel())
-
-    async def _invoke(self, handler: _Handler, args: Any, kwargs: dict[str, Any]) -> Any:
-        if handler.is_async:
-            return await handler.fn(*args, **kwargs)
-        return await self._run_sync(functools.partial(handler.fn, *args, **kwargs))
+            assert self._loop is not None
+            timer = self._loop.call_later(deadline - time.time(), task.cancel)
+        self._calls[key] = task
+        task.add_done_callback(
+            functools.partial(self._call_done, peer, msg, handler, args, kwargs, timer)
+        )
 
     async def _run_sync(self, fn: Callable[[], T]) -> T:
         if self._sync_runner is not None:
@@ -575,22 +578,21 @@ class RPCService:
             return await self._loop.run_in_executor(self._executor, ctx.run, fn)
         return fn()
 
-    async def _run(
+    def _call_done(
         self,
         peer: bytes,
         msg: p.Call,
         handler: _Handler,
         args: Any,
         kwargs: dict[str, Any],
-        coro: Awaitable[Any],
-        oneway: bool,
+        timer: asyncio.TimerHandle | None,
+        task: asyncio.Future[Any],
     ) -> None:
-        key = (peer, msg.id)
-        try:
-            result = await coro
-            while inspect.isawaitable(result):
-                result = await result
-        except asyncio.CancelledError:
+        """A handler task ended (also when it was cancelled before it ever ran)."""
+        self._calls.pop((peer, msg.id), None)
+        if timer is not None:
+            timer.cancel()
+        if task.cancelled():
             if self._stopping:
                 self._refuse(
                     peer,
@@ -600,12 +602,14 @@ class RPCService:
                 )
             # Otherwise the client cancelled or the deadline passed: nobody waits for a reply.
             return
-        except Exception as exc:
-            self._handler_failed(peer, msg.id, handler, args, kwargs, exc, oneway)
+        exc = task.exception()
+        if exc is not None:
+            if isinstance(exc, Exception):
+                self._handler_failed(peer, msg.id, handler, args, kwargs, exc, msg.oneway)
+            else:  # KeyboardInterrupt, SystemExit, GeneratorExit from a killed greenlet...
+                self._refuse(peer, msg.id, remote_type_name(exc), "the handler was interrupted")
             return
-        finally:
-            self._calls.pop(key, None)
-        self._finish(peer, msg, result, oneway)
+        self._finish(peer, msg, task.result(), msg.oneway)
 
     def _handler_failed(
         self,
@@ -822,10 +826,21 @@ class RPCService:
             self._schedule_reaper()
 
 
-def _context_with(ctx: CallContext) -> contextvars.Context:
-    context = contextvars.copy_context()
-    context.run(_current.set, ctx)
-    return context
+if sys.version_info >= (3, 12):
+
+    def _start_task(loop: asyncio.AbstractEventLoop, work: Awaitable[Any]) -> asyncio.Future[Any]:
+        # An eager task runs its first step now: a handler that never suspends completes
+        # without a trip through the loop.
+        if inspect.iscoroutine(work):
+            return asyncio.Task(work, loop=loop, eager_start=True)
+        return asyncio.ensure_future(work, loop=loop)
+
+else:
+
+    def _start_task(loop: asyncio.AbstractEventLoop, work: Awaitable[Any]) -> asyncio.Future[Any]:
+        if inspect.iscoroutine(work):
+            return loop.create_task(work)
+        return asyncio.ensure_future(work, loop=loop)
 
 
 def _binds(fn: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> bool:
