@@ -9,6 +9,9 @@ plain non-blocking calls. Rules this file keeps:
 - ``EAGAIN`` on send is "try again" (the peer's pipe is full, or libzmq throttled command
   processing), never a failure: the message is queued for that peer, in order, and retried.
 - ``EHOSTUNREACH`` (ROUTER_MANDATORY: the peer is gone) drops the message and reports the peer.
+- Sends are corked: queued, then written in one burst at the end of the current wake-up (or
+  on the loop's next turn when sent from a task). A burst keeps libzmq's I/O thread busy with
+  one activation instead of one wake-up per message, which is most of the cost under load.
 - Everything runs on the loop's thread; only :meth:`SocketDriver.close` may be called from
   elsewhere through ``loop.call_soon_threadsafe``.
 """
@@ -88,9 +91,12 @@ class SocketDriver:
         "_check_scheduled",
         "_closed",
         "_fd",
+        "_flush_scheduled",
+        "_in_ready",
         "_loop",
         "_on_message",
         "_on_unreachable",
+        "_outbox",
         "_retry_delay",
         "_retry_handle",
         "sock",
@@ -111,6 +117,9 @@ class SocketDriver:
         self._retry_handle: asyncio.TimerHandle | None = None
         self._retry_delay = _RETRY_MIN
         self._check_scheduled = False
+        self._outbox: list[list[Any]] = []
+        self._flush_scheduled = False
+        self._in_ready = False
         self._closed = False
         self._fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]
         loop.add_reader(self._fd, self._on_ready)
@@ -127,9 +136,27 @@ class SocketDriver:
         return peer in self._blocked
 
     def send(self, frames: list[Any]) -> None:
-        """Send ``frames`` (routing id first) without blocking; queue it if the peer is full."""
+        """Queue ``frames`` (routing id first) for the next burst; never blocks."""
         if self._closed:
             return
+        self._outbox.append(frames)
+        if not self._flush_scheduled and not self._in_ready:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_outbox)
+
+    def _flush_outbox(self) -> None:
+        self._flush_scheduled = False
+        outbox = self._outbox
+        if not outbox or self._closed:
+            return
+        self._outbox = []
+        for frames in outbox:
+            self._send_now(frames)
+        if not self._check_scheduled:
+            self._check_scheduled = True
+            self._loop.call_soon(self._on_ready)
+
+    def _send_now(self, frames: list[Any]) -> None:
         if self._blocked:
             queue = self._blocked.get(frames[0])
             if queue is not None:
@@ -147,9 +174,6 @@ class SocketDriver:
                 self._closed = True
             else:
                 raise
-        if not self._check_scheduled:
-            self._check_scheduled = True
-            self._loop.call_soon(self._on_ready)
 
     def _unreachable(self, peer: bytes) -> None:
         self._blocked.pop(peer, None)
@@ -203,6 +227,7 @@ class SocketDriver:
         sock = self.sock
         on_message = self._on_message
         handled = 0
+        self._in_ready = True
         try:
             while _get(sock, _EVENTS) & _POLLIN:  # type: ignore[operator]
                 while handled < _BATCH:
@@ -226,6 +251,10 @@ class SocketDriver:
                 self._closed = True
                 return
             raise
+        finally:
+            self._in_ready = False
+        if self._outbox:
+            self._flush_outbox()
         if self._blocked and self._retry_handle is None:
             self._schedule_retry()
 
@@ -242,5 +271,13 @@ class SocketDriver:
         except Exception:  # the loop may already be closed
             pass
         self._blocked.clear()
+        outbox, self._outbox = self._outbox, []
+        if linger and not self.sock.closed:
+            # A graceful close still sends what was queued (then lingers to deliver it).
+            for frames in outbox:
+                try:
+                    send_frames(self.sock, frames)
+                except zmq.ZMQError:
+                    pass
         if not self.sock.closed:
             self.sock.close(linger=linger)
