@@ -328,6 +328,81 @@ async def test_calls_are_served_while_streams_are_open(ssvc, client, probe):
     await gen.aclose()
 
 
+class AppError(Exception):
+    pass
+
+
+async def test_athrow_non_builtin_exception(ssvc, client):
+    @ssvc.register
+    async def catcher():
+        while True:
+            try:
+                yield "waiting"
+            except Exception as exc:
+                yield f"{type(exc).__name__}|{exc}"
+
+    gen = await client.catcher()
+    assert await gen.asend(None) == "waiting"
+    caught = await gen.athrow(AppError("custom"))
+    # not rebuilt as the user's class (never unpickled): a remote error carrying its name
+    kind, message = caught.split("|", 1)
+    assert kind in ("RemoteRPCError", "AppError")
+    assert "custom" in message
+    await gen.aclose()
+
+
+async def test_unserializable_item_ends_stream_with_clear_error(ssvc, client, probe):
+    @ssvc.register
+    async def bad_items():
+        probe.started += 1
+        try:
+            yield 1
+            yield object()
+            yield 3  # pragma: no cover - never reached
+        finally:
+            probe.finalized += 1
+
+    got = []
+    with pytest.raises(RPCError) as info:
+        async for x in client.bad_items():
+            got.append(x)
+    assert got == [1]
+    assert "bad_items" in str(info.value) or "serializ" in str(info.value).lower()
+    assert await streams_closed(ssvc, probe, client)
+
+
+async def test_unserializable_asend_value_fails_locally(ssvc, client, probe):
+    gen = await client.accumulate(0)
+    assert await gen.asend(None) == 0
+    with pytest.raises(TypeError):  # SerializationError is a TypeError
+        await gen.asend(object())
+    assert await gen.asend(4) == 4  # the stream is still usable
+    await gen.aclose()
+    assert await streams_closed(ssvc, probe, client)
+
+
+async def test_asend_not_allowed_while_prefetching(ssvc, client, probe):
+    gen = await client.endless()
+    async for x in gen:
+        if x == 2:
+            break
+    with pytest.raises(RuntimeError):
+        await gen.asend(1)
+    await gen.aclose()
+    assert await streams_closed(ssvc, probe, client)
+
+
+async def test_concurrent_steps_on_one_generator_are_refused(ssvc, client, probe):
+    gen = await client.slow_steps(5, 0.2)
+    first = asyncio.ensure_future(gen.asend(None))
+    await asyncio.sleep(0.05)
+    with pytest.raises(RuntimeError):
+        await gen.asend(None)
+    assert await first == 0
+    await gen.aclose()
+    assert await streams_closed(ssvc, probe, client)
+
+
 # ---------------------------------------------------------------- the seed's echo example
 
 
