@@ -10,7 +10,7 @@ Rules of this file:
   :func:`release`\\ s it on close; the last release stops and joins the thread. ``atexit`` closes
   whatever is left; after ``fork()`` the child starts from nothing (the thread does not exist
   there).
-- A thread waits for a coroutine with ``run_coroutine_threadsafe(...).result()``. A greenlet
+- A thread waits on a bare lock released by the task's done callback. A greenlet
   never blocks its hub: it waits on a :class:`HubPort` (one ``loop.async_()`` watcher per hub
   and a deque of callbacks to run there, the watcher referenced only while someone waits).
 - Waiting from the loop's own thread would deadlock: it raises ``RuntimeError`` instead.
@@ -212,6 +212,9 @@ class Bridge:
         self.thread_id = 0
         self.users = 0
         self.closers: dict[int, Callable[[], None]] = {}
+        self._allocate_lock = _original("_thread", "allocate_lock")
+        self._scheduling = _real_lock()  # guards _closing against late _start()s
+        self._closing = False
         self._done = _real_lock()
         self._done.acquire()
         started = _real_lock()
@@ -227,6 +230,11 @@ class Bridge:
             loop.run_forever()
         finally:
             try:
+                with self._scheduling:
+                    self._closing = True  # from here no call is scheduled any more
+                # Calls scheduled before that start now, and are cancelled with the rest:
+                # every waiter hears back (ClientClosedError).
+                loop.run_until_complete(asyncio.sleep(0))
                 tasks = asyncio.all_tasks(loop)
                 for task in tasks:
                     task.cancel()
@@ -297,24 +305,39 @@ class Bridge:
             return False
         return True
 
+    def _start(
+        self, coro: Coroutine[Any, Any, T], tasks: list[asyncio.Task[T]], done: Callable[..., None]
+    ) -> None:
+        """Have the loop run ``coro`` as a task (appended to ``tasks``), calling ``done(task)``
+        when it finishes."""
+
+        def create() -> None:
+            task = self.loop.create_task(coro)
+            tasks.append(task)
+            task.add_done_callback(done)
+
+        with self._scheduling:
+            if self._closing:
+                coro.close()
+                raise ClientClosedError("the netcall loop thread has stopped")
+            self.loop.call_soon_threadsafe(create)
+
     def _run_in_thread(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        # A bare lock, released by the task's done callback: lighter than a
+        # concurrent.futures.Future (no Condition, no state machine) on the hot path.
+        lock = self._allocate_lock()
+        lock.acquire()
+        tasks: list[asyncio.Task[T]] = []
+        self._start(coro, tasks, lambda _task: lock.release())
+        finished = False
         try:
-            fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        except RuntimeError:  # the loop is closed
-            coro.close()
-            raise ClientClosedError("the netcall loop thread has stopped") from None
-        try:
-            return fut.result(timeout)
-        except concurrent.futures.CancelledError:
-            raise ClientClosedError("the call was cancelled: the netcall loop stopped") from None
-        except concurrent.futures.TimeoutError:
-            if fut.done():  # the coroutine itself raised TimeoutError (3.11+: same class)
-                raise
-            fut.cancel()
-            raise RPCTimeoutError(f"no answer within {timeout} s") from None
-        except BaseException:
-            fut.cancel()  # KeyboardInterrupt while waiting: do not leave the call running
-            raise
+            finished = lock.acquire(True, -1 if timeout is None else timeout)
+            if not finished:
+                raise RPCTimeoutError(f"no answer within {timeout} s")
+            return _task_result(tasks[0])
+        finally:
+            if not finished:  # timed out or interrupted: do not leave the call running
+                self.call_soon(_cancel_all, tasks)
 
     def _run_in_greenlet(
         self, coro: Coroutine[Any, Any, T], port: HubPort, timeout: float | None
@@ -323,22 +346,9 @@ class Bridge:
 
         tasks: list[asyncio.Task[T]] = []
         finished = False
-
-        def start(done: Callable[[Any], None]) -> None:
-            def create() -> None:
-                task = self.loop.create_task(coro)
-                tasks.append(task)
-                task.add_done_callback(done)
-
-            try:
-                self.loop.call_soon_threadsafe(create)
-            except RuntimeError:
-                coro.close()
-                raise ClientClosedError("the netcall loop thread has stopped") from None
-
         try:
             with gevent.Timeout(timeout, False) if timeout is not None else nullcontext():
-                task: asyncio.Task[T] = port.wait(start)
+                task: asyncio.Task[T] = port.wait(lambda done: self._start(coro, tasks, done))
                 finished = True
                 return _task_result(task)
             raise RPCTimeoutError(f"no answer within {timeout} s")

@@ -222,6 +222,15 @@ class RPCClient:
         """
         return _Call(self, name, args, kwargs, timeout, oneway)
 
+    async def methods(self, timeout: float | None = _UNSET) -> dict[str, dict[str, str]]:
+        """The service's methods: ``{name: {"signature": ..., "doc": ...}}``.
+
+        Raises:
+            RPCTimeoutError: no answer within the timeout.
+        """
+        result: dict[str, dict[str, str]] = await self.call("_netcall.methods", timeout=timeout)
+        return result
+
     def with_options(self, *, timeout: float | None = _UNSET, oneway: bool = False) -> _Options:
         """A view of this client whose calls use these options: ``client.with_options(
         timeout=2).slow(x)``."""

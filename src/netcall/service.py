@@ -183,6 +183,8 @@ class RPCService:
             sock.setsockopt(zmq.MAXMSGSIZE, int(max_message_size))
         self.socket = sock
         self._register_own_methods()
+        # Built-in introspection, under a name no user handler can take.
+        self._handlers["_netcall.methods"] = _Handler("_netcall.methods", self.methods)
 
     # -- registration ---------------------------------------------------------------------
 
@@ -271,6 +273,8 @@ class RPCService:
         """The registered handlers: ``{name: {"signature": ..., "doc": ...}}``."""
         out = {}
         for name, h in sorted(self._handlers.items()):
+            if name.startswith("_"):
+                continue
             try:
                 sig = str(inspect.signature(h.fn))
             except (TypeError, ValueError):
@@ -700,17 +704,17 @@ class RPCService:
             stream.state = p.StreamState.STEPPING
         stream.wake()
 
-    async def _step(self, stream: _Stream, op: str, value: Any) -> Any:
+    async def _step(self, stream: _Stream, op: str, value: Any) -> tuple[bool, Any]:
+        """Advance the generator once: ``(False, item)``, or ``(True, None)`` when exhausted."""
         gen = stream.gen
         if stream.is_async:
-            if op == "send":
-                return await gen.asend(value)
-            return await gen.athrow(value)
-        fn = (
-            functools.partial(gen.send, value)
-            if op == "send"
-            else functools.partial(gen.throw, value)
-        )
+            try:
+                if op == "send":
+                    return False, await gen.asend(value)
+                return False, await gen.athrow(value)
+            except StopAsyncIteration:
+                return True, None
+        fn = functools.partial(_sync_step, gen.send if op == "send" else gen.throw, value)
         if self._sync_runner is None and self._executor is None:
             return fn()
         return await self._run_sync(fn)
@@ -740,10 +744,10 @@ class RPCService:
                     stream.waiter = None
                     continue
                 try:
-                    item = await self._step(stream, op, value)
-                except (StopIteration, StopAsyncIteration):
-                    self._send(stream.peer, p.End(stream.rid).to_frames())
-                    return
+                    done, item = await self._step(stream, op, value)
+                    if done:
+                        self._send(stream.peer, p.End(stream.rid).to_frames())
+                        return
                 except Exception as exc:
                     self._send_error(stream.peer, stream.rid, exc)
                     return
@@ -851,6 +855,14 @@ def _binds(fn: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> bool:
     except ValueError:
         return True
     return True
+
+
+def _sync_step(step: Callable[[Any], Any], value: Any) -> tuple[bool, Any]:
+    # StopIteration must not escape into a coroutine (PEP 479) or a Future: report it.
+    try:
+        return False, step(value)
+    except StopIteration:
+        return True, None
 
 
 _closing: set[asyncio.Task[Any]] = set()

@@ -1,0 +1,133 @@
+"""The ``netcall`` command line.
+
+::
+
+    netcall call tcp://127.0.0.1:5555 echo '"hi"'        # arguments are JSON, else strings
+    netcall call tcp://127.0.0.1:5555 count 5             # a stream prints one item a line
+    netcall methods tcp://127.0.0.1:5555
+    netcall serve examples.echo_service:service --bind tcp://127.0.0.1:5555
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .client import RemoteGenerator, RPCClient
+from .errors import RPCError
+from .service import RPCService
+
+__all__ = ["main"]
+
+
+def _arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _show(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+async def _call(ns: argparse.Namespace) -> int:
+    args = [_arg(a) for a in ns.args]
+    kwargs = {k: _arg(v) for k, v in (kv.split("=", 1) for kv in ns.kw)}
+    async with RPCClient(ns.serializer, timeout=ns.timeout) as client:
+        client.connect(ns.url)
+        result = await client.call(ns.method, *args, **kwargs)
+        if isinstance(result, RemoteGenerator):
+            async with result:
+                async for item in result:
+                    print(_show(item), flush=True)
+        else:
+            print(_show(result))
+    return 0
+
+
+async def _methods(ns: argparse.Namespace) -> int:
+    async with RPCClient(ns.serializer, timeout=ns.timeout) as client:
+        client.connect(ns.url)
+        for name, info in (await client.methods()).items():
+            doc = info["doc"].splitlines()[0] if info["doc"] else ""
+            print(f"{name}{info['signature']}" + (f"  -- {doc}" if doc else ""))
+    return 0
+
+
+def _load_service(spec: str) -> RPCService:
+    module_name, _, attr = spec.partition(":")
+    sys.path.insert(0, ".")
+    module = importlib.import_module(module_name)
+    obj = getattr(module, attr or "service")
+    if isinstance(obj, type) and issubclass(obj, RPCService):
+        obj = obj()
+    if not isinstance(obj, RPCService):
+        raise SystemExit(f"{spec} is not an RPCService")
+    return obj
+
+
+async def _serve(ns: argparse.Namespace) -> int:
+    service = _load_service(ns.service)
+    service.bind(ns.bind)
+    loop = asyncio.get_running_loop()
+    stopping: set[asyncio.Task[None]] = set()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: stopping.add(loop.create_task(service.stop())))
+    print(f"serving {ns.service} on {', '.join(sorted(service.bound))}", flush=True)
+    await service.serve()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``netcall`` command. Returns the exit status."""
+    parser = argparse.ArgumentParser(prog="netcall", description=__doc__.splitlines()[1])
+    parser.add_argument("--version", action="version", version=f"netcall {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def client_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("url", help="service endpoint, e.g. tcp://127.0.0.1:5555")
+        p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+        p.add_argument("--serializer", default="msgpack", choices=["msgpack", "json"])
+
+    p_call = sub.add_parser("call", help="call a method and print the result")
+    client_options(p_call)
+    p_call.add_argument("method")
+    p_call.add_argument("args", nargs="*", help="positional arguments (JSON, else strings)")
+    p_call.add_argument("--kw", action="append", default=[], metavar="NAME=VALUE")
+    p_call.set_defaults(run=_call)
+
+    p_methods = sub.add_parser("methods", help="list a service's methods")
+    client_options(p_methods)
+    p_methods.set_defaults(run=_methods)
+
+    p_serve = sub.add_parser("serve", help="serve an RPCService from a module")
+    p_serve.add_argument("service", help="module:attribute of an RPCService (or subclass)")
+    p_serve.add_argument("--bind", action="append", required=True, help="endpoint (repeatable)")
+    p_serve.set_defaults(run=_serve)
+
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.WARNING)
+    try:
+        return int(asyncio.run(ns.run(ns)))
+    except RPCError as exc:
+        print(f"netcall: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

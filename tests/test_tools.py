@@ -1,0 +1,90 @@
+"""netcall.testing, introspection and the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from netcall import MethodNotFoundError, RPCService
+from netcall.testing import free_tcp_endpoint, service_client_pair
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_service() -> RPCService:
+    service = RPCService()
+
+    @service.register
+    async def echo(s):
+        """Return s."""
+        return s
+
+    @service.register
+    def count(n):
+        yield from range(n)
+
+    return service
+
+
+async def test_service_client_pair_serves_and_cleans_up() -> None:
+    service = make_service()
+    async with service_client_pair(service, timeout=2.0) as client:
+        assert await client.echo("hi") == "hi"
+        assert [x async for x in client.count(3)] == [0, 1, 2]
+        with pytest.raises(MethodNotFoundError):
+            await client.nope()
+    assert service.closed and client.closed
+
+
+async def test_methods_lists_signatures_and_docs() -> None:
+    async with service_client_pair(make_service(), timeout=2.0) as client:
+        methods = await client.methods()
+    assert methods == {
+        "count": {"signature": "(n)", "doc": ""},
+        "echo": {"signature": "(s)", "doc": "Return s."},
+    }
+
+
+def test_free_tcp_endpoint() -> None:
+    url = free_tcp_endpoint()
+    assert url.startswith("tcp://127.0.0.1:") and int(url.rsplit(":", 1)[1]) > 0
+
+
+@pytest.mark.timeout(30)
+def test_cli_serve_call_methods() -> None:
+    url = free_tcp_endpoint()
+    cli = [sys.executable, "-m", "netcall.cli"]
+    server = subprocess.Popen(
+        [*cli, "serve", "echo_service:service", "--bind", url],
+        cwd=ROOT / "examples",
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        assert "serving" in server.stdout.readline()
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*cli, *args], capture_output=True, text=True, timeout=20, check=False
+            )
+
+        out = run("call", url, "echo", '"hi"')
+        assert out.returncode == 0 and out.stdout.strip() == '"hi"'
+        out = run("call", url, "hello", "World")
+        assert out.stdout.strip() == '"Hello World"'
+        out = run("call", url, "count", "3")
+        assert out.stdout.split() == ["0", "1", "2"]
+        out = run("methods", url)
+        assert "echo(s)" in out.stdout and "count(n)" in out.stdout
+        out = run("call", url, "nope")
+        assert out.returncode == 1 and "MethodNotFound" in out.stderr
+        out = run("call", url, "echo", "x", "--timeout", "0.5", "--serializer", "json")
+        assert out.returncode == 1 and "Serializer" in out.stderr
+    finally:
+        server.terminate()
+        assert server.wait(timeout=10) == 0
+        server.stdout.close()
