@@ -249,11 +249,6 @@ async def test_errors_do_not_disturb_other_calls_in_flight(fsvc, client):
 # ---------------------------------------------------------------- closed client
 
 
-@pytest.mark.xfail(
-    reason="library bug: after close() a call on a used client is sent to a closed driver and "
-    "waits for its timeout (forever with timeout=None) instead of raising ClientClosedError",
-    strict=False,
-)
 async def test_call_on_closed_client(service, make_client, endpoint):
     cli = make_client(timeout=2.0)
     cli.connect(endpoint)

@@ -23,12 +23,6 @@ from netcall import (
 
 pytestmark = pytest.mark.timeout(30)
 
-SYNC_GEN_BUG = (
-    "library bug: a plain (sync) generator's exhaustion raises StopIteration inside a "
-    "coroutine (service._step) -> RuntimeError('coroutine raised StopIteration') reaches the "
-    "client instead of the end of the stream"
-)
-
 
 class Probe:
     """Counts what service-side generators did."""
@@ -167,7 +161,6 @@ async def test_async_for_async_generator(ssvc, client, probe):
     assert await streams_closed(ssvc, probe, client)
 
 
-@pytest.mark.xfail(reason=SYNC_GEN_BUG, strict=False)
 async def test_async_for_sync_generator(ssvc, client, probe):
     assert [x async for x in client.scount(10)] == list(range(10))
     assert await streams_closed(ssvc, probe, client)
@@ -614,7 +607,6 @@ async def test_sync_generator_in_executor(make_service, make_client, make_url):
         pool.shutdown(wait=False)
 
 
-@pytest.mark.xfail(reason=SYNC_GEN_BUG, strict=False)
 async def test_sync_generator_exhausts_in_executor(make_service, make_client, make_url):
     pool = concurrent.futures.ThreadPoolExecutor(2)
     try:
