@@ -215,6 +215,9 @@ class Bridge:
         self._allocate_lock = _original("_thread", "allocate_lock")
         self._scheduling = _real_lock()  # guards _closing against late _start()s
         self._closing = False
+        self._inbox: deque[tuple[Coroutine[Any, Any, Any], list[Any], Callable[..., None]]]
+        self._inbox = deque()
+        self._wake_pending = False
         self._done = _real_lock()
         self._done.acquire()
         started = _real_lock()
@@ -234,7 +237,7 @@ class Bridge:
                     self._closing = True  # from here no call is scheduled any more
                 # Calls scheduled before that start now, and are cancelled with the rest:
                 # every waiter hears back (ClientClosedError).
-                loop.run_until_complete(asyncio.sleep(0))
+                self._drain_inbox()
                 tasks = asyncio.all_tasks(loop)
                 for task in tasks:
                     task.cancel()
@@ -309,18 +312,27 @@ class Bridge:
         self, coro: Coroutine[Any, Any, T], tasks: list[asyncio.Task[T]], done: Callable[..., None]
     ) -> None:
         """Have the loop run ``coro`` as a task (appended to ``tasks``), calling ``done(task)``
-        when it finishes."""
-
-        def create() -> None:
-            task = self.loop.create_task(coro)
-            tasks.append(task)
-            task.add_done_callback(done)
-
+        when it finishes. Calls queue in an inbox; the loop is woken once per batch, not once
+        per call."""
         with self._scheduling:
             if self._closing:
                 coro.close()
                 raise ClientClosedError("the netcall loop thread has stopped")
-            self.loop.call_soon_threadsafe(create)
+            self._inbox.append((coro, tasks, done))
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+            self.loop.call_soon_threadsafe(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        with self._scheduling:
+            inbox, self._inbox = self._inbox, deque()
+            self._wake_pending = False
+        create_task = self.loop.create_task
+        for coro, tasks, done in inbox:
+            task = create_task(coro)
+            tasks.append(task)
+            task.add_done_callback(done)
 
     def _run_in_thread(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
         # A bare lock, released by the task's done callback: lighter than a

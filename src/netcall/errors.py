@@ -225,27 +225,42 @@ def remote_type_name(exc: BaseException) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def exception_message(exc: BaseException) -> str:
+    """An exception's message: its lone string argument as is (``KeyError('k')`` gives
+    ``k``, not ``'k'``), else ``str(exc)``."""
+    args = exc.args
+    if len(args) == 1 and isinstance(args[0], str):
+        return args[0]
+    return str(exc)
+
+
 def exception_to_remote(exc: BaseException) -> tuple[str, str]:
     """The (type name, message) pair of a local exception, as it is sent."""
     if isinstance(exc, RemoteRPCError):
         return exc.type_name, exc.message
-    return remote_type_name(exc), str(exc)
+    return remote_type_name(exc), exception_message(exc)
+
+
+_NEVER_REBUILT = frozenset({"GeneratorExit", "KeyboardInterrupt", "SystemExit"})
+
+
+def rebuild_exception(type_name: str, args: tuple[Any, ...] | list[Any]) -> BaseException:
+    """Rebuild an exception that travelled by name and arguments, by allowlist.
+
+    A name in :data:`BUILTIN_ERRORS` (except the control-flow ones) gives that builtin type
+    with ``args``; anything else a :class:`RemoteRPCError` carrying the name and message.
+    Nothing is imported or unpickled.
+    """
+    if type_name in BUILTIN_ERRORS and type_name not in _NEVER_REBUILT:
+        cls = getattr(builtins, type_name)
+        try:
+            return cls(*args)  # type: ignore[no-any-return]
+        except Exception:  # builtins with stricter constructors (UnicodeDecodeError...)
+            pass
+    message = args[0] if len(args) == 1 and isinstance(args[0], str) else ", ".join(map(str, args))
+    return RemoteRPCError(type_name, message)
 
 
 def exception_for_throw(type_name: str, message: str) -> BaseException:
-    """Rebuild an exception thrown into a remote generator (``athrow``), by allowlist.
-
-    A builtin name gives that builtin type with the message; anything else a
-    :class:`RemoteRPCError` carrying the name.
-    """
-    if type_name in BUILTIN_ERRORS and type_name not in (
-        "GeneratorExit",
-        "KeyboardInterrupt",
-        "SystemExit",
-    ):
-        cls = getattr(builtins, type_name)
-        try:
-            return cls(message) if message else cls()  # type: ignore[no-any-return]
-        except Exception:  # pragma: no cover - builtins with odd constructors
-            pass
-    return RemoteRPCError(type_name, message)
+    """Rebuild an exception thrown into a remote generator (``athrow``), by allowlist."""
+    return rebuild_exception(type_name, (message,) if message else ())

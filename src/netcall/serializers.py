@@ -7,7 +7,9 @@ service that disagree get :class:`~netcall.errors.SerializerMismatchError` inste
 - :class:`MsgpackSerializer` (the default, name ``"msgpack"``) round-trips ``None``, ``bool``,
   ``int`` (64-bit), ``float``, ``str``, ``bytes``, ``list``, ``dict``, ``tuple`` (stays a tuple),
   ``set``/``frozenset``, ``datetime`` (naive or aware, offset kept), ``date``, ``time``,
-  ``timedelta``, ``Decimal`` and ``UUID`` exactly. Nothing it decodes runs code.
+  ``timedelta``, ``Decimal`` and ``UUID`` exactly, and exceptions by name and arguments:
+  builtin types (by allowlist) come back as themselves, others as
+  :class:`~netcall.errors.RemoteRPCError`. Nothing it decodes imports or runs code.
 - :class:`JSONSerializer` (``"json"``): plain JSON types only; tuples arrive as lists.
 - :class:`PickleSerializer` (``"pickle"``): any picklable value. Unpickling runs code chosen by the
   peer: use it only between trusted processes, and only by passing it explicitly.
@@ -24,7 +26,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgpack
 
-from .errors import SerializationError
+from .errors import (
+    SerializationError,
+    exception_message,
+    rebuild_exception,
+    remote_type_name,
+)
 
 __all__ = [
     "JSONSerializer",
@@ -61,6 +68,7 @@ _EXT_UUID = 7
 _EXT_SET = 8
 _EXT_FROZENSET = 9
 _EXT_BIGINT = 10
+_EXT_EXCEPTION = 11
 
 
 class MsgpackSerializer:
@@ -101,6 +109,13 @@ class MsgpackSerializer:
             return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode())
         if isinstance(obj, uuid.UUID):
             return msgpack.ExtType(_EXT_UUID, obj.bytes)
+        if isinstance(obj, BaseException):
+            args = list(obj.args)
+            try:
+                packed_args = pack(args)
+            except (TypeError, ValueError, OverflowError):
+                packed_args = pack([exception_message(obj)])
+            return msgpack.ExtType(_EXT_EXCEPTION, pack([remote_type_name(obj)]) + packed_args)
         if isinstance(obj, frozenset):
             return msgpack.ExtType(_EXT_FROZENSET, pack(list(obj)))
         if isinstance(obj, set):
@@ -148,6 +163,14 @@ class MsgpackSerializer:
             return frozenset(unpack(data))
         if code == _EXT_BIGINT:
             return int(data.decode())
+        if code == _EXT_EXCEPTION:
+            unpacker = msgpack.Unpacker(
+                raw=False, strict_map_key=False, ext_hook=MsgpackSerializer._ext_hook
+            )
+            unpacker.feed(data)
+            (type_name,) = next(unpacker)
+            args = next(unpacker)
+            return rebuild_exception(str(type_name), list(args))
         return msgpack.ExtType(code, data)
 
     @staticmethod
