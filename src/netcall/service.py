@@ -339,7 +339,7 @@ class RPCService:
     @property
     def active_calls(self) -> int:
         """Calls running right now (async handlers, executor and runner calls)."""
-        return len(self._calls)
+        return sum(1 for task in self._calls.values() if not task.done())
 
     @property
     def active_streams(self) -> int:
