@@ -215,11 +215,6 @@ async def test_athrow_with_type_and_value(ssvc, client, probe):
     await gen.aclose()
 
 
-@pytest.mark.xfail(
-    reason="library bug (minor): a thrown KeyError travels as str(exc), which quotes the key, "
-    "so the service sees KeyError(\"'spam'\") instead of KeyError('spam')",
-    strict=False,
-)
 async def test_athrow_keyerror_keeps_its_argument(ssvc, client, probe):
     gen = await client.accumulate(0)
     await gen.asend(None)
@@ -441,12 +436,6 @@ async def test_seed_echo_example_with_pickle(make_service, make_client, make_url
     await _seed_echo_session(cli, events, svc)
 
 
-@pytest.mark.xfail(
-    reason="library bug: the default msgpack serializer cannot carry the exception the seed's "
-    "echo generator yields back (DESIGN: 'exceptions by allowlist'), so athrow(TypeError, "
-    "'spam') does not return TypeError('spam') as the seed README documents",
-    strict=False,
-)
 async def test_seed_echo_example_default_serializer(make_service, make_client, make_url):
     events: list[str] = []
     url = make_url("ipc")
