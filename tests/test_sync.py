@@ -269,3 +269,33 @@ def test_use_after_fork_is_refused(remote: ServiceThread) -> None:
     proc = run_python(FORK_SCRIPT, remote.url, env=netcall_env(), timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "child exit 0"
+
+
+def test_close_while_many_threads_call(ctx: Any, remote: ServiceThread) -> None:
+    """Closing under load: every caller gets an answer or ClientClosedError, none hangs."""
+    cli = SyncRPCClient(context=ctx, timeout=5)
+    cli.connect(remote.url)
+    answered = [0] * 20
+    errors: list[BaseException] = []
+
+    def hammer(n: int) -> None:
+        try:
+            while True:
+                assert cli.echo(n) == n
+                answered[n] += 1
+        except ClientClosedError:
+            pass
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    assert wait_for(lambda: all(answered))
+    bridge = cli._bridge
+    cli.close()
+    for t in threads:
+        t.join(5)
+    assert not any(t.is_alive() for t in threads), "a caller hung on close"
+    assert not errors, errors
+    assert bridge.loop.is_closed()
