@@ -39,9 +39,9 @@ QUICK_SYSTEMS = ["raw-zmq-asyncio", "raw-zmq-fd", "netcall-asyncio"]
 INFLIGHT = [1, 8, 64, 512]
 
 FULL_CFG: dict[str, Any] = {
-    "time": 1.5,
+    "time": 1.0,
     "warmup": 0.5,
-    "reps": 3,
+    "reps": 5,
     "seq_calls": 100_000,
     "conc_calls": 1_000_000,
     "stream_items": 10_000_000,
@@ -229,6 +229,7 @@ def versions() -> dict[str, str]:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     v = json.loads(r.stdout) if r.returncode == 0 else {}
     v["nproc"] = str(os.cpu_count())
+    v["loadavg_start"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     v["platform"] = platform.platform()
     v["cpu"] = _cpu_model()
     try:
@@ -319,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(a.out, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="netcall-bench-")
     results: dict[str, Any] = {
-        "command": "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(
+            ["python benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "config": cfg,
         "baseline": BASELINE,
         "env": versions(),
@@ -419,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     add_ratios(results)
     results["elapsed_s"] = round(time.time() - t_start, 1)
+    results["env"]["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return write_reports(results, a.out)
 
 
@@ -480,7 +484,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"`{results['command']}` — {env.get('nproc')} cores ({env.get('cpu')}), Python {env.get('python')}, "
         f"pyzmq {env.get('pyzmq')}, libzmq {env.get('libzmq')}, netcall {env.get('netcall')} (git {env.get('git')}); "
         f"{results['config']['reps']} repetitions of {results['config']['time']} s, median; "
-        f"echo of `'hello'` over tcp://127.0.0.1, service and client in separate processes.",
+        f"echo of `'hello'` over tcp://127.0.0.1, service and client in separate processes; "
+        f"load average {env.get('loadavg_start', '?')} at the start, {env.get('loadavg_end', '?')} at the end.",
         "",
         f"Ratios in parentheses are to `{BASELINE}` in the same run (throughput: system/baseline; "
         "latency: baseline/system; above 1 is better).",
