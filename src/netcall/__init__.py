@@ -18,6 +18,7 @@ from ._context import CallContext, current_call
 from .client import RemoteGenerator, RPCClient
 from .errors import (
     ClientClosedError,
+    ConnectionLostError,
     MethodNotFoundError,
     ProtocolError,
     RemoteProtocolError,
@@ -39,6 +40,7 @@ __all__ = [
     "RESERVED_NAMES",
     "CallContext",
     "ClientClosedError",
+    "ConnectionLostError",
     "JSONSerializer",
     "MethodNotFoundError",
     "MsgpackSerializer",

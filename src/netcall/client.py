@@ -12,11 +12,13 @@ from types import TracebackType
 from typing import Any
 
 import zmq
+import zmq.utils.monitor
 
 from . import protocol as p
 from ._reactor import SocketDriver
 from .errors import (
     ClientClosedError,
+    ConnectionLostError,
     RPCError,
     RPCTimeoutError,
     SerializationError,
@@ -36,16 +38,18 @@ _UNSET: Any = object()
 class _Service:
     """One connected endpoint, addressed by its own routing id."""
 
-    __slots__ = ("inflight", "rid", "url")
+    __slots__ = ("inflight", "rid", "up", "url")
 
     def __init__(self, url: str, rid: bytes) -> None:
         self.url = url
         self.rid = rid
         self.inflight = 0
+        # Learned from the socket monitor; inproc reports no events and is always up.
+        self.up = url.startswith("inproc://")
 
 
 class _Pending:
-    __slots__ = ("future", "service", "timeout", "window")
+    __slots__ = ("future", "sent_up", "service", "timeout", "window")
 
     def __init__(
         self, future: asyncio.Future[Any], service: _Service, timeout: float | None, window: int
@@ -54,6 +58,9 @@ class _Pending:
         self.service = service
         self.timeout = timeout
         self.window = window
+        # Sent on a live connection: lost if that connection breaks. A call sent while the
+        # service is down waits in ZeroMQ's queue for a reconnection (or its timeout).
+        self.sent_up = service.up
 
 
 class RPCClient:
@@ -76,6 +83,11 @@ class RPCClient:
         timeout: default seconds a call (or one stream step) may take; ``None``: no limit.
         context: the ZeroMQ context (default: ``zmq.Context.instance()``).
         window: stream items prefetched by ``async for`` (at least 1).
+        heartbeat: seconds between ZeroMQ heartbeats on each connection; a peer silent for
+            three of them counts as gone (``None``: no heartbeats). A connection that breaks
+            fails the calls and streams in flight on it with
+            :class:`~netcall.errors.ConnectionLostError` at once, instead of at their timeout,
+            and new calls prefer the services that are connected.
         name: a label for logs.
     """
 
@@ -86,6 +98,7 @@ class RPCClient:
         timeout: float | None = None,
         context: zmq.Context[Any] | None = None,
         window: int = 64,
+        heartbeat: float | None = 2.0,
         name: str | None = None,
     ) -> None:
         if window < 1:
@@ -111,7 +124,16 @@ class RPCClient:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.SNDHWM, 10000)
         sock.setsockopt(zmq.RCVHWM, 10000)
+        if heartbeat:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat * 1000))
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat * 3000))
         self.socket = sock
+        # Connection events (before any connect, so none is missed): which services are up,
+        # and which broke with calls in flight.
+        self._monitor: zmq.Socket[Any] = sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        )
+        self._monitor_driver: SocketDriver | None = None
 
     # -- endpoints ------------------------------------------------------------------------
 
@@ -151,6 +173,7 @@ class RPCClient:
         if svc is None:
             return
         self._order.remove(svc)
+        self._lost(svc, f"disconnected from {url}")
         try:
             self.socket.disconnect(url)
         except zmq.ZMQError:
@@ -181,9 +204,12 @@ class RPCClient:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._driver = SocketDriver(self.socket, loop, self._on_message, self._on_unreachable)
+        self._monitor_driver = SocketDriver(self._monitor, loop, self._on_monitor_event)
         return self._driver
 
     def _pick(self) -> _Service:
+        """The service for a new call: live ones first, then the fewest calls in flight, then
+        round robin."""
         order = self._order
         n = len(order)
         if n == 1:
@@ -194,9 +220,37 @@ class RPCClient:
         best = order[start]
         for i in range(1, n):
             svc = order[(start + i) % n]
-            if svc.inflight < best.inflight:
+            if (svc.up, -svc.inflight) > (best.up, -best.inflight):
                 best = svc
         return best
+
+    def _on_monitor_event(self, frames: list[Any]) -> None:
+        try:
+            event = zmq.utils.monitor.parse_monitor_message(frames)
+        except Exception:  # pragma: no cover - libzmq's own format
+            return
+        endpoint = event["endpoint"]
+        url = endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
+        svc = self._services.get(url)
+        if svc is None:
+            return
+        if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            svc.up = True
+        elif event["event"] == zmq.EVENT_DISCONNECTED:
+            was_up, svc.up = svc.up, False
+            if was_up:
+                self._lost(svc, f"the connection to {url} broke")
+
+    def _lost(self, svc: _Service, why: str) -> None:
+        """Fail every call and stream in flight on ``svc``: their answers cannot arrive (a new
+        connection gives this client a new identity on the service)."""
+        for rid, pend in list(self._pending.items()):
+            if pend.service is svc and pend.sent_up and not pend.future.done():
+                del self._pending[rid]
+                pend.future.set_exception(ConnectionLostError(why))
+        for stream in list(self._streams.values()):
+            if stream.service is svc:
+                stream.fail(ConnectionLostError(why))
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -383,6 +437,10 @@ class RPCClient:
             self._driver.close(linger=50)
         elif not self.socket.closed:
             self.socket.close(linger=0)
+        if self._monitor_driver is not None:
+            self._monitor_driver.close()
+        elif not self._monitor.closed:
+            self._monitor.close(linger=0)
         for pend in list(self._pending.values()):
             if not pend.future.done():
                 pend.future.set_exception(ClientClosedError("the client was closed"))

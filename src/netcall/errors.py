@@ -17,6 +17,7 @@ The tree::
     ├── ProtocolError                 malformed frames, or a peer speaking another version
     ├── SerializationError            a value could not be encoded or decoded (also a TypeError)
     │   └── SerializerMismatchError   the client and the service use different serializers
+    ├── ConnectionLostError           the connection to the service broke with the call in flight
     └── ClientClosedError             the client was closed before or during the call
 
 ``asyncio.CancelledError`` is never wrapped: a cancelled call re-raises it unchanged.
@@ -30,6 +31,7 @@ from typing import Any
 __all__ = [
     "BUILTIN_ERRORS",
     "ClientClosedError",
+    "ConnectionLostError",
     "MethodNotFoundError",
     "ProtocolError",
     "RPCError",
@@ -98,6 +100,11 @@ class SerializationError(RPCError, TypeError):
 
 class SerializerMismatchError(SerializationError):
     """The client and the service are configured with different serializers."""
+
+
+class ConnectionLostError(RPCError):
+    """The connection to the service carrying the call or stream broke (the service died, or
+    was disconnected). The call may or may not have run."""
 
 
 class ClientClosedError(RPCError):

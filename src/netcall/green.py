@@ -197,8 +197,8 @@ def _run_greenlet(
     try:
         outcome: tuple[bool, Any] = (True, ctx.run(fn))
     except StopIteration:
-        # A sync generator ended: StopIteration cannot cross a Future (core-requests.md #1).
-        outcome = (False, StopAsyncIteration())
+        # StopIteration cannot be put in a Future: a handler that raises it gets an error.
+        outcome = (False, RuntimeError("the handler raised StopIteration"))
     except Exception as exc:
         outcome = (False, exc)
     except BaseException as exc:  # GreenletExit (killed), SystemExit...: still an answer

@@ -138,6 +138,8 @@ class RPCService:
             every third of it), after which the generator is closed.
         grace: default seconds :meth:`stop` lets in-flight calls finish.
         tracebacks: send handler tracebacks to clients (default True).
+        heartbeat: seconds between ZeroMQ heartbeats; a client connection silent for three of
+            them is dropped (``None``: no heartbeats).
         name: a label for logs.
     """
 
@@ -151,6 +153,7 @@ class RPCService:
         stream_lease: float = 30.0,
         grace: float = 5.0,
         tracebacks: bool = True,
+        heartbeat: float | None = 2.0,
         name: str | None = None,
     ) -> None:
         if stream_lease <= 0:
@@ -181,6 +184,9 @@ class RPCService:
         sock.setsockopt(zmq.RCVHWM, 10000)
         if max_message_size is not None:
             sock.setsockopt(zmq.MAXMSGSIZE, int(max_message_size))
+        if heartbeat:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat * 1000))
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat * 3000))
         self.socket = sock
         self._register_own_methods()
         # Built-in introspection, under a name no user handler can take.

@@ -1,0 +1,124 @@
+"""A service that dies: calls in flight fail at once, new calls go to the live services."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from netcall import ConnectionLostError, RPCClient, RPCService
+from netcall.testing import free_tcp_endpoint
+
+SERVICE = """
+import asyncio, sys
+from netcall import RPCService
+s = RPCService()
+@s.register
+async def slow(t):
+    await asyncio.sleep(t)
+    return "slow"
+@s.register
+def who():
+    return "child"
+@s.register
+async def count():
+    i = 0
+    while True:
+        yield i
+        i += 1
+        await asyncio.sleep(0.01)
+async def main():
+    s.bind(sys.argv[1])
+    print("ready", flush=True)
+    await s.serve()
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def child():
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(url: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SERVICE, url], stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait(timeout=10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+async def test_call_in_flight_fails_when_the_service_dies(child, transport, tmp_path):
+    url = free_tcp_endpoint() if transport == "tcp" else f"ipc://{tmp_path}/svc.ipc"
+    proc = child(url)
+    client = RPCClient(timeout=30.0)
+    try:
+        client.connect(url)
+        assert await client.who() == "child"
+        call = asyncio.ensure_future(client.slow(20))
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGKILL)
+        with pytest.raises(ConnectionLostError):
+            await call
+        assert time.monotonic() - started < 5  # not the 30 s timeout
+        assert client.pending == 0
+    finally:
+        client.close()
+
+
+@pytest.mark.timeout(30)
+async def test_stream_fails_when_the_service_dies(child):
+    url = free_tcp_endpoint()
+    proc = child(url)
+    client = RPCClient(timeout=30.0)
+    try:
+        client.connect(url)
+        seen = []
+        with pytest.raises(ConnectionLostError):
+            async for x in client.count():
+                seen.append(x)
+                if x == 5:
+                    proc.send_signal(signal.SIGKILL)
+        assert seen[:6] == [0, 1, 2, 3, 4, 5]
+        assert client.open_streams == 0
+    finally:
+        client.close()
+
+
+@pytest.mark.timeout(30)
+async def test_new_calls_prefer_live_services(child):
+    dead_url, live_url = free_tcp_endpoint(), free_tcp_endpoint()
+    proc = child(dead_url)
+    live = RPCService()
+    live.register(lambda: "live", name="who")
+    live.bind(live_url)
+    client = RPCClient(timeout=5.0)
+    try:
+        async with live:
+            client.connect([dead_url, live_url])
+            answers: set[str] = set()
+            deadline = time.monotonic() + 5
+            while answers != {"child", "live"} and time.monotonic() < deadline:
+                # Once both connections are up, calls alternate between them.
+                answers.update(await asyncio.gather(client.who(), client.who()))
+            assert answers == {"child", "live"}
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            await asyncio.sleep(0.5)  # the disconnect event arrives
+            assert [await client.who() for _ in range(20)] == ["live"] * 20
+    finally:
+        client.close()
