@@ -21,9 +21,7 @@ def echo(value=None):
             try:
                 value = yield value
             except Exception as e:
-                # The seed yields the exception object itself; msgpack carries plain data, so
-                # it travels as its repr (the client prints the same text).
-                value = repr(e)
+                value = e  # exceptions travel too (builtin types by name, never unpickled)
     finally:
         print("Don't forget to clean up when 'close()' is called.", flush=True)
 

@@ -79,6 +79,11 @@ def register_handlers(svc: RPCService, kind: str, closed: list[str]) -> None:
         finally:
             closed.append("echo_gen")
 
+    @svc.register
+    def sync_count(n: int) -> Any:
+        """A plain generator, on every kind of service."""
+        yield from range(n)
+
     if kind == "gevent":
 
         @svc.register

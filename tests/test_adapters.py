@@ -113,6 +113,12 @@ def test_stream(drv: Driver, remote: ServiceThread) -> None:
     assert drv.stream("count", 5) == [0, 1, 2, 3, 4]
     assert drv.stream("count", 0) == []
     assert drv.stream("count", 300) == list(range(300))
+    assert drv.stream("sync_count", 3) == [0, 1, 2]
+    assert drv.stream("sync_count", 200) == list(range(200))
+    counter = drv.gen("sync_count", 1)
+    assert next(counter) == 0
+    with pytest.raises(StopIteration):
+        next(counter)
     assert wait_for(lambda: remote.active_streams == 0)
 
 
@@ -148,9 +154,7 @@ def test_generator_closed_when_dropped(drv: Driver, remote: ServiceThread) -> No
     assert wait_for(lambda: remote.active_streams == 0)
 
 
-def test_closed_client(drv: Driver, request: pytest.FixtureRequest) -> None:
-    if isinstance(drv, AsyncDriver):  # core bug: a closed RPCClient waits for its timeout
-        request.applymarker(pytest.mark.xfail(reason="core: closed RPCClient", strict=False))
+def test_closed_client(drv: Driver) -> None:
     assert drv.call("echo", 1) == 1
     drv.close()
     with pytest.raises(ClientClosedError):
