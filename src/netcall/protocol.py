@@ -132,16 +132,24 @@ def payload_frames(kind: int, request_id: int, payload: bytes) -> list[bytes]:
     return [_pack_header(MAGIC, VERSION, kind, request_id), payload]
 
 
+_CALL_FIXED = struct.Struct("!2sBBQdBIB")  # the header, then the CALL options
+_call_tails: dict[tuple[str, str], tuple[int, bytes]] = {}
+
+
 def call_head(
     request_id: int, method: str, serializer: str, deadline: float, flags: int, window: int
 ) -> bytes:
     """The head frame of a CALL."""
-    ser = serializer.encode()
+    key = (serializer, method)
+    cached = _call_tails.get(key)
+    if cached is None:
+        ser = serializer.encode()
+        if len(_call_tails) > 4096:  # names built on the fly must not grow this forever
+            _call_tails.clear()
+        cached = _call_tails[key] = (len(ser), ser + method.encode())
     return (
-        _pack_header(MAGIC, VERSION, Kind.CALL, request_id)
-        + CALL_OPTIONS.pack(deadline, flags, window, len(ser))
-        + ser
-        + method.encode()
+        _CALL_FIXED.pack(MAGIC, VERSION, 1, request_id, deadline, flags, window, cached[0])
+        + cached[1]
     )
 
 

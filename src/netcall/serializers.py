@@ -21,6 +21,7 @@ import datetime as _dt
 import decimal
 import json
 import pickle
+import threading
 import uuid
 from typing import Any, Protocol, runtime_checkable
 
@@ -75,6 +76,29 @@ class MsgpackSerializer:
     """msgpack with exact round-trips of common Python types (the default)."""
 
     name = "msgpack"
+
+    def __init__(self) -> None:
+        # A Packer/Unpacker per thread, reused: building one per call (packb/unpackb with
+        # options) costs more than the packing itself. Nested values inside extension types
+        # use fresh ones (the reused ones are not re-entrant).
+        self._local = threading.local()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), ())
+
+    def _packer(self) -> msgpack.Packer:
+        packer = msgpack.Packer(
+            default=self._default, strict_types=True, use_bin_type=True, datetime=False
+        )
+        self._local.packer = packer
+        return packer
+
+    def _unpacker(self) -> msgpack.Unpacker:
+        unpacker = msgpack.Unpacker(
+            raw=False, strict_map_key=False, ext_hook=self._ext_hook, timestamp=0
+        )
+        self._local.unpacker = unpacker
+        return unpacker
 
     def _pack(self, obj: Any) -> bytes:
         return msgpack.packb(  # type: ignore[no-any-return]
@@ -185,18 +209,28 @@ class MsgpackSerializer:
         )
 
     def dumps(self, obj: Any) -> bytes:
+        packer = getattr(self._local, "packer", None) or self._packer()
         try:
-            return self._pack(obj)
-        except SerializationError:
-            raise
-        except (TypeError, ValueError, OverflowError) as exc:
+            return packer.pack(obj)  # type: ignore[no-any-return]
+        except Exception as exc:
+            self._packer()  # a failed pack may leave the buffer half-written
+            if isinstance(exc, SerializationError):
+                raise
             raise SerializationError(f"msgpack cannot serialize: {exc}") from exc
 
     def loads(self, data: bytes) -> Any:
+        unpacker = getattr(self._local, "unpacker", None) or self._unpacker()
         try:
-            return self._unpack(data)
+            start = unpacker.tell()
+            unpacker.feed(data)
+            obj = unpacker.unpack()
+            if unpacker.tell() - start != len(data):
+                raise ValueError("extra data after the value")
+            return obj
         except Exception as exc:
-            raise SerializationError(f"msgpack cannot deserialize: {exc}") from exc
+            self._unpacker()  # drop whatever is left in the buffer
+            reason = str(exc) or type(exc).__name__
+            raise SerializationError(f"msgpack cannot deserialize: {reason}") from exc
 
 
 class JSONSerializer:
