@@ -404,7 +404,12 @@ class RPCService:
             await asyncio.wait(list(self._calls.values()), timeout=grace)
         for task in list(self._calls.values()):
             task.cancel()
+        # Streams' tasks must be collected before closing them takes them off the registry:
+        # stop() waits for their generators' finally blocks.
+        pending: list[asyncio.Future[Any]] = list(self._calls.values())
         for stream in list(self._streams.values()):
+            if stream.task is not None:
+                pending.append(stream.task)
             self._close_stream(stream, reply=False)
             self._send(
                 stream.peer,
@@ -412,9 +417,6 @@ class RPCService:
                     stream.rid, "netcall.ServiceStopping", "the service stopped", ""
                 ).to_frames(),
             )
-        pending = [t for t in self._calls.values()] + [
-            s.task for s in self._streams.values() if s.task is not None
-        ]
         if pending:
             await asyncio.wait(pending, timeout=max(1.0, grace))
         self._close(linger=200)
