@@ -67,12 +67,17 @@ def send_frames(sock: zmq.Socket[Any], frames: list[Any]) -> None:
 def recv_frames(sock: zmq.Socket[Any]) -> list[bytes]:
     """Receive one multipart message without blocking.
 
+    Frames are received as ``zmq.Frame`` to read ``more`` from the message itself: asking the
+    socket (``RCVMORE``) costs pyzmq an enum lookup per frame.
+
     Raises:
         zmq.Again: nothing is waiting.
     """
-    frames = [_recv(sock, _NOBLOCK)]
-    while _get(sock, _RCVMORE):
-        frames.append(_recv(sock, _NOBLOCK))
+    frame = _recv(sock, _NOBLOCK, copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = _recv(sock, _NOBLOCK, copy=False)
+        frames.append(frame.bytes)
     return frames
 
 

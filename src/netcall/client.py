@@ -6,8 +6,9 @@ import asyncio
 import itertools
 import logging
 import time
+import types
 from collections import deque
-from collections.abc import AsyncIterator, Generator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Generator, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -346,6 +347,8 @@ class RPCClient:
             if timer is not None:
                 timer.cancel()
         kind = type(reply)
+        if kind is bytes:
+            return self.serializer.loads(reply)
         if kind is p.Result:
             return self.serializer.loads(reply.payload)
         if kind is RemoteGenerator or kind is p.Ack:
@@ -372,6 +375,19 @@ class RPCClient:
     # -- incoming -------------------------------------------------------------------------
 
     def _on_message(self, frames: list[Any]) -> None:
+        if len(frames) == 2:
+            fast = p.split_inline(frames[1])
+            if fast is not None:
+                kind, rid, payload = fast
+                if kind == p.Kind.RESULT:
+                    pend = self._pending.pop(rid, None)
+                    if pend is not None and not pend.future.done():
+                        pend.future.set_result(payload)  # bytes: a result's payload
+                    return
+                stream = self._streams.get(rid)
+                if stream is not None:
+                    stream.feed_item(payload)
+                return
         try:
             msg = p.decode(frames[1:])
         except Exception as exc:
@@ -561,7 +577,13 @@ class _StreamIterator:
     def __aiter__(self) -> _StreamIterator:
         return self
 
-    async def __anext__(self) -> Any:
+    def __anext__(self) -> Awaitable[Any]:
+        gen = self._gen
+        if gen is None:
+            return self._open_and_next()
+        return gen.__anext__()
+
+    async def _open_and_next(self) -> Any:
         gen = self._gen
         if gen is None:
             c = self._call
@@ -625,10 +647,16 @@ class _StreamState:
         self.consumed = 0
         self.running = False
 
+    def feed_item(self, payload: bytes) -> None:
+        self.buffer.append(payload)
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
     def feed(self, msg: Any) -> None:
         kind = type(msg)
         if kind is p.Item:
-            self.buffer.append(msg)
+            self.buffer.append(msg.payload)
         elif kind is p.End:
             self._finish(StopAsyncIteration())
         elif kind is p.Error:
@@ -682,13 +710,13 @@ class _StreamState:
     def take(self) -> Any:
         """The next buffered item (decoded), or raise the stream's end/error."""
         if self.buffer:
-            msg = self.buffer.popleft()
+            payload = self.buffer.popleft()
             if self.prefetch and not self.finished:
                 self.consumed += 1
                 if self.consumed * 2 >= self.window:
                     self.send(p.Credit(self.rid, self.consumed).to_frames())
                     self.consumed = 0
-            return self.client.serializer.loads(msg.payload)
+            return self.client.serializer.loads(payload)
         assert self.error is not None
         raise self.error
 
@@ -702,6 +730,13 @@ class _StreamState:
                 self.send([p.header(p.Kind.CANCEL, self.rid)])
             except ClientClosedError:
                 pass
+
+
+@types.coroutine
+def _ready(value: Any) -> Generator[Any, None, Any]:
+    """An awaitable that is already done with ``value``."""
+    return value
+    yield  # type: ignore[unreachable]  # makes this a generator
 
 
 def _timeout_waiter(fut: asyncio.Future[None]) -> None:
@@ -735,7 +770,14 @@ class RemoteGenerator(AsyncIterator[Any]):
             st.window = st.client.window
         return self
 
-    async def __anext__(self) -> Any:
+    def __anext__(self) -> Awaitable[Any]:
+        st = self._state
+        if st.prefetch and st.buffer and not st.running:
+            # The item is already here: no coroutine, no loop turn.
+            return _ready(st.take())
+        return self._anext()
+
+    async def _anext(self) -> Any:
         st = self._state
         if not st.prefetch:
             return await self._step(None, None)

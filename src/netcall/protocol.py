@@ -84,6 +84,7 @@ __all__ = [
     "header",
     "payload_frames",
     "payload_of",
+    "split_inline",
 ]
 
 MAGIC = b"NC"
@@ -357,6 +358,18 @@ def _fixed(frames: list[bytes], st: struct.Struct, name: str) -> tuple[Any, ...]
     if len(head) != HEADER_SIZE + st.size:
         raise ProtocolError(f"bad {name} message: {len(head)} bytes")
     return st.unpack_from(head, HEADER_SIZE)
+
+
+_PREFIX = MAGIC + bytes([VERSION])
+_INLINE_KINDS = frozenset({Kind.RESULT, Kind.ITEM})
+
+
+def split_inline(head: bytes) -> tuple[int, int, bytes] | None:
+    """Fast path for the commonest replies: ``(kind, id, payload)`` when ``head`` is, alone, a
+    RESULT or ITEM with its payload inline; ``None`` for anything else (use :func:`decode`)."""
+    if len(head) < HEADER_SIZE or not head.startswith(_PREFIX) or head[3] not in _INLINE_KINDS:
+        return None
+    return head[3], int.from_bytes(head[4:HEADER_SIZE], "big"), head[HEADER_SIZE:]
 
 
 def payload_of(frames: list[bytes], name: str = "message") -> bytes:
