@@ -33,6 +33,7 @@ __all__ = ["RPCClient", "RemoteGenerator"]
 log = logging.getLogger("netcall")
 
 _OPTION_NAMES = frozenset({"timeout", "oneway"})
+_FIRST_CREDIT = 16
 _UNSET: Any = object()
 
 
@@ -83,7 +84,12 @@ class RPCClient:
         serializer: must match the service's (``None``: msgpack).
         timeout: default seconds a call (or one stream step) may take; ``None``: no limit.
         context: the ZeroMQ context (default: ``zmq.Context.instance()``).
-        window: stream items prefetched by ``async for`` (at least 1).
+        window: at most this many stream items in flight or buffered for ``async for``
+            (at least 1). The client grants the service credit as it consumes, starting at
+            16 items and growing to ``window``, but never more than ``stream_buffer`` bytes'
+            worth at the item size it sees: a slow consumer never makes either side buffer
+            without bound, and a fast one is not held to a round trip per item.
+        stream_buffer: the byte budget above, per stream (default 4 MiB).
         heartbeat: seconds between ZeroMQ heartbeats on each connection; a peer silent for
             three of them counts as gone (``None``: no heartbeats). A connection that breaks
             fails the calls and streams in flight on it with
@@ -98,7 +104,8 @@ class RPCClient:
         *,
         timeout: float | None = None,
         context: zmq.Context[Any] | None = None,
-        window: int = 64,
+        window: int = 1024,
+        stream_buffer: int = 4 * 2**20,
         heartbeat: float | None = 2.0,
         name: str | None = None,
     ) -> None:
@@ -108,6 +115,7 @@ class RPCClient:
         self.context: zmq.Context[Any] = context or zmq.Context.instance()
         self.timeout = timeout
         self.window = window
+        self.stream_buffer = stream_buffer
         self.name = name or "RPCClient"
         self._services: dict[str, _Service] = {}
         self._order: list[_Service] = []
@@ -276,6 +284,10 @@ class RPCClient:
         :meth:`with_options` for methods taking keyword arguments of those names.
         """
         return _Call(self, name, args, kwargs, timeout, oneway)
+
+    def _first_credit(self) -> int:
+        """Credit a stream starts with, before its item size is known (slow start)."""
+        return min(self.window, _FIRST_CREDIT)
 
     async def methods(self, timeout: float | None = _UNSET) -> dict[str, dict[str, str]]:
         """The service's methods: ``{name: {"signature": ..., "doc": ...}}``.
@@ -588,7 +600,7 @@ class _StreamIterator:
         if gen is None:
             c = self._call
             result = await c._client._invoke(
-                c._name, c._args, c._kwargs, c._timeout, False, c._client.window
+                c._name, c._args, c._kwargs, c._timeout, False, c._client._first_credit()
             )
             if not isinstance(result, RemoteGenerator):
                 raise TypeError(f"{c._name!r} returned a value, not a stream")
@@ -614,6 +626,8 @@ class _StreamState:
         "consumed",
         "error",
         "finished",
+        "granted",
+        "item_size",
         "lease",
         "prefetch",
         "rid",
@@ -621,7 +635,6 @@ class _StreamState:
         "service",
         "timeout",
         "waiter",
-        "window",
     )
 
     def __init__(
@@ -638,8 +651,9 @@ class _StreamState:
         self.rid = rid
         self.lease = lease
         self.timeout = timeout
-        self.window = window
+        self.granted = window  # credit given so far (the CALL's window)
         self.prefetch = window > 0
+        self.item_size = 64.0  # running average of payload sizes, for the byte budget
         self.buffer: deque[Any] = deque()
         self.waiter: asyncio.Future[None] | None = None
         self.finished = False  # no more messages will come from the service
@@ -649,6 +663,7 @@ class _StreamState:
 
     def feed_item(self, payload: bytes) -> None:
         self.buffer.append(payload)
+        self.item_size += (len(payload) - self.item_size) * 0.125
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -656,7 +671,8 @@ class _StreamState:
     def feed(self, msg: Any) -> None:
         kind = type(msg)
         if kind is p.Item:
-            self.buffer.append(msg.payload)
+            self.feed_item(msg.payload)
+            return
         elif kind is p.End:
             self._finish(StopAsyncIteration())
         elif kind is p.Error:
@@ -713,9 +729,12 @@ class _StreamState:
             payload = self.buffer.popleft()
             if self.prefetch and not self.finished:
                 self.consumed += 1
-                if self.consumed * 2 >= self.window:
-                    self.send(p.Credit(self.rid, self.consumed).to_frames())
-                    self.consumed = 0
+                ahead = self.granted - self.consumed  # in flight or buffered
+                client = self.client
+                limit = min(client.window, max(1, int(client.stream_buffer / self.item_size)))
+                if ahead * 2 <= limit:
+                    self.granted += limit - ahead
+                    self.send(p.Credit(self.rid, limit - ahead).to_frames())
             return self.client.serializer.loads(payload)
         assert self.error is not None
         raise self.error
@@ -766,8 +785,9 @@ class RemoteGenerator(AsyncIterator[Any]):
         st = self._state
         if not st.prefetch and not st.finished:
             st.prefetch = True
-            st.send(p.Credit(st.rid, st.client.window).to_frames())
-            st.window = st.client.window
+            credit = st.client._first_credit()
+            st.granted = st.consumed + credit
+            st.send(p.Credit(st.rid, credit).to_frames())
         return self
 
     def __anext__(self) -> Awaitable[Any]:
