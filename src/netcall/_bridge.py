@@ -49,6 +49,7 @@ log = logging.getLogger("netcall")
 T = TypeVar("T")
 
 STOP_TIMEOUT = 5.0  # seconds the loop thread gets to finish when the bridge stops
+_BATCH = 256  # stream items a blocking generator takes over from the loop at once
 
 
 def _original(module: str, name: str) -> Any:
@@ -492,19 +493,29 @@ class BlockingGenerator(collections.abc.Generator[Any, Any, None]):
     Dropping the last reference closes the generator on the service (without waiting).
     """
 
-    __slots__ = ("_bridge", "_gen", "_owner")
+    __slots__ = ("_batch", "_bridge", "_gen", "_loads", "_owner")
 
     def __init__(self, gen: RemoteGenerator, bridge: Bridge, owner: object = None) -> None:
         self._gen = gen
         self._bridge = bridge
         self._owner = owner  # keeps the client (and its bridge) alive while the stream is
+        # A prefetching stream crosses to the loop once per batch of buffered items, not once
+        # per item; the batch is decoded here, one item per next().
+        self._batch: deque[bytes] = deque()
+        self._loads = gen._state.client.serializer.loads
 
     def __iter__(self) -> BlockingGenerator:
         self._bridge.call(self._gen.__aiter__)
         return self
 
     def __next__(self) -> Any:
+        batch = self._batch
+        if batch:
+            return self._loads(batch.popleft())
         try:
+            if self._gen._state.prefetch:
+                batch.extend(self._bridge.run(self._gen._anext_payloads(_BATCH)))
+                return self._loads(batch.popleft())
             return self._bridge.run(self._gen.__anext__())
         except StopAsyncIteration:
             raise StopIteration from None
@@ -538,6 +549,7 @@ class BlockingGenerator(collections.abc.Generator[Any, Any, None]):
 
     def close(self) -> None:
         """Close the generator on the service and wait until its ``finally`` blocks ran."""
+        self._batch.clear()
         self._bridge.run(self._gen.aclose())
 
     def __enter__(self) -> BlockingGenerator:

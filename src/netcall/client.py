@@ -725,6 +725,10 @@ class _StreamState:
 
     def take(self) -> Any:
         """The next buffered item (decoded), or raise the stream's end/error."""
+        return self.client.serializer.loads(self.take_raw())
+
+    def take_raw(self) -> bytes:
+        """The next buffered item's payload, or raise the stream's end/error."""
         if self.buffer:
             payload = self.buffer.popleft()
             if self.prefetch and not self.finished:
@@ -735,7 +739,7 @@ class _StreamState:
                 if ahead * 2 <= limit:
                     self.granted += limit - ahead
                     self.send(p.Credit(self.rid, limit - ahead).to_frames())
-            return self.client.serializer.loads(payload)
+            return payload  # type: ignore[no-any-return]
         assert self.error is not None
         raise self.error
 
@@ -808,6 +812,27 @@ class RemoteGenerator(AsyncIterator[Any]):
             while not st.buffer and not st.finished:
                 await st.wait()
             return st.take()
+        finally:
+            st.running = False
+
+    async def _anext_payloads(self, limit: int) -> list[bytes]:
+        """For bridges (threads, greenlets): wait for the next item of a prefetching stream and
+        return its payload with those already buffered behind it (at most ``limit``, undecoded:
+        decode them with the client's serializer). One hop for a batch instead of one per item.
+
+        Raises what ``__anext__`` raises when nothing is left.
+        """
+        st = self._state
+        if st.running:
+            raise RuntimeError("anext(): the stream is already being read")
+        st.running = True
+        try:
+            while not st.buffer and not st.finished:
+                await st.wait()
+            out = [st.take_raw()]
+            while st.buffer and len(out) < limit:
+                out.append(st.take_raw())
+            return out
         finally:
             st.running = False
 
