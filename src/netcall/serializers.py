@@ -71,6 +71,8 @@ _EXT_FROZENSET = 9
 _EXT_BIGINT = 10
 _EXT_EXCEPTION = 11
 
+_REUSE_MAX = 65536  # larger payloads are decoded in one pass, not through the reused Unpacker
+
 
 class MsgpackSerializer:
     """msgpack with exact round-trips of common Python types (the default)."""
@@ -219,6 +221,13 @@ class MsgpackSerializer:
             raise SerializationError(f"msgpack cannot serialize: {exc}") from exc
 
     def loads(self, data: bytes) -> Any:
+        if len(data) > _REUSE_MAX:
+            # A large value: one pass, no copy into (and growth of) the reused buffer.
+            try:
+                return self._unpack(data)
+            except Exception as exc:
+                reason = str(exc) or type(exc).__name__
+                raise SerializationError(f"msgpack cannot deserialize: {reason}") from exc
         unpacker = getattr(self._local, "unpacker", None) or self._unpacker()
         try:
             start = unpacker.tell()
