@@ -35,7 +35,6 @@ _COPY_THRESHOLD = 65536  # frames at least this large are sent without copying
 # Plain ints: pyzmq's enum flags cost an enum operation per frame on the hot path.
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
-_RCVMORE = int(zmq.RCVMORE)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
@@ -130,11 +129,6 @@ class SocketDriver:
         loop.add_reader(self._fd, self._on_ready)
         # Messages may already be queued (the FD edge came before we listened).
         self._schedule_check()
-
-    @property
-    def backlog(self) -> int:
-        """Messages waiting for a full peer pipe to drain."""
-        return sum(len(q) for q in self._blocked.values())
 
     def is_blocked(self, peer: bytes) -> bool:
         """Whether messages to ``peer`` are queued behind a full pipe."""

@@ -32,7 +32,6 @@ __all__ = ["RPCClient", "RemoteGenerator"]
 
 log = logging.getLogger("netcall")
 
-_OPTION_NAMES = frozenset({"timeout", "oneway"})
 _FIRST_CREDIT = 16
 _UNSET: Any = object()
 

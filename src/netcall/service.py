@@ -317,12 +317,9 @@ class RPCService:
         if url in self._bound:
             self._bound.discard(url)
             try:
-                self.socket.unbind(self._resolved(url))
+                self.socket.unbind(url)
             except zmq.ZMQError:
                 pass
-
-    def _resolved(self, url: str) -> str:
-        return url
 
     def bind_ports(
         self, ip: str = "127.0.0.1", port: int = 0, *, min_port: int = 49152, max_port: int = 65535
