@@ -88,3 +88,46 @@ def test_cli_serve_call_methods() -> None:
         server.terminate()
         assert server.wait(timeout=10) == 0
         server.stdout.close()
+
+
+@pytest.mark.timeout(30)
+def test_demo_shows_a_call_a_remote_error_a_timeout_and_a_stream() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "demo.py")],
+        capture_output=True,
+        text=True,
+        timeout=25,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "echo('hi') -> hi" in out
+    assert "remote error: ZeroDivisionError - division by zero" in out
+    assert "timeout:" in out and "cancelled" in out
+    assert "count(5) -> [0, 1, 2, 3, 4]" in out
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+async def test_oversized_message_is_dropped_and_others_are_served(transport, tmp_path) -> None:
+    """A peer sending more than max_message_size is cut off; the service keeps serving."""
+    from netcall import ConnectionLostError, RPCClient, RPCTimeoutError
+
+    url = free_tcp_endpoint() if transport == "tcp" else f"ipc://{tmp_path}/big.ipc"
+    service = RPCService(max_message_size=10_000)
+    service.register(lambda s: len(s), name="size")
+    service.bind(url)
+    hostile = RPCClient(timeout=1.0)
+    honest = RPCClient(timeout=5.0)
+    try:
+        async with service:
+            hostile.connect(url)
+            honest.connect(url)
+            assert await honest.size("x" * 100) == 100
+            with pytest.raises((ConnectionLostError, RPCTimeoutError)):
+                await hostile.size("x" * 100_000)
+            assert await honest.size("y" * 5_000) == 5_000
+            assert service.active_calls == 0
+    finally:
+        hostile.close()
+        honest.close()
