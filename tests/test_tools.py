@@ -131,3 +131,32 @@ async def test_oversized_message_is_dropped_and_others_are_served(transport, tmp
     finally:
         hostile.close()
         honest.close()
+
+
+async def test_max_concurrent_refuses_the_excess_and_recovers() -> None:
+    import asyncio
+
+    from netcall import ServiceBusyError
+
+    service = RPCService(max_concurrent=3)
+    release = asyncio.Event()
+
+    @service.register
+    async def wait():
+        await release.wait()
+        return "done"
+
+    @service.register
+    def quick():
+        return "quick"
+
+    async with service_client_pair(service, timeout=5.0) as client:
+        running = [asyncio.ensure_future(client.wait()) for _ in range(3)]
+        while service.active_calls < 3:
+            await asyncio.sleep(0.01)
+        with pytest.raises(ServiceBusyError):
+            await client.wait()
+        assert await client.quick() == "quick"  # inline sync handlers never count
+        release.set()
+        assert await asyncio.gather(*running) == ["done"] * 3
+        assert await client.wait() == "done"  # room again

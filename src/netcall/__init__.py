@@ -28,6 +28,7 @@ from .errors import (
     RPCTimeoutError,
     SerializationError,
     SerializerMismatchError,
+    ServiceBusyError,
     ServiceStoppingError,
     StreamClosedError,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "SerializationError",
     "Serializer",
     "SerializerMismatchError",
+    "ServiceBusyError",
     "ServiceStoppingError",
     "StreamClosedError",
     "__version__",

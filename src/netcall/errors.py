@@ -8,6 +8,7 @@ The tree::
     │   │                             built from an allowlist, never by unpickling
     │   ├── MethodNotFoundError       no such method on the service (also an AttributeError)
     │   ├── ServiceStoppingError      the service stopped before it finished the call
+    │   ├── ServiceBusyError          the service is at its max_concurrent limit
     │   ├── StreamClosedError         the service has no such open stream
     │   ├── RemoteSerializationError  the service could not decode arguments or encode a result
     │   │                             (also a SerializationError)
@@ -41,6 +42,7 @@ __all__ = [
     "RemoteSerializationError",
     "SerializationError",
     "SerializerMismatchError",
+    "ServiceBusyError",
     "ServiceStoppingError",
     "StreamClosedError",
     "exception_from_remote",
@@ -84,6 +86,11 @@ class MethodNotFoundError(RemoteRPCError, AttributeError):
 
 class ServiceStoppingError(RemoteRPCError):
     """The service was stopped before it finished the call (its grace period ran out)."""
+
+
+class ServiceBusyError(RemoteRPCError):
+    """The service refused the call: it already runs its ``max_concurrent`` calls and streams.
+    Nothing ran; retrying later (or on another service) is safe."""
 
 
 class RPCTimeoutError(RPCError, TimeoutError):
@@ -177,6 +184,7 @@ class StreamClosedError(RemoteRPCError):
 _NETCALL_ERRORS: dict[str, type[RPCError]] = {
     "netcall.MethodNotFound": MethodNotFoundError,
     "netcall.ServiceStopping": ServiceStoppingError,
+    "netcall.Busy": ServiceBusyError,
     "netcall.SerializationError": RemoteSerializationError,
     "netcall.ProtocolError": RemoteProtocolError,
     "netcall.StreamClosed": StreamClosedError,

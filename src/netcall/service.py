@@ -140,6 +140,11 @@ class RPCService:
         tracebacks: send handler tracebacks to clients (default True).
         heartbeat: seconds between ZeroMQ heartbeats; a client connection silent for three of
             them is dropped (``None``: no heartbeats).
+        max_concurrent: at most this many calls running (async handlers and executor calls)
+            plus streams open at once; further calls are refused at once with
+            :class:`~netcall.errors.ServiceBusyError` instead of queueing without bound
+            (``None``: no limit). Sync handlers running inline never count: they finish before
+            the next message is read.
         name: a label for logs.
     """
 
@@ -154,6 +159,7 @@ class RPCService:
         grace: float = 5.0,
         tracebacks: bool = True,
         heartbeat: float | None = 2.0,
+        max_concurrent: int | None = None,
         name: str | None = None,
     ) -> None:
         if stream_lease <= 0:
@@ -165,6 +171,7 @@ class RPCService:
         self._sync_runner: SyncRunner | None = None
         self._stream_lease = float(stream_lease)
         self._grace = grace
+        self._max_concurrent = max_concurrent
         self._tracebacks = tracebacks
         self._handlers: dict[str, _Handler] = {}
         self._bound: set[str] = set()
@@ -547,13 +554,16 @@ class RPCService:
         oneway = msg.oneway
         if oneway:
             self._send(peer, p.Ack(rid).to_frames())
+        inline = not handler.is_async and self._executor is None and self._sync_runner is None
+        if not inline and self._at_limit(peer, rid):
+            return
         ctx = CallContext(msg.method, peer, deadline, oneway)
         token = _current.set(ctx)
         try:
             if handler.is_async:
                 # Creating the coroutine binds the arguments (TypeError here) but runs nothing.
                 work: Awaitable[Any] = handler.fn(*args, **kwargs)
-            elif self._executor is None and self._sync_runner is None:
+            elif inline:
                 # Fast path: a sync handler runs inline, no task.
                 result = handler.fn(*args, **kwargs)
                 if not inspect.isawaitable(result):
@@ -662,8 +672,19 @@ class RPCService:
 
     # -- streams --------------------------------------------------------------------------
 
+    def _at_limit(self, peer: bytes, rid: int) -> bool:
+        """Refuse the call (and say so) when max_concurrent calls and streams are running."""
+        limit = self._max_concurrent
+        if limit is None or len(self._calls) + len(self._streams) < limit:
+            return False
+        self._refuse(peer, rid, "netcall.Busy", f"the service is at its limit of {limit}")
+        return True
+
     def _open_stream(self, peer: bytes, msg: p.Call, gen: Any) -> None:
         assert self._loop is not None
+        if self._at_limit(peer, msg.id):
+            _close_generator_soon(gen)
+            return
         stream = _Stream(peer, msg.id, msg.method, gen, msg.window)
         self._streams[stream.key] = stream
         self._seen[peer] = time.monotonic()
