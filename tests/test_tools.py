@@ -160,3 +160,38 @@ async def test_max_concurrent_refuses_the_excess_and_recovers() -> None:
         release.set()
         assert await asyncio.gather(*running) == ["done"] * 3
         assert await client.wait() == "done"  # room again
+
+
+def test_works_under_anyio_with_cancel_scopes() -> None:
+    """anyio (asyncio backend): calls and streams work, and a cancel scope that expires
+    cancels the remote handler like a timeout does."""
+    import anyio
+
+    service = RPCService()
+    cancelled = []
+
+    @service.register
+    async def slow():
+        try:
+            await anyio.sleep(30)
+        except BaseException:
+            cancelled.append(True)
+            raise
+
+    @service.register
+    async def count(n):
+        for i in range(n):
+            yield i
+
+    async def main() -> None:
+        async with service_client_pair(service, timeout=5.0) as client:
+            assert [x async for x in client.count(3)] == [0, 1, 2]
+            with anyio.move_on_after(0.2) as scope:
+                await client.slow()
+            assert scope.cancelled_caught
+            with anyio.fail_after(2):
+                while not cancelled:
+                    await anyio.sleep(0.01)
+            assert client.pending == 0
+
+    anyio.run(main, backend="asyncio")
