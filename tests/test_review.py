@@ -35,11 +35,6 @@ def _idle(service, client) -> bool:
 # --------------------------------------------------------------------------- bugs (xfail)
 
 
-@pytest.mark.xfail(
-    reason="RemoteGenerator.aclose / _StreamState.wait: aclose() overwrites st.waiter, so a "
-    "step already waiting in another task is never woken and hangs (until its timeout)",
-    strict=False,
-)
 async def test_aclose_while_lockstep_asend_waits_in_another_task(
     make_service, make_client, make_url
 ):
@@ -72,11 +67,6 @@ async def test_aclose_while_lockstep_asend_waits_in_another_task(
     assert _idle(svc, cli)
 
 
-@pytest.mark.xfail(
-    reason="RemoteGenerator.aclose / _StreamState.wait: aclose() overwrites st.waiter, so an "
-    "async-for __anext__ waiting in another task is never woken and hangs",
-    strict=False,
-)
 async def test_aclose_while_prefetch_anext_waits_in_another_task(
     make_service, make_client, make_url
 ):
@@ -103,12 +93,6 @@ async def test_aclose_while_prefetch_anext_waits_in_another_task(
     assert done, "__anext__() still waiting after aclose() returned"
 
 
-@pytest.mark.xfail(
-    reason="RemoteGenerator._step: a finished stream raises StopAsyncIteration even when it "
-    "ended with an error (ClientClosedError), so lock-step reads end silently after "
-    "client.close() while async-for raises",
-    strict=False,
-)
 async def test_lockstep_step_after_client_close_raises_client_closed(
     make_service, make_client, make_url
 ):
@@ -133,11 +117,6 @@ async def test_lockstep_step_after_client_close_raises_client_closed(
         await gen.asend(None)
 
 
-@pytest.mark.xfail(
-    reason="RemoteGenerator._step: after ConnectionLostError failed an idle lock-step stream, "
-    "the next step raises StopAsyncIteration (looks like a normal end: silent truncation)",
-    strict=False,
-)
 async def test_lockstep_step_after_connection_lost_raises(make_service, make_client, make_url):
     svc = make_service(heartbeat=0.2)
 
@@ -161,12 +140,6 @@ async def test_lockstep_step_after_connection_lost_raises(make_service, make_cli
         await gen.asend(None)
 
 
-@pytest.mark.xfail(
-    reason="RPCService._finalize: a sync generator whose step is still running in the executor "
-    "when the stream is closed gets gen.close() -> ValueError('generator already executing'), "
-    "logged; END is sent and aclose() returns before the generator's finally ran",
-    strict=False,
-)
 async def test_aclose_while_executor_generator_step_runs(make_service, make_client, make_url):
     pool = concurrent.futures.ThreadPoolExecutor(2)
     svc = make_service(executor=pool)
@@ -197,12 +170,6 @@ async def test_aclose_while_executor_generator_step_runs(make_service, make_clie
         await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
 
 
-@pytest.mark.xfail(
-    reason="RPCService._run_stream: its finally pops self._streams by key, removing a NEWER "
-    "stream that reused the (peer, request id) of the closed one: the live stream leaks "
-    "out of the registry (active_streams 0, CANCEL no longer reaches it)",
-    strict=False,
-)
 async def test_raw_peer_reuses_request_id_of_a_closed_stream(make_service, ctx, make_url):
     svc = make_service()
     finalized = []
@@ -240,11 +207,6 @@ async def test_raw_peer_reuses_request_id_of_a_closed_stream(make_service, ctx, 
         peer.close(0)
 
 
-@pytest.mark.xfail(
-    reason="RPCClient._invoke: registers the call in _pending and bumps inflight before "
-    "call_head() encodes the method name; an unencodable name raises and both leak",
-    strict=False,
-)
 async def test_unencodable_method_name_leaks_nothing(make_service, make_client, make_url):
     svc = make_service()
     url = make_url("inproc")
@@ -458,11 +420,6 @@ async def test_client_close_with_calls_and_streams_in_flight(rsvc, make_client):
     assert await wait_until(lambda: svc.active_streams == 0, 5)
 
 
-@pytest.mark.xfail(
-    reason="RPCClient.close: sends CANCEL for open streams but not for pending calls, so their "
-    "handlers keep running on the service for nobody (forever with timeout=None)",
-    strict=False,
-)
 async def test_client_close_cancels_pending_calls_on_the_service(rsvc, make_client):
     svc, url = rsvc
     cli = make_client(timeout=None)
@@ -563,13 +520,6 @@ async def test_stream_open_after_timeout_is_closed(make_service, make_client, ma
     assert await wait_until(lambda: _idle(svc, cli), 3)
 
 
-@pytest.mark.xfail(
-    reason="stream leak on the service (active_streams stays 1, the client's open_streams is 0) "
-    "when the task awaiting `await cli.count(3)` is cancelled a few loop turns after the call; "
-    "timing-dependent, cause not pinned down (suspect RPCClient._invoke: no CANCEL once the "
-    "StreamOpen has arrived, clean-up left to RemoteGenerator.__del__)",
-    strict=False,
-)
 async def test_cancellation_racing_the_reply(rsvc, make_client):
     svc, url = rsvc
     cli = make_client()

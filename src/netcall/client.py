@@ -176,12 +176,13 @@ class RPCClient:
             self._order.append(svc)
 
     def disconnect(self, url: str) -> None:
-        """Disconnect from ``url``; calls in flight there fail when their timeout expires."""
+        """Disconnect from ``url``; calls and streams in flight there fail at once with
+        :class:`~netcall.errors.ConnectionLostError`."""
         svc = self._services.pop(url, None)
         if svc is None:
             return
         self._order.remove(svc)
-        self._lost(svc, f"disconnected from {url}")
+        self._lost(svc, f"disconnected from {url}", every_call=True)
         try:
             self.socket.disconnect(url)
         except zmq.ZMQError:
@@ -249,11 +250,12 @@ class RPCClient:
             if was_up:
                 self._lost(svc, f"the connection to {url} broke")
 
-    def _lost(self, svc: _Service, why: str) -> None:
+    def _lost(self, svc: _Service, why: str, every_call: bool = False) -> None:
         """Fail every call and stream in flight on ``svc``: their answers cannot arrive (a new
-        connection gives this client a new identity on the service)."""
+        connection gives this client a new identity on the service). Calls sent while the
+        service was down wait for a reconnection, unless ``every_call`` (disconnect())."""
         for rid, pend in list(self._pending.items()):
-            if pend.service is svc and pend.sent_up and not pend.future.done():
+            if pend.service is svc and (pend.sent_up or every_call) and not pend.future.done():
                 del self._pending[rid]
                 pend.future.set_exception(ConnectionLostError(why))
         for stream in list(self._streams.values()):
@@ -328,13 +330,8 @@ class RPCClient:
         kw_payload = dumps(kwargs) if kwargs else None
         rid = next(self._ids)
         svc = self._pick()
-        loop = self._loop
-        assert loop is not None
-        fut = loop.create_future()
-        pend = _Pending(fut, svc, timeout, window)
-        self._pending[rid] = pend
-        svc.inflight += 1
         deadline = time.time() + timeout if timeout is not None else 0.0
+        # Everything that can fail (encoding) comes before any state is recorded.
         frames = [
             svc.rid,
             p.call_head(
@@ -344,6 +341,11 @@ class RPCClient:
         ]
         if kw_payload is not None:
             frames.append(kw_payload)
+        loop = self._loop
+        assert loop is not None
+        fut = loop.create_future()
+        self._pending[rid] = _Pending(fut, svc, timeout, window)
+        svc.inflight += 1
         driver.send(frames)
         timer = loop.call_later(timeout, self._on_timeout, rid) if timeout is not None else None
         try:
@@ -351,6 +353,9 @@ class RPCClient:
         except asyncio.CancelledError:
             if rid in self._pending:
                 self._send_cancel(svc, rid)
+            elif fut.done() and not fut.cancelled() and isinstance(fut.result(), RemoteGenerator):
+                # The stream opened just as we were cancelled: nobody will read it.
+                fut.result()._state.close_remote()
             raise
         finally:
             self._pending.pop(rid, None)
@@ -408,14 +413,16 @@ class RPCClient:
         pend = self._pending.pop(rid, None)
         if pend is not None:
             fut = pend.future
-            if fut.done():
-                return
             if type(msg) is p.StreamOpen:
+                if fut.done():
+                    # The caller gave up (cancelled, timed out) as the stream opened: close it.
+                    self._send_cancel(pend.service, rid)
+                    return
                 state = _StreamState(self, pend.service, rid, msg.lease, pend.timeout, pend.window)
                 self._streams[rid] = state
                 self._schedule_keepalive(msg.lease)
                 fut.set_result(RemoteGenerator(state))
-            else:
+            elif not fut.done():
                 fut.set_result(msg)
             return
         stream = self._streams.get(rid)
@@ -455,10 +462,12 @@ class RPCClient:
             self._keepalive.cancel()
             self._keepalive = None
         if self._driver is not None:
-            # Tell services to drop our streams; best effort, then close.
-            for state in list(self._streams.values()):
+            # Tell services to drop our calls and streams (best effort), then close.
+            open_work = [(pend.service, rid) for rid, pend in self._pending.items()]
+            open_work += [(state.service, state.rid) for state in self._streams.values()]
+            for svc, rid in open_work:
                 try:
-                    self._driver.send([state.service.rid, p.header(p.Kind.CANCEL, state.rid)])
+                    self._driver.send([svc.rid, p.header(p.Kind.CANCEL, rid)])
                 except Exception:
                     pass
             self._driver.close(linger=50)
@@ -633,7 +642,7 @@ class _StreamState:
         "running",
         "service",
         "timeout",
-        "waiter",
+        "waiters",
     )
 
     def __init__(
@@ -654,18 +663,23 @@ class _StreamState:
         self.prefetch = window > 0
         self.item_size = 64.0  # running average of payload sizes, for the byte budget
         self.buffer: deque[Any] = deque()
-        self.waiter: asyncio.Future[None] | None = None
+        # Everyone waiting on this stream (a step, and an aclose() from another task).
+        self.waiters: list[asyncio.Future[None]] = []
         self.finished = False  # no more messages will come from the service
         self.error: BaseException | None = None  # raised once the buffer is drained
         self.consumed = 0
         self.running = False
 
+    def _wake(self) -> None:
+        for w in self.waiters:
+            if not w.done():
+                w.set_result(None)
+
     def feed_item(self, payload: bytes) -> None:
         self.buffer.append(payload)
         self.item_size += (len(payload) - self.item_size) * 0.125
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        if self.waiters:
+            self._wake()
 
     def feed(self, msg: Any) -> None:
         kind = type(msg)
@@ -678,9 +692,7 @@ class _StreamState:
             self._finish(_error_from(msg, "stream"))
         else:
             return
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        self._wake()
 
     def _finish(self, error: BaseException) -> None:
         if not self.finished:
@@ -690,9 +702,7 @@ class _StreamState:
 
     def fail(self, error: BaseException) -> None:
         self._finish(error)
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        self._wake()
 
     def send(self, frames: list[Any]) -> None:
         self.client._send(self.service, frames)
@@ -701,7 +711,8 @@ class _StreamState:
         """Wait until something arrives, or the step's timeout passes (closing the stream)."""
         loop = self.client._loop
         assert loop is not None
-        fut = self.waiter = loop.create_future()
+        fut: asyncio.Future[None] = loop.create_future()
+        self.waiters.append(fut)
         timer = (
             loop.call_later(self.timeout, _timeout_waiter, fut)
             if self.timeout is not None
@@ -718,7 +729,7 @@ class _StreamState:
             self._finish(StopAsyncIteration())
             raise
         finally:
-            self.waiter = None
+            self.waiters.remove(fut)
             if timer is not None:
                 timer.cancel()
 
@@ -739,8 +750,12 @@ class _StreamState:
                     self.granted += limit - ahead
                     self.send(p.Credit(self.rid, limit - ahead).to_frames())
             return payload  # type: ignore[no-any-return]
-        assert self.error is not None
-        raise self.error
+        error = self.error
+        assert error is not None
+        if not isinstance(error, StopAsyncIteration):
+            # Raised once, like a generator's exception; after that the stream is exhausted.
+            self.error = StopAsyncIteration()
+        raise error
 
     def close_remote(self) -> None:
         """Ask the service to close the stream, without waiting (safe from finalizers)."""
@@ -870,9 +885,7 @@ class RemoteGenerator(AsyncIterator[Any]):
                 "this stream is prefetching (iterated with async for): asend/athrow unavailable"
             )
         if st.finished:
-            if st.buffer:
-                return st.take()
-            raise StopAsyncIteration
+            return st.take()  # what is left, then the stream's error or end
         if st.running:
             raise RuntimeError("asend(): the remote generator is already running")
         st.running = True

@@ -176,6 +176,9 @@ class RPCService:
         self._handlers: dict[str, _Handler] = {}
         self._bound: set[str] = set()
         self._calls: dict[tuple[bytes, int], asyncio.Future[Any]] = {}
+        # Calls the client cancelled: their task may already be done, its done-callback not yet
+        # run (cancel() is then a no-op): that callback must not answer or open a stream.
+        self._abandoned: set[tuple[bytes, int]] = set()
         self._streams: dict[tuple[bytes, int], _Stream] = {}
         self._seen: dict[bytes, float] = {}
         self._driver: SocketDriver | None = None
@@ -396,8 +399,9 @@ class RPCService:
         await self.stop()
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop gracefully: refuse new calls, give in-flight calls and streams ``grace`` seconds
-        (default: the constructor's) to finish, cancel the rest (their clients get
+        """Stop gracefully: refuse new calls, give in-flight calls ``grace`` seconds (default:
+        the constructor's) to finish, cancel the rest, close open streams (their generators'
+        ``finally`` blocks run; their clients get
         :class:`~netcall.errors.ServiceStoppingError`), then close the socket.
         """
         if self._closed:
@@ -494,6 +498,7 @@ class RPCService:
             task = self._calls.get(key)
             if task is not None:
                 task.cancel()
+                self._abandoned.add(key)
             stream = self._streams.get(key)
             if stream is not None:
                 self._close_stream(stream, reply=True)
@@ -608,9 +613,17 @@ class RPCService:
         task: asyncio.Future[Any],
     ) -> None:
         """A handler task ended (also when it was cancelled before it ever ran)."""
-        self._calls.pop((peer, msg.id), None)
+        key = (peer, msg.id)
+        self._calls.pop(key, None)
         if timer is not None:
             timer.cancel()
+        if key in self._abandoned:
+            self._abandoned.discard(key)
+            if not task.cancelled() and task.exception() is None:
+                result = task.result()
+                if inspect.isgenerator(result) or inspect.isasyncgen(result):
+                    _close_generator_soon(result)
+            return
         if task.cancelled():
             if self._stopping:
                 self._refuse(
@@ -797,13 +810,17 @@ class RPCService:
             pass
         finally:
             stream.state = p.StreamState.CLOSED
-            self._streams.pop(stream.key, None)
+            self._forget(stream)
             await self._finalize(stream)
 
     async def _finalize(self, stream: _Stream) -> None:
         """Run the generator's ``finally`` blocks (aclose/close)."""
         gen = stream.gen
         try:
+            # A step cancelled while it ran in an executor thread is still running there (a
+            # thread cannot be interrupted): close only once it is done, or close() fails.
+            while getattr(gen, "gi_running", False):
+                await asyncio.sleep(0.005)
             if stream.is_async:
                 await gen.aclose()
             elif self._sync_runner is None and self._executor is None:
@@ -817,11 +834,11 @@ class RPCService:
 
     def _close_stream(self, stream: _Stream, reply: bool) -> None:
         """Close a stream: its task ends and the generator is finalised."""
-        if stream.state is p.StreamState.CLOSED and stream.key not in self._streams:
+        if stream.state is p.StreamState.CLOSED and self._streams.get(stream.key) is not stream:
             if reply:
                 self._send(stream.peer, p.End(stream.rid).to_frames())
             return
-        self._streams.pop(stream.key, None)
+        self._forget(stream)
         stream.state = p.StreamState.CLOSED
         task = stream.task
         if task is not None and not task.done():
@@ -832,6 +849,11 @@ class RPCService:
             task.cancel()
         elif reply:
             self._send(stream.peer, p.End(stream.rid).to_frames())
+
+    def _forget(self, stream: _Stream) -> None:
+        # By identity: a peer may already reuse the id for a new stream.
+        if self._streams.get(stream.key) is stream:
+            del self._streams[stream.key]
 
     def _schedule_reaper(self) -> None:
         if self._reaper is None and self._loop is not None and not self._closed:
