@@ -344,6 +344,27 @@ async def test_malformed_frames_do_not_hurt_the_service(fsvc, client, endpoint, 
     assert fsvc.active_calls == 0
 
 
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [*_call_frames(81), b"extra", b"frames"],
+        _call_frames(81)[:1],
+        _with_head(_call_frames(81), _call_frames(81)[0][:-4] + b"\xff\xfe\xff\xfe"),
+        _call_frames(81, deadline=float("nan")),
+    ],
+    ids=["extra-frames", "no-arguments", "bad-utf8-name", "nan-deadline"],
+)
+async def test_malformed_call_is_answered_not_left_to_time_out(
+    fsvc, client, endpoint, raw_dealer, frames
+):
+    raw = raw_dealer(endpoint)
+    raw.send_multipart(frames)
+    reply = p.decode(await _recv(raw))
+    assert isinstance(reply, p.Error) and reply.id == 81
+    assert reply.type_name == "netcall.ProtocolError"
+    assert await client.echo("ok") == "ok"
+
+
 async def test_wrong_protocol_version_is_answered_with_an_error(fsvc, client, endpoint, raw_dealer):
     raw = raw_dealer(endpoint)
     frames = _call_frames(77)

@@ -148,3 +148,13 @@ def test_protocol_module_is_sans_io() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module.split(".")[0])
     assert not imported & {"zmq", "asyncio", "anyio", "gevent", "tornado"}
+
+
+def test_request_id_of_a_malformed_message() -> None:
+    call = p.Call(42, "echo", "msgpack", b"x").to_frames()
+    assert p.request_id_of([call[0]]) == 42  # a CALL head, longer than the header
+    other_version = b"NC\x07\x01" + (43).to_bytes(8, "big")
+    assert p.request_id_of([other_version]) == 43
+    assert p.request_id_of([]) is None
+    assert p.request_id_of([b"NC\x01"]) is None
+    assert p.request_id_of([b"XX" + bytes(10)]) is None

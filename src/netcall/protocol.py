@@ -84,6 +84,7 @@ __all__ = [
     "header",
     "payload_frames",
     "payload_of",
+    "request_id_of",
     "split_inline",
 ]
 
@@ -474,6 +475,14 @@ _DECODERS: dict[int, Callable[[int, list[bytes]], Message]] = {
     Kind.PING: _bare_decoder(Ping, "PING"),
     Kind.PONG: _bare_decoder(Pong, "PONG"),
 }
+
+
+def request_id_of(frames: list[bytes]) -> int | None:
+    """Best effort, for answering a message that failed to decode: its request id when its
+    head starts with a netcall header (of any version), else ``None``."""
+    if not frames or len(frames[0]) < HEADER_SIZE or not frames[0].startswith(MAGIC):
+        return None
+    return int(HEADER.unpack_from(frames[0])[3])
 
 
 def decode(frames: list[bytes]) -> Message:

@@ -480,12 +480,7 @@ class RPCService:
         try:
             msg = p.decode(body)
         except Exception as exc:  # ProtocolError; anything else would be our bug
-            rid = getattr(exc, "request_id", None)
-            if rid is None and body and len(body[0]) == p.HEADER.size:
-                try:
-                    rid = p.HEADER.unpack(body[0])[3] if body[0][:2] == p.MAGIC else None
-                except Exception:
-                    rid = None
+            rid = p.request_id_of(body)
             log.warning("netcall: dropped a malformed message from %r: %s", peer, exc)
             if rid is not None:
                 self._refuse(peer, rid, "netcall.ProtocolError", str(exc))
