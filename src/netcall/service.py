@@ -72,6 +72,11 @@ RESERVED_NAMES: frozenset[str] = frozenset(
 )
 
 _STREAM_YIELD_EVERY = 64  # a flowing sync generator yields to the loop this often
+_STREAM_KINDS: dict[type, p.Kind] = {
+    p.Next: p.Kind.NEXT,
+    p.Throw: p.Kind.THROW,
+    p.Credit: p.Kind.CREDIT,
+}
 
 
 class _Handler:
@@ -419,12 +424,7 @@ class RPCService:
             if stream.task is not None:
                 pending.append(stream.task)
             self._close_stream(stream, reply=False)
-            self._send(
-                stream.peer,
-                p.Error(
-                    stream.rid, "netcall.ServiceStopping", "the service stopped", ""
-                ).to_frames(),
-            )
+            self._refuse(stream.peer, stream.rid, "netcall.ServiceStopping", "the service stopped")
         if pending:
             await asyncio.wait(pending, timeout=max(1.0, grace))
         self._close(linger=200)
@@ -458,10 +458,10 @@ class RPCService:
             frames.insert(0, peer)
             self._driver.send(frames)
 
-    def _send_error(self, peer: bytes, rid: int, exc: BaseException, tb: bool = True) -> None:
+    def _send_error(self, peer: bytes, rid: int, exc: BaseException) -> None:
         type_name, message = exception_to_remote(exc)
         text = ""
-        if tb and self._tracebacks and exc.__traceback__ is not None:
+        if self._tracebacks and exc.__traceback__ is not None:
             text = "".join(_traceback.format_exception(type(exc), exc, exc.__traceback__))
         self._send(peer, p.Error(rid, type_name, message, text).to_frames())
 
@@ -503,7 +503,7 @@ class RPCService:
         elif kind is p.Ping:
             self._seen[peer] = time.monotonic()
             self._send(peer, p.Pong(msg.id).to_frames())
-        elif kind in (p.Next, p.Throw, p.Credit):
+        elif kind in _STREAM_KINDS:
             self._on_stream_message(peer, msg)
         else:
             log.warning("netcall: unexpected %s message from a client", kind.__name__)
@@ -551,13 +551,12 @@ class RPCService:
         ):
             self._refuse(peer, rid, "netcall.ProtocolError", "arguments must be a list and a map")
             return
-        oneway = msg.oneway
-        if oneway:
+        if msg.oneway:
             self._send(peer, p.Ack(rid).to_frames())
         inline = not handler.is_async and self._executor is None and self._sync_runner is None
         if not inline and self._at_limit(peer, rid):
             return
-        ctx = CallContext(msg.method, peer, deadline, oneway)
+        ctx = CallContext(msg.method, peer, deadline, msg.oneway)
         token = _current.set(ctx)
         try:
             if handler.is_async:
@@ -567,7 +566,7 @@ class RPCService:
                 # Fast path: a sync handler runs inline, no task.
                 result = handler.fn(*args, **kwargs)
                 if not inspect.isawaitable(result):
-                    self._finish(peer, msg, result, oneway)
+                    self._finish(peer, msg, result)
                     return
                 work = result
             else:
@@ -575,7 +574,7 @@ class RPCService:
             # The task runs in a copy of this context, where current_call() is this call.
             task = _start_task(self._loop, work)  # type: ignore[arg-type]
         except Exception as exc:
-            self._handler_failed(peer, rid, handler, args, kwargs, exc, oneway)
+            self._handler_failed(peer, msg, handler, args, kwargs, exc)
             return
         finally:
             _current.reset(token)
@@ -632,39 +631,37 @@ class RPCService:
         exc = task.exception()
         if exc is not None:
             if isinstance(exc, Exception):
-                self._handler_failed(peer, msg.id, handler, args, kwargs, exc, msg.oneway)
+                self._handler_failed(peer, msg, handler, args, kwargs, exc)
             else:  # KeyboardInterrupt, SystemExit, GeneratorExit from a killed greenlet...
                 self._refuse(peer, msg.id, remote_type_name(exc), "the handler was interrupted")
             return
-        self._finish(peer, msg, task.result(), msg.oneway)
+        self._finish(peer, msg, task.result())
 
     def _handler_failed(
         self,
         peer: bytes,
-        rid: int,
+        msg: p.Call,
         handler: _Handler,
         args: Any,
         kwargs: dict[str, Any],
         exc: Exception,
-        oneway: bool,
     ) -> None:
-        if oneway:
+        if msg.oneway:
             log.error("netcall: one-way call %s failed", handler.name, exc_info=exc)
             return
         if isinstance(exc, TypeError) and not _binds(handler.fn, args, kwargs):
-            exc2 = TypeError(f"bad arguments for {handler.name!r}: {exc}")
-            self._refuse(peer, rid, "TypeError", str(exc2))
+            self._refuse(peer, msg.id, "TypeError", f"bad arguments for {handler.name!r}: {exc}")
             return
-        self._send_error(peer, rid, exc)
+        self._send_error(peer, msg.id, exc)
 
-    def _finish(self, peer: bytes, msg: p.Call, result: Any, oneway: bool) -> None:
+    def _finish(self, peer: bytes, msg: p.Call, result: Any) -> None:
         if inspect.isgenerator(result) or inspect.isasyncgen(result):
-            if oneway:
+            if msg.oneway:
                 _close_generator_soon(result)
                 return
             self._open_stream(peer, msg, result)
             return
-        if oneway:
+        if msg.oneway:
             return
         try:
             payload = self.serializer.dumps(result)
@@ -707,11 +704,7 @@ class RPCService:
             if type(msg) is not p.Credit:
                 self._refuse(peer, msg.id, "netcall.StreamClosed", "no such open stream")
             return
-        kind = (
-            p.Kind.NEXT
-            if type(msg) is p.Next
-            else (p.Kind.THROW if type(msg) is p.Throw else p.Kind.CREDIT)
-        )
+        kind = _STREAM_KINDS[type(msg)]
         if kind not in p.STREAM_ACCEPTS[stream.state]:
             self._close_stream(stream, reply=False)
             self._refuse(
