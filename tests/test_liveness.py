@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import zmq
 
 from netcall import ConnectionLostError, RPCClient, RPCService
 from netcall.testing import free_tcp_endpoint
@@ -122,3 +123,46 @@ async def test_new_calls_prefer_live_services(child):
             assert [await client.who() for _ in range(20)] == ["live"] * 20
     finally:
         client.close()
+
+
+@pytest.mark.timeout(30)
+async def test_keepalive_follows_the_shortest_lease():
+    """A stream opened on a long-lease service first must not set the ping interval for a
+    stream on a short-lease service opened later: that one must outlive an idle pause."""
+    long_url, short_url = free_tcp_endpoint(), free_tcp_endpoint()
+    ctx = zmq.Context()
+    long_lease = RPCService(stream_lease=60.0, context=ctx)
+    short_lease = RPCService(stream_lease=0.6, context=ctx)
+    for svc, url in ((long_lease, long_url), (short_lease, short_url)):
+
+        @svc.register
+        async def count():
+            i = 0
+            while True:
+                yield i
+                i += 1
+
+        svc.bind(url)
+    a = RPCClient(timeout=5.0, context=ctx)
+    try:
+        async with long_lease, short_lease:
+            a.connect(long_url)
+            first = await a.count()
+            assert await first.asend(None) == 0
+            a.connect(short_url)  # same client: one keepalive schedule for both
+            second = None
+            while second is None:  # routing may pick either service; keep the short one
+                gen = await a.count()
+                assert await gen.asend(None) == 0
+                if short_lease.active_streams:
+                    second = gen
+                else:
+                    await gen.aclose()
+            await asyncio.sleep(1.5)  # idle, longer than the short lease (0.6 s)
+            assert short_lease.active_streams == 1  # still alive: pings came often enough
+            assert await second.asend(None) == 1
+            await second.aclose()
+            await first.aclose()
+    finally:
+        a.close()
+        ctx.destroy(linger=0)

@@ -113,12 +113,15 @@ async def test_oversized_message_is_dropped_and_others_are_served(transport, tmp
     """A peer sending more than max_message_size is cut off; the service keeps serving."""
     from netcall import ConnectionLostError, RPCClient, RPCTimeoutError
 
+    import zmq
+
     url = free_tcp_endpoint() if transport == "tcp" else f"ipc://{tmp_path}/big.ipc"
-    service = RPCService(max_message_size=10_000)
+    ctx = zmq.Context()  # not the shared default context: see the closing note of session 1
+    service = RPCService(max_message_size=10_000, context=ctx)
     service.register(lambda s: len(s), name="size")
     service.bind(url)
-    hostile = RPCClient(timeout=1.0)
-    honest = RPCClient(timeout=5.0)
+    hostile = RPCClient(timeout=1.0, context=ctx)
+    honest = RPCClient(timeout=5.0, context=ctx)
     try:
         async with service:
             hostile.connect(url)
@@ -131,6 +134,7 @@ async def test_oversized_message_is_dropped_and_others_are_served(transport, tmp
     finally:
         hostile.close()
         honest.close()
+        ctx.destroy(linger=0)
 
 
 async def test_max_concurrent_refuses_the_excess_and_recovers() -> None:

@@ -126,6 +126,7 @@ class RPCClient:
         self._driver: SocketDriver | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._keepalive: asyncio.TimerHandle | None = None
+        self._keepalive_lease = float("inf")
         self._closed = False
         sock: zmq.Socket[Any] = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -433,17 +434,23 @@ class RPCClient:
         log.debug("netcall: service %r unreachable", rid)
 
     def _schedule_keepalive(self, lease: float) -> None:
-        if self._keepalive is None and self._loop is not None:
-            self._keepalive = self._loop.call_later(lease / 3, self._ping, lease)
+        """Ping services holding our streams every third of the shortest lease seen."""
+        if self._keepalive is not None:
+            if lease >= self._keepalive_lease:
+                return
+            self._keepalive.cancel()  # a service with a shorter lease: ping sooner
+        if self._loop is not None:
+            self._keepalive_lease = lease
+            self._keepalive = self._loop.call_later(lease / 3, self._ping)
 
-    def _ping(self, lease: float) -> None:
+    def _ping(self) -> None:
         self._keepalive = None
         if self._closed or not self._streams:
             return
         for svc in {s.service.rid: s.service for s in self._streams.values()}.values():
             if svc.url in self._services:
                 self._send(svc, [p.header(p.Kind.PING, 0)])
-        self._schedule_keepalive(lease)
+        self._schedule_keepalive(self._keepalive_lease)
 
     def _stream_done(self, rid: int) -> None:
         self._streams.pop(rid, None)
@@ -722,11 +729,9 @@ class _StreamState:
             await fut
         except RPCTimeoutError:
             self.close_remote()
-            self._finish(StopAsyncIteration())
             raise RPCTimeoutError(f"no stream item within {self.timeout} s") from None
         except asyncio.CancelledError:
             self.close_remote()
-            self._finish(StopAsyncIteration())
             raise
         finally:
             self.waiters.remove(fut)
@@ -760,9 +765,7 @@ class _StreamState:
     def close_remote(self) -> None:
         """Ask the service to close the stream, without waiting (safe from finalizers)."""
         if not self.finished:
-            self.finished = True
-            self.error = StopAsyncIteration()
-            self.client._stream_done(self.rid)
+            self.fail(StopAsyncIteration())  # other waiters on this stream hear of it too
             try:
                 self.send([p.header(p.Kind.CANCEL, self.rid)])
             except ClientClosedError:
@@ -928,8 +931,7 @@ class RemoteGenerator(AsyncIterator[Any]):
             while not st.finished:
                 await st.wait()
         finally:
-            st.finished = True
-            st.client._stream_done(st.rid)
+            st._finish(StopAsyncIteration())
 
     async def __aenter__(self) -> RemoteGenerator:
         return self
