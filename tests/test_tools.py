@@ -111,9 +111,9 @@ def test_demo_shows_a_call_a_remote_error_a_timeout_and_a_stream() -> None:
 @pytest.mark.parametrize("transport", ["tcp", "ipc"])
 async def test_oversized_message_is_dropped_and_others_are_served(transport, tmp_path) -> None:
     """A peer sending more than max_message_size is cut off; the service keeps serving."""
-    from netcall import ConnectionLostError, RPCClient, RPCTimeoutError
-
     import zmq
+
+    from netcall import ConnectionLostError, RPCClient, RPCTimeoutError
 
     url = free_tcp_endpoint() if transport == "tcp" else f"ipc://{tmp_path}/big.ipc"
     ctx = zmq.Context()  # not the shared default context: see the closing note of session 1
