@@ -1,0 +1,315 @@
+"""netcall under trio: the asyncio core runs on netcall's own loop thread; trio code reaches it
+through the shims here.
+
+Why not a trio implementation of the core (a backend interface with ``trio.lowlevel`` under
+it)? Measured on this machine (2 cores, Python 3.11, trio 0.35; ``benchmarks/trio_design.py``;
+see ``benchmarks/README.md``): the cross-thread hop costs a trio caller a fraction of a
+round trip it pays anyway, while a backend interface would put an indirection on every
+``call_soon``/``call_later``/future of the asyncio hot path that must stay within 5 % and
+would double the surface the core's tests must cover. The hop is the same machinery the
+gevent and blocking adapters already use and test.
+
+Rules of this file:
+
+- Nothing here runs unless trio is running: this module is imported on first use under trio
+  (``import netcall`` never imports trio, and never needs a running asyncio loop).
+- A trio task waits for work on the loop thread with ``wait_task_rescheduled``; the asyncio
+  task's done callback wakes it through the run's ``TrioToken``. No asyncio object is ever
+  awaited, created or touched in the trio thread: what crosses is a coroutine object (created
+  here, first run there) and, back, its finished task's outcome.
+- Cancellation: a trio cancel cancels the asyncio task (the core then cancels the remote
+  handler) and the trio task waits until that task has ended (``Abort.FAILED``), so by the
+  time ``trio.Cancelled`` is raised the core has sent the CANCEL. A result that won the race
+  is returned (trio raises the cancel at the next checkpoint).
+- User code (handlers, generator steps) runs in the trio run, as system tasks in a cancel
+  scope: cancelling the call on the asyncio side cancels that scope, and the handler sees
+  ``trio.Cancelled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import outcome
+import trio
+
+from . import _bridge
+from .client import RemoteGenerator, RPCClient
+from .errors import ClientClosedError
+
+__all__ = ["TrioRPCClient", "TrioRemoteGenerator", "TrioRunner", "adopt_client", "run_on_bridge"]
+
+T = TypeVar("T")
+
+
+async def run_on_bridge(bridge: _bridge.Bridge, coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` as a task on the bridge loop; wait for it here, trio-natively.
+
+    Raises:
+        whatever ``coro`` raises; ``trio.Cancelled`` when this trio task is cancelled (the
+        asyncio task is cancelled and has ended by then); ClientClosedError when the loop
+        thread stopped.
+    """
+    task = trio.lowlevel.current_task()
+    token = trio.lowlevel.current_trio_token()
+    tasks: list[asyncio.Task[T]] = []
+    cancel: list[Any] = []  # raise_cancel, once trio asked to abort
+
+    def done(atask: asyncio.Task[T]) -> None:  # on the loop thread
+        try:
+            token.run_sync_soon(_resume, task, atask, cancel)
+        except trio.RunFinishedError:  # nobody waits any more
+            pass
+
+    await trio.lowlevel.checkpoint_if_cancelled()
+    bridge._start(coro, tasks, done)
+
+    def abort(raise_cancel: Any) -> trio.lowlevel.Abort:
+        cancel.append(raise_cancel)
+        bridge.call_soon(_bridge._cancel_all, tasks)
+        # Wait for the asyncio task to end: its cancellation reached the core (the remote
+        # handler is being cancelled) before trio.Cancelled is raised here.
+        return trio.lowlevel.Abort.FAILED
+
+    result: T = await trio.lowlevel.wait_task_rescheduled(abort)
+    return result
+
+
+def _resume(task: Any, atask: asyncio.Task[Any], cancel: list[Any]) -> None:
+    """In the trio run: wake ``task`` with ``atask``'s outcome."""
+    if atask.cancelled():
+        if cancel:
+            trio.lowlevel.reschedule(task, outcome.capture(cancel[0]))
+        else:
+            err = ClientClosedError("the call was cancelled: the netcall loop stopped")
+            trio.lowlevel.reschedule(task, outcome.Error(err))
+        return
+    exc = atask.exception()
+    if exc is not None:
+        trio.lowlevel.reschedule(task, outcome.Error(exc))
+    else:
+        trio.lowlevel.reschedule(task, outcome.Value(atask.result()))
+
+
+# ----------------------------------------------------------------------------- service side
+
+
+class TrioRunner:
+    """Runs user code of a service (handlers, generator steps and closes) in a trio run, from
+    the bridge loop: ``await runner(fn)`` there calls ``fn()`` as a trio system task (awaiting
+    its result if it is awaitable) in a copy of the caller's context, in a cancel scope that
+    cancelling the awaiting asyncio task cancels.
+
+    Created in the trio run (it captures its token).
+    """
+
+    __slots__ = ("token",)
+
+    def __init__(self) -> None:
+        self.token = trio.lowlevel.current_trio_token()
+
+    async def __call__(self, fn: Callable[[], Any]) -> Any:  # on the bridge loop
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        ctx = contextvars.copy_context()  # current_call() inside the handler
+        scope = trio.CancelScope()
+
+        def spawn() -> None:  # in the trio run
+            if fut.done():  # cancelled before it started
+                return
+            trio.lowlevel.spawn_system_task(
+                _run_user_code, fn, scope, fut, loop, name=_name_of(fn), context=ctx
+            )
+
+        try:
+            self.token.run_sync_soon(spawn)
+        except trio.RunFinishedError:
+            raise ClientClosedError("the trio run serving this service has ended") from None
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            try:
+                self.token.run_sync_soon(scope.cancel)
+            except trio.RunFinishedError:
+                pass
+            raise
+
+
+def _name_of(fn: Callable[[], Any]) -> str:
+    inner = getattr(fn, "func", fn)
+    return f"netcall handler {getattr(inner, '__qualname__', inner)!r}"
+
+
+async def _run_user_code(
+    fn: Callable[[], Any],
+    scope: trio.CancelScope,
+    fut: asyncio.Future[Any],
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """A system task: never raises (an escaping exception would crash the trio run)."""
+    result: outcome.Outcome[Any]
+    with scope:
+        result = outcome.capture(fn)
+        if isinstance(result, outcome.Value) and inspect.isawaitable(result.value):
+            result = await outcome.acapture(_await, result.value)
+    if scope.cancelled_caught or (
+        isinstance(result, outcome.Error) and isinstance(result.error, trio.Cancelled)
+    ):
+        # Cancelled from the core (already settled there), or the trio run is ending.
+        result = outcome.Error(asyncio.CancelledError())
+    elif isinstance(result, outcome.Error) and isinstance(result.error, StopIteration):
+        result = outcome.Error(RuntimeError("the handler raised StopIteration"))
+    try:
+        loop.call_soon_threadsafe(_settle, fut, result)
+    except RuntimeError:  # the loop is closed: nobody waits any more
+        pass
+
+
+async def _await(aw: Any) -> Any:
+    return await aw
+
+
+def _settle(fut: asyncio.Future[Any], result: outcome.Outcome[Any]) -> None:
+    if fut.done():
+        return
+    if isinstance(result, outcome.Value):
+        fut.set_result(result.value)
+    elif isinstance(result.error, asyncio.CancelledError):
+        fut.cancel()
+    else:
+        fut.set_exception(result.error)
+
+
+# ----------------------------------------------------------------------------- client side
+
+_BATCH = 256  # stream items a trio reader takes over from the loop thread at once
+
+
+def adopt_client(client: RPCClient) -> None:
+    """Move a client that was never used to netcall's loop thread: from now on it is a
+    :class:`TrioRPCClient` (call in the trio run, before the client's first call)."""
+    bridge = _bridge.acquire()
+    try:
+        client._trio_bridge = bridge  # type: ignore[attr-defined]
+        client.__class__ = TrioRPCClient
+        bridge.call(RPCClient._start, client)
+    except BaseException:
+        _bridge.release(bridge)
+        raise
+    bridge.closers[id(client)] = functools.partial(RPCClient.close, client)
+
+
+class TrioRPCClient(RPCClient):
+    """An :class:`~netcall.RPCClient` used under trio becomes one of these at its first call
+    (never constructed directly): the core client lives on netcall's loop thread, and every
+    call hops there and back (:func:`run_on_bridge`). The public API is the core's."""
+
+    _trio_bridge: _bridge.Bridge
+
+    async def _invoke(
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        oneway: bool,
+        window: int,
+    ) -> Any:
+        bridge = self._trio_bridge
+        result = await run_on_bridge(
+            bridge, RPCClient._invoke(self, method, args, kwargs, timeout, oneway, window)
+        )
+        if isinstance(result, RemoteGenerator):
+            return TrioRemoteGenerator(result, bridge)
+        return result
+
+    def connect(self, urls: str | Iterable[str], only: bool = False) -> None:
+        self._trio_bridge.call(RPCClient.connect, self, urls, only)
+
+    def disconnect(self, url: str) -> None:
+        self._trio_bridge.call(RPCClient.disconnect, self, url)
+
+    def close(self) -> None:
+        """Close the client (blocks this thread until the loop thread has closed it)."""
+        if self.closed:
+            return
+        bridge = self._trio_bridge
+        if bridge.alive:
+            bridge.call(RPCClient.close, self)
+        self._release(bridge, wait=True)
+
+    async def aclose(self) -> None:
+        """Close the client."""
+        if self.closed:
+            return
+        bridge = self._trio_bridge
+        if bridge.alive:
+            with trio.CancelScope(shield=True):
+                await run_on_bridge(bridge, _bridge._call_async(RPCClient.close, (self,), {}))
+        self._release(bridge, wait=False)
+
+    def _release(self, bridge: _bridge.Bridge, wait: bool) -> None:
+        if bridge.closers.pop(id(self), None) is not None:
+            _bridge.release(bridge, wait=wait)
+
+
+class TrioRemoteGenerator(RemoteGenerator):
+    """A :class:`~netcall.RemoteGenerator` for trio code: the same object model, every step a
+    hop to the core generator on the loop thread. A prefetching stream takes up to 256
+    buffered items per hop and decodes them here, one per ``__anext__``."""
+
+    __slots__ = ("_batch", "_bridge", "_core")
+
+    def __init__(self, core: RemoteGenerator, bridge: _bridge.Bridge) -> None:
+        super().__init__(core._state)
+        # The core generator closes the stream when dropped (its finalizer), with this one.
+        self._core = core
+        self._bridge = bridge
+        self._batch: deque[bytes] = deque()
+
+    def __aiter__(self) -> TrioRemoteGenerator:
+        st = self._state
+        if not st.prefetch and not st.finished:
+            self._bridge.call(RemoteGenerator.__aiter__, self._core)
+        return self
+
+    def __anext__(self) -> Awaitable[Any]:
+        return self._trio_anext()
+
+    async def _trio_anext(self) -> Any:
+        batch = self._batch
+        if batch:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return self._state.client.serializer.loads(batch.popleft())
+        core = self._core
+        if self._state.prefetch:
+            batch.extend(await run_on_bridge(self._bridge, core._anext_payloads(_BATCH)))
+            return self._state.client.serializer.loads(batch.popleft())
+        return await run_on_bridge(self._bridge, _bridge._as_coroutine(core.__anext__()))
+
+    async def asend(self, value: Any) -> Any:
+        return await run_on_bridge(self._bridge, self._core.asend(value))
+
+    async def athrow(
+        self,
+        typ: type[BaseException] | BaseException,
+        val: Any = None,
+        tb: TracebackType | None = None,
+    ) -> Any:
+        return await run_on_bridge(self._bridge, self._core.athrow(typ, val, tb))
+
+    async def aclose(self) -> None:
+        self._batch.clear()
+        if self._state.finished:
+            return
+        await run_on_bridge(self._bridge, self._core.aclose())
+
+    def __del__(self) -> None:
+        pass  # the core generator's finalizer closes the stream
