@@ -43,8 +43,17 @@ import trio
 from . import _bridge
 from .client import RemoteGenerator, RPCClient
 from .errors import ClientClosedError
+from .service import RPCService
 
-__all__ = ["TrioRPCClient", "TrioRemoteGenerator", "TrioRunner", "adopt_client", "run_on_bridge"]
+__all__ = [
+    "TrioClient",
+    "TrioRemoteGenerator",
+    "TrioRunner",
+    "TrioService",
+    "adopt_client",
+    "adopt_service",
+    "run_on_bridge",
+]
 
 T = TypeVar("T")
 
@@ -154,37 +163,36 @@ async def _run_user_code(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
     """A system task: never raises (an escaping exception would crash the trio run)."""
-    result: outcome.Outcome[Any]
+    ok, value = False, None
     with scope:
-        result = outcome.capture(fn)
-        if isinstance(result, outcome.Value) and inspect.isawaitable(result.value):
-            result = await outcome.acapture(_await, result.value)
-    if scope.cancelled_caught or (
-        isinstance(result, outcome.Error) and isinstance(result.error, trio.Cancelled)
-    ):
-        # Cancelled from the core (already settled there), or the trio run is ending.
-        result = outcome.Error(asyncio.CancelledError())
-    elif isinstance(result, outcome.Error) and isinstance(result.error, StopIteration):
-        result = outcome.Error(RuntimeError("the handler raised StopIteration"))
+        try:
+            value = fn()
+            if inspect.isawaitable(value):
+                value = await value
+            ok = True
+        except trio.Cancelled:
+            pass  # cancelled from the core (already settled there), or the run is ending
+        except StopIteration:  # cannot travel in a Future
+            value = RuntimeError("the handler raised StopIteration")
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit...: still an answer
+            value = exc
+    if scope.cancelled_caught:
+        ok, value = False, None
     try:
-        loop.call_soon_threadsafe(_settle, fut, result)
+        loop.call_soon_threadsafe(_settle, fut, ok, value)
     except RuntimeError:  # the loop is closed: nobody waits any more
         pass
 
 
-async def _await(aw: Any) -> Any:
-    return await aw
-
-
-def _settle(fut: asyncio.Future[Any], result: outcome.Outcome[Any]) -> None:
+def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
     if fut.done():
         return
-    if isinstance(result, outcome.Value):
-        fut.set_result(result.value)
-    elif isinstance(result.error, asyncio.CancelledError):
+    if ok:
+        fut.set_result(value)
+    elif value is None:
         fut.cancel()
     else:
-        fut.set_exception(result.error)
+        fut.set_exception(value)
 
 
 # ----------------------------------------------------------------------------- client side
@@ -192,13 +200,28 @@ def _settle(fut: asyncio.Future[Any], result: outcome.Outcome[Any]) -> None:
 _BATCH = 256  # stream items a trio reader takes over from the loop thread at once
 
 
+_classes: dict[tuple[type, type], type] = {}
+
+
+def _adopted_class(mixin: type, cls: type) -> type:
+    """``cls`` with ``mixin`` in front (a user's subclass keeps its own methods)."""
+    if issubclass(cls, mixin):
+        return cls
+    key = (mixin, cls)
+    sub = _classes.get(key)
+    if sub is None:
+        ns = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        sub = _classes[key] = type(cls.__name__, (mixin, cls), ns)
+    return sub
+
+
 def adopt_client(client: RPCClient) -> None:
-    """Move a client that was never used to netcall's loop thread: from now on it is a
-    :class:`TrioRPCClient` (call in the trio run, before the client's first call)."""
+    """Move a client that was never used to netcall's loop thread; from now on its class has
+    :class:`TrioClient` in front (call in the trio run, at the client's first call)."""
     bridge = _bridge.acquire()
     try:
         client._trio_bridge = bridge  # type: ignore[attr-defined]
-        client.__class__ = TrioRPCClient
+        client.__class__ = _adopted_class(TrioClient, type(client))
         bridge.call(RPCClient._start, client)
     except BaseException:
         _bridge.release(bridge)
@@ -206,10 +229,10 @@ def adopt_client(client: RPCClient) -> None:
     bridge.closers[id(client)] = functools.partial(RPCClient.close, client)
 
 
-class TrioRPCClient(RPCClient):
-    """An :class:`~netcall.RPCClient` used under trio becomes one of these at its first call
-    (never constructed directly): the core client lives on netcall's loop thread, and every
-    call hops there and back (:func:`run_on_bridge`). The public API is the core's."""
+class TrioClient(RPCClient):
+    """What an :class:`~netcall.RPCClient` used under trio becomes at its first call (never
+    constructed directly): the core client lives on netcall's loop thread, and every call
+    hops there and back (:func:`run_on_bridge`). The public API is the core's."""
 
     _trio_bridge: _bridge.Bridge
 
@@ -231,33 +254,111 @@ class TrioRPCClient(RPCClient):
         return result
 
     def connect(self, urls: str | Iterable[str], only: bool = False) -> None:
-        self._trio_bridge.call(RPCClient.connect, self, urls, only)
+        self._trio_bridge.call(super().connect, urls, only)
 
     def disconnect(self, url: str) -> None:
-        self._trio_bridge.call(RPCClient.disconnect, self, url)
+        self._trio_bridge.call(super().disconnect, url)
 
     def close(self) -> None:
         """Close the client (blocks this thread until the loop thread has closed it)."""
-        if self.closed:
-            return
         bridge = self._trio_bridge
-        if bridge.alive:
-            bridge.call(RPCClient.close, self)
+        if not self.closed and bridge.alive:
+            bridge.call(super().close)
         self._release(bridge, wait=True)
 
     async def aclose(self) -> None:
         """Close the client."""
-        if self.closed:
-            return
         bridge = self._trio_bridge
-        if bridge.alive:
+        if not self.closed and bridge.alive:
             with trio.CancelScope(shield=True):
-                await run_on_bridge(bridge, _bridge._call_async(RPCClient.close, (self,), {}))
+                await run_on_bridge(bridge, _bridge._call_async(super().close, (), {}))
         self._release(bridge, wait=False)
 
     def _release(self, bridge: _bridge.Bridge, wait: bool) -> None:
         if bridge.closers.pop(id(self), None) is not None:
             _bridge.release(bridge, wait=wait)
+
+
+def adopt_service(service: RPCService) -> None:
+    """Serve ``service`` (never started) from netcall's loop thread, its handlers in this trio
+    run; from now on its class has :class:`TrioService` in front."""
+    bridge = _bridge.acquire()
+    service._trio_bridge = bridge  # type: ignore[attr-defined]
+    service.__class__ = _adopted_class(TrioService, type(service))
+    bridge.closers[id(service)] = functools.partial(RPCService.close, service)
+
+
+class TrioService(RPCService):
+    """What an :class:`~netcall.RPCService` started under trio becomes (never constructed
+    directly): its socket and protocol logic run on netcall's loop thread, every handler,
+    generator step and generator close runs in the trio run that started it (a system task
+    in a cancel scope: a cancelled call is ``trio.Cancelled`` in the handler).
+
+    ``serve()`` cancelled (a nursery's scope) closes the service: structured concurrency
+    leaves nothing running behind the scope.
+    """
+
+    _trio_bridge: _bridge.Bridge
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if self.closed:
+            raise RuntimeError("the service is closed")
+        if self._driver is not None:
+            return
+        runner = TrioRunner()
+        self._sync_runner = runner
+        self._trio_bridge.call(super().start, self._trio_bridge.loop)
+
+    async def serve(self) -> None:
+        self.start()
+        try:
+            await run_on_bridge(self._trio_bridge, _wait_stopped(self))
+        except BaseException:
+            self.close()
+            raise
+        self._release()
+
+    async def stop(self, grace: float | None = None) -> None:
+        bridge = self._trio_bridge
+        if not self.closed and bridge.alive:
+            try:
+                await run_on_bridge(bridge, super().stop(grace))
+            except BaseException:
+                self.close()
+                raise
+        self._release()
+
+    def close(self) -> None:
+        bridge = self._trio_bridge
+        if not self.closed and bridge.alive:
+            bridge.call(super().close)
+        self._release()
+
+    def bind(self, urls: str | Iterable[str], only: bool = False) -> None:
+        self._trio_bridge.call(super().bind, urls, only)
+
+    def unbind(self, url: str) -> None:
+        self._trio_bridge.call(super().unbind, url)
+
+    def bind_ports(
+        self, ip: str = "127.0.0.1", port: int = 0, *, min_port: int = 49152, max_port: int = 65535
+    ) -> int:
+        return self._trio_bridge.call(
+            super().bind_ports, ip, port, min_port=min_port, max_port=max_port
+        )
+
+    def _release(self) -> None:
+        bridge = self._trio_bridge
+        if bridge.closers.pop(id(self), None) is not None:
+            _bridge.release(bridge, wait=False)
+
+
+async def _wait_stopped(service: RPCService) -> None:  # on the bridge loop
+    if service._stopped is None:
+        service._stopped = asyncio.Event()
+    if service.closed:
+        return
+    await service._stopped.wait()
 
 
 class TrioRemoteGenerator(RemoteGenerator):
