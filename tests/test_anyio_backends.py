@@ -41,7 +41,10 @@ from netcall import (
 
 trio = pytest.importorskip("trio")
 
-pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("error::RuntimeWarning"),
+    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
+]
 
 BACKENDS = ["asyncio", "anyio-asyncio", "anyio-trio"]
 HANG_GUARD = 20.0  # seconds any scenario may take
@@ -575,7 +578,7 @@ def test_trio_client_against_asyncio_service_in_a_thread(ctx: Any) -> None:
         async def scenario() -> None:
             async with RPCClient(context=ctx, timeout=5.0) as client:
                 client.connect(f"tcp://127.0.0.1:{box['port']}")
-                assert await client.echo("x") == ["x", "asyncio"]
+                assert await client.echo("x") == ("x", "asyncio")
 
         run("anyio-trio", scenario)
     finally:

@@ -77,7 +77,11 @@ async def run_on_bridge(bridge: _bridge.Bridge, coro: Coroutine[Any, Any, T]) ->
         except trio.RunFinishedError:  # nobody waits any more
             pass
 
-    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        await trio.lowlevel.checkpoint_if_cancelled()
+    except BaseException:
+        coro.close()  # never started: nothing to cancel remotely
+        raise
     bridge._start(coro, tasks, done)
 
     def abort(raise_cancel: Any) -> trio.lowlevel.Abort:
@@ -126,12 +130,14 @@ class TrioRunner:
 
     async def __call__(self, fn: Callable[[], Any]) -> Any:  # on the bridge loop
         loop = asyncio.get_running_loop()
+        # Settled once, by the trio side, when the user's code has ended (or never started).
         fut: asyncio.Future[Any] = loop.create_future()
         ctx = contextvars.copy_context()  # current_call() inside the handler
         scope = trio.CancelScope()
 
         def spawn() -> None:  # in the trio run
-            if fut.done():  # cancelled before it started
+            if scope.cancel_called:  # cancelled before it started
+                loop.call_soon_threadsafe(_settle, fut, False, None)
                 return
             trio.lowlevel.spawn_system_task(
                 _run_user_code, fn, scope, fut, loop, name=_name_of(fn), context=ctx
@@ -142,12 +148,19 @@ class TrioRunner:
         except trio.RunFinishedError:
             raise ClientClosedError("the trio run serving this service has ended") from None
         try:
-            return await fut
+            return await asyncio.shield(fut)
         except asyncio.CancelledError:
-            try:
-                self.token.run_sync_soon(scope.cancel)
-            except trio.RunFinishedError:
-                pass
+            if not fut.done():
+                try:
+                    self.token.run_sync_soon(scope.cancel)
+                except trio.RunFinishedError:
+                    raise asyncio.CancelledError() from None
+                # Wait until the trio side has unwound: the core may close a generator next,
+                # which must not find it still running.
+                try:
+                    await asyncio.shield(fut)
+                except BaseException:
+                    pass
             raise
 
 
@@ -170,14 +183,12 @@ async def _run_user_code(
             if inspect.isawaitable(value):
                 value = await value
             ok = True
-        except trio.Cancelled:
-            pass  # cancelled from the core (already settled there), or the run is ending
+        except trio.Cancelled:  # from the core, or the run is ending: settled as cancelled
+            value = None
         except StopIteration:  # cannot travel in a Future
             value = RuntimeError("the handler raised StopIteration")
         except BaseException as exc:  # KeyboardInterrupt, SystemExit...: still an answer
             value = exc
-    if scope.cancelled_caught:
-        ok, value = False, None
     try:
         loop.call_soon_threadsafe(_settle, fut, ok, value)
     except RuntimeError:  # the loop is closed: nobody waits any more
@@ -306,7 +317,9 @@ class TrioService(RPCService):
         if self._driver is not None:
             return
         runner = TrioRunner()
-        self._sync_runner = runner
+        self._async_runner = runner
+        if self._executor is None:  # sync handlers run in the trio run too, else in executor
+            self._sync_runner = runner
         self._trio_bridge.call(super().start, self._trio_bridge.loop)
 
     async def serve(self) -> None:
@@ -381,7 +394,7 @@ class TrioRemoteGenerator(RemoteGenerator):
             self._bridge.call(RemoteGenerator.__aiter__, self._core)
         return self
 
-    def __anext__(self) -> Awaitable[Any]:
+    def __anext__(self) -> Awaitable[Any]:  # type: ignore[override]
         return self._trio_anext()
 
     async def _trio_anext(self) -> Any:
