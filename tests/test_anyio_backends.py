@@ -28,6 +28,7 @@ import sniffio
 
 from conftest import netcall_env
 from netcall import (
+    ClientClosedError,
     ConnectionLostError,
     MethodNotFoundError,
     RemoteGenerator,
@@ -38,6 +39,7 @@ from netcall import (
     ServiceStoppingError,
     current_call,
 )
+from netcall.testing import service_client_pair
 
 trio = pytest.importorskip("trio")
 
@@ -153,6 +155,17 @@ def make_service(ctx: Any, seen: Seen, **kwargs: Any) -> RPCService:
                 await anyio.sleep(0)
         finally:
             seen.closed.append("count")
+
+    @service.register
+    async def ticks() -> Any:
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+                await anyio.sleep(0.02)
+        finally:
+            seen.closed.append("ticks")
 
     @service.register
     def count_sync(n: int) -> Any:
@@ -470,6 +483,69 @@ def test_clients_in_several_tasks_share_one_client(backend: str, ctx: Any) -> No
                     for _ in range(5):
                         tg.start_soon(caller)
                 assert sorted(totals) == [4950, 19900, 44850]
+
+    run(backend, scenario)
+
+
+def test_cancel_scope_around_a_stream(backend: str, ctx: Any) -> None:
+    """A scope expiring in the middle of ``async for`` closes the generator on the service."""
+    seen = Seen()
+
+    async def scenario() -> None:
+        async with make_service(ctx, seen) as service:
+            port = service.bind_ports("127.0.0.1")
+            async with RPCClient(context=ctx, timeout=5.0) as client:
+                client.connect(f"tcp://127.0.0.1:{port}")
+                got = []
+                with anyio.move_on_after(0.3):
+                    async for x in client.ticks():
+                        got.append(x)
+                assert got and got == list(range(len(got)))
+                await seen.until(lambda: "ticks" in seen.closed)
+                await seen.until(lambda: service.active_streams == 0)
+                assert client.open_streams == 0
+
+    run(backend, scenario)
+
+
+def test_client_close_fails_calls_in_flight(backend: str, ctx: Any) -> None:
+    seen = Seen()
+
+    async def scenario() -> None:
+        async with make_service(ctx, seen) as service:
+            port = service.bind_ports("127.0.0.1")
+            client = RPCClient(context=ctx, timeout=5.0)
+            client.connect(f"tcp://127.0.0.1:{port}")
+            assert await client.echo(1) == 1
+            errors: list[BaseException] = []
+
+            async def call() -> None:
+                try:
+                    await client.slow(30)
+                except ClientClosedError as exc:
+                    errors.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(call)
+                await seen.until(lambda: service.active_calls == 3)
+                await client.aclose()
+            assert len(errors) == 3
+            with pytest.raises(ClientClosedError):
+                await client.echo(1)
+            await seen.until(lambda: service.active_calls == 0)
+
+    run(backend, scenario)
+
+
+def test_testing_pair(backend: str, ctx: Any) -> None:
+    """netcall.testing.service_client_pair works on every runner."""
+    seen = Seen()
+
+    async def scenario() -> None:
+        async with service_client_pair(make_service(ctx, seen), timeout=5.0) as client:
+            assert await client.echo("hi") == "hi"
+            assert [x async for x in client.count(3)] == [0, 1, 2]
 
     run(backend, scenario)
 
