@@ -320,7 +320,7 @@ GARBAGE = [
     _call_frames(2)[:1],  # CALL without its arguments frame
     _with_head(_call_frames(3), _call_frames(3)[0][: p.HEADER.size + 3]),  # truncated head
     _with_head(_call_frames(4), _call_frames(4)[0][:-4] + b"\xff\xfe\xff\xfe"),  # bad UTF-8 name
-    _call_frames(5, deadline=float("nan")),
+    _call_frames(5, timeout=float("nan")),
     [*_call_frames(6), b"extra", b"frames"],
     p.Result(7, b"\x01").to_frames(),  # a service-only message sent to a service
     p.Next(8, b"\xc0").to_frames(),  # a stream that does not exist
@@ -350,7 +350,7 @@ async def test_malformed_frames_do_not_hurt_the_service(fsvc, client, endpoint, 
         [*_call_frames(81), b"extra", b"frames"],
         _call_frames(81)[:1],
         _with_head(_call_frames(81), _call_frames(81)[0][:-4] + b"\xff\xfe\xff\xfe"),
-        _call_frames(81, deadline=float("nan")),
+        _call_frames(81, timeout=float("nan")),
     ],
     ids=["extra-frames", "no-arguments", "bad-utf8-name", "nan-deadline"],
 )
