@@ -1,0 +1,51 @@
+"""One deadline, on this host's monotonic clock.
+
+The wire carries the time a call has left (see :mod:`netcall.protocol`); each end turns it into
+a :class:`Deadline` when it sends or receives, so the two hosts' clocks never need to agree.
+The client, the service, streams and :class:`~netcall.CallContext` all carry this one object.
+"""
+
+from __future__ import annotations
+
+import time
+
+__all__ = ["Deadline"]
+
+_monotonic = time.monotonic
+
+
+class Deadline:
+    """A point in time on the monotonic clock after which nobody waits for the call."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    @classmethod
+    def from_timeout(cls, timeout: float | None) -> Deadline | None:
+        """``timeout`` seconds from now; ``None`` (no deadline) for ``None`` or 0."""
+        if not timeout:
+            return None
+        return cls(_monotonic() + timeout)
+
+    def remaining(self) -> float:
+        """Seconds left, never negative."""
+        left = self.at - _monotonic()
+        return left if left > 0.0 else 0.0
+
+    @property
+    def expired(self) -> bool:
+        return _monotonic() >= self.at
+
+    def __repr__(self) -> str:
+        return f"<Deadline in {self.at - _monotonic():.3f} s>"
+
+
+def remaining(deadline: Deadline | None) -> float:
+    """What goes on the wire: seconds left (at least a microsecond once expired, so that the
+    peer sees an expired call rather than none), or 0 for no deadline."""
+    if deadline is None:
+        return 0.0
+    left = deadline.at - _monotonic()
+    return left if left > 1e-6 else 1e-6
