@@ -217,7 +217,7 @@ async def test_unencodable_method_name_leaks_nothing(make_service, make_client, 
     with pytest.raises(UnicodeEncodeError):
         await client.call("echo\ud800", 1)
     assert client.pending == 0
-    assert all(s.inflight == 0 for s in client._order)
+    assert all(s.inflight == 0 for s in client._peers.order)
 
 
 # --------------------------------------------------------------------------- behaving correctly
