@@ -8,6 +8,7 @@ import time
 import pytest
 import zmq
 
+from _helpers import wait_until
 from netcall import (
     ClientClosedError,
     MethodNotFoundError,
@@ -272,7 +273,7 @@ async def test_close_fails_calls_in_flight(service, make_client, endpoint):
     cli = make_client()
     cli.connect(endpoint)
     calls = [asyncio.ensure_future(cli.sleep(5)) for _ in range(3)]
-    await asyncio.sleep(0.05)
+    assert await wait_until(lambda: cli.pending == 3, 3)
     cli.close()
     for c in calls:
         with pytest.raises(ClientClosedError):
