@@ -10,6 +10,7 @@ place a call is made.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 from collections.abc import Iterable
@@ -19,15 +20,15 @@ from typing import Any, TypedDict
 import zmq
 
 from . import protocol as p
-from ._client.calls import CallRegistry, PendingCall
+from ._client.calls import CallRegistry, PendingCall, call_frames, encode_arguments
 from ._client.generator import RemoteGenerator, close_quietly
-from ._client.peers import Keepalive, Peer, PeerTable
+from ._client.inbox import Inbox
+from ._client.peers import Keepalive, Peer, PeerTable, close_sockets
 from ._client.proxy import UNSET, Call, Method, Options
 from ._client.streams import ConsumerStreams, error_from
-from ._edge import serializer_error
 from ._reactor import SocketDriver
 from ._socket import make_router
-from .errors import ClientClosedError, ConnectionLostError, EncodingError
+from .errors import ClientClosedError, ConnectionLostError
 from .protocol.session import first_credit
 from .serializers import Serializer, get_serializer
 
@@ -181,7 +182,9 @@ class RPCClient:
             return driver
         loop = asyncio.get_running_loop()
         self._loop = self._streams.loop = loop
-        self._driver = SocketDriver(self.socket, loop, self._on_message, self._on_unreachable)
+        opened = functools.partial(self._keepalive.schedule, loop)  # a stream opened: its lease
+        inbox = Inbox(self._calls, self._streams, self._send_cancel, opened)
+        self._driver = SocketDriver(self.socket, loop, inbox.on_message, _on_unreachable)
         self._monitor_driver = SocketDriver(self._monitor, loop, self._peers.on_monitor_event)
         return self._driver
 
@@ -256,30 +259,13 @@ class RPCClient:
         if timeout is UNSET:
             timeout = self.timeout
         # Everything that can fail (encoding) comes before any state is recorded.
-        try:
-            dumps = self.serializer.dumps
-            payload = dumps(list(args))
-            kw_payload = dumps(kwargs) if kwargs else None
-        except Exception as exc:
-            raise serializer_error(exc, "cannot serialize the arguments") from exc
+        arguments = encode_arguments(self.serializer.dumps, args, kwargs)
         rid = next(self._ids)
         peer = self._peers.pick()
         window = first_credit(self.window) if prefetch else 0
-        try:
-            head = p.call_head(
-                rid,
-                method,
-                self.serializer.name,
-                # The wire carries the time remaining (0: none; an expired 0 s stays > 0).
-                0.0 if timeout is None else (timeout if timeout > 0 else 1e-9),
-                p.FLAG_ONEWAY if oneway else 0,
-                window,
-            )
-        except UnicodeEncodeError as exc:
-            raise EncodingError(*exc.args) from exc
-        frames = [peer.rid, head, payload]
-        if kw_payload is not None:
-            frames.append(kw_payload)
+        frames = call_frames(
+            peer, rid, method, self.serializer.name, timeout, oneway, window, arguments
+        )
         loop = self._loop
         assert loop is not None
         fut = loop.create_future()
@@ -321,56 +307,9 @@ class RPCClient:
         frames.insert(0, peer.rid)
         self._driver.send(frames)
 
-    # -- incoming: route each reply to its room -------------------------------------------
-
-    def _on_message(self, frames: list[Any]) -> None:
-        if len(frames) == 2:
-            fast = p.split_inline(frames[1])
-            if fast is not None:
-                kind, rid, payload = fast
-                if kind == p.Kind.RESULT:
-                    pend = self._calls.by_id.pop(rid, None)
-                    if pend is not None and not pend.future.done():
-                        pend.future.set_result(payload)  # bytes: a result's payload
-                    return
-                stream = self._streams.by_id.get(rid)
-                if stream is not None:
-                    stream.feed_item(payload)
-                return
-        try:
-            msg = p.decode(frames[1:])
-        except Exception as exc:
-            log.warning("netcall: dropped a malformed message from a service: %s", exc)
-            return
-        rid = msg.id
-        pend = self._calls.by_id.pop(rid, None)
-        if pend is None:
-            self._streams.feed(msg)
-            return
-        fut = pend.future
-        if type(msg) is p.StreamOpen:
-            if fut.done():
-                # The caller gave up (cancelled, timed out) as the stream opened: close it.
-                self._send_cancel(pend.peer, rid)
-                return
-            gen = RemoteGenerator(self._streams.open(pend.peer, rid, pend.timeout, pend.window))
-            assert self._loop is not None
-            self._keepalive.schedule(self._loop, msg.lease)
-            fut.set_result(gen)
-        elif not fut.done():
-            fut.set_result(msg)
-
-    def _on_unreachable(self, rid: bytes) -> None:
-        log.debug("netcall: service %r unreachable", rid)
-
     def _ping(self) -> bool:
-        """Ping the services holding our streams; False when there is nothing to keep alive."""
-        if self._closed or not len(self._streams):
-            return False
-        for peer in self._streams.peers():
-            if peer.url in self._peers.by_url:
-                self._send(peer, p.Ping().to_frames())
-        return True
+        connected = self._peers.by_url
+        return not self._closed and self._streams.ping(lambda peer: peer.url in connected)
 
     # -- closing --------------------------------------------------------------------------
 
@@ -383,22 +322,13 @@ class RPCClient:
             return
         self._closed = True
         self._keepalive.cancel()
-        if self._driver is not None:
-            # Tell services to drop our calls and streams (best effort), then close.
-            open_work = [(pend.peer, rid) for rid, pend in self._calls.by_id.items()]
-            open_work += self._streams.open_ids()
-            for peer, rid in open_work:
-                try:
-                    self._driver.send([peer.rid, *p.Cancel(rid).to_frames()])
-                except Exception:
-                    pass
-            self._driver.close(linger=50)
-        elif not self.socket.closed:
-            self.socket.close(linger=0)
-        if self._monitor_driver is not None:
-            self._monitor_driver.close()
-        elif not self._monitor.closed:
-            self._monitor.close(linger=0)
+        # Tell services to drop our calls and streams (best effort), then close.
+        open_work = [(pend.peer, rid) for rid, pend in self._calls.by_id.items()]
+        farewell = [[peer.rid, *p.Cancel(rid).to_frames()] for peer, rid in open_work]
+        farewell += [
+            [peer.rid, *p.Cancel(rid).to_frames()] for peer, rid in self._streams.open_ids()
+        ]
+        close_sockets(self._driver, self.socket, self._monitor_driver, self._monitor, farewell)
         closed = lambda: ClientClosedError("the client was closed")  # noqa: E731
         self._calls.fail_all(closed)
         self._streams.fail_all(closed)
@@ -420,3 +350,7 @@ class RPCClient:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {sorted(self._peers.by_url)}>"
+
+
+def _on_unreachable(rid: bytes) -> None:
+    log.debug("netcall: service %r unreachable", rid)

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, ClassVar, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 import zmq
 
@@ -21,17 +20,17 @@ from . import protocol as p
 from ._edge import map_exceptions
 from ._reactor import SocketDriver
 from ._service.dispatch import Dispatcher
+from ._service.inbox import Inbox
 from ._service.registry import METHODS_NAME, HandlerRegistry, public_names
 from ._service.replies import Replies
 from ._service.runner import HandlerRunner, Runner
-from ._service.streams import STREAM_KINDS, Producers
+from ._service.streams import Producers
 from ._socket import make_router
 from .client import RPCClient
 from .serializers import Serializer, get_serializer
 
 __all__ = ["RESERVED_NAMES", "HandlerRunner", "RPCService"]
 
-log = logging.getLogger("netcall")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,8 +76,6 @@ class RPCService:
     context: zmq.Context[Any]
     name: str
     socket: zmq.Socket[Any]
-    #: Names a handler cannot take: the public attributes of the service and client classes.
-    reserved_names: ClassVar[frozenset[str]]
 
     def __init__(
         self,
@@ -259,7 +256,8 @@ class RPCService:
         self._dispatch.loop = loop
         self._dispatch.refusing = None
         self._producers.start(loop)
-        self._driver = SocketDriver(self.socket, loop, self._on_message, self._producers.on_gone)
+        inbox = Inbox(self._dispatch, self._producers, self._replies)
+        self._driver = SocketDriver(self.socket, loop, inbox.on_message, self._producers.on_gone)
         self._replies.driver = self._driver
 
     async def serve(self) -> None:
@@ -333,42 +331,7 @@ class RPCService:
         if self._stopped is not None:
             self._stopped.set()
 
-    # -- incoming: route each message to its room -----------------------------------------
-
-    def _on_message(self, frames: list[Any]) -> None:
-        peer = frames[0]
-        body = frames[1:]
-        producers = self._producers
-        if len(producers):
-            producers.touch(peer)
-        try:
-            msg = p.decode(body)
-        except Exception as exc:  # ProtocolError; anything else would be our bug
-            rid = p.request_id_of(body)
-            log.warning("netcall: dropped a malformed message from %r: %s", peer, exc)
-            if rid is not None:
-                self._replies.refuse(peer, rid, p.ERR_PROTOCOL, str(exc))
-            return
-        kind = type(msg)
-        if kind is p.Call:
-            self._dispatch.on_call(peer, msg)  # type: ignore[arg-type]
-        elif kind is p.Cancel:
-            cancelled = self._dispatch.cancel(peer, msg.id)
-            if not producers.cancel(peer, msg.id) and not cancelled:
-                # Closing an unknown or finished stream: confirm, so aclose() never waits.
-                self._replies.send(peer, p.End(msg.id).to_frames())
-        elif kind is p.Ping:
-            producers.touch(peer)
-            self._replies.send(peer, p.Pong(msg.id).to_frames())
-        elif kind in STREAM_KINDS:
-            producers.on_message(peer, msg)  # type: ignore[arg-type]
-        else:
-            self._replies.refuse(
-                peer, msg.id, p.ERR_PROTOCOL, f"a client may not send {kind.__name__}"
-            )
-
 
 #: Names a handler cannot take: the public attributes of the service and client classes (so a
 #: handler can never shadow ``client.name``, ``service.stop`` and the like).
 RESERVED_NAMES: frozenset[str] = public_names(RPCService, RPCClient) | {"join"}
-RPCService.reserved_names = RESERVED_NAMES

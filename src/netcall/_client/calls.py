@@ -1,4 +1,5 @@
-"""Calls waiting for an answer, by request id, and their timeouts."""
+"""Calls: how one is encoded, and the calls waiting for an answer (by request id, with their
+timeouts)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ConnectionLostError, RPCTimeoutError
+from .. import protocol as p
+from .._edge import serializer_error
+from ..errors import ConnectionLostError, EncodingError, RPCTimeoutError
 from .peers import Peer
 
-__all__ = ["CallRegistry", "PendingCall"]
+__all__ = ["CallRegistry", "PendingCall", "call_frames", "encode_arguments"]
 
 
 class PendingCall:
@@ -62,3 +65,51 @@ class CallRegistry:
             if not pend.future.done():
                 pend.future.set_exception(error())
         self.by_id.clear()
+
+
+def encode_arguments(
+    dumps: Callable[[Any], bytes], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[bytes, bytes | None]:
+    """The argument frames of a CALL (kwargs only when there are some).
+
+    Raises:
+        SerializationError: an argument cannot be serialized (whatever the serializer raised
+            is the ``__cause__``).
+    """
+    try:
+        return dumps(list(args)), (dumps(kwargs) if kwargs else None)
+    except Exception as exc:
+        raise serializer_error(exc, "cannot serialize the arguments") from exc
+
+
+def call_frames(
+    peer: Peer,
+    rid: int,
+    method: str,
+    serializer: str,
+    timeout: float | None,
+    oneway: bool,
+    window: int,
+    arguments: tuple[bytes, bytes | None],
+) -> list[Any]:
+    """The frames of a CALL to ``peer``, routing id first.
+
+    Raises:
+        EncodingError: the method name cannot be encoded.
+    """
+    try:
+        head = p.call_head(
+            rid,
+            method,
+            serializer,
+            # The wire carries the time remaining (0: none; an expired 0 s stays > 0).
+            0.0 if timeout is None else (timeout if timeout > 0 else 1e-9),
+            p.FLAG_ONEWAY if oneway else 0,
+            window,
+        )
+    except UnicodeEncodeError as exc:
+        raise EncodingError(*exc.args) from exc
+    payload, kw_payload = arguments
+    if kw_payload is None:
+        return [peer.rid, head, payload]
+    return [peer.rid, head, payload, kw_payload]

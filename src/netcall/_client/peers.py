@@ -12,9 +12,10 @@ import zmq
 import zmq.utils.monitor
 
 from .._edge import map_exceptions
+from .._reactor import SocketDriver
 from ..errors import RPCError
 
-__all__ = ["Keepalive", "Peer", "PeerTable"]
+__all__ = ["Keepalive", "Peer", "PeerTable", "close_sockets"]
 
 
 class Peer:
@@ -142,3 +143,27 @@ class Keepalive:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+
+def close_sockets(
+    driver: SocketDriver | None,
+    socket: zmq.Socket[Any],
+    monitor_driver: SocketDriver | None,
+    monitor: zmq.Socket[Any],
+    farewell: list[list[Any]],
+) -> None:
+    """Close the client's socket and its monitor; when the socket is being driven, first send
+    the ``farewell`` messages (best effort) and let them go out (linger 50 ms)."""
+    if driver is not None:
+        for frames in farewell:
+            try:
+                driver.send(frames)
+            except Exception:
+                pass
+        driver.close(linger=50)
+    elif not socket.closed:
+        socket.close(linger=0)
+    if monitor_driver is not None:
+        monitor_driver.close()
+    elif not monitor.closed:
+        monitor.close(linger=0)

@@ -75,9 +75,15 @@ class ConsumerStreams:
     def done(self, rid: int) -> None:
         self.by_id.pop(rid, None)
 
-    def peers(self) -> list[Peer]:
-        """The services holding our streams."""
-        return list({s.peer.rid: s.peer for s in self.by_id.values()}.values())
+    def ping(self, connected: Callable[[Peer], bool]) -> bool:
+        """Ping the (still connected) services holding our streams, so that their leases do
+        not expire; False when there is no stream to keep alive."""
+        if not self.by_id:
+            return False
+        for peer in {s.peer.rid: s.peer for s in self.by_id.values()}.values():
+            if connected(peer):
+                self.send(peer, p.Ping().to_frames())
+        return True
 
     def fail_peer(self, peer: Peer, error: BaseException) -> None:
         for stream in list(self.by_id.values()):
