@@ -227,7 +227,9 @@ async def _recv(sock, timeout=3.0):
 
 async def test_expired_request_is_not_run(tsvc, tracker, raw):
     raw.send_multipart(
-        p.Call(1, "record", "msgpack", msgpack.packb(["expired"]), timeout=1e-9).to_frames()
+        p.Call(
+            1, "record", "msgpack", msgpack.packb(["expired"]), timeout=1e-7
+        ).to_frames()  # below MIN_REMAINING: spent
     )
     raw.send_multipart(
         p.Call(2, "record", "msgpack", msgpack.packb(["fresh"]), timeout=30.0).to_frames()

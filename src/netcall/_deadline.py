@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["Deadline"]
+__all__ = ["MIN_REMAINING", "Deadline", "remaining"]
 
 _monotonic = time.monotonic
+
+#: A call arriving with less time than this left is expired (a client whose time ran out
+#: sends less: 0 on the wire means "no deadline").
+MIN_REMAINING = 1e-6
 
 
 class Deadline:
@@ -21,6 +25,11 @@ class Deadline:
 
     def __init__(self, at: float) -> None:
         self.at = at
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        """``seconds`` from now."""
+        return cls(_monotonic() + seconds)
 
     @classmethod
     def from_timeout(cls, timeout: float | None) -> Deadline | None:
@@ -43,9 +52,9 @@ class Deadline:
 
 
 def remaining(deadline: Deadline | None) -> float:
-    """What goes on the wire: seconds left (at least a microsecond once expired, so that the
-    peer sees an expired call rather than none), or 0 for no deadline."""
+    """What goes on the wire: seconds left (below :data:`MIN_REMAINING` once expired, never 0,
+    so that the peer sees an expired call rather than none), or 0 for no deadline."""
     if deadline is None:
         return 0.0
     left = deadline.at - _monotonic()
-    return left if left > 1e-6 else 1e-6
+    return left if left >= MIN_REMAINING else MIN_REMAINING / 2

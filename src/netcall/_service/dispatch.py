@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import protocol as p
 from .._context import CallContext, _current
-from .._deadline import Deadline
+from .._deadline import MIN_REMAINING, Deadline
 from ..errors import SerializationError, remote_type_name
 from ..serializers import Serializer
 from .registry import Handler, HandlerRegistry
@@ -30,6 +30,9 @@ from .streams import Producers, close_generator_soon, is_generator
 __all__ = ["Dispatcher"]
 
 log = logging.getLogger("netcall")
+
+_isgenerator = inspect.isgenerator
+_isasyncgen = inspect.isasyncgen
 
 
 class Dispatcher:
@@ -48,6 +51,8 @@ class Dispatcher:
         self._replies = replies
         self._runner = runner
         self._producers = producers
+        self._open_streams = producers.by_key
+        self._handlers = registry.by_name
         self._serializer = serializer
         self._max_concurrent = max_concurrent
         self.calls: dict[tuple[bytes, int], asyncio.Future[Any]] = {}
@@ -83,45 +88,27 @@ class Dispatcher:
 
     def on_call(self, peer: bytes, msg: p.Call) -> None:
         rid = msg.id
-        refuse = self._replies.refuse
-        if self.refusing is not None:
-            refuse(peer, rid, p.ERR_SERVICE_STOPPING, self.refusing)
+        reason = self._admit(peer, msg)
+        if reason is not None:
+            self._replies.refuse(peer, rid, *reason)
             return
-        serializer = self._serializer
-        if msg.serializer != serializer.name:
-            refuse(
-                peer,
-                rid,
-                p.ERR_SERIALIZER_MISMATCH,
-                f"the service uses the {serializer.name!r} serializer, "
-                f"the client sent {msg.serializer!r}",
-            )
-            return
-        handler = self._registry.get(msg.method)
-        if handler is None:
-            refuse(peer, rid, p.ERR_METHOD_NOT_FOUND, f"no method named {msg.method!r}")
-            return
-        deadline = Deadline.from_timeout(msg.timeout) if msg.timeout else None
-        if deadline is not None and deadline.expired:
-            refuse(peer, rid, p.ERR_TIMEOUT, "the call's deadline passed before it ran")
-            return
-        key = (peer, rid)
-        if key in self.calls or key in self._producers:
-            refuse(peer, rid, p.ERR_PROTOCOL, f"request id {rid} is in use")
-            return
+        handler = self._handlers[msg.method]
+        deadline = None
+        if msg.timeout:  # the deadline starts now, on this host's clock (_admit: not spent)
+            deadline = Deadline.after(msg.timeout)
         try:
-            loads = serializer.loads
+            loads = self._serializer.loads
             args = loads(msg.args)
             kwargs = loads(msg.kwargs) if msg.kwargs is not None else {}
         except SerializationError as exc:
-            refuse(peer, rid, p.ERR_SERIALIZATION, f"bad arguments: {exc}")
+            self._replies.refuse(peer, rid, p.ERR_SERIALIZATION, f"bad arguments: {exc}")
             return
         if (
             not isinstance(args, list | tuple)
             or not isinstance(kwargs, dict)
             or not all(isinstance(k, str) for k in kwargs)
         ):
-            refuse(peer, rid, p.ERR_PROTOCOL, "arguments must be a list and a map")
+            self._replies.refuse(peer, rid, p.ERR_PROTOCOL, "arguments must be a list and a map")
             return
         if msg.oneway:
             self._replies.send(peer, p.Ack(rid).to_frames())
@@ -147,10 +134,30 @@ class Dispatcher:
         if deadline is not None:
             assert self.loop is not None
             timer = self.loop.call_later(deadline.remaining(), task.cancel)
-        self.calls[key] = task
+        self.calls[(peer, rid)] = task
         task.add_done_callback(
             functools.partial(self._call_done, peer, msg, ctx, handler, args, kwargs, timer)
         )
+
+    def _admit(self, peer: bytes, msg: p.Call) -> tuple[str, str] | None:
+        """Why the call is refused (error name, message), or None to run it."""
+        if self.refusing is not None:
+            return p.ERR_SERVICE_STOPPING, self.refusing
+        if msg.serializer != self._serializer.name:
+            return (
+                p.ERR_SERIALIZER_MISMATCH,
+                f"the service uses the {self._serializer.name!r} serializer, "
+                f"the client sent {msg.serializer!r}",
+            )
+        if msg.method not in self._handlers:
+            return p.ERR_METHOD_NOT_FOUND, f"no method named {msg.method!r}"
+        if msg.timeout and msg.timeout < MIN_REMAINING:
+            # A client whose time ran out sends a remaining time below a microsecond.
+            return p.ERR_TIMEOUT, "the call's deadline passed before it ran"
+        key = (peer, msg.id)
+        if key in self.calls or key in self._open_streams:
+            return p.ERR_PROTOCOL, f"request id {msg.id} is in use"
+        return None
 
     def cancel(self, peer: bytes, rid: int) -> bool:
         """CANCEL for a running call: cancel its task; False when there is none."""
@@ -226,7 +233,7 @@ class Dispatcher:
         self._replies.error(peer, msg.id, exc)
 
     def _finish(self, peer: bytes, msg: p.Call, ctx: CallContext, result: Any) -> None:
-        if is_generator(result):
+        if _isgenerator(result) or _isasyncgen(result):
             if msg.oneway or self.at_limit(peer, msg.id):
                 close_generator_soon(result)
                 return

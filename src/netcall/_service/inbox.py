@@ -21,18 +21,19 @@ class Inbox:
     """Routes the service socket's incoming messages (``on_message`` gets the routing id of the
     peer, then the message's frames)."""
 
-    __slots__ = ("_dispatch", "_producers", "_replies")
+    __slots__ = ("_dispatch", "_open_streams", "_producers", "_replies")
 
     def __init__(self, dispatch: Dispatcher, producers: Producers, replies: Replies) -> None:
         self._dispatch = dispatch
         self._producers = producers
+        self._open_streams = producers.by_key
         self._replies = replies
 
     def on_message(self, frames: list[Any]) -> None:
         peer = frames[0]
         body = frames[1:]
         producers = self._producers
-        if len(producers):
+        if self._open_streams:  # the lease clock of this peer's streams starts again
             producers.touch(peer)
         try:
             msg = p.decode(body)

@@ -39,17 +39,18 @@ class HandlerRegistry:
     """Handlers by name. Names are dotted, each part non-empty and not private; the first
     part may not be one of ``reserved`` (the public classes' own attribute names)."""
 
-    __slots__ = ("_handlers", "reserved")
+    __slots__ = ("by_name", "reserved")
 
     def __init__(self, reserved: frozenset[str]) -> None:
         self.reserved = reserved
-        self._handlers: dict[str, Handler] = {}
+        #: The handlers by name (read it; change it through the methods).
+        self.by_name: dict[str, Handler] = {}
 
     def get(self, name: str) -> Handler | None:
-        return self._handlers.get(name)
+        return self.by_name.get(name)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._handlers
+        return name in self.by_name
 
     def add(self, name: str, fn: Callable[..., Any]) -> None:
         """Register ``fn`` as ``name``.
@@ -67,11 +68,11 @@ class HandlerRegistry:
             raise ValueError(f"{parts[0]!r} is a reserved name and cannot be registered")
         if not callable(fn):
             raise TypeError(f"handler {name!r} is not callable")
-        self._handlers[name] = Handler(name, fn)
+        self.by_name[name] = Handler(name, fn)
 
     def add_builtin(self, name: str, fn: Callable[..., Any]) -> None:
         """Register netcall's own method (a private name, which :meth:`add` refuses)."""
-        self._handlers[name] = Handler(name, fn)
+        self.by_name[name] = Handler(name, fn)
 
     def add_subclass_methods(self, obj: Any, base: type) -> None:
         """The public methods a subclass of ``base`` defines are handlers."""
@@ -83,7 +84,7 @@ class HandlerRegistry:
             if klass is base or not issubclass(klass, base):
                 continue
             for attr, value in vars(klass).items():
-                if attr.startswith("_") or attr in base_names or attr in self._handlers:
+                if attr.startswith("_") or attr in base_names or attr in self.by_name:
                     continue
                 if callable(value) or isinstance(value, staticmethod | classmethod):
                     self.add(attr, getattr(obj, attr))
@@ -112,7 +113,7 @@ class HandlerRegistry:
     def describe(self) -> dict[str, dict[str, str]]:
         """The public handlers: ``{name: {"signature": ..., "doc": ...}}``."""
         out = {}
-        for name, h in sorted(self._handlers.items()):
+        for name, h in sorted(self.by_name.items()):
             if name.startswith("_"):
                 continue
             try:

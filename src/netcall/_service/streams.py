@@ -85,17 +85,18 @@ class Producers:
         self._serializer = serializer
         self._runner = runner
         self.lease = lease
-        self._streams: dict[tuple[bytes, int], _Stream] = {}
+        #: The open streams by (peer, request id).
+        self.by_key: dict[tuple[bytes, int], _Stream] = {}
         self._seen: dict[bytes, float] = {}
         self._reaper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     def __len__(self) -> int:
-        return len(self._streams)
+        return len(self.by_key)
 
     def __contains__(self, key: tuple[bytes, int]) -> bool:
-        return key in self._streams
+        return key in self.by_key
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -110,7 +111,7 @@ class Producers:
         """The call ``msg`` returned ``gen``: tell the client, start producing."""
         assert self._loop is not None
         stream = _Stream(peer, msg, gen, context)
-        self._streams[stream.key] = stream
+        self.by_key[stream.key] = stream
         self.touch(peer)
         self._replies.send(peer, p.StreamOpen(msg.id, self.lease).to_frames())
         stream.task = self._loop.create_task(self._run(stream))
@@ -118,7 +119,7 @@ class Producers:
 
     def on_message(self, peer: bytes, msg: p.Next | p.Throw | p.Credit) -> None:
         """A NEXT, THROW or CREDIT for one of our streams."""
-        stream = self._streams.get((peer, msg.id))
+        stream = self.by_key.get((peer, msg.id))
         replies = self._replies
         if stream is None:
             # The stream ended (or never was): tell the client so it does not wait.
@@ -149,7 +150,7 @@ class Producers:
 
     def cancel(self, peer: bytes, rid: int) -> bool:
         """CANCEL: close the stream, confirming with END; False when there is none."""
-        stream = self._streams.get((peer, rid))
+        stream = self.by_key.get((peer, rid))
         if stream is None:
             return False
         self._close(stream, reply=True)
@@ -157,14 +158,14 @@ class Producers:
 
     def on_gone(self, peer: bytes) -> None:
         """The peer disconnected: its streams can never be read again."""
-        for stream in [s for s in self._streams.values() if s.peer == peer]:
+        for stream in [s for s in self.by_key.values() if s.peer == peer]:
             self._close(stream, reply=False)
 
     def close_all(self, refuse: tuple[str, str] | None = None) -> list[asyncio.Task[None]]:
         """Close every stream (and stop reaping); with ``refuse``, tell each client why.
         Returns the streams' tasks, which end once the generators' ``finally`` blocks ran."""
         tasks = []
-        for stream in list(self._streams.values()):
+        for stream in list(self.by_key.values()):
             if stream.task is not None:
                 tasks.append(stream.task)
             self._close(stream, reply=False)
@@ -273,7 +274,7 @@ class Producers:
         """Close a stream: its task ends and the generator is finalised."""
         replies = self._replies
         end = p.End(stream.rid)
-        if stream.state is _S.CLOSED and self._streams.get(stream.key) is not stream:
+        if stream.state is _S.CLOSED and self.by_key.get(stream.key) is not stream:
             if reply:
                 replies.send(stream.peer, end.to_frames())
             return
@@ -289,8 +290,8 @@ class Producers:
 
     def _forget(self, stream: _Stream) -> None:
         # By identity: a peer may already reuse the id for a new stream.
-        if self._streams.get(stream.key) is stream:
-            del self._streams[stream.key]
+        if self.by_key.get(stream.key) is stream:
+            del self.by_key[stream.key]
 
     # -- the lease ------------------------------------------------------------------------
 
@@ -303,7 +304,7 @@ class Producers:
         self._reaper = None
         now = time.monotonic()
         live_peers = set()
-        for stream in list(self._streams.values()):
+        for stream in list(self.by_key.values()):
             if now - self._seen.get(stream.peer, now) > self.lease:
                 log.info("netcall: closing stream %s: its client went silent", stream.method)
                 self._close(stream, reply=False)
@@ -312,7 +313,7 @@ class Producers:
         for peer in list(self._seen):
             if peer not in live_peers:
                 del self._seen[peer]
-        if self._streams:
+        if self.by_key:
             self._schedule_reaper()
 
 
