@@ -20,7 +20,7 @@ from netcall import (
     current_call,
 )
 from netcall import protocol as p
-from netcall._deadline import Deadline
+from netcall._deadline import MIN_REMAINING, Deadline
 from netcall._edge import TransportError
 from netcall.client import ClientOptions
 from netcall.errors import EncodingError, StreamBusyError
@@ -117,8 +117,10 @@ def test_deadline_object() -> None:
     assert Deadline.from_timeout(0) is None
     d = Deadline.from_timeout(10.0)
     assert d is not None and not d.expired and 9.0 < d.remaining() <= 10.0
+    assert 9.0 < d.for_wire() <= 10.0
     past = Deadline.from_timeout(-1.0)
     assert past is not None and past.expired and past.remaining() == 0.0
+    assert 0 < past.for_wire() < MIN_REMAINING  # spent, but never "no deadline"
 
 
 async def test_foreign_errors_are_mapped_at_the_edge(ctx: Any, pair: Any) -> None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["MIN_REMAINING", "Deadline", "remaining"]
+__all__ = ["MIN_REMAINING", "SPENT", "Deadline"]
 
 _monotonic = time.monotonic
 
 #: A call arriving with less time than this left is expired (a client whose time ran out
 #: sends less: 0 on the wire means "no deadline").
 MIN_REMAINING = 1e-6
+#: What a CALL carries once its time is spent (never 0, which means "no deadline").
+SPENT = MIN_REMAINING / 2
 
 
 class Deadline:
@@ -43,18 +45,14 @@ class Deadline:
         left = self.at - _monotonic()
         return left if left > 0.0 else 0.0
 
+    def for_wire(self) -> float:
+        """The time remaining as a CALL carries it (:data:`SPENT` once expired)."""
+        left = self.at - _monotonic()
+        return left if left >= MIN_REMAINING else SPENT
+
     @property
     def expired(self) -> bool:
         return _monotonic() >= self.at
 
     def __repr__(self) -> str:
         return f"<Deadline in {self.at - _monotonic():.3f} s>"
-
-
-def remaining(deadline: Deadline | None) -> float:
-    """What goes on the wire: seconds left (below :data:`MIN_REMAINING` once expired, never 0,
-    so that the peer sees an expired call rather than none), or 0 for no deadline."""
-    if deadline is None:
-        return 0.0
-    left = deadline.at - _monotonic()
-    return left if left >= MIN_REMAINING else MIN_REMAINING / 2

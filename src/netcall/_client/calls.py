@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import protocol as p
-from .._deadline import MIN_REMAINING
+from .._deadline import MIN_REMAINING, SPENT
 from .._edge import serializer_error
 from ..errors import ConnectionLostError, EncodingError, RPCTimeoutError
 from .peers import Peer
@@ -103,8 +103,8 @@ def call_frames(
             rid,
             method,
             serializer,
-            # The time remaining: 0 for none; a spent one below MIN_REMAINING (see remaining()).
-            0.0 if timeout is None else (timeout if timeout >= MIN_REMAINING else _SPENT),
+            # The time remaining: 0 for none; a spent one (0 s or less) as SPENT.
+            0.0 if timeout is None else (timeout if timeout >= MIN_REMAINING else SPENT),
             p.FLAG_ONEWAY if oneway else 0,
             window,
         )
@@ -114,15 +114,3 @@ def call_frames(
     if kw_payload is None:
         return [peer.rid, head, payload]
     return [peer.rid, head, payload, kw_payload]
-
-
-def remaining(timeout: float | None) -> float:
-    """The time remaining a CALL carries: 0 for no timeout; a timeout already spent (0 s or
-    less) goes out below :data:`~netcall._deadline.MIN_REMAINING`, which the service refuses
-    as expired."""
-    if timeout is None:
-        return 0.0
-    return timeout if timeout >= MIN_REMAINING else _SPENT
-
-
-_SPENT = MIN_REMAINING / 2
