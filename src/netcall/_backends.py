@@ -28,8 +28,9 @@ def in_trio() -> bool:
 
 
 def adopt_client(client: RPCClient) -> bool:
-    """Under trio, move ``client`` (never used yet) to netcall's loop thread; False elsewhere."""
-    if not in_trio():
+    """Under trio, move ``client`` (open, never used yet) to netcall's loop thread; False
+    elsewhere."""
+    if client.closed or not in_trio():
         return False
     from . import _trio
 
@@ -38,11 +39,12 @@ def adopt_client(client: RPCClient) -> bool:
 
 
 def adopt_service(service: RPCService) -> bool:
-    """Under trio, serve ``service`` (never started) from netcall's loop thread, its handlers
-    in this trio run; False elsewhere."""
+    """Under trio, start ``service`` (never started) on netcall's loop thread, its handlers in
+    this trio run; False elsewhere."""
     if not in_trio():
         return False
     from . import _trio
 
     _trio.adopt_service(service)
+    service.start()
     return True

@@ -35,7 +35,6 @@ import asyncio
 import contextvars
 import functools
 import inspect
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -44,7 +43,10 @@ import outcome
 import trio
 
 from . import _bridge
-from .client import RemoteGenerator, RPCClient
+from . import protocol as p
+from ._client.generator import ItemBatches, RemoteGenerator
+from ._client.proxy import Method
+from .client import RPCClient
 from .errors import ClientClosedError
 from .service import RPCService
 
@@ -236,6 +238,9 @@ def adopt_client(client: RPCClient) -> None:
     try:
         client._trio_bridge = bridge  # type: ignore[attr-defined]
         client.__class__ = _adopted_class(TrioClient, type(client))
+        # Method proxies made so far hold the core's _invoke: make them again.
+        for name in [k for k, v in vars(client).items() if isinstance(v, Method)]:
+            del client.__dict__[name]
         bridge.call(RPCClient._start, client)
     except BaseException:
         _bridge.release(bridge)
@@ -257,11 +262,11 @@ class TrioClient(RPCClient):
         kwargs: dict[str, Any],
         timeout: float | None,
         oneway: bool,
-        window: int,
+        prefetch: bool,
     ) -> Any:
         bridge = self._trio_bridge
         result = await run_on_bridge(
-            bridge, RPCClient._invoke(self, method, args, kwargs, timeout, oneway, window)
+            bridge, RPCClient._invoke(self, method, args, kwargs, timeout, oneway, prefetch)
         )
         if isinstance(result, RemoteGenerator):
             return TrioRemoteGenerator(result, bridge)
@@ -320,19 +325,16 @@ class TrioService(RPCService):
         if self._driver is not None:
             return
         runner = TrioRunner()
-        self._async_runner = runner
         # Sync handlers run in the trio run too, or in the service's executor when it has one,
         # from the loop thread as under asyncio: run_in_executor measured 53k no-op calls/s
         # with 64 in flight against 18-24k for anyio.to_thread.run_sync with a CapacityLimiter.
-        if self._executor is None:
-            self._sync_runner = runner
+        self._user_code.plug(runner, runner)
         self._trio_bridge.call(super().start, self._trio_bridge.loop)
 
-    async def serve(self) -> None:
-        self.start()
+    async def _until_stopped(self) -> None:
         try:
-            await run_on_bridge(self._trio_bridge, _wait_stopped(self))
-        except BaseException:
+            await run_on_bridge(self._trio_bridge, RPCService._until_stopped(self))
+        except BaseException:  # cancelled: nothing keeps running behind the scope
             self.close()
             raise
         self._release()
@@ -372,31 +374,22 @@ class TrioService(RPCService):
             _bridge.release(bridge, wait=False)
 
 
-async def _wait_stopped(service: RPCService) -> None:  # on the bridge loop
-    if service._stopped is None:
-        service._stopped = asyncio.Event()
-    if service.closed:
-        return
-    await service._stopped.wait()
-
-
 class TrioRemoteGenerator(RemoteGenerator):
     """A :class:`~netcall.RemoteGenerator` for trio code: the same object model, every step a
     hop to the core generator on the loop thread. A prefetching stream takes up to 256
-    buffered items per hop and decodes them here, one per ``__anext__``."""
+    buffered items per hop (:class:`ItemBatches`) and decodes them here, one per step."""
 
-    __slots__ = ("_batch", "_bridge", "_core")
+    __slots__ = ("_batches", "_bridge", "_core")
 
     def __init__(self, core: RemoteGenerator, bridge: _bridge.Bridge) -> None:
         super().__init__(core._state)
         # The core generator closes the stream when dropped (its finalizer), with this one.
         self._core = core
         self._bridge = bridge
-        self._batch: deque[bytes] = deque()
+        self._batches = ItemBatches(core)
 
     def __aiter__(self) -> TrioRemoteGenerator:
-        st = self._state
-        if not st.prefetch and not st.finished:
+        if self._state.state is p.ClientStreamState.LOCKSTEP:
             self._bridge.call(RemoteGenerator.__aiter__, self._core)
         return self
 
@@ -404,15 +397,15 @@ class TrioRemoteGenerator(RemoteGenerator):
         return self._trio_anext()
 
     async def _trio_anext(self) -> Any:
-        batch = self._batch
-        if batch:
+        batches = self._batches
+        if batches:
             await trio.lowlevel.checkpoint_if_cancelled()
-            return self._state.client.serializer.loads(batch.popleft())
-        core = self._core
-        if self._state.prefetch:
-            batch.extend(await run_on_bridge(self._bridge, core._anext_payloads(_BATCH)))
-            return self._state.client.serializer.loads(batch.popleft())
-        return await run_on_bridge(self._bridge, _bridge._as_coroutine(core.__anext__()))
+            return batches.pop()
+        payloads, item = await run_on_bridge(self._bridge, _next_on_loop(self._core, batches))
+        if payloads is None:
+            return item
+        batches.fill(payloads)
+        return batches.pop()
 
     async def asend(self, value: Any) -> Any:
         return await run_on_bridge(self._bridge, self._core.asend(value))
@@ -426,10 +419,19 @@ class TrioRemoteGenerator(RemoteGenerator):
         return await run_on_bridge(self._bridge, self._core.athrow(typ, val, tb))
 
     async def aclose(self) -> None:
-        self._batch.clear()
-        if self._state.finished:
+        self._batches.clear()
+        if self._state.state is p.ClientStreamState.DONE:
             return
         await run_on_bridge(self._bridge, self._core.aclose())
 
     def __del__(self) -> None:
         pass  # the core generator's finalizer closes the stream
+
+
+async def _next_on_loop(gen: RemoteGenerator, batches: ItemBatches) -> tuple[Any, Any]:
+    """On the loop: ``(payloads, None)`` for a prefetching stream, ``(None, item)`` for a
+    lock-step one."""
+    fetch = batches.fetch(_BATCH)
+    if fetch is None:
+        return None, await gen.__anext__()
+    return await fetch, None

@@ -19,6 +19,7 @@ from typing import Any, TypedDict
 
 import zmq
 
+from . import _backends
 from . import protocol as p
 from ._client.calls import CallRegistry, PendingCall, call_frames, encode_arguments
 from ._client.generator import RemoteGenerator, close_quietly
@@ -128,6 +129,7 @@ class RPCClient:
         self._calls = CallRegistry(self._send_cancel)
         self._streams = ConsumerStreams(self._send, self.serializer, window, stream_buffer)
         self._keepalive = Keepalive(self._ping)
+        _backends.adopt_client(self)  # made in a trio run: it lives on netcall's loop thread
 
     def _make_socket(self, heartbeat: float | None) -> zmq.Socket[Any]:
         """The client's socket (a hook: security options go to :func:`make_router`)."""
@@ -255,7 +257,11 @@ class RPCClient:
         prefetch: bool,
     ) -> Any:
         """Make one call; return its result, a RemoteGenerator, or raise (see :meth:`call`)."""
-        driver = self._start()
+        driver = self._driver
+        if driver is None or self._closed:
+            if _backends.adopt_client(self):  # under trio: see netcall._trio
+                return await self._invoke(method, args, kwargs, timeout, oneway, prefetch)
+            driver = self._start()
         if timeout is UNSET:
             timeout = self.timeout
         # Everything that can fail (encoding) comes before any state is recorded.
@@ -346,7 +352,7 @@ class RPCClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        await self.aclose()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {sorted(self._peers.by_url)}>"

@@ -16,6 +16,7 @@ from typing import Any, TypeVar, overload
 
 import zmq
 
+from . import _backends
 from . import protocol as p
 from ._edge import map_exceptions
 from ._reactor import SocketDriver
@@ -104,7 +105,7 @@ class RPCService:
         self._closed = False
         self._registry = HandlerRegistry(RESERVED_NAMES)
         self._replies = Replies(tracebacks)
-        runner = Runner(executor, handler_runner)
+        runner = self._user_code = Runner(executor, handler_runner)
         self._producers = Producers(self._replies, self.serializer, runner, float(stream_lease))
         self._dispatch = Dispatcher(
             self._registry,
@@ -252,6 +253,8 @@ class RPCService:
             raise RuntimeError("the service is closed")
         if self._driver is not None:
             return
+        if loop is None and _backends.adopt_service(self):  # under trio: see netcall._trio
+            return
         loop = loop or asyncio.get_running_loop()
         self._dispatch.loop = loop
         self._dispatch.refusing = None
@@ -267,6 +270,9 @@ class RPCService:
             RuntimeError: the service is closed.
         """
         self.start()
+        await self._until_stopped()
+
+    async def _until_stopped(self) -> None:
         if self._stopped is None:
             self._stopped = asyncio.Event()
         if self._closed:

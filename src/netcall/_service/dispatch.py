@@ -72,9 +72,14 @@ class Dispatcher:
     def invoke(self, handler: Handler, args: Any, kwargs: dict[str, Any]) -> Any:
         """The one place a handler is called: its result (sync handler run inline), or an
         awaitable for it (async handler, or sync handler sent to the runner)."""
-        if handler.is_async or self._runner.inline:
+        runner = self._runner
+        if handler.is_async:
+            if runner.async_hook is None:
+                return handler.fn(*args, **kwargs)
+            return runner.async_hook(functools.partial(handler.fn, *args, **kwargs))
+        if runner.inline:
             return handler.fn(*args, **kwargs)
-        return self._runner.run(functools.partial(handler.fn, *args, **kwargs))
+        return runner.run(functools.partial(handler.fn, *args, **kwargs))
 
     # -- admission ------------------------------------------------------------------------
 
