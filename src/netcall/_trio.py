@@ -233,7 +233,8 @@ def _adopted_class(mixin: type, cls: type) -> type:
 
 def adopt_client(client: RPCClient) -> None:
     """Move a client that was never used to netcall's loop thread; from now on its class has
-    :class:`TrioClient` in front (call in the trio run, at the client's first call)."""
+    :class:`TrioClient` in front (called in the trio run: when the client is made there, or at
+    its first call)."""
     bridge = _bridge.acquire()
     try:
         client._trio_bridge = bridge  # type: ignore[attr-defined]
@@ -249,7 +250,7 @@ def adopt_client(client: RPCClient) -> None:
 
 
 class TrioClient(RPCClient):
-    """What an :class:`~netcall.RPCClient` used under trio becomes at its first call (never
+    """What an :class:`~netcall.RPCClient` made or first used under trio becomes (never
     constructed directly): the core client lives on netcall's loop thread, and every call
     hops there and back (:func:`run_on_bridge`). The public API is the core's."""
 
