@@ -15,6 +15,7 @@ RuntimeWarnings (a coroutine never awaited) are errors here.
 from __future__ import annotations
 
 import asyncio
+import random
 import subprocess
 import sys
 import threading
@@ -549,6 +550,41 @@ def test_testing_pair(backend: str, ctx: Any) -> None:
         async with service_client_pair(make_service(ctx, seen), timeout=5.0) as client:
             assert await client.echo("hi") == "hi"
             assert [x async for x in client.count(3)] == [0, 1, 2]
+
+    run(backend, scenario)
+
+
+def test_random_cancellations_leave_nothing_behind(backend: str, ctx: Any) -> None:
+    """Many tasks, calls and streams, cancel scopes expiring at random points: every call
+    ends, and nothing stays pending on either side."""
+    seen = Seen()
+
+    async def scenario() -> None:
+        async with make_service(ctx, seen) as service:
+            port = service.bind_ports("127.0.0.1")
+            async with RPCClient(context=ctx, timeout=5.0) as client:
+                client.connect(f"tcp://127.0.0.1:{port}")
+                done = []
+
+                async def worker(i: int) -> None:
+                    rnd = random.Random(i)
+                    for _ in range(10):
+                        with anyio.move_on_after(rnd.choice([0.0, 0.005, 0.02, 2.0])):
+                            if rnd.random() < 0.2:
+                                async for _ in client.ticks():
+                                    if rnd.random() < 0.3:
+                                        break
+                            else:
+                                await client.slow(rnd.choice([0.0, 0.001, 0.01]))
+                    done.append(i)
+
+                async with anyio.create_task_group() as tg:
+                    for i in range(30):
+                        tg.start_soon(worker, i)
+                assert sorted(done) == list(range(30))
+                assert client.pending == 0 and client.open_streams == 0
+                await seen.until(lambda: service.active_calls == 0)
+                await seen.until(lambda: service.active_streams == 0)
 
     run(backend, scenario)
 
