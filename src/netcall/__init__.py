@@ -17,6 +17,7 @@ and :mod:`netcall.sync` (a blocking client).
 from ._context import CallContext, current_call
 from .client import RemoteGenerator, RPCClient
 from .errors import (
+    AuthenticationError,
     ClientClosedError,
     ConnectionLostError,
     MethodNotFoundError,
@@ -39,6 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RESERVED_NAMES",
+    "AuthenticationError",
     "CallContext",
     "ClientClosedError",
     "ConnectionLostError",

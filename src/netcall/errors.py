@@ -19,6 +19,8 @@ The tree::
     ├── SerializationError            a value could not be encoded or decoded (also a TypeError)
     │   └── SerializerMismatchError   the client and the service use different serializers
     ├── ConnectionLostError           the connection to the service broke with the call in flight
+    ├── AuthenticationError           the service refused this client's CURVE handshake (or one
+    │                                 side lacks CURVE)
     └── ClientClosedError             the client was closed before or during the call
 
 ``asyncio.CancelledError`` is never wrapped: a cancelled call re-raises it unchanged.
@@ -31,6 +33,7 @@ from typing import Any
 
 __all__ = [
     "BUILTIN_ERRORS",
+    "AuthenticationError",
     "ClientClosedError",
     "ConnectionLostError",
     "MethodNotFoundError",
@@ -112,6 +115,12 @@ class SerializerMismatchError(SerializationError):
 class ConnectionLostError(RPCError):
     """The connection to the service carrying the call or stream broke (the service died, or
     was disconnected). The call may or may not have run."""
+
+
+class AuthenticationError(RPCError):
+    """The handshake with the service failed for security reasons: the service refused this
+    client's key, the client has the wrong service key, or only one side uses CURVE. Nothing
+    was delivered to the service."""
 
 
 class ClientClosedError(RPCError):
