@@ -284,10 +284,24 @@ def test_refused_client_is_told_and_never_delivers(
     assert keys["bob"].public.decode() in caplog.text and "refused" in caplog.text
 
 
-def test_wrong_server_key_fails_the_handshake(net: Any, keys: dict[str, Keypair]) -> None:
+def _logged(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 5.0) -> bool:
+    """Whether ``text`` gets logged within ``timeout`` (the ZAP thread logs on its own time)."""
+    deadline = time.monotonic() + timeout
+    while text not in caplog.text:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_wrong_server_key_fails_the_handshake(
+    net: Any, keys: dict[str, Keypair], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="netcall.security")
     server = net.server(Curve.server(keys["server"]))
     client = net.client(Curve.client(keys["other"].public), server.url)
     event, value = client.handshake()
+    assert _logged(caplog, "handshake")
     assert event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     error = handshake_error(event, value, server.url, secure=True)
     assert isinstance(error, AuthenticationError) and "public key" in str(error)
@@ -295,10 +309,14 @@ def test_wrong_server_key_fails_the_handshake(net: Any, keys: dict[str, Keypair]
     assert not server.sock.poll(300)
 
 
-def test_plain_client_is_refused_by_a_curve_service(net: Any, keys: dict[str, Keypair]) -> None:
+def test_plain_client_is_refused_by_a_curve_service(
+    net: Any, keys: dict[str, Keypair], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="netcall.security")
     server = net.server(Curve.server(keys["server"]))
     client = net.client(None, server.url)
     event, value = client.handshake()
+    assert _logged(caplog, "does not use CURVE")
     assert event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     error = handshake_error(event, value, server.url, secure=False)
     assert isinstance(error, AuthenticationError) and "requires CURVE" in str(error)

@@ -35,6 +35,7 @@ from typing import Any
 
 import zmq
 from zmq.utils import z85
+from zmq.utils.monitor import parse_monitor_message
 
 __all__ = ["Allowlist", "ZapRegistration", "register"]
 
@@ -47,6 +48,7 @@ FOLDER_RECHECK = 1.0  # seconds an unchanged folder allowlist is trusted before 
 STOP_TIMEOUT = 5.0  # seconds the handler thread gets to exit
 
 _domains = itertools.count(1)
+_MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 
 
 def _original(module: str, name: str) -> Any:
@@ -123,8 +125,9 @@ class Allowlist:
         self.refused(f"client key {key.decode('ascii', 'replace')} from {address}")
         return False
 
-    def refused(self, what: str) -> None:
-        self._warn(f"{self.label} refused {what}: not in its allowlist")
+    def refused(self, what: str, checked: bool = True) -> None:
+        """Log a refusal (rate-limited); ``checked``: the allowlist said no."""
+        self._warn(f"{self.label} refused {what}" + (": not in its allowlist" if checked else ""))
 
     def _warn(self, message: str) -> None:
         now = time.monotonic()
@@ -147,6 +150,8 @@ class _Handler:
         self.users = 0
         self._ctx: zmq.Context[Any] = zmq.Context.shadow(ctx.underlying)
         self._done = _original("_thread", "allocate_lock")()
+        self._lock = _original("_thread", "allocate_lock")()
+        self._changes: list[tuple[bytes, Any, Any]] = []
         zap = self._ctx.socket(zmq.REP, socket_class=zmq.Socket)
         zap.linger = 0
         try:
@@ -178,12 +183,19 @@ class _Handler:
         poller = zmq.Poller()
         poller.register(zap, zmq.POLLIN)
         poller.register(pipe, zmq.POLLIN)
+        monitors: dict[bytes, tuple[zmq.Socket[Any], Allowlist]] = {}
+        by_socket: dict[zmq.Socket[Any], Allowlist] = {}
         try:
             while True:
                 ready = dict(poller.poll())
                 if pipe in ready:
-                    return
-                while True:
+                    if pipe.recv() == b"STOP":
+                        return
+                    self._sync(poller, monitors, by_socket)
+                for sock, policy in list(by_socket.items()):
+                    if sock in ready:
+                        self._drain_monitor(sock, policy)
+                while zap in ready:
                     try:
                         request = zap.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
@@ -193,6 +205,7 @@ class _Handler:
             if exc.errno not in (zmq.ETERM, zmq.ENOTSOCK):
                 log.exception("netcall: the ZAP handler stopped")
         finally:
+            self._sync(poller, monitors, by_socket, everything=True)
             try:
                 zap.unbind(ZAP_ENDPOINT)
             except zmq.ZMQError:
@@ -200,6 +213,57 @@ class _Handler:
             zap.close(linger=0)
             pipe.close(linger=0)
             self._done.release()
+
+    def _sync(
+        self,
+        poller: zmq.Poller,
+        monitors: dict[bytes, tuple[zmq.Socket[Any], Allowlist]],
+        by_socket: dict[zmq.Socket[Any], Allowlist],
+        everything: bool = False,
+    ) -> None:
+        """Take over the monitors added and close those removed since the last call (all of
+        them when stopping)."""
+        with self._lock:
+            changes, self._changes = self._changes, []
+        for domain, sock, policy in changes:
+            if sock is not None:
+                monitors[domain] = (sock, policy)
+                by_socket[sock] = policy
+                poller.register(sock, zmq.POLLIN)
+            elif domain in monitors:
+                gone, _ = monitors.pop(domain)
+                del by_socket[gone]
+                poller.unregister(gone)
+                gone.close(linger=0)
+        if everything:
+            for sock, _ in monitors.values():
+                sock.close(linger=0)
+            monitors.clear()
+            by_socket.clear()
+
+    def _drain_monitor(self, sock: zmq.Socket[Any], policy: Allowlist) -> None:
+        """Log the handshakes ZeroMQ failed before asking ZAP (a client without CURVE, or with
+        another service key): the service socket's monitor reports them."""
+        while True:
+            try:
+                event = parse_monitor_message(sock.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            except Exception:  # pragma: no cover - libzmq's own format
+                continue
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                value = int(event["value"])
+                if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                    why = "it does not use CURVE"
+                else:
+                    why = f"its handshake was malformed (protocol error {value:#x})"
+            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                why = "its handshake failed"
+            else:
+                continue
+            raw = event["endpoint"]
+            endpoint = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            policy.refused(f"a client on {endpoint}: {why}", checked=False)
 
     def answer(self, request: list[bytes]) -> list[bytes]:
         """The ZAP reply to one request (ZeroMQ RFC 27)."""
@@ -216,7 +280,7 @@ class _Handler:
                 return [b"1.0", rid, b"400", b"unknown domain", b"", b""]
             return [b"1.0", rid, b"200", b"OK", b"", b""]  # not ours: as if we were not here
         if mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
-            policy.refused(f"a {mechanism.decode('ascii', 'replace')} handshake")
+            policy.refused(f"a {mechanism.decode('ascii', 'replace')} handshake", checked=False)
             return [b"1.0", rid, b"400", b"CURVE required", b"", b""]
         key = z85.encode(credentials[0])
         try:
@@ -232,6 +296,22 @@ class _Handler:
 
     def alive(self) -> bool:
         return bool(self._done.locked())
+
+    def watch(self, sock: zmq.Socket[Any], domain: bytes, policy: Allowlist) -> None:
+        """Log ``sock``'s failed handshakes (called under the registry lock)."""
+        url = f"inproc://netcall-zap-monitor-{domain.decode()}"
+        sock.monitor(url, _MONITOR_EVENTS)
+        monitor = self._ctx.socket(zmq.PAIR, socket_class=zmq.Socket)
+        monitor.linger = 0
+        monitor.connect(url)
+        with self._lock:
+            self._changes.append((domain, monitor, policy))
+        self._pipe.send(b"SYNC")
+
+    def unwatch(self, domain: bytes) -> None:
+        with self._lock:
+            self._changes.append((domain, None, None))
+        self._pipe.send(b"SYNC")
 
     def stop(self) -> None:
         try:
@@ -282,23 +362,31 @@ class ZapRegistration:
             handler.policies.pop(self.domain, None)
             handler.users -= 1
             if handler.users > 0:
+                handler.unwatch(self.domain)
                 return
+            # Stopped under the lock: a new handler for this context must find the name free.
             del _handlers[self._key]
-        handler.stop()
+            handler.stop()
 
 
-def register(ctx: zmq.Context[Any], policy: Allowlist) -> ZapRegistration:
-    """Register ``policy`` under a new ZAP domain in ``ctx``'s handler (started if needed).
+def register(sock: zmq.Socket[Any], policy: Allowlist) -> ZapRegistration:
+    """Register ``policy`` under a new ZAP domain in the handler of ``sock``'s context
+    (started if needed), which also logs ``sock``'s failed handshakes. The caller sets the
+    domain on ``sock``.
 
     Raises:
         RuntimeError: another ZAP handler is bound in ``ctx``.
     """
-    key = int(ctx.underlying)
+    key = int(sock.context.underlying)
     domain = f"{DOMAIN_PREFIX}{os.getpid()}-{next(_domains)}".encode()
     with _registry_lock:
         handler = _handlers.get(key)
         if handler is None or not handler.alive():
-            handler = _handlers[key] = _Handler(ctx)
+            handler = _handlers[key] = _Handler(sock.context)
         handler.policies[domain] = policy
         handler.users += 1
+        try:
+            handler.watch(sock, domain, policy)
+        except zmq.ZMQError:  # the socket has a monitor already: no log of failed handshakes
+            pass
     return ZapRegistration(key, handler, domain)

@@ -296,7 +296,7 @@ class CurveServer:
         """
         if name:
             self.allowlist.label = name
-        registration = _zap.register(socket.context, self.allowlist)
+        registration = _zap.register(socket, self.allowlist)
         try:
             socket.setsockopt(zmq.CURVE_SERVER, 1)
             socket.setsockopt(zmq.CURVE_SECRETKEY, self.keypair.secret)  # type: ignore[arg-type]
