@@ -25,6 +25,7 @@ from netcall.security import (
     CurveClient,
     CurveServer,
     Keypair,
+    from_options,
     handshake_error,
     public_keys,
 )
@@ -509,3 +510,31 @@ def test_relay_sees_the_marker_only_without_curve(
         seen = relay.seen()
     assert len(seen) > len(marker)
     assert (marker in seen) is not secure
+
+
+def test_from_options_builds_what_the_cli_flags_ask(tmp_path: Path) -> None:
+    server, alice = Keypair.generate(), Keypair.generate()
+    public_path, secret_path = server.save(tmp_path, "server")
+    alice_public, alice_secret = alice.save(tmp_path / "clients", "alice")
+    assert from_options(server=True) is None and from_options(server=False) is None
+    folder = from_options(server=True, keypair=str(secret_path), allow=[str(tmp_path / "clients")])
+    assert isinstance(folder, CurveServer) and folder.allowlist.folder == tmp_path / "clients"
+    listed = from_options(
+        server=True, keypair=str(secret_path), allow=[str(alice_public), alice.public.decode()]
+    )
+    assert isinstance(listed, CurveServer) and listed.allowlist.keys() == {alice.public}
+    anyone = from_options(server=True, keypair=str(secret_path))
+    assert isinstance(anyone, CurveServer) and anyone.allowlist.allow_any
+    client = from_options(server=False, server_key=str(public_path), keypair=str(alice_secret))
+    assert isinstance(client, CurveClient) and client.public == alice.public
+    assert client.server_public == server.public
+    ephemeral = from_options(server=False, server_key=server.public.decode())
+    assert isinstance(ephemeral, CurveClient) and ephemeral.public != alice.public
+    with pytest.raises(ValueError, match="--allow needs --curve-keypair"):
+        from_options(server=True, allow=[str(alice_public)])
+    with pytest.raises(ValueError, match="needs --curve-server-key"):
+        from_options(server=False, keypair=str(alice_secret))
+    with pytest.raises(ValueError, match="for services"):
+        from_options(server=False, server_key=str(public_path), allow=["x"])
+    with pytest.raises(FileNotFoundError):
+        from_options(server=True, keypair=str(secret_path), allow=[str(tmp_path / "nope.key")])
