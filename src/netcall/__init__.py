@@ -15,11 +15,13 @@ and :mod:`netcall.sync` (a blocking client).
 """
 
 from ._context import CallContext, current_call
+from ._edge import TransportError
 from .client import RemoteGenerator, RPCClient
 from .errors import (
     AuthenticationError,
     ClientClosedError,
     ConnectionLostError,
+    EncodingError,
     MethodNotFoundError,
     ProtocolError,
     RemoteProtocolError,
@@ -31,6 +33,7 @@ from .errors import (
     SerializerMismatchError,
     ServiceBusyError,
     ServiceStoppingError,
+    StreamBusyError,
     StreamClosedError,
 )
 from .serializers import JSONSerializer, MsgpackSerializer, PickleSerializer, Serializer
@@ -44,6 +47,7 @@ __all__ = [
     "CallContext",
     "ClientClosedError",
     "ConnectionLostError",
+    "EncodingError",
     "JSONSerializer",
     "MethodNotFoundError",
     "MsgpackSerializer",
@@ -62,7 +66,9 @@ __all__ = [
     "SerializerMismatchError",
     "ServiceBusyError",
     "ServiceStoppingError",
+    "StreamBusyError",
     "StreamClosedError",
+    "TransportError",
     "__version__",
     "current_call",
 ]
