@@ -47,6 +47,8 @@ __all__ = [
     "from_options",
     "handshake_error",
     "public_keys",
+    "secure_socket",
+    "warn_if_exposed",
 ]
 
 log = logging.getLogger("netcall.security")
@@ -256,3 +258,55 @@ def handshake_error(event: int, value: int, url: str, secure: bool) -> Authentic
             "this client was given"
         )
     return None
+
+
+_NETWORK_TRANSPORTS = ("tcp://", "ws://", "wss://", "pgm://", "epgm://", "udp://", "tipc://")
+
+
+def warn_if_exposed(url: str, serializer: str, security: object | None, action: str) -> None:
+    """Log a warning when an endpoint just bound or connected (``action``) is less protected
+    than it looks: pickle on a network endpoint without CURVE, or a CURVE service on inproc
+    (where ZeroMQ applies no security mechanism)."""
+    if security is None:
+        if serializer == "pickle" and url.startswith(_NETWORK_TRANSPORTS):
+            log.warning(
+                "netcall: %s %s with the pickle serializer and no CURVE security: anyone who "
+                "can reach it can make this process run code of their choosing (unpickling "
+                "runs code). Use security=Curve... or another serializer.",
+                action,
+                url,
+            )
+    elif action == "bound" and url.startswith("inproc://"):
+        log.warning(
+            "netcall: %s is inproc: ZeroMQ applies no CURVE there, so any code in this process "
+            "can call the service (and its callers have no peer_key)",
+            url,
+        )
+
+
+def secure_socket(
+    sock: zmq.Socket[Any], security: object | None, *, server: bool, name: str
+) -> _zap.ZapRegistration | None:
+    """Apply a service's or client's ``security=`` to its new socket (``None``: nothing to
+    do). Returns the service's ZAP registration, to close after the socket. The socket is
+    closed if this fails.
+
+    Raises:
+        TypeError: ``security`` is not what that end takes.
+        RuntimeError: another ZAP handler is bound in the socket's context.
+    """
+    if security is None:
+        return None
+    try:
+        if server and isinstance(security, CurveServer):
+            return security.apply(sock, name=f"service {name}")
+        if not server and isinstance(security, CurveClient):
+            security.apply(sock)
+            return None
+        owner, maker = ("RPCService", "server") if server else ("RPCClient", "client")
+        raise TypeError(
+            f"{owner}(security=) takes Curve.{maker}(...), not {type(security).__name__}"
+        )
+    except BaseException:
+        sock.close(linger=0)
+        raise
