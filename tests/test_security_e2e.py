@@ -177,7 +177,10 @@ def test_curve_client_of_a_plain_service(
     try:
         drv = connect(plain.url, Curve.client(keys["server"].public))
         assert "does not use CURVE" in str(refused_quickly(drv))
-        assert connect(plain.url).call("whoami") is None  # no CURVE: no key
+        plain_client = connect(plain.url)
+        assert plain_client.call("whoami") is None  # no CURVE: no key
+        with pytest.raises(PermissionError):  # and no key is in any allow list
+            plain_client.call("alice_only")
     finally:
         plain.stop()
 
@@ -253,6 +256,37 @@ def test_folder_allowlist_changes_while_serving(
     finally:
         for drv in drivers:
             drv.teardown()
+        service.stop()
+
+
+def test_refused_client_gets_in_once_its_key_is_added(
+    ctx: Any, keys: Keys, tmp_path: Path, client_kind: str
+) -> None:
+    """ZeroMQ never retries a refused handshake; the client does, on a call a second later."""
+    folder = tmp_path / "clients"
+    folder.mkdir()
+    service = ServiceThread(
+        "asyncio",
+        ctx,
+        tcp_url(),
+        setup=secure_handlers(keys),
+        security=Curve.server(keys["server"], allow=folder),
+    ).start()
+    security = Curve.client(keys["server"].public, keypair=keys["carol"])
+    drv = make_driver(client_kind, ctx, service.url, security=security)
+    try:
+        refused_quickly(drv)
+        (folder / "carol.key").write_bytes((keys.folder / "carol.key").read_bytes())
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                assert drv.call("whoami") == keys.public("carol")
+                break
+            except AuthenticationError:
+                assert time.monotonic() < deadline, "the client never tried again"
+                time.sleep(0.1)
+    finally:
+        drv.teardown()
         service.stop()
 
 
