@@ -35,7 +35,7 @@ from worker import SYSTEMS  # noqa: E402
 
 BASELINE = "raw-zmq-asyncio"
 ALL_SYSTEMS = list(SYSTEMS)
-QUICK_SYSTEMS = ["raw-zmq-asyncio", "raw-zmq-fd", "netcall-asyncio"]
+QUICK_SYSTEMS = ["raw-zmq-asyncio", "raw-zmq-fd", "netcall-asyncio", "netcall-curve"]
 INFLIGHT = [1, 8, 64, 512]
 
 FULL_CFG: dict[str, Any] = {
