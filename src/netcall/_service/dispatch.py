@@ -69,7 +69,9 @@ class Dispatcher:
 
     def context(self, peer: bytes, msg: p.Call, deadline: Deadline | None) -> CallContext:
         """The one place a call's context is built."""
-        return CallContext(msg.method, peer, deadline, msg.oneway, msg.metadata, self.peer_key())
+        keys = self.keys
+        key = None if keys is None else keys.peer_key
+        return CallContext(msg.method, peer, deadline, msg.oneway, msg.metadata, key)
 
     def peer_key(self) -> str | None:
         """The CURVE key of the caller whose message is being handled (None without CURVE)."""
