@@ -455,6 +455,18 @@ def test_handler_stops_with_its_last_user_and_restarts(
     c.close()
 
 
+def test_one_curve_server_for_two_sockets(ctx: zmq.Context[Any], keys: dict[str, Keypair]) -> None:
+    shared = Curve.server(keys["server"], allow=[keys["alice"]])
+    a, b = Server(ctx, shared), Server(ctx, shared)
+    a.close()  # the other keeps its registration and its allowlist
+    client = Client(ctx, Curve.client(keys["server"].public, keys["alice"]), b.url)
+    try:
+        assert client.handshake()[0] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+    finally:
+        client.close()
+        b.close()
+
+
 def test_handler_per_context(keys: dict[str, Keypair]) -> None:
     ctx1, ctx2 = zmq.Context(), zmq.Context()
     try:

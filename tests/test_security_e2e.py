@@ -9,6 +9,7 @@ between client and service sees; gevent under ``monkey.patch_all()``; and the co
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 import time
@@ -501,3 +502,39 @@ def test_command_line_keygen_serve_and_call(tmp_path: Path) -> None:
             serve.stdout.close()
         if serve.stderr:
             serve.stderr.close()
+
+
+# ------------------------------------------------------------------------- hostile peers
+
+
+async def test_garbage_and_half_handshakes_do_not_disturb_a_curve_service(
+    ctx: Any, keys: Keys
+) -> None:
+    service = RPCService(
+        context=ctx, security=Curve.server(keys["server"], allow=[keys["alice"].public])
+    )
+
+    @service.register
+    async def whoami() -> Any:
+        return current_call().peer_key
+
+    port = service.bind_ports()
+    security = Curve.client(keys["server"].public, keypair=keys["alice"])
+    async with service, RPCClient(context=ctx, timeout=5.0, security=security) as client:
+        client.connect(f"tcp://127.0.0.1:{port}")
+        assert await client.whoami() == keys.public("alice")
+        junk = [
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"\xff" + b"\x00" * 8 + b"\x7f\x03\x00CURVE" + b"\x00" * 60,  # a greeting, no HELLO
+            bytes(range(256)) * 4,
+        ]
+        peers = []
+        for data in junk:
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(data)
+            peers.append(s)
+        for _ in range(20):  # the allowed client keeps being served meanwhile
+            assert await client.whoami() == keys.public("alice")
+        for s in peers:
+            s.close()
+        assert await client.whoami() == keys.public("alice")
