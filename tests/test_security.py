@@ -542,8 +542,12 @@ def test_from_options_builds_what_the_cli_flags_ask(tmp_path: Path) -> None:
     assert client.server_public == server.public
     ephemeral = from_options(server=False, server_key=server.public.decode())
     assert isinstance(ephemeral, CurveClient) and ephemeral.public != alice.public
-    with pytest.raises(ValueError, match="--allow needs --curve-keypair"):
+    with pytest.raises(ValueError, match="needs --curve-keypair"):
         from_options(server=True, allow=[str(alice_public)])
+    checked = from_options(server=True, keypair=str(secret_path), server_key=str(public_path))
+    assert isinstance(checked, CurveServer) and checked.public == server.public
+    with pytest.raises(ValueError, match="not the public half"):
+        from_options(server=True, keypair=str(secret_path), server_key=str(alice_public))
     with pytest.raises(ValueError, match="needs --curve-server-key"):
         from_options(server=False, keypair=str(alice_secret))
     with pytest.raises(ValueError, match="for services"):

@@ -80,28 +80,25 @@ def _security(ns: argparse.Namespace, server: bool = False) -> Any:
 
 
 def _security_options(p: argparse.ArgumentParser, server: bool) -> None:
-    if not server:
-        p.add_argument(
-            "--curve-server-key",
-            metavar="KEY",
-            help="the service's CURVE public key (Z85, or its .key file)",
-        )
+    p.add_argument(
+        "--curve-server-key",
+        metavar="KEY",
+        help="the service's CURVE public key (Z85, or its .key file)"
+        + (" (checked against --curve-keypair)" if server else ""),
+    )
     p.add_argument(
         "--curve-keypair",
         metavar="FILE",
         help="this end's CURVE key pair (a .key_secret file)"
         + ("" if server else "; default: an ephemeral one"),
     )
-    if server:
-        p.add_argument(
-            "--allow",
-            action="append",
-            default=[],
-            metavar="KEY|FOLDER",
-            help="client keys let in: a folder of .key files, or keys (repeatable)",
-        )
-    else:
-        p.set_defaults(allow=[])
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="KEY|FOLDER",
+        help="(serve) client keys let in: a folder of .key files, or keys (repeatable)",
+    )
 
 
 async def _keygen(ns: argparse.Namespace) -> int:
@@ -176,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_serve.add_argument("service", help="module:attribute of an RPCService (or subclass)")
     p_serve.add_argument("--bind", action="append", required=True, help="endpoint (repeatable)")
     _security_options(p_serve, server=True)
-    p_serve.set_defaults(run=_serve, curve_server_key=None)
+    p_serve.set_defaults(run=_serve)
 
     p_keygen = sub.add_parser("keygen", help="make a CURVE key pair: NAME.key and NAME.key_secret")
     p_keygen.add_argument("name")

@@ -204,18 +204,20 @@ def from_options(
         FileNotFoundError: a key file or folder does not exist.
     """
     if server:
-        if server_key is not None:
-            raise ValueError("--curve-server-key is for clients; a service takes --curve-keypair")
         if keypair is None:
-            if allow:
-                raise ValueError("--allow needs --curve-keypair (the service's .key_secret)")
+            if allow or server_key is not None:
+                raise ValueError("a CURVE service needs --curve-keypair (its .key_secret file)")
             return None
         if len(allow) == 1 and os.path.isdir(allow[0]):
-            return CurveServer(keypair, allow[0])
-        keys = [public_key(entry, f"--allow {entry}") for entry in allow]
-        return CurveServer(keypair, keys or None)
+            security = CurveServer(keypair, allow[0])
+        else:
+            keys = [public_key(entry, f"--allow {entry}") for entry in allow]
+            security = CurveServer(keypair, keys or None)
+        if server_key is not None and public_key(server_key, server_key) != security.public:
+            raise ValueError("--curve-server-key is not the public half of --curve-keypair")
+        return security
     if allow:
-        raise ValueError("--allow is for services")
+        raise ValueError("--allow is for services (netcall serve)")
     if server_key is None:
         if keypair is not None:
             raise ValueError("--curve-keypair needs --curve-server-key (the service's key)")
