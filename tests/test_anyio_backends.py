@@ -589,6 +589,36 @@ def test_random_cancellations_leave_nothing_behind(backend: str, ctx: Any) -> No
     run(backend, scenario)
 
 
+def test_curve(backend: str, ctx: Any) -> None:
+    """CURVE works the same on every runner: the caller's key, and a stranger refused."""
+    from netcall import AuthenticationError
+    from netcall.security import Curve, Keypair
+
+    server, alice = Keypair.generate(), Keypair.generate()
+    service = RPCService(context=ctx, security=Curve.server(server, allow=[alice.public]))
+
+    @service.register
+    async def whoami() -> Any:
+        await anyio.sleep(0)
+        return current_call().peer_key
+
+    async def scenario() -> None:
+        port = service.bind_ports("127.0.0.1")
+        async with service:
+            url = f"tcp://127.0.0.1:{port}"
+            as_alice = Curve.client(server.public, keypair=alice)
+            async with RPCClient(context=ctx, timeout=5.0, security=as_alice) as client:
+                client.connect(url)
+                assert await client.whoami() == alice.public.decode()
+            stranger = Curve.client(server.public)
+            async with RPCClient(context=ctx, timeout=5.0, security=stranger) as client:
+                client.connect(url)
+                with pytest.raises(AuthenticationError):
+                    await client.whoami()
+
+    run(backend, scenario)
+
+
 # ----------------------------------------------------------------------------- trio only
 
 
