@@ -554,6 +554,32 @@ def test_testing_pair(backend: str, ctx: Any) -> None:
     run(backend, scenario)
 
 
+def test_calls_spawned_as_tasks(backend: str, ctx: Any) -> None:
+    """``tg.start_soon(client.name, x)``: a call is a coroutine a task group can run."""
+    seen = Seen()
+
+    async def scenario() -> None:
+        async with make_service(ctx, seen) as service:
+            port = service.bind_ports("127.0.0.1")
+            async with RPCClient(context=ctx, timeout=5.0) as client:
+                client.connect(f"tcp://127.0.0.1:{port}")
+                async with anyio.create_task_group() as tg:
+                    for i in range(10):
+                        tg.start_soon(client.note, i)
+                    tg.start_soon(client.slow, 0.01)
+                await seen.until(lambda: sorted(seen.notes) == list(range(10)))
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(client.slow, 30)
+                    await seen.until(lambda: service.active_calls == 1)
+                    tg.cancel_scope.cancel()  # the spawned call is cancelled remotely too
+                await seen.until(lambda: len(seen.cancelled) == 1)
+                if not is_trio(backend):
+                    assert await asyncio.create_task(client.echo("task")) == "task"
+                assert client.pending == 0
+
+    run(backend, scenario)
+
+
 def test_random_cancellations_leave_nothing_behind(backend: str, ctx: Any) -> None:
     """Many tasks, calls and streams, cancel scopes expiring at random points: every call
     ends, and nothing stays pending on either side."""
