@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "BUSY",
+    "CONNECTION_LOST",
     "METHOD_NOT_FOUND",
     "PROTOCOL_ERROR",
     "SERIALIZATION_ERROR",
@@ -27,3 +28,4 @@ PROTOCOL_ERROR = "netcall.ProtocolError"
 STREAM_CLOSED = "netcall.StreamClosed"
 SERIALIZER_MISMATCH = "netcall.SerializerMismatch"
 TIMEOUT = "netcall.Timeout"
+CONNECTION_LOST = "netcall.ConnectionLost"  # from a broker: the service went away

@@ -62,6 +62,7 @@ Adding a message kind: a member of :class:`Kind`, a dataclass with ``to_frames()
 from __future__ import annotations
 
 from .._wire_names import BUSY as ERR_BUSY
+from .._wire_names import CONNECTION_LOST as ERR_CONNECTION_LOST
 from .._wire_names import METHOD_NOT_FOUND as ERR_METHOD_NOT_FOUND
 from .._wire_names import PROTOCOL_ERROR as ERR_PROTOCOL
 from .._wire_names import SERIALIZATION_ERROR as ERR_SERIALIZATION
@@ -118,6 +119,7 @@ __all__ = [
     "CALL_OPTIONS",
     "COUNT",
     "ERR_BUSY",
+    "ERR_CONNECTION_LOST",
     "ERR_METHOD_NOT_FOUND",
     "ERR_PROTOCOL",
     "ERR_SERIALIZATION",

@@ -1,0 +1,1 @@
+"""The broker's internals: :mod:`.routing` (sans-IO routing table)."""

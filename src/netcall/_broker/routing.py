@@ -1,0 +1,560 @@
+"""The broker's routing table, sans-IO: frames in, frames out through two callbacks.
+
+Rules of this file:
+
+- Clients see the broker as one service; services see it as one client. Request ids are
+  rewritten: the broker picks a fresh id (a *route*) for every call it forwards, mapped to the
+  client's (routing id, request id). Ids start at a random point, so a restarted broker does not
+  reuse ids a service may still be answering for its previous incarnation.
+- A call goes to a live service that announced the method (HELLO), not draining (BYE), below its
+  ``max_concurrent``, with the fewest calls in flight (round robin among equals). An open
+  stream counts as a call in flight until its END or ERROR.
+- Calls that cannot go anywhere yet wait in a bounded FIFO per method, within their deadline.
+- Every message of a stream follows its route: streams stick to their service.
+- A service that goes away fails its routes with ``netcall.ConnectionLost``; a client that goes
+  away has its routes cancelled on the services.
+- Nothing here raises on bad input: malformed frames are counted, answered when they carry a
+  request id, and dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .. import _announce as a
+from .. import protocol as p
+from ..errors import ProtocolError
+from ..serializers import get_serializer
+
+__all__ = ["Router"]
+
+log = logging.getLogger("netcall.broker")
+
+Send = Callable[[list[Any]], None]
+
+_HEADER = p.HEADER_SIZE
+_REPLY_KINDS = frozenset({p.Kind.RESULT, p.Kind.ERROR, p.Kind.ACK})
+_STREAM_FOLLOWUPS = frozenset({p.Kind.NEXT, p.Kind.THROW, p.Kind.CREDIT})
+_BUSY = "netcall.Busy"
+_BUSY_RETRIES = 3
+_COOLDOWN = 0.05  # a service that answered Busy gets no new call for this long
+_METHODS = "_netcall.methods"
+_JOIN_WINDOW = 0.3
+
+
+class ServiceEntry:
+    """One service connected to the backend, known from its HELLO."""
+
+    __slots__ = (
+        "cooldown",
+        "draining",
+        "inflight",
+        "info",
+        "limit",
+        "methods",
+        "peer",
+        "routes",
+        "served",
+    )
+
+    def __init__(self, peer: bytes) -> None:
+        self.peer = peer
+        self.methods: frozenset[str] = frozenset()
+        self.info: dict[str, dict[str, str]] = {}
+        self.limit: int | None = None
+        self.inflight = 0
+        self.draining = False
+        self.routes: set[int] = set()
+        self.cooldown = 0.0
+        self.served = 0
+
+    def has_room(self, now: float) -> bool:
+        if self.draining or self.cooldown > now:
+            return False
+        return self.limit is None or self.inflight < self.limit
+
+
+class Route:
+    """One call or stream forwarded to a service."""
+
+    __slots__ = ("brid", "call", "client", "crid", "method", "retries", "service", "stream")
+
+    def __init__(self, brid: int, client: bytes, call: p.Call, service: ServiceEntry) -> None:
+        self.brid = brid
+        self.client = client
+        self.crid = call.id
+        self.method = call.method
+        self.service = service
+        self.stream = False
+        # Kept until the first answer, so a call a service refused as busy can go elsewhere.
+        self.call: p.Call | None = call
+        self.retries = 0
+
+
+class Waiting:
+    """A call queued at the broker."""
+
+    __slots__ = ("call", "client", "deadline", "retries", "since")
+
+    def __init__(self, client: bytes, call: p.Call, since: float, retries: int = 0) -> None:
+        self.client = client
+        self.call = call
+        self.since = since
+        self.deadline = call.deadline or None
+        self.retries = retries
+
+
+class Router:
+    """Routes calls between clients (frontend) and services (backend).
+
+    Args:
+        to_client: sends one message, routing id first, on the frontend.
+        to_service: sends one message, routing id first, on the backend.
+        max_queue: calls that may wait for a service at once; more are refused with
+            ``netcall.Busy``.
+        max_per_client: calls and streams one client may have open or queued at once.
+        startup_grace: seconds after start during which a call for a method no service has
+            announced waits (services reconnecting to a restarted broker announce themselves
+            within about a second) instead of failing at once with ``netcall.MethodNotFound``.
+            The grace ends sooner, :data:`_JOIN_WINDOW` seconds after the first service joins:
+            the others reconnect at about the same time.
+    """
+
+    def __init__(
+        self,
+        to_client: Send,
+        to_service: Send,
+        *,
+        max_queue: int = 1000,
+        max_per_client: int = 10000,
+        startup_grace: float = 3.0,
+    ) -> None:
+        self._to_client = to_client
+        self._to_service = to_service
+        self.max_queue = max_queue
+        self.max_per_client = max_per_client
+        self._grace_until = time.monotonic() + startup_grace
+        self.services: dict[bytes, ServiceEntry] = {}
+        self._by_method: dict[str, list[ServiceEntry]] = {}
+        self.routes: dict[int, Route] = {}
+        self._by_client: dict[tuple[bytes, int], Route] = {}
+        self._per_client: dict[bytes, int] = {}  # open routes and queued calls per client
+        self._queues: dict[str, deque[Waiting]] = {}
+        self.queued = 0
+        self._ids = itertools.count(random.getrandbits(48) + 1)
+        self._rr = 0
+        self.errors: dict[str, int] = {
+            "malformed": 0,
+            "not_found": 0,
+            "busy": 0,
+            "timeouts": 0,
+            "connection_lost": 0,
+        }
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _error(self, client: bytes, rid: int, type_name: str, message: str) -> None:
+        frames: list[Any] = p.Error(rid, type_name, message, "").to_frames()
+        frames.insert(0, client)
+        self._to_client(frames)
+
+    def _count(self, client: bytes, delta: int) -> None:
+        n = self._per_client.get(client, 0) + delta
+        if n > 0:
+            self._per_client[client] = n
+        else:
+            self._per_client.pop(client, None)
+
+    @property
+    def clients(self) -> list[bytes]:
+        """Clients with calls open or queued."""
+        return list(self._per_client)
+
+    def methods(self) -> dict[str, dict[str, str]]:
+        """The union of every live service's methods."""
+        out: dict[str, dict[str, str]] = {}
+        for svc in self.services.values():
+            if not svc.draining:
+                for name, info in svc.info.items():
+                    out.setdefault(name, info)
+        return dict(sorted(out.items()))
+
+    def _reindex(self) -> None:
+        by_method: dict[str, list[ServiceEntry]] = {}
+        for svc in self.services.values():
+            for name in svc.methods:
+                by_method.setdefault(name, []).append(svc)
+        self._by_method = by_method
+
+    def _pick(self, method: str, now: float) -> ServiceEntry | None:
+        services = self._by_method.get(method)
+        if not services:
+            return None
+        n = len(services)
+        self._rr += 1
+        start = self._rr % n
+        best = None
+        for i in range(n):
+            svc = services[(start + i) % n]
+            if svc.has_room(now) and (best is None or svc.inflight < best.inflight):
+                best = svc
+        return best
+
+    # -- frontend: messages from clients ---------------------------------------------------
+
+    def on_frontend(self, frames: list[Any]) -> None:
+        """One message from a client (its routing id first)."""
+        client = frames[0]
+        head = frames[1] if len(frames) > 1 else b""
+        try:
+            kind, rid = p.decode_header(head)
+        except ProtocolError as exc:
+            self._malformed_from_client(client, frames, exc)
+            return
+        if kind in _STREAM_FOLLOWUPS or kind == p.Kind.CANCEL:
+            route = self._by_client.get((client, rid))
+            if route is None:
+                self._unrouted(client, kind, rid)
+                return
+            if kind == p.Kind.CANCEL and not route.stream:
+                # The service cancels the handler and sends nothing back: the route ends now.
+                self._free(route)
+            frames[0] = route.service.peer
+            frames[1] = p.header(kind, route.brid) + head[_HEADER:]
+            self._to_service(frames)
+        elif kind == p.Kind.CALL:
+            try:
+                msg = p.decode(frames[1:])
+            except ProtocolError as exc:
+                self._malformed_from_client(client, frames, exc)
+                return
+            self._on_call(client, msg)  # type: ignore[arg-type]
+        elif kind == p.Kind.PING:
+            self._to_client([client, p.header(p.Kind.PONG, rid)])
+        elif kind == p.Kind.PONG:
+            pass
+        else:
+            self.errors["malformed"] += 1
+            self._error(client, rid, "netcall.ProtocolError", f"a client may not send kind {kind}")
+
+    def _malformed_from_client(self, client: bytes, frames: list[Any], exc: Exception) -> None:
+        self.errors["malformed"] += 1
+        log.warning("netcall broker: dropped a malformed message from a client: %s", exc)
+        rid = p.request_id_of(frames[1:])
+        if rid is not None:
+            self._error(client, rid, "netcall.ProtocolError", str(exc))
+
+    def _unrouted(self, client: bytes, kind: int, rid: int) -> None:
+        if kind == p.Kind.CANCEL:
+            if not self._unqueue(client, rid):
+                # Closing an unknown or finished stream: confirm, so aclose() never waits.
+                self._to_client([client, p.header(p.Kind.END, rid)])
+        elif kind != p.Kind.CREDIT:
+            self._error(client, rid, "netcall.StreamClosed", "no such open stream")
+
+    def _on_call(self, client: bytes, msg: p.Call) -> None:
+        rid = msg.id
+        if msg.method == _METHODS:
+            self._answer_methods(client, msg)
+            return
+        if (client, rid) in self._by_client:
+            self._error(client, rid, "netcall.ProtocolError", f"request id {rid} is in use")
+            return
+        if self._per_client.get(client, 0) >= self.max_per_client:
+            self.errors["busy"] += 1
+            self._error(client, rid, _BUSY, "too many calls from this client at the broker")
+            return
+        now = time.monotonic()
+        svc = self._pick(msg.method, now)
+        if svc is not None:
+            self._count(client, 1)
+            self._forward(client, msg, svc)
+            return
+        if msg.method not in self._by_method and now >= self._grace_until:
+            self.errors["not_found"] += 1
+            self._error(
+                client, rid, "netcall.MethodNotFound", f"no service has a method {msg.method!r}"
+            )
+            return
+        if self.queued >= self.max_queue:
+            self.errors["busy"] += 1
+            self._error(client, rid, _BUSY, f"the broker's queue is full ({self.max_queue} calls)")
+            return
+        self._count(client, 1)
+        self._enqueue(Waiting(client, msg, now))
+
+    def _answer_methods(self, client: bytes, msg: p.Call) -> None:
+        try:
+            payload = get_serializer(msg.serializer).dumps(self.methods())
+        except Exception as exc:  # an unknown serializer name
+            self._error(client, msg.id, "netcall.SerializerMismatch", str(exc))
+            return
+        frames: list[Any] = p.payload_frames(p.Kind.RESULT, msg.id, payload)
+        frames.insert(0, client)
+        self._to_client(frames)
+
+    def _forward(self, client: bytes, msg: p.Call, svc: ServiceEntry, retries: int = 0) -> None:
+        brid = next(self._ids)
+        route = Route(brid, client, msg, svc)
+        route.retries = retries
+        self.routes[brid] = route
+        self._by_client[(client, msg.id)] = route
+        svc.inflight += 1
+        svc.routes.add(brid)
+        crid = msg.id
+        msg.id = brid
+        frames: list[Any] = msg.to_frames()
+        msg.id = crid
+        frames.insert(0, svc.peer)
+        self._to_service(frames)
+
+    def _free(self, route: Route) -> None:
+        if self.routes.pop(route.brid, None) is None:
+            return
+        key = (route.client, route.crid)
+        if self._by_client.get(key) is route:
+            del self._by_client[key]
+        svc = route.service
+        svc.inflight -= 1
+        svc.routes.discard(route.brid)
+        self._count(route.client, -1)
+
+    # -- the queue ------------------------------------------------------------------------
+
+    def _enqueue(self, waiting: Waiting, front: bool = False) -> None:
+        queue = self._queues.get(waiting.call.method)
+        if queue is None:
+            queue = self._queues[waiting.call.method] = deque()
+        if front:
+            queue.appendleft(waiting)
+        else:
+            queue.append(waiting)
+        self.queued += 1
+
+    def _unqueue(self, client: bytes, rid: int) -> bool:
+        for method, queue in self._queues.items():
+            for w in queue:
+                if w.client == client and w.call.id == rid:
+                    queue.remove(w)
+                    self.queued -= 1
+                    self._count(client, -1)
+                    if not queue:
+                        del self._queues[method]
+                    return True
+        return False
+
+    def dispatch(self) -> None:
+        """Send queued calls to services with room, oldest first."""
+        if not self.queued:
+            return
+        now = time.monotonic()
+        progress = True
+        while progress and self.queued:
+            progress = False
+            for method in list(self._queues):
+                queue = self._queues[method]
+                svc = self._pick(method, now)
+                if svc is None:
+                    continue
+                w = queue.popleft()
+                self.queued -= 1
+                if not queue:
+                    del self._queues[method]
+                self._forward(w.client, w.call, svc, w.retries)
+                progress = True
+
+    def tick(self) -> None:
+        """Periodic upkeep: expire queued calls past their deadline, fail those no service can
+        take any more, and dispatch what became possible."""
+        if not self.queued:
+            return
+        wall = time.time()
+        now = time.monotonic()
+        grace = now < self._grace_until
+        for method in list(self._queues):
+            queue = self._queues[method]
+            orphan = not grace and method not in self._by_method
+            kept: deque[Waiting] = deque()
+            for w in queue:
+                if orphan:
+                    self.errors["not_found"] += 1
+                    self._error(
+                        w.client,
+                        w.call.id,
+                        "netcall.MethodNotFound",
+                        f"no service has a method {method!r}",
+                    )
+                elif w.deadline is not None and w.deadline <= wall:
+                    self.errors["timeouts"] += 1
+                    self._error(
+                        w.client,
+                        w.call.id,
+                        "netcall.Timeout",
+                        "the call's deadline passed while it waited at the broker",
+                    )
+                else:
+                    kept.append(w)
+                    continue
+                self.queued -= 1
+                self._count(w.client, -1)
+            if kept:
+                self._queues[method] = kept
+            else:
+                del self._queues[method]
+        self.dispatch()
+
+    # -- backend: messages from services ---------------------------------------------------
+
+    def on_backend(self, frames: list[Any]) -> None:
+        """One message from a service (its routing id first)."""
+        peer = frames[0]
+        head = frames[1] if len(frames) > 1 else b""
+        fast = p.split_inline(head) if len(frames) == 2 else None
+        if fast is not None:  # an inline RESULT or ITEM: the commonest messages
+            kind, brid, _ = fast
+        else:
+            special = a.kind_of(head)
+            if special is not None:
+                self._on_announce(peer, frames[1:])
+                return
+            try:
+                kind, brid = p.decode_header(head)
+            except ProtocolError as exc:
+                self.errors["malformed"] += 1
+                log.warning("netcall broker: dropped a malformed message from a service: %s", exc)
+                return
+        route = self.routes.get(brid)
+        if route is None or route.service.peer != peer:
+            if kind == p.Kind.STREAM and peer in self.services:
+                # A stream opened for a call whose client gave up: close it.
+                self._to_service([peer, p.header(p.Kind.CANCEL, brid)])
+            return
+        if kind == p.Kind.ITEM:
+            pass
+        elif kind in _REPLY_KINDS:
+            if kind == p.Kind.ERROR and route.call is not None and self._busy(route, frames):
+                return
+            self._free(route)
+            route.service.served += 1
+            self.dispatch()
+        elif kind == p.Kind.STREAM:
+            route.stream = True
+            route.call = None
+        elif kind == p.Kind.END:
+            self._free(route)
+            route.service.served += 1
+            self.dispatch()
+        elif kind == p.Kind.PONG:
+            return
+        else:
+            self.errors["malformed"] += 1
+            return
+        frames[0] = route.client
+        frames[1] = p.header(kind, route.crid) + head[_HEADER:]
+        self._to_client(frames)
+
+    def _busy(self, route: Route, frames: list[Any]) -> bool:
+        """A service refused a call as busy: queue it again (a few times), True if so."""
+        if len(frames) < 3 or bytes(frames[2]) != _BUSY.encode() or route.retries >= _BUSY_RETRIES:
+            return False
+        call = route.call
+        assert call is not None
+        self._free(route)
+        route.service.cooldown = time.monotonic() + _COOLDOWN
+        self._count(route.client, 1)
+        self._enqueue(Waiting(route.client, call, time.monotonic(), route.retries + 1), True)
+        self.dispatch()
+        return True
+
+    def _on_announce(self, peer: bytes, body: list[Any]) -> None:
+        try:
+            msg = a.decode(body)
+        except ProtocolError as exc:
+            self.errors["malformed"] += 1
+            log.warning("netcall broker: a service sent a bad announcement: %s", exc)
+            return
+        if isinstance(msg, a.Bye):
+            svc = self.services.get(peer)
+            if svc is not None:
+                log.info("netcall broker: service %s is stopping", peer.hex())
+                svc.draining = True
+                if not svc.routes:
+                    self.service_gone(peer, "the service stopped")
+            return
+        svc = self.services.get(peer)
+        if svc is None:
+            svc = self.services[peer] = ServiceEntry(peer)
+            self._grace_until = min(self._grace_until, time.monotonic() + _JOIN_WINDOW)
+            log.info(
+                "netcall broker: service %s joined with %d methods", peer.hex(), len(msg.methods)
+            )
+        svc.info = msg.methods
+        svc.methods = frozenset(msg.methods)
+        svc.limit = msg.max_concurrent
+        svc.draining = False
+        self._reindex()
+        self.dispatch()
+
+    # -- peers that go away ---------------------------------------------------------------
+
+    def service_gone(self, peer: bytes, why: str = "the service went away") -> None:
+        """The service's connection broke: fail its calls and streams, route around it."""
+        svc = self.services.pop(peer, None)
+        if svc is None:
+            return
+        log.info("netcall broker: service %s left (%s)", peer.hex(), why)
+        self._reindex()
+        for brid in list(svc.routes):
+            route = self.routes.get(brid)
+            if route is None:
+                continue
+            self._free(route)
+            self.errors["connection_lost"] += 1
+            self._error(route.client, route.crid, "netcall.ConnectionLost", why)
+        self.tick()
+
+    def client_gone(self, client: bytes) -> None:
+        """The client's connection broke: cancel its calls and streams on the services."""
+        if client not in self._per_client:
+            return
+        for route in [r for r in self.routes.values() if r.client == client]:
+            self._free(route)
+            self._to_service([route.service.peer, p.header(p.Kind.CANCEL, route.brid)])
+        for method in list(self._queues):
+            queue = self._queues[method]
+            kept = deque(w for w in queue if w.client != client)
+            self.queued -= len(queue) - len(kept)
+            if kept:
+                self._queues[method] = kept
+            else:
+                del self._queues[method]
+        self._per_client.pop(client, None)
+        self.dispatch()
+
+    def stats(self) -> dict[str, Any]:
+        """Services, methods, calls in flight and queued, errors (a snapshot)."""
+        return {
+            "services": [
+                {
+                    "id": svc.peer.hex(),
+                    "methods": sorted(svc.methods),
+                    "in_flight": svc.inflight,
+                    "max_concurrent": svc.limit,
+                    "served": svc.served,
+                    "draining": svc.draining,
+                }
+                for svc in self.services.values()
+            ],
+            "methods": sorted(self._by_method),
+            "in_flight": len(self.routes),
+            "streams": sum(1 for r in self.routes.values() if r.stream),
+            "queued": self.queued,
+            "clients": len(self._per_client),
+            "errors": dict(self.errors),
+        }
