@@ -3,6 +3,7 @@
     python _broker_helper.py broker <frontend> <backend>
     python _broker_helper.py service <name> <math|users> <backend>[,<backend>...] [max_concurrent]
     python _broker_helper.py client <frontend> <async-for|lockstep>
+    python _broker_helper.py cli <netcall command line arguments...>
 
 Each prints ``READY`` once it serves (a client: ``STREAMING`` once it holds an open stream),
 then runs until killed (SIGKILL in the tests) or stopped (SIGTERM: a graceful stop).
@@ -151,6 +152,10 @@ def main() -> None:
     role = sys.argv[1]
     if role == "broker":
         asyncio.run(run_broker(sys.argv[2], sys.argv[3]))
+    elif role == "cli":
+        from netcall.cli import main as cli_main
+
+        sys.exit(cli_main(sys.argv[2:]))
     elif role == "service":
         limit = int(sys.argv[5]) if len(sys.argv) > 5 else None
         asyncio.run(run_service(sys.argv[2], sys.argv[3], sys.argv[4], limit))

@@ -22,7 +22,7 @@ class Procs:
         self, *args: str, ready: str = "READY", prefix: Sequence[str] = ()
     ) -> asyncio.subprocess.Process:
         """Run ``_broker_helper.py args`` (under ``prefix``, e.g. ``ip netns exec ns``) and
-        wait for its ``ready`` line.
+        wait for a line starting with ``ready``.
 
         Raises:
             AssertionError: the child did not get ready within 15 s (its stderr is shown).
@@ -42,7 +42,7 @@ class Procs:
             line = await asyncio.wait_for(proc.stdout.readline(), 15)
         except asyncio.TimeoutError:
             line = b""
-        if line.strip() != ready.encode():
+        if not line.strip().startswith(ready.encode()):
             proc.kill()
             _, err = await proc.communicate()
             raise AssertionError(

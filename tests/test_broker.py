@@ -278,3 +278,62 @@ async def test_two_brokers_for_redundancy(procs, make_client):
     assert await asyncio.gather(*[cli.math.add(i, 1) for i in range(50)]) == [
         i + 1 for i in range(50)
     ]
+
+
+async def test_cli_broker_routes_and_reports(procs, make_client):
+    front, back = tcp_url(), tcp_url()
+    broker = await procs.start(
+        "cli",
+        "broker",
+        "--frontend",
+        front,
+        "--backend",
+        back,
+        "--stats-every",
+        "0.2",
+        ready="broker: clients connect to",
+    )
+    await procs.service("math-a", "math", back)
+    cli = make_client(timeout=5)
+    cli.connect(front)
+    await wait_names(cli, "math.whoami", {"math-a"})
+    assert await cli.math.add(2, 2) == 4
+    assert broker.stdout is not None
+    line = await asyncio.wait_for(broker.stdout.readline(), 5)
+    while b"services=1" not in line:
+        line = await asyncio.wait_for(broker.stdout.readline(), 5)
+    assert b"methods=" in line and b"in_flight=" in line and b"queued=" in line
+    broker.terminate()
+    assert await asyncio.wait_for(broker.wait(), 5) == 0
+
+
+async def test_broker_survives_garbage_from_both_sides(cluster, ctx):
+    import zmq
+
+    cli = cluster.client
+    socks = []
+    for url in (cluster.front, cluster.back):
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(url)
+        socks.append(s)
+        for frames in (
+            [b""],
+            [b"garbage"],
+            [b"NC\x01\x01" + b"\x00" * 8],  # a CALL header with no body
+            [b"NC\x01\x07" + b"\x00" * 7 + b"\x05", b"x"],  # NEXT for no stream
+            [b"NC\x02\x01" + b"\x00" * 8, b"x"],  # another version
+            [b"NC\x01\x0e" + b"\x00" * 8, b"{not json"],  # a bad HELLO
+            [b"NC\x01\x63" + b"\x00" * 8],  # unknown kind
+            [b"x" * 100000] * 3,
+        ):
+            s.send_multipart(frames)
+    # The malformed CALL with a request id is answered, on the frontend.
+    front = socks[0]
+    assert front.poll(2000)
+    reply = front.recv_multipart()
+    assert reply[0][:4] == b"NC\x01\x03"  # an ERROR
+    assert await cli.math.add(1, 2) == 3
+    assert await cli.users.get(1) == {"id": 1, "name": "user1"}
+    for s in socks:
+        s.close(linger=0)
