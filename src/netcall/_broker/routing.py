@@ -234,7 +234,7 @@ class Router:
             except ProtocolError as exc:
                 self._malformed_from_client(client, frames, exc)
                 return
-            self._on_call(client, msg)  # type: ignore[arg-type]
+            self._on_call(client, msg, frames)  # type: ignore[arg-type]
         elif kind == p.Kind.PING:
             self._to_client([client, p.header(p.Kind.PONG, rid)])
         elif kind == p.Kind.PONG:
@@ -258,7 +258,7 @@ class Router:
         elif kind != p.Kind.CREDIT:
             self._error(client, rid, "netcall.StreamClosed", "no such open stream")
 
-    def _on_call(self, client: bytes, msg: p.Call) -> None:
+    def _on_call(self, client: bytes, msg: p.Call, frames: list[Any]) -> None:
         rid = msg.id
         if msg.method == _METHODS:
             self._answer_methods(client, msg)
@@ -274,7 +274,7 @@ class Router:
         svc = self._pick(msg.method, now)
         if svc is not None:
             self._count(client, 1)
-            self._forward(client, msg, svc)
+            self._forward(client, msg, svc, frames)
             return
         if msg.method not in self._by_method and now >= self._grace_until:
             self.errors["not_found"] += 1
@@ -299,7 +299,16 @@ class Router:
         frames.insert(0, client)
         self._to_client(frames)
 
-    def _forward(self, client: bytes, msg: p.Call, svc: ServiceEntry, retries: int = 0) -> None:
+    def _forward(
+        self,
+        client: bytes,
+        msg: p.Call,
+        svc: ServiceEntry,
+        frames: list[Any] | None = None,
+        retries: int = 0,
+    ) -> None:
+        """Send a call to ``svc`` under a fresh request id. ``frames``: the call as it arrived
+        (routing id first), forwarded with only its request id changed; else it is encoded."""
         brid = next(self._ids)
         route = Route(brid, client, msg, svc)
         route.retries = retries
@@ -307,11 +316,15 @@ class Router:
         self._by_client[(client, msg.id)] = route
         svc.inflight += 1
         svc.routes.add(brid)
-        crid = msg.id
-        msg.id = brid
-        frames: list[Any] = msg.to_frames()
-        msg.id = crid
-        frames.insert(0, svc.peer)
+        if frames is not None:
+            frames[0] = svc.peer
+            frames[1] = p.header(p.Kind.CALL, brid) + frames[1][_HEADER:]
+        else:
+            crid = msg.id
+            msg.id = brid
+            frames = msg.to_frames()
+            msg.id = crid
+            frames.insert(0, svc.peer)
         self._to_service(frames)
 
     def _free(self, route: Route) -> None:
@@ -366,7 +379,7 @@ class Router:
                 self.queued -= 1
                 if not queue:
                     del self._queues[method]
-                self._forward(w.client, w.call, svc, w.retries)
+                self._forward(w.client, w.call, svc, retries=w.retries)
                 progress = True
 
     def tick(self) -> None:
