@@ -197,6 +197,9 @@ class Router:
         if not services:
             return None
         n = len(services)
+        if n == 1:
+            svc = services[0]
+            return svc if svc.has_room(now) else None
         self._rr += 1
         start = self._rr % n
         best = None
@@ -212,6 +215,14 @@ class Router:
         """One message from a client (its routing id first)."""
         client = frames[0]
         head = frames[1] if len(frames) > 1 else b""
+        if len(head) > p.HEADER_SIZE and head[3] == p.Kind.CALL:  # the commonest: a call
+            try:
+                msg = p.decode(frames[1:])
+            except ProtocolError as exc:
+                self._malformed_from_client(client, frames, exc)
+                return
+            self._on_call(client, msg, frames)  # type: ignore[arg-type]
+            return
         try:
             kind, rid = p.decode_header(head)
         except ProtocolError as exc:
@@ -455,14 +466,16 @@ class Router:
                 return
             self._free(route)
             route.service.served += 1
-            self.dispatch()
+            if self.queued:
+                self.dispatch()
         elif kind == p.Kind.STREAM:
             route.stream = True
             route.call = None
         elif kind == p.Kind.END:
             self._free(route)
             route.service.served += 1
-            self.dispatch()
+            if self.queued:
+                self.dispatch()
         elif kind == p.Kind.PONG:
             return
         else:
