@@ -31,7 +31,7 @@ HELLO = 14
 BYE = 15
 _OPTIONS = struct.Struct("!IB")
 #: A HELLO larger than this is refused (its JSON frame).
-MAX_HELLO_BYTES = 4 * 2**20
+MAX_HELLO_BYTES = 2**20
 #: A HELLO listing more methods than this is refused.
 MAX_METHODS = 10000
 _MAX_TEXT = 65536  # per signature or doc string

@@ -46,6 +46,8 @@ _BUSY_RETRIES = 3
 _COOLDOWN = 0.05  # a service that answered Busy gets no new call for this long
 _METHODS = "_netcall.methods"
 _JOIN_WINDOW = 0.3
+#: Services one broker tracks at most; announcements from more are ignored (and logged).
+MAX_SERVICES = 10000
 
 
 class ServiceEntry:
@@ -515,6 +517,10 @@ class Router:
             return
         svc = self.services.get(peer)
         if svc is None:
+            if len(self.services) >= MAX_SERVICES:
+                self.errors["malformed"] += 1
+                log.warning("netcall broker: ignored a service beyond %d", MAX_SERVICES)
+                return
             svc = self.services[peer] = ServiceEntry(peer)
             self._grace_until = min(self._grace_until, time.monotonic() + _JOIN_WINDOW)
             log.info(
