@@ -19,32 +19,6 @@ from netcall import RPCClient, RPCService, current_call
 from netcall.broker import Broker
 
 
-def connect_out(svc: RPCService, url: str) -> None:
-    if hasattr(RPCService, "connect"):
-        svc.connect(url)
-        return
-    # PHASE-1 SHIM (removed once RPCService.connect lands): drive an Upstreams from outside.
-    from netcall import _announce as a
-    from netcall._upstream import Upstreams
-
-    ups = getattr(svc, "_test_ups", None)
-    if ups is None:
-        ups = Upstreams(
-            svc.socket,
-            lambda: a.Hello(svc.methods(), svc._max_concurrent).to_frames(),
-            lambda: a.Bye().to_frames(),
-        )
-        svc._test_ups = ups  # type: ignore[attr-defined]
-        start = svc.start
-
-        def start_too(loop=None):  # type: ignore[no-untyped-def]
-            start(loop)
-            ups.start(svc._loop, svc._send, svc._on_gone)
-
-        svc.start = start_too  # type: ignore[method-assign]
-    ups.connect(url)
-
-
 def build_service(name: str, kind: str, max_concurrent: int | None) -> RPCService:
     svc = RPCService(max_concurrent=max_concurrent, name=name, heartbeat=1.0)
     state = {"running": 0, "peak": 0, "closed": 0, "opened": 0}
@@ -114,7 +88,7 @@ def build_service(name: str, kind: str, max_concurrent: int | None) -> RPCServic
 async def run_service(name: str, kind: str, urls: str, max_concurrent: int | None) -> None:
     svc = build_service(name, kind, max_concurrent)
     for url in urls.split(","):
-        connect_out(svc, url)
+        svc.connect(url)
     loop = asyncio.get_running_loop()
     stopping: set[asyncio.Task[None]] = set()
     loop.add_signal_handler(signal.SIGTERM, lambda: stopping.add(loop.create_task(svc.stop())))

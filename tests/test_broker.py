@@ -310,30 +310,33 @@ async def test_cli_broker_routes_and_reports(procs, make_client):
 async def test_broker_survives_garbage_from_both_sides(cluster, ctx):
     import zmq
 
+    from netcall import protocol as p
+
     cli = cluster.client
     socks = []
-    for url in (cluster.front, cluster.back):
-        s = ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        s.connect(url)
-        socks.append(s)
-        for frames in (
-            [b""],
-            [b"garbage"],
-            [b"NC\x01\x01" + b"\x00" * 8],  # a CALL header with no body
-            [b"NC\x01\x07" + b"\x00" * 7 + b"\x05", b"x"],  # NEXT for no stream
-            [b"NC\x02\x01" + b"\x00" * 8, b"x"],  # another version
-            [b"NC\x01\x0e" + b"\x00" * 8, b"{not json"],  # a bad HELLO
-            [b"NC\x01\x63" + b"\x00" * 8],  # unknown kind
-            [b"x" * 100000] * 3,
-        ):
-            s.send_multipart(frames)
-    # The malformed CALL with a request id is answered, on the frontend.
-    front = socks[0]
-    assert front.poll(2000)
-    reply = front.recv_multipart()
-    assert reply[0][:4] == b"NC\x01\x03"  # an ERROR
-    assert await cli.math.add(1, 2) == 3
-    assert await cli.users.get(1) == {"id": 1, "name": "user1"}
-    for s in socks:
-        s.close(linger=0)
+    try:
+        for url in (cluster.front, cluster.back):
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(url)
+            socks.append(s)
+            for frames in (
+                [b""],
+                [b"garbage"],
+                [p.header(p.Kind.CALL, 5)],  # a CALL header with no body
+                [p.header(p.Kind.NEXT, 5), b"x"],  # NEXT for no stream
+                [b"NC\x09\x01" + b"\x00" * 8, b"x"],  # another version
+                [p.header(p.Kind.HELLO, 0) + b"\x00" * 5, b"{not json"],  # a bad HELLO
+                [b"NC" + bytes([p.VERSION, 99]) + b"\x00" * 8],  # unknown kind
+                [b"x" * 100000] * 3,
+            ):
+                s.send_multipart(frames)
+        # The malformed CALL with a request id is answered, on the frontend.
+        front = socks[0]
+        assert front.poll(2000)
+        assert p.decode_header(front.recv_multipart()[0])[0] == p.Kind.ERROR
+        assert await cli.math.add(1, 2) == 3
+        assert await cli.users.get(1) == {"id": 1, "name": "user1"}
+    finally:
+        for s in socks:
+            s.close(linger=0)

@@ -7,7 +7,6 @@ import time
 import pytest
 
 from netcall import protocol as p
-from netcall._announce import Bye, Hello
 from netcall._broker.routing import Router
 
 
@@ -26,18 +25,14 @@ class Wire:
 
 
 def hello(router: Router, peer: bytes, methods: list[str], limit: int | None = None) -> None:
-    router.on_backend([peer, *Hello({m: {} for m in methods}, limit).to_frames()])
+    router.on_backend([peer, *p.Hello({m: {} for m in methods}, limit).to_frames()])
 
 
 def call(
     router: Router, client: bytes, rid: int, method: str, timeout: float = 0.0, window: int = 0
 ) -> None:
-    msg = p.Call(rid, method, "msgpack", b"\x90", None, _deadline(timeout), 0, window)
+    msg = p.Call(rid, method, "msgpack", b"\x90", None, timeout, 0, window)
     router.on_frontend([client, *msg.to_frames()])
-
-
-def _deadline(timeout: float) -> float:
-    return time.time() + timeout if timeout else 0.0
 
 
 def head(frames: list[bytes]) -> tuple[int, int]:
@@ -190,7 +185,7 @@ def test_busy_service_gets_the_call_again_elsewhere(router: Router, wire: Wire) 
 def test_bye_drains_the_service(router: Router, wire: Wire) -> None:
     hello(router, b"S1", ["f"])
     hello(router, b"S2", ["f"])
-    router.on_backend([b"S1", *Bye().to_frames()])
+    router.on_backend([b"S1", *p.Bye().to_frames()])
     for rid in range(1, 5):
         call(router, b"C1", rid, "f")
     assert {s[0] for s in wire.take("services")} == {b"S2"}
@@ -210,6 +205,6 @@ def test_garbage_is_counted_and_never_raises(router: Router, wire: Wire) -> None
     hello(router, b"S1", ["f"])
     for frames in ([b"C1"], [b"C1", b"xx"], [b"C1", p.header(p.Kind.RESULT, 3)]):
         router.on_frontend(frames)
-    for frames in ([b"S1"], [b"S1", b"junk"], [b"S1", p.header(14, 0), b"[1,2]"]):
+    for frames in ([b"S1"], [b"S1", b"junk"], [b"S1", p.header(p.Kind.HELLO, 0), b"[1,2]"]):
         router.on_backend(frames)
     assert router.stats()["errors"]["malformed"] >= 4

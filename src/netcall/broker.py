@@ -279,7 +279,7 @@ class Broker:
         if self.router is None or self._closed:
             return
         send = self._drivers[0].send
-        pong = p.header(p.Kind.PONG, 0)
+        pong = p.Pong(0).to_frames()[0]
         for client in self.router.clients:
             send([client, pong])
 
@@ -287,7 +287,7 @@ class Broker:
         if self.router is None or self._closed:
             return
         send = self._drivers[1].send
-        ping = p.header(p.Kind.PING, 0)
+        ping = p.Ping(0).to_frames()[0]
         for peer in list(self.router.services):
             send([peer, ping])
 

@@ -25,6 +25,7 @@ from ._service.registry import METHODS_NAME, HandlerRegistry, public_names
 from ._service.replies import Replies
 from ._service.runner import HandlerRunner, Runner
 from ._service.streams import Producers
+from ._service.upstream import Upstreams
 from ._socket import make_router
 from .client import RPCClient
 from .serializers import Serializer, get_serializer
@@ -117,6 +118,8 @@ class RPCService:
         self.socket = self._make_socket(heartbeat, max_message_size)
         self._registry.add_subclass_methods(self, RPCService)
         self._registry.add_builtin(METHODS_NAME, self.methods)
+        self._max_concurrent = max_concurrent
+        self._upstreams = Upstreams(self.socket, self._hello)
 
     def _make_socket(
         self, heartbeat: float | None, max_message_size: int | None
@@ -146,12 +149,14 @@ class RPCService:
 
             def decorator(f: F) -> F:
                 self._registry.add(name or f.__name__, f)
+                self._upstreams.announce()
                 return f
 
             return decorator
         if isinstance(fn, str):
             raise TypeError("use register(name=...) to give a name")
         self._registry.add(name or str(getattr(fn, "__name__", "")), fn)
+        self._upstreams.announce()
         return fn
 
     task = register  # the 2014 spelling
@@ -167,13 +172,48 @@ class RPCService:
         Raises:
             ValueError: a resulting name is reserved.
         """
-        return self._registry.add_object(obj, namespace, restricted)
+        added = self._registry.add_object(obj, namespace, restricted)
+        self._upstreams.announce()
+        return added
 
     def methods(self) -> dict[str, dict[str, str]]:
         """The registered handlers: ``{name: {"signature": ..., "doc": ...}}``."""
         return self._registry.describe()
 
+    def _hello(self) -> p.Hello:
+        return p.Hello(self.methods(), self._max_concurrent)
+
     # -- endpoints ------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> set[str]:
+        """The endpoints this service connected out to (see :meth:`connect`)."""
+        return self._upstreams.connected
+
+    def connect(self, urls: str | Iterable[str]) -> None:
+        """Connect out to a broker's backend, or to a client that binds (a service may both
+        bind and connect). On every (re)connection the service announces its methods and
+        ``max_concurrent`` (again when its methods change); calls from that peer are served
+        like any other. A connection that breaks ends the calls and streams that came through
+        it.
+
+        Raises:
+            TransportError: a malformed endpoint (also a ``zmq.ZMQError``).
+            RuntimeError: the service is closed.
+        """
+        if self._closed:
+            raise RuntimeError("the service is closed")
+        self._upstreams.connect(urls)
+
+    def disconnect(self, url: str) -> None:
+        """Stop connecting out to ``url``."""
+        self._upstreams.disconnect(url)
+
+    def _upstream_lost(self, peer: bytes) -> None:
+        # Answers to that peer's calls could only reach its next incarnation: end them.
+        for key in [k for k in self._dispatch.calls if k[0] == peer]:
+            self._dispatch.cancel(*key)
+        self._producers.on_gone(peer)
 
     @property
     def bound(self) -> set[str]:
@@ -256,9 +296,10 @@ class RPCService:
         self._dispatch.loop = loop
         self._dispatch.refusing = None
         self._producers.start(loop)
-        inbox = Inbox(self._dispatch, self._producers, self._replies)
+        inbox = Inbox(self._dispatch, self._producers, self._replies, self._upstreams.is_upstream)
         self._driver = SocketDriver(self.socket, loop, inbox.on_message, self._producers.on_gone)
         self._replies.driver = self._driver
+        self._upstreams.start(loop, self._replies.send, self._upstream_lost)
 
     async def serve(self) -> None:
         """Serve until :meth:`stop` (or :meth:`close`) is called.
@@ -295,6 +336,7 @@ class RPCService:
             return
         calls = self._dispatch.calls
         self._dispatch.refusing = "the service is stopping"
+        self._upstreams.bye()  # a broker sends no new calls
         grace = self._grace if grace is None else grace
         if calls and grace > 0:
             await asyncio.wait(list(calls.values()), timeout=grace)
@@ -324,6 +366,7 @@ class RPCService:
         self._dispatch.refusing = "the service is stopping"
         self._replies.driver = None
         self._producers.shutdown()
+        self._upstreams.close()
         if self._driver is not None:
             self._driver.close(linger=linger)
         elif not self.socket.closed:

@@ -27,7 +27,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .. import _announce as a
 from .. import protocol as p
 from ..errors import ProtocolError
 from ..serializers import get_serializer
@@ -38,10 +37,9 @@ log = logging.getLogger("netcall.broker")
 
 Send = Callable[[list[Any]], None]
 
-_HEADER = p.HEADER_SIZE
 _REPLY_KINDS = frozenset({p.Kind.RESULT, p.Kind.ERROR, p.Kind.ACK})
 _STREAM_FOLLOWUPS = frozenset({p.Kind.NEXT, p.Kind.THROW, p.Kind.CREDIT})
-_BUSY = "netcall.Busy"
+_BUSY = p.ERR_BUSY
 _BUSY_RETRIES = 3
 _COOLDOWN = 0.05  # a service that answered Busy gets no new call for this long
 _METHODS = "_netcall.methods"
@@ -100,16 +98,21 @@ class Route:
 
 
 class Waiting:
-    """A call queued at the broker."""
+    """A call queued at the broker. Its deadline is on this host's monotonic clock: the call
+    carries the time it had left when it arrived, and leaves with what is left of that."""
 
-    __slots__ = ("call", "client", "deadline", "retries", "since")
+    __slots__ = ("call", "client", "deadline", "retries")
 
     def __init__(self, client: bytes, call: p.Call, since: float, retries: int = 0) -> None:
         self.client = client
         self.call = call
-        self.since = since
-        self.deadline = call.deadline or None
+        self.deadline = since + call.timeout if call.timeout else None
         self.retries = retries
+
+    def remaining(self, now: float) -> None:
+        """Set the call's timeout to the time it has left (called as it leaves the queue)."""
+        if self.deadline is not None:
+            self.call.timeout = max(self.deadline - now, 0.001)
 
 
 class Router:
@@ -239,7 +242,7 @@ class Router:
                 # The service cancels the handler and sends nothing back: the route ends now.
                 self._free(route)
             frames[0] = route.service.peer
-            frames[1] = p.header(kind, route.brid) + head[_HEADER:]
+            frames[1] = p.retag(head, route.brid)
             self._to_service(frames)
         elif kind == p.Kind.CALL:
             try:
@@ -249,35 +252,40 @@ class Router:
                 return
             self._on_call(client, msg, frames)  # type: ignore[arg-type]
         elif kind == p.Kind.PING:
-            self._to_client([client, p.header(p.Kind.PONG, rid)])
+            self._to_client([client, *p.Pong(rid).to_frames()])
         elif kind == p.Kind.PONG:
             pass
         else:
             self.errors["malformed"] += 1
-            self._error(client, rid, "netcall.ProtocolError", f"a client may not send kind {kind}")
+            self._error(client, rid, p.ERR_PROTOCOL, f"a client may not send kind {kind}")
 
     def _malformed_from_client(self, client: bytes, frames: list[Any], exc: Exception) -> None:
         self.errors["malformed"] += 1
         log.warning("netcall broker: dropped a malformed message from a client: %s", exc)
         rid = p.request_id_of(frames[1:])
         if rid is not None:
-            self._error(client, rid, "netcall.ProtocolError", str(exc))
+            self._error(client, rid, p.ERR_PROTOCOL, str(exc))
 
     def _unrouted(self, client: bytes, kind: int, rid: int) -> None:
         if kind == p.Kind.CANCEL:
             if not self._unqueue(client, rid):
                 # Closing an unknown or finished stream: confirm, so aclose() never waits.
-                self._to_client([client, p.header(p.Kind.END, rid)])
+                self._to_client([client, *p.End(rid).to_frames()])
         elif kind != p.Kind.CREDIT:
-            self._error(client, rid, "netcall.StreamClosed", "no such open stream")
+            self._error(client, rid, p.ERR_STREAM_CLOSED, "no such open stream")
 
-    def _on_call(self, client: bytes, msg: p.Call, frames: list[Any]) -> None:
+    def _on_call(self, client: bytes, msg: p.Call, frames: list[Any] | None) -> None:
         rid = msg.id
+        if p.META_PEER_KEY in msg.metadata:
+            # Only the broker may say who the caller is (from its authentication, when the
+            # frontend has one): a key a client wrote itself is removed.
+            msg.metadata = {k: v for k, v in msg.metadata.items() if k != p.META_PEER_KEY}
+            frames = None  # re-encoded
         if msg.method == _METHODS:
             self._answer_methods(client, msg)
             return
         if (client, rid) in self._by_client:
-            self._error(client, rid, "netcall.ProtocolError", f"request id {rid} is in use")
+            self._error(client, rid, p.ERR_PROTOCOL, f"request id {rid} is in use")
             return
         if self._per_client.get(client, 0) >= self.max_per_client:
             self.errors["busy"] += 1
@@ -292,7 +300,7 @@ class Router:
         if msg.method not in self._by_method and now >= self._grace_until:
             self.errors["not_found"] += 1
             self._error(
-                client, rid, "netcall.MethodNotFound", f"no service has a method {msg.method!r}"
+                client, rid, p.ERR_METHOD_NOT_FOUND, f"no service has a method {msg.method!r}"
             )
             return
         if self.queued >= self.max_queue:
@@ -306,7 +314,7 @@ class Router:
         try:
             payload = get_serializer(msg.serializer).dumps(self.methods())
         except Exception as exc:  # an unknown serializer name
-            self._error(client, msg.id, "netcall.SerializerMismatch", str(exc))
+            self._error(client, msg.id, p.ERR_SERIALIZER_MISMATCH, str(exc))
             return
         frames: list[Any] = p.payload_frames(p.Kind.RESULT, msg.id, payload)
         frames.insert(0, client)
@@ -331,7 +339,7 @@ class Router:
         svc.routes.add(brid)
         if frames is not None:
             frames[0] = svc.peer
-            frames[1] = p.header(p.Kind.CALL, brid) + frames[1][_HEADER:]
+            frames[1] = p.retag(frames[1], brid)
         else:
             crid = msg.id
             msg.id = brid
@@ -392,6 +400,7 @@ class Router:
                 self.queued -= 1
                 if not queue:
                     del self._queues[method]
+                w.remaining(now)
                 self._forward(w.client, w.call, svc, retries=w.retries)
                 progress = True
 
@@ -400,7 +409,6 @@ class Router:
         take any more, and dispatch what became possible."""
         if not self.queued:
             return
-        wall = time.time()
         now = time.monotonic()
         grace = now < self._grace_until
         for method in list(self._queues):
@@ -413,15 +421,15 @@ class Router:
                     self._error(
                         w.client,
                         w.call.id,
-                        "netcall.MethodNotFound",
+                        p.ERR_METHOD_NOT_FOUND,
                         f"no service has a method {method!r}",
                     )
-                elif w.deadline is not None and w.deadline <= wall:
+                elif w.deadline is not None and w.deadline <= now:
                     self.errors["timeouts"] += 1
                     self._error(
                         w.client,
                         w.call.id,
-                        "netcall.Timeout",
+                        p.ERR_TIMEOUT,
                         "the call's deadline passed while it waited at the broker",
                     )
                 else:
@@ -445,21 +453,20 @@ class Router:
         if fast is not None:  # an inline RESULT or ITEM: the commonest messages
             kind, brid, _ = fast
         else:
-            special = a.kind_of(head)
-            if special is not None:
-                self._on_announce(peer, frames[1:])
-                return
             try:
                 kind, brid = p.decode_header(head)
             except ProtocolError as exc:
                 self.errors["malformed"] += 1
                 log.warning("netcall broker: dropped a malformed message from a service: %s", exc)
                 return
+            if kind in (p.Kind.HELLO, p.Kind.BYE):
+                self._on_announce(peer, frames[1:])
+                return
         route = self.routes.get(brid)
         if route is None or route.service.peer != peer:
             if kind == p.Kind.STREAM and peer in self.services:
                 # A stream opened for a call whose client gave up: close it.
-                self._to_service([peer, p.header(p.Kind.CANCEL, brid)])
+                self._to_service([peer, *p.Cancel(brid).to_frames()])
             return
         if kind == p.Kind.ITEM:
             pass
@@ -484,7 +491,7 @@ class Router:
             self.errors["malformed"] += 1
             return
         frames[0] = route.client
-        frames[1] = p.header(kind, route.crid) + head[_HEADER:]
+        frames[1] = p.retag(head, route.crid)
         self._to_client(frames)
 
     def _busy(self, route: Route, frames: list[Any]) -> bool:
@@ -502,18 +509,20 @@ class Router:
 
     def _on_announce(self, peer: bytes, body: list[Any]) -> None:
         try:
-            msg = a.decode(body)
+            msg = p.decode(body)
         except ProtocolError as exc:
             self.errors["malformed"] += 1
             log.warning("netcall broker: a service sent a bad announcement: %s", exc)
             return
-        if isinstance(msg, a.Bye):
+        if isinstance(msg, p.Bye):
             svc = self.services.get(peer)
             if svc is not None:
                 log.info("netcall broker: service %s is stopping", peer.hex())
                 svc.draining = True
                 if not svc.routes:
                     self.service_gone(peer, "the service stopped")
+            return
+        if not isinstance(msg, p.Hello):
             return
         svc = self.services.get(peer)
         if svc is None:
@@ -548,7 +557,7 @@ class Router:
                 continue
             self._free(route)
             self.errors["connection_lost"] += 1
-            self._error(route.client, route.crid, "netcall.ConnectionLost", why)
+            self._error(route.client, route.crid, p.ERR_CONNECTION_LOST, why)
         self.tick()
 
     def client_gone(self, client: bytes) -> None:
@@ -557,7 +566,7 @@ class Router:
             return
         for route in [r for r in self.routes.values() if r.client == client]:
             self._free(route)
-            self._to_service([route.service.peer, p.header(p.Kind.CANCEL, route.brid)])
+            self._to_service([route.service.peer, *p.Cancel(route.brid).to_frames()])
         for method in list(self._queues):
             queue = self._queues[method]
             kept = deque(w for w in queue if w.client != client)

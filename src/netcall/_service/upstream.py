@@ -23,7 +23,9 @@ from typing import Any
 import zmq
 import zmq.utils.monitor
 
-from ._reactor import SocketDriver
+from .. import protocol as p
+from .._edge import map_exceptions
+from .._reactor import SocketDriver
 
 __all__ = ["Upstreams"]
 
@@ -37,19 +39,12 @@ class Upstreams:
 
     Args:
         sock: the service's ROUTER socket.
-        hello: builds the HELLO frames (called for every announcement).
-        bye: builds the BYE frames.
+        hello: builds the service's HELLO (called for every announcement).
     """
 
-    def __init__(
-        self,
-        sock: zmq.Socket[Any],
-        hello: Callable[[], list[bytes]],
-        bye: Callable[[], list[bytes]],
-    ) -> None:
+    def __init__(self, sock: zmq.Socket[Any], hello: Callable[[], p.Hello]) -> None:
         self._sock = sock
         self._hello = hello
-        self._bye = bye
         self._peers: dict[str, bytes] = {}  # url -> the routing id we gave that peer
         self._ids: set[bytes] = set()
         self._up: set[bytes] = set()
@@ -73,7 +68,7 @@ class Upstreams:
         """Connect out to ``urls`` (a broker's backend, or a client that binds).
 
         Raises:
-            zmq.ZMQError: a malformed endpoint.
+            TransportError: a malformed endpoint.
         """
         for url in [urls] if isinstance(urls, str) else list(urls):
             if url in self._peers:
@@ -84,8 +79,9 @@ class Upstreams:
                 if self._loop is not None:
                     self._watch(self._loop)
             peer = b"\x01up" + os.urandom(12)
-            self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, peer)
-            self._sock.connect(url)
+            with map_exceptions(f"cannot connect to {url!r}"):
+                self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, peer)
+                self._sock.connect(url)
             self._peers[url] = peer
             self._ids.add(peer)
 
@@ -131,7 +127,7 @@ class Upstreams:
             return
         if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._up.add(peer)
-            self._say(peer, self._hello())
+            self._say(peer, self._hello().to_frames())
         elif event["event"] == zmq.EVENT_DISCONNECTED:
             self._lost(peer)
 
@@ -154,7 +150,7 @@ class Upstreams:
 
         def run() -> None:
             self._announce_scheduled = False
-            frames = self._hello()
+            frames = self._hello().to_frames()
             for peer in self._up:
                 self._say(peer, frames)
 
@@ -162,7 +158,7 @@ class Upstreams:
 
     def bye(self) -> None:
         """Tell every connected peer that the service stops."""
-        frames = self._bye()
+        frames = p.Bye().to_frames()
         for peer in self._up:
             self._say(peer, frames)
 

@@ -1,4 +1,4 @@
-"""HELLO and BYE: how a service announces itself to a peer it connected to. Sans-IO.
+"""HELLO and BYE: how a service announces itself to a peer it connected to. No I/O here.
 
 A service that *connects out* (to a broker's backend, or to a client that binds) is the
 connecting side, so the binder cannot know it is there, nor what it serves, until it speaks.
@@ -9,7 +9,7 @@ It speaks first, on every (re)connection::
            ``{name: {"signature": str, "doc": str}}`` (what ``client.methods()`` shows)
     BYE    -                      the service is stopping: send it no new calls
 
-Both use request id 0 and the common 12-byte header of :mod:`netcall.protocol`. JSON, not the
+Both use request id 0 and the common 12-byte header. JSON, not the
 service's serializer: the binder must read it whatever serializer the calls use.
 
 The binder bounds what it accepts (:data:`MAX_HELLO_BYTES`, :data:`MAX_METHODS`); anything
@@ -22,13 +22,11 @@ import json
 import struct
 from dataclasses import dataclass, field
 
-from . import protocol as p
-from .errors import ProtocolError
+from ..errors import ProtocolError
+from ._messages import HEADER_SIZE, MAX_COUNT, Kind, header
 
-__all__ = ["BYE", "HELLO", "MAX_HELLO_BYTES", "MAX_METHODS", "Bye", "Hello", "decode", "kind_of"]
+__all__ = ["MAX_HELLO_BYTES", "MAX_METHODS", "Bye", "Hello", "decode_bye", "decode_hello"]
 
-HELLO = 14
-BYE = 15
 _OPTIONS = struct.Struct("!IB")
 #: A HELLO larger than this is refused (its JSON frame).
 MAX_HELLO_BYTES = 2**20
@@ -45,11 +43,16 @@ class Hello:
     max_concurrent: int | None = None
     flags: int = 0
 
+    @property
+    def id(self) -> int:
+        """Always 0: an announcement belongs to no request."""
+        return 0
+
     def to_frames(self) -> list[bytes]:
         limit = self.max_concurrent or 0
-        if not 0 <= limit <= p.MAX_COUNT:
+        if not 0 <= limit <= MAX_COUNT:
             raise ValueError("max_concurrent out of range")
-        head = p.header(HELLO, 0) + _OPTIONS.pack(limit, self.flags)
+        head = header(Kind.HELLO, 0) + _OPTIONS.pack(limit, self.flags)
         body = json.dumps(self.methods, separators=(",", ":"), ensure_ascii=False)
         return [head, body.encode()]
 
@@ -58,17 +61,13 @@ class Hello:
 class Bye:
     """The service is stopping."""
 
+    @property
+    def id(self) -> int:
+        """Always 0: an announcement belongs to no request."""
+        return 0
+
     def to_frames(self) -> list[bytes]:
-        return [p.header(BYE, 0)]
-
-
-def kind_of(head: bytes) -> int | None:
-    """HELLO or BYE when ``head`` is one of those (this protocol version), else ``None``."""
-    if len(head) >= p.HEADER_SIZE and head[:3] == p.MAGIC + bytes([p.VERSION]):
-        kind = head[3]
-        if kind in (HELLO, BYE):
-            return kind
-    return None
+        return [header(Kind.BYE, 0)]
 
 
 def _methods(body: bytes) -> dict[str, dict[str, str]]:
@@ -97,23 +96,24 @@ def _methods(body: bytes) -> dict[str, dict[str, str]]:
     return out
 
 
-def decode(frames: list[bytes]) -> Hello | Bye:
-    """Parse a HELLO or BYE.
+def decode_hello(rid: int, frames: list[bytes]) -> Hello:
+    """A HELLO's frames (after its header was checked).
 
     Raises:
-        ProtocolError: anything else, or a malformed one.
+        ProtocolError: a malformed one.
     """
-    if not frames:
-        raise ProtocolError("empty message")
-    head = frames[0]
-    kind = kind_of(head)
-    if kind == BYE:
-        if len(frames) != 1 or len(head) != p.HEADER_SIZE:
-            raise ProtocolError("bad BYE message")
-        return Bye()
-    if kind != HELLO:
-        raise ProtocolError("not a HELLO or BYE message")
-    if len(frames) != 2 or len(head) != p.HEADER_SIZE + _OPTIONS.size:
+    if len(frames) != 2 or len(frames[0]) != HEADER_SIZE + _OPTIONS.size:
         raise ProtocolError("bad HELLO message layout")
-    limit, flags = _OPTIONS.unpack_from(head, p.HEADER_SIZE)
+    limit, flags = _OPTIONS.unpack_from(frames[0], HEADER_SIZE)
     return Hello(_methods(frames[1]), limit or None, flags)
+
+
+def decode_bye(rid: int, frames: list[bytes]) -> Bye:
+    """A BYE's frames (after its header was checked).
+
+    Raises:
+        ProtocolError: a malformed one.
+    """
+    if len(frames) != 1 or len(frames[0]) != HEADER_SIZE:
+        raise ProtocolError("bad BYE message")
+    return Bye()
