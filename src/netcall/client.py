@@ -153,6 +153,43 @@ class RPCClient:
             raise ClientClosedError("the client is closed")
         self._peers.connect(urls, only)
 
+    @property
+    def bound(self) -> set[str]:
+        """The endpoints this client is bound to (services connect to them)."""
+        return set(self._peers.bound)
+
+    def bind(self, urls: str | Iterable[str], only: bool = False) -> None:
+        """Bind to one or several endpoints: services ``connect()`` to the client and announce
+        their methods; calls go to those that have the method (least loaded first), as with
+        services the client connected to. With ``only=True`` the client ends up bound to
+        exactly ``urls``.
+
+        Raises:
+            TransportError: an endpoint cannot be bound (also a ``zmq.ZMQError``).
+            ClientClosedError: the client is closed.
+        """
+        if self._closed:
+            raise ClientClosedError("the client is closed")
+        self._peers.bind(urls, only)
+
+    def unbind(self, url: str) -> None:
+        """Stop listening on ``url``."""
+        self._peers.unbind(url)
+
+    def bind_ports(
+        self, ip: str = "127.0.0.1", port: int = 0, *, min_port: int = 49152, max_port: int = 65535
+    ) -> int:
+        """Bind ``tcp://ip:port``; with ``port=0`` pick a free port in [min_port, max_port].
+        Returns the port.
+
+        Raises:
+            TransportError: the port is taken, or no free port was found.
+            ClientClosedError: the client is closed.
+        """
+        if self._closed:
+            raise ClientClosedError("the client is closed")
+        return self._peers.bind_ports(ip, port, min_port, max_port)
+
     def disconnect(self, url: str) -> None:
         """Disconnect from ``url``; calls and streams in flight there fail at once with
         :class:`~netcall.errors.ConnectionLostError`."""
@@ -183,9 +220,11 @@ class RPCClient:
         loop = asyncio.get_running_loop()
         self._loop = self._streams.loop = loop
         opened = functools.partial(self._keepalive.schedule, loop)  # a stream opened: its lease
-        inbox = Inbox(self._calls, self._streams, self._send_cancel, opened)
-        self._driver = SocketDriver(self.socket, loop, inbox.on_message, _on_unreachable)
-        self._monitor_driver = SocketDriver(self._monitor, loop, self._peers.on_monitor_event)
+        peers = self._peers
+        inbox = Inbox(self._calls, self._streams, self._send_cancel, opened, peers.on_announce)
+        self._driver = SocketDriver(self.socket, loop, inbox.on_message, peers.gone)
+        self._monitor_driver = SocketDriver(self._monitor, loop, peers.on_monitor_event)
+        peers.start(loop, self._driver.send)
         return self._driver
 
     def _lost(self, peer: Peer, why: str, every_call: bool) -> None:
@@ -261,7 +300,7 @@ class RPCClient:
         # Everything that can fail (encoding) comes before any state is recorded.
         arguments = encode_arguments(self.serializer.dumps, args, kwargs)
         rid = next(self._ids)
-        peer = self._peers.pick()
+        peer = self._peers.pick(method)
         window = first_credit(self.window) if prefetch else 0
         frames = call_frames(
             peer, rid, method, self.serializer.name, timeout, oneway, window, arguments
@@ -308,8 +347,10 @@ class RPCClient:
         self._driver.send(frames)
 
     def _ping(self) -> bool:
-        connected = self._peers.by_url
-        return not self._closed and self._streams.ping(lambda peer: peer.url in connected)
+        connected, announced = self._peers.by_url, self._peers.announced
+        return not self._closed and self._streams.ping(
+            lambda peer: peer.url in connected or peer.rid in announced
+        )
 
     # -- closing --------------------------------------------------------------------------
 
@@ -322,6 +363,7 @@ class RPCClient:
             return
         self._closed = True
         self._keepalive.cancel()
+        self._peers.close()
         # Tell services to drop our calls and streams (best effort), then close.
         open_work = [(pend.peer, rid) for rid, pend in self._calls.by_id.items()]
         farewell = [[peer.rid, *p.Cancel(rid).to_frames()] for peer, rid in open_work]
@@ -350,7 +392,3 @@ class RPCClient:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {sorted(self._peers.by_url)}>"
-
-
-def _on_unreachable(rid: bytes) -> None:
-    log.debug("netcall: service %r unreachable", rid)
