@@ -288,7 +288,7 @@ class Broker:
             return
         send = self._drivers[1].send
         ping = p.Ping(0).to_frames()[0]
-        for peer in list(self.router.services):
+        for peer in [svc.peer for svc in self.router.services]:
             send([peer, ping])
 
     def _tick(self) -> None:

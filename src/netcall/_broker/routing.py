@@ -23,13 +23,13 @@ import itertools
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from .. import protocol as p
 from ..errors import ProtocolError
 from ..serializers import get_serializer
+from .table import Route, ServiceEntry, Services, Waiting, WaitQueue
 
 __all__ = ["Router"]
 
@@ -44,75 +44,6 @@ _BUSY_RETRIES = 3
 _COOLDOWN = 0.05  # a service that answered Busy gets no new call for this long
 _METHODS = "_netcall.methods"
 _JOIN_WINDOW = 0.3
-#: Services one broker tracks at most; announcements from more are ignored (and logged).
-MAX_SERVICES = 10000
-
-
-class ServiceEntry:
-    """One service connected to the backend, known from its HELLO."""
-
-    __slots__ = (
-        "cooldown",
-        "draining",
-        "inflight",
-        "info",
-        "limit",
-        "methods",
-        "peer",
-        "routes",
-        "served",
-    )
-
-    def __init__(self, peer: bytes) -> None:
-        self.peer = peer
-        self.methods: frozenset[str] = frozenset()
-        self.info: dict[str, dict[str, str]] = {}
-        self.limit: int | None = None
-        self.inflight = 0
-        self.draining = False
-        self.routes: set[int] = set()
-        self.cooldown = 0.0
-        self.served = 0
-
-    def has_room(self, now: float) -> bool:
-        if self.draining or self.cooldown > now:
-            return False
-        return self.limit is None or self.inflight < self.limit
-
-
-class Route:
-    """One call or stream forwarded to a service."""
-
-    __slots__ = ("brid", "call", "client", "crid", "method", "retries", "service", "stream")
-
-    def __init__(self, brid: int, client: bytes, call: p.Call, service: ServiceEntry) -> None:
-        self.brid = brid
-        self.client = client
-        self.crid = call.id
-        self.method = call.method
-        self.service = service
-        self.stream = False
-        # Kept until the first answer, so a call a service refused as busy can go elsewhere.
-        self.call: p.Call | None = call
-        self.retries = 0
-
-
-class Waiting:
-    """A call queued at the broker. Its deadline is on this host's monotonic clock: the call
-    carries the time it had left when it arrived, and leaves with what is left of that."""
-
-    __slots__ = ("call", "client", "deadline", "retries")
-
-    def __init__(self, client: bytes, call: p.Call, since: float, retries: int = 0) -> None:
-        self.client = client
-        self.call = call
-        self.deadline = since + call.timeout if call.timeout else None
-        self.retries = retries
-
-    def remaining(self, now: float) -> None:
-        """Set the call's timeout to the time it has left (called as it leaves the queue)."""
-        if self.deadline is not None:
-            self.call.timeout = max(self.deadline - now, 0.001)
 
 
 class Router:
@@ -145,15 +76,12 @@ class Router:
         self.max_queue = max_queue
         self.max_per_client = max_per_client
         self._grace_until = time.monotonic() + startup_grace
-        self.services: dict[bytes, ServiceEntry] = {}
-        self._by_method: dict[str, list[ServiceEntry]] = {}
+        self.services = Services()
         self.routes: dict[int, Route] = {}
         self._by_client: dict[tuple[bytes, int], Route] = {}
         self._per_client: dict[bytes, int] = {}  # open routes and queued calls per client
-        self._queues: dict[str, deque[Waiting]] = {}
-        self.queued = 0
+        self._waiting = WaitQueue()
         self._ids = itertools.count(random.getrandbits(48) + 1)
-        self._rr = 0
         self.errors: dict[str, int] = {
             "malformed": 0,
             "not_found": 0,
@@ -181,38 +109,9 @@ class Router:
         """Clients with calls open or queued."""
         return list(self._per_client)
 
-    def methods(self) -> dict[str, dict[str, str]]:
-        """The union of every live service's methods."""
-        out: dict[str, dict[str, str]] = {}
-        for svc in self.services.values():
-            if not svc.draining:
-                for name, info in svc.info.items():
-                    out.setdefault(name, info)
-        return dict(sorted(out.items()))
-
-    def _reindex(self) -> None:
-        by_method: dict[str, list[ServiceEntry]] = {}
-        for svc in self.services.values():
-            for name in svc.methods:
-                by_method.setdefault(name, []).append(svc)
-        self._by_method = by_method
-
-    def _pick(self, method: str, now: float) -> ServiceEntry | None:
-        services = self._by_method.get(method)
-        if not services:
-            return None
-        n = len(services)
-        if n == 1:
-            svc = services[0]
-            return svc if svc.has_room(now) else None
-        self._rr += 1
-        start = self._rr % n
-        best = None
-        for i in range(n):
-            svc = services[(start + i) % n]
-            if svc.has_room(now) and (best is None or svc.inflight < best.inflight):
-                best = svc
-        return best
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
 
     # -- frontend: messages from clients ---------------------------------------------------
 
@@ -268,7 +167,9 @@ class Router:
 
     def _unrouted(self, client: bytes, kind: int, rid: int) -> None:
         if kind == p.Kind.CANCEL:
-            if not self._unqueue(client, rid):
+            if self._waiting.remove(client, rid):
+                self._count(client, -1)
+            else:
                 # Closing an unknown or finished stream: confirm, so aclose() never waits.
                 self._to_client([client, *p.End(rid).to_frames()])
         elif kind != p.Kind.CREDIT:
@@ -292,12 +193,12 @@ class Router:
             self._error(client, rid, _BUSY, "too many calls from this client at the broker")
             return
         now = time.monotonic()
-        svc = self._pick(msg.method, now)
+        svc = self.services.pick(msg.method, now)
         if svc is not None:
             self._count(client, 1)
             self._forward(client, msg, svc, frames)
             return
-        if msg.method not in self._by_method and now >= self._grace_until:
+        if msg.method not in self.services.by_method and now >= self._grace_until:
             self.errors["not_found"] += 1
             self._error(
                 client, rid, p.ERR_METHOD_NOT_FOUND, f"no service has a method {msg.method!r}"
@@ -308,11 +209,11 @@ class Router:
             self._error(client, rid, _BUSY, f"the broker's queue is full ({self.max_queue} calls)")
             return
         self._count(client, 1)
-        self._enqueue(Waiting(client, msg, now))
+        self._waiting.push(Waiting(client, msg, now))
 
     def _answer_methods(self, client: bytes, msg: p.Call) -> None:
         try:
-            payload = get_serializer(msg.serializer).dumps(self.methods())
+            payload = get_serializer(msg.serializer).dumps(self.services.methods())
         except Exception as exc:  # an unknown serializer name
             self._error(client, msg.id, p.ERR_SERIALIZER_MISMATCH, str(exc))
             return
@@ -361,86 +262,40 @@ class Router:
 
     # -- the queue ------------------------------------------------------------------------
 
-    def _enqueue(self, waiting: Waiting, front: bool = False) -> None:
-        queue = self._queues.get(waiting.call.method)
-        if queue is None:
-            queue = self._queues[waiting.call.method] = deque()
-        if front:
-            queue.appendleft(waiting)
-        else:
-            queue.append(waiting)
-        self.queued += 1
-
-    def _unqueue(self, client: bytes, rid: int) -> bool:
-        for method, queue in self._queues.items():
-            for w in queue:
-                if w.client == client and w.call.id == rid:
-                    queue.remove(w)
-                    self.queued -= 1
-                    self._count(client, -1)
-                    if not queue:
-                        del self._queues[method]
-                    return True
-        return False
-
     def dispatch(self) -> None:
         """Send queued calls to services with room, oldest first."""
-        if not self.queued:
+        if not self._waiting:
             return
         now = time.monotonic()
-        progress = True
-        while progress and self.queued:
-            progress = False
-            for method in list(self._queues):
-                queue = self._queues[method]
-                svc = self._pick(method, now)
-                if svc is None:
-                    continue
-                w = queue.popleft()
-                self.queued -= 1
-                if not queue:
-                    del self._queues[method]
-                w.remaining(now)
-                self._forward(w.client, w.call, svc, retries=w.retries)
-                progress = True
+        pick = self.services.pick
+        for w, svc in self._waiting.pop_ready(lambda method: pick(method, now)):
+            w.remaining(now)
+            self._forward(w.client, w.call, svc, retries=w.retries)
 
     def tick(self) -> None:
         """Periodic upkeep: expire queued calls past their deadline, fail those no service can
         take any more, and dispatch what became possible."""
-        if not self.queued:
+        if not self._waiting:
             return
         now = time.monotonic()
         grace = now < self._grace_until
-        for method in list(self._queues):
-            queue = self._queues[method]
-            orphan = not grace and method not in self._by_method
-            kept: deque[Waiting] = deque()
-            for w in queue:
-                if orphan:
-                    self.errors["not_found"] += 1
-                    self._error(
-                        w.client,
-                        w.call.id,
-                        p.ERR_METHOD_NOT_FOUND,
-                        f"no service has a method {method!r}",
-                    )
-                elif w.deadline is not None and w.deadline <= now:
-                    self.errors["timeouts"] += 1
-                    self._error(
-                        w.client,
-                        w.call.id,
-                        p.ERR_TIMEOUT,
-                        "the call's deadline passed while it waited at the broker",
-                    )
-                else:
-                    kept.append(w)
-                    continue
-                self.queued -= 1
-                self._count(w.client, -1)
-            if kept:
-                self._queues[method] = kept
-            else:
-                del self._queues[method]
+        known = self.services.by_method
+
+        def drop(method: str, w: Waiting) -> bool:
+            if not grace and method not in known:
+                self.errors["not_found"] += 1
+                msg = f"no service has a method {method!r}"
+                self._error(w.client, w.call.id, p.ERR_METHOD_NOT_FOUND, msg)
+                return True
+            if w.deadline is not None and w.deadline <= now:
+                self.errors["timeouts"] += 1
+                msg = "the call's deadline passed while it waited at the broker"
+                self._error(w.client, w.call.id, p.ERR_TIMEOUT, msg)
+                return True
+            return False
+
+        for w in self._waiting.take_if(drop):
+            self._count(w.client, -1)
         self.dispatch()
 
     # -- backend: messages from services ---------------------------------------------------
@@ -475,7 +330,7 @@ class Router:
                 return
             self._free(route)
             route.service.served += 1
-            if self.queued:
+            if self._waiting:
                 self.dispatch()
         elif kind == p.Kind.STREAM:
             route.stream = True
@@ -483,7 +338,7 @@ class Router:
         elif kind == p.Kind.END:
             self._free(route)
             route.service.served += 1
-            if self.queued:
+            if self._waiting:
                 self.dispatch()
         elif kind == p.Kind.PONG:
             return
@@ -503,7 +358,7 @@ class Router:
         self._free(route)
         route.service.cooldown = time.monotonic() + _COOLDOWN
         self._count(route.client, 1)
-        self._enqueue(Waiting(route.client, call, time.monotonic(), route.retries + 1), True)
+        self._waiting.push(Waiting(route.client, call, time.monotonic(), route.retries + 1), True)
         self.dispatch()
         return True
 
@@ -524,33 +379,22 @@ class Router:
             return
         if not isinstance(msg, p.Hello):
             return
-        svc = self.services.get(peer)
-        if svc is None:
-            if len(self.services) >= MAX_SERVICES:
-                self.errors["malformed"] += 1
-                log.warning("netcall broker: ignored a service beyond %d", MAX_SERVICES)
-                return
-            svc = self.services[peer] = ServiceEntry(peer)
+        joined = peer not in self.services
+        if self.services.hello(peer, msg) is None:
+            self.errors["malformed"] += 1
+            return
+        if joined:
             self._grace_until = min(self._grace_until, time.monotonic() + _JOIN_WINDOW)
-            log.info(
-                "netcall broker: service %s joined with %d methods", peer.hex(), len(msg.methods)
-            )
-        svc.info = msg.methods
-        svc.methods = frozenset(msg.methods)
-        svc.limit = msg.max_concurrent
-        svc.draining = False
-        self._reindex()
         self.dispatch()
 
     # -- peers that go away ---------------------------------------------------------------
 
     def service_gone(self, peer: bytes, why: str = "the service went away") -> None:
         """The service's connection broke: fail its calls and streams, route around it."""
-        svc = self.services.pop(peer, None)
+        svc = self.services.remove(peer)
         if svc is None:
             return
         log.info("netcall broker: service %s left (%s)", peer.hex(), why)
-        self._reindex()
         for brid in list(svc.routes):
             route = self.routes.get(brid)
             if route is None:
@@ -567,14 +411,7 @@ class Router:
         for route in [r for r in self.routes.values() if r.client == client]:
             self._free(route)
             self._to_service([route.service.peer, *p.Cancel(route.brid).to_frames()])
-        for method in list(self._queues):
-            queue = self._queues[method]
-            kept = deque(w for w in queue if w.client != client)
-            self.queued -= len(queue) - len(kept)
-            if kept:
-                self._queues[method] = kept
-            else:
-                del self._queues[method]
+        self._waiting.take_if(lambda method, w: w.client == client)
         self._per_client.pop(client, None)
         self.dispatch()
 
@@ -590,9 +427,9 @@ class Router:
                     "served": svc.served,
                     "draining": svc.draining,
                 }
-                for svc in self.services.values()
+                for svc in self.services
             ],
-            "methods": sorted(self._by_method),
+            "methods": sorted(self.services.by_method),
             "in_flight": len(self.routes),
             "streams": sum(1 for r in self.routes.values() if r.stream),
             "queued": self.queued,
