@@ -20,6 +20,7 @@ from typing import Any, TypedDict
 import zmq
 
 from . import protocol as p
+from ._client.binding import ClientBinding
 from ._client.calls import CallRegistry, PendingCall, call_frames, encode_arguments
 from ._client.generator import RemoteGenerator, close_quietly
 from ._client.inbox import Inbox
@@ -50,7 +51,7 @@ class ClientOptions(TypedDict, total=False):
     name: str | None
 
 
-class RPCClient:
+class RPCClient(ClientBinding):
     """An RPC client. Connect it to one or several services and call their methods.
 
     ``await client.name(*args, **kwargs)`` calls ``name`` on a service; dotted names work
@@ -152,43 +153,6 @@ class RPCClient:
         if self._closed:
             raise ClientClosedError("the client is closed")
         self._peers.connect(urls, only)
-
-    @property
-    def bound(self) -> set[str]:
-        """The endpoints this client is bound to (services connect to them)."""
-        return set(self._peers.bound)
-
-    def bind(self, urls: str | Iterable[str], only: bool = False) -> None:
-        """Bind to one or several endpoints: services ``connect()`` to the client and announce
-        their methods; calls go to those that have the method (least loaded first), as with
-        services the client connected to. With ``only=True`` the client ends up bound to
-        exactly ``urls``.
-
-        Raises:
-            TransportError: an endpoint cannot be bound (also a ``zmq.ZMQError``).
-            ClientClosedError: the client is closed.
-        """
-        if self._closed:
-            raise ClientClosedError("the client is closed")
-        self._peers.bind(urls, only)
-
-    def unbind(self, url: str) -> None:
-        """Stop listening on ``url``."""
-        self._peers.unbind(url)
-
-    def bind_ports(
-        self, ip: str = "127.0.0.1", port: int = 0, *, min_port: int = 49152, max_port: int = 65535
-    ) -> int:
-        """Bind ``tcp://ip:port``; with ``port=0`` pick a free port in [min_port, max_port].
-        Returns the port.
-
-        Raises:
-            TransportError: the port is taken, or no free port was found.
-            ClientClosedError: the client is closed.
-        """
-        if self._closed:
-            raise ClientClosedError("the client is closed")
-        return self._peers.bind_ports(ip, port, min_port, max_port)
 
     def disconnect(self, url: str) -> None:
         """Disconnect from ``url``; calls and streams in flight there fail at once with

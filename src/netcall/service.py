@@ -25,7 +25,7 @@ from ._service.registry import METHODS_NAME, HandlerRegistry, public_names
 from ._service.replies import Replies
 from ._service.runner import HandlerRunner, Runner
 from ._service.streams import Producers
-from ._service.upstream import Upstreams
+from ._service.upstream import ServiceConnecting, Upstreams
 from ._socket import make_router
 from .client import RPCClient
 from .serializers import Serializer, get_serializer
@@ -36,7 +36,7 @@ __all__ = ["RESERVED_NAMES", "HandlerRunner", "RPCService"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class RPCService:
+class RPCService(ServiceConnecting):
     """An RPC service: register handlers, bind endpoints, serve.
 
     Sync handlers run inline on the event loop (keep them short), or in ``executor`` when one is
@@ -180,40 +180,7 @@ class RPCService:
         """The registered handlers: ``{name: {"signature": ..., "doc": ...}}``."""
         return self._registry.describe()
 
-    def _hello(self) -> p.Hello:
-        return p.Hello(self.methods(), self._max_concurrent)
-
     # -- endpoints ------------------------------------------------------------------------
-
-    @property
-    def connected(self) -> set[str]:
-        """The endpoints this service connected out to (see :meth:`connect`)."""
-        return self._upstreams.connected
-
-    def connect(self, urls: str | Iterable[str]) -> None:
-        """Connect out to a broker's backend, or to a client that binds (a service may both
-        bind and connect). On every (re)connection the service announces its methods and
-        ``max_concurrent`` (again when its methods change); calls from that peer are served
-        like any other. A connection that breaks ends the calls and streams that came through
-        it.
-
-        Raises:
-            TransportError: a malformed endpoint (also a ``zmq.ZMQError``).
-            RuntimeError: the service is closed.
-        """
-        if self._closed:
-            raise RuntimeError("the service is closed")
-        self._upstreams.connect(urls)
-
-    def disconnect(self, url: str) -> None:
-        """Stop connecting out to ``url``."""
-        self._upstreams.disconnect(url)
-
-    def _upstream_lost(self, peer: bytes) -> None:
-        # Answers to that peer's calls could only reach its next incarnation: end them.
-        for key in [k for k in self._dispatch.calls if k[0] == peer]:
-            self._dispatch.cancel(*key)
-        self._producers.on_gone(peer)
 
     @property
     def bound(self) -> set[str]:

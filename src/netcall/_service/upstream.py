@@ -26,8 +26,11 @@ import zmq.utils.monitor
 from .. import protocol as p
 from .._edge import map_exceptions
 from .._reactor import SocketDriver
+from .dispatch import Dispatcher
+from .registry import HandlerRegistry
+from .streams import Producers
 
-__all__ = ["Upstreams"]
+__all__ = ["ServiceConnecting", "Upstreams"]
 
 log = logging.getLogger("netcall")
 
@@ -169,3 +172,48 @@ class Upstreams:
         elif self._monitor is not None and not self._monitor.closed:
             self._monitor.close(linger=0)
         self._monitor = None
+
+
+class ServiceConnecting:
+    """The public ``connect``/``disconnect``/``connected`` of :class:`~netcall.RPCService`
+    (mixed into it)."""
+
+    _upstreams: Upstreams
+    _closed: bool
+    _dispatch: Dispatcher
+    _producers: Producers
+    _registry: HandlerRegistry
+    _max_concurrent: int | None
+
+    @property
+    def connected(self) -> set[str]:
+        """The endpoints this service connected out to (see :meth:`connect`)."""
+        return self._upstreams.connected
+
+    def connect(self, urls: str | Iterable[str]) -> None:
+        """Connect out to a broker's backend, or to a client that binds (a service may both
+        bind and connect). On every (re)connection the service announces its methods and
+        ``max_concurrent`` (again when its methods change); calls from that peer are served
+        like any other. A connection that breaks ends the calls and streams that came through
+        it.
+
+        Raises:
+            TransportError: a malformed endpoint (also a ``zmq.ZMQError``).
+            RuntimeError: the service is closed.
+        """
+        if self._closed:
+            raise RuntimeError("the service is closed")
+        self._upstreams.connect(urls)
+
+    def disconnect(self, url: str) -> None:
+        """Stop connecting out to ``url``."""
+        self._upstreams.disconnect(url)
+
+    def _hello(self) -> p.Hello:
+        return p.Hello(self._registry.describe(), self._max_concurrent)
+
+    def _upstream_lost(self, peer: bytes) -> None:
+        # Answers to that peer's calls could only reach its next incarnation: end them.
+        for key in [k for k in self._dispatch.calls if k[0] == peer]:
+            self._dispatch.cancel(*key)
+        self._producers.on_gone(peer)
