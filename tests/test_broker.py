@@ -340,3 +340,34 @@ async def test_broker_survives_garbage_from_both_sides(cluster, ctx):
     finally:
         for s in socks:
             s.close(linger=0)
+
+
+async def test_time_remaining_shrinks_while_queued(procs, make_client):
+    front, back = tcp_url(), tcp_url()
+    await procs.broker(front, back)
+    await procs.service("capped", "users", back, max_concurrent=1)
+    cli = make_client(timeout=10)
+    cli.connect(front)
+    await wait_names(cli, "users.whoami", {"capped"})
+    busy = asyncio.ensure_future(cli.users.slow(1.0))
+    await asyncio.sleep(0.1)
+    left = await cli.call("users.remaining", timeout=5)
+    assert await busy == "capped"
+    assert 3.0 < left < 4.5  # about 0.9 s of the 5 were spent waiting at the broker
+
+
+async def test_oneway_cancellation_and_errors_pass_through(cluster):
+    cli = cluster.client
+    assert await cli.with_options(oneway=True).math.slow(0.05) is None
+    with pytest.raises(TypeError):
+        await cli.math.add("a", 1)  # the handler's TypeError, through the broker
+    with pytest.raises(RPCTimeoutError):
+        await cli.call("math.slow", 30, timeout=0.3)
+    # The client's timeout cancelled the handler on the service, through the broker.
+    t0 = time.monotonic()
+    while True:
+        stats = [await cli.math.stats() for _ in range(4)]
+        if all(s["running"] == 0 for s in stats):
+            break
+        assert time.monotonic() - t0 < 3
+        await asyncio.sleep(0.05)
