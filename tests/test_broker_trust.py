@@ -1,5 +1,6 @@
-"""Who the caller is: the ``netcall.peer_key`` metadata key is honoured by a service only on
-calls from a peer it connected to itself (its broker); a broker removes any a client wrote."""
+"""In-process broker checks. Who the caller is: the ``netcall.peer_key`` metadata key is
+honoured by a service only on calls from a peer it connected to itself (its broker); a broker
+removes any a client wrote. And a broker on a taken address fails clearly."""
 
 from __future__ import annotations
 
@@ -91,3 +92,12 @@ async def test_a_service_trusts_the_peer_it_connected_to(make_service, ctx):
         assert p.decode(reply) == p.Result(7, b"\xaaclient-key")
     finally:
         router.close(linger=0)
+
+
+async def test_a_broker_on_a_taken_address_fails_clearly(ctx):
+    front, back = tcp_url(), tcp_url()
+    async with Broker(front, back, context=ctx) as first:
+        with pytest.raises(zmq.ZMQError):  # a TransportError, also a ZMQError
+            Broker(tcp_url(), back, context=ctx)
+        assert first.stats()["services"] == []
+    assert first.closed

@@ -32,7 +32,9 @@ import zmq.utils.monitor
 
 from . import protocol as p
 from ._broker.routing import Router
+from ._edge import map_exceptions
 from ._reactor import SocketDriver
+from ._socket import make_router
 
 __all__ = ["Broker"]
 
@@ -67,7 +69,8 @@ class Broker:
         name: a label for logs.
 
     Raises:
-        zmq.ZMQError: from the constructor, an endpoint cannot be bound.
+        TransportError: an endpoint cannot be bound (also a ``zmq.ZMQError``).
+        ValueError: ``heartbeat`` is not positive.
     """
 
     def __init__(
@@ -99,11 +102,14 @@ class Broker:
         events = zmq.EVENT_DISCONNECTED
         self._monitors = [s.get_monitor_socket(events) for s in self._sockets]
         try:
-            for url in self.frontend_urls:
-                self._frontend.bind(url)
-            for url in self.backend_urls:
-                self._backend.bind(url)
-        except zmq.ZMQError:
+            for sock, urls in (
+                (self._frontend, self.frontend_urls),
+                (self._backend, self.backend_urls),
+            ):
+                for url in urls:
+                    with map_exceptions(f"cannot bind {url!r}"):
+                        sock.bind(url)
+        except BaseException:
             self._close_sockets()
             raise
         self.router: Router | None = None
@@ -116,17 +122,10 @@ class Broker:
         self._closed = False
 
     def _socket(self, max_message_size: int | None) -> zmq.Socket[Any]:
-        sock: zmq.Socket[Any] = self.context.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.SNDHWM, 100000)
-        sock.setsockopt(zmq.RCVHWM, 100000)
-        ivl = int(self.heartbeat * 1000)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, ivl)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ivl * 3)
-        if max_message_size is not None:
-            sock.setsockopt(zmq.MAXMSGSIZE, int(max_message_size))
-        return sock
+        """One of the two sockets (a hook: security options go to :func:`make_router`)."""
+        return make_router(
+            self.context, server=True, heartbeat=self.heartbeat, max_message_size=max_message_size
+        )
 
     # -- running --------------------------------------------------------------------------
 
