@@ -208,3 +208,21 @@ def test_garbage_is_counted_and_never_raises(router: Router, wire: Wire) -> None
     for frames in ([b"S1"], [b"S1", b"junk"], [b"S1", p.header(p.Kind.HELLO, 0), b"[1,2]"]):
         router.on_backend(frames)
     assert router.stats()["errors"]["malformed"] >= 4
+
+
+def test_credit_through_the_broker_is_capped(router: Router, wire: Wire) -> None:
+    from netcall._broker.table import MAX_CREDIT
+
+    hello(router, b"S1", ["gen"])
+    call(router, b"C1", 1, "gen", window=10**6)
+    [sent] = wire.take("services")
+    assert p.decode(sent[1:]).window == MAX_CREDIT  # type: ignore[union-attr]
+    brid = head(sent)[1]
+    router.on_backend([b"S1", *p.StreamOpen(brid, 30.0).to_frames()])
+    router.on_frontend([b"C1", *p.Credit(1, 5).to_frames()])
+    assert wire.take("services") == []  # nothing more may be asked for yet
+    for _ in range(3):
+        reply(router, b"S1", p.Kind.ITEM, brid, b"\x01")
+    router.on_frontend([b"C1", *p.Credit(1, 5).to_frames()])
+    [credit] = wire.take("services")
+    assert p.decode(credit[1:]) == p.Credit(brid, 3)

@@ -29,7 +29,7 @@ from typing import Any
 from .. import protocol as p
 from ..errors import ProtocolError
 from ..serializers import get_serializer
-from .table import Route, ServiceEntry, Services, Waiting, WaitQueue
+from .table import MAX_CREDIT, Route, ServiceEntry, Services, Waiting, WaitQueue
 
 __all__ = ["Router"]
 
@@ -140,6 +140,9 @@ class Router:
             if kind == p.Kind.CANCEL and not route.stream:
                 # The service cancels the handler and sends nothing back: the route ends now.
                 self._free(route)
+            elif kind == p.Kind.CREDIT:
+                self._credit(route, frames)
+                return
             frames[0] = route.service.peer
             frames[1] = p.retag(head, route.brid)
             self._to_service(frames)
@@ -157,6 +160,19 @@ class Router:
         else:
             self.errors["malformed"] += 1
             self._error(client, rid, p.ERR_PROTOCOL, f"a client may not send kind {kind}")
+
+    def _credit(self, route: Route, frames: list[Any]) -> None:
+        """Forward a CREDIT, capped so the stream's items allowed ahead stay within
+        :data:`MAX_CREDIT`."""
+        try:
+            msg = p.decode(frames[1:])
+        except ProtocolError as exc:
+            self._malformed_from_client(route.client, frames, exc)
+            return
+        count = min(msg.count, MAX_CREDIT - route.credit)  # type: ignore[union-attr]
+        if count > 0:
+            route.credit += count
+            self._to_service([route.service.peer, *p.Credit(route.brid, count).to_frames()])
 
     def _malformed_from_client(self, client: bytes, frames: list[Any], exc: Exception) -> None:
         self.errors["malformed"] += 1
@@ -185,6 +201,9 @@ class Router:
         if msg.method == _METHODS:
             self._answer_methods(client, msg)
             return
+        if msg.window > MAX_CREDIT:
+            msg.window = MAX_CREDIT
+            frames = None  # re-encoded
         if (client, rid) in self._by_client:
             self._error(client, rid, p.ERR_PROTOCOL, f"request id {rid} is in use")
             return
@@ -324,7 +343,8 @@ class Router:
                 self._to_service([peer, *p.Cancel(brid).to_frames()])
             return
         if kind == p.Kind.ITEM:
-            pass
+            if route.credit:
+                route.credit -= 1
         elif kind in _REPLY_KINDS:
             if kind == p.Kind.ERROR and route.call is not None and self._busy(route, frames):
                 return

@@ -9,12 +9,24 @@ from collections.abc import Callable, Iterator
 
 from .. import protocol as p
 
-__all__ = ["MAX_SERVICES", "Route", "ServiceEntry", "Services", "WaitQueue", "Waiting"]
+__all__ = [
+    "MAX_CREDIT",
+    "MAX_SERVICES",
+    "Route",
+    "ServiceEntry",
+    "Services",
+    "WaitQueue",
+    "Waiting",
+]
 
 log = logging.getLogger("netcall.broker")
 
 #: Services one broker tracks at most; announcements from more are ignored (and logged).
 MAX_SERVICES = 10000
+#: Stream items a client may have allowed ahead (its window plus credit) through a broker; a
+#: client asking for more gets this many (netcall's clients ask for at most their ``window``,
+#: 1024 by default): what waits at the broker for a slow reader stays bounded.
+MAX_CREDIT = 8192
 
 
 class ServiceEntry:
@@ -52,10 +64,21 @@ class ServiceEntry:
 class Route:
     """One call or stream forwarded to a service."""
 
-    __slots__ = ("brid", "call", "client", "crid", "method", "retries", "service", "stream")
+    __slots__ = (
+        "brid",
+        "call",
+        "client",
+        "credit",
+        "crid",
+        "method",
+        "retries",
+        "service",
+        "stream",
+    )
 
     def __init__(self, brid: int, client: bytes, call: p.Call, service: ServiceEntry) -> None:
         self.brid = brid
+        self.credit = call.window  # stream items the client allowed and has not yet received
         self.client = client
         self.crid = call.id
         self.method = call.method
