@@ -63,9 +63,10 @@ class Broker:
             (default 10000).
         max_message_size: drop (and disconnect) peers sending larger messages (bytes).
         startup_grace: seconds after start during which a call for a method no service has
-            announced yet waits instead of failing with
-            :class:`~netcall.errors.MethodNotFoundError` (default 3 s: services reconnecting
-            to a restarted broker announce themselves within about a second).
+            announced yet waits (within its deadline) instead of failing at once with
+            :class:`~netcall.errors.MethodNotFoundError` (default 1.5 s: services reconnecting
+            to a restarted broker announce themselves within a few hundred milliseconds). It
+            ends 0.3 s after the first service joins.
         name: a label for logs.
 
     Raises:
@@ -83,7 +84,7 @@ class Broker:
         max_queue: int = 1000,
         max_per_client: int = 10000,
         max_message_size: int | None = None,
-        startup_grace: float = 3.0,
+        startup_grace: float = 1.5,
         name: str | None = None,
     ) -> None:
         if heartbeat <= 0:

@@ -69,7 +69,7 @@ class Router:
         *,
         max_queue: int = 1000,
         max_per_client: int = 10000,
-        startup_grace: float = 3.0,
+        startup_grace: float = 1.5,
     ) -> None:
         self._to_client = to_client
         self._to_service = to_service
