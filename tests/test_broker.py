@@ -249,6 +249,8 @@ async def test_kill9_broker_then_restart(cluster):
         await asyncio.wait_for(inflight, 10)
     await cluster.start_broker()  # the same two addresses
     t0 = time.monotonic()
+    # A call made at once waits for the services to announce themselves again, no retry.
+    assert await cli.call("math.add", 2, 3, timeout=5) == 5
     await wait_names(cli, "math.whoami", {"math-a", "math-b"}, timeout=5)
     await wait_names(cli, "users.whoami", {"users"}, timeout=5)
     assert time.monotonic() - t0 < 5
