@@ -184,3 +184,30 @@ def test_blocking_client_binds(ctx):
             t.join(5)
     finally:
         cli.close()
+
+
+@pytest.mark.parametrize("adapter", ["sync", "gevent"])
+def test_bound_and_connected_are_local_sets_2014_spellings(adapter, ctx, tmp_path):
+    from conftest import inproc_url, ipc_url, tcp_url
+
+    if adapter == "gevent":
+        pytest.importorskip("gevent")
+        from netcall.green import GeventRPCClient as Client
+    else:
+        Client = SyncRPCClient
+    urls = [tcp_url(), ipc_url(tmp_path), inproc_url()]
+    extra = [tcp_url(), inproc_url()]
+    for op, attr, other in (("bind", "bound", "connected"), ("connect", "connected", "bound")):
+        client = Client(context=ctx)
+        try:
+            assert not client.bound and not client.connected
+            getattr(client, op)(urls[0])
+            assert getattr(client, attr) == {urls[0]} and not getattr(client, other)
+            getattr(client, op)(urls)
+            getattr(client, op)(urls[:2] + extra)
+            assert getattr(client, attr) == set(urls + extra)
+            getattr(client, op)(urls[:2] + extra, only=True)
+            assert getattr(client, attr) == set(urls[:2] + extra)
+            assert isinstance(getattr(client, attr), set) and not getattr(client, other)
+        finally:
+            client.close()
