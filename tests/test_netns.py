@@ -1,5 +1,6 @@
 """Across hosts: a client, a broker and services in three network namespaces on a private
-bridge, and links taken down mid-run (a silent loss: no packet says goodbye).
+bridge, and links taken down mid-run (a silent loss: no packet says goodbye). Also a client that
+binds, with services in another namespace connecting to it.
 
 Layout (``ip netns``, veth pairs on a bridge of their own)::
 
@@ -187,3 +188,32 @@ async def test_across_namespaces_with_a_link_down(net, procs, make_client):
 
 async def _gt(value, than: int) -> bool:  # type: ignore[no-untyped-def]
     return bool(await value > than)
+
+
+async def test_client_that_binds_across_namespaces(net, procs, make_client):
+    # The client (this process, on the bridge) binds; services in their namespace connect to it.
+    cli = make_client(timeout=3, heartbeat=1.0)
+    url = f"tcp://{SUBNET}.254:{5600 + os.getpid() % 300}"
+    cli.bind(url)
+    await asyncio.gather(
+        procs.service("math-a", "math", url, prefix=net.prefix("s")),
+        procs.service("math-b", "math", url, prefix=net.prefix("s")),
+    )
+
+    async def both_serve() -> bool:
+        names = await asyncio.gather(*[cli.math.whoami() for _ in range(8)])
+        return set(names) == {"math-a", "math-b"}
+
+    await _until("both services announced to the client", both_serve, 10)
+    slow = [asyncio.ensure_future(cli.call("math.slow", 30, timeout=20)) for _ in range(4)]
+    await asyncio.sleep(0.3)
+    t0 = time.monotonic()
+    net.down("s")
+    results = await asyncio.gather(*slow, return_exceptions=True)
+    lost_after = time.monotonic() - t0
+    assert all(isinstance(r, ConnectionLostError) for r in results), results
+    assert lost_after < 10, lost_after
+    print(f"silent loss of services that connected to the client found in {lost_after:.1f} s")
+    net.up("s")
+    took = await _until("services announced again after the link came back", both_serve, 15)
+    print(f"services back {took:.1f} s after the link came up")
