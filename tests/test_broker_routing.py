@@ -226,3 +226,18 @@ def test_credit_through_the_broker_is_capped(router: Router, wire: Wire) -> None
     router.on_frontend([b"C1", *p.Credit(1, 5).to_frames()])
     [credit] = wire.take("services")
     assert p.decode(credit[1:]) == p.Credit(brid, 3)
+
+
+def test_the_callers_key_is_the_brokers_word(wire: Wire) -> None:
+    key: list[str | None] = ["client-key"]
+    router = Router(wire.clients.append, wire.services.append, caller_key=lambda: key[0])
+    hello(router, b"S1", ["f"])
+    spoofed = p.Call(1, "f", "msgpack", b"\x90", metadata={p.META_PEER_KEY: "spoof", "a": "b"})
+    router.on_frontend([b"C1", *spoofed.to_frames()])
+    [sent] = wire.take("services")
+    assert p.decode(sent[1:]).metadata == {"a": "b", p.META_PEER_KEY: "client-key"}  # type: ignore[union-attr]
+    key[0] = None  # a frontend without authentication: a claimed key is removed, none added
+    spoofed.id = 2
+    router.on_frontend([b"C1", *spoofed.to_frames()])
+    [sent] = wire.take("services")
+    assert p.decode(sent[1:]).metadata == {"a": "b"}  # type: ignore[union-attr]

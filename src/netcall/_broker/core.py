@@ -33,6 +33,9 @@ class RouterCore:
             within about a second) instead of failing at once with ``netcall.MethodNotFound``.
             The grace ends sooner, ``_JOIN_WINDOW`` seconds after the first service joins:
             the others reconnect at about the same time.
+        caller_key: the authenticated key of the client whose message is being handled
+            (read during :meth:`on_frontend`; the hook for a CURVE frontend), forwarded to the
+            service in the call's metadata under ``p.META_PEER_KEY``. ``None``: no key.
     """
 
     def __init__(
@@ -43,9 +46,11 @@ class RouterCore:
         max_queue: int = 1000,
         max_per_client: int = 10000,
         startup_grace: float = 1.5,
+        caller_key: Callable[[], str | None] | None = None,
     ) -> None:
         self._to_client = to_client
         self._to_service = to_service
+        self._caller_key = caller_key
         self.max_queue = max_queue
         self.max_per_client = max_per_client
         self._grace_until = time.monotonic() + startup_grace

@@ -123,10 +123,14 @@ class FromClients(RouterCore):
 
     def _on_call(self, client: bytes, msg: p.Call, frames: list[Any] | None) -> None:
         rid = msg.id
-        if p.META_PEER_KEY in msg.metadata:
-            # Only the broker may say who the caller is (from its authentication, when the
-            # frontend has one): a key a client wrote itself is removed.
-            msg.metadata = {k: v for k, v in msg.metadata.items() if k != p.META_PEER_KEY}
+        key = self._caller_key() if self._caller_key is not None else None
+        if key is not None or p.META_PEER_KEY in msg.metadata:
+            # Only the broker may say who the caller is (its frontend's authentication): a key
+            # a client wrote itself is removed.
+            metadata = {k: v for k, v in msg.metadata.items() if k != p.META_PEER_KEY}
+            if key is not None:
+                metadata[p.META_PEER_KEY] = key
+            msg.metadata = metadata
             frames = None  # re-encoded
         if msg.method == _METHODS:
             self._answer_methods(client, msg)
