@@ -101,3 +101,33 @@ async def test_a_broker_on_a_taken_address_fails_clearly(ctx):
             Broker(tcp_url(), back, context=ctx)
         assert first.stats()["services"] == []
     assert first.closed
+
+
+@pytest.mark.parametrize("kind", ["tcp", "ipc", "inproc"])
+async def test_broker_and_a_client_that_binds_on_each_transport(kind, make_url, make_service, ctx):
+    from netcall import RPCClient
+
+    front, back, direct = make_url(kind), make_url(kind), make_url(kind)
+    svc = make_service()
+    svc.register(lambda: kind, name="who")
+    svc.connect([back, direct])
+    clients = [RPCClient(context=ctx, timeout=3), RPCClient(context=ctx, timeout=3)]
+    try:
+        async with Broker(front, back, context=ctx):
+            clients[0].connect(front)  # through the broker
+            clients[1].bind(direct)  # the service connects to this client
+            svc.start()
+            for cli in clients:
+                for _ in range(100):
+                    try:
+                        assert await cli.who() == kind
+                        break
+                    except p.ProtocolError:
+                        raise
+                    except Exception:
+                        await asyncio.sleep(0.02)
+                else:
+                    raise AssertionError(f"no answer through {kind}")
+    finally:
+        for cli in clients:
+            cli.close()

@@ -87,6 +87,10 @@ class Upstreams:
                 self._sock.connect(url)
             self._peers[url] = peer
             self._ids.add(peer)
+            if url.startswith("inproc://"):
+                # inproc reports no handshake: the connection is as good as made.
+                self._up.add(peer)
+                self._say(peer, self._hello().to_frames())
 
     def disconnect(self, url: str) -> None:
         """Stop connecting to ``url``; calls that came through it are ended."""
@@ -113,6 +117,9 @@ class Upstreams:
         self._on_lost = on_lost
         if self._monitor is not None:
             self._watch(loop)
+        inproc = [peer for url, peer in self._peers.items() if url.startswith("inproc://")]
+        for peer in inproc:
+            self._say(peer, self._hello().to_frames())
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._driver is None and self._monitor is not None:
