@@ -39,6 +39,7 @@ SYSTEMS: dict[str, tuple[str, str, str | None]] = {
     "netcall-broker-1": ("netcall-broker-1", "async", "asyncio"),
     "netcall-broker-2": ("netcall-broker-2", "async", "asyncio"),
     "netcall-broker-4": ("netcall-broker-4", "async", "asyncio"),
+    "netcall-curve": ("netcall-curve", "async", "asyncio"),
     "aiozmq-rpc": ("aiozmq", "async", "asyncio"),
     "grpc-aio": ("grpc", "async", "asyncio"),
     "zerorpc": ("zerorpc", "blocking", None),
@@ -111,6 +112,14 @@ def run_server(kind: str, ready: str) -> None:
 
         coro_fn = functools.partial(
             netcall_systems.serve_broker, services=int(kind.rsplit("-", 1)[1])
+        )
+    elif kind == "netcall-curve":
+        import functools
+
+        import netcall_systems
+
+        coro_fn = functools.partial(
+            netcall_systems.serve, curve_dir=netcall_systems.curve_dir(ready)
         )
     elif kind == "aiozmq":
         import peers
@@ -193,6 +202,11 @@ async def _async_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Re
         import netcall_systems
 
         cli = await netcall_systems.TornadoClient().open(endpoint)
+    elif system == "netcall-curve":
+        import netcall_systems
+
+        keys = netcall_systems.curve_dir(rec.path)
+        cli = await netcall_systems.AsyncioClient(curve_dir=keys).open(endpoint)
     elif system == "aiozmq-rpc":
         import peers
 

@@ -21,6 +21,7 @@ from ._edge import TransportError
 from .broker import Broker
 from .client import RemoteGenerator, RPCClient
 from .errors import (
+    AuthenticationError,
     ClientClosedError,
     ConnectionLostError,
     EncodingError,
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RESERVED_NAMES",
+    "AuthenticationError",
     "Broker",
     "CallContext",
     "ClientClosedError",
