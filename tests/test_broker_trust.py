@@ -131,3 +131,52 @@ async def test_broker_and_a_client_that_binds_on_each_transport(kind, make_url, 
     finally:
         for cli in clients:
             cli.close()
+
+
+async def test_curve_frontend_the_service_sees_the_clients_key(make_service, ctx):
+    from netcall import AuthenticationError, RPCClient
+    from netcall.security import Curve, Keypair
+
+    broker_keys, alice, bob, eve = (Keypair.generate() for _ in range(4))
+    front, back = tcp_url(), tcp_url()
+    svc = make_service()
+
+    @svc.register
+    def whois() -> str | None:
+        return current_call().peer_key
+
+    @svc.register(allow=[alice.public])
+    def alice_only() -> str:
+        return "yes"
+
+    svc.connect(back)
+    security = Curve.server(broker_keys, allow=[alice.public, bob.public])
+    clients = {
+        name: RPCClient(
+            context=ctx, timeout=3, security=Curve.client(broker_keys.public, keypair=k)
+        )
+        for name, k in (("alice", alice), ("bob", bob), ("eve", eve))
+    }
+    try:
+        async with Broker(front, back, context=ctx, security=security):
+            svc.start()
+            for cli in clients.values():
+                cli.connect(front)
+            for _ in range(100):
+                try:
+                    got = await clients["alice"].whois()
+                    break
+                except Exception:
+                    await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("no answer through the CURVE broker")
+            assert got == alice.public.decode()
+            assert await clients["bob"].whois() == bob.public.decode()
+            assert await clients["alice"].alice_only() == "yes"
+            with pytest.raises(PermissionError):
+                await clients["bob"].alice_only()
+            with pytest.raises(AuthenticationError):
+                await clients["eve"].whois()
+    finally:
+        for cli in clients.values():
+            cli.close()

@@ -35,6 +35,7 @@ from ._broker.routing import Router
 from ._edge import map_exceptions
 from ._reactor import SocketDriver
 from ._socket import make_router
+from .security import CurveServer, secure_socket
 
 __all__ = ["Broker"]
 
@@ -67,6 +68,12 @@ class Broker:
             :class:`~netcall.errors.MethodNotFoundError` (default 1.5 s: services reconnecting
             to a restarted broker announce themselves within a few hundred milliseconds). It
             ends 0.3 s after the first service joins.
+        security: ``Curve.server(keypair, allow=...)`` from :mod:`netcall.security`: CURVE on
+            the frontend (clients use ``Curve.client(broker_public_key, ...)``; only allowed
+            keys connect). The broker then tells each service the caller's key, so
+            ``current_call().peer_key`` on the service is the client's key (and
+            ``register(allow=...)`` applies to it). The backend stays plain: keep it on a
+            private network.
         name: a label for logs.
 
     Raises:
@@ -85,6 +92,7 @@ class Broker:
         max_per_client: int = 10000,
         max_message_size: int | None = None,
         startup_grace: float = 1.5,
+        security: CurveServer | None = None,
         name: str | None = None,
     ) -> None:
         if heartbeat <= 0:
@@ -97,7 +105,11 @@ class Broker:
         self._max_per_client = max_per_client
         self.frontend_urls = _urls(frontend)
         self.backend_urls = _urls(backend)
+        self.security = security
         self._frontend = self._socket(max_message_size)
+        self._zap = secure_socket(
+            self._frontend, security, server=True, name=f"{self.name} frontend"
+        )
         self._backend = self._socket(max_message_size)
         self._sockets = [self._frontend, self._backend]
         events = zmq.EVENT_DISCONNECTED
@@ -145,7 +157,10 @@ class Broker:
         if self.router is not None:
             return
         loop = self._loop = loop or asyncio.get_running_loop()
-        front = SocketDriver(self._frontend, loop, self._on_client, self._client_unreachable)
+        secure = self.security is not None  # then each client message's sender key is read
+        front = SocketDriver(
+            self._frontend, loop, self._on_client, self._client_unreachable, secure
+        )
         back = SocketDriver(self._backend, loop, self._on_service, self._service_unreachable)
         self.router = Router(
             front.send,
@@ -153,6 +168,7 @@ class Broker:
             max_queue=self._max_queue,
             max_per_client=self._max_per_client,
             startup_grace=self._startup_grace,
+            caller_key=(lambda: front.peer_key) if secure else None,
         )
         self._drivers = [
             front,
@@ -206,9 +222,12 @@ class Broker:
             self._stopped.set()
 
     def _close_sockets(self) -> None:
-        for sock in (*getattr(self, "_monitors", ()), *self._sockets):
+        for sock in (*getattr(self, "_monitors", ()), *getattr(self, "_sockets", ())):
             if not sock.closed:
                 sock.close(linger=0)
+        zap = getattr(self, "_zap", None)
+        if zap is not None:
+            zap.close()
 
     def stats(self) -> dict[str, Any]:
         """A snapshot: ``services`` (each with its methods, calls in flight, limit), the union

@@ -162,6 +162,7 @@ async def _broker(ns: argparse.Namespace) -> int:
         backend=ns.backend,
         heartbeat=ns.heartbeat,
         max_queue=ns.max_queue,
+        security=_security(ns, server=True),
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -197,6 +198,7 @@ def _add_broker_command(sub: Any) -> None:
     p.add_argument(
         "--stats-every", type=float, default=10.0, help="print stats every N s (0: never)"
     )
+    _security_options(p, server=True)  # CURVE on the frontend
     p.set_defaults(run=_broker)
 
 
