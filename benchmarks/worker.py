@@ -36,6 +36,10 @@ SYSTEMS: dict[str, tuple[str, str, str | None]] = {
     "netcall-sync": ("netcall", "blocking", None),
     "netcall-tornado": ("netcall", "async", "asyncio"),
     "netcall-trio": ("netcall", "async", "trio"),
+    # through a broker: a broker process, and 1, 2 or 4 service processes connected out to it
+    "netcall-broker-1": ("netcall-broker-1", "async", "asyncio"),
+    "netcall-broker-2": ("netcall-broker-2", "async", "asyncio"),
+    "netcall-broker-4": ("netcall-broker-4", "async", "asyncio"),
     "netcall-curve": ("netcall-curve", "async", "asyncio"),
     "aiozmq-rpc": ("aiozmq", "async", "asyncio"),
     "grpc-aio": ("grpc", "async", "asyncio"),
@@ -102,6 +106,14 @@ def run_server(kind: str, ready: str) -> None:
         import netcall_systems
 
         coro_fn = netcall_systems.serve
+    elif kind.startswith("netcall-broker-"):
+        import functools
+
+        import netcall_systems
+
+        coro_fn = functools.partial(
+            netcall_systems.serve_broker, services=int(kind.rsplit("-", 1)[1])
+        )
     elif kind == "netcall-curve":
         import functools
 
@@ -198,7 +210,9 @@ async def _async_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Re
         import raw
 
         cli = raw.FdClient(endpoint)
-    elif system in ("netcall-asyncio", "netcall-uvloop", "netcall-trio"):
+    elif system in ("netcall-asyncio", "netcall-uvloop", "netcall-trio") or system.startswith(
+        "netcall-broker-"
+    ):
         import netcall_systems
 
         cli = await netcall_systems.AsyncioClient().open(endpoint)

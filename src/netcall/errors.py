@@ -225,6 +225,8 @@ _NETCALL_ERRORS: dict[str, type[RPCError]] = {
     names.STREAM_CLOSED: StreamClosedError,
     names.SERIALIZER_MISMATCH: SerializerMismatchError,
     names.TIMEOUT: RPCTimeoutError,
+    # A broker tells its clients that the service running their call went away.
+    names.CONNECTION_LOST: ConnectionLostError,
 }
 
 _remote_classes: dict[str, type[RemoteRPCError]] = {}

@@ -80,6 +80,29 @@ class SyncRPCClient:
         """The endpoints this client is connected to."""
         return self._bridge.call(lambda: self._client.connected)
 
+    def bind(self, urls: str | Iterable[str], only: bool = False) -> None:
+        """Bind: services connect to this client (see :meth:`RPCClient.bind`)."""
+        self._bridge.call(self._client.bind, urls, only)
+
+    def unbind(self, url: str) -> None:
+        """Stop listening on ``url``."""
+        self._bridge.call(self._client.unbind, url)
+
+    def bind_ports(
+        self, ip: str = "127.0.0.1", port: int = 0, *, min_port: int = 49152, max_port: int = 65535
+    ) -> int:
+        """Bind ``tcp://ip:port`` (a free port with ``port=0``); returns the port."""
+        return int(
+            self._bridge.call(
+                lambda: self._client.bind_ports(ip, port, min_port=min_port, max_port=max_port)
+            )
+        )
+
+    @property
+    def bound(self) -> set[str]:
+        """The endpoints this client is bound to."""
+        return self._bridge.call(lambda: self._client.bound)
+
     @property
     def timeout(self) -> float | None:
         """The default timeout of calls."""
