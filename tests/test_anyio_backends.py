@@ -40,7 +40,7 @@ from netcall import (
     ServiceStoppingError,
     current_call,
 )
-from netcall.testing import service_client_pair
+from netcall.testing import free_tcp_endpoint, service_client_pair
 
 trio = pytest.importorskip("trio")
 
@@ -717,6 +717,55 @@ def test_trio_handler_may_use_trio_primitives(ctx: Any) -> None:
                 assert await client.bounded() == "moved on"
 
     run("anyio-trio", scenario)
+
+
+def test_through_a_broker(backend: str, ctx: Any) -> None:
+    """A service connecting out to a broker (asyncio, in its own thread) and a client of its
+    frontend, both on ``backend``; a method registered after start is announced."""
+    from netcall import Broker
+
+    ready = threading.Event()
+    stop = threading.Event()
+    front, back = free_tcp_endpoint(), free_tcp_endpoint()
+
+    def run_broker() -> None:
+        async def main() -> None:
+            async with Broker(front, back, context=ctx):
+                ready.set()
+                while not stop.is_set():
+                    await asyncio.sleep(0.01)
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=run_broker, daemon=True)
+    thread.start()
+    seen = Seen()
+    try:
+        assert ready.wait(10)
+
+        async def scenario() -> None:
+            service = make_service(ctx, seen)
+            service.connect(back)
+            async with service, RPCClient(context=ctx, timeout=5.0) as client:
+                client.connect(front)
+                await until_methods(client, {"echo"})
+                assert await client.echo("via broker") == "via broker"
+                assert [x async for x in client.count(5)] == [0, 1, 2, 3, 4]
+                service.register(lambda: "late", name="late")
+                await until_methods(client, {"late"})
+                assert await client.late() == "late"
+            check_handlers(backend, seen)
+
+        run(backend, scenario)
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+async def until_methods(client: RPCClient, names: set[str]) -> None:
+    with anyio.fail_after(5):
+        while not names <= set(await client.methods()):
+            await anyio.sleep(0.02)
 
 
 def test_trio_client_against_asyncio_service_in_a_thread(ctx: Any) -> None:

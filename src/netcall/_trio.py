@@ -359,6 +359,12 @@ class TrioService(RPCService):
     def bind(self, urls: str | Iterable[str], only: bool = False) -> None:
         self._trio_bridge.call(super().bind, urls, only)
 
+    def connect(self, urls: str | Iterable[str]) -> None:
+        self._trio_bridge.call(super().connect, urls)
+
+    def disconnect(self, url: str) -> None:
+        self._trio_bridge.call(super().disconnect, url)
+
     def unbind(self, url: str) -> None:
         self._trio_bridge.call(super().unbind, url)
 

@@ -164,7 +164,9 @@ class Upstreams:
             for peer in self._up:
                 self._say(peer, frames)
 
-        self._loop.call_soon(run)
+        # Thread-safe: handlers may be registered from the thread of a bridged service (gevent's
+        # hub, a trio run) while the socket lives on netcall's loop thread.
+        self._loop.call_soon_threadsafe(run)
 
     def bye(self) -> None:
         """Tell every connected peer that the service stops."""
