@@ -96,7 +96,10 @@ class ThreadingRPCService(RPCService):
         Raises:
             RuntimeError: the service is closed.
         """
-        self._bridge.call(super().start, self._bridge.loop)
+        if self._bridge.in_loop_thread():  # from the core's serve()
+            super().start(self._bridge.loop)
+        else:
+            self._bridge.call(super().start, self._bridge.loop)
 
     def serve(self) -> None:  # type: ignore[override]
         """Serve until :meth:`stop` or :meth:`close`, blocking the calling thread. An
