@@ -161,17 +161,23 @@ class RPCService:
     ) -> list[str]:
         """Expose ``obj``'s public callables as ``namespace.name`` (or ``name``).
 
-        Names starting with ``_`` and names in ``restricted`` are not exposed. Returns the
+        Names starting with ``_``, names in ``restricted`` and, without a namespace, reserved
+        names (:data:`RESERVED_NAMES`; logged at DEBUG) are not exposed. Returns the
         registered names.
 
         Raises:
-            ValueError: a resulting name is reserved.
+            ValueError: ``namespace`` is reserved or invalid.
         """
         return self._registry.add_object(obj, namespace, restricted)
 
     def methods(self) -> dict[str, dict[str, str]]:
         """The registered handlers: ``{name: {"signature": ..., "doc": ...}}``."""
         return self._registry.describe()
+
+    @property
+    def procedures(self) -> dict[str, Callable[..., Any]]:
+        """The registered functions by name: a read-only dict (the 2014 ``procedures``)."""
+        return self._registry.procedures()
 
     # -- endpoints ------------------------------------------------------------------------
 
@@ -318,6 +324,10 @@ class RPCService:
             task.cancel()
         self._producers.close_all()
         self._close(linger=0)
+
+    def shutdown(self) -> None:
+        """:meth:`close` (the 2014 spelling)."""
+        self.close()
 
     def _close(self, linger: int) -> None:
         self._closed = True
