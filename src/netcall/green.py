@@ -224,6 +224,7 @@ def _run_greenlet(
     fut: asyncio.Future[T],
     loop: asyncio.AbstractEventLoop,
 ) -> None:
+    system: BaseException | None = None
     try:
         outcome: tuple[bool, Any] = (True, ctx.run(fn))
     except StopIteration:
@@ -235,10 +236,16 @@ def _run_greenlet(
         err = RuntimeError(f"the handler's greenlet ended with {type(exc).__name__}")
         err.__cause__ = exc
         outcome = (False, err)
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            system = exc
     try:
         loop.call_soon_threadsafe(_settle, fut, outcome)
     except RuntimeError:  # the loop is closed: nobody waits any more
         pass
+    if system is not None:
+        # A Ctrl-C (or exit) that landed in this handler is the program's, not the call's:
+        # gevent's hub passes it on to the main greenlet (serve() then closes the service).
+        raise system
 
 
 def _settle(fut: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
