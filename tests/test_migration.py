@@ -217,7 +217,9 @@ def test_register_object_skips_reserved_names(
             "mod.start",
             "mod.value",
         ]
-        for name in ("start", "shutdown", "procedures", "bind", "connect"):
+        reserved_042 = {"register", "register_object", "proc", "task", "start", "stop", "serve"}
+        reserved_042 |= {"shutdown", "reset", "connect", "bind", "bind_ports"}
+        for name in reserved_042 | {"procedures"}:
             assert name in RESERVED_NAMES
             with pytest.raises(ValueError, match="reserved"):
                 svc.register(lambda: None, name=name)

@@ -343,5 +343,6 @@ class RPCService:
 
 
 #: Names a handler cannot take: the public attributes of the service and client classes (so a
-#: handler can never shadow ``client.name``, ``service.stop`` and the like).
-RESERVED_NAMES: frozenset[str] = public_names(RPCService, RPCClient) | {"join"}
+#: handler can never shadow ``client.name``, ``service.stop`` and the like), and the names
+#: netcall 0.4.2 reserved (``proc``, ``reset``), so that code written for it registers the same.
+RESERVED_NAMES: frozenset[str] = public_names(RPCService, RPCClient) | {"join", "proc", "reset"}
