@@ -19,6 +19,7 @@ from ._context import CallContext, current_call
 from ._edge import TransportError
 from .client import RemoteGenerator, RPCClient
 from .errors import (
+    AuthenticationError,
     ClientClosedError,
     ConnectionLostError,
     EncodingError,
@@ -43,6 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RESERVED_NAMES",
+    "AuthenticationError",
     "CallContext",
     "ClientClosedError",
     "ConnectionLostError",
