@@ -10,9 +10,8 @@
     async def echo(s):
         return s
 
-Legacy entry points over the same core: :mod:`netcall.tornado`, :mod:`netcall.green` (gevent),
-:mod:`netcall.sync` (a blocking client) and :mod:`netcall.threading` (netcall 0.4.2's
-``ThreadingRPCService`` and ``ThreadingRPCClient``).
+Legacy entry points over the same core: :mod:`netcall.tornado`, :mod:`netcall.green` (gevent)
+and :mod:`netcall.sync` (a blocking client).
 """
 
 from ._context import CallContext, current_call
