@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from ._deadline import Deadline
 
@@ -25,6 +26,8 @@ class CallContext:
             this host's monotonic clock), or ``None``.
         oneway: the client does not wait for a result.
         metadata: string pairs the client sent with the call (read-only; empty by default).
+        args: the call's positional arguments, as the handler gets them.
+        kwargs: the call's keyword arguments, as the handler gets them.
     """
 
     method: str
@@ -32,6 +35,8 @@ class CallContext:
     deadline: Deadline | None
     oneway: bool = False
     metadata: Mapping[str, str] = field(default_factory=lambda: _NO_METADATA)
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=lambda: _NO_METADATA)
 
     def time_remaining(self) -> float | None:
         """Seconds until the deadline (never negative), or ``None`` without a deadline."""

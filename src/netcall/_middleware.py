@@ -51,7 +51,16 @@ class OutgoingCall:
         oneway: the client does not wait for a result.
     """
 
-    __slots__ = ("_parent", "_window", "args", "kwargs", "metadata", "method", "oneway", "timeout")
+    __slots__ = (
+        "_parent",
+        "_prefetch",
+        "args",
+        "kwargs",
+        "metadata",
+        "method",
+        "oneway",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -61,8 +70,8 @@ class OutgoingCall:
         metadata: dict[str, str],
         timeout: float | None,
         oneway: bool = False,
-        window: int = 0,
-        parent: Any = None,
+        prefetch: bool = False,
+        parent: CallContext | None = None,
     ) -> None:
         self.method = method
         self.args = args
@@ -70,9 +79,9 @@ class OutgoingCall:
         self.metadata = metadata
         self.timeout = timeout
         self.oneway = oneway
-        # Private to the core: the stream's first credit (``async for``), and the deadline of
-        # the call being served where this call was made (captured in the caller's thread).
-        self._window = window
+        # Private to the core: open a stream prefetching (``async for``), and the call being
+        # served where this call was made (captured in the caller's thread), for its deadline.
+        self._prefetch = prefetch
         self._parent = parent
 
     def __repr__(self) -> str:

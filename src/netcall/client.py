@@ -13,9 +13,9 @@ import asyncio
 import functools
 import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 import zmq
 
@@ -23,9 +23,13 @@ from . import protocol as p
 from ._client.calls import CallRegistry, PendingCall, call_frames, encode_arguments
 from ._client.generator import RemoteGenerator, close_quietly
 from ._client.inbox import Inbox
+from ._client.outgoing import ClientChain, effective_timeout
 from ._client.peers import Keepalive, Peer, PeerTable, close_sockets
 from ._client.proxy import UNSET, Call, Method, Options
 from ._client.streams import ConsumerStreams, error_from
+from ._context import CallContext
+from ._metadata import check_metadata
+from ._middleware import ClientMiddleware, OutgoingCall, check_middleware
 from ._reactor import SocketDriver
 from ._socket import make_router
 from .errors import ClientClosedError, ConnectionLostError
@@ -35,6 +39,8 @@ from .serializers import Serializer, get_serializer
 __all__ = ["ClientOptions", "RPCClient", "RemoteGenerator"]
 
 log = logging.getLogger("netcall")
+
+T = TypeVar("T")
 
 
 class ClientOptions(TypedDict, total=False):
@@ -48,6 +54,8 @@ class ClientOptions(TypedDict, total=False):
     stream_buffer: int
     heartbeat: float | None
     name: str | None
+    middleware: Sequence[ClientMiddleware] | None
+    propagate_deadline: bool
 
 
 class RPCClient:
@@ -81,9 +89,14 @@ class RPCClient:
             :class:`~netcall.errors.ConnectionLostError` at once, instead of at their timeout,
             and new calls prefer the services that are connected.
         name: a label for logs.
+        middleware: ``async def mw(call, call_next)`` functions run around every call and
+            stream opening, outermost first (see :meth:`add_middleware`).
+        propagate_deadline: inside a handler, bound each call by the time the served call has
+            left (default). ``False``: this client's calls keep their own timeouts.
 
     Raises:
         ValueError: ``window`` is below 1.
+        TypeError: a middleware is not callable.
         TransportError: ZeroMQ could not create the socket.
     """
 
@@ -106,9 +119,13 @@ class RPCClient:
         stream_buffer: int = 4 * 2**20,
         heartbeat: float | None = 2.0,
         name: str | None = None,
+        middleware: Sequence[ClientMiddleware] | None = None,
+        propagate_deadline: bool = True,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
+        self._chain = ClientChain(self._send_outgoing, check_middleware(middleware))
+        self._propagate = propagate_deadline
         self.serializer = get_serializer(serializer)
         self.context = context or zmq.Context.instance()
         self.timeout = timeout
@@ -208,12 +225,15 @@ class RPCClient:
         *args: Any,
         timeout: float | None = UNSET,
         oneway: bool = False,
+        metadata: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> Call:
         """Call ``name`` with these arguments: ``await client.call("echo", "hi", timeout=1)``.
 
-        ``timeout`` and ``oneway`` are options, not arguments for the method; use
-        :meth:`with_options` for methods taking keyword arguments of those names. Awaiting
+        ``timeout``, ``oneway`` and ``metadata`` (string pairs the service reads in
+        ``current_call().metadata``; see :mod:`netcall._metadata` for the rules and limits)
+        are options, not arguments for the method; use :meth:`with_options` for methods
+        taking keyword arguments of those names. Awaiting
         the call gives the result (a :class:`RemoteGenerator` for a stream; ``None`` for a
         one-way call, once the service accepted it); ``async for`` over it iterates a stream.
 
@@ -228,8 +248,9 @@ class RPCClient:
             ConnectionLostError: the connection broke with the call in flight.
             ClientClosedError: the client was closed.
             RPCError: not connected to any service.
+            ValueError: the metadata breaks the rules or limits (nothing is sent).
         """
-        return Call(self._invoke, name, args, kwargs, timeout, oneway)
+        return Call(self._invoke, name, args, kwargs, timeout, oneway, metadata)
 
     async def methods(self, timeout: float | None = UNSET) -> dict[str, dict[str, str]]:
         """The service's methods: ``{name: {"signature": ..., "doc": ...}}``.
@@ -240,10 +261,50 @@ class RPCClient:
         result: dict[str, dict[str, str]] = await self.call("_netcall.methods", timeout=timeout)
         return result
 
-    def with_options(self, *, timeout: float | None = UNSET, oneway: bool = False) -> Options:
+    def with_options(
+        self,
+        *,
+        timeout: float | None = UNSET,
+        oneway: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Options:
         """A view of this client whose calls use these options: ``client.with_options(
-        timeout=2).slow(x)``."""
-        return Options(self._invoke, timeout, oneway)
+        timeout=2, metadata={"request-id": "7"}).slow(x)``."""
+        return Options(self._invoke, timeout, oneway, metadata)
+
+    def typed(self, protocol: Callable[..., T]) -> T:
+        """This client, typed as ``protocol`` (a ``typing.Protocol`` of ``async def``
+        methods) for the type checker: ``math = client.typed(Math)``. Nothing is generated or
+        checked at run time."""
+        return self  # type: ignore[return-value]
+
+    def add_middleware(self, middleware: ClientMiddleware, *, outermost: bool = False) -> None:
+        """Run ``middleware`` around every call and stream opening from now on: innermost
+        (after the others), or ``outermost``.
+
+        ``async def mw(call, call_next)``: ``call`` is an :class:`~netcall.OutgoingCall`
+        (method, args, kwargs, metadata, timeout; change them freely); ``await
+        call_next(call)`` makes the call and returns its result (its stream, for a
+        generator). Calling ``call_next`` again makes the call again (retries).
+
+        Raises:
+            TypeError: ``middleware`` is not callable.
+        """
+        self._chain.add(check_middleware([middleware])[0], outermost)
+
+    def _send_outgoing(self, call: OutgoingCall) -> Any:
+        """The innermost link of the middleware chain: the call as the middleware left it."""
+        return self._invoke(
+            call.method,
+            call.args,
+            call.kwargs,
+            call.timeout,
+            call.oneway,
+            call._prefetch,
+            call.metadata,
+            call._parent,
+            True,
+        )
 
     async def _invoke(
         self,
@@ -253,18 +314,32 @@ class RPCClient:
         timeout: float | None,
         oneway: bool,
         prefetch: bool,
+        metadata: Mapping[str, str] | None = None,
+        parent: CallContext | None = None,
+        chained: bool = False,
     ) -> Any:
-        """Make one call; return its result, a RemoteGenerator, or raise (see :meth:`call`)."""
-        driver = self._start()
+        """Make one call; return its result, a RemoteGenerator, or raise (see :meth:`call`).
+        ``parent``: the call being served where this one was made (its deadline applies)."""
         if timeout is UNSET:
             timeout = self.timeout
+        run = self._chain.run
+        if run is not None and not chained:
+            md = dict(metadata) if metadata else {}
+            return await run(
+                OutgoingCall(method, args, kwargs, md, timeout, oneway, prefetch, parent)
+            )
+        driver = self._start()
+        if metadata:
+            metadata = check_metadata(metadata)
+        if parent is not None and self._propagate:
+            timeout = effective_timeout(timeout, parent)
         # Everything that can fail (encoding) comes before any state is recorded.
         arguments = encode_arguments(self.serializer.dumps, args, kwargs)
         rid = next(self._ids)
         peer = self._peers.pick()
         window = first_credit(self.window) if prefetch else 0
         frames = call_frames(
-            peer, rid, method, self.serializer.name, timeout, oneway, window, arguments
+            peer, rid, method, self.serializer.name, timeout, oneway, window, arguments, metadata
         )
         loop = self._loop
         assert loop is not None

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, TypeVar
 
 from opentelemetry import metrics, propagate, trace
@@ -61,12 +61,12 @@ class _MetadataSetter(Setter[MutableMapping[str, str]]):
         carrier[key.lower()] = value
 
 
-class _MetadataGetter(Getter[MutableMapping[str, str]]):
-    def get(self, carrier: MutableMapping[str, str], key: str) -> list[str] | None:
+class _MetadataGetter(Getter[Mapping[str, str]]):
+    def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
         value = carrier.get(key.lower())
         return None if value is None else [value]
 
-    def keys(self, carrier: MutableMapping[str, str]) -> list[str]:
+    def keys(self, carrier: Mapping[str, str]) -> list[str]:
         return list(carrier)
 
 

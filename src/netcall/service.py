@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -18,6 +18,7 @@ import zmq
 
 from . import protocol as p
 from ._edge import map_exceptions
+from ._middleware import ServiceMiddleware, check_middleware
 from ._reactor import SocketDriver
 from ._service.dispatch import Dispatcher
 from ._service.inbox import Inbox
@@ -65,9 +66,12 @@ class RPCService:
             callable taking a zero-argument function; see
             :data:`~netcall._service.runner.HandlerRunner`) instead of inline or in
             ``executor``. The gevent service plugs in here.
+        middleware: ``async def mw(ctx, call_next)`` functions run around every call and
+            stream opening, outermost first (see :meth:`add_middleware`).
 
     Raises:
         ValueError: ``stream_lease`` is not positive.
+        TypeError: a middleware is not callable.
         RPCError: ZeroMQ could not create the socket.
     """
 
@@ -91,9 +95,11 @@ class RPCService:
         max_concurrent: int | None = None,
         name: str | None = None,
         handler_runner: HandlerRunner | None = None,
+        middleware: Sequence[ServiceMiddleware] | None = None,
     ) -> None:
         if stream_lease <= 0:
             raise ValueError("stream_lease must be positive")
+        middleware = check_middleware(middleware)
         self.serializer = get_serializer(serializer)
         self.context = context or zmq.Context.instance()
         self.name = name or type(self).__name__
@@ -114,6 +120,8 @@ class RPCService:
             self.serializer,
             max_concurrent,
         )
+        for mw in middleware:
+            self._dispatch.chain.add(mw, outermost=False)
         self.socket = self._make_socket(heartbeat, max_message_size)
         self._registry.add_subclass_methods(self, RPCService)
         self._registry.add_builtin(METHODS_NAME, self.methods)
@@ -168,6 +176,20 @@ class RPCService:
             ValueError: a resulting name is reserved.
         """
         return self._registry.add_object(obj, namespace, restricted)
+
+    def add_middleware(self, middleware: ServiceMiddleware, *, outermost: bool = False) -> None:
+        """Run ``middleware`` around every call and stream opening from now on: innermost
+        (after the others), or ``outermost``.
+
+        ``async def mw(ctx, call_next)``: ``ctx`` is the :class:`~netcall.CallContext` (also
+        ``current_call()``); ``await call_next()`` runs the rest of the chain and the handler,
+        once, and returns its result, or its stream (an async iterator) for a generator. What
+        the middleware returns or raises is the caller's answer.
+
+        Raises:
+            TypeError: ``middleware`` is not callable.
+        """
+        self._dispatch.chain.add(check_middleware([middleware])[0], outermost)
 
     def methods(self) -> dict[str, dict[str, str]]:
         """The registered handlers: ``{name: {"signature": ..., "doc": ...}}``."""

@@ -22,6 +22,7 @@ from .._context import CallContext, _current
 from .._deadline import MIN_REMAINING, Deadline
 from ..errors import SerializationError, remote_type_name
 from ..serializers import Serializer
+from .chain import ServiceChain, is_stream
 from .registry import Handler, HandlerRegistry
 from .replies import Replies
 from .runner import Runner
@@ -55,6 +56,8 @@ class Dispatcher:
         self._handlers = registry.by_name
         self._serializer = serializer
         self._max_concurrent = max_concurrent
+        #: The service's middleware (empty: handlers are called directly).
+        self.chain = ServiceChain(runner)
         self.calls: dict[tuple[bytes, int], asyncio.Future[Any]] = {}
         # Calls the client cancelled: their task may already be done, its done-callback not yet
         # run (cancel() is then a no-op): that callback must not answer or open a stream.
@@ -65,13 +68,17 @@ class Dispatcher:
     # -- hooks ----------------------------------------------------------------------------
 
     @staticmethod
-    def context(peer: bytes, msg: p.Call, deadline: Deadline | None) -> CallContext:
+    def context(
+        peer: bytes, msg: p.Call, deadline: Deadline | None, args: Any, kwargs: dict[str, Any]
+    ) -> CallContext:
         """The one place a call's context is built."""
-        return CallContext(msg.method, peer, deadline, msg.oneway, msg.metadata)
+        return CallContext(msg.method, peer, deadline, msg.oneway, msg.metadata, args, kwargs)
 
-    def invoke(self, handler: Handler, args: Any, kwargs: dict[str, Any]) -> Any:
+    def invoke(self, handler: Handler, args: Any, kwargs: dict[str, Any], ctx: CallContext) -> Any:
         """The one place a handler is called: its result (sync handler run inline), or an
-        awaitable for it (async handler, or sync handler sent to the runner)."""
+        awaitable for it (async handler, sync handler sent to the runner, middleware)."""
+        if self.chain:
+            return self.chain.run(handler, args, kwargs, ctx)
         if handler.is_async or self._runner.inline:
             return handler.fn(*args, **kwargs)
         return self._runner.run(functools.partial(handler.fn, *args, **kwargs))
@@ -112,13 +119,13 @@ class Dispatcher:
             return
         if msg.oneway:
             self._replies.send(peer, p.Ack(rid).to_frames())
-        inline = not handler.is_async and self._runner.inline
+        inline = not handler.is_async and self._runner.inline and not self.chain
         if not inline and self.at_limit(peer, rid):
             return
-        ctx = self.context(peer, msg, deadline)
+        ctx = self.context(peer, msg, deadline, args, kwargs)
         token = _current.set(ctx)
         try:
-            result = self.invoke(handler, args, kwargs)
+            result = self.invoke(handler, args, kwargs, ctx)
             if inline and not inspect.isawaitable(result):
                 # Fast path: a sync handler ran inline, no task.
                 self._finish(peer, msg, ctx, result)
@@ -189,7 +196,7 @@ class Dispatcher:
             timer.cancel()
         if key in self._abandoned:
             self._abandoned.discard(key)
-            if not task.cancelled() and task.exception() is None and is_generator(task.result()):
+            if not task.cancelled() and task.exception() is None and self._is_stream(task.result()):
                 close_generator_soon(task.result())
             return
         if task.cancelled():
@@ -232,8 +239,11 @@ class Dispatcher:
             return
         self._replies.error(peer, msg.id, exc)
 
+    def _is_stream(self, result: Any) -> bool:
+        return is_generator(result) or (bool(self.chain) and is_stream(result))
+
     def _finish(self, peer: bytes, msg: p.Call, ctx: CallContext, result: Any) -> None:
-        if _isgenerator(result) or _isasyncgen(result):
+        if _isgenerator(result) or _isasyncgen(result) or (self.chain and is_stream(result)):
             if msg.oneway or self.at_limit(peer, msg.id):
                 close_generator_soon(result)
                 return

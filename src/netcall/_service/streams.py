@@ -20,7 +20,7 @@ from ..serializers import Serializer
 from .replies import Replies
 from .runner import Runner
 
-__all__ = ["Producers", "close_generator_soon", "is_generator"]
+__all__ = ["Producers", "close_generator_soon", "is_generator", "sync_step"]
 
 log = logging.getLogger("netcall")
 
@@ -62,7 +62,8 @@ class _Stream:
         self.method = msg.method
         self.gen = gen
         self.context = context
-        self.is_async = inspect.isasyncgen(gen)
+        # An async generator, or a middleware's stream (anything but a plain generator).
+        self.is_async = not inspect.isgenerator(gen)
         self.credit = msg.window
         self.state = _S.FLOWING if msg.window else _S.IDLE
         self.commands: list[tuple[str, Any]] = []
@@ -191,7 +192,7 @@ class Producers:
                 return False, await gen.athrow(value)
             except StopAsyncIteration:
                 return True, None
-        fn = functools.partial(_sync_step, gen.send if op == "send" else gen.throw, value)
+        fn = functools.partial(sync_step, gen.send if op == "send" else gen.throw, value)
         if self._runner.inline:
             return fn()
         return await self._runner.run(fn)
@@ -317,7 +318,7 @@ class Producers:
             self._schedule_reaper()
 
 
-def _sync_step(step: Callable[[Any], Any], value: Any) -> tuple[bool, Any]:
+def sync_step(step: Callable[[Any], Any], value: Any) -> tuple[bool, Any]:
     # StopIteration must not escape into a coroutine (PEP 479) or a Future: report it.
     try:
         return False, step(value)
