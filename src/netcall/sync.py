@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _bridge
 from ._blocking import BlockingGenerator
-from .client import ClientOptions, RemoteGenerator, RPCClient
 from ._middleware import ClientMiddleware
+from .client import ClientOptions, RemoteGenerator, RPCClient
 from .errors import ClientClosedError
 from .serializers import Serializer
 
