@@ -20,6 +20,7 @@ from typing import Any
 from .. import protocol as p
 from .._context import CallContext, _current
 from .._deadline import MIN_REMAINING, Deadline
+from .._metadata import check_metadata
 from ..errors import SerializationError, remote_type_name
 from ..serializers import Serializer
 from .chain import ServiceChain, is_stream
@@ -164,6 +165,11 @@ class Dispatcher:
         key = (peer, msg.id)
         if key in self.calls or key in self._open_streams:
             return p.ERR_PROTOCOL, f"request id {msg.id} is in use"
+        if msg.metadata:
+            try:
+                check_metadata(msg.metadata)
+            except ValueError as exc:  # a client that skipped its own checks
+                return p.ERR_PROTOCOL, f"bad metadata: {exc}"
         return None
 
     def cancel(self, peer: bytes, rid: int) -> bool:
