@@ -92,24 +92,11 @@ async def _client_then_server(
     client_t, server_t = otel.telemetry("client"), otel.telemetry("server")
 
     async def endpoint(call: OutgoingCall) -> Any:
-        ctx = CallContext(call.method, b"peer", None)
-        return await run_service_chain(
-            [server_t.server],
-            _WithMetadata(ctx, call.metadata),  # type: ignore[arg-type]
-            handler,
-        )
+        ctx = CallContext(call.method, b"peer", None, metadata=dict(call.metadata))
+        return await run_service_chain([server_t.server], ctx, handler)
 
     chain = compose_client([client_t.client], endpoint)
     return await chain(OutgoingCall(method, (1, 2), {}, {}, 5.0))
-
-
-class _WithMetadata:
-    """A CallContext stand-in carrying metadata (until the core gives CallContext its own)."""
-
-    def __init__(self, ctx: CallContext, metadata: dict[str, str]) -> None:
-        self.method = ctx.method
-        self.peer = ctx.peer
-        self.metadata = dict(metadata)
 
 
 async def test_client_and_server_spans_share_a_trace(otel: Otel) -> None:
@@ -176,3 +163,103 @@ async def test_stream_span_lasts_until_the_stream_ends(otel: Otel) -> None:
     assert set(inside) == {spans[SpanKind.SERVER].context.span_id}
     metrics = otel.metrics()
     assert sum(p.value for p in metrics["netcall.server.active_calls"]) == 0
+
+
+# -- on real sockets ------------------------------------------------------------------------------
+
+
+async def test_instrumented_service_and_client(
+    otel: Otel, make_service: Any, make_client: Any, make_url: Any
+) -> None:
+    from opentelemetry import trace
+
+    from netcall.otel import instrument
+
+    url = make_url("inproc")
+    svc = make_service()
+    inner: list[Any] = []
+
+    @svc.register
+    async def hello(name: str) -> str:
+        inner.append(trace.get_current_span().get_span_context())
+        return f"hi {name}"
+
+    @svc.register
+    async def count(n: int) -> Any:
+        for i in range(n):
+            yield i
+
+    @svc.register
+    def boom() -> None:
+        raise ValueError("no")
+
+    svc.bind(url)
+    svc.start()
+    cli = make_client()
+    cli.connect(url)
+    kw = {"tracer_provider": otel.tracer_provider, "meter_provider": otel.meter_provider}
+    assert instrument(svc, **kw) is svc
+    assert instrument(cli, **kw) is cli
+    instrument(cli, **kw)  # twice: no second span
+    assert await cli.hello("x") == "hi x"
+    assert [x async for x in cli.count(3)] == [0, 1, 2]
+    with pytest.raises(ValueError):
+        await cli.boom()
+    spans = otel.spans()
+    assert sorted((s.name, s.kind.name) for s in spans) == sorted(
+        (name, kind) for name in ("hello", "count", "boom") for kind in ("CLIENT", "SERVER")
+    )
+    by = {(s.name, s.kind): s for s in spans}
+    for name in ("hello", "count", "boom"):
+        client, server = by[(name, SpanKind.CLIENT)], by[(name, SpanKind.SERVER)]
+        assert server.context.trace_id == client.context.trace_id
+        assert server.parent is not None and server.parent.span_id == client.context.span_id
+    assert inner[0].span_id == by[("hello", SpanKind.SERVER)].context.span_id
+    assert by[("boom", SpanKind.SERVER)].status.status_code is StatusCode.ERROR
+    assert by[("boom", SpanKind.CLIENT)].attributes["error.type"] == "ValueError"
+    metrics = otel.metrics()
+    assert sum(p.value for p in metrics["netcall.server.calls"]) == 3
+    assert sum(p.value for p in metrics["netcall.client.errors"]) == 1
+
+
+@pytest.mark.timeout(90)
+def test_one_trace_across_three_services(tmp_path: Any) -> None:
+    """client → A → B → C, each service in its own process with the SDK's in-memory exporter:
+    one trace, each SERVER span the child of the CLIENT span that called it."""
+    from _chain import Chain
+    from netcall.otel import instrument
+    from netcall.sync import SyncRPCClient
+
+    otel = Otel()
+    with Chain(tmp_path, "ABC", otel=True) as chain:
+        with SyncRPCClient(timeout=10) as client:
+            instrument(client, tracer_provider=otel.tracer_provider)
+            client.connect(chain.url)
+            assert client.chain_sleep(0.01) == "A>B>C>slept"
+        chain.stop()
+        remote = chain.spans()
+    mine = otel.spans()
+    assert [(s.name, s.kind) for s in mine] == [("chain_sleep", SpanKind.CLIENT)]
+    root = mine[0]
+    trace_id = format(root.context.trace_id, "032x")
+    assert {s["trace_id"] for s in remote} == {trace_id}
+    spans = {(s["node"], s["kind"]): s for s in remote}
+    assert set(spans) == {
+        ("A", "SERVER"),
+        ("A", "CLIENT"),
+        ("B", "SERVER"),
+        ("B", "CLIENT"),
+        ("C", "SERVER"),
+    }
+    parent_of = {
+        ("A", "SERVER"): format(root.context.span_id, "016x"),
+        ("A", "CLIENT"): spans[("A", "SERVER")]["span_id"],
+        ("B", "SERVER"): spans[("A", "CLIENT")]["span_id"],
+        ("B", "CLIENT"): spans[("B", "SERVER")]["span_id"],
+        ("C", "SERVER"): spans[("B", "CLIENT")]["span_id"],
+    }
+    for key, parent in parent_of.items():
+        assert spans[key]["parent_id"] == parent, (key, remote)
+        assert spans[key]["name"] == "chain_sleep"
+        assert spans[key]["attributes"]["rpc.system"] == "netcall"
+        assert spans[key]["attributes"]["rpc.method"] == "chain_sleep"
