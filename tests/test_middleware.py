@@ -371,3 +371,24 @@ def test_middleware_must_be_callables() -> None:
         RPCService(middleware=[1])  # type: ignore[list-item]
     with pytest.raises(TypeError):
         RPCClient(middleware=lambda c, n: n(c))  # type: ignore[arg-type]
+
+
+async def test_handler_errors_are_logged_rate_limited(pair: Any, caplog: Any) -> None:
+    import logging
+
+    svc, cli = pair()
+
+    @svc.register
+    def broken() -> None:
+        raise ZeroDivisionError("nope")
+
+    with caplog.at_level(logging.WARNING, logger="netcall"):
+        for _ in range(20):
+            with pytest.raises(ZeroDivisionError):
+                await cli.broken()
+    lines = [r for r in caplog.records if "broken" in r.getMessage()]
+    assert 1 <= len(lines) <= 6
+    first = lines[0]
+    assert first.levelno == logging.WARNING
+    assert "ZeroDivisionError" in first.getMessage() and "client" in first.getMessage()
+    assert first.exc_info is not None and first.exc_info[0] is ZeroDivisionError

@@ -21,6 +21,7 @@ from .. import protocol as p
 from .._context import CallContext, _current
 from .._deadline import MIN_REMAINING, Deadline
 from .._metadata import check_metadata
+from .._ratelog import RateLimitedLog
 from ..errors import SerializationError, remote_type_name
 from ..serializers import Serializer
 from .chain import ServiceChain, is_stream
@@ -59,6 +60,8 @@ class Dispatcher:
         self._max_concurrent = max_concurrent
         #: The service's middleware (empty: handlers are called directly).
         self.chain = ServiceChain(runner)
+        # Handler errors are logged, but a client cannot flood the log with them.
+        self.log = RateLimitedLog(log)
         self.calls: dict[tuple[bytes, int], asyncio.Future[Any]] = {}
         # Calls the client cancelled: their task may already be done, its done-callback not yet
         # run (cancel() is then a no-op): that callback must not answer or open a stream.
@@ -235,15 +238,23 @@ class Dispatcher:
         kwargs: dict[str, Any],
         exc: Exception,
     ) -> None:
-        if msg.oneway:
-            log.error("netcall: one-way call %s failed", handler.name, exc_info=exc)
-            return
-        if isinstance(exc, TypeError) and not _binds(handler.fn, args, kwargs):
+        if not msg.oneway and isinstance(exc, TypeError) and not _binds(handler.fn, args, kwargs):
             self._replies.refuse(
                 peer, msg.id, "TypeError", f"bad arguments for {handler.name!r}: {exc}"
             )
             return
-        self._replies.error(peer, msg.id, exc)
+        self.log(
+            "handler error",
+            logging.WARNING,
+            "netcall: %s%s raised %s (client %s)",
+            "one-way call " if msg.oneway else "",
+            handler.name,
+            type(exc).__name__,
+            peer.hex(),
+            exc_info=exc,
+        )
+        if not msg.oneway:
+            self._replies.error(peer, msg.id, exc)
 
     def _is_stream(self, result: Any) -> bool:
         return is_generator(result) or (bool(self.chain) and is_stream(result))
