@@ -19,10 +19,18 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def make_service() -> Any:
+async def _noop_service_mw(ctx: Any, call_next: Any) -> Any:
+    return await call_next()
+
+
+async def _noop_client_mw(call: Any, call_next: Any) -> Any:
+    return await call_next(call)
+
+
+def make_service(middleware: bool = False) -> Any:
     from netcall import RPCService
 
-    service = RPCService()
+    service = RPCService(middleware=[_noop_service_mw] if middleware else None)
     state: dict[str, Any] = {"held": 0, "event": None}
 
     @service.register
@@ -64,8 +72,10 @@ def make_service() -> Any:
     return service
 
 
-async def serve(endpoint_cb: Callable[[str], None], host: str = "127.0.0.1") -> None:
-    service = make_service()
+async def serve(
+    endpoint_cb: Callable[[str], None], host: str = "127.0.0.1", middleware: bool = False
+) -> None:
+    service = make_service(middleware)
     bind_ports = getattr(service, "bind_ports", None)
     if bind_ports is not None:
         port = bind_ports(host, port=0)
@@ -84,13 +94,16 @@ class AsyncioClient:
 
     client_cls_path = ("netcall", "RPCClient")
 
+    def __init__(self, middleware: bool = False) -> None:
+        self.middleware = middleware
+
     async def open(self, endpoint: str) -> AsyncioClient:
         import importlib
 
         mod, name = self.client_cls_path
         cls = getattr(importlib.import_module(mod), name)
         # default options (no timeout), like the raw baselines: no timer per call
-        self.client = cls()
+        self.client = cls(middleware=[_noop_client_mw]) if self.middleware else cls()
         self.client.connect(endpoint)
         c = self.client
         self.echo = lambda s: c.echo(s)
@@ -124,7 +137,7 @@ class _BlockingClient:
 
         mod, name = self.client_cls_path
         cls = getattr(importlib.import_module(mod), name)
-        self.client = cls()
+        self.client = cls(middleware=[_noop_client_mw]) if self.middleware else cls()
         self.client.connect(endpoint)
         c = self.client
         self.echo = lambda s: c.echo(s)

@@ -193,6 +193,7 @@ def probe(system: str) -> str | None:
         "netcall-gevent": ["netcall.green", "gevent"],
         "netcall-sync": ["netcall.sync"],
         "netcall-tornado": ["netcall.tornado", "tornado"],
+        "netcall-middleware": ["netcall"],
         "aiozmq-rpc": ["aiozmq.rpc"],
         "grpc-aio": ["grpc"],
         "zerorpc": ["zerorpc"],

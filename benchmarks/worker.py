@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import sys
@@ -35,6 +36,8 @@ SYSTEMS: dict[str, tuple[str, str, str | None]] = {
     "netcall-gevent": ("netcall", "blocking", None),
     "netcall-sync": ("netcall", "blocking", None),
     "netcall-tornado": ("netcall", "async", "asyncio"),
+    # netcall-asyncio with one no-op middleware on each side (the cost of the hook)
+    "netcall-middleware": ("netcall-mw", "async", "asyncio"),
     "aiozmq-rpc": ("aiozmq", "async", "asyncio"),
     "grpc-aio": ("grpc", "async", "asyncio"),
     "zerorpc": ("zerorpc", "blocking", None),
@@ -100,6 +103,10 @@ def run_server(kind: str, ready: str) -> None:
         import netcall_systems
 
         coro_fn = netcall_systems.serve
+    elif kind == "netcall-mw":
+        import netcall_systems
+
+        coro_fn = functools.partial(netcall_systems.serve, middleware=True)
     elif kind == "aiozmq":
         import peers
 
@@ -177,6 +184,10 @@ async def _async_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Re
         import netcall_systems
 
         cli = await netcall_systems.AsyncioClient().open(endpoint)
+    elif system == "netcall-middleware":
+        import netcall_systems
+
+        cli = await netcall_systems.AsyncioClient(middleware=True).open(endpoint)
     elif system == "netcall-tornado":
         import netcall_systems
 

@@ -13,9 +13,9 @@ import asyncio
 import functools
 import itertools
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypedDict, TypeVar
+from typing import Any, TypedDict
 
 import zmq
 
@@ -23,13 +23,14 @@ from . import protocol as p
 from ._client.calls import CallRegistry, PendingCall, call_frames, encode_arguments
 from ._client.generator import RemoteGenerator, close_quietly
 from ._client.inbox import Inbox
-from ._client.outgoing import ClientChain, effective_timeout
+from ._client.outgoing import effective_timeout
 from ._client.peers import Keepalive, Peer, PeerTable, close_sockets
-from ._client.proxy import UNSET, Call, Method, Options
+from ._client.proxy import UNSET
 from ._client.streams import ConsumerStreams, error_from
+from ._client.surface import CallSurface
 from ._context import CallContext
 from ._metadata import check_metadata
-from ._middleware import ClientMiddleware, OutgoingCall, check_middleware
+from ._middleware import ClientMiddleware, OutgoingCall
 from ._reactor import SocketDriver
 from ._socket import make_router
 from .errors import ClientClosedError, ConnectionLostError
@@ -39,8 +40,6 @@ from .serializers import Serializer, get_serializer
 __all__ = ["ClientOptions", "RPCClient", "RemoteGenerator"]
 
 log = logging.getLogger("netcall")
-
-T = TypeVar("T")
 
 
 class ClientOptions(TypedDict, total=False):
@@ -58,7 +57,7 @@ class ClientOptions(TypedDict, total=False):
     propagate_deadline: bool
 
 
-class RPCClient:
+class RPCClient(CallSurface):
     """An RPC client. Connect it to one or several services and call their methods.
 
     ``await client.name(*args, **kwargs)`` calls ``name`` on a service; dotted names work
@@ -124,7 +123,7 @@ class RPCClient:
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
-        self._chain = ClientChain(self._send_outgoing, check_middleware(middleware))
+        self._init_chain(middleware)
         self._propagate = propagate_deadline
         self.serializer = get_serializer(serializer)
         self.context = context or zmq.Context.instance()
@@ -211,100 +210,6 @@ class RPCClient:
         self._streams.fail_peer(peer, ConnectionLostError(why))
 
     # -- calls ----------------------------------------------------------------------------
-
-    def __getattr__(self, name: str) -> Method:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        method = Method(self._invoke, name, UNSET, False)
-        self.__dict__[name] = method
-        return method
-
-    def call(
-        self,
-        name: str,
-        *args: Any,
-        timeout: float | None = UNSET,
-        oneway: bool = False,
-        metadata: Mapping[str, str] | None = None,
-        **kwargs: Any,
-    ) -> Call:
-        """Call ``name`` with these arguments: ``await client.call("echo", "hi", timeout=1)``.
-
-        ``timeout``, ``oneway`` and ``metadata`` (string pairs the service reads in
-        ``current_call().metadata``; see :mod:`netcall._metadata` for the rules and limits)
-        are options, not arguments for the method; use :meth:`with_options` for methods
-        taking keyword arguments of those names. Awaiting
-        the call gives the result (a :class:`RemoteGenerator` for a stream; ``None`` for a
-        one-way call, once the service accepted it); ``async for`` over it iterates a stream.
-
-        Raises (when awaited):
-            RemoteRPCError: the handler raised (a builtin type arrives as that type too).
-            MethodNotFoundError: no such method on the service.
-            RPCTimeoutError: no answer within ``timeout``; the handler is cancelled.
-            SerializationError: an argument or the result cannot be serialized.
-            SerializerMismatchError: the service uses another serializer.
-            EncodingError: the method name is not encodable (also a UnicodeEncodeError).
-            ServiceBusyError, ServiceStoppingError: the service refused the call.
-            ConnectionLostError: the connection broke with the call in flight.
-            ClientClosedError: the client was closed.
-            RPCError: not connected to any service.
-            ValueError: the metadata breaks the rules or limits (nothing is sent).
-        """
-        return Call(self._invoke, name, args, kwargs, timeout, oneway, metadata)
-
-    async def methods(self, timeout: float | None = UNSET) -> dict[str, dict[str, str]]:
-        """The service's methods: ``{name: {"signature": ..., "doc": ...}}``.
-
-        Raises:
-            RPCTimeoutError: no answer within the timeout; or what :meth:`call` raises.
-        """
-        result: dict[str, dict[str, str]] = await self.call("_netcall.methods", timeout=timeout)
-        return result
-
-    def with_options(
-        self,
-        *,
-        timeout: float | None = UNSET,
-        oneway: bool = False,
-        metadata: Mapping[str, str] | None = None,
-    ) -> Options:
-        """A view of this client whose calls use these options: ``client.with_options(
-        timeout=2, metadata={"request-id": "7"}).slow(x)``."""
-        return Options(self._invoke, timeout, oneway, metadata)
-
-    def typed(self, protocol: Callable[..., T]) -> T:
-        """This client, typed as ``protocol`` (a ``typing.Protocol`` of ``async def``
-        methods) for the type checker: ``math = client.typed(Math)``. Nothing is generated or
-        checked at run time."""
-        return self  # type: ignore[return-value]
-
-    def add_middleware(self, middleware: ClientMiddleware, *, outermost: bool = False) -> None:
-        """Run ``middleware`` around every call and stream opening from now on: innermost
-        (after the others), or ``outermost``.
-
-        ``async def mw(call, call_next)``: ``call`` is an :class:`~netcall.OutgoingCall`
-        (method, args, kwargs, metadata, timeout; change them freely); ``await
-        call_next(call)`` makes the call and returns its result (its stream, for a
-        generator). Calling ``call_next`` again makes the call again (retries).
-
-        Raises:
-            TypeError: ``middleware`` is not callable.
-        """
-        self._chain.add(check_middleware([middleware])[0], outermost)
-
-    def _send_outgoing(self, call: OutgoingCall) -> Any:
-        """The innermost link of the middleware chain: the call as the middleware left it."""
-        return self._invoke(
-            call.method,
-            call.args,
-            call.kwargs,
-            call.timeout,
-            call.oneway,
-            call._prefetch,
-            call.metadata,
-            call._parent,
-            True,
-        )
 
     async def _invoke(
         self,

@@ -99,7 +99,6 @@ class RPCService:
     ) -> None:
         if stream_lease <= 0:
             raise ValueError("stream_lease must be positive")
-        middleware = check_middleware(middleware)
         self.serializer = get_serializer(serializer)
         self.context = context or zmq.Context.instance()
         self.name = name or type(self).__name__
@@ -119,9 +118,8 @@ class RPCService:
             self._producers,
             self.serializer,
             max_concurrent,
+            check_middleware(middleware),
         )
-        for mw in middleware:
-            self._dispatch.chain.add(mw, outermost=False)
         self.socket = self._make_socket(heartbeat, max_message_size)
         self._registry.add_subclass_methods(self, RPCService)
         self._registry.add_builtin(METHODS_NAME, self.methods)
@@ -178,13 +176,8 @@ class RPCService:
         return self._registry.add_object(obj, namespace, restricted)
 
     def add_middleware(self, middleware: ServiceMiddleware, *, outermost: bool = False) -> None:
-        """Run ``middleware`` around every call and stream opening from now on: innermost
-        (after the others), or ``outermost``.
-
-        ``async def mw(ctx, call_next)``: ``ctx`` is the :class:`~netcall.CallContext` (also
-        ``current_call()``); ``await call_next()`` runs the rest of the chain and the handler,
-        once, and returns its result, or its stream (an async iterator) for a generator. What
-        the middleware returns or raises is the caller's answer.
+        """Run ``async def middleware(ctx, call_next)`` around every call and stream opening
+        from now on, innermost (or ``outermost``); see :mod:`netcall._service.chain`.
 
         Raises:
             TypeError: ``middleware`` is not callable.

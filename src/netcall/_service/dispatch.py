@@ -14,13 +14,14 @@ import functools
 import inspect
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .. import protocol as p
 from .._context import CallContext, _current
 from .._deadline import MIN_REMAINING, Deadline
 from .._metadata import check_metadata
+from .._middleware import ServiceMiddleware
 from .._ratelog import RateLimitedLog
 from ..errors import SerializationError, remote_type_name
 from ..serializers import Serializer
@@ -49,6 +50,7 @@ class Dispatcher:
         producers: Producers,
         serializer: Serializer,
         max_concurrent: int | None,
+        middleware: Sequence[ServiceMiddleware] = (),
     ) -> None:
         self._registry = registry
         self._replies = replies
@@ -59,7 +61,7 @@ class Dispatcher:
         self._serializer = serializer
         self._max_concurrent = max_concurrent
         #: The service's middleware (empty: handlers are called directly).
-        self.chain = ServiceChain(runner)
+        self.chain = ServiceChain(runner, middleware)
         # Handler errors are logged, but a client cannot flood the log with them.
         self.log = RateLimitedLog(log)
         self.calls: dict[tuple[bytes, int], asyncio.Future[Any]] = {}
