@@ -193,3 +193,31 @@ async def test_a_cancelled_caller_cancels_the_nested_call(chain: Any) -> None:
     task.cancel()
     assert await wait_until(lambda: bool(b.cancelled), timeout=3)
     assert b.cancelled[0] - t0 < 0.1
+
+
+async def test_a_cancelled_caller_cancels_a_blocking_nested_call(chain: Any, ctx: Any) -> None:
+    """No deadline at all: the nested call from an executor thread (blocking client) is
+    cancelled with the handler's task, and B's handler with it."""
+    from netcall import RPCError
+
+    cli, a_svc, b, b_url, _ = chain
+    outcome: list[Any] = []
+    with SyncRPCClient(context=ctx, timeout=None) as blocking:
+        blocking.connect(b_url)
+
+        @a_svc.register
+        def threaded_relay() -> None:
+            try:
+                blocking.sleep(10)
+            except BaseException as exc:
+                outcome.append(exc)
+                raise
+
+        task = asyncio.ensure_future(cli.call("threaded_relay", timeout=None))
+        assert await wait_until(lambda: bool(b.started), timeout=3)
+        t0 = time.monotonic()
+        task.cancel()
+        assert await wait_until(lambda: bool(b.cancelled), timeout=3)
+        assert b.cancelled[0] - t0 < 0.1
+        assert await wait_until(lambda: bool(outcome), timeout=3)
+        assert isinstance(outcome[0], RPCError) and "cancelled" in str(outcome[0])

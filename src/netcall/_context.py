@@ -37,6 +37,9 @@ class CallContext:
     metadata: Mapping[str, str] = field(default_factory=lambda: _NO_METADATA)
     args: Sequence[Any] = ()
     kwargs: Mapping[str, Any] = field(default_factory=lambda: _NO_METADATA)
+    # The task running the handler (set by the service once it exists): a call made for this
+    # one from another thread (blocking client) is cancelled when it is.
+    _task: Any = field(default=None, compare=False, repr=False)
 
     def time_remaining(self) -> float | None:
         """Seconds until the deadline (never negative), or ``None`` without a deadline."""

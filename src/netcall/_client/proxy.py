@@ -6,10 +6,13 @@ They hold only an :data:`Invoke` function (the client's way to make a call), nev
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Generator, Mapping
+from threading import get_ident
 from typing import Any, TypeVar
 
-from .._context import _current
+from .._context import CallContext, _current
+from ..errors import RPCError, RPCTimeoutError
 from .generator import RemoteGenerator
 
 __all__ = ["UNSET", "Call", "Invoke", "Method", "Options"]
@@ -92,6 +95,7 @@ class Call:
         "_name",
         "_oneway",
         "_parent",
+        "_thread",
         "_timeout",
     )
 
@@ -113,10 +117,11 @@ class Call:
         self._oneway = oneway
         self._metadata = metadata
         # The call being served here, if any (read now: a bridge awaits in another thread).
-        self._parent = _current.get()
+        parent = self._parent = _current.get()
+        self._thread = get_ident() if parent is not None else 0
 
     def _make(self, prefetch: bool) -> Awaitable[Any]:
-        return self._invoke(
+        call = self._invoke(
             self._name,
             self._args,
             self._kwargs,
@@ -126,6 +131,12 @@ class Call:
             self._metadata,
             self._parent,
         )
+        parent = self._parent
+        if parent is not None and parent._task is not None and self._thread != get_ident():
+            # Made for a handler from another thread (a blocking client in an executor
+            # thread): nothing would cancel it with the handler's task; the link does.
+            return _linked(call, parent, self._name)
+        return call
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._make(False).__await__()
@@ -169,3 +180,61 @@ class StreamIterator:
     async def aclose(self) -> None:
         if self._gen is not None:
             await self._gen.aclose()
+
+
+async def _linked(call: Awaitable[Any], parent: CallContext, name: str) -> Any:
+    """``call``, cancelled if the served call's task is cancelled first. The served call may
+    run on another loop (a blocking client's calls run on netcall's own loop thread).
+
+    Raises:
+        RPCTimeoutError: the served call's deadline passed, so this call was cancelled.
+        RPCError: the served call was cancelled, so this one was (on the service too).
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    served: asyncio.Future[Any] = parent._task
+    served_loop = served.get_loop()
+
+    def cancel(_: object) -> None:  # on the served call's loop
+        if served.cancelled():
+            try:
+                loop.call_soon_threadsafe(_cancel, task)
+            except RuntimeError:  # our loop is closed: nothing left to cancel
+                pass
+
+    _on_loop(served_loop, loop, served.add_done_callback, cancel)
+    try:
+        return await call
+    except asyncio.CancelledError:
+        if not served.cancelled():
+            raise
+        if hasattr(task, "uncancel"):
+            task.uncancel()
+        if parent.deadline is not None and parent.deadline.expired:
+            raise RPCTimeoutError(
+                f"{name!r}: the deadline of the call being served passed"
+            ) from None
+        raise RPCError(f"{name!r} was cancelled: the call being served was cancelled") from None
+    finally:
+        _on_loop(served_loop, loop, served.remove_done_callback, cancel)
+
+
+def _on_loop(
+    target: asyncio.AbstractEventLoop,
+    here: asyncio.AbstractEventLoop,
+    fn: Callable[[Any], Any],
+    arg: Any,
+) -> None:
+    if target is here:
+        fn(arg)
+        return
+    try:
+        target.call_soon_threadsafe(fn, arg)
+    except RuntimeError:  # that loop is closed: its task will never be cancelled now
+        pass
+
+
+def _cancel(task: asyncio.Task[Any]) -> None:
+    if not task.done():
+        task.cancel()

@@ -138,6 +138,7 @@ class Dispatcher:
                 return
             # The task runs in a copy of this context, where current_call() is this call.
             task = _start_task(self.loop, result)  # type: ignore[arg-type]
+            object.__setattr__(ctx, "_task", task)  # frozen, but built right here
         except Exception as exc:
             self._handler_failed(peer, msg, handler, args, kwargs, exc)
             return
