@@ -176,6 +176,27 @@ class _ServiceLink:
         )
 
 
+def service_chain_step(
+    middleware: Sequence[ServiceMiddleware],
+    ctx: CallContext,
+    endpoint: Callable[[], Awaitable[Any]],
+) -> Awaitable[Any]:
+    """The awaitable that runs ``middleware`` (outermost first) around ``endpoint`` (the
+    handler) for ``ctx``: the outermost middleware's.
+
+    Raises:
+        TypeError: the outermost middleware did not return an awaitable (an inner one that
+            does not is reported when awaited).
+    """
+    step = _ServiceLink(middleware, 0, ctx, endpoint)()
+    if not hasattr(step, "__await__"):
+        raise TypeError(
+            f"middleware {middleware[0]!r} returned {type(step).__name__}, not an awaitable; "
+            "middleware must be async def (ctx, call_next)"
+        )
+    return step
+
+
 async def run_service_chain(
     middleware: Sequence[ServiceMiddleware],
     ctx: CallContext,
@@ -187,14 +208,7 @@ async def run_service_chain(
         whatever the middleware or the handler raise; ``TypeError`` if a middleware does not
         return an awaitable.
     """
-    link = _ServiceLink(middleware, 0, ctx, endpoint)
-    step = link()
-    if not isinstance(step, Awaitable):
-        raise TypeError(
-            f"middleware {middleware[0]!r} returned {type(step).__name__}, not an awaitable; "
-            "middleware must be async def (ctx, call_next)"
-        )
-    return await step
+    return await service_chain_step(middleware, ctx, endpoint)
 
 
 # -- streams -------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator, Awaitable, Generator, Sequence
 from typing import Any
 
 from .._context import CallContext
-from .._middleware import ServiceMiddleware, run_service_chain
+from .._middleware import ServiceMiddleware, service_chain_step
 from .registry import Handler
 from .runner import Runner
 from .streams import sync_step
@@ -34,9 +34,6 @@ class ServiceChain:
         self.runner = runner
         self.middleware: tuple[ServiceMiddleware, ...] = tuple(middleware)
 
-    def __bool__(self) -> bool:
-        return bool(self.middleware)
-
     def add(self, mw: ServiceMiddleware, outermost: bool) -> None:
         self.middleware = (mw, *self.middleware) if outermost else (*self.middleware, mw)
 
@@ -47,7 +44,7 @@ class ServiceChain:
         generator again when no middleware wrapped it)."""
         origin: list[Any] = []
         endpoint = functools.partial(self.endpoint, handler, args, kwargs, origin)
-        result = await run_service_chain(self.middleware, ctx, endpoint)
+        result = await service_chain_step(self.middleware, ctx, endpoint)
         if not origin or not is_stream(result):
             return result
         gen = origin[0]

@@ -9,7 +9,6 @@ only place a handler is called (middleware, thread offload).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import inspect
 import logging
@@ -83,7 +82,7 @@ class Dispatcher:
     def invoke(self, handler: Handler, args: Any, kwargs: dict[str, Any], ctx: CallContext) -> Any:
         """The one place a handler is called: its result (sync handler run inline), or an
         awaitable for it (async handler, sync handler sent to the runner, middleware)."""
-        if self.chain:
+        if self.chain.middleware:
             return self.chain.run(handler, args, kwargs, ctx)
         if handler.is_async or self._runner.inline:
             return handler.fn(*args, **kwargs)
@@ -125,7 +124,7 @@ class Dispatcher:
             return
         if msg.oneway:
             self._replies.send(peer, p.Ack(rid).to_frames())
-        inline = not handler.is_async and self._runner.inline and not self.chain
+        inline = not handler.is_async and self._runner.inline and not self.chain.middleware
         if not inline and self.at_limit(peer, rid):
             return
         ctx = self.context(peer, msg, deadline, args, kwargs)
@@ -138,7 +137,7 @@ class Dispatcher:
                 return
             # The task runs in a copy of this context, where current_call() is this call.
             task = _start_task(self.loop, result)  # type: ignore[arg-type]
-            object.__setattr__(ctx, "_task", task)  # frozen, but built right here
+            ctx._task = task
         except Exception as exc:
             self._handler_failed(peer, msg, handler, args, kwargs, exc)
             return
@@ -202,6 +201,7 @@ class Dispatcher:
         task: asyncio.Future[Any],
     ) -> None:
         """A handler task ended (also when it was cancelled before it ever ran)."""
+        ctx._task = None  # the task's context holds ctx: no reference cycle left behind
         key = (peer, msg.id)
         self.calls.pop(key, None)
         if timer is not None:
@@ -260,15 +260,19 @@ class Dispatcher:
             self._replies.error(peer, msg.id, exc)
 
     def _is_stream(self, result: Any) -> bool:
-        return is_generator(result) or (bool(self.chain) and is_stream(result))
+        return is_generator(result) or (bool(self.chain.middleware) and is_stream(result))
 
     def _finish(self, peer: bytes, msg: p.Call, ctx: CallContext, result: Any) -> None:
-        if _isgenerator(result) or _isasyncgen(result) or (self.chain and is_stream(result)):
+        if (
+            _isgenerator(result)
+            or _isasyncgen(result)
+            or (self.chain.middleware and is_stream(result))
+        ):
             if msg.oneway or self.at_limit(peer, msg.id):
                 close_generator_soon(result)
                 return
             # A stream's steps have no deadline of their own (each client step has a timeout).
-            self._producers.open(peer, msg, result, dataclasses.replace(ctx, deadline=None))
+            self._producers.open(peer, msg, result, ctx.without_deadline())
             return
         if msg.oneway:
             return
