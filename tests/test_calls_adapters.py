@@ -24,6 +24,7 @@ from netcall import (
     RPCClient,
     RPCService,
     current_call,
+    observe_stream,
 )
 from netcall.green import GeventRPCClient, GeventRPCService
 
@@ -105,7 +106,14 @@ def _add_client_middleware(drv: AsyncDriver | BlockingDriver, log: list[Any]) ->
         log.append(call.method)
         return await call_next(call)
 
+    async def watch(call: OutgoingCall, call_next: Any) -> Any:
+        result = await call_next(call)
+        if hasattr(result, "__anext__"):
+            return observe_stream(result, log.append, lambda exc: log.append(("end", exc)))
+        return result
+
     drv.client.add_middleware(stamp)
+    drv.client.add_middleware(watch)
 
 
 def test_metadata_and_middleware_on_every_adapter(
@@ -121,7 +129,16 @@ def test_metadata_and_middleware_on_every_adapter(
     assert drv.call("echo", 3) == 3
     assert drv.stream("count", 3) == [0, 2, 4]  # the service middleware doubled them
     assert drv.stream("sync_count", 2) == [0, 2]
-    assert log == ["meta", "echo", "count", "sync_count"]
+    assert log == [
+        "meta",
+        "echo",
+        "count",
+        *[0, 2, 4],
+        ("end", None),
+        "sync_count",
+        *[0, 2],
+        ("end", None),
+    ]
     assert ("meta", {"request-id": "8", "x-client": drv.kind}) in remote.seen
     assert ("count", {"x-client": drv.kind}) in remote.seen
     with pytest.raises(ValueError):
