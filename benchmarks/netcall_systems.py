@@ -19,6 +19,13 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def curve_dir(path: str) -> str:
+    """Where the CURVE run keeps its keys: beside the harness's files for this run."""
+    import os
+
+    return os.path.join(os.path.dirname(os.path.abspath(path)), "curve-keys")
+
+
 async def _noop_service_mw(ctx: Any, call_next: Any) -> Any:
     return await call_next()
 
@@ -27,10 +34,18 @@ async def _noop_client_mw(call: Any, call_next: Any) -> Any:
     return await call_next(call)
 
 
-def make_service(middleware: bool = False) -> Any:
+def make_service(curve_dir: str | None = None, middleware: bool = False) -> Any:
     from netcall import RPCService
 
-    service = RPCService(middleware=[_noop_service_mw] if middleware else None)
+    security = None
+    if curve_dir is not None:  # the service's key pair, made here; clients read its public key
+        from netcall.security import Curve, Keypair
+
+        keypair = Keypair.generate()
+        keypair.save(curve_dir, "server", overwrite=True)
+        security = Curve.server(keypair)
+    extra: dict[str, Any] = {"middleware": [_noop_service_mw]} if middleware else {}
+    service = RPCService(security=security, **extra)
     state: dict[str, Any] = {"held": 0, "event": None}
 
     @service.register
@@ -73,9 +88,12 @@ def make_service(middleware: bool = False) -> Any:
 
 
 async def serve(
-    endpoint_cb: Callable[[str], None], host: str = "127.0.0.1", middleware: bool = False
+    endpoint_cb: Callable[[str], None],
+    host: str = "127.0.0.1",
+    curve_dir: str | None = None,
+    middleware: bool = False,
 ) -> None:
-    service = make_service(middleware)
+    service = make_service(curve_dir, middleware)
     bind_ports = getattr(service, "bind_ports", None)
     if bind_ports is not None:
         port = bind_ports(host, port=0)
@@ -94,16 +112,25 @@ class AsyncioClient:
 
     client_cls_path = ("netcall", "RPCClient")
 
-    def __init__(self, middleware: bool = False) -> None:
-        self.middleware = middleware
+    def __init__(self, curve_dir: str | None = None, middleware: bool = False) -> None:
+        self.curve_dir = curve_dir
+        self.middleware = middleware  # one no-op client middleware
 
     async def open(self, endpoint: str) -> AsyncioClient:
         import importlib
+        import os
 
         mod, name = self.client_cls_path
         cls = getattr(importlib.import_module(mod), name)
+        kwargs: dict[str, Any] = {}
+        if self.curve_dir is not None:  # an ephemeral client key pair for the service's key
+            from netcall.security import Curve
+
+            kwargs["security"] = Curve.client(os.path.join(self.curve_dir, "server.key"))
+        if self.middleware:
+            kwargs["middleware"] = [_noop_client_mw]
         # default options (no timeout), like the raw baselines: no timer per call
-        self.client = cls(middleware=[_noop_client_mw]) if self.middleware else cls()
+        self.client = cls(**kwargs)
         self.client.connect(endpoint)
         c = self.client
         self.echo = lambda s: c.echo(s)
@@ -137,7 +164,7 @@ class _BlockingClient:
 
         mod, name = self.client_cls_path
         cls = getattr(importlib.import_module(mod), name)
-        self.client = cls(middleware=[_noop_client_mw]) if self.middleware else cls()
+        self.client = cls()
         self.client.connect(endpoint)
         c = self.client
         self.echo = lambda s: c.echo(s)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import os
 import sys
@@ -36,6 +35,7 @@ SYSTEMS: dict[str, tuple[str, str, str | None]] = {
     "netcall-gevent": ("netcall", "blocking", None),
     "netcall-sync": ("netcall", "blocking", None),
     "netcall-tornado": ("netcall", "async", "asyncio"),
+    "netcall-curve": ("netcall-curve", "async", "asyncio"),
     # netcall-asyncio with one no-op middleware on each side (the cost of the hook)
     "netcall-middleware": ("netcall-mw", "async", "asyncio"),
     "aiozmq-rpc": ("aiozmq", "async", "asyncio"),
@@ -103,7 +103,17 @@ def run_server(kind: str, ready: str) -> None:
         import netcall_systems
 
         coro_fn = netcall_systems.serve
+    elif kind == "netcall-curve":
+        import functools
+
+        import netcall_systems
+
+        coro_fn = functools.partial(
+            netcall_systems.serve, curve_dir=netcall_systems.curve_dir(ready)
+        )
     elif kind == "netcall-mw":
+        import functools
+
         import netcall_systems
 
         coro_fn = functools.partial(netcall_systems.serve, middleware=True)
@@ -184,14 +194,19 @@ async def _async_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Re
         import netcall_systems
 
         cli = await netcall_systems.AsyncioClient().open(endpoint)
-    elif system == "netcall-middleware":
-        import netcall_systems
-
-        cli = await netcall_systems.AsyncioClient(middleware=True).open(endpoint)
     elif system == "netcall-tornado":
         import netcall_systems
 
         cli = await netcall_systems.TornadoClient().open(endpoint)
+    elif system == "netcall-curve":
+        import netcall_systems
+
+        keys = netcall_systems.curve_dir(rec.path)
+        cli = await netcall_systems.AsyncioClient(curve_dir=keys).open(endpoint)
+    elif system == "netcall-middleware":
+        import netcall_systems
+
+        cli = await netcall_systems.AsyncioClient(middleware=True).open(endpoint)
     elif system == "aiozmq-rpc":
         import peers
 

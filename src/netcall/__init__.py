@@ -20,6 +20,7 @@ from ._metadata import MAX_METADATA_BYTES, MAX_METADATA_ITEMS
 from ._middleware import ClientMiddleware, OutgoingCall, ServiceMiddleware, observe_stream
 from .client import RemoteGenerator, RPCClient
 from .errors import (
+    AuthenticationError,
     ClientClosedError,
     ConnectionLostError,
     EncodingError,
@@ -46,6 +47,7 @@ __all__ = [
     "MAX_METADATA_BYTES",
     "MAX_METADATA_ITEMS",
     "RESERVED_NAMES",
+    "AuthenticationError",
     "CallContext",
     "ClientClosedError",
     "ClientMiddleware",

@@ -25,13 +25,25 @@ class CallContext:
             this host's monotonic clock), or ``None``.
         oneway: the client does not wait for a result.
         metadata: string pairs the client sent with the call (read-only; empty by default).
+        peer_key: the caller's CURVE public key (Z85 text) on a service with
+            ``security=Curve.server(...)``; ``None`` without CURVE (and through ``inproc://``).
         args: the call's positional arguments, as the handler gets them.
         kwargs: the call's keyword arguments, as the handler gets them.
     """
 
     # A plain class with slots, not a frozen dataclass: one is built per call, and a frozen
     # dataclass's __init__ costs about three times as much.
-    __slots__ = ("_task", "args", "deadline", "kwargs", "metadata", "method", "oneway", "peer")
+    __slots__ = (
+        "_task",
+        "args",
+        "deadline",
+        "kwargs",
+        "metadata",
+        "method",
+        "oneway",
+        "peer",
+        "peer_key",
+    )
 
     def __init__(
         self,
@@ -40,6 +52,7 @@ class CallContext:
         deadline: Deadline | None,
         oneway: bool = False,
         metadata: Mapping[str, str] = _NO_METADATA,
+        peer_key: str | None = None,
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] = _NO_METADATA,
     ) -> None:
@@ -48,6 +61,7 @@ class CallContext:
         self.deadline = deadline
         self.oneway = oneway
         self.metadata = metadata
+        self.peer_key = peer_key
         self.args = args
         self.kwargs = kwargs
         # The task running the handler (set by the service once it exists): a call made for
@@ -63,13 +77,21 @@ class CallContext:
     def without_deadline(self) -> CallContext:
         """A copy with no deadline (a stream's, whose steps each have their own timeout)."""
         return CallContext(
-            self.method, self.peer, None, self.oneway, self.metadata, self.args, self.kwargs
+            self.method,
+            self.peer,
+            None,
+            self.oneway,
+            self.metadata,
+            self.peer_key,
+            self.args,
+            self.kwargs,
         )
 
     def __repr__(self) -> str:
         return (
             f"CallContext(method={self.method!r}, peer={self.peer!r}, "
-            f"deadline={self.deadline!r}, oneway={self.oneway!r}, metadata={self.metadata!r})"
+            f"deadline={self.deadline!r}, oneway={self.oneway!r}, metadata={self.metadata!r}, "
+            f"peer_key={self.peer_key!r})"
         )
 
 
