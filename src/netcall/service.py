@@ -195,11 +195,8 @@ class RPCService:
 
     def add_middleware(self, middleware: ServiceMiddleware, *, outermost: bool = False) -> None:
         """Run ``async def middleware(ctx, call_next)`` around every call and stream opening
-        from now on, innermost (or ``outermost``); see :mod:`netcall._service.chain`.
-
-        Raises:
-            TypeError: ``middleware`` is not callable.
-        """
+        from now on, innermost (or ``outermost``); see :mod:`netcall._service.chain`. Raises
+        ``TypeError`` if it is not callable."""
         self._dispatch.chain.add(check_middleware([middleware])[0], outermost)
 
     def methods(self) -> dict[str, dict[str, str]]:
