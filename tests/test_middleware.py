@@ -392,3 +392,36 @@ async def test_handler_errors_are_logged_rate_limited(pair: Any, caplog: Any) ->
     assert first.levelno == logging.WARNING
     assert "ZeroDivisionError" in first.getMessage() and "client" in first.getMessage()
     assert first.exc_info is not None and first.exc_info[0] is ZeroDivisionError
+
+
+async def test_service_middleware_sees_the_callers_curve_key(
+    make_service: Any, make_client: Any, make_url: Any
+) -> None:
+    from netcall.security import Curve, Keypair
+
+    server, alice = Keypair.generate(), Keypair.generate()
+    seen: list[Any] = []
+
+    async def who(ctx: CallContext, call_next: Next) -> Any:
+        seen.append(ctx.peer_key)
+        if ctx.peer_key != alice.public.decode():
+            raise PermissionError("not alice")
+        return await call_next()
+
+    url = make_url("tcp")
+    svc = make_service(security=Curve.server(server), middleware=[who])
+
+    @svc.register
+    async def hello() -> str:
+        return "hi alice"
+
+    svc.bind(url)
+    svc.start()
+    cli = make_client(security=Curve.client(server.public, keypair=alice))
+    cli.connect(url)
+    assert await cli.hello() == "hi alice"
+    stranger = make_client(security=Curve.client(server.public))
+    stranger.connect(url)
+    with pytest.raises(PermissionError):
+        await stranger.hello()
+    assert seen[0] == alice.public.decode() and seen[1] != seen[0]
