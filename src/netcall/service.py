@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, overload
@@ -35,6 +36,8 @@ __all__ = ["RESERVED_NAMES", "HandlerRunner", "RPCService"]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("netcall")
 Keys = Iterable[Any] | None  # CURVE public keys (Z85 bytes or text, or Keypairs)
 
 
@@ -228,6 +231,7 @@ class RPCService:
                 with map_exceptions(f"cannot bind {url!r}"):
                     self.socket.bind(url)
                 self._bound.add(url)
+                log.info("netcall: %s bound to %s", self.name, url)
                 warn_if_exposed(url, self.serializer.name, self.security, "bound")
 
     def unbind(self, url: str) -> None:
@@ -255,6 +259,7 @@ class RPCService:
         with map_exceptions(f"cannot bind tcp://{ip}"):
             chosen = self.socket.bind_to_random_port(f"tcp://{ip}", min_port, max_port)
         self._bound.add(f"tcp://{ip}:{chosen}")
+        log.info("netcall: %s bound to tcp://%s:%d", self.name, ip, chosen)
         warn_if_exposed(f"tcp://{ip}:{chosen}", self.serializer.name, self.security, "bound")
         return chosen
 
@@ -353,6 +358,7 @@ class RPCService:
         self._close(linger=0)
 
     def _close(self, linger: int) -> None:
+        log.info("netcall: %s stopped", self.name)
         self._closed = True
         self._dispatch.refusing = "the service is stopping"
         self._replies.driver = None

@@ -34,6 +34,7 @@ from .streams import Producers, close_generator_soon, is_generator
 __all__ = ["Dispatcher"]
 
 log = logging.getLogger("netcall")
+_debug = log.isEnabledFor
 
 _isgenerator = inspect.isgenerator
 _isasyncgen = inspect.isasyncgen
@@ -63,7 +64,7 @@ class Dispatcher:
         #: The service's middleware (empty: handlers are called directly).
         self.chain = ServiceChain(runner, middleware)
         # Handler errors are logged, but a client cannot flood the log with them.
-        self.log = RateLimitedLog(log)
+        self.log = producers.log = RateLimitedLog(log)
         self.calls: dict[tuple[bytes, int], asyncio.Future[Any]] = {}
         # Calls the client cancelled: their task may already be done, its done-callback not yet
         # run (cancel() is then a no-op): that callback must not answer or open a stream.
@@ -142,6 +143,8 @@ class Dispatcher:
         if not inline and self.at_limit(peer, rid):
             return
         ctx = self.context(peer, msg, deadline, args, kwargs)
+        if _debug(logging.DEBUG):
+            log.debug("netcall: call %s from %s", msg.method, peer.hex())
         token = _current.set(ctx)
         try:
             result = self.invoke(handler, args, kwargs, ctx)

@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import protocol as p
 from .._context import CallContext, _current
+from .._ratelog import RateLimitedLog
 from ..errors import ProtocolError, SerializationError, exception_for_throw
 from ..protocol.session import SERVICE_STREAM, add_credit, service_stream_next
 from ..serializers import Serializer
@@ -83,6 +84,8 @@ class Producers:
         self, replies: Replies, serializer: Serializer, runner: Runner, lease: float
     ) -> None:
         self._replies = replies
+        # Where a generator's error is logged (rate-limited; the dispatcher shares its own).
+        self.log = RateLimitedLog(log)
         self._serializer = serializer
         self._runner = runner
         self.lease = lease
@@ -227,6 +230,15 @@ class Producers:
                         replies.send(stream.peer, p.End(stream.rid).to_frames())
                         return
                 except Exception as exc:
+                    self.log(
+                        "handler error",
+                        logging.WARNING,
+                        "netcall: stream %s raised %s (client %s)",
+                        stream.method,
+                        type(exc).__name__,
+                        stream.peer.hex(),
+                        exc_info=exc,
+                    )
                     replies.error(stream.peer, stream.rid, exc)
                     return
                 try:
