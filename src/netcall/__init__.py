@@ -10,6 +10,8 @@
     async def echo(s):
         return s
 
+A :class:`Broker` gives many services, which connect out to it, one address.
+
 Legacy entry points over the same core: :mod:`netcall.tornado`, :mod:`netcall.green` (gevent)
 and :mod:`netcall.sync` (a blocking client).
 """
@@ -18,6 +20,7 @@ from ._context import CallContext, current_call
 from ._edge import TransportError
 from ._metadata import MAX_METADATA_BYTES, MAX_METADATA_ITEMS
 from ._middleware import ClientMiddleware, OutgoingCall, ServiceMiddleware, observe_stream
+from .broker import Broker
 from .client import RemoteGenerator, RPCClient
 from .errors import (
     AuthenticationError,
@@ -48,6 +51,7 @@ __all__ = [
     "MAX_METADATA_ITEMS",
     "RESERVED_NAMES",
     "AuthenticationError",
+    "Broker",
     "CallContext",
     "ClientClosedError",
     "ClientMiddleware",
