@@ -267,9 +267,13 @@ class Dispatcher:
                 peer, msg.id, "TypeError", f"bad arguments for {handler.name!r}: {exc}"
             )
             return
+        # A handler interrupted (Ctrl-C or exit in its greenlet) is not a handler bug: the
+        # interruption is reported where it lands (serve()); here it is only a DEBUG line.
+        cause = exc.__cause__
+        interrupted = cause is not None and not isinstance(cause, Exception)
         self.log(
             "handler error",
-            logging.WARNING,
+            logging.DEBUG if interrupted else logging.WARNING,
             "netcall: %s%s raised %s (client %s)",
             "one-way call " if msg.oneway else "",
             handler.name,
