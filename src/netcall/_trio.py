@@ -35,7 +35,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -46,6 +46,7 @@ from . import _bridge
 from . import protocol as p
 from ._client.generator import ItemBatches, RemoteGenerator
 from ._client.proxy import Method
+from ._context import CallContext
 from .client import RPCClient
 from .errors import ClientClosedError
 from .service import RPCService
@@ -264,11 +265,17 @@ class TrioClient(RPCClient):
         timeout: float | None,
         oneway: bool,
         prefetch: bool,
+        metadata: Mapping[str, str] | None = None,
+        parent: CallContext | None = None,
+        chained: bool = False,
     ) -> Any:
-        bridge = self._trio_bridge
-        result = await run_on_bridge(
-            bridge, RPCClient._invoke(self, method, args, kwargs, timeout, oneway, prefetch)
+        core = RPCClient._invoke(
+            self, method, args, kwargs, timeout, oneway, prefetch, metadata, parent, chained
         )
+        if chained:  # from the client's middleware: already on the loop thread
+            return await core
+        bridge = self._trio_bridge
+        result = await run_on_bridge(bridge, core)
         if isinstance(result, RemoteGenerator):
             return TrioRemoteGenerator(result, bridge)
         return result
