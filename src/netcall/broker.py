@@ -72,8 +72,12 @@ class Broker:
             the frontend (clients use ``Curve.client(broker_public_key, ...)``; only allowed
             keys connect). The broker then tells each service the caller's key, so
             ``current_call().peer_key`` on the service is the client's key (and
-            ``register(allow=...)`` applies to it). The backend stays plain: keep it on a
-            private network.
+            ``register(allow=...)`` applies to it).
+        backend_security: ``Curve.server(keypair, allow=...)`` for the backend: CURVE between
+            the broker and its services, which connect with
+            ``service.connect(url, security=Curve.client(<backend public key>, keypair=...))``;
+            with ``allow``, only those services' keys may join. Without it the backend is
+            plain: keep it on a private network (or ipc).
         name: a label for logs.
 
     Raises:
@@ -93,6 +97,7 @@ class Broker:
         max_message_size: int | None = None,
         startup_grace: float = 1.5,
         security: CurveServer | None = None,
+        backend_security: CurveServer | None = None,
         name: str | None = None,
     ) -> None:
         if heartbeat <= 0:
@@ -110,7 +115,17 @@ class Broker:
         self._zap = secure_socket(
             self._frontend, security, server=True, name=f"{self.name} frontend"
         )
-        self._backend = self._socket(max_message_size)
+        self.backend_security = backend_security
+        try:
+            self._backend = self._socket(max_message_size)
+            self._backend_zap = secure_socket(
+                self._backend, backend_security, server=True, name=f"{self.name} backend"
+            )
+        except BaseException:
+            self._frontend.close(linger=0)
+            if self._zap is not None:
+                self._zap.close()
+            raise
         self._sockets = [self._frontend, self._backend]
         events = zmq.EVENT_DISCONNECTED
         self._monitors = [s.get_monitor_socket(events) for s in self._sockets]
@@ -225,9 +240,10 @@ class Broker:
         for sock in (*getattr(self, "_monitors", ()), *getattr(self, "_sockets", ())):
             if not sock.closed:
                 sock.close(linger=0)
-        zap = getattr(self, "_zap", None)
-        if zap is not None:
-            zap.close()
+        for attr in ("_zap", "_backend_zap"):
+            zap = getattr(self, attr, None)
+            if zap is not None:
+                zap.close()
 
     def stats(self) -> dict[str, Any]:
         """A snapshot: ``services`` (each with its methods, calls in flight, limit), the union

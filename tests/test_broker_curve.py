@@ -1,0 +1,150 @@
+"""CURVE on the broker's backend: services connect out as CURVE clients with real keys over
+real tcp (``service.connect(url, security=Curve.client(...))``), the broker's allowlist lets in
+the services it knows and refuses the rest, and a service's own ``security=`` stays on the
+endpoints it binds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from conftest import tcp_url
+from netcall import Broker, RPCClient, current_call
+from netcall.security import Curve, Keypair
+
+pytestmark = pytest.mark.timeout(30)
+
+BACKEND = Keypair.generate()
+FRONTEND = Keypair.generate()
+SVC = Keypair.generate()
+OTHER = Keypair.generate()
+ALICE = Keypair.generate()
+
+
+def whoami(make_service, **kw):  # type: ignore[no-untyped-def]
+    svc = make_service(**kw)
+
+    @svc.register
+    def who() -> list[str | None]:
+        return [svc.name, current_call().peer_key]
+
+    return svc
+
+
+async def joined(broker: Broker, n: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(broker.stats()["services"]) < n:
+        assert time.monotonic() < deadline, broker.stats()
+        await asyncio.sleep(0.02)
+
+
+async def warned(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(text in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+        await asyncio.sleep(0.02)
+
+
+async def test_a_service_joins_a_curve_backend_and_serves(make_service, ctx):
+    front, back = tcp_url(), tcp_url()
+    backend = Curve.server(BACKEND, allow=[SVC.public])
+    frontend = Curve.server(FRONTEND, allow=[ALICE.public])
+    svc = whoami(make_service, name="svc")
+    svc.connect(back, security=Curve.client(BACKEND.public, keypair=SVC))
+    client = RPCClient(timeout=5, context=ctx, security=Curve.client(FRONTEND.public, ALICE))
+    async with Broker(front, back, context=ctx, security=frontend, backend_security=backend) as b:
+        svc.start()
+        await joined(b, 1)
+        client.connect(front)
+        try:
+            # Both sides CURVE, each with its own allowlist in one context; the service sees
+            # the client's key, vouched for by its broker.
+            assert await client.who() == ["svc", ALICE.public.decode()]
+        finally:
+            client.close()
+
+
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("unlisted key", "refused this service's key"),
+        ("plain", "requires CURVE"),
+        ("wrong broker key", "public key is not the one"),
+    ],
+)
+async def test_refused_services_never_join(make_service, ctx, caplog, case, expect):
+    caplog.set_level(logging.WARNING, logger="netcall")
+    front, back = tcp_url(), tcp_url()
+    good = whoami(make_service, name="good")
+    good.connect(back, security=Curve.client(BACKEND.public, keypair=SVC))
+    bad = whoami(make_service, name="bad")
+    if case == "unlisted key":
+        bad.connect(back, security=Curve.client(BACKEND.public, keypair=OTHER))
+    elif case == "plain":
+        bad.connect(back)
+    else:
+        bad.connect(back, security=Curve.client(OTHER.public, keypair=SVC))
+    backend = Curve.server(BACKEND, allow=[SVC.public])
+    client = RPCClient(timeout=5, context=ctx)
+    async with Broker(front, back, context=ctx, backend_security=backend) as b:
+        bad.start()
+        good.start()
+        await joined(b, 1)
+        if case != "plain":  # the broker's side says nothing to a plain peer it refuses
+            await warned(caplog, expect)
+        client.connect(front)
+        try:
+            names = {(await client.who())[0] for _ in range(20)}
+            assert names == {"good"}
+            assert len(b.stats()["services"]) == 1
+        finally:
+            client.close()
+
+
+async def test_curve_out_and_curve_in_on_one_service(make_service, ctx):
+    """A Curve.server service that also connects out as a CURVE client: its bound endpoint
+    keeps its own key and allowlist, whichever came first."""
+    front, back, direct = tcp_url(), tcp_url(), tcp_url()
+    svc = whoami(make_service, name="both", security=Curve.server(SVC, allow=[ALICE.public]))
+    svc.connect(back, security=Curve.client(BACKEND.public, keypair=SVC))
+    svc.bind(direct)
+    backend = Curve.server(BACKEND, allow=[SVC.public])
+    via_broker = RPCClient(timeout=5, context=ctx)
+    straight = RPCClient(timeout=5, context=ctx, security=Curve.client(SVC.public, ALICE))
+    async with Broker(front, back, context=ctx, backend_security=backend) as b:
+        svc.start()
+        await joined(b, 1)
+        via_broker.connect(front)
+        straight.connect(direct)
+        try:
+            assert await via_broker.who() == ["both", None]
+            assert await straight.who() == ["both", ALICE.public.decode()]
+        finally:
+            via_broker.close()
+            straight.close()
+
+
+async def test_a_plain_service_binds_plain_after_a_curve_connect(make_service, ctx):
+    front, back, direct = tcp_url(), tcp_url(), tcp_url()
+    svc = whoami(make_service, name="plain")
+    svc.connect(back, security=Curve.client(BACKEND.public, keypair=SVC))
+    svc.bind(direct)  # the NULL mechanism came back after the connect
+    svc.connect(tcp_url())  # and a plain connection out stays plain (nobody there)
+    straight = RPCClient(timeout=5, context=ctx)
+    async with Broker(front, back, context=ctx, backend_security=Curve.server(BACKEND)) as b:
+        svc.start()
+        await joined(b, 1)
+        straight.connect(direct)
+        try:
+            assert await straight.who() == ["plain", None]
+        finally:
+            straight.close()
+
+
+def test_connect_takes_a_curve_client_only(make_service):
+    svc = make_service()
+    with pytest.raises(TypeError, match=r"Curve\.client"):
+        svc.connect(tcp_url(), security=Curve.server(BACKEND))
