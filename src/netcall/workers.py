@@ -22,9 +22,10 @@ worker that opened it.
 Lifetimes:
 
 - **The parent stops** (:meth:`WorkerPool.stop`, Ctrl-C or SIGTERM under
-  :func:`serve_workers`): each worker gets SIGTERM and stops gracefully (no new calls, calls in
-  flight get ``grace`` seconds, their answers still go out through the broker), stragglers are
-  killed after ``grace + 2`` seconds, then the broker closes. Workers ignore SIGINT, so a Ctrl-C
+  :func:`serve_workers`): the broker drains (new calls fail with
+  :class:`~netcall.errors.ServiceStoppingError`, calls in flight get ``grace`` seconds and
+  their answers still go out), then each worker gets SIGTERM and stops gracefully, stragglers
+  are killed after ``grace + 2`` seconds, then the broker closes. Workers ignore SIGINT, so a Ctrl-C
   in a terminal is handled once, by the parent.
 - **The parent dies** (even by SIGKILL): each worker holds the read end of a pipe only the
   parent writes to; it sees end-of-file at once and stops the same way (exiting after
@@ -245,13 +246,16 @@ class WorkerPool:
         await self.stop()
 
     async def stop(self) -> None:
-        """Stop every worker gracefully (SIGTERM, then SIGKILL after ``grace + 2`` s), then
-        the broker, and remove the ipc directory."""
+        """Stop gracefully: the broker refuses new calls and lets those in flight finish
+        (``grace`` seconds), every worker gets SIGTERM (SIGKILL after ``grace + 2`` s more),
+        then the broker closes and the ipc directory is removed."""
         if self._stopping:
             return
         self._stopping = True
         if self._poll is not None:
             self._poll.cancel()
+        if self.broker is not None:  # no new calls; those in flight finish through it
+            await self.broker.drain(self.grace)
         procs = [w.proc for w in self._workers if w.proc is not None]
         for proc in procs:
             if proc.poll() is None:
