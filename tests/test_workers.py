@@ -173,3 +173,24 @@ async def test_sigint_stops_gracefully_calls_in_flight_finish(ctx, client):
     finally:
         parent.kill()
         parent.wait()
+
+
+async def test_netcall_serve_workers_on_the_command_line(ctx, client):
+    url = tcp_url()
+    code = "import sys; from netcall.cli import main; sys.exit(main())"
+    args = ["serve", "_workers_service:service", "--bind", url, "--workers", "2"]
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args], cwd=TESTS, env=env, stdout=subprocess.PIPE
+    )
+    try:
+        client.connect(url)
+        pids = await pids_seen(client, 2)
+        proc.send_signal(signal.SIGINT)
+        out, _ = await asyncio.to_thread(proc.communicate, timeout=15)
+        assert proc.returncode == 0
+        assert b"with 2 workers" in out
+        await wait_gone(pids, timeout=2)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -140,6 +140,7 @@ class WorkerPool:
         self._dir: str | None = None
         self._poll: asyncio.TimerHandle | None = None
         self._stopping = False
+        self._stopped: asyncio.Future[None] | None = None
         self.failure: str | None = None
 
     @property
@@ -249,9 +250,12 @@ class WorkerPool:
         """Stop gracefully: the broker refuses new calls and lets those in flight finish
         (``grace`` seconds), every worker gets SIGTERM (SIGKILL after ``grace + 2`` s more),
         then the broker closes and the ipc directory is removed."""
-        if self._stopping:
-            return
-        self._stopping = True
+        if self._stopped is None:
+            self._stopping = True
+            self._stopped = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stopped)  # a second caller waits for the first's stop
+
+    async def _stop(self) -> None:
         if self._poll is not None:
             self._poll.cancel()
         if self.broker is not None:  # no new calls; those in flight finish through it
