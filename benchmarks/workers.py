@@ -47,6 +47,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_of(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 async def measure(client: RPCClient, iterations: int, in_flight: int, seconds: float) -> float:
     done = 0
     end = time.monotonic() + seconds
@@ -79,10 +90,17 @@ async def main(a: argparse.Namespace) -> None:
         await measure(clients[n], iterations, a.in_flight, 0.5)  # warm-up
     load0 = os.getloadavg()
     figures: dict[int, list[float]] = {1: [], 2: []}
+    workers_ms: list[float] = []  # CPU per call in the workers, and in this process
+    parent_ms: list[float] = []
     try:
         for rep in range(a.reps):
             for n in (1, 2):
+                pids = pools[n].pids
+                w0, p0, t0 = cpu_of(pids), time.process_time(), time.monotonic()
                 rate = await measure(clients[n], iterations, a.in_flight, a.time)
+                calls = rate * (time.monotonic() - t0)
+                workers_ms.append((cpu_of(pids) - w0) / calls * 1e3)
+                parent_ms.append((time.process_time() - p0) / calls * 1e3)
                 figures[n].append(rate)
                 print(f"rep {rep + 1}: {n} worker(s): {rate:8.1f} calls/s", flush=True)
     finally:
@@ -99,6 +117,11 @@ async def main(a: argparse.Namespace) -> None:
         f"ratio 2/1: {two / one:.2f}   (per-rep ratios: "
         + ", ".join(f"{b / o:.2f}" for o, b in zip(figures[1], figures[2]))
         + ")"
+    )
+    w, p = statistics.median(workers_ms), statistics.median(parent_ms)
+    print(
+        f"CPU per call: {w:.3f} ms in a worker, {p:.3f} ms in this process (broker + client); "
+        f"so on 2 idle cores 2/1 would be about 2w/(w+p) = {2 * w / (w + p):.2f}"
     )
     print(f"cpus: {os.cpu_count()}  load average before: {load0[0]:.1f}  after: {load1[0]:.1f}")
 
