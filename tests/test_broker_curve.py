@@ -93,8 +93,7 @@ async def test_refused_services_never_join(make_service, ctx, caplog, case, expe
         bad.start()
         good.start()
         await joined(b, 1)
-        if case != "plain":  # the broker's side says nothing to a plain peer it refuses
-            await warned(caplog, expect)
+        await warned(caplog, expect)
         client.connect(front)
         try:
             names = {(await client.who())[0] for _ in range(20)}

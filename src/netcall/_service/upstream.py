@@ -188,6 +188,10 @@ class Upstreams:
         # ZeroMQ retries every reconnect interval: say it once, until the next success.
         error = handshake_error(event, value, url, peer in self._secure)
         text = str(error) if error is not None else f"the handshake with {url} failed"
+        text = text.replace(  # the client's advice, in the words of a service connecting out
+            "give this client security=Curve.client(<the service's public key>)",
+            "connect with security=Curve.client(<its public key>, keypair=...)",
+        )
         text = text.replace("this client", "this service").replace("the service", "the peer")
         if self._failed.get(peer) != text:
             self._failed[peer] = text
