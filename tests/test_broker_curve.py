@@ -22,6 +22,7 @@ FRONTEND = Keypair.generate()
 SVC = Keypair.generate()
 OTHER = Keypair.generate()
 ALICE = Keypair.generate()
+DIRECT = Keypair.generate()  # a service's own key on the endpoints it binds
 
 
 def whoami(make_service, **kw):  # type: ignore[no-untyped-def]
@@ -103,16 +104,20 @@ async def test_refused_services_never_join(make_service, ctx, caplog, case, expe
             client.close()
 
 
-async def test_curve_out_and_curve_in_on_one_service(make_service, ctx):
+@pytest.mark.parametrize("bind_first", [False, True])
+async def test_curve_out_and_curve_in_on_one_service(make_service, ctx, bind_first):
     """A Curve.server service that also connects out as a CURVE client: its bound endpoint
     keeps its own key and allowlist, whichever came first."""
     front, back, direct = tcp_url(), tcp_url(), tcp_url()
-    svc = whoami(make_service, name="both", security=Curve.server(SVC, allow=[ALICE.public]))
+    svc = whoami(make_service, name="both", security=Curve.server(DIRECT, allow=[ALICE.public]))
+    if bind_first:
+        svc.bind(direct)
     svc.connect(back, security=Curve.client(BACKEND.public, keypair=SVC))
-    svc.bind(direct)
+    if not bind_first:
+        svc.bind(direct)
     backend = Curve.server(BACKEND, allow=[SVC.public])
     via_broker = RPCClient(timeout=5, context=ctx)
-    straight = RPCClient(timeout=5, context=ctx, security=Curve.client(SVC.public, ALICE))
+    straight = RPCClient(timeout=5, context=ctx, security=Curve.client(DIRECT.public, ALICE))
     async with Broker(front, back, context=ctx, backend_security=backend) as b:
         svc.start()
         await joined(b, 1)

@@ -130,10 +130,10 @@ async def test_a_killed_worker_is_restarted(pool_env, ctx, client):
         assert [-signal.SIGKILL] in [w["exits"] for w in pool.stats()["workers"]]
 
 
-def _parent(url: str) -> subprocess.Popen[bytes]:
+def _parent(url: str, grace: float = 5) -> subprocess.Popen[bytes]:
     code = (
         "import sys; from netcall.workers import serve_workers; "
-        f"serve_workers('_workers_service:service', 2, bind={url!r}, grace=5)"
+        f"serve_workers('_workers_service:service', 2, bind={url!r}, grace={grace})"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), str(TESTS)]))
     return subprocess.Popen([sys.executable, "-c", code], env=env)
@@ -151,6 +151,47 @@ async def test_workers_exit_when_the_parent_is_killed(ctx, client):
     finally:
         parent.kill()
         parent.wait()
+
+
+async def test_a_busy_worker_exits_too_when_the_parent_is_killed(ctx, client):
+    # A handler that never yields keeps the worker's loop from stopping: the parent-death
+    # watch exits the process anyway, grace + 2 s later.
+    url = tcp_url()
+    parent = _parent(url, grace=0.5)
+    try:
+        client.connect(url)
+        pids = await pids_seen(client, 2)
+        busy = [asyncio.ensure_future(client.call("burn", 10**9, timeout=30)) for _ in range(2)]
+        await asyncio.sleep(0.5)
+        parent.kill()
+        parent.wait()
+        t0 = time.monotonic()
+        await wait_gone(pids, timeout=15)
+        assert time.monotonic() - t0 > 1.5  # the fallback, not a graceful stop
+        for call in busy:
+            call.cancel()
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+async def test_without_restart_a_dead_worker_is_reported(pool_env, ctx, client, caplog):
+    url = tcp_url()
+    async with WorkerPool(
+        "_workers_service:service", 2, bind=url, context=ctx, restart=False
+    ) as pool:
+        await pool.wait_ready()
+        victim = pool.pids[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while len(pool.pids) != 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        assert len(pool.pids) == 1 and victim not in pool.pids
+        assert any("exited with code -9" in r.getMessage() for r in caplog.records)
+        client.connect(url)
+        assert await pids_seen(client, 1) == set(pool.pids)
 
 
 async def test_sigint_stops_gracefully_calls_in_flight_finish(ctx, client):
