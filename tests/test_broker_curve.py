@@ -152,3 +152,45 @@ def test_connect_takes_a_curve_client_only(make_service):
     svc = make_service()
     with pytest.raises(TypeError, match=r"Curve\.client"):
         svc.connect(tcp_url(), security=Curve.server(BACKEND))
+
+
+async def test_netcall_broker_with_a_curve_backend(make_service, ctx, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    front, back = tcp_url(), tcp_url()
+    _, secret = BACKEND.save(tmp_path, "backend")
+    public, _ = SVC.save(tmp_path, "svc")
+    src = Path(__file__).resolve().parents[1] / "src"
+    code = "import sys; from netcall.cli import main; sys.exit(main())"
+    args = ["broker", "--frontend", front, "--backend", back, "--stats-every", "0"]
+    args += ["--backend-curve-keypair", str(secret), "--backend-allow", str(public)]
+    env = dict(os.environ, PYTHONPATH=str(src))
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env)
+    good = whoami(make_service, name="good")
+    good.connect(back, security=Curve.client(BACKEND.public, keypair=SVC))
+    bad = whoami(make_service, name="bad")
+    bad.connect(back, security=Curve.client(BACKEND.public, keypair=OTHER))
+    good.start()
+    bad.start()
+    client = RPCClient(timeout=5, context=ctx)
+    client.connect(front)
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # until the broker is up and the good service has joined
+            try:
+                names = {(await client.call("who", timeout=1))[0] for _ in range(10)}
+                break
+            except Exception:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+        assert names == {"good"}
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+    finally:
+        client.close()
+        proc.kill()
+        proc.wait()

@@ -183,10 +183,12 @@ async def _broker(ns: argparse.Namespace) -> int:
         heartbeat=ns.heartbeat,
         max_queue=ns.max_queue,
         security=_security(ns, server=True),
+        backend_security=_backend_security(ns),
     )
     loop = asyncio.get_running_loop()
+    stopping: set[asyncio.Task[None]] = set()  # drains: calls in flight finish (5 s grace)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, broker.close)
+        loop.add_signal_handler(sig, lambda: stopping.add(loop.create_task(broker.stop())))
     broker.start()
     print(
         f"broker: clients connect to {', '.join(ns.frontend)}; "
@@ -209,6 +211,19 @@ async def _broker(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _backend_security(ns: argparse.Namespace) -> Any:
+    from .security import from_options
+
+    if ns.backend_allow and ns.backend_curve_keypair is None:
+        raise SystemExit("netcall: --backend-allow needs --backend-curve-keypair")
+    try:
+        return from_options(
+            server=True, keypair=ns.backend_curve_keypair, allow=ns.backend_allow or ()
+        )
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"netcall: {exc}") from None
+
+
 def _add_broker_command(sub: Any) -> None:
     p = sub.add_parser("broker", help="run a broker: one address for many services")
     p.add_argument("--frontend", action="append", required=True, help="endpoint for clients")
@@ -219,6 +234,18 @@ def _add_broker_command(sub: Any) -> None:
         "--stats-every", type=float, default=10.0, help="print stats every N s (0: never)"
     )
     _security_options(p, server=True)  # CURVE on the frontend
+    p.add_argument(
+        "--backend-curve-keypair",
+        metavar="FILE",
+        help="CURVE on the backend: the broker's .key_secret file for it (services connect "
+        "with security=Curve.client(<its public key>, keypair=...))",
+    )
+    p.add_argument(
+        "--backend-allow",
+        action="append",
+        metavar="KEY",
+        help="service keys let in on the backend: a folder of .key files, or keys (repeatable)",
+    )
     p.set_defaults(run=_broker)
 
 
