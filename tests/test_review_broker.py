@@ -173,3 +173,42 @@ async def test_client_that_binds_sees_services_that_connected_before_its_first_c
         await wait_until(lambda: bool(svc._upstreams._up), timeout=5)
         await asyncio.sleep(0.2)  # the HELLO crosses
         assert await cli.whoami() == (alice.public.decode() if curve else None)
+
+
+async def test_a_client_that_binds_cannot_claim_another_key(make_service, ctx) -> None:
+    """Regression: a CURVE service trusted the caller key written in the metadata of any peer
+    it had connected to, so a client that binds (authenticated as bob) could claim alice's key
+    and pass ``register(allow=[alice])``. Over a CURVE link the link's own key is the caller's."""
+    import zmq
+
+    from netcall import protocol as p
+
+    server, alice, bob = Keypair.generate(), Keypair.generate(), Keypair.generate()
+    svc = make_service(
+        security=Curve.server(server, allow=[alice.public, bob.public]), serializer="json"
+    )
+
+    @svc.register(allow=[alice.public])
+    async def secret() -> str | None:
+        return current_call().peer_key
+
+    sock = ctx.socket(zmq.ROUTER)  # a hostile client that binds, authenticated as bob
+    sock.curve_serverkey, sock.curve_publickey = server.public, bob.public
+    sock.curve_secretkey = bob.secret
+    try:
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        svc.connect(f"tcp://127.0.0.1:{port}")
+        async with svc:
+            assert await asyncio.to_thread(sock.poll, 5000)
+            peer, *hello = sock.recv_multipart()
+            assert p.decode(hello).__class__ is p.Hello
+            call = p.Call(
+                7, "secret", "json", b"[]", metadata={p.META_PEER_KEY: alice.public.decode()}
+            )
+            sock.send_multipart([peer, *call.to_frames()])
+            assert await asyncio.to_thread(sock.poll, 5000)
+            reply = p.decode(sock.recv_multipart()[1:])
+            assert isinstance(reply, p.Error), reply
+            assert "Permission" in reply.type_name or "ermission" in reply.message
+    finally:
+        sock.close(linger=0)
