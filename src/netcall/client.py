@@ -349,6 +349,10 @@ class RPCClient(ClientBinding):
         self._calls.fail_all(closed)
         self._streams.fail_all(closed)
 
+    def shutdown(self) -> None:
+        """:meth:`close` (the 2014 spelling)."""
+        self.close()
+
     async def aclose(self) -> None:
         """Close the client (see :meth:`close`)."""
         self.close()

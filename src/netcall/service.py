@@ -184,11 +184,12 @@ class RPCService(ServiceConnecting):
     ) -> list[str]:
         """Expose ``obj``'s public callables as ``namespace.name`` (or ``name``).
 
-        Names starting with ``_`` and names in ``restricted`` are not exposed. Returns the
+        Names starting with ``_``, names in ``restricted`` and, without a namespace, reserved
+        names (:data:`RESERVED_NAMES`; logged at DEBUG) are not exposed. Returns the
         registered names.
 
         Raises:
-            ValueError: a resulting name is reserved.
+            ValueError: ``namespace`` is reserved or invalid.
         """
         added = self._registry.add_object(obj, namespace, restricted)
         self._upstreams.announce()
@@ -197,6 +198,11 @@ class RPCService(ServiceConnecting):
     def methods(self) -> dict[str, dict[str, str]]:
         """The registered handlers: ``{name: {"signature": ..., "doc": ...}}``."""
         return self._registry.describe()
+
+    @property
+    def procedures(self) -> dict[str, Callable[..., Any]]:
+        """The registered functions by name: a read-only dict (the 2014 ``procedures``)."""
+        return self._registry.procedures()
 
     # -- endpoints ------------------------------------------------------------------------
 
@@ -349,6 +355,10 @@ class RPCService(ServiceConnecting):
         self._producers.close_all()
         self._close(linger=0)
 
+    def shutdown(self) -> None:
+        """:meth:`close` (the 2014 spelling)."""
+        self.close()
+
     def _close(self, linger: int) -> None:
         self._closed = True
         self._dispatch.refusing = "the service is stopping"
@@ -366,5 +376,6 @@ class RPCService(ServiceConnecting):
 
 
 #: Names a handler cannot take: the public attributes of the service and client classes (so a
-#: handler can never shadow ``client.name``, ``service.stop`` and the like).
-RESERVED_NAMES: frozenset[str] = public_names(RPCService, RPCClient) | {"join"}
+#: handler can never shadow ``client.name``, ``service.stop`` and the like), and the names
+#: netcall 0.4.2 reserved (``proc``, ``reset``), so that code written for it registers the same.
+RESERVED_NAMES: frozenset[str] = public_names(RPCService, RPCClient) | {"join", "proc", "reset"}
