@@ -214,12 +214,6 @@ async def test_a_client_that_binds_cannot_claim_another_key(make_service, ctx) -
         sock.close(linger=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a client bound before any loop runs starts reading at its first call, which then "
-    "finds no service yet: RPCClient._invoke would have to let the reader run once first "
-    "(RPCClient is over its size budget; left to the lead)",
-)
 def test_client_bound_before_the_loop_runs_sees_services_at_its_first_call(ctx) -> None:
     from netcall import RPCService
 
