@@ -49,11 +49,15 @@ async def warned(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 1
         await asyncio.sleep(0.02)
 
 
-async def test_a_service_joins_a_curve_backend_and_serves(make_service, ctx):
+@pytest.mark.parametrize("own", [False, True], ids=["plain service", "Curve.server service"])
+async def test_a_service_joins_a_curve_backend_and_serves(make_service, ctx, own):
     front, back = tcp_url(), tcp_url()
     backend = Curve.server(BACKEND, allow=[SVC.public])
     frontend = Curve.server(FRONTEND, allow=[ALICE.public])
-    svc = whoami(make_service, name="svc")
+    # A service that is itself a CURVE server (on its binds) still believes the broker it
+    # authenticated as the CURVE client of the backend's key.
+    security = Curve.server(DIRECT) if own else None
+    svc = whoami(make_service, name="svc", security=security)
     svc.connect(back, security=Curve.client(BACKEND.public, keypair=SVC))
     client = RPCClient(timeout=5, context=ctx, security=Curve.client(FRONTEND.public, ALICE))
     async with Broker(front, back, context=ctx, security=frontend, backend_security=backend) as b:

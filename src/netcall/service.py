@@ -306,7 +306,7 @@ class RPCService(ServiceConnecting):
         self._dispatch.loop = loop
         self._dispatch.refusing = None
         self._producers.start(loop)
-        inbox = Inbox(self._dispatch, self._producers, self._replies, self._upstreams.is_upstream)
+        inbox = Inbox(self._dispatch, self._producers, self._replies, self._upstreams.vouches)
         secure = self.security is not None  # then each message's sender key is read
         driver = SocketDriver(self.socket, loop, inbox.on_message, self._producers.on_gone, secure)
         self._replies.driver = self._driver = self._dispatch.keys = driver

@@ -71,6 +71,7 @@ class Upstreams:
         self._on_lost: Callable[[bytes], None] | None = None
         self._announce_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._plain = sock.get(zmq.MECHANISM) == zmq.NULL  # no CURVE on this socket
 
     @property
     def connected(self) -> set[str]:
@@ -80,6 +81,14 @@ class Upstreams:
     def is_upstream(self, peer: bytes) -> bool:
         """Whether ``peer`` is a routing id this service gave an endpoint it connected to."""
         return peer in self._ids
+
+    def vouches(self, peer: bytes) -> bool:
+        """Whether ``peer`` may tell this service who its caller is (a broker's word): a peer
+        this service connected to, over a link without CURVE, or over one where this service
+        is the CURVE client of the key it was given (``connect(url, security=...)``: the peer
+        proved it holds that key). Where this service is the CURVE server, the link's own key
+        is the caller's: a client that binds must not claim another key."""
+        return peer in self._ids and (self._plain or peer in self._secure)
 
     def connect(self, urls: str | Iterable[str], security: CurveClient | None = None) -> None:
         """Connect out to ``urls`` (a broker's backend, or a client that binds), as a CURVE
