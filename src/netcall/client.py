@@ -254,7 +254,12 @@ class RPCClient(CallSurface, ClientBinding):
             return await run(
                 OutgoingCall(method, args, kwargs, md, timeout, oneway, prefetch, parent)
             )
+        first = self._driver is None
         driver = self._start()
+        if first and self._peers.bound and not self._peers.order:
+            # A client bound before its loop ran reads from its first call on: let the
+            # announcements already waiting on the socket arrive before picking a service.
+            await asyncio.sleep(0)
         if metadata:
             metadata = check_metadata(metadata)
         if parent is not None and self._propagate:

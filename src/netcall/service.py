@@ -138,7 +138,7 @@ class RPCService(ServiceConnecting):
         self._registry.add_subclass_methods(self, RPCService)
         self._registry.add_builtin(METHODS_NAME, self.methods)
         self._max_concurrent = max_concurrent
-        self._upstreams = Upstreams(self.socket, self._hello)
+        self._upstreams = Upstreams(self.socket, self._hello, self.security)
 
     def _make_socket(
         self, heartbeat: float | None, max_message_size: int | None
@@ -309,7 +309,7 @@ class RPCService(ServiceConnecting):
         self._dispatch.loop = loop
         self._dispatch.refusing = None
         self._producers.start(loop)
-        inbox = Inbox(self._dispatch, self._producers, self._replies, self._upstreams.is_upstream)
+        inbox = Inbox(self._dispatch, self._producers, self._replies, self._upstreams.vouches)
         secure = self.security is not None  # then each message's sender key is read
         driver = SocketDriver(self.socket, loop, inbox.on_message, self._producers.on_gone, secure)
         self._replies.driver = self._driver = self._dispatch.keys = driver
