@@ -366,8 +366,8 @@ class TrioService(RPCService):
     def bind(self, urls: str | Iterable[str], only: bool = False) -> None:
         self._trio_bridge.call(super().bind, urls, only)
 
-    def connect(self, urls: str | Iterable[str]) -> None:
-        self._trio_bridge.call(super().connect, urls)
+    def connect(self, urls: str | Iterable[str], *args: Any, **kwargs: Any) -> None:
+        self._trio_bridge.call(super().connect, urls, *args, **kwargs)
 
     def disconnect(self, url: str) -> None:
         self._trio_bridge.call(super().disconnect, url)
