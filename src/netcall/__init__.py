@@ -35,7 +35,7 @@ from .errors import (
 from .serializers import JSONSerializer, MsgpackSerializer, PickleSerializer, Serializer
 from .service import RESERVED_NAMES, RPCService
 
-__version__ = "0.1.0"
+__version__ = "1.0.0.dev0"
 
 __all__ = [
     "RESERVED_NAMES",
