@@ -14,6 +14,8 @@ Legacy entry points over the same core: :mod:`netcall.tornado`, :mod:`netcall.gr
 and :mod:`netcall.sync` (a blocking client).
 """
 
+import logging as _logging
+
 from ._context import CallContext, current_call
 from ._edge import TransportError
 from .client import RemoteGenerator, RPCClient
@@ -39,6 +41,10 @@ from .serializers import JSONSerializer, MsgpackSerializer, PickleSerializer, Se
 from .service import RESERVED_NAMES, RPCService
 
 __version__ = "1.0.0.dev0"
+
+# A library logs, the application decides where to: nothing is printed unless logging is
+# configured (logging.basicConfig(), or the `netcall serve` command), not even warnings.
+_logging.getLogger("netcall").addHandler(_logging.NullHandler())
 
 __all__ = [
     "RESERVED_NAMES",

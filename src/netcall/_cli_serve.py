@@ -35,8 +35,6 @@ import zmq
 from ._cli_util import CLIError, check_endpoint
 from .service import RPCService
 
-log = logging.getLogger("netcall.cli")
-
 EXIT_STOPPED_NOW = 130
 
 
@@ -252,11 +250,17 @@ def attach(service: RPCService, ns: argparse.Namespace) -> None:
 
 
 def _why(exc: zmq.ZMQError) -> str:
-    return str(exc.strerror).split(" (addr=")[0]
+    """ZeroMQ's own reason (``Address already in use``), without netcall's or pyzmq's
+    restatement of the address."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, zmq.ZMQError) else exc
+    return str(cause.strerror).split(" (addr=")[0]
 
 
 async def run(ns: argparse.Namespace) -> int:
     """``netcall serve``: serve until the first Ctrl-C has drained or the second one."""
+    netcall_log = logging.getLogger("netcall")
+    if not ns.verbose:  # a mistake is one line: the service's own INFO lines wait until it runs
+        netcall_log.setLevel(logging.WARNING)
     obj, attr = load_target(ns.spec)
     service, _ = build_service(obj, attr, ns)
     try:
@@ -264,6 +268,7 @@ async def run(ns: argparse.Namespace) -> int:
     except BaseException:
         service.close()
         raise
+    netcall_log.setLevel(logging.NOTSET)
     loop = asyncio.get_running_loop()
     state = {"stops": 0}
     stopper: list[asyncio.Task[None]] = []
@@ -301,7 +306,6 @@ async def run(ns: argparse.Namespace) -> int:
         pool = getattr(ns, "pool", None)
         if pool is not None:
             _shutdown_pool(pool, now=state["stops"] > 1)
-    log.info("stopped")
     return EXIT_STOPPED_NOW if state["stops"] > 1 else 0
 
 

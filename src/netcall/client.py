@@ -28,7 +28,7 @@ from ._client.proxy import UNSET, Call, Method, Options
 from ._client.streams import ConsumerStreams, error_from
 from ._reactor import SocketDriver
 from ._socket import make_router
-from .errors import ClientClosedError, ConnectionLostError
+from .errors import ClientClosedError, ConnectionLostError, RPCError
 from .protocol.session import first_credit
 from .serializers import Serializer, get_serializer
 
@@ -94,7 +94,6 @@ class RPCClient:
     window: int
     stream_buffer: int
     name: str
-    socket: zmq.Socket[Any]
 
     def __init__(
         self,
@@ -120,11 +119,11 @@ class RPCClient:
         self._monitor_driver: SocketDriver | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        self.socket = self._make_socket(heartbeat)
-        self._peers = PeerTable(self.socket, self._lost)
-        # Connection events (before any connect, so none is missed): which services are up,
-        # and which broke with calls in flight.
-        self._monitor: zmq.Socket[Any] = self._peers.monitor_socket()
+        # Sockets open when first needed (connect, a call): an unused client holds none.
+        self._heartbeat = heartbeat
+        self._socket: zmq.Socket[Any] | None = None
+        self._monitor: zmq.Socket[Any] | None = None
+        self._peers = PeerTable(lambda: self.socket, self._lost)
         self._calls = CallRegistry(self._send_cancel)
         self._streams = ConsumerStreams(self._send, self.serializer, window, stream_buffer)
         self._keepalive = Keepalive(self._ping)
@@ -132,6 +131,22 @@ class RPCClient:
     def _make_socket(self, heartbeat: float | None) -> zmq.Socket[Any]:
         """The client's socket (a hook: security options go to :func:`make_router`)."""
         return make_router(self.context, server=False, heartbeat=heartbeat)
+
+    @property
+    def socket(self) -> zmq.Socket[Any]:
+        """The client's ZeroMQ ROUTER socket, opened on first use (with its monitor).
+
+        Raises:
+            ClientClosedError: the client is closed.
+        """
+        if self._socket is None:
+            if self._closed:
+                raise ClientClosedError("the client is closed")
+            self._socket = self._make_socket(self._heartbeat)
+            # Connection events (before any connect, so none is missed): which services are
+            # up, and which broke with calls in flight.
+            self._monitor = self._peers.monitor_socket()
+        return self._socket
 
     # -- endpoints ------------------------------------------------------------------------
 
@@ -179,14 +194,32 @@ class RPCClient:
             raise ClientClosedError("the client is closed")
         driver = self._driver
         if driver is not None:
-            return driver
+            if not self._loop.is_closed():  # type: ignore[union-attr]
+                return driver
+            self._leave_closed_loop()
         loop = asyncio.get_running_loop()
         self._loop = self._streams.loop = loop
         opened = functools.partial(self._keepalive.schedule, loop)  # a stream opened: its lease
         inbox = Inbox(self._calls, self._streams, self._send_cancel, opened)
         self._driver = SocketDriver(self.socket, loop, inbox.on_message, _on_unreachable)
+        assert self._monitor is not None
         self._monitor_driver = SocketDriver(self._monitor, loop, self._peers.on_monitor_event)
         return self._driver
+
+    def _leave_closed_loop(self) -> None:
+        """The loop of the earlier calls is closed (a second ``asyncio.run()``): serve the
+        next calls on the running loop, if nothing is left in flight on the old one.
+
+        Raises:
+            RPCError: calls or streams were in flight when the old loop closed.
+        """
+        if len(self._calls) or len(self._streams):
+            raise RPCError(
+                "this client's event loop was closed with calls or streams in flight: "
+                "close the client before its loop, or use a new client"
+            )
+        self._keepalive.cancel()
+        self._driver = self._monitor_driver = None  # their loop, and its selector, are gone
 
     def _lost(self, peer: Peer, why: str, every_call: bool) -> None:
         """Fail every call and stream in flight on ``peer`` (see CallRegistry.fail_peer)."""
@@ -328,7 +361,7 @@ class RPCClient:
         farewell += [
             [peer.rid, *p.Cancel(rid).to_frames()] for peer, rid in self._streams.open_ids()
         ]
-        close_sockets(self._driver, self.socket, self._monitor_driver, self._monitor, farewell)
+        close_sockets(self._driver, self._socket, self._monitor_driver, self._monitor, farewell)
         closed = lambda: ClientClosedError("the client was closed")  # noqa: E731
         self._calls.fail_all(closed)
         self._streams.fail_all(closed)
@@ -351,6 +384,11 @@ class RPCClient:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {sorted(self._peers.by_url)}>"
 
+    def __del__(self) -> None:
+        # Collected unclosed (never used, or its loop is gone): close quietly, no warning.
+        if not self.__dict__.get("_closed", True):
+            close_sockets(None, self._socket, None, self._monitor, [])
+
 
 def _on_unreachable(rid: bytes) -> None:
-    log.debug("netcall: service %r unreachable", rid)
+    log.debug("service %r unreachable", rid)

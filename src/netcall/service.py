@@ -19,6 +19,7 @@ import zmq
 from . import protocol as p
 from ._edge import map_exceptions
 from ._reactor import SocketDriver
+from ._service import lifecycle
 from ._service.dispatch import Dispatcher
 from ._service.inbox import Inbox
 from ._service.registry import METHODS_NAME, HandlerRegistry, public_names
@@ -75,7 +76,6 @@ class RPCService:
     serializer: Serializer
     context: zmq.Context[Any]
     name: str
-    socket: zmq.Socket[Any]
 
     def __init__(
         self,
@@ -114,7 +114,10 @@ class RPCService:
             self.serializer,
             max_concurrent,
         )
-        self.socket = self._make_socket(heartbeat, max_message_size)
+        self._dispatch.name = self.name
+        # The socket opens when first needed (bind, start): an unused service holds none.
+        self._socket: zmq.Socket[Any] | None = None
+        self._socket_options = (heartbeat, max_message_size)
         self._registry.add_subclass_methods(self, RPCService)
         self._registry.add_builtin(METHODS_NAME, self.methods)
 
@@ -125,6 +128,19 @@ class RPCService:
         return make_router(
             self.context, server=True, heartbeat=heartbeat, max_message_size=max_message_size
         )
+
+    @property
+    def socket(self) -> zmq.Socket[Any]:
+        """The service's ZeroMQ ROUTER socket, opened on first use.
+
+        Raises:
+            RuntimeError: the service is closed and never opened one.
+        """
+        if self._socket is None:
+            if self._closed:
+                raise RuntimeError("the service is closed")
+            self._socket = self._make_socket(*self._socket_options)
+        return self._socket
 
     # -- registration ---------------------------------------------------------------------
 
@@ -198,6 +214,7 @@ class RPCService:
                 with map_exceptions(f"cannot bind {url!r}"):
                     self.socket.bind(url)
                 self._bound.add(url)
+                lifecycle.bound(self.name, url)
 
     def unbind(self, url: str) -> None:
         """Stop listening on ``url``."""
@@ -224,6 +241,7 @@ class RPCService:
         with map_exceptions(f"cannot bind tcp://{ip}"):
             chosen = self.socket.bind_to_random_port(f"tcp://{ip}", min_port, max_port)
         self._bound.add(f"tcp://{ip}:{chosen}")
+        lifecycle.bound(self.name, f"tcp://{ip}:{chosen}")
         return chosen
 
     # -- running --------------------------------------------------------------------------
@@ -261,7 +279,9 @@ class RPCService:
         self._replies.driver = self._driver
 
     async def serve(self) -> None:
-        """Serve until :meth:`stop` (or :meth:`close`) is called.
+        """Serve until :meth:`stop` (or :meth:`close`) is called. Cancelling it (Ctrl-C under
+        ``asyncio.run()`` does) stops the service gracefully, as :meth:`stop`, then re-raises;
+        if that stop is interrupted too (a second Ctrl-C), the service closes at once.
 
         Raises:
             RuntimeError: the service is closed.
@@ -271,7 +291,15 @@ class RPCService:
             self._stopped = asyncio.Event()
         if self._closed:
             return
-        await self._stopped.wait()
+        try:
+            await self._stopped.wait()
+        except asyncio.CancelledError:
+            lifecycle.stopping(self.name, self._grace, self.active_calls + self.active_streams)
+            try:
+                await self.stop()
+            finally:
+                self.close()
+            raise
 
     async def __aenter__(self) -> RPCService:
         self.start()
@@ -326,10 +354,15 @@ class RPCService:
         self._producers.shutdown()
         if self._driver is not None:
             self._driver.close(linger=linger)
-        elif not self.socket.closed:
-            self.socket.close(linger=linger)
+        elif self._socket is not None and not self._socket.closed:
+            self._socket.close(linger=linger)
+        lifecycle.closed(self.name, self._bound)
         if self._stopped is not None:
             self._stopped.set()
+
+    def __del__(self) -> None:
+        # Collected unclosed (never started, or its loop is gone): close quietly, no warning.
+        lifecycle.close_quietly(self.__dict__.get("_socket"))
 
 
 #: Names a handler cannot take: the public attributes of the service and client classes (so a

@@ -59,7 +59,7 @@ class Inbox:
         try:
             msg = p.decode(frames[1:])
         except Exception as exc:
-            log.warning("netcall: dropped a malformed message from a service: %s", exc)
+            log.warning("dropped a malformed message from a service: %s", exc)
             return
         rid = msg.id
         pend = self._calls.pop(rid, None)

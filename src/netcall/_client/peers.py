@@ -35,8 +35,10 @@ class PeerTable:
     """The connections of one client socket. ``on_lost(peer, why, every_call)`` is told when a
     connection breaks (every_call: also calls sent while it was down, for disconnect())."""
 
-    def __init__(self, socket: zmq.Socket[Any], on_lost: Callable[[Peer, str, bool], None]) -> None:
-        self._socket = socket
+    def __init__(
+        self, socket: Callable[[], zmq.Socket[Any]], on_lost: Callable[[Peer, str, bool], None]
+    ) -> None:
+        self._socket = socket  # opens the socket on first use
         self._on_lost = on_lost
         self.by_url: dict[str, Peer] = {}
         self.order: list[Peer] = []
@@ -53,8 +55,9 @@ class PeerTable:
                 continue
             rid = b"s%d" % next(self._rids)
             with map_exceptions(f"cannot connect to {url!r}"):
-                self._socket.setsockopt(zmq.CONNECT_ROUTING_ID, rid)
-                self._socket.connect(url)
+                sock = self._socket()
+                sock.setsockopt(zmq.CONNECT_ROUTING_ID, rid)
+                sock.connect(url)
             peer = Peer(url, rid)
             self.by_url[url] = peer
             self.order.append(peer)
@@ -66,7 +69,7 @@ class PeerTable:
         self.order.remove(peer)
         self._on_lost(peer, f"disconnected from {url}", True)
         try:
-            self._socket.disconnect(url)
+            self._socket().disconnect(url)
         except zmq.ZMQError:
             pass
 
@@ -93,7 +96,7 @@ class PeerTable:
 
     def monitor_socket(self) -> zmq.Socket[Any]:
         """The socket monitor's socket (open it before any connect, so no event is missed)."""
-        return self._socket.get_monitor_socket(
+        return self._socket().get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         )
 
@@ -147,13 +150,14 @@ class Keepalive:
 
 def close_sockets(
     driver: SocketDriver | None,
-    socket: zmq.Socket[Any],
+    socket: zmq.Socket[Any] | None,
     monitor_driver: SocketDriver | None,
-    monitor: zmq.Socket[Any],
+    monitor: zmq.Socket[Any] | None,
     farewell: list[list[Any]],
 ) -> None:
-    """Close the client's socket and its monitor; when the socket is being driven, first send
-    the ``farewell`` messages (best effort) and let them go out (linger 50 ms)."""
+    """Close the client's socket and its monitor (either may never have been opened); when the
+    socket is being driven, first send the ``farewell`` messages (best effort) and let them go
+    out (linger 50 ms)."""
     if driver is not None:
         for frames in farewell:
             try:
@@ -161,9 +165,9 @@ def close_sockets(
             except Exception:
                 pass
         driver.close(linger=50)
-    elif not socket.closed:
+    elif socket is not None and not socket.closed:
         socket.close(linger=0)
     if monitor_driver is not None:
         monitor_driver.close()
-    elif not monitor.closed:
+    elif monitor is not None and not monitor.closed:
         monitor.close(linger=0)

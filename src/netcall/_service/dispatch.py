@@ -22,6 +22,7 @@ from .._context import CallContext, _current
 from .._deadline import MIN_REMAINING, Deadline
 from ..errors import SerializationError, remote_type_name
 from ..serializers import Serializer
+from . import lifecycle
 from .registry import Handler, HandlerRegistry
 from .replies import Replies
 from .runner import Runner
@@ -61,6 +62,8 @@ class Dispatcher:
         self._abandoned: set[tuple[bytes, int]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.refusing: str | None = None  # why new calls are refused (the service is stopping)
+        self.name = "RPCService"  # the service's label in logs
+        self._failed = lifecycle.FailureLog()
 
     # -- hooks ----------------------------------------------------------------------------
 
@@ -93,6 +96,7 @@ class Dispatcher:
             self._replies.refuse(peer, rid, *reason)
             return
         handler = self._handlers[msg.method]
+        lifecycle.call(self.name, msg.method, peer)
         deadline = None
         if msg.timeout:  # the deadline starts now, on this host's clock (_admit: not spent)
             deadline = Deadline.after(msg.timeout)
@@ -222,15 +226,16 @@ class Dispatcher:
         kwargs: dict[str, Any],
         exc: Exception,
     ) -> None:
-        if msg.oneway:
-            log.error("netcall: one-way call %s failed", handler.name, exc_info=exc)
-            return
         if isinstance(exc, TypeError) and not _binds(handler.fn, args, kwargs):
+            if msg.oneway:
+                return
             self._replies.refuse(
                 peer, msg.id, "TypeError", f"bad arguments for {handler.name!r}: {exc}"
             )
             return
-        self._replies.error(peer, msg.id, exc)
+        self._failed(self.name, handler.name, peer, exc)
+        if not msg.oneway:
+            self._replies.error(peer, msg.id, exc)
 
     def _finish(self, peer: bytes, msg: p.Call, ctx: CallContext, result: Any) -> None:
         if _isgenerator(result) or _isasyncgen(result):
