@@ -153,7 +153,7 @@ def test_unused_service_and_client_hold_no_sockets_and_are_quiet() -> None:
 
         print(sorted(Calculator().methods()))
         service, client = RPCService(), RPCClient()
-        assert service._socket is None and client._socket is None
+        assert service._socket is None and client._sockets.socket is None
         used = RPCService()
         used.bind_ports()  # a socket, never closed: collected quietly
         unclosed = RPCClient()

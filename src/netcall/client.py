@@ -23,12 +23,13 @@ from . import protocol as p
 from ._client.calls import CallRegistry, PendingCall, call_frames, encode_arguments
 from ._client.generator import RemoteGenerator, close_quietly
 from ._client.inbox import Inbox
-from ._client.peers import Keepalive, Peer, PeerTable, close_sockets
+from ._client.peers import Keepalive, Peer, PeerTable
 from ._client.proxy import UNSET, Call, Method, Options
+from ._client.sockets import ClientSockets, check_loop_left
 from ._client.streams import ConsumerStreams, error_from
 from ._reactor import SocketDriver
 from ._socket import make_router
-from .errors import ClientClosedError, ConnectionLostError, RPCError
+from .errors import ClientClosedError, ConnectionLostError
 from .protocol.session import first_credit
 from .serializers import Serializer, get_serializer
 
@@ -120,9 +121,7 @@ class RPCClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         # Sockets open when first needed (connect, a call): an unused client holds none.
-        self._heartbeat = heartbeat
-        self._socket: zmq.Socket[Any] | None = None
-        self._monitor: zmq.Socket[Any] | None = None
+        self._sockets = ClientSockets(lambda: self._make_socket(heartbeat))
         self._peers = PeerTable(lambda: self.socket, self._lost)
         self._calls = CallRegistry(self._send_cancel)
         self._streams = ConsumerStreams(self._send, self.serializer, window, stream_buffer)
@@ -134,19 +133,10 @@ class RPCClient:
 
     @property
     def socket(self) -> zmq.Socket[Any]:
-        """The client's ZeroMQ ROUTER socket, opened on first use (with its monitor).
-
-        Raises:
-            ClientClosedError: the client is closed.
-        """
-        if self._socket is None:
-            if self._closed:
-                raise ClientClosedError("the client is closed")
-            self._socket = self._make_socket(self._heartbeat)
-            # Connection events (before any connect, so none is missed): which services are
-            # up, and which broke with calls in flight.
-            self._monitor = self._peers.monitor_socket()
-        return self._socket
+        """The ZeroMQ ROUTER socket, opened on first use (ClientClosedError once closed)."""
+        if self._closed and self._sockets.socket is None:
+            raise ClientClosedError("the client is closed")
+        return self._sockets.open()
 
     # -- endpoints ------------------------------------------------------------------------
 
@@ -196,30 +186,17 @@ class RPCClient:
         if driver is not None:
             if not self._loop.is_closed():  # type: ignore[union-attr]
                 return driver
-            self._leave_closed_loop()
+            check_loop_left(len(self._calls) + len(self._streams))  # a new asyncio.run()
+            self._keepalive.cancel()
         loop = asyncio.get_running_loop()
         self._loop = self._streams.loop = loop
         opened = functools.partial(self._keepalive.schedule, loop)  # a stream opened: its lease
         inbox = Inbox(self._calls, self._streams, self._send_cancel, opened)
         self._driver = SocketDriver(self.socket, loop, inbox.on_message, _on_unreachable)
-        assert self._monitor is not None
-        self._monitor_driver = SocketDriver(self._monitor, loop, self._peers.on_monitor_event)
+        monitor = self._sockets.monitor
+        assert monitor is not None
+        self._monitor_driver = SocketDriver(monitor, loop, self._peers.on_monitor_event)
         return self._driver
-
-    def _leave_closed_loop(self) -> None:
-        """The loop of the earlier calls is closed (a second ``asyncio.run()``): serve the
-        next calls on the running loop, if nothing is left in flight on the old one.
-
-        Raises:
-            RPCError: calls or streams were in flight when the old loop closed.
-        """
-        if len(self._calls) or len(self._streams):
-            raise RPCError(
-                "this client's event loop was closed with calls or streams in flight: "
-                "close the client before its loop, or use a new client"
-            )
-        self._keepalive.cancel()
-        self._driver = self._monitor_driver = None  # their loop, and its selector, are gone
 
     def _lost(self, peer: Peer, why: str, every_call: bool) -> None:
         """Fail every call and stream in flight on ``peer`` (see CallRegistry.fail_peer)."""
@@ -361,7 +338,7 @@ class RPCClient:
         farewell += [
             [peer.rid, *p.Cancel(rid).to_frames()] for peer, rid in self._streams.open_ids()
         ]
-        close_sockets(self._driver, self._socket, self._monitor_driver, self._monitor, farewell)
+        self._sockets.close(self._driver, self._monitor_driver, farewell)
         closed = lambda: ClientClosedError("the client was closed")  # noqa: E731
         self._calls.fail_all(closed)
         self._streams.fail_all(closed)
@@ -387,7 +364,7 @@ class RPCClient:
     def __del__(self) -> None:
         # Collected unclosed (never used, or its loop is gone): close quietly, no warning.
         if not self.__dict__.get("_closed", True):
-            close_sockets(None, self._socket, None, self._monitor, [])
+            self._sockets.close_quietly()
 
 
 def _on_unreachable(rid: bytes) -> None:

@@ -131,11 +131,7 @@ class RPCService:
 
     @property
     def socket(self) -> zmq.Socket[Any]:
-        """The service's ZeroMQ ROUTER socket, opened on first use.
-
-        Raises:
-            RuntimeError: the service is closed and never opened one.
-        """
+        """The ZeroMQ ROUTER socket, opened on first use (RuntimeError once closed)."""
         if self._socket is None:
             if self._closed:
                 raise RuntimeError("the service is closed")
@@ -294,11 +290,7 @@ class RPCService:
         try:
             await self._stopped.wait()
         except asyncio.CancelledError:
-            lifecycle.stopping(self.name, self._grace, self.active_calls + self.active_streams)
-            try:
-                await self.stop()
-            finally:
-                self.close()
+            await lifecycle.stop_when_cancelled(self, self._grace)
             raise
 
     async def __aenter__(self) -> RPCService:

@@ -94,12 +94,6 @@ class PeerTable:
                 best = peer
         return best
 
-    def monitor_socket(self) -> zmq.Socket[Any]:
-        """The socket monitor's socket (open it before any connect, so no event is missed)."""
-        return self._socket().get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
-        )
-
     def on_monitor_event(self, frames: list[Any]) -> None:
         try:
             event = zmq.utils.monitor.parse_monitor_message(frames)

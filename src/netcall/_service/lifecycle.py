@@ -8,16 +8,20 @@ with the method, the peer and the traceback, at most :data:`FAILURES_PER_MINUTE`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import stat
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
-__all__ = ["FailureLog", "bound", "call", "close_quietly", "closed", "stopping"]
+if TYPE_CHECKING:
+    from ..service import RPCService
+
+__all__ = ["FailureLog", "bound", "call", "close_quietly", "closed", "stop_when_cancelled"]
 
 log = logging.getLogger("netcall")
 
@@ -69,14 +73,23 @@ class FailureLog:
         )
 
 
-def stopping(name: str, grace: float, busy: int) -> None:
+async def stop_when_cancelled(service: RPCService, grace: float) -> None:
+    """``serve()`` was cancelled (Ctrl-C under ``asyncio.run()``): stop gracefully; if that
+    is interrupted too (a second Ctrl-C), close at once."""
+    busy = service.active_calls + service.active_streams
     log.info(
         "%s: stopping, waiting up to %g s for %d call%s; interrupt again to stop now",
-        name,
+        service.name,
         grace,
         busy,
         "" if busy == 1 else "s",
     )
+    try:
+        await service.stop()
+    except asyncio.CancelledError:
+        pass  # re-raised by serve() anyway
+    finally:
+        service.close()
 
 
 def closed(name: str, endpoints: Iterable[str]) -> None:
