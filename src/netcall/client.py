@@ -361,11 +361,6 @@ class RPCClient:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {sorted(self._peers.by_url)}>"
 
-    def __del__(self) -> None:
-        # Collected unclosed (never used, or its loop is gone): close quietly, no warning.
-        if not self.__dict__.get("_closed", True):
-            self._sockets.close_quietly()
-
 
 def _on_unreachable(rid: bytes) -> None:
     log.debug("service %r unreachable", rid)

@@ -290,7 +290,10 @@ class RPCService:
         try:
             await self._stopped.wait()
         except asyncio.CancelledError:
-            await lifecycle.stop_when_cancelled(self, self._grace)
+            try:
+                await lifecycle.stop_when_cancelled(self, self._grace)
+            finally:
+                self.close()  # also when that stop is interrupted (a second Ctrl-C)
             raise
 
     async def __aenter__(self) -> RPCService:
@@ -348,13 +351,9 @@ class RPCService:
             self._driver.close(linger=linger)
         elif self._socket is not None and not self._socket.closed:
             self._socket.close(linger=linger)
-        lifecycle.closed(self.name, self._bound)
+        lifecycle.closed(self.name, self._bound, started=self._driver is not None)
         if self._stopped is not None:
             self._stopped.set()
-
-    def __del__(self) -> None:
-        # Collected unclosed (never started, or its loop is gone): close quietly, no warning.
-        lifecycle.close_quietly(self.__dict__.get("_socket"))
 
 
 #: Names a handler cannot take: the public attributes of the service and client classes (so a

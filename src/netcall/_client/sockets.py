@@ -1,7 +1,7 @@
 """The client's two sockets, the ROUTER and its monitor: opened together on first use (the
-monitor before any connect, so no connection event is missed), closed together, and closed
-quietly if the client is collected unclosed. Also the rule for a client whose event loop
-closed under it."""
+monitor before any connect, so no connection event is missed), closed together (quietly if
+the client is collected unclosed: :class:`netcall._socket.QuietSocket`). Also the rule for a
+client whose event loop closed under it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import zmq
 
 from .._reactor import SocketDriver
+from .._socket import monitor_socket
 from ..errors import RPCError
 from .peers import close_sockets
 
@@ -30,7 +31,7 @@ class ClientSockets:
     def open(self) -> zmq.Socket[Any]:
         if self.socket is None:
             sock = self._make()
-            self.monitor = sock.get_monitor_socket(EVENTS)
+            self.monitor = monitor_socket(sock, EVENTS)
             self.socket = sock
         return self.socket
 
@@ -41,13 +42,6 @@ class ClientSockets:
         farewell: list[list[Any]],
     ) -> None:
         close_sockets(driver, self.socket, monitor_driver, self.monitor, farewell)
-
-    def close_quietly(self) -> None:
-        """For a finalizer: close at once, never raise, never warn."""
-        try:
-            close_sockets(None, self.socket, None, self.monitor, [])
-        except Exception:
-            pass
 
 
 def check_loop_left(in_flight: int) -> None:

@@ -1,5 +1,5 @@
 """What a service logs, in one place (the ``netcall`` logger), and the parts of starting and
-stopping that are not state: IPC files removed, a collected service's socket closed quietly.
+stopping that are not state: a cancelled ``serve()``, IPC files removed.
 
 Levels: binds, stops and closes at INFO; each call at DEBUG; a handler that raised at WARNING,
 with the method, the peer and the traceback, at most :data:`FAILURES_PER_MINUTE` a minute
@@ -14,14 +14,18 @@ import os
 import stat
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
-
-import zmq
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..service import RPCService
 
-__all__ = ["FailureLog", "bound", "call", "close_quietly", "closed", "stop_when_cancelled"]
+__all__ = [
+    "FailureLog",
+    "bound",
+    "call",
+    "closed",
+    "stop_when_cancelled",
+]
 
 log = logging.getLogger("netcall")
 
@@ -74,31 +78,32 @@ class FailureLog:
 
 
 async def stop_when_cancelled(service: RPCService, grace: float) -> None:
-    """``serve()`` was cancelled (Ctrl-C under ``asyncio.run()``): stop gracefully; if that
-    is interrupted too (a second Ctrl-C), close at once."""
-    busy = service.active_calls + service.active_streams
-    log.info(
-        "%s: stopping, waiting up to %g s for %d call%s; interrupt again to stop now",
-        service.name,
-        grace,
-        busy,
-        "" if busy == 1 else "s",
-    )
+    """``serve()`` was cancelled (Ctrl-C under ``asyncio.run()``): stop gracefully. A second
+    interrupt ends this early; ``serve()`` then closes the service at once."""
     try:
+        busy = service.active_calls + service.active_streams
+        log.info(
+            "%s: stopping, waiting up to %g s for %d call%s; interrupt again to stop now",
+            service.name,
+            grace,
+            busy,
+            "" if busy == 1 else "s",
+        )
         await service.stop()
-    except asyncio.CancelledError:
-        pass  # re-raised by serve() anyway
-    finally:
-        service.close()
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        # The second interrupt: serve() closes the service and re-raises its cancellation,
+        # and asyncio.run() raises KeyboardInterrupt as it does for any Ctrl-C.
+        pass
 
 
-def closed(name: str, endpoints: Iterable[str]) -> None:
+def closed(name: str, endpoints: Iterable[str], started: bool) -> None:
     """The socket is closed: remove the files of its ``ipc://`` endpoints (libzmq removes
     them only if its I/O thread gets to it before the process exits)."""
     for url in endpoints:
         if url.startswith("ipc://") and not url.startswith("ipc://@"):
             remove_socket_file(url[len("ipc://") :])
-    log.info("%s: stopped", name)
+    if started:
+        log.info("%s: stopped", name)
 
 
 def remove_socket_file(path: str) -> None:
@@ -106,13 +111,4 @@ def remove_socket_file(path: str) -> None:
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)
     except OSError:
-        pass
-
-
-def close_quietly(sock: zmq.Socket[Any] | None) -> None:
-    """Close ``sock`` (linger 0) if it is open; for finalizers: never raises."""
-    try:
-        if sock is not None and not sock.closed:
-            sock.close(linger=0)
-    except Exception:
         pass
