@@ -43,6 +43,8 @@ try:
     asyncio.run(main())
 except KeyboardInterrupt:
     print("interrupted", flush=True)
+# At exit ZeroMQ drops messages still queued unless the context is terminated (docs/services.md)
+service.context.destroy(linger=200)
 """
 
 

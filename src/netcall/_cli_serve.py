@@ -306,6 +306,10 @@ async def run(ns: argparse.Namespace) -> int:
         pool = getattr(ns, "pool", None)
         if pool is not None:
             _shutdown_pool(pool, now=state["stops"] > 1)
+    if state["stops"] <= 1:
+        # ZeroMQ drops what is still queued when a process exits without terminating its
+        # context: let the last replies leave (the service closed with a 200 ms linger).
+        service.context.destroy(linger=200)
     return EXIT_STOPPED_NOW if state["stops"] > 1 else 0
 
 

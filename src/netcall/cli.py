@@ -275,12 +275,10 @@ def _message(exc: BaseException, ns: argparse.Namespace) -> str:
         return f"MethodNotFoundError: {exc.message} (netcall methods URL lists them)"
     if isinstance(exc, RemoteRPCError) and exc.type_name.startswith("netcall."):
         return f"{type(exc).__name__}: {exc.message}"
-    if isinstance(exc, (RPCError, CLIError)):
-        return (
-            str(exc)
-            if isinstance(exc, (RemoteRPCError, CLIError))
-            else f"{type(exc).__name__}: {exc}"
-        )
+    if isinstance(exc, (RemoteRPCError, CLIError)):
+        return str(exc)  # a remote error's str() is already "TypeName: message"
+    if isinstance(exc, RPCError):
+        return f"{type(exc).__name__}: {exc}"
     hint = "" if ns.verbose else " (-v shows the traceback)"
     return f"{type(exc).__name__}: {exc}{hint}"
 
