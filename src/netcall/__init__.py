@@ -20,6 +20,7 @@ from ._context import CallContext, current_call
 from ._edge import TransportError
 from .client import RemoteGenerator, RPCClient
 from .errors import (
+    AuthenticationError,
     ClientClosedError,
     ConnectionLostError,
     EncodingError,
@@ -48,6 +49,7 @@ _logging.getLogger("netcall").addHandler(_logging.NullHandler())
 
 __all__ = [
     "RESERVED_NAMES",
+    "AuthenticationError",
     "CallContext",
     "ClientClosedError",
     "ConnectionLostError",

@@ -32,7 +32,7 @@ from typing import Any
 
 import zmq
 
-from ._cli_util import CLIError, check_endpoint
+from ._cli_util import CLIError, add_security_options, check_endpoint, security_from
 from .service import RPCService
 
 EXIT_STOPPED_NOW = 130
@@ -82,6 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="refuse calls beyond N running at once (default: no limit)",
     )
+    add_security_options(p, server=True)
     p.add_argument(
         "--log-level",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -180,6 +181,9 @@ def build_service(obj: Any, attr: str, ns: argparse.Namespace) -> tuple[RPCServi
                 "(a module, a class or an object)",
                 status=2,
             )
+        security = security_from(ns, server=True)
+        if security is not None:
+            _secure(obj, security, ns.spec)
         return obj, False
     if isinstance(obj, (str, bytes, int, float, complex, list, tuple, dict, set, type(None))):
         raise CLIError(
@@ -209,8 +213,22 @@ def build_service(obj: Any, attr: str, ns: argparse.Namespace) -> tuple[RPCServi
     return service, True
 
 
+def _secure(service: RPCService, security: Any, spec: str) -> None:
+    """CURVE for a ready-made service: only before it binds (options apply to later binds)."""
+    from .security import secure_socket
+
+    if service.bound or service.security is not None:
+        service.close()
+        raise CLIError(f"{spec} is bound or secured already: --curve-* cannot apply", status=2)
+    service._zap = secure_socket(service.socket, security, server=True, name=service.name)
+    service.security = security
+
+
 def _service_options(ns: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {"serializer": ns.serializer, "grace": ns.grace}
+    security = security_from(ns, server=True)
+    if security is not None:
+        options["security"] = security
     if ns.max_concurrent is not None:
         options["max_concurrent"] = ns.max_concurrent
     if ns.executor == "threads":

@@ -3,6 +3,7 @@ endpoint probes. Kept apart from :mod:`netcall.cli` so each subcommand stays sho
 
 from __future__ import annotations
 
+import argparse
 import base64
 import datetime
 import decimal
@@ -22,6 +23,48 @@ class CLIError(Exception):
     def __init__(self, message: str, status: int = 1) -> None:
         super().__init__(message)
         self.status = status
+
+
+# -- CURVE security (netcall.security) ------------------------------------------------------
+
+
+def add_security_options(p: argparse.ArgumentParser, server: bool) -> None:
+    p.add_argument(
+        "--curve-server-key",
+        metavar="KEY",
+        help="the service's CURVE public key (Z85, or its .key file)"
+        + (" (checked against --curve-keypair)" if server else ""),
+    )
+    p.add_argument(
+        "--curve-keypair",
+        metavar="FILE",
+        help="this end's CURVE key pair (a .key_secret file)"
+        + ("" if server else "; default: an ephemeral one"),
+    )
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="KEY|FOLDER",
+        help="(serve) client keys let in: a folder of .key files, or keys (repeatable)",
+    )
+
+
+def security_from(ns: argparse.Namespace, server: bool = False) -> Any:
+    """The CURVE security the --curve-server-key, --curve-keypair and --allow flags ask for
+    (``None`` without them).
+
+    Raises:
+        CLIError: a key file cannot be read, or the flags do not fit together.
+    """
+    from .security import from_options
+
+    try:
+        return from_options(
+            server=server, server_key=ns.curve_server_key, keypair=ns.curve_keypair, allow=ns.allow
+        )
+    except (OSError, ValueError) as exc:
+        raise CLIError(str(exc), status=2) from exc
 
 
 # -- arguments in ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@
     netcall methods tcp://127.0.0.1:5555
     netcall describe tcp://127.0.0.1:5555 echo
     netcall serve random --bind tcp://127.0.0.1:5555      # a module's public functions
+    netcall keygen server --dir keys                      # CURVE keys (see the --curve-* flags)
 
 Arguments are JSON if they parse as JSON, else strings. Results print as JSON (bytes as base64,
 dates and times as ISO 8601; ``--raw`` prints Python reprs). A mistake prints one line on
@@ -33,12 +34,14 @@ import zmq
 from . import __version__, _cli_serve
 from ._cli_util import (
     CLIError,
+    add_security_options,
     check_endpoint,
     data_arguments,
     keyword_values,
     probe,
     read_data,
     render,
+    security_from,
     word_value,
 )
 from .client import RemoteGenerator, RPCClient
@@ -86,6 +89,7 @@ def _client_arguments(p: argparse.ArgumentParser) -> None:
         default="msgpack",
         help="must match the service's (default msgpack)",
     )
+    add_security_options(p, server=False)
 
 
 def _call_arguments(p: argparse.ArgumentParser) -> None:
@@ -147,7 +151,7 @@ async def _connected(ns: argparse.Namespace, urls: list[str]) -> RPCClient:
     if not live:
         tried = "; ".join(f"{url}: {why}" for url, why in zip(urls, reasons))
         raise CLIError(f"cannot reach {tried} (is a service bound there?)")
-    client = RPCClient(ns.serializer, timeout=ns.timeout or None)
+    client = RPCClient(ns.serializer, timeout=ns.timeout or None, security=security_from(ns))
     ns.tried = live
     try:
         client.connect(live)
@@ -203,6 +207,23 @@ async def _describe(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _keygen_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="NAME.key (public) and NAME.key_secret (secret) are written")
+    p.add_argument("--dir", default=".", help="folder for the two files (default: .)")
+    p.add_argument("--force", action="store_true", help="overwrite existing key files")
+
+
+async def _keygen(ns: argparse.Namespace) -> int:
+    from .security import Keypair
+
+    try:
+        public, secret = Keypair.generate().save(ns.dir, ns.name, overwrite=ns.force)
+    except (OSError, ValueError) as exc:
+        raise CLIError(str(exc)) from exc
+    print(f"wrote {public} (public) and {secret} (secret, owner-only)")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "call": Command("call a method and print its result (or stream)", _call_arguments, _call),
     "methods": Command("list a service's methods", _endpoint_arguments, _methods),
@@ -213,6 +234,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "serve": Command(
         "serve a module, class, object or RPCService", _cli_serve.add_arguments, _cli_serve.run
+    ),
+    "keygen": Command(
+        "make a CURVE key pair: NAME.key and NAME.key_secret", _keygen_arguments, _keygen
     ),
 }
 

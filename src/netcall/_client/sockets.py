@@ -13,11 +13,9 @@ import zmq
 from .._reactor import SocketDriver
 from .._socket import monitor_socket
 from ..errors import RPCError
-from .peers import close_sockets
+from .peers import MONITOR_EVENTS, close_sockets
 
 __all__ = ["ClientSockets", "check_loop_left"]
-
-EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
 
 class ClientSockets:
@@ -31,7 +29,7 @@ class ClientSockets:
     def open(self) -> zmq.Socket[Any]:
         if self.socket is None:
             sock = self._make()
-            self.monitor = monitor_socket(sock, EVENTS)
+            self.monitor = monitor_socket(sock, MONITOR_EVENTS)
             self.socket = sock
         return self.socket
 
