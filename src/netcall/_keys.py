@@ -100,8 +100,7 @@ class Keypair:
             mode = stat.S_IMODE(path.stat().st_mode)
             if mode & 0o077:
                 log.warning(
-                    "the secret key file %s is readable by other users (mode %o); "
-                    "chmod 600 it",
+                    "the secret key file %s is readable by other users (mode %o); chmod 600 it",
                     path,
                     mode,
                 )
