@@ -10,6 +10,8 @@
     async def echo(s):
         return s
 
+A :class:`Broker` gives many services, which connect out to it, one address.
+
 Legacy entry points over the same core: :mod:`netcall.tornado`, :mod:`netcall.green` (gevent)
 and :mod:`netcall.sync` (a blocking client).
 """
@@ -18,6 +20,7 @@ import logging as _logging
 
 from ._context import CallContext, current_call
 from ._edge import TransportError
+from .broker import Broker
 from .client import RemoteGenerator, RPCClient
 from .errors import (
     AuthenticationError,
@@ -50,6 +53,7 @@ _logging.getLogger("netcall").addHandler(_logging.NullHandler())
 __all__ = [
     "RESERVED_NAMES",
     "AuthenticationError",
+    "Broker",
     "CallContext",
     "ClientClosedError",
     "ConnectionLostError",

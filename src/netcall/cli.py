@@ -10,6 +10,7 @@
     netcall describe tcp://127.0.0.1:5555 echo
     netcall serve random --bind tcp://127.0.0.1:5555      # a module's public functions
     netcall keygen server --dir keys                      # CURVE keys (see the --curve-* flags)
+    netcall broker --frontend tcp://0.0.0.0:5555 --backend tcp://0.0.0.0:5556
 
 Arguments are JSON if they parse as JSON, else strings. Results print as JSON (bytes as base64,
 dates and times as ISO 8601; ``--raw`` prints Python reprs). A mistake prints one line on
@@ -31,7 +32,7 @@ from typing import Any, NamedTuple, NoReturn
 
 import zmq
 
-from . import __version__, _cli_serve
+from . import __version__, _cli_broker, _cli_serve
 from ._cli_util import (
     CLIError,
     add_security_options,
@@ -237,6 +238,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "keygen": Command(
         "make a CURVE key pair: NAME.key and NAME.key_secret", _keygen_arguments, _keygen
+    ),
+    "broker": Command(
+        "run a broker: one address for many services", _cli_broker.add_arguments, _cli_broker.run
     ),
 }
 
