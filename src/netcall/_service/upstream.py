@@ -41,11 +41,11 @@ class Upstreams:
     """The endpoints one service socket connects out to.
 
     Args:
-        sock: the service's ROUTER socket.
+        sock: gives the service's ROUTER socket (opening it on first use).
         hello: builds the service's HELLO (called for every announcement).
     """
 
-    def __init__(self, sock: zmq.Socket[Any], hello: Callable[[], p.Hello]) -> None:
+    def __init__(self, sock: Callable[[], zmq.Socket[Any]], hello: Callable[[], p.Hello]) -> None:
         self._sock = sock
         self._hello = hello
         self._peers: dict[str, bytes] = {}  # url -> the routing id we gave that peer
@@ -78,13 +78,13 @@ class Upstreams:
                 continue
             if self._monitor is None:
                 # Before the first connect, so no handshake event is missed.
-                self._monitor = self._sock.get_monitor_socket(_EVENTS)
+                self._monitor = self._sock().get_monitor_socket(_EVENTS)
                 if self._loop is not None:
                     self._watch(self._loop)
             peer = b"\x01up" + os.urandom(12)
             with map_exceptions(f"cannot connect to {url!r}"):
-                self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, peer)
-                self._sock.connect(url)
+                self._sock().setsockopt(zmq.CONNECT_ROUTING_ID, peer)
+                self._sock().connect(url)
             self._peers[url] = peer
             self._ids.add(peer)
             if url.startswith("inproc://"):
@@ -98,7 +98,7 @@ class Upstreams:
         if peer is None:
             return
         try:
-            self._sock.disconnect(url)
+            self._sock().disconnect(url)
         except zmq.ZMQError:
             pass
         self._ids.discard(peer)
