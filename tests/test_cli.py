@@ -381,3 +381,39 @@ def test_ipc_endpoint(workdir: Path, tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=15)
     assert proc.returncode == 0
+
+
+def test_serve_connects_out_to_a_broker(workdir: Path) -> None:
+    frontend, backend = tcp_url(), tcp_url()
+    broker = subprocess.Popen(
+        [*NETCALL, "broker", "--frontend", frontend, "--backend", backend, "--stats-every", "0"],
+        env=netcall_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    service = None
+    try:
+        assert broker.stdout is not None and broker.stdout.readline().startswith("broker:")
+        service = subprocess.Popen(
+            [*NETCALL, "serve", "svcmod", "--connect", backend],
+            cwd=workdir,
+            env=netcall_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert service.stdout is not None
+        assert service.stdout.readline().startswith(f"serving svcmod on {backend}")
+        deadline = time.monotonic() + 20
+        while True:  # until the service has announced itself to the broker
+            done = netcall(frontend, "add", "2", "3", "--timeout", "2")
+            if done.returncode == 0 or time.monotonic() > deadline:
+                break
+        assert done.stdout == "5\n", done.stderr
+    finally:
+        for proc in (service, broker):
+            if proc is not None:
+                proc.send_signal(signal.SIGINT)
+                _, err = proc.communicate(timeout=15)
+                assert proc.returncode == 0 and "Warning" not in err, err
