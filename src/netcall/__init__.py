@@ -20,6 +20,8 @@ import logging as _logging
 
 from ._context import CallContext, current_call
 from ._edge import TransportError
+from ._metadata import MAX_METADATA_BYTES, MAX_METADATA_ITEMS
+from ._middleware import ClientMiddleware, OutgoingCall, ServiceMiddleware, observe_stream
 from .broker import Broker
 from .client import RemoteGenerator, RPCClient
 from .errors import (
@@ -51,16 +53,20 @@ __version__ = "1.0.0.dev0"
 _logging.getLogger("netcall").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "MAX_METADATA_BYTES",
+    "MAX_METADATA_ITEMS",
     "RESERVED_NAMES",
     "AuthenticationError",
     "Broker",
     "CallContext",
     "ClientClosedError",
+    "ClientMiddleware",
     "ConnectionLostError",
     "EncodingError",
     "JSONSerializer",
     "MethodNotFoundError",
     "MsgpackSerializer",
+    "OutgoingCall",
     "PickleSerializer",
     "ProtocolError",
     "RPCClient",
@@ -75,10 +81,12 @@ __all__ = [
     "Serializer",
     "SerializerMismatchError",
     "ServiceBusyError",
+    "ServiceMiddleware",
     "ServiceStoppingError",
     "StreamBusyError",
     "StreamClosedError",
     "TransportError",
     "__version__",
     "current_call",
+    "observe_stream",
 ]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -18,6 +19,7 @@ import zmq
 
 from . import protocol as p
 from ._edge import map_exceptions
+from ._middleware import ServiceMiddleware, check_middleware
 from ._reactor import SocketDriver
 from ._service import lifecycle
 from ._service.dispatch import Dispatcher
@@ -36,6 +38,8 @@ __all__ = ["RESERVED_NAMES", "HandlerRunner", "RPCService"]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("netcall")
 Keys = Iterable[Any] | None  # CURVE public keys (Z85 bytes or text, or Keypairs)
 
 
@@ -71,9 +75,12 @@ class RPCService(ServiceConnecting):
             callable taking a zero-argument function; see
             :data:`~netcall._service.runner.HandlerRunner`) instead of inline or in
             ``executor``. The gevent service plugs in here.
+        middleware: ``async def mw(ctx, call_next)`` functions run around every call and
+            stream opening, outermost first (see :meth:`add_middleware`).
 
     Raises:
         ValueError: ``stream_lease`` is not positive.
+        TypeError: a middleware is not callable.
         RPCError: ZeroMQ could not create the socket.
         TypeError: ``security`` is not ``Curve.server(...)``.
         RuntimeError: another ZAP handler (zmq.auth) is bound in ``context``.
@@ -100,6 +107,7 @@ class RPCService(ServiceConnecting):
         security: CurveServer | None = None,
         name: str | None = None,
         handler_runner: HandlerRunner | None = None,
+        middleware: Sequence[ServiceMiddleware] | None = None,
     ) -> None:
         if stream_lease <= 0:
             raise ValueError("stream_lease must be positive")
@@ -123,6 +131,7 @@ class RPCService(ServiceConnecting):
             self._producers,
             self.serializer,
             max_concurrent,
+            check_middleware(middleware),
         )
         self._dispatch.name = self.name
         # The socket opens when first needed (bind, start): an unused service holds none.
@@ -208,6 +217,12 @@ class RPCService(ServiceConnecting):
         self._upstreams.announce()
         return added
 
+    def add_middleware(self, middleware: ServiceMiddleware, *, outermost: bool = False) -> None:
+        """Run ``async def middleware(ctx, call_next)`` around every call and stream opening
+        from now on, innermost (or ``outermost``); see :mod:`netcall._service.chain`. Raises
+        ``TypeError`` if it is not callable."""
+        self._dispatch.chain.add(check_middleware([middleware])[0], outermost)
+
     def methods(self) -> dict[str, dict[str, str]]:
         """The registered handlers: ``{name: {"signature": ..., "doc": ...}}``."""
         return self._registry.describe()
@@ -242,7 +257,7 @@ class RPCService(ServiceConnecting):
                 with map_exceptions(f"cannot bind {url!r}"):
                     self.socket.bind(url)
                 self._bound.add(url)
-                lifecycle.bound(self.name, url)
+                log.info("%s bound to %s", self.name, url)
                 warn_if_exposed(url, self.serializer.name, self.security, "bound")
 
     def unbind(self, url: str) -> None:
@@ -270,7 +285,7 @@ class RPCService(ServiceConnecting):
         with map_exceptions(f"cannot bind tcp://{ip}"):
             chosen = self.socket.bind_to_random_port(f"tcp://{ip}", min_port, max_port)
         self._bound.add(f"tcp://{ip}:{chosen}")
-        lifecycle.bound(self.name, f"tcp://{ip}:{chosen}")
+        log.info("%s bound to tcp://%s:%d", self.name, ip, chosen)
         warn_if_exposed(f"tcp://{ip}:{chosen}", self.serializer.name, self.security, "bound")
         return chosen
 
@@ -384,6 +399,7 @@ class RPCService(ServiceConnecting):
         self.close()
 
     def _close(self, linger: int) -> None:
+        log.info("%s stopped", self.name)
         self._closed = True
         self._dispatch.refusing = "the service is stopping"
         self._replies.driver = None
