@@ -184,7 +184,7 @@ class RPCClient(CallSurface, ClientBinding):
         if self._closed:
             raise ClientClosedError("the client is closed")
         self._peers.connect(urls, only)
-        log.info("netcall: %s connected to %s", self.name, urls)
+        log.info("%s connected to %s", self.name, urls)
 
     def disconnect(self, url: str) -> None:
         """Disconnect from ``url``; calls and streams in flight there fail at once with
@@ -230,7 +230,7 @@ class RPCClient(CallSurface, ClientBinding):
 
     def _lost(self, peer: Peer, why: str, every_call: bool, error: type[RPCError]) -> None:
         """Fail every call and stream in flight on ``peer`` (see CallRegistry.fail_peer)."""
-        log.info("netcall: %s lost %s: %s", self.name, peer.url, why)
+        log.info("%s lost %s: %s", self.name, peer.url, why)
         self._calls.fail_peer(peer, why, every_call, error)
         self._streams.fail_peer(peer, error(why))
 

@@ -233,7 +233,7 @@ class Producers:
                     self.log(
                         "handler error",
                         logging.WARNING,
-                        "netcall: stream %s raised %s (client %s)",
+                        "stream %s raised %s (client %s)",
                         stream.method,
                         type(exc).__name__,
                         stream.peer.hex(),
