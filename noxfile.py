@@ -1,7 +1,8 @@
 """Developer and CI sessions for netcall.
 
 nox                      # tests (every interpreter found) + lint + typecheck
-nox -s tests-3.10 tests-3.13 lint typecheck     # what .ci/run runs
+nox -s tests-3.10 tests-3.13 lint typecheck docs    # what .ci/run runs
+nox -s docs              # the MkDocs site, built with --strict into site/
 nox -s bench -- --help   # benchmarks against raw pyzmq and peer libraries
 nox -s demo              # service + client demo with streaming
 """
@@ -19,6 +20,10 @@ nox.needs_version = ">=2024.4.15"
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_venv = "yes"
 nox.options.error_on_external_run = True
+# A session naming an interpreter that is not installed fails instead of being skipped, so
+# "the tests pass" never means "nothing ran". `nox -s tests` (all four) therefore needs every
+# interpreter; name the ones you have (`nox -s tests-3.11`) on a machine with fewer.
+nox.options.error_on_missing_interpreters = True
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 # One fixed interpreter for the single-run sessions (the image's default python).
@@ -112,6 +117,13 @@ def demo(session: nox.Session) -> None:
     """Run the service + client demo (with streaming)."""
     session.install(".")
     session.run("python", "examples/demo.py", *session.posargs)
+
+
+@nox.session(python=TOOLS_PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the MkDocs site (docs/, mkdocs.yml) with --strict into site/."""
+    session.install(".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
 
 
 @nox.session(name="format", python=TOOLS_PYTHON)

@@ -284,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="smoke run: tiny counts, a few systems (< 30 s)"
     )
     ap.add_argument("--systems", help=f"comma-separated subset of: {', '.join(ALL_SYSTEMS)}")
-    ap.add_argument("--out", default=os.path.join(HERE, "results"), help="output directory")
+    ap.add_argument(
+        "--out",
+        help="output directory (default: benchmarks/results, or benchmarks/results-quick"
+        " with --quick, so a smoke run never overwrites the published results)",
+    )
     ap.add_argument("--reps", type=int, help="repetitions (median reported)")
     ap.add_argument("--time", type=float, help="seconds per measurement")
     ap.add_argument("--no-memory", action="store_true", help="skip the RSS measurements")
@@ -292,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         "--from-json", metavar="FILE", help="only rewrite the reports from a results.json"
     )
     a = ap.parse_args(argv)
+    if a.out is None:
+        a.out = os.path.join(HERE, "results-quick" if a.quick else "results")
     if a.from_json:
         with open(a.from_json) as f:
             results = json.load(f)

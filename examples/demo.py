@@ -53,4 +53,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:  # Ctrl-C: the service and client closed on the way out
+        raise SystemExit(130) from None

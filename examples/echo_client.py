@@ -1,18 +1,27 @@
-"""The asyncio echo client. Run: python examples/echo_client.py [tcp://127.0.0.1:5555]"""
+"""The asyncio echo client: talks to any echo service (asyncio, Tornado or gevent).
+
+Run: python examples/echo_client.py [ENDPOINT ...]
+(default: tcp://127.0.0.1:5555 and ipc:///tmp/echo.service)
+"""
 
 import asyncio
 import sys
 
 from netcall import RPCClient
 
+endpoints = sys.argv[1:] or ["tcp://127.0.0.1:5555", "ipc:///tmp/echo.service"]
 
-async def main(url: str) -> None:
+
+async def main() -> None:
     async with RPCClient(timeout=5.0) as client:
-        client.connect(url)
-        print(await client.echo("hi"))
+        client.connect(endpoints)  # load balanced across them
+        print(await client.echo("Hi there"))
         print(await client.hello("World"))
-        print([x async for x in client.count(5)])
+        print([x async for x in client.count(5)])  # a stream
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "tcp://127.0.0.1:5555"))
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

@@ -1,4 +1,9 @@
-"""The asyncio echo service. Run: python examples/echo_service.py [tcp://127.0.0.1:5555]"""
+"""The asyncio echo service.
+
+Run: python examples/echo_service.py [ENDPOINT ...]
+(default: tcp://127.0.0.1:5555 and ipc:///tmp/echo.service). Stop it with Ctrl-C: calls in
+flight get a few seconds to finish; a second Ctrl-C stops at once.
+"""
 
 import asyncio
 import sys
@@ -22,14 +27,14 @@ async def count(n):
 service.register(lambda n: f"Hello {n}", name="hello")
 
 
-async def main(url: str) -> None:
-    service.bind(url)
-    print(f"serving on {url}", flush=True)
+async def main(endpoints: list[str]) -> None:
+    service.bind(endpoints)
+    print("serving on", " ".join(endpoints), flush=True)
     await service.serve()
 
 
 if __name__ == "__main__":
     try:
-        asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "tcp://127.0.0.1:5555"))
+        asyncio.run(main(sys.argv[1:] or ["tcp://127.0.0.1:5555", "ipc:///tmp/echo.service"]))
     except KeyboardInterrupt:
         pass

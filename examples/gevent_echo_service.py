@@ -23,6 +23,12 @@ def echo(s):
 
 service.register(lambda n: f"Hello {n}", name="hello")
 
+
+@service.register
+def count(n):  # a generator is a stream: examples/echo_client.py reads it
+    yield from range(n)
+
+
 for endpoint in endpoints:
     service.bind(endpoint)  # multiple endpoints
 print("serving on", " ".join(endpoints), flush=True)

@@ -4,10 +4,10 @@ Run: python examples/tornado_echo_client.py [ENDPOINT ...]
 (default: tcp://127.0.0.1:5555 and ipc:///tmp/echo.service)
 """
 
+import asyncio
 import sys
 
 from tornado import gen
-from tornado.ioloop import IOLoop
 
 from netcall.tornado import TornadoRPCClient
 
@@ -29,4 +29,6 @@ def legacy_style(p):  # Tornado coroutines can yield netcall calls too
     return answer
 
 
-IOLoop.current().run_sync(main)
+# Tornado (6 and later) runs on asyncio: asyncio.run() is how Tornado's own docs start an app
+# (IOLoop.current() outside a running loop is deprecated from Python 3.12).
+asyncio.run(main())

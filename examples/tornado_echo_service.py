@@ -20,6 +20,12 @@ def echo_(s):
 
 echo.register(lambda n: f"Hello {n}", name="hello")
 
+
+@echo.register
+def count(n):  # a generator is a stream: examples/echo_client.py reads it
+    yield from range(n)
+
+
 for endpoint in endpoints:
     echo.bind(endpoint)  # multiple endpoints
 echo.start()

@@ -144,7 +144,7 @@ async def _stop_service(svc: RPCService) -> None:
         svc.close()
         raise
     finally:
-        if not svc.socket.closed:  # belt and braces: never leave a socket to block ctx.term()
+        if not svc.closed:  # belt and braces: never leave a socket to block ctx.term()
             svc.close()
 
 

@@ -1,11 +1,13 @@
 """The examples, run as real processes against each other across adapters (a gevent client
-against a Tornado service, and so on), on endpoints given on their command lines."""
+against a Tornado service, and so on), on endpoints given on their command lines, all under
+``python -X dev -W error``: a ResourceWarning or a DeprecationWarning fails them."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from conftest import ipc_url, netcall_env, tcp_url
 pytestmark = pytest.mark.timeout(60)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+STRICT = [sys.executable, "-X", "dev", "-W", "error"]
 
 # Run a script as __main__ with Ctrl-C raising KeyboardInterrupt, even when this test run
 # inherited an ignored SIGINT (as background jobs do).
@@ -31,7 +34,7 @@ class Service:
     def __init__(self, script: str, endpoints: list[str]) -> None:
         self.endpoints = endpoints
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", RUN_SCRIPT, str(EXAMPLES / script), *endpoints],
+            [*STRICT, "-c", RUN_SCRIPT, str(EXAMPLES / script), *endpoints],
             env=netcall_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -43,10 +46,12 @@ class Service:
 
     def stop(self) -> tuple[str, str]:
         """Ctrl-C the service; return the rest of its stdout and its stderr."""
+        start = time.monotonic()
         self.proc.send_signal(signal.SIGINT)
         out, err = self.proc.communicate(timeout=15)
         assert self.proc.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
-        assert "Traceback" not in err, err
+        assert "Traceback" not in err and "Warning" not in err, err
+        assert time.monotonic() - start < 5
         return out, err
 
     def kill(self) -> None:
@@ -71,31 +76,48 @@ def start_service() -> Iterator[Callable[..., Service]]:
 
 def run_client(script: str, *endpoints: str) -> list[str]:
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), *endpoints],
+        [*STRICT, str(EXAMPLES / script), *endpoints],
         env=netcall_env(),
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.stderr == "", proc.stderr
     return proc.stdout.splitlines()
 
 
 @pytest.mark.parametrize(
     "service", ["tornado_echo_service.py", "gevent_echo_service.py", "echo_service.py"]
 )
-@pytest.mark.parametrize("client", ["gevent_echo_client.py", "tornado_echo_client.py"])
+@pytest.mark.parametrize(
+    "client", ["gevent_echo_client.py", "tornado_echo_client.py", "echo_client.py"]
+)
 def test_echo_across_adapters(
     service: str, client: str, start_service: Callable[..., Service], tmp_path: Path
 ) -> None:
     tcp, ipc = tcp_url(), ipc_url(tmp_path)
-    # the asyncio echo_service.py takes one endpoint
-    endpoints = [tcp] if service == "echo_service.py" else [tcp, ipc]
-    svc = start_service(service, *endpoints)
-    assert run_client(client, *endpoints) == ["Hi there", "Hello World"]
-    if len(endpoints) > 1:  # each endpoint alone works too
-        assert run_client(client, ipc) == ["Hi there", "Hello World"]
+    expected = ["Hi there", "Hello World"]
+    if client == "echo_client.py":  # the asyncio client also reads a stream
+        expected.append("[0, 1, 2, 3, 4]")
+    svc = start_service(service, tcp, ipc)
+    assert run_client(client, tcp, ipc) == expected
+    assert run_client(client, ipc) == expected  # each endpoint alone works too
     svc.stop()
+
+
+def test_demo_is_clean_under_dev_mode() -> None:
+    start = time.monotonic()
+    done = subprocess.run(
+        [*STRICT, str(EXAMPLES / "demo.py")],
+        env=netcall_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert "count(5) -> [0, 1, 2, 3, 4]" in done.stdout
+    assert time.monotonic() - start < 20
 
 
 def test_generator_example(start_service: Callable[..., Service]) -> None:

@@ -37,10 +37,10 @@ async def test_lifecycle_calls_and_errors_are_logged(
             pass
     await svc.stop(grace=0)
     text = [(r.levelno, r.getMessage()) for r in caplog.records]
-    assert (logging.INFO, f"netcall: logged bound to {url}") in text
+    assert (logging.INFO, f"logged bound to {url}") in text
     assert any(lvl == logging.INFO and "logger-client connected to" in m for lvl, m in text)
-    assert any(lvl == logging.DEBUG and m.startswith("netcall: call ok from ") for lvl, m in text)
-    assert (logging.INFO, "netcall: logged stopped") in text
+    assert any(lvl == logging.DEBUG and m.startswith("call ok from ") for lvl, m in text)
+    assert (logging.INFO, "logged stopped") in text
     errors = [r for r in caplog.records if "bad_stream raised KeyError" in r.getMessage()]
     assert len(errors) == 1 and errors[0].levelno == logging.WARNING
     assert errors[0].exc_info is not None

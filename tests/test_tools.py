@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import netcall_env
 from netcall import MethodNotFoundError, RPCService
 from netcall.testing import free_tcp_endpoint, service_client_pair
 
@@ -60,6 +61,7 @@ def test_cli_serve_call_methods() -> None:
     server = subprocess.Popen(
         [*cli, "serve", "echo_service:service", "--bind", url],
         cwd=ROOT / "examples",
+        env=netcall_env(),
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -69,7 +71,12 @@ def test_cli_serve_call_methods() -> None:
 
         def run(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
-                [*cli, *args], capture_output=True, text=True, timeout=20, check=False
+                [*cli, *args],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=False,
+                env=netcall_env(),
             )
 
         out = run("call", url, "echo", '"hi"')

@@ -16,6 +16,8 @@ Legacy entry points over the same core: :mod:`netcall.tornado`, :mod:`netcall.gr
 and :mod:`netcall.sync` (a blocking client).
 """
 
+import logging as _logging
+
 from ._context import CallContext, current_call
 from ._edge import TransportError
 from ._metadata import MAX_METADATA_BYTES, MAX_METADATA_ITEMS
@@ -44,7 +46,11 @@ from .errors import (
 from .serializers import JSONSerializer, MsgpackSerializer, PickleSerializer, Serializer
 from .service import RESERVED_NAMES, RPCService
 
-__version__ = "0.1.0"
+__version__ = "1.0.0.dev0"
+
+# A library logs, the application decides where to: nothing is printed unless logging is
+# configured (logging.basicConfig(), or the `netcall serve` command), not even warnings.
+_logging.getLogger("netcall").addHandler(_logging.NullHandler())
 
 __all__ = [
     "MAX_METADATA_BYTES",

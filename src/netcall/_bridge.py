@@ -148,7 +148,7 @@ class Bridge:
                     loop.run_until_complete(asyncio.wait(tasks, timeout=STOP_TIMEOUT))
                 loop.run_until_complete(loop.shutdown_asyncgens())
             except BaseException:  # pragma: no cover - best effort at shutdown
-                log.exception("netcall: error while stopping the bridge loop")
+                log.exception("error while stopping the bridge loop")
             finally:
                 loop.close()
                 self._done.release()
@@ -289,16 +289,16 @@ class Bridge:
             try:
                 self.run(_call_async(_run_all, (closers,), {}), timeout=STOP_TIMEOUT)
             except Exception:
-                log.exception("netcall: error while closing bridged sockets")
+                log.exception("error while closing bridged sockets")
         if self.call_soon(self.loop.stop) and not self._done.acquire(True, STOP_TIMEOUT):
-            log.warning("netcall: the bridge loop thread did not stop in time")
+            log.warning("the bridge loop thread did not stop in time")
 
 
 def _safely(fn: Callable[[], None]) -> None:
     try:
         fn()
     except Exception:
-        log.exception("netcall: error while closing")
+        log.exception("error while closing")
 
 
 def _run_all(fns: list[Callable[[], None]]) -> None:

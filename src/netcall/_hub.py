@@ -45,7 +45,7 @@ class HubPort:
             try:
                 fn()
             except BaseException:  # a callback must never kill the hub
-                log.exception("netcall: error in a callback on the gevent hub")
+                log.exception("error in a callback on the gevent hub")
 
     def hold(self) -> None:
         """Keep the hub running (call from the hub's thread)."""

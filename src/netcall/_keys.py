@@ -100,8 +100,7 @@ class Keypair:
             mode = stat.S_IMODE(path.stat().st_mode)
             if mode & 0o077:
                 log.warning(
-                    "netcall: the secret key file %s is readable by other users (mode %o); "
-                    "chmod 600 it",
+                    "the secret key file %s is readable by other users (mode %o); chmod 600 it",
                     path,
                     mode,
                 )
@@ -202,5 +201,5 @@ def load_folder(folder: Path) -> frozenset[bytes]:
         try:
             keys.add(Keypair.load(path).public)
         except (OSError, ValueError) as exc:
-            log.warning("netcall: skipping the key file %s: %s", path, exc)
+            log.warning("skipping the key file %s: %s", path, exc)
     return frozenset(keys)

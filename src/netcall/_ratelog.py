@@ -101,8 +101,7 @@ class RateLimitedLog:
         if window.suppressed:
             self.logger.log(
                 level,
-                "netcall: %d more %s event(s) in the last %.0f s were not logged "
-                "(%d in all so far)",
+                "%d more %s event(s) in the last %.0f s were not logged (%d in all so far)",
                 window.suppressed,
                 kind,
                 self._clock() - window.start,

@@ -258,7 +258,7 @@ class SocketDriver:
                     try:
                         on_message(frames)
                     except Exception:  # a handler bug must never kill the reader
-                        log.exception("netcall: error while handling a message")
+                        log.exception("error while handling a message")
                 if handled >= _BATCH:
                     # Let other callbacks run; come back for the rest.
                     self._schedule_check()

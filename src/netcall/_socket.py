@@ -12,16 +12,43 @@ the same socket: calls hung, and processes crashed (SIGSEGV, SIGABRT).
 
 from __future__ import annotations
 
+import itertools
+import os
 from typing import Any
 
 import zmq
 
 from ._edge import map_exceptions
 
-__all__ = ["make_router", "plain_context"]
+__all__ = ["QuietSocket", "make_router", "monitor_socket", "plain_context"]
 
 #: Messages queued per peer before a send reports "busy" (ZeroMQ's high-water marks).
 HWM = 10000
+
+
+_monitors = itertools.count(1)
+
+
+class QuietSocket(zmq.Socket[Any]):
+    """A socket that, collected unclosed (its service or client was never closed), closes at
+    once and quietly instead of raising pyzmq's ResourceWarning: whatever the order in which a
+    collected cycle or a finishing interpreter finalizes objects."""
+
+    def __del__(self) -> None:
+        try:
+            if not self.closed:
+                self.close(linger=0)
+        except Exception:
+            pass
+
+
+def monitor_socket(sock: zmq.Socket[Any], events: int) -> zmq.Socket[Any]:
+    """A PAIR socket receiving ``sock``'s monitor events (a :class:`QuietSocket`)."""
+    addr = f"inproc://netcall-monitor-{os.getpid()}-{next(_monitors)}"
+    sock.monitor(addr, events)
+    pair: zmq.Socket[Any] = sock.context.socket(zmq.PAIR, socket_class=QuietSocket)
+    pair.connect(addr)
+    return pair
 
 
 def plain_context(context: zmq.Context[Any]) -> zmq.Context[Any]:
@@ -50,7 +77,7 @@ def make_router(
     """
     del server  # the same options on both ends today; security settings will differ
     with map_exceptions("cannot create a socket"):
-        sock: zmq.Socket[Any] = plain_context(context).socket(zmq.ROUTER)
+        sock: zmq.Socket[Any] = plain_context(context).socket(zmq.ROUTER, socket_class=QuietSocket)
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)

@@ -139,7 +139,7 @@ class Allowlist:
         self._last_warning = now
         if more:
             message += f" ({more} more refusals since the last warning)"
-        log.warning("netcall: %s", message)
+        log.warning("%s", message)
 
 
 class _Handler:
@@ -203,7 +203,7 @@ class _Handler:
                     zap.send_multipart(self.answer(request))
         except zmq.ZMQError as exc:  # the context was terminated under us
             if exc.errno not in (zmq.ETERM, zmq.ENOTSOCK):
-                log.exception("netcall: the ZAP handler stopped")
+                log.exception("the ZAP handler stopped")
         finally:
             self._sync(poller, monitors, by_socket, everything=True)
             try:
@@ -286,7 +286,7 @@ class _Handler:
         try:
             allowed = policy.check(key, address.decode("utf-8", "replace"))
         except Exception:
-            log.exception("netcall: the allowlist check failed; refusing the client")
+            log.exception("the allowlist check failed; refusing the client")
             allowed = False
         if not allowed:
             return [b"1.0", rid, b"400", b"key not allowed", b"", b""]
@@ -321,7 +321,7 @@ class _Handler:
         if self._done.acquire(True, STOP_TIMEOUT):
             self._done.release()
         else:  # pragma: no cover - the thread is stuck in libzmq
-            log.warning("netcall: the ZAP handler thread did not stop within %ss", STOP_TIMEOUT)
+            log.warning("the ZAP handler thread did not stop within %ss", STOP_TIMEOUT)
         self._pipe.close(linger=0)
 
 

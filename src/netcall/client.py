@@ -26,8 +26,9 @@ from ._client.calls import CallRegistry, PendingCall, call_frames, encode_argume
 from ._client.generator import RemoteGenerator, close_quietly
 from ._client.inbox import Inbox
 from ._client.outgoing import effective_timeout
-from ._client.peers import Keepalive, Peer, PeerTable, close_sockets
+from ._client.peers import Keepalive, Peer, PeerTable
 from ._client.proxy import UNSET
+from ._client.sockets import ClientSockets, check_loop_left
 from ._client.streams import ConsumerStreams, error_from
 from ._client.surface import CallSurface
 from ._context import CallContext
@@ -113,7 +114,6 @@ class RPCClient(CallSurface, ClientBinding):
     window: int
     stream_buffer: int
     name: str
-    socket: zmq.Socket[Any]
     security: CurveClient | None
 
     def __init__(
@@ -146,11 +146,9 @@ class RPCClient(CallSurface, ClientBinding):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.security = security
-        self.socket = self._make_socket(heartbeat)
-        self._peers = PeerTable(self.socket, self._lost, security, self.serializer.name)
-        # Connection events (before any connect, so none is missed): which services are up,
-        # and which broke with calls in flight.
-        self._monitor: zmq.Socket[Any] = self._peers.monitor_socket()
+        # Sockets open when first needed (connect, a call): an unused client holds none.
+        self._sockets = ClientSockets(lambda: self._make_socket(heartbeat))
+        self._peers = PeerTable(lambda: self.socket, self._lost, security, self.serializer.name)
         self._calls = CallRegistry(self._send_cancel)
         self._streams = ConsumerStreams(self._send, self.serializer, window, stream_buffer)
         self._keepalive = Keepalive(self._ping)
@@ -161,6 +159,13 @@ class RPCClient(CallSurface, ClientBinding):
         sock = make_router(self.context, server=False, heartbeat=heartbeat)
         secure_socket(sock, self.security, server=False, name=self.name)
         return sock
+
+    @property
+    def socket(self) -> zmq.Socket[Any]:
+        """The ZeroMQ ROUTER socket, opened on first use (ClientClosedError once closed)."""
+        if self._closed and self._sockets.socket is None:
+            raise ClientClosedError("the client is closed")
+        return self._sockets.open()
 
     # -- endpoints ------------------------------------------------------------------------
 
@@ -181,7 +186,7 @@ class RPCClient(CallSurface, ClientBinding):
         if self._closed:
             raise ClientClosedError("the client is closed")
         self._peers.connect(urls, only)
-        log.info("netcall: %s connected to %s", self.name, urls)
+        log.info("%s connected to %s", self.name, urls)
 
     def disconnect(self, url: str) -> None:
         """Disconnect from ``url``; calls and streams in flight there fail at once with
@@ -209,20 +214,25 @@ class RPCClient(CallSurface, ClientBinding):
             raise ClientClosedError("the client is closed")
         driver = self._driver
         if driver is not None:
-            return driver
+            if not self._loop.is_closed():  # type: ignore[union-attr]
+                return driver
+            check_loop_left(len(self._calls) + len(self._streams))  # a new asyncio.run()
+            self._keepalive.cancel()
         loop = asyncio.get_running_loop()
         self._loop = self._streams.loop = loop
         opened = functools.partial(self._keepalive.schedule, loop)  # a stream opened: its lease
         peers = self._peers
         inbox = Inbox(self._calls, self._streams, self._send_cancel, opened, peers.on_announce)
         self._driver = SocketDriver(self.socket, loop, inbox.on_message, peers.gone)
-        self._monitor_driver = SocketDriver(self._monitor, loop, peers.on_monitor_event)
+        monitor = self._sockets.monitor
+        assert monitor is not None
+        self._monitor_driver = SocketDriver(monitor, loop, peers.on_monitor_event)
         peers.start(loop, self._driver.send)
         return self._driver
 
     def _lost(self, peer: Peer, why: str, every_call: bool, error: type[RPCError]) -> None:
         """Fail every call and stream in flight on ``peer`` (see CallRegistry.fail_peer)."""
-        log.info("netcall: %s lost %s: %s", self.name, peer.url, why)
+        log.info("%s lost %s: %s", self.name, peer.url, why)
         self._calls.fail_peer(peer, why, every_call, error)
         self._streams.fail_peer(peer, error(why))
 
@@ -337,7 +347,7 @@ class RPCClient(CallSurface, ClientBinding):
         farewell += [
             [peer.rid, *p.Cancel(rid).to_frames()] for peer, rid in self._streams.open_ids()
         ]
-        close_sockets(self._driver, self.socket, self._monitor_driver, self._monitor, farewell)
+        self._sockets.close(self._driver, self._monitor_driver, farewell)
         closed = lambda: ClientClosedError("the client was closed")  # noqa: E731
         self._calls.fail_all(closed)
         self._streams.fail_all(closed)

@@ -39,6 +39,7 @@ errors) are translated at one edge, :mod:`netcall._edge`, with the original as `
 from __future__ import annotations
 
 import builtins
+import sys
 from typing import Any
 
 from . import _wire_names as names
@@ -56,6 +57,7 @@ __all__ = [
     "RemoteProtocolError",
     "RemoteRPCError",
     "RemoteSerializationError",
+    "RemoteTraceback",
     "SerializationError",
     "SerializerMismatchError",
     "ServiceBusyError",
@@ -75,26 +77,52 @@ class RPCError(Exception):
 class RemoteRPCError(RPCError):
     """The remote side raised an exception.
 
+    ``str()`` is one line, ``"TypeName: message"``. The remote traceback is kept on
+    :attr:`remote_traceback` and shown when the exception is printed (a traceback printed by
+    Python, ``logging.exception``, pytest): on Python 3.11+ as a note (``add_note``), on 3.10 as
+    the exception's ``__cause__``, a :class:`RemoteTraceback` printed above it ("The above
+    exception was the direct cause...").
+
     Attributes:
         type_name: the remote exception's type, e.g. ``"ValueError"`` or ``"app.models.Missing"``.
         message: ``str()`` of the remote exception.
-        traceback: the formatted remote traceback (may be empty).
+        remote_traceback: the formatted remote traceback (may be empty); also ``traceback``.
     """
 
     def __init__(self, type_name: str, message: str = "", traceback: str = "") -> None:
         super().__init__(type_name, message, traceback)
         self.type_name = type_name
         self.message = message
-        self.traceback = traceback
+        self.remote_traceback = traceback
+        if traceback:
+            text = "remote traceback:\n" + traceback.rstrip()
+            if sys.version_info >= (3, 11):
+                self.add_note(text)
+            else:  # pragma: no cover - 3.10 has no notes
+                self.__cause__ = RemoteTraceback(text)
+
+    @property
+    def traceback(self) -> str:
+        """The formatted remote traceback (the same as :attr:`remote_traceback`)."""
+        return self.remote_traceback
 
     def __str__(self) -> str:
-        text = f"{self.type_name}: {self.message}" if self.message else self.type_name
-        if self.traceback:
-            text += "\n--- remote traceback ---\n" + self.traceback.rstrip()
-        return text
+        return f"{self.type_name}: {self.message}" if self.message else self.type_name
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (exception_from_remote, (self.type_name, self.message, self.traceback))
+        return (exception_from_remote, (self.type_name, self.message, self.remote_traceback))
+
+
+class RemoteTraceback(Exception):
+    """Python 3.10 only: carries a remote traceback as the ``__cause__`` of a
+    :class:`RemoteRPCError`, so that printing the error prints it. ``str()`` is the text."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
 
 
 class MethodNotFoundError(RemoteRPCError, AttributeError, NotImplementedError):

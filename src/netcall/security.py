@@ -272,7 +272,7 @@ def warn_if_exposed(url: str, serializer: str, security: object | None, action: 
     if security is None:
         if serializer == "pickle" and url.startswith(_NETWORK_TRANSPORTS):
             log.warning(
-                "netcall: %s %s with the pickle serializer and no CURVE security: anyone who "
+                "%s %s with the pickle serializer and no CURVE security: anyone who "
                 "can reach it can make this process run code of their choosing (unpickling "
                 "runs code). Use security=Curve... or another serializer.",
                 action,
@@ -280,7 +280,7 @@ def warn_if_exposed(url: str, serializer: str, security: object | None, action: 
             )
     elif action == "bound" and url.startswith("inproc://"):
         log.warning(
-            "netcall: %s is inproc: ZeroMQ applies no CURVE there, so any code in this process "
+            "%s is inproc: ZeroMQ applies no CURVE there, so any code in this process "
             "can call the service (and its callers have no peer_key)",
             url,
         )

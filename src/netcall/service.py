@@ -22,6 +22,7 @@ from . import protocol as p
 from ._edge import map_exceptions
 from ._middleware import ServiceMiddleware, check_middleware
 from ._reactor import SocketDriver
+from ._service import lifecycle
 from ._service.dispatch import Dispatcher
 from ._service.inbox import Inbox
 from ._service.registry import METHODS_NAME, HandlerRegistry, public_names
@@ -90,7 +91,6 @@ class RPCService(ServiceConnecting):
     serializer: Serializer
     context: zmq.Context[Any]
     name: str
-    socket: zmq.Socket[Any]
     security: CurveServer | None
 
     def __init__(
@@ -134,11 +134,15 @@ class RPCService(ServiceConnecting):
             max_concurrent,
             check_middleware(middleware),
         )
-        self.socket = self._make_socket(heartbeat, max_message_size)
+        self._dispatch.name = self.name
+        # The socket opens when first needed (bind, start): an unused service holds none.
+        self._socket: zmq.Socket[Any] | None = None
+        self._zap: Any = None  # the ZAP handler secure_socket() starts with the socket
+        self._socket_options = (heartbeat, max_message_size)
         self._registry.add_subclass_methods(self, RPCService)
         self._registry.add_builtin(METHODS_NAME, self.methods)
         self._max_concurrent = max_concurrent
-        self._upstreams = Upstreams(self.socket, self._hello, self.security)
+        self._upstreams = Upstreams(lambda: self.socket, self._hello, self.security)
 
     def _make_socket(
         self, heartbeat: float | None, max_message_size: int | None
@@ -150,6 +154,15 @@ class RPCService(ServiceConnecting):
         # Closed after the socket: a CURVE socket whose context has no ZAP handler admits all.
         self._zap = secure_socket(sock, self.security, server=True, name=self.name)
         return sock
+
+    @property
+    def socket(self) -> zmq.Socket[Any]:
+        """The ZeroMQ ROUTER socket, opened on first use (RuntimeError once closed)."""
+        if self._socket is None:
+            if self._closed:
+                raise RuntimeError("the service is closed")
+            self._socket = self._make_socket(*self._socket_options)
+        return self._socket
 
     # -- registration ---------------------------------------------------------------------
 
@@ -245,7 +258,7 @@ class RPCService(ServiceConnecting):
                 with map_exceptions(f"cannot bind {url!r}"):
                     self.socket.bind(url)
                 self._bound.add(url)
-                log.info("netcall: %s bound to %s", self.name, url)
+                log.info("%s bound to %s", self.name, url)
                 warn_if_exposed(url, self.serializer.name, self.security, "bound")
 
     def unbind(self, url: str) -> None:
@@ -273,7 +286,7 @@ class RPCService(ServiceConnecting):
         with map_exceptions(f"cannot bind tcp://{ip}"):
             chosen = self.socket.bind_to_random_port(f"tcp://{ip}", min_port, max_port)
         self._bound.add(f"tcp://{ip}:{chosen}")
-        log.info("netcall: %s bound to tcp://%s:%d", self.name, ip, chosen)
+        log.info("%s bound to tcp://%s:%d", self.name, ip, chosen)
         warn_if_exposed(f"tcp://{ip}:{chosen}", self.serializer.name, self.security, "bound")
         return chosen
 
@@ -316,7 +329,9 @@ class RPCService(ServiceConnecting):
         self._upstreams.start(loop, self._replies.send, self._upstream_lost)
 
     async def serve(self) -> None:
-        """Serve until :meth:`stop` (or :meth:`close`) is called.
+        """Serve until :meth:`stop` (or :meth:`close`) is called. Cancelling it (Ctrl-C under
+        ``asyncio.run()`` does) stops the service gracefully, as :meth:`stop`, then re-raises;
+        if that stop is interrupted too (a second Ctrl-C), the service closes at once.
 
         Raises:
             RuntimeError: the service is closed.
@@ -329,7 +344,14 @@ class RPCService(ServiceConnecting):
             self._stopped = asyncio.Event()
         if self._closed:
             return
-        await self._stopped.wait()
+        try:
+            await self._stopped.wait()
+        except asyncio.CancelledError:
+            try:
+                await lifecycle.stop_when_cancelled(self, self._grace)
+            finally:
+                self.close()  # also when that stop is interrupted (a second Ctrl-C)
+            raise
 
     async def __aenter__(self) -> RPCService:
         self.start()
@@ -383,7 +405,7 @@ class RPCService(ServiceConnecting):
         self.close()
 
     def _close(self, linger: int) -> None:
-        log.info("netcall: %s stopped", self.name)
+        log.info("%s stopped", self.name)
         self._closed = True
         self._dispatch.refusing = "the service is stopping"
         self._replies.driver = None
@@ -391,10 +413,11 @@ class RPCService(ServiceConnecting):
         self._upstreams.close()
         if self._driver is not None:
             self._driver.close(linger=linger)
-        elif not self.socket.closed:
-            self.socket.close(linger=linger)
+        elif self._socket is not None and not self._socket.closed:
+            self._socket.close(linger=linger)
         if self._zap is not None:
             self._zap.close()
+        lifecycle.closed(self.name, self._bound, started=self._driver is not None)
         if self._stopped is not None:
             self._stopped.set()
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import warnings
 from collections.abc import Awaitable
 from typing import Any
 
@@ -45,7 +46,7 @@ class TornadoRPCService(RPCService):
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                loop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
+                loop = _current_loop()
         super().start(loop)
 
     def serve(self) -> Any:
@@ -61,6 +62,7 @@ class TornadoRPCService(RPCService):
             pass
         else:
             return super().serve()
+        _current_loop()
         ioloop = IOLoop.current()
         self.start(ioloop.asyncio_loop)  # type: ignore[attr-defined]
         serving: Awaitable[None] = super().serve()
@@ -77,6 +79,23 @@ class TornadoRPCService(RPCService):
         if not task.cancelled():
             task.result()
         return None
+
+
+def _current_loop() -> asyncio.AbstractEventLoop:
+    """The loop ``IOLoop.current()`` runs on, outside a running loop, made and set as the
+    thread's current loop if there is none yet. ``IOLoop.current()`` would do the same through
+    ``asyncio.get_event_loop()``, which warns about it from Python 3.12 (a DeprecationWarning
+    that ``-W error`` turns into a failure) for this 2014 pattern: start, then run the IOLoop."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            loop = asyncio.get_event_loop_policy().get_event_loop()
+        except RuntimeError:  # no current loop, and the policy will not make one
+            loop = None
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+    return IOLoop.current().asyncio_loop  # type: ignore[attr-defined, no-any-return]
 
 
 class TornadoRPCClient(RPCClient):

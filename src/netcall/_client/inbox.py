@@ -68,7 +68,7 @@ class Inbox:
         try:
             msg = p.decode(frames[1:])
         except Exception as exc:
-            log.warning("netcall: dropped a malformed message from a service: %s", exc)
+            log.warning("dropped a malformed message from a service: %s", exc)
             return
         if type(msg) is p.Hello or type(msg) is p.Bye:
             self._announced(frames[0], msg)

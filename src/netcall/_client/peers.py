@@ -38,6 +38,8 @@ _HANDSHAKE_FAILED = (
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
 OnLost = Callable[["Peer", str, bool, type[RPCError]], None]
+#: What the client's socket monitor reports (see ClientSockets): up, down, refused.
+MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED
 
 
 class Peer:
@@ -67,12 +69,12 @@ class PeerTable:
 
     def __init__(
         self,
-        socket: zmq.Socket[Any],
+        socket: Callable[[], zmq.Socket[Any]],
         on_lost: OnLost,
         security: object | None = None,
         serializer: str = "",
     ) -> None:
-        self._socket = socket
+        self._socket = socket  # opens the socket (and its monitor) on first use
         self._on_lost = on_lost
         self._security = security
         self._serializer = serializer
@@ -132,8 +134,8 @@ class PeerTable:
         """Connect ``url`` under a new routing id; return the id."""
         rid = b"s%d" % next(self._rids)
         with map_exceptions(f"cannot connect to {url!r}"):
-            self._socket.setsockopt(zmq.CONNECT_ROUTING_ID, rid)
-            self._socket.connect(url)
+            self._socket().setsockopt(zmq.CONNECT_ROUTING_ID, rid)
+            self._socket().connect(url)
         return rid
 
     def disconnect(self, url: str) -> None:
@@ -143,7 +145,7 @@ class PeerTable:
         self.order.remove(peer)
         self._on_lost(peer, f"disconnected from {url}", True, ConnectionLostError)
         try:
-            self._socket.disconnect(url)
+            self._socket().disconnect(url)
         except zmq.ZMQError:
             pass
 
@@ -197,7 +199,7 @@ class PeerTable:
         if time.monotonic() - peer.refused_at < RETRY_REFUSED:
             raise AuthenticationError(peer.refused)
         try:
-            self._socket.disconnect(peer.url)
+            self._socket().disconnect(peer.url)
         except zmq.ZMQError:
             pass
         peer.rid = self._connect(peer.url)
@@ -214,14 +216,14 @@ class PeerTable:
         for url in wanted:
             if url not in self.bound:
                 with map_exceptions(f"cannot bind {url!r}"):
-                    self._socket.bind(url)
+                    self._socket().bind(url)
                 self.bound.add(url)
 
     def unbind(self, url: str) -> None:
         if url in self.bound:
             self.bound.discard(url)
             try:
-                self._socket.unbind(url)
+                self._socket().unbind(url)
             except zmq.ZMQError:
                 pass
 
@@ -230,7 +232,7 @@ class PeerTable:
             self.bind(f"tcp://{ip}:{port}", False)
             return port
         with map_exceptions(f"cannot bind tcp://{ip}"):
-            chosen = self._socket.bind_to_random_port(f"tcp://{ip}", min_port, max_port)
+            chosen = self._socket().bind_to_random_port(f"tcp://{ip}", min_port, max_port)
         self.bound.add(f"tcp://{ip}:{chosen}")
         return chosen
 
@@ -256,12 +258,6 @@ class PeerTable:
             self.order.remove(peer)
             why = "the service that connected to this client went away"
             self._on_lost(peer, why, True, ConnectionLostError)
-
-    def monitor_socket(self) -> zmq.Socket[Any]:
-        """The socket monitor's socket (open it before any connect, so no event is missed)."""
-        return self._socket.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED
-        )
 
     def on_monitor_event(self, frames: list[Any]) -> None:
         try:
@@ -323,13 +319,14 @@ class Keepalive:
 
 def close_sockets(
     driver: SocketDriver | None,
-    socket: zmq.Socket[Any],
+    socket: zmq.Socket[Any] | None,
     monitor_driver: SocketDriver | None,
-    monitor: zmq.Socket[Any],
+    monitor: zmq.Socket[Any] | None,
     farewell: list[list[Any]],
 ) -> None:
-    """Close the client's socket and its monitor; when the socket is being driven, first send
-    the ``farewell`` messages (best effort) and let them go out (linger 50 ms)."""
+    """Close the client's socket and its monitor (either may never have been opened); when the
+    socket is being driven, first send the ``farewell`` messages (best effort) and let them go
+    out (linger 50 ms)."""
     if driver is not None:
         for frames in farewell:
             try:
@@ -337,9 +334,9 @@ def close_sockets(
             except Exception:
                 pass
         driver.close(linger=50)
-    elif not socket.closed:
+    elif socket is not None and not socket.closed:
         socket.close(linger=0)
     if monitor_driver is not None:
         monitor_driver.close()
-    elif not monitor.closed:
+    elif monitor is not None and not monitor.closed:
         monitor.close(linger=0)

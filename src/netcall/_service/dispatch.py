@@ -73,6 +73,7 @@ class Dispatcher:
         # The socket driver: a CURVE service's holds the key of the message being handled.
         self.keys: SocketDriver | None = None
         self.refusing: str | None = None  # why new calls are refused (the service is stopping)
+        self.name = "RPCService"  # the service's label in logs
 
     # -- hooks ----------------------------------------------------------------------------
 
@@ -153,7 +154,7 @@ class Dispatcher:
             return
         ctx = self.context(peer, msg, deadline, args, kwargs)
         if _debug(logging.DEBUG):
-            log.debug("netcall: call %s from %s", msg.method, peer.hex())
+            log.debug("call %s from %s", msg.method, peer.hex())
         token = _current.set(ctx)
         try:
             result = self.invoke(handler, args, kwargs, ctx)
@@ -279,7 +280,7 @@ class Dispatcher:
         self.log(
             "handler error",
             logging.DEBUG if interrupted else logging.WARNING,
-            "netcall: %s%s raised %s (client %s)",
+            "%s%s raised %s (client %s)",
             "one-way call " if msg.oneway else "",
             handler.name,
             type(exc).__name__,

@@ -49,7 +49,7 @@ class Inbox:
             msg = p.decode(body)
         except Exception as exc:  # ProtocolError; anything else would be our bug
             rid = p.request_id_of(body)
-            log.warning("netcall: dropped a malformed message from %r: %s", peer, exc)
+            log.warning("dropped a malformed message from %r: %s", peer, exc)
             if rid is not None:
                 self._replies.refuse(peer, rid, p.ERR_PROTOCOL, str(exc))
             return

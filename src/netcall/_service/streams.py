@@ -235,7 +235,7 @@ class Producers:
                     self.log(
                         "handler error",
                         logging.WARNING,
-                        "netcall: stream %s raised %s (client %s)",
+                        "stream %s raised %s (client %s)",
                         stream.method,
                         type(exc).__name__,
                         stream.peer.hex(),
@@ -285,7 +285,7 @@ class Producers:
         except BaseException as exc:  # a finally block may raise anything
             if isinstance(exc, asyncio.CancelledError):
                 return
-            log.warning("netcall: stream %s raised while closing: %r", stream.method, exc)
+            log.warning("stream %s raised while closing: %r", stream.method, exc)
 
     def _close(self, stream: _Stream, reply: bool) -> None:
         """Close a stream: its task ends and the generator is finalised."""
@@ -323,7 +323,7 @@ class Producers:
         live_peers = set()
         for stream in list(self.by_key.values()):
             if now - self._seen.get(stream.peer, now) > self.lease:
-                log.info("netcall: closing stream %s: its client went silent", stream.method)
+                log.info("closing stream %s: its client went silent", stream.method)
                 self._close(stream, reply=False)
             else:
                 live_peers.add(stream.peer)

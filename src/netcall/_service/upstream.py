@@ -47,13 +47,13 @@ class Upstreams:
     """The endpoints one service socket connects out to.
 
     Args:
-        sock: the service's ROUTER socket.
+        sock: gives the service's ROUTER socket (opening it on first use).
         hello: builds the service's HELLO (called for every announcement).
     """
 
     def __init__(
         self,
-        sock: zmq.Socket[Any],
+        sock: Callable[[], zmq.Socket[Any]],
         hello: Callable[[], p.Hello],
         own: CurveServer | None = None,
     ) -> None:
@@ -71,7 +71,7 @@ class Upstreams:
         self._on_lost: Callable[[bytes], None] | None = None
         self._announce_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._plain = sock.get(zmq.MECHANISM) == zmq.NULL  # no CURVE on this socket
+        self._plain = own is None  # no CURVE on this socket (own: its Curve.server)
 
     @property
     def connected(self) -> set[str]:
@@ -108,12 +108,12 @@ class Upstreams:
                 continue
             if self._monitor is None:
                 # Before the first connect, so no handshake event is missed.
-                self._monitor = self._sock.get_monitor_socket(_EVENTS)
+                self._monitor = self._sock().get_monitor_socket(_EVENTS)
                 if self._loop is not None:
                     self._watch(self._loop)
             peer = b"\x01up" + os.urandom(12)
             with map_exceptions(f"cannot connect to {url!r}"):
-                self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, peer)
+                self._sock().setsockopt(zmq.CONNECT_ROUTING_ID, peer)
                 self._connect(url, security)
             self._peers[url] = peer
             if security is not None:
@@ -129,17 +129,17 @@ class Upstreams:
         # made: the CURVE client options count for this connection only, then the socket's own
         # (a CURVE server for its binds, or none) come back.
         if security is None:
-            self._sock.connect(url)
+            self._sock().connect(url)
             return
         try:
-            security.apply(self._sock)
-            self._sock.connect(url)
+            security.apply(self._sock())
+            self._sock().connect(url)
         finally:
             if self._own is not None:
-                self._sock.setsockopt(zmq.CURVE_SERVER, 1)
-                self._sock.setsockopt(zmq.CURVE_SECRETKEY, self._own.keypair.secret)  # type: ignore[arg-type]
+                self._sock().setsockopt(zmq.CURVE_SERVER, 1)
+                self._sock().setsockopt(zmq.CURVE_SECRETKEY, self._own.keypair.secret)  # type: ignore[arg-type]
             else:
-                self._sock.setsockopt(zmq.CURVE_SERVER, 0)  # back to the NULL mechanism
+                self._sock().setsockopt(zmq.CURVE_SERVER, 0)  # back to the NULL mechanism
 
     def disconnect(self, url: str) -> None:
         """Stop connecting to ``url``; calls that came through it are ended."""
@@ -147,7 +147,7 @@ class Upstreams:
         if peer is None:
             return
         try:
-            self._sock.disconnect(url)
+            self._sock().disconnect(url)
         except zmq.ZMQError:
             pass
         self._ids.discard(peer)

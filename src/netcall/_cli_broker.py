@@ -1,0 +1,99 @@
+"""``netcall broker``: one address for many services (see :mod:`netcall.broker`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from typing import Any
+
+from ._cli_util import CLIError, add_security_options, security_from
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frontend", action="append", required=True, help="endpoint for clients")
+    p.add_argument("--backend", action="append", required=True, help="endpoint for services")
+    p.add_argument("--heartbeat", type=float, default=1.0, help="seconds (default 1)")
+    p.add_argument("--max-queue", type=int, default=1000, help="calls waiting (default 1000)")
+    p.add_argument(
+        "--stats-every", type=float, default=10.0, help="print stats every N s (0: never)"
+    )
+    add_security_options(p, server=True)  # CURVE on the frontend
+    p.add_argument(
+        "--backend-curve-keypair",
+        metavar="FILE",
+        help="CURVE on the backend: the broker's .key_secret file for it (services connect "
+        "with security=Curve.client(<its public key>, keypair=...))",
+    )
+    p.add_argument(
+        "--backend-allow",
+        action="append",
+        metavar="KEY",
+        help="service keys let in on the backend: a folder of .key files, or keys (repeatable)",
+    )
+
+
+def _backend_security(ns: argparse.Namespace) -> Any:
+    from .security import from_options
+
+    if ns.backend_allow and ns.backend_curve_keypair is None:
+        raise CLIError("--backend-allow needs --backend-curve-keypair", status=2)
+    try:
+        return from_options(
+            server=True, keypair=ns.backend_curve_keypair, allow=ns.backend_allow or ()
+        )
+    except (OSError, ValueError) as exc:
+        raise CLIError(str(exc)) from exc
+
+
+def _stats_line(stats: dict[str, Any]) -> str:
+    errors = " ".join(f"{k}={v}" for k, v in stats["errors"].items() if v)
+    return (
+        f"services={len(stats['services'])} methods={len(stats['methods'])} "
+        f"in_flight={stats['in_flight']} streams={stats['streams']} queued={stats['queued']} "
+        f"clients={stats['clients']} errors: {errors or 'none'}"
+    )
+
+
+async def run(ns: argparse.Namespace) -> int:
+    from .broker import Broker
+
+    broker = Broker(
+        frontend=ns.frontend,
+        backend=ns.backend,
+        heartbeat=ns.heartbeat,
+        max_queue=ns.max_queue,
+        security=security_from(ns, server=True),
+        backend_security=_backend_security(ns),
+    )
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:  # the first drains (calls in flight finish), the second closes
+        if stopping:
+            broker.close()
+        else:
+            stopping.append(loop.create_task(broker.stop()))
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    broker.start()
+    print(
+        f"broker: clients connect to {', '.join(ns.frontend)}; "
+        f"services connect to {', '.join(ns.backend)}",
+        flush=True,
+    )
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(ns.stats_every)
+            print(_stats_line(broker.stats()), flush=True)
+
+    reporter = loop.create_task(report()) if ns.stats_every > 0 else None
+    try:
+        await broker.serve()
+    finally:
+        if reporter is not None:
+            reporter.cancel()
+    print(_stats_line(broker.stats()), flush=True)
+    return 0

@@ -1,0 +1,391 @@
+"""``netcall serve``: find what to serve, build the service, run it until Ctrl-C.
+
+What can be served (``SPEC`` is ``module``, ``module:attr``, ``path/to/file.py`` or
+``path/to/file.py:attr``, looked up from the current directory first):
+
+- an :class:`~netcall.RPCService` instance, as it is;
+- an :class:`~netcall.RPCService` subclass, built with the command's options;
+- a module without ``:attr``: its one module-level ``RPCService`` if it has exactly one,
+  otherwise its public functions (``netcall serve random``);
+- any other class (built with no arguments) or object: its public methods;
+- a function: that one function.
+
+Stopping: the first Ctrl-C (or SIGTERM) stops gracefully, giving calls in flight ``--grace``
+seconds; a second one stops at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import importlib
+import importlib.util
+import inspect
+import logging
+import os
+import signal
+import sys
+import threading
+import types
+from typing import Any
+
+import zmq
+
+from ._cli_util import CLIError, add_security_options, check_endpoint, security_from
+from .service import RPCService
+
+EXIT_STOPPED_NOW = 130
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "spec",
+        metavar="SPEC",
+        help="module[:attr] or file.py[:attr]: an RPCService, a service class, a module, "
+        "a class or an object whose public functions/methods to serve",
+    )
+    p.add_argument(
+        "--bind", action="append", default=[], metavar="URL", help="endpoint to bind (repeatable)"
+    )
+    p.add_argument(
+        "--connect",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="endpoint to connect to, e.g. a broker (repeatable)",
+    )
+    p.add_argument(
+        "--serializer",
+        choices=["msgpack", "json", "pickle"],
+        help="wire format (default msgpack; pickle for trusted networks only)",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds calls in flight may finish after Ctrl-C (default 5)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=["inline", "threads"],
+        default="inline",
+        help="where sync handlers run: on the event loop (default) or in a thread pool",
+    )
+    p.add_argument(
+        "--threads", type=int, metavar="N", help="thread pool size with --executor threads"
+    )
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        metavar="N",
+        help="refuse calls beyond N running at once (default: no limit)",
+    )
+    add_security_options(p, server=True)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N service processes behind the --bind endpoints (netcall.workers; "
+        "SPEC must then be module:attr naming an RPCService, a subclass or a factory)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        default="INFO",
+        help="(default INFO; -v means DEBUG)",
+    )
+
+
+# -- finding the target ---------------------------------------------------------------------
+
+
+def load_target(spec: str) -> tuple[Any, str]:
+    """Import what ``spec`` names. Returns ``(object, attr)``; ``attr`` is ``""`` when the
+    spec names a module alone.
+
+    Raises:
+        CLIError: no such module, file or attribute, or the import failed.
+    """
+    where, _, attr = spec.partition(":")
+    if not where:
+        raise CLIError(f"{spec!r}: give a module or a file before ':'", status=2)
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    if where.endswith(".py") or os.sep in where:
+        module = _import_file(where)
+    else:
+        module = _import_module(where)
+    obj: Any = module
+    for part in attr.split(".") if attr else []:
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CLIError(f"{where} has no attribute {attr!r}") from None
+    return obj, attr
+
+
+def _import_module(name: str) -> types.ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (name == missing or name.startswith(missing + ".")):
+            raise CLIError(
+                f"no module named {name!r} (looked in {os.getcwd()} and on sys.path)"
+            ) from exc
+        raise CLIError(f"importing {name} failed: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise CLIError(f"importing {name} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _import_file(path: str) -> types.ModuleType:
+    if not os.path.isfile(path):
+        raise CLIError(f"no file {path}")
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise CLIError(f"cannot import {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise CLIError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def build_service(obj: Any, attr: str, ns: argparse.Namespace) -> tuple[RPCService, bool]:
+    """The service to run for ``obj``. Returns ``(service, built_here)``: a service built
+    here takes the command's options; an existing one keeps its own.
+
+    Raises:
+        CLIError: nothing to serve, or options that an existing service cannot take.
+    """
+    if isinstance(obj, types.ModuleType) and not attr:
+        found = [v for v in vars(obj).values() if isinstance(v, RPCService)]
+        if len(found) == 1:
+            obj = found[0]
+    if isinstance(obj, RPCService):
+        given = [
+            flag
+            for flag, value in (
+                ("--serializer", ns.serializer),
+                ("--executor threads", ns.executor == "threads" or None),
+                ("--max-concurrent", ns.max_concurrent),
+            )
+            if value is not None
+        ]
+        if given:
+            obj.close()
+            raise CLIError(
+                f"{ns.spec} is an RPCService built with its own options: "
+                f"{', '.join(given)} apply only to what netcall serve builds "
+                "(a module, a class or an object)",
+                status=2,
+            )
+        security = security_from(ns, server=True)
+        if security is not None:
+            _secure(obj, security, ns.spec)
+        return obj, False
+    if isinstance(obj, (str, bytes, int, float, complex, list, tuple, dict, set, type(None))):
+        raise CLIError(
+            f"{ns.spec} is a {type(obj).__name__}: serve a module, a class, an object, "
+            "a function or an RPCService",
+            status=2,
+        )
+    options = _service_options(ns)
+    if isinstance(obj, type) and issubclass(obj, RPCService):
+        return obj(**options), True
+    service = RPCService(**options)
+    if inspect.isclass(obj):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise CLIError(f"cannot build {ns.spec}(): {type(exc).__name__}: {exc}") from exc
+    if inspect.isroutine(obj):
+        service.register(obj)
+        return service, True
+    try:
+        names = service.register_object(obj)
+    except ValueError as exc:
+        raise CLIError(f"cannot serve {ns.spec}: {exc}") from exc
+    if not names:
+        service.close()
+        raise CLIError(f"{ns.spec} ({type(obj).__name__}) has no public functions or methods")
+    return service, True
+
+
+def _secure(service: RPCService, security: Any, spec: str) -> None:
+    """CURVE for a ready-made service: only before it binds (options apply to later binds)."""
+    from .security import secure_socket
+
+    if service.bound or service.security is not None:
+        service.close()
+        raise CLIError(f"{spec} is bound or secured already: --curve-* cannot apply", status=2)
+    service._zap = secure_socket(service.socket, security, server=True, name=service.name)
+    service.security = security
+
+
+def _service_options(ns: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {"serializer": ns.serializer, "grace": ns.grace}
+    security = security_from(ns, server=True)
+    if security is not None:
+        options["security"] = security
+    if ns.max_concurrent is not None:
+        options["max_concurrent"] = ns.max_concurrent
+    if ns.executor == "threads":
+        ns.pool = options["executor"] = concurrent.futures.ThreadPoolExecutor(
+            ns.threads, thread_name_prefix="netcall-handler"
+        )
+    return options
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+def attach(service: RPCService, ns: argparse.Namespace) -> None:
+    """Bind and connect as asked.
+
+    Raises:
+        CLIError: no endpoint given, a malformed one, or one that cannot be bound.
+    """
+    if not ns.bind and not ns.connect:
+        raise CLIError("give at least one --bind URL (or --connect URL)", status=2)
+    for url in [*ns.bind, *ns.connect]:
+        check_endpoint(url)
+    for url in ns.bind:
+        try:
+            service.bind(url)
+        except zmq.ZMQError as exc:
+            raise CLIError(f"cannot bind {url}: {_why(exc)}") from exc
+    if ns.connect:
+        connect = getattr(service, "connect", None)
+        if connect is None:
+            raise CLIError("--connect needs a service that can connect (a broker worker)")
+        for url in ns.connect:
+            try:
+                connect(url)
+            except zmq.ZMQError as exc:
+                raise CLIError(f"cannot connect to {url}: {_why(exc)}") from exc
+
+
+def _why(exc: zmq.ZMQError) -> str:
+    """ZeroMQ's own reason (``Address already in use``), without netcall's or pyzmq's
+    restatement of the address."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, zmq.ZMQError) else exc
+    return str(cause.strerror).split(" (addr=")[0]
+
+
+async def run(ns: argparse.Namespace) -> int:
+    """``netcall serve``: serve until the first Ctrl-C has drained or the second one."""
+    netcall_log = logging.getLogger("netcall")
+    if not ns.verbose:  # a mistake is one line: the service's own INFO lines wait until it runs
+        netcall_log.setLevel(logging.WARNING)
+    if ns.workers:
+        return await _run_workers(ns)
+    obj, attr = load_target(ns.spec)
+    service, _ = build_service(obj, attr, ns)
+    try:
+        attach(service, ns)
+    except BaseException:
+        service.close()
+        raise
+    netcall_log.setLevel(logging.NOTSET)
+    loop = asyncio.get_running_loop()
+    state = {"stops": 0}
+    stopper: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        state["stops"] += 1
+        if state["stops"] == 1:
+            busy = service.active_calls + service.active_streams
+            print(
+                f"netcall: stopping, waiting up to {ns.grace:g} s for {busy} "
+                f"call{'s' if busy != 1 else ''}; Ctrl-C again to stop now",
+                file=sys.stderr,
+                flush=True,
+            )
+            stopper.append(loop.create_task(service.stop(grace=ns.grace)))
+        else:
+            print("netcall: stopping now", file=sys.stderr, flush=True)
+            service.close()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    endpoints = ", ".join([*sorted(service.bound), *ns.connect])
+    print(f"serving {ns.spec} on {endpoints} (Ctrl-C to stop)", flush=True)
+    try:
+        await service.serve()
+        if stopper and state["stops"] == 1:
+            await stopper[0]  # the graceful stop also waits for cancelled handlers to unwind
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if not service.closed:
+            service.close()
+        for task in stopper:
+            task.cancel()
+        pool = getattr(ns, "pool", None)
+        if pool is not None:
+            _shutdown_pool(pool, now=state["stops"] > 1)
+    if state["stops"] <= 1:
+        # ZeroMQ drops what is still queued when a process exits without terminating its
+        # context: let the last replies leave (the service closed with a 200 ms linger).
+        service.context.destroy(linger=200)
+    return EXIT_STOPPED_NOW if state["stops"] > 1 else 0
+
+
+async def _run_workers(ns: argparse.Namespace) -> int:
+    """``netcall serve --workers N``: a broker here, N service processes connected to it."""
+    from .workers import WorkerPool
+
+    if not ns.bind:
+        raise CLIError("--workers needs at least one --bind URL", status=2)
+    for url in ns.bind:
+        check_endpoint(url)
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)  # the workers import the service from here too
+    pool = WorkerPool(
+        ns.spec, ns.workers, bind=ns.bind, grace=ns.grace, security=security_from(ns, server=True)
+    )
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        if stopping:
+            # The workers watch a pipe from this process: they stop when it is gone.
+            print("netcall: stopping now", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(EXIT_STOPPED_NOW)
+        print(f"netcall: stopping {pool.size} workers (grace {ns.grace:g} s)", file=sys.stderr)
+        stopping.append(loop.create_task(pool.stop()))
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    print(f"serving {ns.spec} on {', '.join(ns.bind)} with {pool.size} workers", flush=True)
+    try:
+        await pool.serve()
+    except RuntimeError as exc:
+        raise CLIError(str(exc)) from exc
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def _shutdown_pool(pool: concurrent.futures.ThreadPoolExecutor, now: bool) -> None:
+    pool.shutdown(wait=not now, cancel_futures=True)
+    if now:
+        busy = [t for t in threading.enumerate() if t.name.startswith("netcall-handler")]
+        if any(t.is_alive() for t in busy):
+            # A handler thread cannot be interrupted: "now" means leaving it behind.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_STOPPED_NOW)

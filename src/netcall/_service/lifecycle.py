@@ -1,0 +1,54 @@
+"""The parts of starting and stopping a service that are not state: a cancelled ``serve()``
+(a graceful stop, logged), IPC files removed when the socket closes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..service import RPCService
+
+__all__ = ["closed", "stop_when_cancelled"]
+
+log = logging.getLogger("netcall")
+
+
+async def stop_when_cancelled(service: RPCService, grace: float) -> None:
+    """``serve()`` was cancelled (Ctrl-C under ``asyncio.run()``): stop gracefully. A second
+    interrupt ends this early; ``serve()`` then closes the service at once."""
+    try:
+        busy = service.active_calls + service.active_streams
+        log.info(
+            "%s: stopping, waiting up to %g s for %d call%s; interrupt again to stop now",
+            service.name,
+            grace,
+            busy,
+            "" if busy == 1 else "s",
+        )
+        await service.stop()
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        # The second interrupt: serve() closes the service and re-raises its cancellation,
+        # and asyncio.run() raises KeyboardInterrupt as it does for any Ctrl-C.
+        pass
+
+
+def closed(name: str, endpoints: Iterable[str], started: bool) -> None:
+    """The socket is closed: remove the files of its ``ipc://`` endpoints (libzmq removes
+    them only if its I/O thread gets to it before the process exits)."""
+    for url in endpoints:
+        if url.startswith("ipc://") and not url.startswith("ipc://@"):
+            remove_socket_file(url[len("ipc://") :])
+    del name, started  # "stopped" is logged by the service
+
+
+def remove_socket_file(path: str) -> None:
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except OSError:
+        pass
