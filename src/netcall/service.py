@@ -137,7 +137,7 @@ class RPCService(ServiceConnecting):
         self._registry.add_subclass_methods(self, RPCService)
         self._registry.add_builtin(METHODS_NAME, self.methods)
         self._max_concurrent = max_concurrent
-        self._upstreams = Upstreams(self.socket, self._hello)
+        self._upstreams = Upstreams(self.socket, self._hello, self.security)
 
     def _make_socket(
         self, heartbeat: float | None, max_message_size: int | None
