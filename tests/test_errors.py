@@ -424,3 +424,16 @@ async def _recv(sock, timeout=2.0):
         except zmq.Again:
             await asyncio.sleep(0.005)
     raise AssertionError("no reply from the service")
+
+
+def test_method_not_found_pickles_with_its_method() -> None:
+    import pickle
+
+    from netcall.errors import exception_from_remote
+
+    exc = exception_from_remote("netcall.MethodNotFound", "no method named 'x'", method="x")
+    assert str(exc) == "NotImplementedError: Unregistered procedure 'x' (no method named 'x')"
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is MethodNotFoundError and str(back) == str(exc)
+    bare = exception_from_remote("netcall.MethodNotFound", "no method named 'x'")
+    assert str(bare) == "NotImplementedError: no method named 'x'"

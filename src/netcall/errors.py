@@ -126,9 +126,30 @@ class RemoteTraceback(Exception):
 
 
 class MethodNotFoundError(RemoteRPCError, AttributeError, NotImplementedError):
-    """The service has no method of that name (the message names it). Also an
-    ``AttributeError``, and a ``NotImplementedError`` as netcall 0.4.2's unknown-method error
-    was."""
+    """The service has no method of that name. Also an ``AttributeError``, and a
+    ``NotImplementedError`` as netcall 0.4.2's unknown-method error was.
+
+    ``str()`` reads as a remote ``NotImplementedError`` would, with 0.4.2's words, then what
+    netcall found: ``NotImplementedError: Unregistered procedure 'x' (no method named 'x')``.
+    :attr:`type_name` stays ``"netcall.MethodNotFound"`` and :attr:`message` is the detail.
+
+    Attributes:
+        method: the method that was called (``""`` if unknown).
+    """
+
+    method: str = ""
+
+    def __str__(self) -> str:
+        if not self.method:
+            return f"NotImplementedError: {self.message}"
+        return f"NotImplementedError: Unregistered procedure {self.method!r} ({self.message})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            exception_from_remote,
+            (self.type_name, self.message, self.traceback),
+            {"method": self.method},
+        )
 
 
 class ServiceStoppingError(RemoteRPCError):
@@ -276,12 +297,15 @@ def _remote_class(name: str) -> type[RemoteRPCError]:
     return cls
 
 
-def exception_from_remote(type_name: str, message: str, traceback: str = "") -> RPCError:
+def exception_from_remote(
+    type_name: str, message: str, traceback: str = "", *, method: str = ""
+) -> RPCError:
     """Build the local exception for an error that crossed the wire.
 
     Builtin names in :data:`BUILTIN_ERRORS` give an instance of both :class:`RemoteRPCError` and
     the builtin type; netcall's own names give their classes; anything else a plain
-    :class:`RemoteRPCError`.
+    :class:`RemoteRPCError`. ``method``, the method called, is kept by a
+    :class:`MethodNotFoundError`.
     """
     cls: type[RemoteRPCError]
     local = _NETCALL_ERRORS.get(type_name)
@@ -295,6 +319,8 @@ def exception_from_remote(type_name: str, message: str, traceback: str = "") -> 
         cls = RemoteRPCError
     exc = cls.__new__(cls)
     RemoteRPCError.__init__(exc, type_name, message, traceback)
+    if method and isinstance(exc, MethodNotFoundError):
+        exc.method = method
     return exc
 
 

@@ -186,7 +186,9 @@ class PeerTable:
                     found = peer
             if found is None:
                 raise exception_from_remote(
-                    p.ERR_METHOD_NOT_FOUND, f"no service connected to this client has {method!r}"
+                    p.ERR_METHOD_NOT_FOUND,
+                    f"no service connected to this client has {method!r}",
+                    method=method,
                 )
             best = found
         if best.refused is not None:

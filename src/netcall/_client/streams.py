@@ -38,7 +38,7 @@ def error_from(msg: Any, method: str) -> BaseException:
     """The exception an ERROR reply stands for (or an unexpected reply)."""
     if type(msg) is not p.Error:
         return RPCError(f"unexpected {type(msg).__name__} reply to {method!r}")
-    return exception_from_remote(msg.type_name, msg.message, msg.traceback)
+    return exception_from_remote(msg.type_name, msg.message, msg.traceback, method=method)
 
 
 class ConsumerStreams:
@@ -159,7 +159,7 @@ class ConsumerStream:
         elif kind is p.End:
             self.fail(StopAsyncIteration())
         elif kind is p.Error:
-            self.fail(error_from(msg, "stream"))
+            self.fail(exception_from_remote(msg.type_name, msg.message, msg.traceback))
 
     def fail(self, error: BaseException) -> None:
         """END, ERROR, or a local failure: the stream is done; ``error`` is raised once the

@@ -75,10 +75,18 @@ class HandlerRegistry:
         if not isinstance(name, str) or not name:
             raise ValueError("a handler needs a non-empty name")
         parts = name.split(".")
+        # "X is a reserved function name" is netcall 0.4.2's wording, kept for code matching it.
+        if parts[0].startswith("_"):
+            raise ValueError(
+                f"{name} is a reserved function name: names starting with '_' are netcall's"
+            )
         if any(not part or part.startswith("_") for part in parts):
             raise ValueError(f"invalid handler name {name!r}")
         if parts[0] in self.reserved:
-            raise ValueError(f"{parts[0]!r} is a reserved name and cannot be registered")
+            raise ValueError(
+                f"{parts[0]} is a reserved function name (an attribute of netcall's service"
+                " or client), and cannot be registered"
+            )
         if not callable(fn):
             raise TypeError(f"handler {name!r} is not callable")
         keys = None if allow is None else public_keys(allow)
