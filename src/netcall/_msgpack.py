@@ -6,10 +6,13 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
 
+from . import _buffers
+from ._buffers import EXT_BUFFER, EXT_NDARRAY, MAX_BUFFERS
 from .errors import exception_message, rebuild_exception, remote_type_name
 
 # msgpack extension type codes used by MsgpackSerializer.
@@ -51,11 +54,30 @@ class Codec:
     1024 levels (``StackError``); its Packer refuses more than 511.
     """
 
-    __slots__ = ("depth", "max_depth", "packer", "packers", "unpacker", "unpackers")
+    __slots__ = (
+        "depth",
+        "inb",
+        "max_depth",
+        "memoryviews",
+        "minimum",
+        "out",
+        "packer",
+        "packers",
+        "unpacker",
+        "unpackers",
+    )
 
-    def __init__(self, max_depth: int) -> None:
+    def __init__(
+        self, max_depth: int, minimum: int = _buffers.BUFFER_MIN, memoryviews: bool = False
+    ) -> None:
         self.max_depth = max_depth
         self.depth = 0
+        # Out-of-band buffers: ``out`` collects them while packing (None: everything inline),
+        # ``inb`` holds those that arrived while unpacking (None: none may be referred to).
+        self.out: list[Any] | None = None
+        self.inb: Sequence[Any] | None = None
+        self.minimum = minimum
+        self.memoryviews = memoryviews
         self.packers: list[msgpack.Packer] = []
         self.unpackers: list[msgpack.Unpacker] = []
         self.packer = self._packer_at(0)
@@ -191,6 +213,26 @@ class Codec:
                 return base(obj)  # type: ignore[arg-type]
         if isinstance(obj, bytearray | memoryview):
             return bytes(obj)
+        if _buffers.is_ndarray(obj):
+            dtype, shape, flat = _buffers.ndarray_parts(obj)
+            out = self.out
+            ref: Any
+            if out is not None and flat.nbytes >= self.minimum and len(out) < MAX_BUFFERS:
+                out.append(flat)
+                ref = len(out) - 1
+            else:
+                ref = flat.tobytes()
+            return msgpack.ExtType(EXT_NDARRAY, pack([dtype, shape, ref]))
+        try:
+            view = memoryview(obj)  # any other buffer-protocol object (array.array, mmap...)
+        except TypeError:
+            pass
+        else:
+            if self.out is not None:
+                ref = _buffers.buffer_ext(view, self.out, self.minimum)
+                if type(ref) is msgpack.ExtType:
+                    return ref
+            return view.tobytes()
         raise TypeError(f"cannot serialize {type(obj).__qualname__!r} object")
 
     def ext_hook(self, code: int, data: bytes) -> Any:
@@ -220,6 +262,19 @@ class Codec:
             return frozenset(unpack(data))
         if code == _EXT_BIGINT:
             return int(data.decode())
+        if code == EXT_BUFFER:
+            if self.inb is None:
+                raise ValueError("refers to an out-of-band buffer, but none came with it")
+            return _buffers.received(self.inb, data, self.memoryviews)
+        if code == EXT_NDARRAY:
+            dtype, shape, ref = unpack(data)
+            if type(ref) is int:
+                if self.inb is None or not 0 <= ref < len(self.inb):
+                    raise ValueError("bad out-of-band buffer reference")
+                ref = self.inb[ref]
+            elif type(ref) is not bytes:
+                raise ValueError("bad numpy array data")
+            return _buffers.ndarray_from(dtype, shape, ref)
         if code == _EXT_EXCEPTION:
             (type_name,), args = unpack(data, pair=True)
             return rebuild_exception(str(type_name), list(args))

@@ -27,10 +27,19 @@ from typing import Any
 
 import zmq
 
+from .protocol import MAX_FRAMES as MAX_MESSAGE_FRAMES
+
 log = logging.getLogger("netcall")
 
 _BATCH = 512  # messages handled per wake-up before yielding to other callbacks
-_COPY_THRESHOLD = 65536  # frames at least this large are sent without copying
+#: ``bytes`` frames at least this large are sent without copying, and frames at least this
+#: large are received as memoryviews over the ZeroMQ message (below it, pyzmq's zero-copy
+#: bookkeeping costs more than the copy). Other buffers (bytearray, arrays) are always copied
+#: into the message when sent: the sender could change them before libzmq's I/O thread reads.
+ZERO_COPY_MIN = 65536
+#: Frames of one message beyond this are read and thrown away, and the message is dropped
+#: (routing id + the largest message the protocol allows).
+MAX_FRAMES = MAX_MESSAGE_FRAMES + 1
 
 # Plain ints: pyzmq's enum flags cost an enum operation per frame on the hot path.
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -55,16 +64,23 @@ def send_frames(sock: zmq.Socket[Any], frames: list[Any]) -> None:
     last = len(frames) - 1
     _send(sock, frames[0], _MORE_NOBLOCK)
     for i in range(1, last):
-        _send(sock, frames[i], _MORE_NOBLOCK)
+        frame = frames[i]
+        if type(frame) is bytes and len(frame) >= ZERO_COPY_MIN:
+            _send(sock, frame, _MORE_NOBLOCK, copy=False)
+        else:
+            _send(sock, frame, _MORE_NOBLOCK)
     tail = frames[last]
-    if len(tail) < _COPY_THRESHOLD:
-        _send(sock, tail, _NOBLOCK)
-    else:
+    if type(tail) is bytes and len(tail) >= ZERO_COPY_MIN:
         _send(sock, tail, _NOBLOCK, copy=False)
+    else:
+        _send(sock, tail, _NOBLOCK)
 
 
-def recv_frames(sock: zmq.Socket[Any]) -> list[bytes]:
-    """Receive one multipart message without blocking.
+def recv_frames(sock: zmq.Socket[Any]) -> list[Any] | None:
+    """Receive one multipart message without blocking: ``bytes`` frames, except that frames
+    after the head of at least :data:`ZERO_COPY_MIN` bytes are memoryviews over the ZeroMQ
+    message (not copied). ``None`` for a message of more than :data:`MAX_FRAMES` frames (read
+    to its end, and dropped).
 
     Frames are received as ``zmq.Frame`` to read ``more`` from the message itself: asking the
     socket (``RCVMORE``) costs pyzmq an enum lookup per frame.
@@ -73,10 +89,19 @@ def recv_frames(sock: zmq.Socket[Any]) -> list[bytes]:
         zmq.Again: nothing is waiting.
     """
     frame = _recv(sock, _NOBLOCK, copy=False)
-    frames = [frame.bytes]
+    frames: list[Any] = [frame.bytes]
+    if not frame.more:
+        return frames
+    frame = _recv(sock, _NOBLOCK, copy=False)
+    frames.append(frame.bytes)  # the head
     while frame.more:
         frame = _recv(sock, _NOBLOCK, copy=False)
-        frames.append(frame.bytes)
+        frames.append(frame.buffer if len(frame) >= ZERO_COPY_MIN else frame.bytes)
+        if len(frames) > MAX_FRAMES:
+            while frame.more:  # a hostile peer: read the rest, keep nothing
+                frame = _recv(sock, _NOBLOCK, copy=False)
+            log.warning("netcall: dropped a message of more than %d frames", MAX_FRAMES)
+            return None
     return frames
 
 
@@ -235,6 +260,8 @@ class SocketDriver:
                     except zmq.Again:
                         break
                     handled += 1
+                    if frames is None:
+                        continue
                     try:
                         on_message(frames)
                     except Exception:  # a handler bug must never kill the reader

@@ -259,7 +259,7 @@ class RPCClient:
         if timeout is UNSET:
             timeout = self.timeout
         # Everything that can fail (encoding) comes before any state is recorded.
-        arguments = encode_arguments(self.serializer.dumps, args, kwargs)
+        arguments = encode_arguments(self._streams.dump, args, kwargs)
         rid = next(self._ids)
         peer = self._peers.pick()
         window = first_credit(self.window) if prefetch else 0
@@ -292,7 +292,7 @@ class RPCClient:
         if kind is bytes:
             return self.serializer.loads(reply)
         if kind is p.Result:
-            return self.serializer.loads(reply.payload)
+            return self._streams.load(reply)
         if kind is RemoteGenerator or kind is p.Ack:
             return None if kind is p.Ack else reply
         raise error_from(reply, method)

@@ -14,6 +14,14 @@ service that disagree get :class:`~netcall.errors.SerializerMismatchError` inste
 - :class:`PickleSerializer` (``"pickle"``): any picklable value. Unpickling runs code chosen by the
   peer: use it only between trusted processes, and only by passing it explicitly.
 
+Out-of-band buffers: a serializer may also have ``dumps_buffers(obj, buffers) -> bytes`` (append
+large buffers to the list ``buffers``, refer to them by index in the payload) and
+``loads_buffers(data, buffers) -> obj``. netcall then sends each buffer as a ZeroMQ frame of its
+own (like pickle protocol 5's out-of-band buffers): it is never copied into the payload, and a
+``bytes`` buffer of at least 64 KiB is sent without any copy at all (``copy=False``). msgpack
+and pickle have them; at most :data:`MAX_BUFFERS` buffers travel with one message (the rest
+stay inline), and a message arriving with more is refused.
+
 msgpack and JSON bound how deeply values nest (``max_depth``, default :data:`DEFAULT_MAX_DEPTH`)
 on both ends: a value beyond it raises :class:`~netcall.errors.SerializationError` where it is
 encoded, and a hostile message beyond it is refused where it is decoded, never a crash.
@@ -24,13 +32,18 @@ from __future__ import annotations
 import json
 import pickle
 import threading
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from . import _buffers
+from ._buffers import BUFFER_MIN, MAX_BUFFERS
 from ._msgpack import REUSE_MAX, Codec, reason
 from .errors import SerializationError
 
 __all__ = [
+    "BUFFER_MIN",
     "DEFAULT_MAX_DEPTH",
+    "MAX_BUFFERS",
     "JSONSerializer",
     "MsgpackSerializer",
     "PickleSerializer",
@@ -75,21 +88,90 @@ class MsgpackSerializer:
             stack. Lists and maps are bounded by msgpack itself (1024 levels decoding, 511
             encoding). Beyond a limit, ``dumps``/``loads`` raise
             :class:`~netcall.errors.SerializationError`.
+        buffer_min: ``bytes``, ``bytearray``, ``memoryview``, numpy arrays and other
+            buffer-protocol objects at least this large (default :data:`BUFFER_MIN`, 16 KiB)
+            travel out of band, as ZeroMQ frames of their own, when netcall sends them
+            (``dumps`` alone keeps everything inline). They arrive as ``bytes``, made by the one
+            copy out of the ZeroMQ message; numpy arrays arrive over the received ZeroMQ
+            message itself, without any copy. Lists, tuples and dict values are searched for them; a
+            buffer used as a dict key or in a set stays inline.
+        memoryviews: hand out-of-band buffers on as read-only ``memoryview`` objects over the
+            received ZeroMQ frame (no copy at all) instead of ``bytes``.
+
+    Buffers other than ``bytes`` (a ``bytearray``, an array...) are copied once into the
+    ZeroMQ message when sent; ``bytes`` of 64 KiB or more are not copied at all, so they must
+    not be changed (they cannot be) until sent.
     """
 
     name = "msgpack"
 
-    def __init__(self, *, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
+    def __init__(
+        self,
+        *,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        buffer_min: int = BUFFER_MIN,
+        memoryviews: bool = False,
+    ) -> None:
         self.max_depth = _valid_depth(max_depth)
+        if isinstance(buffer_min, bool) or not isinstance(buffer_min, int) or buffer_min < 1:
+            raise ValueError("buffer_min must be a positive integer")
+        self.buffer_min = buffer_min
+        self.memoryviews = bool(memoryviews)
         # One codec per thread (see netcall._msgpack.Codec).
         self._local = threading.local()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.max_depth))
+        return (_rebuild, (type(self), self.max_depth, self.buffer_min, self.memoryviews))
 
     def _codec(self) -> Codec:
-        codec = self._local.codec = Codec(self.max_depth)
+        codec = self._local.codec = Codec(self.max_depth, self.buffer_min, self.memoryviews)
         return codec
+
+    def dumps_buffers(self, obj: Any, buffers: list[Any]) -> bytes:
+        """Encode ``obj``, appending its large buffers to ``buffers`` (see ``buffer_min``);
+        the payload refers to them by their index in that list.
+
+        Raises:
+            SerializationError: as :meth:`dumps`.
+        """
+        codec = getattr(self._local, "codec", None) or self._codec()
+        start = len(buffers)
+        minimum = self.buffer_min
+        codec.out = buffers
+        try:
+            if _buffers.worth_a_look(obj):
+                return codec.packer.pack(_buffers.extract(obj, buffers, minimum))  # type: ignore[no-any-return]
+            data: bytes = codec.packer.pack(obj)
+            if len(data) < minimum:
+                return data
+            # Large: search it for buffers msgpack packed inline, and pack again without them.
+            packed = len(buffers)  # numpy arrays and the like, found by the packer itself
+            _buffers.extract(obj, buffers, minimum)
+            if len(buffers) == packed:
+                return data
+            del buffers[start:]
+            return codec.packer.pack(_buffers.extract(obj, buffers, minimum))  # type: ignore[no-any-return]
+        except Exception as exc:
+            del buffers[start:]
+            self._codec()
+            if isinstance(exc, SerializationError):
+                raise
+            raise SerializationError(f"msgpack cannot serialize: {reason(exc)}") from exc
+        finally:
+            codec.out = None
+
+    def loads_buffers(self, data: bytes, buffers: Sequence[Any]) -> Any:
+        """Decode ``data``, whose out-of-band buffers arrived as ``buffers``.
+
+        Raises:
+            SerializationError: as :meth:`loads`, or a reference to a buffer that did not come.
+        """
+        codec = getattr(self._local, "codec", None) or self._codec()
+        codec.inb = buffers
+        try:
+            return self.loads(data)
+        finally:
+            codec.inb = None
 
     def dumps(self, obj: Any) -> bytes:
         codec = getattr(self._local, "codec", None) or self._codec()
@@ -118,8 +200,10 @@ class MsgpackSerializer:
             raise SerializationError(f"msgpack cannot deserialize: {reason(exc)}") from exc
 
 
-def _rebuild(cls: type[Any], max_depth: int) -> Any:
-    return cls(max_depth=max_depth)
+def _rebuild(
+    cls: type[Any], max_depth: int, buffer_min: int = BUFFER_MIN, memoryviews: bool = False
+) -> Any:
+    return cls(max_depth=max_depth, buffer_min=buffer_min, memoryviews=memoryviews)
 
 
 _CONTAINERS = (list, tuple, dict, set, frozenset)
@@ -214,6 +298,32 @@ class PickleSerializer:
     def loads(self, data: bytes) -> Any:
         try:
             return pickle.loads(data)
+        except Exception as exc:
+            raise SerializationError(f"pickle cannot deserialize: {exc}") from exc
+
+    def dumps_buffers(self, obj: Any, buffers: list[Any]) -> bytes:
+        """Encode ``obj`` with protocol 5 or later: what pickle sends out of band
+        (``bytearray``, ``pickle.PickleBuffer``, numpy arrays) of at least
+        :data:`BUFFER_MIN` bytes is appended to ``buffers``. Raises as :meth:`dumps`."""
+        start = len(buffers)
+
+        def inline(buf: pickle.PickleBuffer) -> bool:
+            view = buf.raw()
+            if view.nbytes < BUFFER_MIN or len(buffers) >= MAX_BUFFERS:
+                return True
+            buffers.append(view)
+            return False
+
+        try:
+            return pickle.dumps(obj, max(self.protocol, 5), buffer_callback=inline)
+        except Exception as exc:
+            del buffers[start:]
+            raise SerializationError(f"pickle cannot serialize: {exc}") from exc
+
+    def loads_buffers(self, data: bytes, buffers: Sequence[Any]) -> Any:
+        """Decode ``data`` with its out-of-band ``buffers``. Raises as :meth:`loads`."""
+        try:
+            return pickle.loads(data, buffers=buffers)
         except Exception as exc:
             raise SerializationError(f"pickle cannot deserialize: {exc}") from exc
 

@@ -151,10 +151,11 @@ class RemoteGenerator(AsyncIterator[Any]):
         try:
             if exc is None:
                 try:
-                    payload = st.table.serializer.dumps(value)
+                    buffers: list[Any] = []
+                    payload = st.table.dump(value, buffers)
                 except Exception as err:
                     raise serializer_error(err, "cannot serialize the value sent") from err
-                st._send(p.Next(st.rid, payload))
+                st._send(p.Next(st.rid, payload, buffers))
             else:
                 st._send(p.Throw(st.rid, *exception_to_remote(exc)))
             while not st.buffer and st.state is not _DONE:
@@ -220,7 +221,7 @@ class ItemBatches:
     def __init__(self, gen: RemoteGenerator) -> None:
         self._gen = gen
         self._batch: deque[bytes] = deque()
-        self.loads = gen._state.table.serializer.loads
+        self.loads = gen._state.table.load
 
     def __bool__(self) -> bool:
         return bool(self._batch)

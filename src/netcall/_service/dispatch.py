@@ -20,6 +20,7 @@ from typing import Any
 from .. import protocol as p
 from .._context import CallContext, _current
 from .._deadline import MIN_REMAINING, Deadline
+from .._payload import buffers_loader, dumper
 from ..errors import SerializationError, remote_type_name
 from ..serializers import Serializer
 from .registry import Handler, HandlerRegistry
@@ -54,6 +55,8 @@ class Dispatcher:
         self._open_streams = producers.by_key
         self._handlers = registry.by_name
         self._serializer = serializer
+        self._load = buffers_loader(serializer)
+        self._dump = dumper(serializer)
         self._max_concurrent = max_concurrent
         self.calls: dict[tuple[bytes, int], asyncio.Future[Any]] = {}
         # Calls the client cancelled: their task may already be done, its done-callback not yet
@@ -97,9 +100,9 @@ class Dispatcher:
         if msg.timeout:  # the deadline starts now, on this host's clock (_admit: not spent)
             deadline = Deadline.after(msg.timeout)
         try:
-            loads = self._serializer.loads
-            args = loads(msg.args)
-            kwargs = loads(msg.kwargs) if msg.kwargs is not None else {}
+            load = self._load
+            args = load(msg.args, msg.buffers)
+            kwargs = load(msg.kwargs, msg.buffers) if msg.kwargs is not None else {}
         except SerializationError as exc:
             self._replies.refuse(peer, rid, p.ERR_SERIALIZATION, f"bad arguments: {exc}")
             return
@@ -243,7 +246,8 @@ class Dispatcher:
         if msg.oneway:
             return
         try:
-            payload = self._serializer.dumps(result)
+            buffers: list[Any] = []
+            payload = self._dump(result, buffers)
         except SerializationError as exc:
             self._replies.refuse(
                 peer,
@@ -252,7 +256,7 @@ class Dispatcher:
                 f"cannot serialize the result of {msg.method!r}: {exc}",
             )
             return
-        self._replies.send(peer, p.payload_frames(p.Kind.RESULT, msg.id, payload))
+        self._replies.send(peer, p.payload_frames(p.Kind.RESULT, msg.id, payload, buffers))
 
 
 if sys.version_info >= (3, 12):

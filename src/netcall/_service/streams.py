@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import protocol as p
 from .._context import CallContext, _current
+from .._payload import dumper, loader
 from ..errors import ProtocolError, SerializationError, exception_for_throw
 from ..protocol.session import SERVICE_STREAM, add_credit, service_stream_next
 from ..serializers import Serializer
@@ -83,6 +84,8 @@ class Producers:
     ) -> None:
         self._replies = replies
         self._serializer = serializer
+        self._load = loader(serializer)
+        self._dump = dumper(serializer)
         self._runner = runner
         self.lease = lease
         #: The open streams by (peer, request id).
@@ -136,7 +139,7 @@ class Producers:
             stream.credit = add_credit(stream.credit, msg.count)
         elif type(msg) is p.Next:
             try:
-                value = self._serializer.loads(msg.payload)
+                value = self._load(msg)
             except SerializationError as exc:
                 self._close(stream, reply=False)
                 replies.refuse(peer, msg.id, p.ERR_SERIALIZATION, str(exc))
@@ -199,7 +202,7 @@ class Producers:
     async def _run(self, stream: _Stream) -> None:
         loop = self._loop
         assert loop is not None
-        dumps = self._serializer.dumps
+        dump = self._dump
         replies = self._replies
         produced = 0
         _current.set(stream.context)
@@ -229,7 +232,8 @@ class Producers:
                     replies.error(stream.peer, stream.rid, exc)
                     return
                 try:
-                    payload = dumps(item)
+                    buffers: list[Any] = []
+                    payload = dump(item, buffers)
                 except SerializationError as exc:
                     replies.refuse(
                         stream.peer,
@@ -238,7 +242,9 @@ class Producers:
                         f"cannot serialize an item of {stream.method!r}: {exc}",
                     )
                     return
-                replies.send(stream.peer, p.payload_frames(p.Kind.ITEM, stream.rid, payload))
+                replies.send(
+                    stream.peer, p.payload_frames(p.Kind.ITEM, stream.rid, payload, buffers)
+                )
                 if lockstep:  # STEPPING -> IDLE (a flowing stream stays FLOWING)
                     stream.state = SERVICE_STREAM.get((stream.state, p.Kind.ITEM), stream.state)
                 produced += 1
