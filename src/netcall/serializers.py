@@ -303,7 +303,7 @@ class PickleSerializer:
 
     def dumps_buffers(self, obj: Any, buffers: list[Any]) -> bytes:
         """Encode ``obj`` with protocol 5 or later: what pickle sends out of band
-        (``bytearray``, ``pickle.PickleBuffer``, numpy arrays) of at least
+        (``pickle.PickleBuffer`` objects, numpy arrays) of at least
         :data:`BUFFER_MIN` bytes is appended to ``buffers``. Raises as :meth:`dumps`."""
         start = len(buffers)
 
