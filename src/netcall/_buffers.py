@@ -38,6 +38,7 @@ EXT_NDARRAY = 13
 BUFFER_MIN = 16384
 
 _BUFFER_TYPES = (bytes, bytearray, memoryview)
+_BUFFER_SET = frozenset(_BUFFER_TYPES)
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _INDEX = 4  # bytes of the index in an EXT_BUFFER value (big-endian)
 # numpy dtype kinds that are plain bytes: bool, ints, floats, complex, datetimes, strings.
@@ -64,16 +65,13 @@ def buffer_ext(buf: Any, out: list[Any], minimum: int) -> Any:
 
 
 def worth_a_look(obj: Any) -> bool:
-    """Cheap: whether ``obj`` is, or directly holds, a buffer (then :func:`extract` runs before
-    packing; otherwise only a large packed payload is searched, after the fact)."""
+    """A guess, cheap enough for every message: whether ``obj`` is a buffer, or a short list or
+    tuple starting or ending with one (a call's arguments). Then :func:`extract` runs before
+    packing; otherwise a payload is searched for buffers only when it packed large."""
     t = type(obj)
-    if t in _BUFFER_TYPES:
-        return True
-    if (t is list or t is tuple) and len(obj) <= 8:
-        return any(type(x) in _BUFFER_TYPES for x in obj)
-    if t is dict and len(obj) <= 8:
-        return any(type(x) in _BUFFER_TYPES for x in obj.values())
-    return False
+    if t is list or t is tuple:
+        return 0 < len(obj) <= 4 and (type(obj[0]) in _BUFFER_SET or type(obj[-1]) in _BUFFER_SET)
+    return t in _BUFFER_SET
 
 
 def extract(obj: Any, out: list[Any], minimum: int) -> Any:

@@ -137,9 +137,16 @@ class MsgpackSerializer:
         codec = getattr(self._local, "codec", None) or self._codec()
         start = len(buffers)
         minimum = self.buffer_min
-        codec.out = buffers
+        codec.out = buffers  # the packer's default() sends numpy arrays and the like out of band
+        # A guess, cheap enough for every message (see _buffers.worth_a_look): is this a
+        # buffer, or a call's arguments starting or ending with one? Then search it first.
+        t = type(obj)
+        if t is list or t is tuple:
+            look = 0 < len(obj) <= 4 and (type(obj[0]) in _NATIVE or type(obj[-1]) in _NATIVE)
+        else:
+            look = t in _NATIVE
         try:
-            if _buffers.worth_a_look(obj):
+            if look:
                 return codec.packer.pack(_buffers.extract(obj, buffers, minimum))  # type: ignore[no-any-return]
             data: bytes = codec.packer.pack(obj)
             if len(data) < minimum:
@@ -198,6 +205,9 @@ class MsgpackSerializer:
         except Exception as exc:
             self._codec()  # drop whatever is left in the buffers
             raise SerializationError(f"msgpack cannot deserialize: {reason(exc)}") from exc
+
+
+_NATIVE = frozenset({bytes, bytearray, memoryview})  # buffers msgpack packs itself
 
 
 def _rebuild(

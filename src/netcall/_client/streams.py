@@ -230,7 +230,9 @@ class ConsumerStream:
             if self.state is _PREFETCH:
                 self.consumed += 1
                 table = self.table
-                limit = credit_limit(table.window, table.stream_buffer, self.item_size)
+                limit = credit_limit(
+                    table.window, table.stream_buffer, self.item_size, self.consumed
+                )
                 more = credit_to_grant(self.granted, self.consumed, limit)
                 if more:
                     self.grant(more)
