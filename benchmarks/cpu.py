@@ -35,8 +35,8 @@ MODES = ["seq", "c64"]
 
 
 def _calls(size: int, mode: str) -> int:
-    budget = 512 << 20 if mode == "seq" else 1024 << 20  # bytes each way per measurement
-    n = max(64, min(20000, budget // max(size, 1)))
+    budget = 128 << 20 if mode == "seq" else 256 << 20  # bytes each way per measurement
+    n = max(64 if mode == "c64" else 16, min(3000, budget // max(size, 1)))
     return n - n % 64 if mode == "c64" else n
 
 
@@ -132,6 +132,7 @@ def main() -> int:
     ap.add_argument("--sizes", help="comma-separated payload sizes in bytes")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--c64-max", type=int, default=4 << 20, help="largest size run at 64 in flight")
     ap.add_argument("--src", help="also measure netcall from this source tree")
     ap.add_argument("--label", default="other", help="the name of --src's system")
     ap.add_argument("--json", help="write the results here")
@@ -150,6 +151,8 @@ def main() -> int:
     for _rep in range(a.reps):
         for size in sizes:
             for mode in a.modes.split(","):
+                if mode == "c64" and size > a.c64_max:
+                    continue
                 for system, src in systems.items():
                     env = dict(os.environ, PYTHONPATH=src)
                     kind = "zmq-asyncio" if system == "zmq-asyncio" else "netcall"
