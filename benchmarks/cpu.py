@@ -136,10 +136,18 @@ def main() -> int:
     ap.add_argument("--src", help="also measure netcall from this source tree")
     ap.add_argument("--label", default="other", help="the name of --src's system")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--plot", help="write a throughput-vs-payload-size plot here (matplotlib)")
+    ap.add_argument("--from-json", help="only plot/print the results of an earlier --json")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         _child(a.child[0], int(a.child[1]), a.child[2])
+        return 0
+    if a.from_json:
+        with open(a.from_json) as f:
+            saved = json.load(f)
+        if a.plot:
+            plot(saved["sizes"], saved["results"], a.plot)
         return 0
     sizes = [int(s) for s in a.sizes.split(",")] if a.sizes else SIZES
     here = os.path.dirname(os.path.abspath(__file__))
@@ -186,7 +194,44 @@ def main() -> int:
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"sizes": sizes, "results": out}, f, indent=1)
+    if a.plot:
+        plot(sizes, out, a.plot)
     return 0
+
+
+def plot(sizes: list[int], out: dict[str, dict[str, list[dict[str, float]]]], path: str) -> None:
+    """Payload MiB moved per CPU-second (both directions, both ends), against the size."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        print(f"plot skipped: {exc}")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for system, by_key in out.items():
+        for mode, style in (("seq", "-"), ("c64", "--")):
+            xs, ys = [], []
+            for size in sizes:
+                runs = by_key.get(f"{size} {mode}")
+                if runs:
+                    cpu_us = statistics.median(r["cpu_us"] for r in runs)
+                    xs.append(size)
+                    ys.append(2 * size / (1 << 20) / (cpu_us / 1e6))  # echo: there and back
+            if xs:
+                label = f"{system} ({'sequential' if mode == 'seq' else '64 in flight'})"
+                ax.plot(xs, ys, style, marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("payload size, bytes")
+    ax.set_ylabel("MiB echoed per CPU-second (both ends)")
+    ax.set_title("echo throughput per CPU-second vs payload size (one process, tcp loopback)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ Out-of-band buffers: a serializer may also have ``dumps_buffers(obj, buffers) ->
 large buffers to the list ``buffers``, refer to them by index in the payload) and
 ``loads_buffers(data, buffers) -> obj``. netcall then sends each buffer as a ZeroMQ frame of its
 own (like pickle protocol 5's out-of-band buffers): it is never copied into the payload, and a
-``bytes`` buffer of at least 64 KiB is sent without any copy at all (``copy=False``). msgpack
+``bytes`` buffer of at least 2 MiB is sent without any copy at all (``copy=False``). msgpack
 and pickle have them; at most :data:`MAX_BUFFERS` buffers travel with one message (the rest
 stay inline), and a message arriving with more is refused.
 
@@ -99,8 +99,8 @@ class MsgpackSerializer:
             received ZeroMQ frame (no copy at all) instead of ``bytes``.
 
     Buffers other than ``bytes`` (a ``bytearray``, an array...) are copied once into the
-    ZeroMQ message when sent; ``bytes`` of 64 KiB or more are not copied at all, so they must
-    not be changed (they cannot be) until sent.
+    ZeroMQ message when sent (below 2 MiB, ``bytes`` too: cheaper than ZeroMQ's zero-copy
+    bookkeeping, as measured); ``bytes`` of 2 MiB or more are not copied at all.
     """
 
     name = "msgpack"
