@@ -294,3 +294,20 @@ async def test_remote_error_when_a_result_cannot_be_encoded(pair: Any) -> None:
     with pytest.raises(RemoteRPCError, match="serialize"):
         await cli.opaque()
     assert await cli.echo(BIG) == BIG
+
+
+@pytest.mark.parametrize("setting, expected", [("1", "True"), ("0", "False")])
+def test_malloc_tuning_once_and_opt_out(setting: str, expected: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    env["NETCALL_MALLOC_TUNING"] = setting
+    code = "from netcall import _malloc; print(_malloc.tune(), _malloc.tune())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30
+    )
+    if sys.platform != "linux":
+        expected = "False"
+    assert out.stdout.split() == [expected, expected], out.stderr

@@ -27,6 +27,7 @@ from typing import Any
 
 import zmq
 
+from . import _malloc
 from .protocol import MAX_FRAMES as MAX_MESSAGE_FRAMES
 
 log = logging.getLogger("netcall")
@@ -101,13 +102,28 @@ def recv_frames(sock: zmq.Socket[Any]) -> list[Any] | None:
     frames.append(frame.bytes)  # the head
     while frame.more:
         frame = _recv(sock, _NOBLOCK, copy=False)
-        frames.append(frame.buffer if len(frame) >= VIEW_MIN else frame.bytes)
+        if len(frame) >= VIEW_MIN:
+            if not _malloc_tuned:
+                _tune_malloc()
+            frames.append(frame.buffer)
+        else:
+            frames.append(frame.bytes)
         if len(frames) > MAX_FRAMES:
             while frame.more:  # a hostile peer: read the rest, keep nothing
                 frame = _recv(sock, _NOBLOCK, copy=False)
             log.warning("netcall: dropped a message of more than %d frames", MAX_FRAMES)
             return None
     return frames
+
+
+_malloc_tuned = False
+
+
+def _tune_malloc() -> None:
+    # The first large frame this process receives: glibc settings for large messages (once).
+    global _malloc_tuned
+    _malloc_tuned = True
+    _malloc.tune()
 
 
 _RETRY_MIN = 0.0005
