@@ -135,37 +135,52 @@ class MsgpackSerializer:
             SerializationError: as :meth:`dumps`.
         """
         codec = getattr(self._local, "codec", None) or self._codec()
-        start = len(buffers)
-        minimum = self.buffer_min
-        codec.out = buffers  # the packer's default() sends numpy arrays and the like out of band
         # A guess, cheap enough for every message (see _buffers.worth_a_look): is this a
         # buffer, or a call's arguments starting or ending with one? Then search it first.
         t = type(obj)
         if t is list or t is tuple:
-            look = 0 < len(obj) <= 4 and (type(obj[0]) in _NATIVE or type(obj[-1]) in _NATIVE)
-        else:
-            look = t in _NATIVE
+            if obj and (type(obj[0]) in _NATIVE or type(obj[-1]) in _NATIVE) and len(obj) <= 4:
+                return self._dumps_large(codec, obj, buffers, None)
+        elif t in _NATIVE:
+            return self._dumps_large(codec, obj, buffers, None)
+        codec.out = buffers  # the packer's default() sends numpy arrays and the like out of band
+        start = len(buffers)
         try:
-            if look:
-                return codec.packer.pack(_buffers.extract(obj, buffers, minimum))  # type: ignore[no-any-return]
             data: bytes = codec.packer.pack(obj)
-            if len(data) < minimum:
-                return data
-            # Large: search it for buffers msgpack packed inline, and pack again without them.
-            packed = len(buffers)  # numpy arrays and the like, found by the packer itself
-            _buffers.extract(obj, buffers, minimum)
-            if len(buffers) == packed:
-                return data
+        except Exception as exc:
             del buffers[start:]
+            raise self._failed(exc) from exc
+        codec.out = None
+        if len(data) < self.buffer_min:
+            return data
+        return self._dumps_large(codec, obj, buffers, data)
+
+    def _dumps_large(self, codec: Codec, obj: Any, buffers: list[Any], data: bytes | None) -> bytes:
+        """Pack ``obj`` with its buffers out of band; ``data``: how it packed with msgpack's
+        own buffers inline (kept if it has none)."""
+        start = len(buffers)
+        minimum = self.buffer_min
+        codec.out = buffers
+        try:
+            if data is not None:
+                # Search it for buffers msgpack packed inline, and pack again without them.
+                packed = len(buffers)  # numpy arrays and the like, found by the packer itself
+                _buffers.extract(obj, buffers, minimum)
+                if len(buffers) == packed:
+                    return data
+                del buffers[start:]
             return codec.packer.pack(_buffers.extract(obj, buffers, minimum))  # type: ignore[no-any-return]
         except Exception as exc:
             del buffers[start:]
-            self._codec()
-            if isinstance(exc, SerializationError):
-                raise
-            raise SerializationError(f"msgpack cannot serialize: {reason(exc)}") from exc
+            raise self._failed(exc) from exc
         finally:
             codec.out = None
+
+    def _failed(self, exc: Exception) -> SerializationError:
+        self._codec()  # start afresh: no state of a failed pack is kept
+        if isinstance(exc, SerializationError):
+            return exc
+        return SerializationError(f"msgpack cannot serialize: {reason(exc)}")
 
     def loads_buffers(self, data: bytes, buffers: Sequence[Any]) -> Any:
         """Decode ``data``, whose out-of-band buffers arrived as ``buffers``.

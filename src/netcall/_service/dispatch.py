@@ -100,9 +100,13 @@ class Dispatcher:
         if msg.timeout:  # the deadline starts now, on this host's clock (_admit: not spent)
             deadline = Deadline.after(msg.timeout)
         try:
-            load = self._load
-            args = load(msg.args, msg.buffers)
-            kwargs = load(msg.kwargs, msg.buffers) if msg.kwargs is not None else {}
+            if msg.buffers:
+                args = self._load(msg.args, msg.buffers)
+                kwargs = self._load(msg.kwargs, msg.buffers) if msg.kwargs is not None else {}
+            else:
+                loads = self._serializer.loads
+                args = loads(msg.args)
+                kwargs = loads(msg.kwargs) if msg.kwargs is not None else {}
         except SerializationError as exc:
             self._replies.refuse(peer, rid, p.ERR_SERIALIZATION, f"bad arguments: {exc}")
             return
