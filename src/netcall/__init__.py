@@ -18,6 +18,7 @@ from ._context import CallContext, current_call
 from ._edge import TransportError
 from .client import RemoteGenerator, RPCClient
 from .errors import (
+    AuthenticationError,
     ClientClosedError,
     ConnectionLostError,
     EncodingError,
@@ -42,6 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RESERVED_NAMES",
+    "AuthenticationError",
     "CallContext",
     "ClientClosedError",
     "ConnectionLostError",

@@ -82,8 +82,9 @@ def send_frames(sock: zmq.Socket[Any], frames: list[Any]) -> None:
         _send(sock, tail, _NOBLOCK)
 
 
-def recv_frames(sock: zmq.Socket[Any]) -> list[Any] | None:
-    """Receive one multipart message without blocking: ``bytes`` frames, except that frames
+def recv_frames(sock: zmq.Socket[Any], frame: Any = None) -> list[Any] | None:
+    """Receive one multipart message without blocking (``frame``: its first frame, when the
+    caller received it already): ``bytes`` frames, except that frames
     after the head of at least :data:`VIEW_MIN` bytes are memoryviews over the ZeroMQ
     message (not copied). ``None`` for a message of more than :data:`MAX_FRAMES` frames (read
     to its end, and dropped).
@@ -94,7 +95,8 @@ def recv_frames(sock: zmq.Socket[Any]) -> list[Any] | None:
     Raises:
         zmq.Again: nothing is waiting.
     """
-    frame = _recv(sock, _NOBLOCK, copy=False)
+    if frame is None:
+        frame = _recv(sock, _NOBLOCK, copy=False)
     frames: list[Any] = [frame.bytes]
     if not frame.more:
         return frames
@@ -147,8 +149,10 @@ class SocketDriver:
         "_on_message",
         "_on_unreachable",
         "_outbox",
+        "_recv",
         "_retry_delay",
         "_retry_handle",
+        "peer_key",
         "sock",
     )
 
@@ -158,8 +162,13 @@ class SocketDriver:
         loop: asyncio.AbstractEventLoop,
         on_message: OnMessage,
         on_unreachable: OnUnreachable | None = None,
+        identify: bool = False,
     ) -> None:
         self.sock = sock
+        # With identify (a CURVE service), each message's sender key (its User-Id property)
+        # is in peer_key while on_message runs; without, nothing reads it.
+        self.peer_key: str | None = None
+        self._recv = self._recv_identified if identify else recv_frames
         self._loop = loop
         self._on_message = on_message
         self._on_unreachable = on_unreachable
@@ -175,6 +184,14 @@ class SocketDriver:
         loop.add_reader(self._fd, self._on_ready)
         # Messages may already be queued (the FD edge came before we listened).
         self._schedule_check()
+
+    def _recv_identified(self, sock: zmq.Socket[Any]) -> list[Any] | None:
+        frame = _recv(sock, _NOBLOCK, copy=False)
+        try:
+            self.peer_key = str(frame.get("User-Id"))
+        except zmq.ZMQError:  # inproc: no security mechanism, no key
+            self.peer_key = None
+        return recv_frames(sock, frame)
 
     def is_blocked(self, peer: bytes) -> bool:
         """Whether messages to ``peer`` are queued behind a full pipe."""
@@ -271,13 +288,14 @@ class SocketDriver:
             return
         sock = self.sock
         on_message = self._on_message
+        recv = self._recv
         handled = 0
         self._in_ready = True
         try:
             while _get(sock, _EVENTS) & _POLLIN:  # type: ignore[operator]
                 while handled < _BATCH:
                     try:
-                        frames = recv_frames(sock)
+                        frames = recv(sock)
                     except zmq.Again:
                         break
                     handled += 1
