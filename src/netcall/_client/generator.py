@@ -216,19 +216,21 @@ class ItemBatches:
     stream crosses to the loop once per batch of buffered items, not once per item, and the
     batch is decoded on the reader's side, one item per :meth:`pop`."""
 
-    __slots__ = ("_batch", "_gen", "loads")
+    __slots__ = ("_batch", "_gen", "load", "loads")
 
     def __init__(self, gen: RemoteGenerator) -> None:
         self._gen = gen
         self._batch: deque[bytes] = deque()
-        self.loads = gen._state.table.load
+        self.loads = gen._state.table.serializer.loads
+        self.load = gen._state.table.load  # an item with out-of-band buffers
 
     def __bool__(self) -> bool:
         return bool(self._batch)
 
     def pop(self) -> Any:
         """The next item of the current batch, decoded."""
-        return self.loads(self._batch.popleft())
+        raw = self._batch.popleft()
+        return self.loads(raw) if type(raw) is bytes else self.load(raw)
 
     def fetch(self, limit: int) -> Awaitable[list[bytes]] | None:
         """On the loop: the next batch (at most ``limit``) of a prefetching stream, for

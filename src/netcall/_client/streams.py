@@ -221,7 +221,10 @@ class ConsumerStream:
 
     def take(self) -> Any:
         """The next buffered item (decoded), or raise the stream's end/error."""
-        return self.table.load(self.take_raw())
+        raw = self.take_raw()
+        if type(raw) is bytes:  # the commonest case, without the loader's extra call
+            return self.table.serializer.loads(raw)
+        return self.table.load(raw)
 
     def take_raw(self) -> bytes:
         """The next buffered item's payload, or raise the stream's end/error."""
