@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -18,6 +19,7 @@ import zmq
 
 from . import protocol as p
 from ._edge import map_exceptions
+from ._middleware import ServiceMiddleware, check_middleware
 from ._reactor import SocketDriver
 from ._service.dispatch import Dispatcher
 from ._service.inbox import Inbox
@@ -35,6 +37,8 @@ __all__ = ["RESERVED_NAMES", "HandlerRunner", "RPCService"]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("netcall")
 Keys = Iterable[Any] | None  # CURVE public keys (Z85 bytes or text, or Keypairs)
 
 
@@ -70,9 +74,12 @@ class RPCService(ServiceConnecting):
             callable taking a zero-argument function; see
             :data:`~netcall._service.runner.HandlerRunner`) instead of inline or in
             ``executor``. The gevent service plugs in here.
+        middleware: ``async def mw(ctx, call_next)`` functions run around every call and
+            stream opening, outermost first (see :meth:`add_middleware`).
 
     Raises:
         ValueError: ``stream_lease`` is not positive.
+        TypeError: a middleware is not callable.
         RPCError: ZeroMQ could not create the socket.
         TypeError: ``security`` is not ``Curve.server(...)``.
         RuntimeError: another ZAP handler (zmq.auth) is bound in ``context``.
@@ -100,6 +107,7 @@ class RPCService(ServiceConnecting):
         security: CurveServer | None = None,
         name: str | None = None,
         handler_runner: HandlerRunner | None = None,
+        middleware: Sequence[ServiceMiddleware] | None = None,
     ) -> None:
         if stream_lease <= 0:
             raise ValueError("stream_lease must be positive")
@@ -123,6 +131,7 @@ class RPCService(ServiceConnecting):
             self._producers,
             self.serializer,
             max_concurrent,
+            check_middleware(middleware),
         )
         self.socket = self._make_socket(heartbeat, max_message_size)
         self._registry.add_subclass_methods(self, RPCService)
@@ -195,6 +204,12 @@ class RPCService(ServiceConnecting):
         self._upstreams.announce()
         return added
 
+    def add_middleware(self, middleware: ServiceMiddleware, *, outermost: bool = False) -> None:
+        """Run ``async def middleware(ctx, call_next)`` around every call and stream opening
+        from now on, innermost (or ``outermost``); see :mod:`netcall._service.chain`. Raises
+        ``TypeError`` if it is not callable."""
+        self._dispatch.chain.add(check_middleware([middleware])[0], outermost)
+
     def methods(self) -> dict[str, dict[str, str]]:
         """The registered handlers: ``{name: {"signature": ..., "doc": ...}}``."""
         return self._registry.describe()
@@ -229,6 +244,7 @@ class RPCService(ServiceConnecting):
                 with map_exceptions(f"cannot bind {url!r}"):
                     self.socket.bind(url)
                 self._bound.add(url)
+                log.info("netcall: %s bound to %s", self.name, url)
                 warn_if_exposed(url, self.serializer.name, self.security, "bound")
 
     def unbind(self, url: str) -> None:
@@ -256,6 +272,7 @@ class RPCService(ServiceConnecting):
         with map_exceptions(f"cannot bind tcp://{ip}"):
             chosen = self.socket.bind_to_random_port(f"tcp://{ip}", min_port, max_port)
         self._bound.add(f"tcp://{ip}:{chosen}")
+        log.info("netcall: %s bound to tcp://%s:%d", self.name, ip, chosen)
         warn_if_exposed(f"tcp://{ip}:{chosen}", self.serializer.name, self.security, "bound")
         return chosen
 
@@ -289,7 +306,7 @@ class RPCService(ServiceConnecting):
         self._dispatch.loop = loop
         self._dispatch.refusing = None
         self._producers.start(loop)
-        inbox = Inbox(self._dispatch, self._producers, self._replies, self._upstreams.is_upstream)
+        inbox = Inbox(self._dispatch, self._producers, self._replies, self._upstreams.vouches)
         secure = self.security is not None  # then each message's sender key is read
         driver = SocketDriver(self.socket, loop, inbox.on_message, self._producers.on_gone, secure)
         self._replies.driver = self._driver = self._dispatch.keys = driver
@@ -360,6 +377,7 @@ class RPCService(ServiceConnecting):
         self.close()
 
     def _close(self, linger: int) -> None:
+        log.info("netcall: %s stopped", self.name)
         self._closed = True
         self._dispatch.refusing = "the service is stopping"
         self._replies.driver = None

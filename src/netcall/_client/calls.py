@@ -4,7 +4,7 @@ timeouts)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import protocol as p
@@ -102,12 +102,16 @@ def call_frames(
     oneway: bool,
     window: int,
     arguments: Arguments,
+    metadata: Mapping[str, str] | None = None,
 ) -> list[Any]:
-    """The frames of a CALL to ``peer``, routing id first.
+    """The frames of a CALL to ``peer``, routing id first (metadata, checked, last).
 
     Raises:
         EncodingError: the method name cannot be encoded.
     """
+    flags = p.FLAG_ONEWAY if oneway else 0
+    if metadata:
+        flags |= p.FLAG_METADATA
     try:
         head = p.call_head(
             rid,
@@ -115,14 +119,18 @@ def call_frames(
             serializer,
             # The time remaining: 0 for none; a spent one (0 s or less) as SPENT.
             0.0 if timeout is None else (timeout if timeout >= MIN_REMAINING else SPENT),
-            (p.FLAG_ONEWAY if oneway else 0) | (p.FLAG_BUFFERS if arguments[2] else 0),
+            flags | (p.FLAG_BUFFERS if arguments[2] else 0),
             window,
         )
     except UnicodeEncodeError as exc:
         raise EncodingError(*exc.args) from exc
     payload, kw_payload, buffers = arguments
+    frames = [peer.rid, head, payload]
     if buffers:
-        return [peer.rid, head, payload, b"" if kw_payload is None else kw_payload, *buffers]
-    if kw_payload is None:
-        return [peer.rid, head, payload]
-    return [peer.rid, head, payload, kw_payload]
+        frames.append(b"" if kw_payload is None else kw_payload)
+        frames.extend(buffers)
+    elif kw_payload is not None:
+        frames.append(kw_payload)
+    if metadata:
+        frames.append(p.encode_metadata(metadata))
+    return frames

@@ -15,13 +15,14 @@ from typing import Any
 from .. import protocol as p
 from .._context import CallContext, _current
 from .._payload import dumper, loader
+from .._ratelog import RateLimitedLog
 from ..errors import ProtocolError, SerializationError, exception_for_throw
 from ..protocol.session import SERVICE_STREAM, add_credit, service_stream_next
 from ..serializers import Serializer
 from .replies import Replies
 from .runner import Runner
 
-__all__ = ["Producers", "close_generator_soon", "is_generator"]
+__all__ = ["Producers", "close_generator_soon", "is_generator", "sync_step"]
 
 log = logging.getLogger("netcall")
 
@@ -63,7 +64,8 @@ class _Stream:
         self.method = msg.method
         self.gen = gen
         self.context = context
-        self.is_async = inspect.isasyncgen(gen)
+        # An async generator, or a middleware's stream (anything but a plain generator).
+        self.is_async = not inspect.isgenerator(gen)
         self.credit = msg.window
         self.state = _S.FLOWING if msg.window else _S.IDLE
         self.commands: list[tuple[str, Any]] = []
@@ -83,6 +85,8 @@ class Producers:
         self, replies: Replies, serializer: Serializer, runner: Runner, lease: float
     ) -> None:
         self._replies = replies
+        # Where a generator's error is logged (rate-limited; the dispatcher shares its own).
+        self.log = RateLimitedLog(log)
         self._serializer = serializer
         self._load = loader(serializer)
         self._dump = dumper(serializer)
@@ -194,7 +198,7 @@ class Producers:
                 return False, await gen.athrow(value)
             except StopAsyncIteration:
                 return True, None
-        fn = functools.partial(_sync_step, gen.send if op == "send" else gen.throw, value)
+        fn = functools.partial(sync_step, gen.send if op == "send" else gen.throw, value)
         if self._runner.inline:
             return fn()
         return await self._runner.run(fn)
@@ -229,6 +233,15 @@ class Producers:
                         replies.send(stream.peer, p.End(stream.rid).to_frames())
                         return
                 except Exception as exc:
+                    self.log(
+                        "handler error",
+                        logging.WARNING,
+                        "netcall: stream %s raised %s (client %s)",
+                        stream.method,
+                        type(exc).__name__,
+                        stream.peer.hex(),
+                        exc_info=exc,
+                    )
                     replies.error(stream.peer, stream.rid, exc)
                     return
                 try:
@@ -323,7 +336,7 @@ class Producers:
             self._schedule_reaper()
 
 
-def _sync_step(step: Callable[[Any], Any], value: Any) -> tuple[bool, Any]:
+def sync_step(step: Callable[[Any], Any], value: Any) -> tuple[bool, Any]:
     # StopIteration must not escape into a coroutine (PEP 479) or a Future: report it.
     try:
         return False, step(value)

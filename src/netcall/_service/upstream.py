@@ -57,6 +57,7 @@ class Upstreams:
         self._on_lost: Callable[[bytes], None] | None = None
         self._announce_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._plain = sock.get(zmq.MECHANISM) == zmq.NULL  # no CURVE on this socket
 
     @property
     def connected(self) -> set[str]:
@@ -66,6 +67,12 @@ class Upstreams:
     def is_upstream(self, peer: bytes) -> bool:
         """Whether ``peer`` is a routing id this service gave an endpoint it connected to."""
         return peer in self._ids
+
+    def vouches(self, peer: bytes) -> bool:
+        """Whether ``peer`` may tell this service who its caller is (a broker's word): a peer
+        this service connected to, over a link without CURVE. Over CURVE the link's own key
+        is the caller's: a client that binds must not claim another key."""
+        return self._plain and peer in self._ids
 
     def connect(self, urls: str | Iterable[str]) -> None:
         """Connect out to ``urls`` (a broker's backend, or a client that binds).
