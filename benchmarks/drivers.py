@@ -93,9 +93,21 @@ async def a_conc(
             if (done & 63) == 0 and perf() > deadline:
                 break
 
-    await asyncio.gather(*(worker() for _ in range(inflight)))
+    await _gather([worker for _ in range(inflight)])
     elapsed = perf() - t0
     return {"calls_s": done / elapsed, "n": done}
+
+
+async def _gather(fns: list[Callable[[], Any]]) -> None:
+    """Run every ``fn()`` concurrently: asyncio.gather, or a nursery under trio."""
+    if asyncio._get_running_loop() is not None:
+        await asyncio.gather(*(fn() for fn in fns))
+        return
+    import trio
+
+    async with trio.open_nursery() as nursery:
+        for fn in fns:
+            nursery.start_soon(fn)
 
 
 async def a_stream(

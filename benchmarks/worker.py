@@ -26,7 +26,7 @@ if HERE not in sys.path:
 
 # --------------------------------------------------------------------------- systems
 
-# system -> (server kind, client kind ("async"/"blocking"), loop ("asyncio"/"uvloop"/None))
+# system -> (server kind, client kind ("async"/"blocking"), loop ("asyncio"/"uvloop"/"trio"/None))
 SYSTEMS: dict[str, tuple[str, str, str | None]] = {
     "raw-zmq-asyncio": ("raw-asyncio", "async", "asyncio"),
     "raw-zmq-fd": ("raw-fd", "async", "asyncio"),
@@ -35,6 +35,7 @@ SYSTEMS: dict[str, tuple[str, str, str | None]] = {
     "netcall-gevent": ("netcall", "blocking", None),
     "netcall-sync": ("netcall", "blocking", None),
     "netcall-tornado": ("netcall", "async", "asyncio"),
+    "netcall-trio": ("netcall", "async", "trio"),
     # through a broker: a broker process, and 1, 2 or 4 service processes connected out to it
     "netcall-broker-1": ("netcall-broker-1", "async", "asyncio"),
     "netcall-broker-2": ("netcall-broker-2", "async", "asyncio"),
@@ -191,6 +192,21 @@ def _plan(cfg: dict[str, Any], cli: Any) -> list[tuple[str, str, Any]]:
     return [p for p in plan if not cfg.get("only") or p[0] in cfg["only"]]
 
 
+def _under_trio() -> bool:
+    trio = sys.modules.get("trio")
+    return trio is not None and trio.lowlevel.in_trio_run()
+
+
+async def _limit(aw: Any, seconds: float) -> Any:
+    """``asyncio.wait_for``, or its trio equivalent under trio."""
+    if _under_trio():
+        import trio
+
+        with trio.fail_after(seconds):
+            return await aw
+    return await asyncio.wait_for(aw, seconds)
+
+
 async def _async_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Recorder) -> None:
     import drivers
 
@@ -202,7 +218,9 @@ async def _async_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Re
         import raw
 
         cli = raw.FdClient(endpoint)
-    elif system in ("netcall-asyncio", "netcall-uvloop") or system.startswith("netcall-broker-"):
+    elif system in ("netcall-asyncio", "netcall-uvloop", "netcall-trio") or system.startswith(
+        "netcall-broker-"
+    ):
         import netcall_systems
 
         cli = await netcall_systems.AsyncioClient().open(endpoint)
@@ -229,15 +247,17 @@ async def _async_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Re
         cli = await peers.GrpcClient().open(endpoint)
     else:
         raise SystemExit(f"unknown system {system}")
-    rec.data["info"]["loop"] = type(asyncio.get_running_loop()).__module__
+    rec.data["info"]["loop"] = (
+        "trio" if _under_trio() else type(asyncio.get_running_loop()).__module__
+    )
     try:
         if system == "aiozmq-rpc":
             rec.error("stream", "n/a: aiozmq.rpc has no streams")
         # warm-up: not recorded
         wt = cfg["warmup"]
         try:
-            await asyncio.wait_for(drivers.a_conc(cli.echo, "hello", 64, 10**9, wt), wt * 4 + 10)
-            await asyncio.wait_for(drivers.a_seq(cli.echo, "hello", 10**9, wt / 2), wt * 4 + 10)
+            await _limit(drivers.a_conc(cli.echo, "hello", 64, 10**9, wt), wt * 4 + 10)
+            await _limit(drivers.a_seq(cli.echo, "hello", 10**9, wt / 2), wt * 4 + 10)
         except Exception as e:
             rec.error("warmup", e)
         for name, kind, params in _plan(cfg, cli):
@@ -246,13 +266,11 @@ async def _async_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Re
             limit = cfg["time"] * 4 + 15
             try:
                 if kind == "seq":
-                    res = await asyncio.wait_for(drivers.a_seq(cli.echo, *params), limit)
+                    res = await _limit(drivers.a_seq(cli.echo, *params), limit)
                 elif kind == "conc":
-                    res = await asyncio.wait_for(drivers.a_conc(cli.echo, *params), limit)
+                    res = await _limit(drivers.a_conc(cli.echo, *params), limit)
                 else:
-                    res = await asyncio.wait_for(
-                        drivers.a_stream(getattr(cli, kind), *params), limit
-                    )
+                    res = await _limit(drivers.a_stream(getattr(cli, kind), *params), limit)
                 rec.metric(name, res)
             except Exception as e:
                 rec.error(name, e)
@@ -260,7 +278,7 @@ async def _async_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Re
             await _memory(cli, cfg, rec)
     finally:
         try:
-            await asyncio.wait_for(cli.close(), 10)
+            await _limit(cli.close(), 10)
         except Exception as e:
             rec.error("close", e)
 
@@ -289,7 +307,7 @@ async def _memory_calls(c: Any, spid: int, n_calls: int, rec: Recorder) -> None:
         held = await c.held()
         peak_c, peak_s = rss_kib(), rss_kib(spid)
         await c.release()
-        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        await _limit(asyncio.gather(*tasks), 60)
         rec.metric(
             "mem_calls",
             {
@@ -382,7 +400,11 @@ def run_client(system: str, endpoint: str, cfg: dict[str, Any], result: str) -> 
     rec.data["info"]["pid"] = os.getpid()
     _server, kind, loop_kind = SYSTEMS[system]
     try:
-        if kind == "async":
+        if loop_kind == "trio":
+            import trio
+
+            trio.run(_async_client, system, endpoint, cfg, rec)
+        elif kind == "async":
             loop = _new_loop(loop_kind)
             asyncio.set_event_loop(loop)
             try:

@@ -19,6 +19,7 @@ from typing import Any, TypedDict
 
 import zmq
 
+from . import _backends
 from . import protocol as p
 from ._client.binding import ClientBinding
 from ._client.calls import CallRegistry, PendingCall, call_frames, encode_arguments
@@ -153,6 +154,7 @@ class RPCClient(CallSurface, ClientBinding):
         self._calls = CallRegistry(self._send_cancel)
         self._streams = ConsumerStreams(self._send, self.serializer, window, stream_buffer)
         self._keepalive = Keepalive(self._ping)
+        _backends.adopt_client(self)  # made in a trio run: it lives on netcall's loop thread
 
     def _make_socket(self, heartbeat: float | None) -> zmq.Socket[Any]:
         """The client's socket (a hook: security options go to :func:`make_router`)."""
@@ -240,6 +242,10 @@ class RPCClient(CallSurface, ClientBinding):
     ) -> Any:
         """Make one call; return its result, a RemoteGenerator, or raise (see :meth:`call`).
         ``parent``: the call being served where this one was made (its deadline applies)."""
+        if self._driver is None and _backends.adopt_client(self):  # under trio: netcall._trio
+            return await self._invoke(
+                method, args, kwargs, timeout, oneway, prefetch, metadata, parent, chained
+            )
         if timeout is UNSET:
             timeout = self.timeout
         run = self._chain.run
@@ -353,7 +359,7 @@ class RPCClient(CallSurface, ClientBinding):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        await self.aclose()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {sorted(self._peers.by_url)}>"

@@ -17,6 +17,7 @@ from typing import Any, TypeVar, overload
 
 import zmq
 
+from . import _backends
 from . import protocol as p
 from ._edge import map_exceptions
 from ._middleware import ServiceMiddleware, check_middleware
@@ -122,7 +123,7 @@ class RPCService(ServiceConnecting):
         self.security = security
         self._registry = HandlerRegistry(RESERVED_NAMES)
         self._replies = Replies(tracebacks)
-        runner = Runner(executor, handler_runner)
+        runner = self._user_code = Runner(executor, handler_runner)
         self._producers = Producers(self._replies, self.serializer, runner, float(stream_lease))
         self._dispatch = Dispatcher(
             self._registry,
@@ -137,7 +138,7 @@ class RPCService(ServiceConnecting):
         self._registry.add_subclass_methods(self, RPCService)
         self._registry.add_builtin(METHODS_NAME, self.methods)
         self._max_concurrent = max_concurrent
-        self._upstreams = Upstreams(self.socket, self._hello)
+        self._upstreams = Upstreams(self.socket, self._hello, self.security)
 
     def _make_socket(
         self, heartbeat: float | None, max_message_size: int | None
@@ -302,6 +303,8 @@ class RPCService(ServiceConnecting):
             raise RuntimeError("the service is closed")
         if self._driver is not None:
             return
+        if loop is None and _backends.adopt_service(self):  # under trio: see netcall._trio
+            return
         loop = loop or asyncio.get_running_loop()
         self._dispatch.loop = loop
         self._dispatch.refusing = None
@@ -319,6 +322,9 @@ class RPCService(ServiceConnecting):
             RuntimeError: the service is closed.
         """
         self.start()
+        await self._until_stopped()
+
+    async def _until_stopped(self) -> None:
         if self._stopped is None:
             self._stopped = asyncio.Event()
         if self._closed:

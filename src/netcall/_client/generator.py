@@ -9,6 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Generator
 from types import TracebackType
 from typing import Any
 
+from anyio import EndOfStream
+from anyio.abc import ObjectReceiveStream
+
 from .. import protocol as p
 from .._edge import serializer_error
 from ..errors import StreamBusyError, exception_to_remote
@@ -30,7 +33,7 @@ def ready(value: Any) -> Generator[Any, None, Any]:
     yield  # type: ignore[unreachable]  # makes this a generator
 
 
-class RemoteGenerator(AsyncIterator[Any]):
+class RemoteGenerator(ObjectReceiveStream[Any], AsyncIterator[Any]):
     """A generator running on a service, driven from here.
 
     ``asend``, ``athrow``, ``__anext__`` are lock-step: one round trip each, exactly the
@@ -48,9 +51,13 @@ class RemoteGenerator(AsyncIterator[Any]):
     :class:`~netcall.errors.ConnectionLostError` or :class:`~netcall.errors.ClientClosedError`
     when the stream broke, and :class:`~netcall.errors.StreamBusyError` (a RuntimeError) when
     another step is running.
+
+    It is also an anyio :class:`~anyio.abc.ObjectReceiveStream`: :meth:`receive` gives the next
+    item (prefetching, like ``async for``) and raises :class:`anyio.EndOfStream` at the end, so
+    it plugs into anyio code that takes a receive stream.
     """
 
-    __slots__ = ("__weakref__", "_state")
+    __slots__ = ("_state",)  # anyio's bases already give a __dict__ and __weakref__
 
     def __init__(self, state: ConsumerStream) -> None:
         self._state = state
@@ -63,7 +70,9 @@ class RemoteGenerator(AsyncIterator[Any]):
             st.grant(credit)
         return self
 
-    def __anext__(self) -> Awaitable[Any]:
+    # anyio declares a coroutine; a buffered item returns a ready awaitable instead (no coroutine
+    # and no loop turn per item).
+    def __anext__(self) -> Awaitable[Any]:  # type: ignore[override]
         st = self._state
         if st.state is _PREFETCH and st.buffer and not st.running:
             # The item is already here: no coroutine, no loop turn.
@@ -103,6 +112,20 @@ class RemoteGenerator(AsyncIterator[Any]):
             return out
         finally:
             st.running = False
+
+    async def receive(self) -> Any:
+        """The next item, for anyio code: switches the stream to prefetching (like ``async
+        for``).
+
+        Raises:
+            anyio.EndOfStream: the generator is exhausted (or closed).
+            what ``__anext__`` raises otherwise.
+        """
+        self.__aiter__()
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            raise EndOfStream from None
 
     async def asend(self, value: Any) -> Any:
         """Send ``value`` into the generator; return what it yields next.

@@ -7,7 +7,7 @@ They hold only an :data:`Invoke` function (the client's way to make a call), nev
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from threading import get_ident
 from typing import Any, TypeVar
 
@@ -85,10 +85,15 @@ class Method:
 
 
 class Call:
-    """A call not yet made: ``await`` it for the result, or ``async for`` over a stream."""
+    """A call not yet made: ``await`` it for the result, or ``async for`` over a stream.
+
+    It is also a coroutine, so it can be spawned: ``task_group.start_soon(client.name, x)``
+    (anyio, trio) or ``asyncio.create_task(client.name(x))``.
+    """
 
     __slots__ = (
         "_args",
+        "_coro",
         "_invoke",
         "_kwargs",
         "_metadata",
@@ -98,6 +103,7 @@ class Call:
         "_thread",
         "_timeout",
     )
+    _coro: Generator[Any, Any, Any]  # set only when driven as a coroutine
 
     def __init__(
         self,
@@ -144,8 +150,31 @@ class Call:
     def __aiter__(self) -> StreamIterator:
         return StreamIterator(self)
 
+    # Driven as a coroutine (a task runs it): the call's own coroutine, made on first use.
+    # Awaiting it never comes here, so the common path keeps no extra state.
+    def send(self, value: Any) -> Any:
+        return self._coroutine().send(value)
+
+    def throw(self, *exc: Any) -> Any:
+        return self._coroutine().throw(*exc)
+
+    def close(self) -> None:
+        coro = getattr(self, "_coro", None)
+        if coro is not None:
+            coro.close()
+
+    def _coroutine(self) -> Generator[Any, Any, Any]:
+        try:
+            return self._coro
+        except AttributeError:
+            coro = self._coro = self.__await__()
+            return coro
+
     def __repr__(self) -> str:
         return f"<call {self._name}(...)>"
+
+
+Coroutine.register(Call)
 
 
 class StreamIterator:

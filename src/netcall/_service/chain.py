@@ -60,7 +60,9 @@ class ServiceChain:
         """The innermost link: run the handler; a sync generator comes back as a SyncStream.
         The handler's own generator goes into ``origin``."""
         runner = self.runner
-        if handler.is_async:
+        if handler.is_async and runner.async_hook is not None:  # under trio
+            result = await runner.async_hook(functools.partial(handler.fn, *args, **kwargs))
+        elif handler.is_async:
             result = await handler.fn(*args, **kwargs)
         elif runner.inline:
             result = handler.fn(*args, **kwargs)

@@ -101,9 +101,14 @@ class Dispatcher:
         awaitable for it (async handler, sync handler sent to the runner, middleware)."""
         if self.chain.middleware:
             return self.chain.run(handler, args, kwargs, ctx)
-        if handler.is_async or self._runner.inline:
+        runner = self._runner
+        if handler.is_async:
+            if runner.async_hook is None:
+                return handler.fn(*args, **kwargs)
+            return runner.async_hook(functools.partial(handler.fn, *args, **kwargs))
+        if runner.inline:
             return handler.fn(*args, **kwargs)
-        return self._runner.run(functools.partial(handler.fn, *args, **kwargs))
+        return runner.run(functools.partial(handler.fn, *args, **kwargs))
 
     # -- admission ------------------------------------------------------------------------
 

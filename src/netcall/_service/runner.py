@@ -1,5 +1,7 @@
-"""Where sync code runs: handlers and sync generator steps, inline, in an executor, or through
-a :data:`HandlerRunner` hook (the gevent service runs them as greenlets)."""
+"""Where user code runs: sync handlers and sync generator steps inline, in an executor, or
+through a :data:`HandlerRunner` hook (the gevent service runs them as greenlets); async handlers
+and async generator steps as tasks on the loop, or through ``async_hook`` (under trio, in the
+trio run: see :mod:`netcall._trio`)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ class Runner:
     """Runs sync callables for the service. ``inline`` when there is neither an executor nor
     a hook: then the caller runs them directly on the loop, without a task."""
 
-    __slots__ = ("executor", "hook", "inline")
+    __slots__ = ("async_hook", "executor", "hook", "inline")
 
     def __init__(
         self, executor: concurrent.futures.Executor | None, hook: HandlerRunner | None
@@ -30,6 +32,15 @@ class Runner:
         self.executor = executor
         self.hook = hook
         self.inline = executor is None and hook is None
+        self.async_hook: HandlerRunner | None = None
+
+    def plug(self, hook: HandlerRunner | None, async_hook: HandlerRunner | None) -> None:
+        """Send sync code (unless there is an executor) to ``hook``, async code to
+        ``async_hook`` (before the service starts)."""
+        if self.executor is None:
+            self.hook = hook
+            self.inline = hook is None
+        self.async_hook = async_hook
 
     async def run(self, fn: Callable[[], T]) -> T:
         if self.hook is not None:

@@ -192,10 +192,12 @@ class Producers:
         """Advance the generator once: ``(False, item)``, or ``(True, None)`` when exhausted."""
         gen = stream.gen
         if stream.is_async:
+            step = gen.asend if op == "send" else gen.athrow
+            hook = self._runner.async_hook
             try:
-                if op == "send":
-                    return False, await gen.asend(value)
-                return False, await gen.athrow(value)
+                if hook is not None:
+                    return False, await hook(functools.partial(step, value))
+                return False, await step(value)
             except StopAsyncIteration:
                 return True, None
         fn = functools.partial(sync_step, gen.send if op == "send" else gen.throw, value)
@@ -278,7 +280,9 @@ class Producers:
             # thread cannot be interrupted): close only once it is done, or close() fails.
             while getattr(gen, "gi_running", False):
                 await asyncio.sleep(0.005)
-            if stream.is_async:
+            if stream.is_async and self._runner.async_hook is not None:
+                await self._runner.async_hook(gen.aclose)
+            elif stream.is_async:
                 await gen.aclose()
             elif self._runner.inline:
                 gen.close()
