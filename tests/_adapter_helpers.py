@@ -81,6 +81,16 @@ def register_handlers(svc: RPCService, kind: str, closed: list[str]) -> None:
             closed.append("echo_gen")
 
     @svc.register
+    def kinds(*xs: Any) -> list[str]:
+        """What arrived: the type of each argument."""
+        return [type(x).__name__ for x in xs]
+
+    @svc.register
+    def repeat(x: Any, n: int) -> Any:
+        for _ in range(n):
+            yield x
+
+    @svc.register
     def sync_count(n: int) -> Any:
         """A plain generator, on every kind of service."""
         yield from range(n)

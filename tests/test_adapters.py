@@ -9,6 +9,7 @@ test drives the client from the test's thread through one blocking interface (se
 
 from __future__ import annotations
 
+import array
 import gc
 import time
 from collections.abc import Iterator
@@ -70,6 +71,16 @@ def test_calls(drv: Driver) -> None:
     assert drv.call("hello", "World") == "Hello World"
     assert drv.dotted("math.add", 1, 2) == 3
     assert drv.dotted("math.mul", 3, 4) == 12
+
+
+def test_out_of_band_buffers(drv: Driver) -> None:
+    """Large buffers of each kind, in arguments, results and stream items (issue 14)."""
+    big = bytes(range(256)) * 1024  # 256 KiB: out of band, and above the zero-copy size
+    for value in (big, bytearray(big), memoryview(big), array.array("B", big)):
+        assert drv.call("echo", value) == big
+    assert drv.call("kinds", big, bytearray(big), memoryview(big)) == ["bytes"] * 3
+    assert drv.call("pair", big, b={"k": (bytearray(big), 1)}) == [big, {"k": (big, 1)}]
+    assert drv.stream("repeat", bytearray(big), 3) == [big] * 3
 
 
 def test_remote_errors(drv: Driver) -> None:

@@ -373,3 +373,11 @@ async def test_oneway_cancellation_and_errors_pass_through(cluster):
             break
         assert time.monotonic() - t0 < 3
         await asyncio.sleep(0.05)
+
+
+async def test_out_of_band_buffers_through_the_broker(cluster):
+    """Large buffers travel as frames of their own; the broker forwards every frame."""
+    cli = cluster.client
+    big = bytes(range(256)) * 4096  # 1 MiB
+    assert await cli.math.add(big, b"!") == big + b"!"
+    assert await cli.math.add(bytearray(big), memoryview(big)) == big + big

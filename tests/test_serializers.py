@@ -326,3 +326,187 @@ async def test_remote_error_travels_whatever_the_serializer(make_service, make_c
         with pytest.raises(KeyError) as info:
             await cli.boom()
         assert isinstance(info.value, RemoteRPCError)
+
+
+# ---------------------------------------------------------------- nesting limits (issue 9)
+
+
+def _nested_tuple(depth):
+    value = 1
+    for _ in range(depth):
+        value = (value,)
+    return value
+
+
+def _nested_list(depth):
+    value = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _ext_tuple_bytes(depth):
+    """msgpack bytes of ``depth`` nested tuples, built by hand (what a hostile peer sends)."""
+    import msgpack
+
+    data = msgpack.packb(1)
+    for _ in range(depth):
+        data = msgpack.packb(msgpack.ExtType(1, b"\x91" + data))
+    return data
+
+
+@pytest.mark.parametrize("ser", [MsgpackSerializer(), JSONSerializer()], ids=["msgpack", "json"])
+def test_nesting_up_to_max_depth_round_trips(ser):
+    assert ser.max_depth == 100
+    for value in (_nested_list(100), _nested_tuple(100)):
+        out = ser.loads(ser.dumps(value))
+        assert out == value or out == _nested_list(100)
+
+
+def test_msgpack_tuples_deeper_than_max_depth_are_refused_both_ways():
+    s = MsgpackSerializer(max_depth=10)
+    assert s.loads(s.dumps(_nested_tuple(10))) == _nested_tuple(10)
+    with pytest.raises(SerializationError, match="max_depth=10"):
+        s.dumps(_nested_tuple(11))
+    with pytest.raises(SerializationError, match="max_depth=10"):
+        s.loads(_ext_tuple_bytes(11))
+    # the serializer is still usable afterwards, on the same thread
+    assert s.loads(s.dumps((1, (2, [3])))) == (1, (2, [3]))
+
+
+@pytest.mark.parametrize("depth", [200, 1_000, 20_000])
+def test_msgpack_deep_ext_values_are_an_error_not_a_crash(depth):
+    """Issue 9, failure 1: 200 nested ext tuples killed the process (SIGSEGV)."""
+    s = MsgpackSerializer()
+    with pytest.raises(SerializationError, match="max_depth"):
+        s.loads(_ext_tuple_bytes(depth))
+    with pytest.raises(SerializationError):
+        s.dumps(_nested_tuple(depth))
+
+
+def test_msgpack_deep_values_in_a_small_thread_stack(tmp_path):
+    """The whole limit fits a 256 KiB thread stack: decoding never re-enters unpackb."""
+    import subprocess
+    import sys
+
+    from conftest import netcall_env
+
+    script = tmp_path / "deep.py"
+    script.write_text(
+        "import threading, msgpack\n"
+        "from netcall import MsgpackSerializer, SerializationError\n"
+        "data = msgpack.packb(1)\n"
+        "for _ in range(5000):\n"
+        "    data = msgpack.packb(msgpack.ExtType(1, b'\\x91' + data))\n"
+        "ok = []\n"
+        "def run():\n"
+        "    s = MsgpackSerializer()\n"
+        "    v = 1\n"
+        "    for _ in range(100): v = (v,)\n"
+        "    assert s.loads(s.dumps(v)) == v\n"
+        "    try: s.loads(data)\n"
+        "    except SerializationError: ok.append(1)\n"
+        "threading.stack_size(256 * 1024)\n"
+        "t = threading.Thread(target=run); t.start(); t.join()\n"
+        "print('OK' if ok else 'NO')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=30, env=netcall_env()
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "OK"
+
+
+def test_msgpack_deep_plain_lists_are_an_error():
+    s = MsgpackSerializer()
+    with pytest.raises(SerializationError, match="nests"):
+        s.loads(b"\x91" * 100_000 + b"\x01")
+    with pytest.raises(SerializationError):
+        s.dumps(_nested_list(5_000))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xdd\xff\xff\xff\xff",  # array32 of 4G elements, nothing after
+        b"\xdd\x05\xf5\xe1\x00\x01",  # array32 of 100M
+        b"\xdf\x05\xf5\xe1\x00\x01\x01",  # map32 of 100M
+        b"\xdb\x7f\xff\xff\xff",  # str32 of 2G
+        b"\xc6\x7f\xff\xff\xff",  # bin32 of 2G
+        b"\xc9\x7f\xff\xff\xff\x01",  # ext32 of 2G
+        b"\xc7\x05\x01\xdd\x05\xf5\xe1\x00",  # a tuple declaring 100M elements
+        b"\xc7\x03\x0bab",  # an exception with a truncated body
+        b"\xd4\x63\x00",  # an unknown extension type (kept as ExtType)
+    ],
+)
+def test_msgpack_hostile_headers(data):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    s = MsgpackSerializer()
+    try:
+        s.loads(data)
+    except SerializationError:
+        pass
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB
+    assert s.loads(s.dumps([1, (2,)])) == [1, (2,)]
+
+
+def test_json_depth_limit_both_ways():
+    s = JSONSerializer(max_depth=10)
+    assert s.loads(s.dumps(_nested_list(10))) == _nested_list(10)
+    with pytest.raises(SerializationError, match="max_depth=10"):
+        s.dumps(_nested_list(11))
+    with pytest.raises(SerializationError, match="max_depth=10"):
+        s.loads(b"[" * 11 + b"]" * 11)
+    # brackets inside strings do not count, wide values are fine
+    assert s.loads(s.dumps(["[[[[[[[[[[[[[[[[[", {"a": [{}] * 50}])) == [
+        "[[[[[[[[[[[[[[[[[",
+        {"a": [{}] * 50},
+    ]
+
+
+@pytest.mark.parametrize("depth", [5_000, 100_000])
+def test_json_very_deep_is_a_serialization_error(depth):
+    """Issue 9, failure 6: RecursionError escaped (no reply at all on the service)."""
+    s = JSONSerializer()
+    with pytest.raises(SerializationError):
+        s.loads(b"[" * depth + b"]" * depth)
+    with pytest.raises(SerializationError):
+        s.dumps(_nested_list(depth))
+
+
+def test_max_depth_option():
+    import pickle
+
+    with pytest.raises(ValueError):
+        MsgpackSerializer(max_depth=0)
+    with pytest.raises(ValueError):
+        JSONSerializer(max_depth=-1)
+    s = pickle.loads(pickle.dumps(MsgpackSerializer(max_depth=7)))
+    assert s.max_depth == 7
+    with pytest.raises(SerializationError):
+        s.dumps(_nested_tuple(8))
+
+
+def test_msgpack_from_several_threads():
+    import threading
+
+    s = MsgpackSerializer()
+    values = [(i, [(i, {"k": (i,)})], {i}) for i in range(200)]
+    errors = []
+
+    def run():
+        try:
+            for _ in range(50):
+                for v in values:
+                    assert s.loads(s.dumps(v)) == v
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors

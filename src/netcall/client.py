@@ -275,7 +275,7 @@ class RPCClient(CallSurface, ClientBinding):
         if parent is not None and self._propagate:
             timeout = effective_timeout(timeout, parent)
         # Everything that can fail (encoding) comes before any state is recorded.
-        arguments = encode_arguments(self.serializer.dumps, args, kwargs)
+        arguments = encode_arguments(self._streams.dump, args, kwargs)
         rid = next(self._ids)
         peer = self._peers.pick(method)
         window = first_credit(self.window) if prefetch else 0
@@ -308,7 +308,7 @@ class RPCClient(CallSurface, ClientBinding):
         if kind is bytes:
             return self.serializer.loads(reply)
         if kind is p.Result:
-            return self.serializer.loads(reply.payload)
+            return self._streams.load(reply)
         if kind is RemoteGenerator or kind is p.Ack:
             return None if kind is p.Ack else reply
         raise error_from(reply, method)

@@ -13,28 +13,37 @@ service that disagree get :class:`~netcall.errors.SerializerMismatchError` inste
 - :class:`JSONSerializer` (``"json"``): plain JSON types only; tuples arrive as lists.
 - :class:`PickleSerializer` (``"pickle"``): any picklable value. Unpickling runs code chosen by the
   peer: use it only between trusted processes, and only by passing it explicitly.
+
+Out-of-band buffers: a serializer may also have ``dumps_buffers(obj, buffers) -> bytes`` (append
+large buffers to the list ``buffers``, refer to them by index in the payload) and
+``loads_buffers(data, buffers) -> obj``. netcall then sends each buffer as a ZeroMQ frame of its
+own (like pickle protocol 5's out-of-band buffers): it is never copied into the payload, and a
+``bytes`` buffer of at least 2 MiB is sent without any copy at all (``copy=False``). msgpack
+and pickle have them; at most :data:`MAX_BUFFERS` buffers travel with one message (the rest
+stay inline), and a message arriving with more is refused.
+
+msgpack and JSON bound how deeply values nest (``max_depth``, default :data:`DEFAULT_MAX_DEPTH`)
+on both ends: a value beyond it raises :class:`~netcall.errors.SerializationError` where it is
+encoded, and a hostile message beyond it is refused where it is decoded, never a crash.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import decimal
 import json
 import pickle
 import threading
-import uuid
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-import msgpack
-
-from .errors import (
-    SerializationError,
-    exception_message,
-    rebuild_exception,
-    remote_type_name,
-)
+from . import _buffers
+from ._buffers import BUFFER_MIN, MAX_BUFFERS
+from ._msgpack import REUSE_MAX, Codec, reason
+from .errors import SerializationError
 
 __all__ = [
+    "BUFFER_MIN",
+    "DEFAULT_MAX_DEPTH",
+    "MAX_BUFFERS",
     "JSONSerializer",
     "MsgpackSerializer",
     "PickleSerializer",
@@ -58,178 +67,150 @@ class Serializer(Protocol):
         ...
 
 
-# msgpack extension type codes used by MsgpackSerializer.
-_EXT_TUPLE = 1
-_EXT_DATETIME = 2
-_EXT_DATE = 3
-_EXT_TIME = 4
-_EXT_TIMEDELTA = 5
-_EXT_DECIMAL = 6
-_EXT_UUID = 7
-_EXT_SET = 8
-_EXT_FROZENSET = 9
-_EXT_BIGINT = 10
-_EXT_EXCEPTION = 11
+#: How deeply values may nest, by default (``max_depth`` of each serializer).
+DEFAULT_MAX_DEPTH = 100
 
-_REUSE_MAX = 65536  # larger payloads are decoded in one pass, not through the reused Unpacker
+
+def _valid_depth(max_depth: int) -> int:
+    if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1:
+        raise ValueError("max_depth must be a positive integer")
+    return max_depth
 
 
 class MsgpackSerializer:
-    """msgpack with exact round-trips of common Python types (the default)."""
+    """msgpack with exact round-trips of common Python types (the default).
+
+    Args:
+        max_depth: how deeply extension values (tuples, sets, frozensets, datetimes,
+            timedeltas, exceptions) may nest inside each other, encoding or decoding
+            (default :data:`DEFAULT_MAX_DEPTH`, 100). Each of them is a msgpack value of its
+            own: decoding re-enters the decoder, so this bound keeps any input far from the C
+            stack. Lists and maps are bounded by msgpack itself (1024 levels decoding, 511
+            encoding). Beyond a limit, ``dumps``/``loads`` raise
+            :class:`~netcall.errors.SerializationError`.
+        buffer_min: ``bytes``, ``bytearray``, ``memoryview``, numpy arrays and other
+            buffer-protocol objects at least this large (default :data:`BUFFER_MIN`, 16 KiB)
+            travel out of band, as ZeroMQ frames of their own, when netcall sends them
+            (``dumps`` alone keeps everything inline). They arrive as ``bytes``, made by the one
+            copy out of the ZeroMQ message; numpy arrays arrive over the received ZeroMQ
+            message itself, without any copy. Lists, tuples and dict values are searched for them; a
+            buffer used as a dict key or in a set stays inline.
+        memoryviews: hand out-of-band buffers on as read-only ``memoryview`` objects over the
+            received ZeroMQ frame (no copy at all) instead of ``bytes``.
+
+    Buffers other than ``bytes`` (a ``bytearray``, an array...) are copied once into the
+    ZeroMQ message when sent (below 2 MiB, ``bytes`` too: cheaper than ZeroMQ's zero-copy
+    bookkeeping, as measured); ``bytes`` of 2 MiB or more are not copied at all.
+    """
 
     name = "msgpack"
 
-    def __init__(self) -> None:
-        # A Packer/Unpacker per thread, reused: building one per call (packb/unpackb with
-        # options) costs more than the packing itself. Nested values inside extension types
-        # use fresh ones (the reused ones are not re-entrant).
+    def __init__(
+        self,
+        *,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        buffer_min: int = BUFFER_MIN,
+        memoryviews: bool = False,
+    ) -> None:
+        self.max_depth = _valid_depth(max_depth)
+        if isinstance(buffer_min, bool) or not isinstance(buffer_min, int) or buffer_min < 1:
+            raise ValueError("buffer_min must be a positive integer")
+        self.buffer_min = buffer_min
+        self.memoryviews = bool(memoryviews)
+        # One codec per thread (see netcall._msgpack.Codec).
         self._local = threading.local()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), ())
+        return (_rebuild, (type(self), self.max_depth, self.buffer_min, self.memoryviews))
 
-    def _packer(self) -> msgpack.Packer:
-        packer = msgpack.Packer(
-            default=self._default, strict_types=True, use_bin_type=True, datetime=False
-        )
-        self._local.packer = packer
-        return packer
+    def _codec(self) -> Codec:
+        codec = self._local.codec = Codec(self.max_depth, self.buffer_min, self.memoryviews)
+        return codec
 
-    def _unpacker(self) -> msgpack.Unpacker:
-        unpacker = msgpack.Unpacker(
-            raw=False, strict_map_key=False, ext_hook=self._ext_hook, timestamp=0
-        )
-        self._local.unpacker = unpacker
-        return unpacker
+    def dumps_buffers(self, obj: Any, buffers: list[Any]) -> bytes:
+        """Encode ``obj``, appending its large buffers to ``buffers`` (see ``buffer_min``);
+        the payload refers to them by their index in that list.
 
-    def _pack(self, obj: Any) -> bytes:
-        return msgpack.packb(  # type: ignore[no-any-return]
-            obj, default=self._default, strict_types=True, use_bin_type=True, datetime=False
-        )
+        Raises:
+            SerializationError: as :meth:`dumps`.
+        """
+        codec = getattr(self._local, "codec", None) or self._codec()
+        # A guess, cheap enough for every message (see _buffers.worth_a_look): is this a
+        # buffer, or a call's arguments starting or ending with one? Then search it first.
+        t = type(obj)
+        if t is list or t is tuple:
+            if obj and (type(obj[0]) in _NATIVE or type(obj[-1]) in _NATIVE) and len(obj) <= 4:
+                return self._dumps_large(codec, obj, buffers, None)
+        elif t in _NATIVE:
+            return self._dumps_large(codec, obj, buffers, None)
+        codec.out = buffers  # the packer's default() sends numpy arrays and the like out of band
+        start = len(buffers)
+        try:
+            data: bytes = codec.packer.pack(obj)
+        except Exception as exc:
+            del buffers[start:]
+            raise self._failed(exc) from exc
+        codec.out = None
+        if len(data) < self.buffer_min:
+            return data
+        return self._dumps_large(codec, obj, buffers, data)
 
-    def _default(self, obj: Any) -> Any:
-        pack = self._pack
-        if isinstance(obj, tuple):
-            return msgpack.ExtType(_EXT_TUPLE, pack(list(obj)))
-        if isinstance(obj, _dt.datetime):
-            off = obj.utcoffset()
-            naive = obj.replace(tzinfo=None)
-            return msgpack.ExtType(
-                _EXT_DATETIME,
-                pack(
-                    [
-                        naive.isoformat(),
-                        None if off is None else off // _dt.timedelta(microseconds=1),
-                    ]
-                ),
-            )
-        if isinstance(obj, _dt.date):
-            return msgpack.ExtType(_EXT_DATE, obj.isoformat().encode())
-        if isinstance(obj, _dt.time):
-            if obj.tzinfo is not None:
-                raise TypeError("timezone-aware time objects are not supported")
-            return msgpack.ExtType(_EXT_TIME, obj.isoformat().encode())
-        if isinstance(obj, _dt.timedelta):
-            return msgpack.ExtType(_EXT_TIMEDELTA, pack([obj.days, obj.seconds, obj.microseconds]))
-        if isinstance(obj, decimal.Decimal):
-            return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode())
-        if isinstance(obj, uuid.UUID):
-            return msgpack.ExtType(_EXT_UUID, obj.bytes)
-        if isinstance(obj, BaseException):
-            args = list(obj.args)
-            try:
-                packed_args = pack(args)
-            except (TypeError, ValueError, OverflowError):
-                packed_args = pack([exception_message(obj)])
-            return msgpack.ExtType(_EXT_EXCEPTION, pack([remote_type_name(obj)]) + packed_args)
-        if isinstance(obj, frozenset):
-            return msgpack.ExtType(_EXT_FROZENSET, pack(list(obj)))
-        if isinstance(obj, set):
-            return msgpack.ExtType(_EXT_SET, pack(list(obj)))
-        # strict_types sends subclasses here: bool/int/float/str/bytes/list/dict subclasses
-        # (IntEnum, OrderedDict, ...) go as their base type.
-        if isinstance(obj, bool):
-            return bool(obj)
-        if isinstance(obj, int):
-            if -(2**63) <= obj < 2**64:
-                return int(obj)
-            return msgpack.ExtType(_EXT_BIGINT, str(int(obj)).encode())
-        for base in (float, str, bytes, list, dict):
-            if isinstance(obj, base):
-                return base(obj)  # type: ignore[arg-type]
-        if isinstance(obj, bytearray | memoryview):
-            return bytes(obj)
-        raise TypeError(f"cannot serialize {type(obj).__qualname__!r} object")
+    def _dumps_large(self, codec: Codec, obj: Any, buffers: list[Any], data: bytes | None) -> bytes:
+        """Pack ``obj`` with its buffers out of band; ``data``: how it packed with msgpack's
+        own buffers inline (kept if it has none)."""
+        start = len(buffers)
+        minimum = self.buffer_min
+        codec.out = buffers
+        try:
+            if data is not None:
+                # Search it for buffers msgpack packed inline, and pack again without them.
+                packed = len(buffers)  # numpy arrays and the like, found by the packer itself
+                _buffers.extract(obj, buffers, minimum)
+                if len(buffers) == packed:
+                    return data
+                del buffers[start:]
+            return codec.packer.pack(_buffers.extract(obj, buffers, minimum))  # type: ignore[no-any-return]
+        except Exception as exc:
+            del buffers[start:]
+            raise self._failed(exc) from exc
+        finally:
+            codec.out = None
 
-    @staticmethod
-    def _ext_hook(code: int, data: bytes) -> Any:
-        unpack = MsgpackSerializer._unpack
-        if code == _EXT_TUPLE:
-            return tuple(unpack(data))
-        if code == _EXT_DATETIME:
-            iso, off = unpack(data)
-            value = _dt.datetime.fromisoformat(iso)
-            if off is not None:
-                value = value.replace(tzinfo=_dt.timezone(_dt.timedelta(microseconds=off)))
-            return value
-        if code == _EXT_DATE:
-            return _dt.date.fromisoformat(data.decode())
-        if code == _EXT_TIME:
-            return _dt.time.fromisoformat(data.decode())
-        if code == _EXT_TIMEDELTA:
-            days, seconds, micros = unpack(data)
-            return _dt.timedelta(days=days, seconds=seconds, microseconds=micros)
-        if code == _EXT_DECIMAL:
-            return decimal.Decimal(data.decode())
-        if code == _EXT_UUID:
-            return uuid.UUID(bytes=data)
-        if code == _EXT_SET:
-            return set(unpack(data))
-        if code == _EXT_FROZENSET:
-            return frozenset(unpack(data))
-        if code == _EXT_BIGINT:
-            return int(data.decode())
-        if code == _EXT_EXCEPTION:
-            unpacker = msgpack.Unpacker(
-                raw=False, strict_map_key=False, ext_hook=MsgpackSerializer._ext_hook
-            )
-            unpacker.feed(data)
-            (type_name,) = next(unpacker)
-            args = next(unpacker)
-            return rebuild_exception(str(type_name), list(args))
-        return msgpack.ExtType(code, data)
+    def _failed(self, exc: Exception) -> SerializationError:
+        self._codec()  # start afresh: no state of a failed pack is kept
+        if isinstance(exc, SerializationError):
+            return exc
+        return SerializationError(f"msgpack cannot serialize: {reason(exc)}")
 
-    @staticmethod
-    def _unpack(data: bytes) -> Any:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=False,
-            ext_hook=MsgpackSerializer._ext_hook,
-            timestamp=0,
-            use_list=True,
-        )
+    def loads_buffers(self, data: bytes, buffers: Sequence[Any]) -> Any:
+        """Decode ``data``, whose out-of-band buffers arrived as ``buffers``.
+
+        Raises:
+            SerializationError: as :meth:`loads`, or a reference to a buffer that did not come.
+        """
+        codec = getattr(self._local, "codec", None) or self._codec()
+        codec.inb = buffers
+        try:
+            return self.loads(data)
+        finally:
+            codec.inb = None
 
     def dumps(self, obj: Any) -> bytes:
-        packer = getattr(self._local, "packer", None) or self._packer()
+        codec = getattr(self._local, "codec", None) or self._codec()
         try:
-            return packer.pack(obj)  # type: ignore[no-any-return]
+            return codec.packer.pack(obj)  # type: ignore[no-any-return]
         except Exception as exc:
-            self._packer()  # a failed pack may leave the buffer half-written
+            self._codec()  # start afresh: no state of a failed pack is kept
             if isinstance(exc, SerializationError):
                 raise
-            raise SerializationError(f"msgpack cannot serialize: {exc}") from exc
+            raise SerializationError(f"msgpack cannot serialize: {reason(exc)}") from exc
 
     def loads(self, data: bytes) -> Any:
-        if len(data) > _REUSE_MAX:
-            # A large value: one pass, no copy into (and growth of) the reused buffer.
-            try:
-                return self._unpack(data)
-            except Exception as exc:
-                reason = str(exc) or type(exc).__name__
-                raise SerializationError(f"msgpack cannot deserialize: {reason}") from exc
-        unpacker = getattr(self._local, "unpacker", None) or self._unpacker()
+        codec = getattr(self._local, "codec", None) or self._codec()
         try:
+            if len(data) > REUSE_MAX:
+                return codec.loads_large(data)
+            unpacker = codec.unpacker  # inline: the commonest case, small payloads
             start = unpacker.tell()
             unpacker.feed(data)
             obj = unpacker.unpack()
@@ -237,27 +218,92 @@ class MsgpackSerializer:
                 raise ValueError("extra data after the value")
             return obj
         except Exception as exc:
-            self._unpacker()  # drop whatever is left in the buffer
-            reason = str(exc) or type(exc).__name__
-            raise SerializationError(f"msgpack cannot deserialize: {reason}") from exc
+            self._codec()  # drop whatever is left in the buffers
+            raise SerializationError(f"msgpack cannot deserialize: {reason(exc)}") from exc
+
+
+_NATIVE = frozenset({bytes, bytearray, memoryview})  # buffers msgpack packs itself
+
+
+def _rebuild(
+    cls: type[Any], max_depth: int, buffer_min: int = BUFFER_MIN, memoryviews: bool = False
+) -> Any:
+    return cls(max_depth=max_depth, buffer_min=buffer_min, memoryviews=memoryviews)
+
+
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+_LEAVES = frozenset({str, bytes, int, float, bool, type(None)})
+
+
+def _deeper_than(obj: Any, limit: int) -> bool:
+    """Whether ``obj`` nests lists, tuples and dicts more than ``limit`` deep. Iterative,
+    level by level; a container holding only scalars costs one C-level pass."""
+    level = [obj]
+    for _ in range(limit + 1):
+        deeper: list[Any] = []
+        for value in level:
+            if type(value) in _LEAVES:
+                continue
+            if isinstance(value, dict):
+                if not _LEAVES.issuperset(map(type, value.values())):
+                    deeper.extend(value.values())
+                if not _LEAVES.issuperset(map(type, value)):
+                    deeper.extend(value)
+            elif isinstance(value, _CONTAINERS):
+                if not _LEAVES.issuperset(map(type, value)):
+                    deeper.extend(value)
+            else:
+                continue
+            deeper.append(None)  # at least one container was at this level
+        if not deeper:
+            return False
+        level = deeper
+    return True
 
 
 class JSONSerializer:
-    """JSON (UTF-8). Only JSON's own types survive; tuples arrive as lists."""
+    """JSON (UTF-8). Only JSON's own types survive; tuples arrive as lists.
+
+    Args:
+        max_depth: how deeply lists and objects may nest, encoding or decoding (default
+            :data:`DEFAULT_MAX_DEPTH`, 100); beyond it ``dumps``/``loads`` raise
+            :class:`~netcall.errors.SerializationError`. Checked only when the text holds more
+            brackets than that, so small messages cost nothing more.
+    """
 
     name = "json"
 
+    def __init__(self, *, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
+        self.max_depth = _valid_depth(max_depth)
+
     def dumps(self, obj: Any) -> bytes:
         try:
-            return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+            text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+        except RecursionError as exc:
+            raise SerializationError("json cannot serialize: the value nests too deeply") from exc
         except (TypeError, ValueError) as exc:
             raise SerializationError(f"json cannot serialize: {exc}") from exc
+        limit = self.max_depth
+        if text.count("[") + text.count("{") > limit and _deeper_than(obj, limit):
+            raise SerializationError(
+                f"json cannot serialize: the value nests deeper than max_depth={limit}"
+            )
+        return text.encode()
 
     def loads(self, data: bytes) -> Any:
         try:
-            return json.loads(data)
+            obj = json.loads(data)
+        except RecursionError as exc:
+            raise SerializationError("json cannot deserialize: the value nests too deeply") from exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise SerializationError(f"json cannot deserialize: {exc}") from exc
+        limit = self.max_depth
+        raw = data if isinstance(data, bytes) else bytes(data)
+        if raw.count(b"[") + raw.count(b"{") > limit and _deeper_than(obj, limit):
+            raise SerializationError(
+                f"json cannot deserialize: the value nests deeper than max_depth={limit}"
+            )
+        return obj
 
 
 class PickleSerializer:
@@ -277,6 +323,32 @@ class PickleSerializer:
     def loads(self, data: bytes) -> Any:
         try:
             return pickle.loads(data)
+        except Exception as exc:
+            raise SerializationError(f"pickle cannot deserialize: {exc}") from exc
+
+    def dumps_buffers(self, obj: Any, buffers: list[Any]) -> bytes:
+        """Encode ``obj`` with protocol 5 or later: what pickle sends out of band
+        (``pickle.PickleBuffer`` objects, numpy arrays) of at least
+        :data:`BUFFER_MIN` bytes is appended to ``buffers``. Raises as :meth:`dumps`."""
+        start = len(buffers)
+
+        def inline(buf: pickle.PickleBuffer) -> bool:
+            view = buf.raw()
+            if view.nbytes < BUFFER_MIN or len(buffers) >= MAX_BUFFERS:
+                return True
+            buffers.append(view)
+            return False
+
+        try:
+            return pickle.dumps(obj, max(self.protocol, 5), buffer_callback=inline)
+        except Exception as exc:
+            del buffers[start:]
+            raise SerializationError(f"pickle cannot serialize: {exc}") from exc
+
+    def loads_buffers(self, data: bytes, buffers: Sequence[Any]) -> Any:
+        """Decode ``data`` with its out-of-band ``buffers``. Raises as :meth:`loads`."""
+        try:
+            return pickle.loads(data, buffers=buffers)
         except Exception as exc:
             raise SerializationError(f"pickle cannot deserialize: {exc}") from exc
 

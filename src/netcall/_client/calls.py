@@ -10,6 +10,7 @@ from typing import Any
 from .. import protocol as p
 from .._deadline import MIN_REMAINING, SPENT
 from .._edge import serializer_error
+from .._payload import Dump
 from ..errors import ConnectionLostError, EncodingError, RPCError, RPCTimeoutError
 from .peers import Peer
 
@@ -74,17 +75,20 @@ class CallRegistry:
         self.by_id.clear()
 
 
-def encode_arguments(
-    dumps: Callable[[Any], bytes], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[bytes, bytes | None]:
-    """The argument frames of a CALL (kwargs only when there are some).
+Arguments = tuple[bytes, bytes | None, list[Any]]
+
+
+def encode_arguments(dump: Dump, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Arguments:
+    """The argument payloads of a CALL (kwargs only when there are some) and the out-of-band
+    buffers they share.
 
     Raises:
         SerializationError: an argument cannot be serialized (whatever the serializer raised
             is the ``__cause__``).
     """
+    buffers: list[Any] = []
     try:
-        return dumps(list(args)), (dumps(kwargs) if kwargs else None)
+        return dump(list(args), buffers), (dump(kwargs, buffers) if kwargs else None), buffers
     except Exception as exc:
         raise serializer_error(exc, "cannot serialize the arguments") from exc
 
@@ -97,7 +101,7 @@ def call_frames(
     timeout: float | None,
     oneway: bool,
     window: int,
-    arguments: tuple[bytes, bytes | None],
+    arguments: Arguments,
     metadata: Mapping[str, str] | None = None,
 ) -> list[Any]:
     """The frames of a CALL to ``peer``, routing id first (metadata, checked, last).
@@ -115,14 +119,17 @@ def call_frames(
             serializer,
             # The time remaining: 0 for none; a spent one (0 s or less) as SPENT.
             0.0 if timeout is None else (timeout if timeout >= MIN_REMAINING else SPENT),
-            flags,
+            flags | (p.FLAG_BUFFERS if arguments[2] else 0),
             window,
         )
     except UnicodeEncodeError as exc:
         raise EncodingError(*exc.args) from exc
-    payload, kw_payload = arguments
+    payload, kw_payload, buffers = arguments
     frames = [peer.rid, head, payload]
-    if kw_payload is not None:
+    if buffers:
+        frames.append(b"" if kw_payload is None else kw_payload)
+        frames.extend(buffers)
+    elif kw_payload is not None:
         frames.append(kw_payload)
     if metadata:
         frames.append(p.encode_metadata(metadata))

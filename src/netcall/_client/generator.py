@@ -174,10 +174,11 @@ class RemoteGenerator(ObjectReceiveStream[Any], AsyncIterator[Any]):
         try:
             if exc is None:
                 try:
-                    payload = st.table.serializer.dumps(value)
+                    buffers: list[Any] = []
+                    payload = st.table.dump(value, buffers)
                 except Exception as err:
                     raise serializer_error(err, "cannot serialize the value sent") from err
-                st._send(p.Next(st.rid, payload))
+                st._send(p.Next(st.rid, payload, buffers))
             else:
                 st._send(p.Throw(st.rid, *exception_to_remote(exc)))
             while not st.buffer and st.state is not _DONE:
@@ -238,20 +239,22 @@ class ItemBatches:
     stream crosses to the loop once per batch of buffered items, not once per item, and the
     batch is decoded on the reader's side, one item per :meth:`pop`."""
 
-    __slots__ = ("_batch", "_gen", "loads")
+    __slots__ = ("_batch", "_gen", "load", "loads")
 
     def __init__(self, gen: Any) -> None:
         # A middleware's wrapper of a stream is stepped item by item (no batches).
         self._gen = gen if isinstance(gen, RemoteGenerator) else None
         self._batch: deque[bytes] = deque()
         self.loads = gen._state.table.serializer.loads if self._gen is not None else None
+        self.load = gen._state.table.load if self._gen is not None else None  # out-of-band items
 
     def __bool__(self) -> bool:
         return bool(self._batch)
 
     def pop(self) -> Any:
         """The next item of the current batch, decoded."""
-        return self.loads(self._batch.popleft())  # type: ignore[misc]
+        raw = self._batch.popleft()
+        return self.loads(raw) if type(raw) is bytes else self.load(raw)  # type: ignore[misc]
 
     def fetch(self, limit: int) -> Awaitable[list[bytes]] | None:
         """On the loop: the next batch (at most ``limit``) of a prefetching stream, for

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import protocol as p
+from .._payload import dumper, loader
 from ..errors import (
     ClientClosedError,
     RPCError,
@@ -54,6 +55,8 @@ class ConsumerStreams:
     ) -> None:
         self.send = send
         self.serializer = serializer
+        self.dump = dumper(serializer)  # value -> payload and out-of-band buffers
+        self.load = loader(serializer)  # payload (bytes, or a message with buffers) -> value
         self.window = window
         self.stream_buffer = stream_buffer
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -155,7 +158,14 @@ class ConsumerStream:
     def feed(self, msg: Any) -> None:
         kind = type(msg)
         if kind is p.Item:
-            self.feed_item(msg.payload)
+            if msg.buffers:  # kept whole: decoded with its buffers when taken
+                self.buffer.append(msg)
+                size = len(msg.payload) + sum(len(b) for b in msg.buffers)
+                self.item_size = update_item_size(self.item_size, size)
+                if self.waiters:
+                    self._wake()
+            else:
+                self.feed_item(msg.payload)
         elif kind is p.End:
             self.fail(StopAsyncIteration())
         elif kind is p.Error:
@@ -211,7 +221,10 @@ class ConsumerStream:
 
     def take(self) -> Any:
         """The next buffered item (decoded), or raise the stream's end/error."""
-        return self.table.serializer.loads(self.take_raw())
+        raw = self.take_raw()
+        if type(raw) is bytes:  # the commonest case, without the loader's extra call
+            return self.table.serializer.loads(raw)
+        return self.table.load(raw)
 
     def take_raw(self) -> bytes:
         """The next buffered item's payload, or raise the stream's end/error."""
@@ -220,7 +233,9 @@ class ConsumerStream:
             if self.state is _PREFETCH:
                 self.consumed += 1
                 table = self.table
-                limit = credit_limit(table.window, table.stream_buffer, self.item_size)
+                limit = credit_limit(
+                    table.window, table.stream_buffer, self.item_size, self.consumed
+                )
                 more = credit_to_grant(self.granted, self.consumed, limit)
                 if more:
                     self.grant(more)

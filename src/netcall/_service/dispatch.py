@@ -21,6 +21,7 @@ from .._context import CallContext, _current
 from .._deadline import MIN_REMAINING, Deadline
 from .._metadata import check_metadata
 from .._middleware import ServiceMiddleware
+from .._payload import buffers_loader, dumper
 from .._ratelog import RateLimitedLog
 from .._reactor import SocketDriver
 from ..errors import SerializationError, remote_type_name
@@ -60,6 +61,8 @@ class Dispatcher:
         self._open_streams = producers.by_key
         self._handlers = registry.by_name
         self._serializer = serializer
+        self._load = buffers_loader(serializer)
+        self._dump = dumper(serializer)
         self._max_concurrent = max_concurrent
         #: The service's middleware (empty: handlers are called directly).
         self.chain = ServiceChain(runner, middleware)
@@ -134,9 +137,13 @@ class Dispatcher:
         if msg.timeout:  # the deadline starts now, on this host's clock (_admit: not spent)
             deadline = Deadline.after(msg.timeout)
         try:
-            loads = self._serializer.loads
-            args = loads(msg.args)
-            kwargs = loads(msg.kwargs) if msg.kwargs is not None else {}
+            if msg.buffers:
+                args = self._load(msg.args, msg.buffers)
+                kwargs = self._load(msg.kwargs, msg.buffers) if msg.kwargs is not None else {}
+            else:
+                loads = self._serializer.loads
+                args = loads(msg.args)
+                kwargs = loads(msg.kwargs) if msg.kwargs is not None else {}
         except SerializationError as exc:
             self._replies.refuse(peer, rid, p.ERR_SERIALIZATION, f"bad arguments: {exc}")
             return
@@ -308,7 +315,8 @@ class Dispatcher:
         if msg.oneway:
             return
         try:
-            payload = self._serializer.dumps(result)
+            buffers: list[Any] = []
+            payload = self._dump(result, buffers)
         except SerializationError as exc:
             self._replies.refuse(
                 peer,
@@ -317,7 +325,7 @@ class Dispatcher:
                 f"cannot serialize the result of {msg.method!r}: {exc}",
             )
             return
-        self._replies.send(peer, p.payload_frames(p.Kind.RESULT, msg.id, payload))
+        self._replies.send(peer, p.payload_frames(p.Kind.RESULT, msg.id, payload, buffers))
 
 
 if sys.version_info >= (3, 12):

@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import protocol as p
 from .._context import CallContext, _current
+from .._payload import dumper, loader
 from .._ratelog import RateLimitedLog
 from ..errors import ProtocolError, SerializationError, exception_for_throw
 from ..protocol.session import SERVICE_STREAM, add_credit, service_stream_next
@@ -87,6 +88,8 @@ class Producers:
         # Where a generator's error is logged (rate-limited; the dispatcher shares its own).
         self.log = RateLimitedLog(log)
         self._serializer = serializer
+        self._load = loader(serializer)
+        self._dump = dumper(serializer)
         self._runner = runner
         self.lease = lease
         #: The open streams by (peer, request id).
@@ -140,7 +143,7 @@ class Producers:
             stream.credit = add_credit(stream.credit, msg.count)
         elif type(msg) is p.Next:
             try:
-                value = self._serializer.loads(msg.payload)
+                value = self._load(msg)
             except SerializationError as exc:
                 self._close(stream, reply=False)
                 replies.refuse(peer, msg.id, p.ERR_SERIALIZATION, str(exc))
@@ -205,7 +208,7 @@ class Producers:
     async def _run(self, stream: _Stream) -> None:
         loop = self._loop
         assert loop is not None
-        dumps = self._serializer.dumps
+        dump = self._dump
         replies = self._replies
         produced = 0
         _current.set(stream.context)
@@ -244,7 +247,8 @@ class Producers:
                     replies.error(stream.peer, stream.rid, exc)
                     return
                 try:
-                    payload = dumps(item)
+                    buffers: list[Any] = []
+                    payload = dump(item, buffers)
                 except SerializationError as exc:
                     replies.refuse(
                         stream.peer,
@@ -253,7 +257,9 @@ class Producers:
                         f"cannot serialize an item of {stream.method!r}: {exc}",
                     )
                     return
-                replies.send(stream.peer, p.payload_frames(p.Kind.ITEM, stream.rid, payload))
+                replies.send(
+                    stream.peer, p.payload_frames(p.Kind.ITEM, stream.rid, payload, buffers)
+                )
                 if lockstep:  # STEPPING -> IDLE (a flowing stream stays FLOWING)
                     stream.state = SERVICE_STREAM.get((stream.state, p.Kind.ITEM), stream.state)
                 produced += 1

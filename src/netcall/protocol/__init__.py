@@ -23,7 +23,8 @@ What follows the header, by kind (``payload`` is the serializer's bytes, text is
 
     client -> service
       CALL    head+ timeout f64, flags u8, window u32, len u8, serializer name, method name
-              then frames: args[, kwargs][, metadata]
+              then frames: args[, kwargs][, metadata]; with FLAG_BUFFERS:
+              args, kwargs (empty: none), buffers...[, metadata]
       CANCEL  -                          cancel a call, or close a stream
       NEXT    payload                    stream: send a value (lock-step asend / __anext__)
       THROW   frames: type name, message stream: throw an exception into the generator
@@ -43,7 +44,11 @@ What follows the header, by kind (``payload`` is the serializer's bytes, text is
 
 A ``payload`` rides in the head after the header (small values: one frame, no extra copy on
 the ZeroMQ side), or, when the head is exactly the header, in a second frame (large values,
-sent without copying). Decoders accept both.
+sent without copying). Decoders accept both. Out-of-band buffers (large ``bytes``, arrays...:
+see :mod:`netcall.serializers`) travel as frames of their own, which the payload refers to by
+index: ``header | payload | count u16 | buffer 0 | buffer 1 ...``. A CALL with buffers sets
+``FLAG_BUFFERS``: its args and kwargs share one list of buffers. At most
+``MAX_BUFFERS`` (64) buffers travel with a message; a message with more is refused.
 
 ``timeout`` is the time the call had left when it was sent, in seconds (0 for none); the
 service turns it into a deadline on its own monotonic clock when the message arrives (so the
@@ -84,13 +89,16 @@ from ._decode import (
     decode,
     decode_header,
     decode_metadata,
+    payload_and_buffers,
     payload_of,
     request_id_of,
     split_inline,
 )
 from ._messages import (
+    BUFFER_COUNT,
     CALL_OPTIONS,
     COUNT,
+    FLAG_BUFFERS,
     FLAG_METADATA,
     FLAG_ONEWAY,
     HEADER,
@@ -98,7 +106,9 @@ from ._messages import (
     INLINE_MAX,
     LEASE,
     MAGIC,
+    MAX_BUFFERS,
     MAX_COUNT,
+    MAX_FRAMES,
     MAX_ID,
     NO_METADATA,
     VERSION,
@@ -126,6 +136,7 @@ from ._messages import (
 from .session import STREAM_ACCEPTS, ClientStreamState, StreamState
 
 __all__ = [
+    "BUFFER_COUNT",
     "CALL_OPTIONS",
     "COUNT",
     "ERR_BUSY",
@@ -137,6 +148,7 @@ __all__ = [
     "ERR_SERVICE_STOPPING",
     "ERR_STREAM_CLOSED",
     "ERR_TIMEOUT",
+    "FLAG_BUFFERS",
     "FLAG_METADATA",
     "FLAG_ONEWAY",
     "HEADER",
@@ -144,7 +156,9 @@ __all__ = [
     "INLINE_MAX",
     "LEASE",
     "MAGIC",
+    "MAX_BUFFERS",
     "MAX_COUNT",
+    "MAX_FRAMES",
     "MAX_HELLO_BYTES",
     "MAX_ID",
     "MAX_METHODS",
@@ -178,6 +192,7 @@ __all__ = [
     "decode_metadata",
     "encode_metadata",
     "header",
+    "payload_and_buffers",
     "payload_frames",
     "payload_of",
     "request_id_of",

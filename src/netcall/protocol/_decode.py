@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import ProtocolError
 from ._announce import Bye, Hello, decode_bye, decode_hello
 from ._messages import (
+    BUFFER_COUNT,
     CALL_OPTIONS,
     COUNT,
+    FLAG_BUFFERS,
     FLAG_METADATA,
     HEADER,
     HEADER_SIZE,
     LEASE,
     MAGIC,
+    MAX_BUFFERS,
     NO_METADATA,
     VERSION,
     Ack,
@@ -39,6 +42,7 @@ __all__ = [
     "decode",
     "decode_header",
     "decode_metadata",
+    "payload_and_buffers",
     "payload_of",
     "request_id_of",
     "split_inline",
@@ -147,6 +151,40 @@ def payload_of(frames: list[bytes], name: str = "message") -> bytes:
     raise ProtocolError(f"bad {name} message layout ({n} frames)")
 
 
+def _bytes(frame: Any) -> bytes:
+    # A large frame may arrive as a memoryview over the ZeroMQ message; payloads go to
+    # serializers as bytes (one copy, as receiving them as bytes would have made).
+    return frame if type(frame) is bytes else bytes(frame)
+
+
+def _buffers(frames: list[Any], name: str) -> Sequence[Any]:
+    if len(frames) > MAX_BUFFERS:
+        raise ProtocolError(
+            f"{name} message has {len(frames)} out-of-band buffers (at most {MAX_BUFFERS})"
+        )
+    return frames
+
+
+def payload_and_buffers(frames: list[Any], name: str = "message") -> tuple[bytes, Sequence[Any]]:
+    """The payload of a header+payload message and its out-of-band buffers. Layouts: the
+    payload inline in the head; or the head exactly the header, then the payload frame; or
+    that, then a frame holding the number of buffers (u16), then the buffers.
+
+    Raises:
+        ProtocolError: none of these layouts, or more than ``MAX_BUFFERS`` buffers.
+    """
+    n = len(frames)
+    if n == 1:
+        return frames[0][HEADER_SIZE:], ()
+    if len(frames[0]) == HEADER_SIZE:
+        if n == 2:
+            return _bytes(frames[1]), ()
+        count = frames[2]
+        if len(count) == BUFFER_COUNT.size and BUFFER_COUNT.unpack(count)[0] == n - 3:
+            return _bytes(frames[1]), _buffers(frames[3:], name)
+    raise ProtocolError(f"bad {name} message layout ({n} frames)")
+
+
 def _decode_call(rid: int, frames: list[bytes]) -> Call:
     head = frames[0]
     fixed = HEADER_SIZE + CALL_OPTIONS.size
@@ -154,11 +192,16 @@ def _decode_call(rid: int, frames: list[bytes]) -> Call:
         raise ProtocolError("CALL head too short")
     timeout, flags, window, ser_len = CALL_OPTIONS.unpack_from(head, HEADER_SIZE)
     metadata = NO_METADATA
+    buffers: Sequence[Any] = ()
     if flags & FLAG_METADATA:
-        _frames(frames, 3, 4, "CALL")
-        metadata = decode_metadata(frames[-1])
+        _frames(frames, 3, 4 + (MAX_BUFFERS if flags & FLAG_BUFFERS else 0), "CALL")
+        metadata = decode_metadata(_bytes(frames[-1]))
         frames = frames[:-1]
-    else:
+    if flags & FLAG_BUFFERS:
+        _frames(frames, 4, 3 + MAX_BUFFERS, "CALL")
+        buffers = frames[3:]
+        frames = frames[:3] if len(frames[2]) else frames[:2]
+    elif not flags & FLAG_METADATA:
         _frames(frames, 2, 3, "CALL")
     if timeout != timeout or timeout < 0:  # NaN or negative
         raise ProtocolError("bad deadline: the time remaining must be a number >= 0")
@@ -172,12 +215,13 @@ def _decode_call(rid: int, frames: list[bytes]) -> Call:
         rid,
         method,
         serializer,
-        frames[1],
-        frames[2] if len(frames) == 3 else None,
+        _bytes(frames[1]),
+        _bytes(frames[2]) if len(frames) == 3 else None,
         float(timeout),
-        flags & ~FLAG_METADATA,
+        flags & ~(FLAG_METADATA | FLAG_BUFFERS),
         window,
         metadata,
+        buffers,
     )
 
 
@@ -222,7 +266,7 @@ def _bare_decoder(cls: Any, name: str) -> Callable[[int, list[bytes]], Message]:
 
 def _payload_decoder(cls: Any, name: str) -> Callable[[int, list[bytes]], Message]:
     def decode_payload(rid: int, frames: list[bytes]) -> Message:
-        return cls(rid, payload_of(frames, name))  # type: ignore[no-any-return]
+        return cls(rid, *payload_and_buffers(frames, name))  # type: ignore[no-any-return]
 
     return decode_payload
 

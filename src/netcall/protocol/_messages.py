@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 __all__ = [
+    "BUFFER_COUNT",
     "CALL_OPTIONS",
     "COUNT",
+    "FLAG_BUFFERS",
     "FLAG_METADATA",
     "FLAG_ONEWAY",
     "HEADER",
@@ -20,7 +23,9 @@ __all__ = [
     "INLINE_MAX",
     "LEASE",
     "MAGIC",
+    "MAX_BUFFERS",
     "MAX_COUNT",
+    "MAX_FRAMES",
     "MAX_ID",
     "NO_METADATA",
     "VERSION",
@@ -54,14 +59,21 @@ HEADER_SIZE = HEADER.size
 CALL_OPTIONS = struct.Struct("!dBIB")
 LEASE = struct.Struct("!d")
 COUNT = struct.Struct("!I")
+BUFFER_COUNT = struct.Struct("!H")
 _STR_LEN = struct.Struct("!H")
 MAX_ID = 2**64 - 1
 MAX_COUNT = 2**32 - 1
 #: Payloads up to this size ride in the head frame; larger ones get a frame of their own.
 INLINE_MAX = 16384
+#: At most this many out-of-band buffer frames travel with one message (a sender keeps any
+#: more inline; a receiver refuses a message with more).
+MAX_BUFFERS = 64
+#: The most frames one message can have (a CALL: head, args, kwargs, buffers, metadata).
+MAX_FRAMES = MAX_BUFFERS + 4
 
 FLAG_ONEWAY = 0x01
 FLAG_METADATA = 0x02  # the CALL's last frame is its metadata
+FLAG_BUFFERS = 0x04  # the CALL has a kwargs frame (maybe empty), then out-of-band buffers
 
 #: The metadata of a call that has none (shared, read-only: costs nothing per call).
 NO_METADATA: Mapping[str, str] = MappingProxyType({})
@@ -102,8 +114,18 @@ def retag(head: bytes, request_id: int) -> bytes:
     return head[:4] + _ID.pack(request_id) + head[HEADER_SIZE:]
 
 
-def payload_frames(kind: int, request_id: int, payload: bytes) -> list[bytes]:
-    """Frames of a message made of a header and a payload (RESULT, ITEM, NEXT)."""
+def payload_frames(
+    kind: int, request_id: int, payload: bytes, buffers: Sequence[Any] = ()
+) -> list[Any]:
+    """Frames of a message made of a header, a payload and its out-of-band buffers (RESULT,
+    ITEM, NEXT)."""
+    if buffers:
+        return [
+            _pack_header(MAGIC, VERSION, kind, request_id),
+            payload,
+            BUFFER_COUNT.pack(len(buffers)),
+            *buffers,
+        ]
     if len(payload) <= INLINE_MAX:
         return [_pack_header(MAGIC, VERSION, kind, request_id) + payload]
     return [_pack_header(MAGIC, VERSION, kind, request_id), payload]
@@ -166,18 +188,25 @@ class Call:
     flags: int = 0
     window: int = 0
     metadata: Mapping[str, str] = field(default_factory=lambda: NO_METADATA)
+    #: Out-of-band buffers that ``args`` and ``kwargs`` refer to (one list for both).
+    buffers: Sequence[Any] = ()
 
     @property
     def oneway(self) -> bool:
         return bool(self.flags & FLAG_ONEWAY)
 
-    def to_frames(self) -> list[bytes]:
-        flags = self.flags & ~FLAG_METADATA
+    def to_frames(self) -> list[Any]:
+        flags = self.flags & ~(FLAG_METADATA | FLAG_BUFFERS)
         if self.metadata:
             flags |= FLAG_METADATA
+        if self.buffers:
+            flags |= FLAG_BUFFERS
         head = call_head(self.id, self.method, self.serializer, self.timeout, flags, self.window)
-        frames = [head, self.args]
-        if self.kwargs is not None:
+        frames: list[Any] = [head, self.args]
+        if self.buffers:
+            frames.append(b"" if self.kwargs is None else self.kwargs)
+            frames.extend(self.buffers)
+        elif self.kwargs is not None:
             frames.append(self.kwargs)
         if self.metadata:
             frames.append(encode_metadata(self.metadata))
@@ -188,9 +217,10 @@ class Call:
 class Result:
     id: int
     payload: bytes
+    buffers: Sequence[Any] = ()
 
-    def to_frames(self) -> list[bytes]:
-        return payload_frames(Kind.RESULT, self.id, self.payload)
+    def to_frames(self) -> list[Any]:
+        return payload_frames(Kind.RESULT, self.id, self.payload, self.buffers)
 
 
 @dataclass(slots=True)
@@ -238,9 +268,10 @@ class StreamOpen:
 class Next:
     id: int
     payload: bytes
+    buffers: Sequence[Any] = ()
 
-    def to_frames(self) -> list[bytes]:
-        return payload_frames(Kind.NEXT, self.id, self.payload)
+    def to_frames(self) -> list[Any]:
+        return payload_frames(Kind.NEXT, self.id, self.payload, self.buffers)
 
 
 @dataclass(slots=True)
@@ -270,9 +301,10 @@ class Credit:
 class Item:
     id: int
     payload: bytes
+    buffers: Sequence[Any] = ()
 
-    def to_frames(self) -> list[bytes]:
-        return payload_frames(Kind.ITEM, self.id, self.payload)
+    def to_frames(self) -> list[Any]:
+        return payload_frames(Kind.ITEM, self.id, self.payload, self.buffers)
 
 
 @dataclass(slots=True)

@@ -146,10 +146,18 @@ def update_item_size(average: float, size: int) -> float:
     return average + (size - average) * 0.125
 
 
-def credit_limit(window: int, stream_buffer: int, item_size: float) -> int:
+def credit_limit(
+    window: int, stream_buffer: int, item_size: float, consumed: int | None = None
+) -> int:
     """At most this many items in flight or buffered: the window, or fewer when the items are
-    large enough that ``stream_buffer`` bytes would be exceeded (never below 1)."""
-    return min(window, max(1, int(stream_buffer / item_size)))
+    large enough that ``stream_buffer`` bytes would be exceeded (never below 1). Given the
+    number of items ``consumed`` so far, also at most ``FIRST_CREDIT + consumed``: the credit
+    grows with consumption (by one item per item read, so it doubles each round trip while
+    the reader keeps up), and a stream left idle after its first items holds few of them."""
+    limit = min(window, max(1, int(stream_buffer / item_size)))
+    if consumed is not None and consumed + FIRST_CREDIT < limit:
+        return consumed + FIRST_CREDIT
+    return limit
 
 
 def credit_to_grant(granted: int, consumed: int, limit: int) -> int:

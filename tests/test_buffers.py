@@ -1,0 +1,313 @@
+"""Out-of-band buffers: large bytes, bytearrays, memoryviews, arrays and numpy arrays travel as
+ZeroMQ frames of their own (issue 14). Serializer, protocol, end to end, and hostile peers."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from netcall import RPCClient, RPCService, SerializationError
+from netcall import protocol as p
+from netcall._buffers import EXT_BUFFER, EXT_NDARRAY
+from netcall.errors import ProtocolError, RemoteRPCError
+from netcall.serializers import (
+    BUFFER_MIN,
+    MAX_BUFFERS,
+    JSONSerializer,
+    MsgpackSerializer,
+    PickleSerializer,
+)
+
+BIG = bytes(range(256)) * 4096  # 1 MiB
+
+
+def _round_trip(ser: Any, value: Any) -> tuple[Any, list[Any], bytes]:
+    buffers: list[Any] = []
+    data = ser.dumps_buffers(value, buffers)
+    return ser.loads_buffers(data, buffers), buffers, data
+
+
+# ----------------------------------------------------------------------------- serializers
+
+
+@pytest.mark.parametrize(
+    "big",
+    [BIG, bytearray(BIG), memoryview(BIG), array.array("B", BIG), memoryview(BIG).cast("I")],
+    ids=["bytes", "bytearray", "memoryview", "array", "memoryview-of-ints"],
+)
+def test_msgpack_buffer_types_go_out_of_band(big: Any) -> None:
+    ser = MsgpackSerializer()
+    value, buffers, data = _round_trip(ser, [big, {"k": (big, 1)}, "s"])
+    assert value == [BIG, {"k": (BIG, 1)}, "s"]
+    assert type(value[0]) is bytes
+    assert len(buffers) == 2
+    assert len(data) < 100  # the payload refers to the buffers, it does not hold them
+
+
+def test_msgpack_small_buffers_stay_inline_and_dumps_is_unchanged() -> None:
+    ser = MsgpackSerializer()
+    small = b"x" * (BUFFER_MIN - 1)
+    value, buffers, _ = _round_trip(ser, [small, bytearray(small)])
+    assert buffers == [] and value == [small, small]
+    # dumps() alone keeps everything inline: a self-contained payload, as before.
+    assert ser.loads(ser.dumps([BIG, bytearray(BIG)])) == [BIG, BIG]
+    # A large payload without buffers in it keeps the first packing.
+    value, buffers, _ = _round_trip(ser, list(range(20000)))
+    assert buffers == [] and value == list(range(20000))
+
+
+def test_msgpack_buffers_found_deep_in_a_large_value() -> None:
+    ser = MsgpackSerializer()
+    value = {"rows": [{"id": i, "blob": BIG if i == 7 else b"x"} for i in range(50)]}
+    out, buffers, data = _round_trip(ser, value)
+    assert out == value and len(buffers) == 1 and len(data) < 2000
+
+
+def test_msgpack_at_most_max_buffers_the_rest_inline() -> None:
+    ser = MsgpackSerializer(buffer_min=16)
+    blobs = [bytes([i]) * 32 for i in range(MAX_BUFFERS + 6)]
+    value, buffers, _ = _round_trip(ser, blobs)
+    assert value == blobs
+    assert len(buffers) == MAX_BUFFERS
+
+
+def test_msgpack_memoryviews_opt_in() -> None:
+    ser = MsgpackSerializer(memoryviews=True)
+    value, _, _ = _round_trip(ser, [BIG])
+    assert type(value[0]) is memoryview and value[0].readonly and value[0] == BIG
+
+
+def test_msgpack_bad_references_are_serialization_errors() -> None:
+    ser = MsgpackSerializer()
+    ref = msgpack.packb([msgpack.ExtType(EXT_BUFFER, (3).to_bytes(4, "big"))])
+    with pytest.raises(SerializationError, match="buffer"):
+        ser.loads(ref)  # no buffers at all
+    with pytest.raises(SerializationError, match="buffer 3"):
+        ser.loads_buffers(ref, [b"a"])
+    with pytest.raises(SerializationError, match="reference"):
+        ser.loads_buffers(msgpack.packb(msgpack.ExtType(EXT_BUFFER, b"\x00")), [b"a"])
+    # The codec is still good afterwards.
+    assert _round_trip(ser, [BIG])[0] == [BIG]
+
+
+def test_msgpack_buffer_min_is_validated() -> None:
+    with pytest.raises(ValueError):
+        MsgpackSerializer(buffer_min=0)
+    assert MsgpackSerializer(buffer_min=5).buffer_min == 5
+
+
+def test_pickle_protocol_5_buffers() -> None:
+    ser = PickleSerializer()
+    value, buffers, data = _round_trip(ser, {"a": pickle.PickleBuffer(BIG), "b": 1})
+    assert bytes(value["a"]) == BIG and value["b"] == 1
+    assert len(buffers) == 1 and len(data) < 200
+
+
+# ----------------------------------------------------------------------------- numpy
+
+
+def test_numpy_arrays() -> None:
+    np = pytest.importorskip("numpy")
+    ser = MsgpackSerializer()
+    for arr in (
+        np.arange(1 << 16, dtype="f8").reshape(256, -1),
+        np.arange(1 << 16, dtype="i4")[::2],  # not contiguous: copied when sent
+        np.array(["2020-01-01"] * 5000, dtype="M8[D]"),
+        np.zeros((0, 3)),
+        np.arange(6, dtype="u2").reshape(2, 3),  # small: inline
+    ):
+        out, _, _ = _round_trip(ser, {"a": arr})
+        assert out["a"].dtype == arr.dtype and out["a"].shape == arr.shape
+        assert (out["a"] == arr).all()
+    with pytest.raises(SerializationError, match="dtype"):
+        ser.dumps_buffers(np.array([object()]), [])
+
+
+@pytest.mark.parametrize(
+    "header",
+    [["|O", [1], 0], ["<f8", [3], 0], ["<f8", [-1], 0], ["V8", [1], 0], [1, [1], 0]],
+    ids=["object", "size", "negative", "void", "not-a-str"],
+)
+def test_numpy_hostile_headers_are_refused(header: list[Any]) -> None:
+    pytest.importorskip("numpy")
+    ser = MsgpackSerializer()
+    data = msgpack.packb(msgpack.ExtType(EXT_NDARRAY, msgpack.packb(header)))
+    with pytest.raises(SerializationError):
+        ser.loads_buffers(data, [b"\x00" * 8])
+
+
+# ----------------------------------------------------------------------------- protocol
+
+
+@pytest.mark.parametrize("cls", [p.Result, p.Item, p.Next])
+def test_payload_messages_carry_buffers(cls: Any) -> None:
+    msg = cls(5, b"payload", [b"a" * 10, b"b" * 20])
+    frames = msg.to_frames()
+    assert len(frames) == 5
+    assert p.decode(frames) == msg
+    # A count that does not match, and too many buffers, are refused.
+    with pytest.raises(ProtocolError, match="layout"):
+        p.decode([*frames, b"extra"])
+    many = cls(5, b"x", [b"b"] * (MAX_BUFFERS + 1)).to_frames()
+    with pytest.raises(ProtocolError, match="at most"):
+        p.decode(many)
+
+
+def test_call_carries_buffers_shared_by_args_and_kwargs() -> None:
+    for kwargs in (None, b"kw"):
+        call = p.Call(1, "m", "msgpack", b"args", kwargs, buffers=[b"x" * 5, b"y"])
+        frames = call.to_frames()
+        assert p.decode(frames) == call
+        with_meta = p.Call(1, "m", "msgpack", b"a", kwargs, metadata={"k": "v"}, buffers=[b"z"])
+        assert p.decode(with_meta.to_frames()) == with_meta
+    head = p.call_head(1, "m", "msgpack", 0.0, p.FLAG_BUFFERS, 0)
+    with pytest.raises(ProtocolError):
+        p.decode([head, b"args", b""])  # the flag, but no buffer
+    with pytest.raises(ProtocolError):
+        p.decode([head, b"args", b"", *([b"b"] * (MAX_BUFFERS + 1))])
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture
+async def pair(
+    make_service: Callable[..., RPCService], make_client: Callable[..., RPCClient], make_url: Any
+) -> tuple[RPCService, RPCClient, str]:
+    svc = make_service()
+
+    @svc.register
+    def echo(x: Any = None, **kw: Any) -> Any:
+        return [x, kw] if kw else x
+
+    @svc.register
+    def kinds(*xs: Any) -> list[str]:
+        return [type(x).__name__ for x in xs]
+
+    @svc.register
+    def repeat(x: Any, n: int) -> Any:
+        for _ in range(n):
+            yield x
+
+    @svc.register
+    def bounce() -> Any:
+        value = None
+        while True:
+            value = yield value
+
+    url = make_url("tcp")
+    svc.bind(url)
+    svc.start()
+    cli = make_client(timeout=30.0)
+    cli.connect(url)
+    return svc, cli, url
+
+
+async def test_end_to_end_args_kwargs_results_items_and_sent_values(pair: Any) -> None:
+    _, cli, _ = pair
+    assert await cli.echo(BIG) == BIG
+    assert await cli.echo(bytearray(BIG), k=memoryview(BIG)) == [BIG, {"k": BIG}]
+    assert await cli.kinds(BIG, bytearray(BIG), memoryview(BIG)) == ["bytes"] * 3
+    assert [x async for x in cli.repeat(BIG, 5)] == [BIG] * 5
+    gen = await cli.bounce()
+    assert await gen.asend(None) is None
+    assert await gen.asend(bytearray(BIG)) == BIG
+    await gen.aclose()
+
+
+async def test_16_mib_round_trip(pair: Any) -> None:
+    _, cli, _ = pair
+    huge = bytes(range(256)) * (1 << 16)
+    assert len(huge) == 16 << 20
+    assert await cli.echo(huge) == huge
+
+
+async def test_numpy_round_trip_without_a_copy_on_receipt(pair: Any) -> None:
+    np = pytest.importorskip("numpy")
+    _, cli, _ = pair
+    arr = np.arange(1 << 17, dtype="f8").reshape(512, 256)
+    out = await cli.echo(arr)
+    assert out.dtype == arr.dtype and out.shape == arr.shape and (out == arr).all()
+    # The array lies over the received ZeroMQ message: it owns no memory of its own.
+    assert not out.flags.owndata
+    base = out.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    assert isinstance(base, memoryview)
+
+
+async def test_a_service_without_buffers_refuses_them_clearly(
+    make_service: Callable[..., RPCService], make_url: Any, ctx: Any
+) -> None:
+    svc = make_service(serializer=JSONSerializer())
+    svc.register(lambda x: x, name="echo")
+    url = make_url("tcp")
+    svc.bind(url)
+    svc.start()
+    peer = ctx.socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.connect(url)
+    try:
+        call = p.Call(3, "echo", "json", b"[1]", buffers=[b"x" * 10])
+        peer.send_multipart(call.to_frames())
+        assert await asyncio.to_thread(peer.poll, 5000)
+        reply = p.decode(peer.recv_multipart())
+        assert isinstance(reply, p.Error) and "buffers" in reply.message
+    finally:
+        peer.close(0)
+
+
+async def test_hostile_frame_counts(pair: Any, ctx: Any) -> None:
+    svc, cli, url = pair
+    peer = ctx.socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.connect(url)
+    try:
+        # More buffers than allowed, within the frame limit: refused with an answer.
+        call = p.Call(8, "echo", "msgpack", msgpack.packb([1]), buffers=[b"b"] * 20)
+        frames = call.to_frames()
+        frames[3:] = [b"b"] * (MAX_BUFFERS + 1)
+        peer.send_multipart(frames)
+        assert await asyncio.to_thread(peer.poll, 5000)
+        reply = p.decode(peer.recv_multipart())
+        assert isinstance(reply, p.Error) and reply.id == 8
+        # Far more frames than any message may have: read, dropped, nothing kept.
+        peer.send_multipart([*frames, *([b""] * 10_000)])
+        # A client is served all along, and the service holds nothing for the hostile peer.
+        assert await cli.echo(BIG) == BIG
+        assert not await asyncio.to_thread(peer.poll, 200)
+        assert svc.active_calls == 0
+    finally:
+        peer.close(0)
+
+
+async def test_remote_error_when_a_result_cannot_be_encoded(pair: Any) -> None:
+    svc, cli, _ = pair
+    svc.register(lambda: object(), name="opaque")
+    with pytest.raises(RemoteRPCError, match="serialize"):
+        await cli.opaque()
+    assert await cli.echo(BIG) == BIG
+
+
+@pytest.mark.parametrize("setting, expected", [("1", "True"), ("0", "False")])
+def test_malloc_tuning_once_and_opt_out(setting: str, expected: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    env["NETCALL_MALLOC_TUNING"] = setting
+    code = "from netcall import _malloc; print(_malloc.tune(), _malloc.tune())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30
+    )
+    if sys.platform != "linux":
+        expected = "False"
+    assert out.stdout.split() == [expected, expected], out.stderr
