@@ -4,6 +4,7 @@ nox                      # tests (every interpreter found) + lint + typecheck
 nox -s tests-3.10 tests-3.13 lint typecheck     # what .ci/run runs
 nox -s bench -- --help   # benchmarks against raw pyzmq and peer libraries
 nox -s demo              # service + client demo with streaming
+nox -s fuzz -- --seconds 300    # hostile peers against a service process (issue 9)
 """
 
 from __future__ import annotations
@@ -109,6 +110,18 @@ def demo(session: nox.Session) -> None:
     """Run the service + client demo (with streaming)."""
     session.install(".")
     session.run("python", "examples/demo.py", *session.posargs)
+
+
+@nox.session(python=TOOLS_PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """Long fuzzing run: hostile peer processes (tests/fuzz_peer.py) against a service process
+    while an honest client calls it, for msgpack then JSON; then the property-based tests with
+    many more examples. Arguments after `--` go to the msgpack campaign (see its --help)."""
+    session.install(".[test]")
+    campaign = ["python", "tests/fuzz_peer.py", "campaign"]
+    session.run(*campaign, "--seconds", "120", "--attackers", "3", *session.posargs)
+    session.run(*campaign, "--seconds", "30", "--serializer", "json")
+    session.run("pytest", "-q", "tests/test_fuzz_props.py", env={"HYPOTHESIS_PROFILE": "fuzz"})
 
 
 @nox.session(name="format", python=TOOLS_PYTHON)
