@@ -9,6 +9,11 @@ plain non-blocking calls. Rules this file keeps:
 - ``EAGAIN`` on send is "try again" (the peer's pipe is full, or libzmq throttled command
   processing), never a failure: the message is queued for that peer, in order, and retried.
 - ``EHOSTUNREACH`` (ROUTER_MANDATORY: the peer is gone) drops the message and reports the peer.
+- What waits for one peer is bounded (``max_queued`` messages, ``max_queued_bytes``): a peer
+  that does not read fills its ZeroMQ pipe (SNDHWM), then this queue, then is *cut off*: its
+  queue is dropped, ``on_overflow`` reports it, and what is sent to it is dropped until it
+  sends again; so it cannot grow our memory, and other peers are not affected. Producers
+  (streams) wait with :meth:`SocketDriver.wait_unblocked` instead of polling.
 - Sends are corked: queued, then written in one burst at the end of the current wake-up (or
   on the loop's next turn when sent from a task). A burst keeps libzmq's I/O thread busy with
   one activation instead of one wake-up per message, which is most of the cost under load.
@@ -87,22 +92,33 @@ OnMessage = Callable[[list[Any]], None]
 OnUnreachable = Callable[[bytes], None]
 
 
+def _size(frames: list[Any]) -> int:
+    return sum(len(f) for f in frames)
+
+
 class SocketDriver:
     """Reads and writes one ROUTER socket on an asyncio loop (see the module docstring)."""
 
     __slots__ = (
         "_blocked",
+        "_blocked_bytes",
         "_check_scheduled",
         "_closed",
+        "_cut",
         "_fd",
         "_flush_scheduled",
         "_in_ready",
         "_loop",
         "_on_message",
+        "_on_overflow",
         "_on_unreachable",
         "_outbox",
         "_retry_delay",
         "_retry_handle",
+        "_waiters",
+        "cut_off",
+        "max_queued",
+        "max_queued_bytes",
         "sock",
     )
 
@@ -112,12 +128,25 @@ class SocketDriver:
         loop: asyncio.AbstractEventLoop,
         on_message: OnMessage,
         on_unreachable: OnUnreachable | None = None,
+        *,
+        max_queued: int | None = None,
+        max_queued_bytes: int | None = None,
+        on_overflow: OnUnreachable | None = None,
     ) -> None:
         self.sock = sock
         self._loop = loop
         self._on_message = on_message
         self._on_unreachable = on_unreachable
+        self._on_overflow = on_overflow
+        #: Per-peer bounds on what waits behind a full pipe (``None``: unbounded).
+        self.max_queued = max_queued
+        self.max_queued_bytes = max_queued_bytes
+        #: Peers cut off for not reading, so far.
+        self.cut_off = 0
         self._blocked: dict[bytes, deque[list[Any]]] = {}
+        self._blocked_bytes: dict[bytes, int] = {}
+        self._cut: set[bytes] = set()  # peers cut off, until they send again
+        self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._retry_handle: asyncio.TimerHandle | None = None
         self._retry_delay = _RETRY_MIN
         self._check_scheduled = False
@@ -133,6 +162,41 @@ class SocketDriver:
     def is_blocked(self, peer: bytes) -> bool:
         """Whether messages to ``peer`` are queued behind a full pipe."""
         return peer in self._blocked
+
+    def wait_unblocked(self, peer: bytes) -> asyncio.Future[None]:
+        """A future done once nothing waits for ``peer`` any more: its queue was sent, it was
+        cut off, it is gone, or the driver closed (done at once when not blocked)."""
+        fut: asyncio.Future[None] = self._loop.create_future()
+        if peer in self._blocked and not self._closed:
+            self._waiters.setdefault(peer, []).append(fut)
+        else:
+            fut.set_result(None)
+        return fut
+
+    def _release(self, peer: bytes) -> None:
+        self._blocked_bytes.pop(peer, None)
+        for fut in self._waiters.pop(peer, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    def _enqueue(self, queue: deque[list[Any]], frames: list[Any]) -> None:
+        peer = frames[0]
+        queue.append(frames)
+        size = self._blocked_bytes[peer] = self._blocked_bytes.get(peer, 0) + _size(frames)
+        limit, limit_bytes = self.max_queued, self.max_queued_bytes
+        if (limit is not None and len(queue) > limit) or (
+            limit_bytes is not None and size > limit_bytes
+        ):
+            self._cut_off(peer)
+
+    def _cut_off(self, peer: bytes) -> None:
+        """``peer`` does not read: drop what waits for it and report it."""
+        self._blocked.pop(peer, None)
+        self._cut.add(peer)
+        self._release(peer)
+        self.cut_off += 1
+        if self._on_overflow is not None:
+            self._on_overflow(peer)
 
     def send(self, frames: list[Any]) -> None:
         """Queue ``frames`` (routing id first) for the next burst; never blocks."""
@@ -156,15 +220,18 @@ class SocketDriver:
             self._loop.call_soon(self._on_ready)
 
     def _send_now(self, frames: list[Any]) -> None:
+        if self._cut and frames[0] in self._cut:
+            return
         if self._blocked:
             queue = self._blocked.get(frames[0])
             if queue is not None:
-                queue.append(frames)
+                self._enqueue(queue, frames)
                 return
         try:
             send_frames(self.sock, frames)
         except zmq.Again:
             self._blocked[frames[0]] = deque([frames])
+            self._blocked_bytes[frames[0]] = _size(frames)
             self._schedule_retry()
         except zmq.ZMQError as exc:
             if exc.errno == errno.EHOSTUNREACH:
@@ -176,6 +243,7 @@ class SocketDriver:
 
     def _unreachable(self, peer: bytes) -> None:
         self._blocked.pop(peer, None)
+        self._release(peer)
         if self._on_unreachable is not None:
             self._on_unreachable(peer)
 
@@ -200,7 +268,9 @@ class SocketDriver:
         """Try to send every queued message; True when nothing is left queued."""
         sock = self.sock
         for peer in list(self._blocked):
-            queue = self._blocked[peer]
+            queue = self._blocked.get(peer)
+            if queue is None:  # cut off or gone meanwhile
+                continue
             while queue:
                 try:
                     send_frames(sock, queue[0])
@@ -214,9 +284,11 @@ class SocketDriver:
                         self._closed = True
                         return True
                     raise
-                queue.popleft()
+                sent = queue.popleft()
+                self._blocked_bytes[peer] -= _size(sent)
             else:
                 del self._blocked[peer]
+                self._release(peer)
         return not self._blocked
 
     def _on_ready(self) -> None:
@@ -235,6 +307,8 @@ class SocketDriver:
                     except zmq.Again:
                         break
                     handled += 1
+                    if self._cut:
+                        self._cut.discard(frames[0])
                     try:
                         on_message(frames)
                     except Exception:  # a handler bug must never kill the reader
@@ -270,6 +344,8 @@ class SocketDriver:
         except Exception:  # the loop may already be closed
             pass
         self._blocked.clear()
+        for peer in list(self._waiters):
+            self._release(peer)
         outbox, self._outbox = self._outbox, []
         if linger and not self.sock.closed:
             # A graceful close still sends what was queued (then lingers to deliver it).
