@@ -15,8 +15,10 @@ plain non-blocking calls. Rules this file keeps:
   sends again; so it cannot grow our memory, and other peers are not affected. Producers
   (streams) wait with :meth:`SocketDriver.wait_unblocked` instead of polling.
 - Sends are corked: queued, then written in one burst at the end of the current wake-up (or
-  on the loop's next turn when sent from a task). A burst keeps libzmq's I/O thread busy with
-  one activation instead of one wake-up per message, which is most of the cost under load.
+  on the loop's next turn when sent from a task), or at once when the burst reaches 1 MiB or
+  1024 messages (a fast producer must not fill the outbox unseen). A burst keeps libzmq's I/O
+  thread busy with one activation instead of one wake-up per message, which is most of the
+  cost under load.
 - Everything runs on the loop's thread; only :meth:`SocketDriver.close` may be called from
   elsewhere through ``loop.call_soon_threadsafe``.
 """
@@ -85,6 +87,10 @@ def recv_frames(sock: zmq.Socket[Any]) -> list[bytes]:
     return frames
 
 
+# The outbox is written at once when it holds this much (else at the end of the wake-up).
+_OUTBOX_BYTES = 1 << 20
+_OUTBOX_MESSAGES = 1024
+
 _RETRY_MIN = 0.0005
 _RETRY_MAX = 0.02
 
@@ -113,6 +119,7 @@ class SocketDriver:
         "_on_overflow",
         "_on_unreachable",
         "_outbox",
+        "_outbox_bytes",
         "_retry_delay",
         "_retry_handle",
         "_waiters",
@@ -151,6 +158,7 @@ class SocketDriver:
         self._retry_delay = _RETRY_MIN
         self._check_scheduled = False
         self._outbox: list[list[Any]] = []
+        self._outbox_bytes = 0  # payload bytes in the outbox (last frames)
         self._flush_scheduled = False
         self._in_ready = False
         self._closed = False
@@ -203,6 +211,12 @@ class SocketDriver:
         if self._closed:
             return
         self._outbox.append(frames)
+        self._outbox_bytes += len(frames[-1])
+        if self._outbox_bytes >= _OUTBOX_BYTES or len(self._outbox) >= _OUTBOX_MESSAGES:
+            # A burst this big goes out now: what cannot go is queued per peer (and bounded),
+            # and producers see that peer blocked before they make more.
+            self._flush_outbox()
+            return
         if not self._flush_scheduled and not self._in_ready:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_outbox)
@@ -213,6 +227,7 @@ class SocketDriver:
         if not outbox or self._closed:
             return
         self._outbox = []
+        self._outbox_bytes = 0
         for frames in outbox:
             self._send_now(frames)
         if not self._check_scheduled:
@@ -347,6 +362,7 @@ class SocketDriver:
         for peer in list(self._waiters):
             self._release(peer)
         outbox, self._outbox = self._outbox, []
+        self._outbox_bytes = 0
         if linger and not self.sock.closed:
             # A graceful close still sends what was queued (then lingers to deliver it).
             for frames in outbox:
