@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -161,7 +160,7 @@ async def test_current_call_context(make_service, make_client, make_url):
     method, remaining = await cli.call("introspect", timeout=3.0)
     assert method == "introspect"
     assert 0 < remaining <= 3.0
-    assert seen[-1].deadline is not None and seen[-1].deadline > time.time()
+    assert seen[-1].deadline is not None and 0 < seen[-1].deadline.remaining() <= 3.0
 
     assert await cli.ns.sync_introspect() == "ns.sync_introspect"
 

@@ -8,6 +8,7 @@ import time
 import pytest
 import zmq
 
+from _helpers import wait_until
 from netcall import (
     ClientClosedError,
     MethodNotFoundError,
@@ -272,7 +273,7 @@ async def test_close_fails_calls_in_flight(service, make_client, endpoint):
     cli = make_client()
     cli.connect(endpoint)
     calls = [asyncio.ensure_future(cli.sleep(5)) for _ in range(3)]
-    await asyncio.sleep(0.05)
+    assert await wait_until(lambda: cli.pending == 3, 3)
     cli.close()
     for c in calls:
         with pytest.raises(ClientClosedError):
@@ -320,7 +321,7 @@ GARBAGE = [
     _call_frames(2)[:1],  # CALL without its arguments frame
     _with_head(_call_frames(3), _call_frames(3)[0][: p.HEADER.size + 3]),  # truncated head
     _with_head(_call_frames(4), _call_frames(4)[0][:-4] + b"\xff\xfe\xff\xfe"),  # bad UTF-8 name
-    _call_frames(5, deadline=float("nan")),
+    _call_frames(5, timeout=float("nan")),
     [*_call_frames(6), b"extra", b"frames"],
     p.Result(7, b"\x01").to_frames(),  # a service-only message sent to a service
     p.Next(8, b"\xc0").to_frames(),  # a stream that does not exist
@@ -350,7 +351,7 @@ async def test_malformed_frames_do_not_hurt_the_service(fsvc, client, endpoint, 
         [*_call_frames(81), b"extra", b"frames"],
         _call_frames(81)[:1],
         _with_head(_call_frames(81), _call_frames(81)[0][:-4] + b"\xff\xfe\xff\xfe"),
-        _call_frames(81, deadline=float("nan")),
+        _call_frames(81, timeout=float("nan")),
     ],
     ids=["extra-frames", "no-arguments", "bad-utf8-name", "nan-deadline"],
 )

@@ -86,7 +86,7 @@ async def test_killed_service_fails_calls_in_bounded_time(spawn, make_client):
     cli.connect(url)
     assert await cli.echo(1) == 1
     in_flight = [asyncio.ensure_future(cli.slow(30)) for _ in range(5)]
-    await asyncio.sleep(0.2)
+    assert await cli.echo(2) == 2  # a round trip behind them: the slow calls have arrived
     await kill9(proc)
     t0 = time.monotonic()
     results = await asyncio.wait_for(asyncio.gather(*in_flight, return_exceptions=True), 10)

@@ -11,6 +11,7 @@ import time
 import pytest
 import zmq
 
+from _helpers import wait_until
 from netcall import ConnectionLostError, RPCClient, RPCService
 from netcall.testing import free_tcp_endpoint
 
@@ -70,7 +71,8 @@ async def test_call_in_flight_fails_when_the_service_dies(child, transport, tmp_
         client.connect(url)
         assert await client.who() == "child"
         call = asyncio.ensure_future(client.slow(20))
-        await asyncio.sleep(0.3)
+        # A round trip behind it on the same connection: the slow call has arrived.
+        assert await client.who() == "child"
         started = time.monotonic()
         proc.send_signal(signal.SIGKILL)
         with pytest.raises(ConnectionLostError):
@@ -119,7 +121,8 @@ async def test_new_calls_prefer_live_services(child):
             assert answers == {"child", "live"}
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
-            await asyncio.sleep(0.5)  # the disconnect event arrives
+            # The disconnect event arrives (the socket monitor marks the dead service down).
+            assert await wait_until(lambda: not client._peers.by_url[dead_url].up, 5)
             assert [await client.who() for _ in range(20)] == ["live"] * 20
     finally:
         client.close()

@@ -9,10 +9,13 @@ import pytest
 
 from netcall import protocol as p
 from netcall.errors import ProtocolError
+from netcall.protocol import session
 
 MESSAGES = [
     p.Call(1, "echo", "msgpack", b"\x91\xa2hi"),
-    p.Call(2**64 - 1, "a.b.c", "json", b"[]", b"{}", deadline=1.7e9, flags=p.FLAG_ONEWAY, window=9),
+    p.Call(2**64 - 1, "a.b.c", "json", b"[]", b"{}", timeout=2.5, flags=p.FLAG_ONEWAY, window=9),
+    p.Call(3, "m", "msgpack", b"\x90", None, metadata={"trace": "abc", "\u00e9": ""}),
+    p.Call(4, "m", "msgpack", b"\x90", b"\x80", 1.0, metadata={"k": "v" * 300}),
     p.Result(3, b"payload"),
     p.Error(4, "ValueError", "bad \u00e9", "Traceback ..."),
     p.Cancel(5),
@@ -45,7 +48,7 @@ def test_every_kind_is_covered() -> None:
 
 def test_header_layout_is_stable() -> None:
     # The documented layout: b"NC", version, kind, 64-bit big-endian id.
-    assert p.header(p.Kind.CALL, 258) == b"NC\x01\x01" + (258).to_bytes(8, "big")
+    assert p.header(p.Kind.CALL, 258) == b"NC\x02\x01" + (258).to_bytes(8, "big")
     # Small payloads ride in the head; large ones get their own frame. Both decode.
     small = p.Result(1, b"x" * 10).to_frames()
     large = p.Result(1, b"x" * (p.INLINE_MAX + 1)).to_frames()
@@ -58,7 +61,7 @@ def test_header_layout_is_stable() -> None:
 
 def test_other_version_is_refused_with_its_id() -> None:
     frames = p.Cancel(77).to_frames()
-    frames[0] = b"NC\x02" + frames[0][3:]
+    frames[0] = b"NC" + bytes([p.VERSION + 1]) + frames[0][3:]
     with pytest.raises(ProtocolError, match="version") as info:
         p.decode(frames)
     assert info.value.request_id == 77  # type: ignore[attr-defined]
@@ -105,7 +108,7 @@ def test_bad_fields() -> None:
     with pytest.raises(ProtocolError, match="layout"):
         p.decode([p.header(p.Kind.RESULT, 1) + b"inline", b"and a frame"])
     with pytest.raises(ProtocolError, match="kind"):
-        p.decode([b"NC\x01\x63" + bytes(8)])
+        p.decode([b"NC" + bytes([p.VERSION]) + b"\x63" + bytes(8)])
     with pytest.raises(ProtocolError, match="not a netcall"):
         p.decode([b"XX\x01\x01" + bytes(8)])
     with pytest.raises(ProtocolError, match="empty"):
@@ -139,10 +142,14 @@ def test_stream_state_table() -> None:
 def test_protocol_module_is_sans_io() -> None:
     import ast
     import inspect
+    import pathlib
 
-    tree = ast.parse(inspect.getsource(p))
     imported = set()
-    for node in ast.walk(tree):
+    nodes = []
+    for path in pathlib.Path(p.__file__).parent.glob("*.py"):
+        nodes += list(ast.walk(ast.parse(path.read_text())))
+    assert len(nodes) > 100 and inspect.ismodule(p)
+    for node in nodes:
         if isinstance(node, ast.Import):
             imported |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -158,3 +165,90 @@ def test_request_id_of_a_malformed_message() -> None:
     assert p.request_id_of([]) is None
     assert p.request_id_of([b"NC\x01"]) is None
     assert p.request_id_of([b"XX" + bytes(10)]) is None
+
+
+def test_metadata_round_trip_and_cost() -> None:
+    md = {"traceparent": "00-abc-01", "user": "\u00e9l\u00e8ve", "": ""}
+    call = p.Call(9, "echo", "msgpack", b"\x90", metadata=md)
+    frames = call.to_frames()
+    assert len(frames) == 3 and frames[0][p.HEADER_SIZE + 8] & p.FLAG_METADATA
+    back = p.decode(frames)
+    assert isinstance(back, p.Call)
+    assert dict(back.metadata) == md and back.flags == 0 and back.kwargs is None
+    # No metadata: no frame, no flag, the shared empty mapping.
+    plain = p.decode(p.Call(9, "echo", "msgpack", b"\x90").to_frames())
+    assert isinstance(plain, p.Call) and plain.metadata is p.NO_METADATA
+    assert p.decode_metadata(p.encode_metadata({})) == {}
+    for bad in (b"\x00", b"\x00\x05ab", b"\x00\x01a", b"\x00\x01\xff\x00\x00"):
+        with pytest.raises(ProtocolError):
+            p.decode_metadata(bad)
+    with pytest.raises(ValueError):
+        p.encode_metadata({"k": 1})  # type: ignore[dict-item]
+
+
+def test_call_carries_time_remaining() -> None:
+    call = p.decode(p.Call(1, "m", "msgpack", b"\x90", timeout=2.5).to_frames())
+    assert isinstance(call, p.Call) and call.timeout == 2.5
+    with pytest.raises(ProtocolError, match="deadline"):
+        p.decode([p.header(p.Kind.CALL, 1) + p.CALL_OPTIONS.pack(-1.0, 0, 0, 1) + b"mx", b"x"])
+
+
+def test_service_stream_transitions() -> None:
+    S, K = p.StreamState, p.Kind
+    nxt = session.service_stream_next
+    assert nxt(S.IDLE, K.NEXT) is S.STEPPING
+    assert nxt(S.IDLE, K.THROW) is S.STEPPING
+    assert nxt(S.STEPPING, K.ITEM) is S.IDLE
+    assert nxt(S.IDLE, K.CREDIT) is S.FLOWING
+    assert nxt(S.FLOWING, K.ITEM) is S.FLOWING
+    for state in S:
+        assert nxt(state, K.CANCEL) is S.CLOSED
+        assert nxt(state, K.END) is S.CLOSED
+    for state, kind in [(S.FLOWING, K.NEXT), (S.STEPPING, K.CREDIT), (S.CLOSED, K.NEXT)]:
+        with pytest.raises(ProtocolError, match="not allowed"):
+            nxt(state, kind)
+    # STREAM_ACCEPTS is derived from the table.
+    assert p.STREAM_ACCEPTS[S.FLOWING] == {K.CREDIT, K.CANCEL}
+
+
+def test_client_stream_transitions() -> None:
+    C, K = p.ClientStreamState, p.Kind
+    nxt = session.client_stream_next
+    assert nxt(C.LOCKSTEP, K.CREDIT) is C.PREFETCH
+    assert nxt(C.PREFETCH, K.CANCEL) is C.CLOSING
+    assert nxt(C.CLOSING, K.END) is C.DONE
+    # ITEM never changes the state (the client's hot path relies on it).
+    for state in C:
+        assert nxt(state, K.ITEM) is state
+        assert nxt(state, K.ERROR) is C.DONE
+    for state, kind in [(C.CLOSING, K.CREDIT), (C.DONE, K.CREDIT), (C.PREFETCH, K.NEXT)]:
+        with pytest.raises(ProtocolError):
+            nxt(state, kind)
+
+
+def test_credit_accounting() -> None:
+    assert session.first_credit(1024) == session.FIRST_CREDIT
+    assert session.first_credit(4) == 4
+    assert session.add_credit(p.MAX_COUNT - 1, 10) == p.MAX_COUNT
+    assert session.credit_limit(1024, 4 * 2**20, 64.0) == 1024
+    assert session.credit_limit(1024, 4 * 2**20, 2**20) == 4  # big items: the byte budget
+    assert session.credit_limit(1024, 10, 2**20) == 1  # never below one
+    assert session.credit_to_grant(granted=16, consumed=1, limit=16) == 0  # 15 still ahead
+    assert session.credit_to_grant(granted=16, consumed=8, limit=16) == 8  # half: top up
+    assert session.credit_to_grant(granted=16, consumed=8, limit=1024) == 1016
+    avg = 64.0
+    for _ in range(100):
+        avg = session.update_item_size(avg, 1000)
+    assert 990 < avg <= 1000
+
+
+def test_no_frames_are_built_outside_the_protocol() -> None:
+    """One way to encode every message: the cores never pack a header themselves."""
+    import pathlib
+
+    src = pathlib.Path(p.__file__).parent.parent
+    for path in src.rglob("*.py"):
+        if path.parent.name == "protocol":
+            continue
+        text = path.read_text()
+        assert "p.header(" not in text and "HEADER.pack" not in text, path

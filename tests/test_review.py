@@ -15,6 +15,7 @@ from _helpers import wait_until
 from netcall import (
     ClientClosedError,
     ConnectionLostError,
+    RemoteGenerator,
     RPCTimeoutError,
     ServiceStoppingError,
 )
@@ -41,10 +42,13 @@ async def test_aclose_while_lockstep_asend_waits_in_another_task(
     svc = make_service()
     finalized = asyncio.Event()
 
+    stepping = asyncio.Event()
+
     @svc.register
     async def slow():
         try:
             while True:
+                stepping.set()
                 await asyncio.sleep(0.5)
                 yield 1
         finally:
@@ -57,7 +61,7 @@ async def test_aclose_while_lockstep_asend_waits_in_another_task(
     cli.connect(url)
     gen = await cli.slow()
     step = asyncio.ensure_future(gen.asend(None))
-    await asyncio.sleep(0.1)  # the step is in flight, its task waits
+    await asyncio.wait_for(stepping.wait(), 3)  # the step is in flight, its task waits
     await asyncio.wait_for(gen.aclose(), 3)
     assert finalized.is_set()
     # The waiting step must end (StopAsyncIteration or an error), not hang.
@@ -72,9 +76,12 @@ async def test_aclose_while_prefetch_anext_waits_in_another_task(
 ):
     svc = make_service()
 
+    stepping = asyncio.Event()
+
     @svc.register
     async def slow():
         while True:
+            stepping.set()
             await asyncio.sleep(0.5)
             yield 1
 
@@ -86,7 +93,7 @@ async def test_aclose_while_prefetch_anext_waits_in_another_task(
     gen = await cli.slow()
     gen.__aiter__()  # prefetch
     step = asyncio.ensure_future(gen.__anext__())
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(stepping.wait(), 3)
     await asyncio.wait_for(gen.aclose(), 3)
     done, _ = await asyncio.wait([step], timeout=3)
     step.cancel()
@@ -144,11 +151,13 @@ async def test_aclose_while_executor_generator_step_runs(make_service, make_clie
     pool = concurrent.futures.ThreadPoolExecutor(2)
     svc = make_service(executor=pool)
     finalized = threading.Event()
+    steps: list[int] = []
 
     @svc.register
     def slow():
         try:
             while True:
+                steps.append(1)
                 time.sleep(0.4)
                 yield 1
         finally:
@@ -163,7 +172,7 @@ async def test_aclose_while_executor_generator_step_runs(make_service, make_clie
         gen = await cli.slow()
         async for _ in gen:  # prefetch: the service keeps stepping in the executor
             break
-        await asyncio.sleep(0.1)  # the next step is running in a thread
+        assert await wait_until(lambda: len(steps) >= 2, 3)  # the next step runs in a thread
         await gen.aclose()  # "waits until its finally blocks ran"
         assert finalized.is_set()
     finally:
@@ -198,9 +207,8 @@ async def test_raw_peer_reuses_request_id_of_a_closed_stream(make_service, ctx, 
         # CANCEL, then the same id again, in one burst: the service reads both at once.
         peer.send_multipart(p.Cancel(7).to_frames())
         peer.send_multipart(call)
-        await asyncio.sleep(0.3)
-        assert len(finalized) == 1
-        assert svc.active_streams == 1  # the second stream is open
+        # The first stream is finalized, the second (same id) is open.
+        assert await wait_until(lambda: len(finalized) == 1 and svc.active_streams == 1, 3)
         peer.send_multipart(p.Cancel(7).to_frames())
         assert await wait_until(lambda: len(finalized) == 2, 3)
     finally:
@@ -217,7 +225,7 @@ async def test_unencodable_method_name_leaks_nothing(make_service, make_client, 
     with pytest.raises(UnicodeEncodeError):
         await client.call("echo\ud800", 1)
     assert client.pending == 0
-    assert all(s.inflight == 0 for s in client._order)
+    assert all(s.inflight == 0 for s in client._peers.order)
 
 
 # --------------------------------------------------------------------------- behaving correctly
@@ -386,7 +394,7 @@ async def test_two_tasks_iterating_one_prefetching_stream(rsvc, make_client):
     gen = await cli.count(5, 0.05)
     gen.__aiter__()
     first = asyncio.ensure_future(gen.__anext__())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one loop turn: the first reader starts and waits
     with pytest.raises(RuntimeError):
         await gen.__anext__()
     assert await first == 0
@@ -405,14 +413,18 @@ async def test_client_close_with_calls_and_streams_in_flight(rsvc, make_client):
     pre.__aiter__()
     pre_step = asyncio.ensure_future(pre.__anext__())
     opening = asyncio.ensure_future(cli.count(3))  # StreamOpen not yet here
-    await asyncio.sleep(0.1)
+    assert await wait_until(lambda: svc.active_calls == 5, 3)
     cli.close()
     results = await asyncio.wait_for(
         asyncio.gather(*calls, lock_step, pre_step, return_exceptions=True), 3
     )
     assert all(isinstance(r, ClientClosedError) for r in results), results
     opened = await asyncio.wait_for(asyncio.gather(opening, return_exceptions=True), 3)
-    assert isinstance(opened[0], ClientClosedError) or opened[0] is not None
+    if isinstance(opened[0], RemoteGenerator):  # it opened just before close(): it is failed
+        with pytest.raises(ClientClosedError):
+            await opened[0].__anext__()
+    else:
+        assert isinstance(opened[0], ClientClosedError), opened[0]
     await asyncio.wait_for(lock.aclose(), 1)  # a no-op now, never a hang
     assert cli.pending == 0 and cli.open_streams == 0
     with pytest.raises(ClientClosedError):
@@ -466,9 +478,9 @@ async def test_stop_with_grace_async_executor_and_streams(make_service, make_cli
         b = asyncio.ensure_future(cli.blocking())
         g = await cli.gen()
         g.__aiter__()  # prefetch: an idle lock-step stream would hide the error (see above)
-        await asyncio.sleep(0.05)
+        assert await wait_until(lambda: svc.active_calls == 3, 3)
         stopping = asyncio.ensure_future(svc.stop(grace=0.6))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # one loop turn: stop() starts refusing new calls
         with pytest.raises(ServiceStoppingError):
             await cli.call("quick", timeout=1)
         assert await q == "quick"
@@ -492,7 +504,7 @@ async def test_reply_after_timeout_is_dropped(rsvc, make_client):
     for _ in range(5):
         with pytest.raises(RPCTimeoutError):
             await cli.call("sleep", 0.05, "late", timeout=0.04)
-    await asyncio.sleep(0.2)  # late replies (or the cancels) arrive
+    assert await wait_until(lambda: svc.active_calls == 0, 3)  # late replies were sent
     assert await cli.echo("fresh") == "fresh"
     assert await wait_until(lambda: _idle(svc, cli), 3)
 
@@ -516,7 +528,6 @@ async def test_stream_open_after_timeout_is_closed(make_service, make_client, ma
     cli.connect(url)
     with pytest.raises(RPCTimeoutError):
         await cli.call("late_stream", timeout=0.05)
-    await asyncio.sleep(0.3)
     assert await wait_until(lambda: _idle(svc, cli), 3)
 
 
@@ -579,7 +590,7 @@ async def test_call_while_service_down_then_back(make_service, make_client, make
     cli = make_client()
     cli.connect(url)
     call = asyncio.ensure_future(cli.call("echo", "queued", timeout=5))
-    await asyncio.sleep(0.3)
+    assert await wait_until(lambda: cli.pending == 1, 3)  # sent while nobody listens
     svc = make_service()
     svc.register(lambda x: x, name="echo")
     svc.bind(url)

@@ -31,6 +31,7 @@ class Probe:
         self.started = 0
         self.produced = 0
         self.finalized = 0
+        self.stalled = 0  # generators waiting at their stall point
         self.received: list = []
         self.thrown: list = []
 
@@ -129,6 +130,7 @@ def register_streams(svc, probe):
         try:
             for i in range(n):
                 if i == k:
+                    probe.stalled += 1
                     await asyncio.sleep(30)
                 yield i
         finally:
@@ -383,7 +385,7 @@ async def test_asend_not_allowed_while_prefetching(ssvc, client, probe):
 async def test_concurrent_steps_on_one_generator_are_refused(ssvc, client, probe):
     gen = await client.slow_steps(5, 0.2)
     first = asyncio.ensure_future(gen.asend(None))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # one loop turn: the first step starts and waits for its item
     with pytest.raises(RuntimeError):
         await gen.asend(None)
     assert await first == 0
@@ -682,7 +684,7 @@ async def test_cleanup_on_cancellation(ssvc, client, probe):
 
     task = asyncio.ensure_future(consume())
     await asyncio.wait_for(started.wait(), 3)
-    await asyncio.sleep(0.05)
+    assert await wait_until(lambda: probe.stalled == 1, 3)  # the consumer waits for item 2
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -693,7 +695,7 @@ async def test_cleanup_on_cancellation_lockstep(ssvc, client, probe):
     gen = await client.stall_at(1)
     assert await gen.asend(None) == 0
     step = asyncio.ensure_future(gen.asend(None))
-    await asyncio.sleep(0.1)
+    assert await wait_until(lambda: probe.stalled == 1, 3)  # the step waits at the stall
     step.cancel()
     with pytest.raises(asyncio.CancelledError):
         await step

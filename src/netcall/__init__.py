@@ -15,10 +15,12 @@ and :mod:`netcall.sync` (a blocking client).
 """
 
 from ._context import CallContext, current_call
+from ._edge import TransportError
 from .client import RemoteGenerator, RPCClient
 from .errors import (
     ClientClosedError,
     ConnectionLostError,
+    EncodingError,
     MethodNotFoundError,
     ProtocolError,
     RemoteProtocolError,
@@ -30,6 +32,7 @@ from .errors import (
     SerializerMismatchError,
     ServiceBusyError,
     ServiceStoppingError,
+    StreamBusyError,
     StreamClosedError,
 )
 from .serializers import JSONSerializer, MsgpackSerializer, PickleSerializer, Serializer
@@ -42,6 +45,7 @@ __all__ = [
     "CallContext",
     "ClientClosedError",
     "ConnectionLostError",
+    "EncodingError",
     "JSONSerializer",
     "MethodNotFoundError",
     "MsgpackSerializer",
@@ -60,7 +64,9 @@ __all__ = [
     "SerializerMismatchError",
     "ServiceBusyError",
     "ServiceStoppingError",
+    "StreamBusyError",
     "StreamClosedError",
+    "TransportError",
     "__version__",
     "current_call",
 ]

@@ -26,7 +26,6 @@ import asyncio
 import atexit
 import collections.abc
 import concurrent.futures
-import functools
 import importlib
 import logging
 import os
@@ -34,22 +33,18 @@ import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import nullcontext
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+from ._hub import HubPort, current_port, port_for
 from .errors import ClientClosedError, RPCTimeoutError
 
-if TYPE_CHECKING:
-    from .client import RemoteGenerator
-
-__all__ = ["BlockingGenerator", "Bridge", "HubPort", "acquire", "current_port", "release"]
+__all__ = ["Bridge", "HubPort", "acquire", "current_port", "port_for", "release"]
 
 log = logging.getLogger("netcall")
 
 T = TypeVar("T")
 
 STOP_TIMEOUT = 5.0  # seconds the loop thread gets to finish when the bridge stops
-_BATCH = 256  # stream items a blocking generator takes over from the loop at once
 
 
 def _original(module: str, name: str) -> Any:
@@ -105,99 +100,6 @@ def _new_selector() -> Any:
         return _original("selectors", "EpollSelector")()
     except AttributeError:  # pragma: no cover - not Linux
         return _original("selectors", "DefaultSelector")()
-
-
-# ----------------------------------------------------------------------------------- gevent
-
-
-class HubPort:
-    """Runs callbacks on one gevent hub, from any thread; lets greenlets of that hub wait.
-
-    One per hub (:func:`port_for`). :meth:`submit` appends to a deque and wakes the hub
-    through an ``async_`` watcher, which is started once, here, before anything is scheduled
-    (libev forgets a ``send`` that came before ``start``). The watcher holds the hub alive
-    only while :meth:`hold` counts something waiting, so an idle hub can still exit.
-    """
-
-    def __init__(self, hub: Any) -> None:
-        self.hub = hub
-        self._queue: deque[Callable[[], Any]] = deque()
-        self._holds = 0
-        self._watcher = hub.loop.async_()
-        self._watcher.start(self._drain)
-        self._watcher.ref = False
-
-    def submit(self, fn: Callable[[], Any]) -> None:
-        """Run ``fn`` in the hub (thread-safe, never blocks). It must not block either."""
-        self._queue.append(fn)
-        self._watcher.send()
-
-    def _drain(self) -> None:
-        queue = self._queue
-        while queue:
-            fn = queue.popleft()
-            try:
-                fn()
-            except BaseException:  # a callback must never kill the hub
-                log.exception("netcall: error in a callback on the gevent hub")
-
-    def hold(self) -> None:
-        """Keep the hub running (call from the hub's thread)."""
-        self._holds += 1
-        self._watcher.ref = True
-
-    def unhold(self) -> None:
-        self._holds -= 1
-        if self._holds <= 0:
-            self._holds = 0
-            self._watcher.ref = False
-
-    def wait(self, start: Callable[[Callable[[Any], None]], None]) -> Any:
-        """Block the calling greenlet until the callback given to ``start`` is called (from
-        any thread); return the value it was given."""
-        from gevent.hub import Waiter
-
-        waiter = Waiter(self.hub)
-        self.hold()
-        try:
-            start(lambda value: self.submit(functools.partial(waiter.switch, value)))
-            return waiter.get()
-        finally:
-            self.unhold()
-
-
-def port_for(hub: Any) -> HubPort:
-    """The :class:`HubPort` of ``hub`` (created on first use; call from the hub's thread)."""
-    port: HubPort | None = getattr(hub, "_netcall_port", None)
-    if port is None:
-        port = HubPort(hub)
-        hub._netcall_port = port
-    return port
-
-
-def current_port() -> HubPort | None:
-    """The hub port to wait on, when the caller is a greenlet; ``None`` for a plain thread.
-
-    A greenlet is any caller in a thread that has a gevent hub, or in a process whose
-    ``threading`` is monkey-patched.
-
-    Raises:
-        RuntimeError: called from the hub itself, which must never block.
-    """
-    gevent = sys.modules.get("gevent")
-    if gevent is None:
-        return None
-    from gevent._hub_local import get_hub_if_exists
-
-    hub = get_hub_if_exists()
-    if hub is None:
-        monkey = sys.modules.get("gevent.monkey")
-        if monkey is None or not monkey.is_module_patched("threading"):
-            return None
-        hub = gevent.get_hub()
-    if gevent.getcurrent() is hub:
-        raise RuntimeError("netcall cannot block the gevent hub; call it from a greenlet")
-    return port_for(hub)
 
 
 # ----------------------------------------------------------------------------------- loop
@@ -479,84 +381,3 @@ def _after_fork_in_child() -> None:
 
 atexit.register(_at_exit)
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-# ----------------------------------------------------------------------------------- generators
-
-
-class BlockingGenerator(collections.abc.Generator[Any, Any, None]):
-    """A remote generator as a plain Python generator (``next``, ``send``, ``throw``,
-    ``close``), for threads and greenlets; it drives a core
-    :class:`~netcall.client.RemoteGenerator` in lock-step. A ``for`` loop switches the stream
-    to prefetching (``send``/``throw`` are then unavailable, as with ``async for``).
-
-    Dropping the last reference closes the generator on the service (without waiting).
-    """
-
-    __slots__ = ("_batch", "_bridge", "_gen", "_loads", "_owner")
-
-    def __init__(self, gen: RemoteGenerator, bridge: Bridge, owner: object = None) -> None:
-        self._gen = gen
-        self._bridge = bridge
-        self._owner = owner  # keeps the client (and its bridge) alive while the stream is
-        # A prefetching stream crosses to the loop once per batch of buffered items, not once
-        # per item; the batch is decoded here, one item per next().
-        self._batch: deque[bytes] = deque()
-        self._loads = gen._state.client.serializer.loads
-
-    def __iter__(self) -> BlockingGenerator:
-        self._bridge.call(self._gen.__aiter__)
-        return self
-
-    def __next__(self) -> Any:
-        batch = self._batch
-        if batch:
-            return self._loads(batch.popleft())
-        try:
-            if self._gen._state.prefetch:
-                batch.extend(self._bridge.run(self._gen._anext_payloads(_BATCH)))
-                return self._loads(batch.popleft())
-            return self._bridge.run(self._gen.__anext__())
-        except StopAsyncIteration:
-            raise StopIteration from None
-
-    def send(self, value: Any) -> Any:
-        """Send ``value`` in; return the next yielded value.
-
-        Raises:
-            StopIteration: the generator is exhausted or closed.
-            RemoteRPCError: the generator raised. RPCTimeoutError: the step timed out.
-        """
-        try:
-            return self._bridge.run(self._gen.asend(value))
-        except StopAsyncIteration:
-            raise StopIteration from None
-
-    def throw(
-        self,
-        typ: type[BaseException] | BaseException,
-        val: Any = None,
-        tb: TracebackType | None = None,
-    ) -> Any:
-        """Raise an exception in the generator at its ``yield``; return the next value.
-
-        Raises: the generator's exception (as a RemoteRPCError), or what :meth:`send` raises.
-        """
-        try:
-            return self._bridge.run(self._gen.athrow(typ, val, tb))
-        except StopAsyncIteration:
-            raise StopIteration from None
-
-    def close(self) -> None:
-        """Close the generator on the service and wait until its ``finally`` blocks ran."""
-        self._batch.clear()
-        self._bridge.run(self._gen.aclose())
-
-    def __enter__(self) -> BlockingGenerator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # Dropping the proxy drops the core RemoteGenerator, whose finalizer schedules the close
-    # on the loop with call_soon_threadsafe: nothing here may block.

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextvars
-import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from ._deadline import Deadline
 
 __all__ = ["CallContext", "current_call"]
+
+_NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,20 +21,23 @@ class CallContext:
     Attributes:
         method: the name the client called.
         peer: the client's ZeroMQ routing id on this service.
-        deadline: absolute UNIX time after which the client no longer waits, or ``None``.
+        deadline: when the client stops waiting (a :class:`~netcall._deadline.Deadline` on
+            this host's monotonic clock), or ``None``.
         oneway: the client does not wait for a result.
+        metadata: string pairs the client sent with the call (read-only; empty by default).
     """
 
     method: str
     peer: bytes
-    deadline: float | None
+    deadline: Deadline | None
     oneway: bool = False
+    metadata: Mapping[str, str] = field(default_factory=lambda: _NO_METADATA)
 
     def time_remaining(self) -> float | None:
         """Seconds until the deadline (never negative), or ``None`` without a deadline."""
         if self.deadline is None:
             return None
-        return max(0.0, self.deadline - time.time())
+        return self.deadline.remaining()
 
 
 _current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(

@@ -18,8 +18,17 @@ The tree::
     ├── ProtocolError                 malformed frames, or a peer speaking another version
     ├── SerializationError            a value could not be encoded or decoded (also a TypeError)
     │   └── SerializerMismatchError   the client and the service use different serializers
+    ├── EncodingError                 a method name cannot be encoded as UTF-8 (also a
+    │                                 UnicodeEncodeError, so a ValueError)
+    ├── StreamBusyError               a remote generator is already being stepped, or asend/athrow
+    │                                 on a prefetching one (also a RuntimeError)
+    ├── TransportError                ZeroMQ refused: an endpoint cannot be bound or connected
+    │                                 (also a zmq.ZMQError; defined in netcall._edge)
     ├── ConnectionLostError           the connection to the service broke with the call in flight
     └── ClientClosedError             the client was closed before or during the call
+
+Foreign exceptions (``zmq.ZMQError``, ``UnicodeEncodeError``, a third-party serializer's
+errors) are translated at one edge, :mod:`netcall._edge`, with the original as ``__cause__``.
 
 ``asyncio.CancelledError`` is never wrapped: a cancelled call re-raises it unchanged.
 """
@@ -29,10 +38,13 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
+from . import _wire_names as names
+
 __all__ = [
     "BUILTIN_ERRORS",
     "ClientClosedError",
     "ConnectionLostError",
+    "EncodingError",
     "MethodNotFoundError",
     "ProtocolError",
     "RPCError",
@@ -44,6 +56,7 @@ __all__ = [
     "SerializerMismatchError",
     "ServiceBusyError",
     "ServiceStoppingError",
+    "StreamBusyError",
     "StreamClosedError",
     "exception_from_remote",
     "exception_to_remote",
@@ -107,6 +120,19 @@ class SerializationError(RPCError, TypeError):
 
 class SerializerMismatchError(SerializationError):
     """The client and the service are configured with different serializers."""
+
+
+class EncodingError(RPCError, UnicodeEncodeError):
+    """A name (method, metadata) cannot be encoded as UTF-8; also a ``UnicodeEncodeError``
+    with the same arguments."""
+
+    def __str__(self) -> str:
+        return UnicodeEncodeError.__str__(self)
+
+
+class StreamBusyError(RPCError, RuntimeError):
+    """A remote generator is already being stepped (one step at a time), or ``asend``/``athrow``
+    was used on a stream iterated with ``async for`` (prefetching). Also a RuntimeError."""
 
 
 class ConnectionLostError(RPCError):
@@ -182,14 +208,14 @@ class StreamClosedError(RemoteRPCError):
 
 # Names netcall itself sends for its own refusals.
 _NETCALL_ERRORS: dict[str, type[RPCError]] = {
-    "netcall.MethodNotFound": MethodNotFoundError,
-    "netcall.ServiceStopping": ServiceStoppingError,
-    "netcall.Busy": ServiceBusyError,
-    "netcall.SerializationError": RemoteSerializationError,
-    "netcall.ProtocolError": RemoteProtocolError,
-    "netcall.StreamClosed": StreamClosedError,
-    "netcall.SerializerMismatch": SerializerMismatchError,
-    "netcall.Timeout": RPCTimeoutError,
+    names.METHOD_NOT_FOUND: MethodNotFoundError,
+    names.SERVICE_STOPPING: ServiceStoppingError,
+    names.BUSY: ServiceBusyError,
+    names.SERIALIZATION_ERROR: RemoteSerializationError,
+    names.PROTOCOL_ERROR: RemoteProtocolError,
+    names.STREAM_CLOSED: StreamClosedError,
+    names.SERIALIZER_MISMATCH: SerializerMismatchError,
+    names.TIMEOUT: RPCTimeoutError,
 }
 
 _remote_classes: dict[str, type[RemoteRPCError]] = {}

@@ -66,7 +66,10 @@ class GeventRPCService(RPCService):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        # Sync handlers run as greenlets through the core's declared hook; the hub is known
+        # only at start().
+        self._runner = _GreenletRunner()
+        super().__init__(*args, handler_runner=self._runner, **kwargs)
         self._bridge = _bridge.acquire()
         self._bridge.closers[id(self)] = super().close
         self._released = False
@@ -100,7 +103,7 @@ class GeventRPCService(RPCService):
             return self._serving
         port = _bridge.port_for(gevent.get_hub())
         self._port = port
-        self._sync_runner = _GreenletRunner(port)
+        self._runner.port = port
         self._done = gevent.event.Event()
         self._bridge.call(super().start, self._bridge.loop)
         self._serving = gevent.spawn(self._wait_stopped, port, self._done)
@@ -158,15 +161,17 @@ class GeventRPCService(RPCService):
 
 
 class _GreenletRunner:
-    """The core's ``_sync_runner``: run a sync call as a greenlet on one hub (from the loop
-    thread); cancelling the returned awaitable kills the greenlet."""
+    """The service's ``handler_runner``: run a sync call as a greenlet on one hub (from the
+    loop thread); cancelling the returned awaitable kills the greenlet."""
 
     __slots__ = ("port",)
 
-    def __init__(self, port: _bridge.HubPort) -> None:
-        self.port = port
+    def __init__(self) -> None:
+        self.port: _bridge.HubPort | None = None  # set by start()
 
     async def __call__(self, fn: Callable[[], T]) -> T:
+        port = self.port
+        assert port is not None, "the service has not been started"
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         ctx = contextvars.copy_context()  # current_call() inside the handler
@@ -180,11 +185,11 @@ class _GreenletRunner:
             for g in spawned:
                 g.kill(block=False)
 
-        self.port.submit(spawn)
+        port.submit(spawn)
         try:
             return await fut
         except asyncio.CancelledError:
-            self.port.submit(kill)
+            port.submit(kill)
             raise
 
 

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Iterable
 from types import TracebackType
-from typing import Any
-
-import zmq
+from typing import TYPE_CHECKING, Any
 
 from . import _bridge
-from .client import RemoteGenerator, RPCClient
+from ._blocking import BlockingGenerator
+from .client import ClientOptions, RemoteGenerator, RPCClient
 from .errors import ClientClosedError
 from .serializers import Serializer
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["SyncRPCClient"]
 
@@ -38,10 +40,11 @@ class SyncRPCClient:
     without ``await``.
 
     ``client.name(*args, **kwargs)`` returns the result (dotted names work); a method that
-    returns a generator gives a :class:`~netcall._bridge.BlockingGenerator`, a plain generator
+    returns a generator gives a :class:`~netcall._blocking.BlockingGenerator`, a plain generator
     with ``next``, ``send``, ``throw`` and ``close`` (closed on garbage collection too).
 
-    Args: as :class:`~netcall.RPCClient`.
+    Args: exactly :class:`~netcall.RPCClient`'s (passed through, see
+    :class:`~netcall.client.ClientOptions`).
 
     Calls raise what the core raises: RemoteRPCError (a builtin type arrives as that type
     too), RPCTimeoutError, SerializationError, ClientClosedError; and RuntimeError when used
@@ -49,19 +52,11 @@ class SyncRPCClient:
     """
 
     def __init__(
-        self,
-        serializer: str | Serializer | None = None,
-        *,
-        timeout: float | None = None,
-        context: zmq.Context[Any] | None = None,
-        window: int = 64,
-        name: str | None = None,
+        self, serializer: str | Serializer | None = None, **options: Unpack[ClientOptions]
     ) -> None:
         bridge = _bridge.acquire()
         try:
-            client = bridge.call(
-                RPCClient, serializer, timeout=timeout, context=context, window=window, name=name
-            )
+            client = bridge.call(RPCClient, serializer, **options)
         except BaseException:
             _bridge.release(bridge)
             raise
@@ -126,7 +121,7 @@ class SyncRPCClient:
             raise ClientClosedError("the client is closed")
         result = self._bridge.run(call)
         if isinstance(result, RemoteGenerator):
-            return _bridge.BlockingGenerator(result, self._bridge, self)
+            return BlockingGenerator(result, self._bridge, self)
         return result
 
     # -- closing --------------------------------------------------------------------------

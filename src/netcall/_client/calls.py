@@ -1,0 +1,116 @@
+"""Calls: how one is encoded, and the calls waiting for an answer (by request id, with their
+timeouts)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from .. import protocol as p
+from .._deadline import MIN_REMAINING, SPENT
+from .._edge import serializer_error
+from ..errors import ConnectionLostError, EncodingError, RPCTimeoutError
+from .peers import Peer
+
+__all__ = ["CallRegistry", "PendingCall", "call_frames", "encode_arguments"]
+
+
+class PendingCall:
+    __slots__ = ("future", "peer", "sent_up", "timeout", "window")
+
+    def __init__(
+        self, future: asyncio.Future[Any], peer: Peer, timeout: float | None, window: int
+    ) -> None:
+        self.future = future
+        self.peer = peer
+        self.timeout = timeout
+        self.window = window
+        # Sent on a live connection: lost if that connection breaks. A call sent while the
+        # service is down waits in ZeroMQ's queue for a reconnection (or its timeout).
+        self.sent_up = peer.up
+
+
+class CallRegistry:
+    """``by_id`` maps request ids to calls in flight. ``send_cancel(peer, rid)`` tells a
+    service to drop a call nobody waits for any more."""
+
+    __slots__ = ("_send_cancel", "by_id")
+
+    def __init__(self, send_cancel: Callable[[Peer, int], None]) -> None:
+        self.by_id: dict[int, PendingCall] = {}
+        self._send_cancel = send_cancel
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    def expire(self, rid: int) -> None:
+        """The call's timeout passed: fail it and cancel it on the service."""
+        pend = self.by_id.pop(rid, None)
+        if pend is None or pend.future.done():
+            return
+        pend.future.set_exception(RPCTimeoutError(f"no answer within {pend.timeout} s"))
+        self._send_cancel(pend.peer, rid)
+
+    def fail_peer(self, peer: Peer, why: str, every_call: bool) -> None:
+        """The connection to ``peer`` broke: its calls' answers cannot arrive (a new connection
+        gives this client a new identity on the service). Calls sent while it was down wait
+        for a reconnection, unless ``every_call``."""
+        for rid, pend in list(self.by_id.items()):
+            if pend.peer is peer and (pend.sent_up or every_call) and not pend.future.done():
+                del self.by_id[rid]
+                pend.future.set_exception(ConnectionLostError(why))
+
+    def fail_all(self, error: Callable[[], BaseException]) -> None:
+        for pend in list(self.by_id.values()):
+            if not pend.future.done():
+                pend.future.set_exception(error())
+        self.by_id.clear()
+
+
+def encode_arguments(
+    dumps: Callable[[Any], bytes], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[bytes, bytes | None]:
+    """The argument frames of a CALL (kwargs only when there are some).
+
+    Raises:
+        SerializationError: an argument cannot be serialized (whatever the serializer raised
+            is the ``__cause__``).
+    """
+    try:
+        return dumps(list(args)), (dumps(kwargs) if kwargs else None)
+    except Exception as exc:
+        raise serializer_error(exc, "cannot serialize the arguments") from exc
+
+
+def call_frames(
+    peer: Peer,
+    rid: int,
+    method: str,
+    serializer: str,
+    timeout: float | None,
+    oneway: bool,
+    window: int,
+    arguments: tuple[bytes, bytes | None],
+) -> list[Any]:
+    """The frames of a CALL to ``peer``, routing id first.
+
+    Raises:
+        EncodingError: the method name cannot be encoded.
+    """
+    try:
+        head = p.call_head(
+            rid,
+            method,
+            serializer,
+            # The time remaining: 0 for none; a spent one (0 s or less) as SPENT.
+            0.0 if timeout is None else (timeout if timeout >= MIN_REMAINING else SPENT),
+            p.FLAG_ONEWAY if oneway else 0,
+            window,
+        )
+    except UnicodeEncodeError as exc:
+        raise EncodingError(*exc.args) from exc
+    payload, kw_payload = arguments
+    if kw_payload is None:
+        return [peer.rid, head, payload]
+    return [peer.rid, head, payload, kw_payload]

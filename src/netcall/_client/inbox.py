@@ -1,0 +1,79 @@
+"""A reply arrives at the client: RESULT/ERROR/ACK settle a pending call, STREAM opens a stream,
+ITEM/END/ERROR of a stream go to its consumer state. Inline RESULT and ITEM take a fast path
+that decodes nothing but the header."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .. import protocol as p
+from .calls import CallRegistry
+from .generator import RemoteGenerator
+from .peers import Peer
+from .streams import ConsumerStreams
+
+__all__ = ["Inbox"]
+
+log = logging.getLogger("netcall")
+
+_RESULT = p.Kind.RESULT
+_split_inline = p.split_inline
+
+
+class Inbox:
+    """Routes the client socket's incoming messages. ``send_cancel(peer, rid)`` closes a stream
+    that opened after its caller gave up; ``opened(lease)`` is told of every new stream (for
+    the keepalive)."""
+
+    __slots__ = ("_calls", "_opened", "_send_cancel", "_streams", "_streams_by_id")
+
+    def __init__(
+        self,
+        calls: CallRegistry,
+        streams: ConsumerStreams,
+        send_cancel: Callable[[Peer, int], None],
+        opened: Callable[[float], None],
+    ) -> None:
+        self._calls = calls.by_id
+        self._streams = streams
+        self._streams_by_id = streams.by_id
+        self._send_cancel = send_cancel
+        self._opened = opened
+
+    def on_message(self, frames: list[Any]) -> None:
+        if len(frames) == 2:
+            fast = _split_inline(frames[1])
+            if fast is not None:
+                kind, rid, payload = fast
+                if kind == _RESULT:
+                    pend = self._calls.pop(rid, None)
+                    if pend is not None and not pend.future.done():
+                        pend.future.set_result(payload)  # bytes: a result's payload
+                    return
+                stream = self._streams_by_id.get(rid)
+                if stream is not None:
+                    stream.feed_item(payload)
+                return
+        try:
+            msg = p.decode(frames[1:])
+        except Exception as exc:
+            log.warning("netcall: dropped a malformed message from a service: %s", exc)
+            return
+        rid = msg.id
+        pend = self._calls.pop(rid, None)
+        if pend is None:
+            self._streams.feed(msg)
+            return
+        fut = pend.future
+        if type(msg) is p.StreamOpen:
+            if fut.done():
+                # The caller gave up (cancelled, timed out) as the stream opened: close it.
+                self._send_cancel(pend.peer, rid)
+                return
+            state = self._streams.open(pend.peer, rid, pend.timeout, pend.window)
+            self._opened(msg.lease)
+            fut.set_result(RemoteGenerator(state))
+        elif not fut.done():
+            fut.set_result(msg)

@@ -1,0 +1,73 @@
+"""The one edge where foreign exceptions become netcall's: ZeroMQ errors, encoding errors, and
+whatever a third-party serializer raises. The original is always the ``__cause__``.
+``asyncio.CancelledError`` (a ``BaseException``) is never touched.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import zmq
+
+from .errors import ClientClosedError, EncodingError, RPCError, SerializationError
+
+__all__ = ["TransportError", "map_exceptions", "translate"]
+
+
+class TransportError(RPCError, zmq.ZMQError):
+    """ZeroMQ refused an operation: an endpoint cannot be bound or connected (address in use,
+    malformed address), or a socket cannot be created. Also a ``zmq.ZMQError`` with the same
+    ``errno``; the original is the ``__cause__``."""
+
+    def __init__(self, errno: int, message: str) -> None:
+        zmq.ZMQError.__init__(self, errno, message)
+
+
+_CLOSED = frozenset({errno.ENOTSOCK, zmq.ETERM})
+
+
+def translate(exc: BaseException, what: str = "") -> BaseException | None:
+    """netcall's exception for the foreign ``exc`` (to be raised ``from exc``), or ``None``
+    when ``exc`` is already netcall's or is not ours to translate."""
+    if isinstance(exc, RPCError) or not isinstance(exc, Exception):
+        return None
+    prefix = f"{what}: " if what else ""
+    if isinstance(exc, zmq.ZMQError):
+        if exc.errno in _CLOSED:
+            return ClientClosedError(f"{prefix}the socket or context is closed")
+        return TransportError(exc.errno or 0, f"{prefix}{exc.strerror}")
+    if isinstance(exc, UnicodeEncodeError):
+        return EncodingError(*exc.args)
+    return None
+
+
+def serializer_error(exc: Exception, what: str) -> Exception:
+    """What a serializer's failure becomes: netcall's own errors pass, anything else (a
+    third-party serializer's exception) becomes :class:`SerializationError`."""
+    if isinstance(exc, RPCError):
+        return exc
+    mapped = translate(exc)
+    if mapped is not None and isinstance(mapped, Exception):
+        return mapped
+    err = SerializationError(f"{what}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+@contextmanager
+def map_exceptions(what: str = "") -> Iterator[None]:
+    """Translate foreign exceptions raised in the block (see :func:`translate`).
+
+    Raises:
+        TransportError, ClientClosedError, EncodingError: for a ``zmq.ZMQError`` or a
+            ``UnicodeEncodeError``; anything else passes unchanged.
+    """
+    try:
+        yield
+    except Exception as exc:
+        mapped = translate(exc, what)
+        if mapped is None:
+            raise
+        raise mapped from exc

@@ -1,0 +1,106 @@
+"""Waiting from gevent: a :class:`HubPort` runs callbacks on one gevent hub from any thread,
+so a greenlet can wait for netcall's loop thread without blocking its hub (see
+:mod:`netcall._bridge`)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["HubPort", "current_port", "port_for"]
+
+log = logging.getLogger("netcall")
+
+
+class HubPort:
+    """Runs callbacks on one gevent hub, from any thread; lets greenlets of that hub wait.
+
+    One per hub (:func:`port_for`). :meth:`submit` appends to a deque and wakes the hub
+    through an ``async_`` watcher, which is started once, here, before anything is scheduled
+    (libev forgets a ``send`` that came before ``start``). The watcher holds the hub alive
+    only while :meth:`hold` counts something waiting, so an idle hub can still exit.
+    """
+
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub
+        self._queue: deque[Callable[[], Any]] = deque()
+        self._holds = 0
+        self._watcher = hub.loop.async_()
+        self._watcher.start(self._drain)
+        self._watcher.ref = False
+
+    def submit(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` in the hub (thread-safe, never blocks). It must not block either."""
+        self._queue.append(fn)
+        self._watcher.send()
+
+    def _drain(self) -> None:
+        queue = self._queue
+        while queue:
+            fn = queue.popleft()
+            try:
+                fn()
+            except BaseException:  # a callback must never kill the hub
+                log.exception("netcall: error in a callback on the gevent hub")
+
+    def hold(self) -> None:
+        """Keep the hub running (call from the hub's thread)."""
+        self._holds += 1
+        self._watcher.ref = True
+
+    def unhold(self) -> None:
+        self._holds -= 1
+        if self._holds <= 0:
+            self._holds = 0
+            self._watcher.ref = False
+
+    def wait(self, start: Callable[[Callable[[Any], None]], None]) -> Any:
+        """Block the calling greenlet until the callback given to ``start`` is called (from
+        any thread); return the value it was given."""
+        from gevent.hub import Waiter
+
+        waiter = Waiter(self.hub)
+        self.hold()
+        try:
+            start(lambda value: self.submit(functools.partial(waiter.switch, value)))
+            return waiter.get()
+        finally:
+            self.unhold()
+
+
+def port_for(hub: Any) -> HubPort:
+    """The :class:`HubPort` of ``hub`` (created on first use; call from the hub's thread)."""
+    port: HubPort | None = getattr(hub, "_netcall_port", None)
+    if port is None:
+        port = HubPort(hub)
+        hub._netcall_port = port
+    return port
+
+
+def current_port() -> HubPort | None:
+    """The hub port to wait on, when the caller is a greenlet; ``None`` for a plain thread.
+
+    A greenlet is any caller in a thread that has a gevent hub, or in a process whose
+    ``threading`` is monkey-patched.
+
+    Raises:
+        RuntimeError: called from the hub itself, which must never block.
+    """
+    gevent = sys.modules.get("gevent")
+    if gevent is None:
+        return None
+    from gevent._hub_local import get_hub_if_exists
+
+    hub = get_hub_if_exists()
+    if hub is None:
+        monkey = sys.modules.get("gevent.monkey")
+        if monkey is None or not monkey.is_module_patched("threading"):
+            return None
+        hub = gevent.get_hub()
+    if gevent.getcurrent() is hub:
+        raise RuntimeError("netcall cannot block the gevent hub; call it from a greenlet")
+    return port_for(hub)

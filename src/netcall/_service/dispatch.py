@@ -1,0 +1,282 @@
+"""A CALL arrives: admission (stopping, serializer, method, deadline, request id, limit),
+the call's :class:`~netcall.CallContext`, running the handler, and its answer.
+
+Two hooks for later work live here, each in exactly one place: :meth:`Dispatcher.context`
+builds every CallContext (streams reuse the call's), and :meth:`Dispatcher.invoke` is the
+only place a handler is called (middleware, thread offload).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import inspect
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .. import protocol as p
+from .._context import CallContext, _current
+from .._deadline import MIN_REMAINING, Deadline
+from ..errors import SerializationError, remote_type_name
+from ..serializers import Serializer
+from .registry import Handler, HandlerRegistry
+from .replies import Replies
+from .runner import Runner
+from .streams import Producers, close_generator_soon, is_generator
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger("netcall")
+
+_isgenerator = inspect.isgenerator
+_isasyncgen = inspect.isasyncgen
+
+
+class Dispatcher:
+    """Runs calls for one service. ``calls`` holds the running ones by (peer, request id)."""
+
+    def __init__(
+        self,
+        registry: HandlerRegistry,
+        replies: Replies,
+        runner: Runner,
+        producers: Producers,
+        serializer: Serializer,
+        max_concurrent: int | None,
+    ) -> None:
+        self._registry = registry
+        self._replies = replies
+        self._runner = runner
+        self._producers = producers
+        self._open_streams = producers.by_key
+        self._handlers = registry.by_name
+        self._serializer = serializer
+        self._max_concurrent = max_concurrent
+        self.calls: dict[tuple[bytes, int], asyncio.Future[Any]] = {}
+        # Calls the client cancelled: their task may already be done, its done-callback not yet
+        # run (cancel() is then a no-op): that callback must not answer or open a stream.
+        self._abandoned: set[tuple[bytes, int]] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.refusing: str | None = None  # why new calls are refused (the service is stopping)
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    @staticmethod
+    def context(peer: bytes, msg: p.Call, deadline: Deadline | None) -> CallContext:
+        """The one place a call's context is built."""
+        return CallContext(msg.method, peer, deadline, msg.oneway, msg.metadata)
+
+    def invoke(self, handler: Handler, args: Any, kwargs: dict[str, Any]) -> Any:
+        """The one place a handler is called: its result (sync handler run inline), or an
+        awaitable for it (async handler, or sync handler sent to the runner)."""
+        if handler.is_async or self._runner.inline:
+            return handler.fn(*args, **kwargs)
+        return self._runner.run(functools.partial(handler.fn, *args, **kwargs))
+
+    # -- admission ------------------------------------------------------------------------
+
+    def at_limit(self, peer: bytes, rid: int) -> bool:
+        """Refuse the call (and say so) when max_concurrent calls and streams are running."""
+        limit = self._max_concurrent
+        if limit is None or len(self.calls) + len(self._producers) < limit:
+            return False
+        self._replies.refuse(peer, rid, p.ERR_BUSY, f"the service is at its limit of {limit}")
+        return True
+
+    def on_call(self, peer: bytes, msg: p.Call) -> None:
+        rid = msg.id
+        reason = self._admit(peer, msg)
+        if reason is not None:
+            self._replies.refuse(peer, rid, *reason)
+            return
+        handler = self._handlers[msg.method]
+        deadline = None
+        if msg.timeout:  # the deadline starts now, on this host's clock (_admit: not spent)
+            deadline = Deadline.after(msg.timeout)
+        try:
+            loads = self._serializer.loads
+            args = loads(msg.args)
+            kwargs = loads(msg.kwargs) if msg.kwargs is not None else {}
+        except SerializationError as exc:
+            self._replies.refuse(peer, rid, p.ERR_SERIALIZATION, f"bad arguments: {exc}")
+            return
+        if (
+            not isinstance(args, list | tuple)
+            or not isinstance(kwargs, dict)
+            or not all(isinstance(k, str) for k in kwargs)
+        ):
+            self._replies.refuse(peer, rid, p.ERR_PROTOCOL, "arguments must be a list and a map")
+            return
+        if msg.oneway:
+            self._replies.send(peer, p.Ack(rid).to_frames())
+        inline = not handler.is_async and self._runner.inline
+        if not inline and self.at_limit(peer, rid):
+            return
+        ctx = self.context(peer, msg, deadline)
+        token = _current.set(ctx)
+        try:
+            result = self.invoke(handler, args, kwargs)
+            if inline and not inspect.isawaitable(result):
+                # Fast path: a sync handler ran inline, no task.
+                self._finish(peer, msg, ctx, result)
+                return
+            # The task runs in a copy of this context, where current_call() is this call.
+            task = _start_task(self.loop, result)  # type: ignore[arg-type]
+        except Exception as exc:
+            self._handler_failed(peer, msg, handler, args, kwargs, exc)
+            return
+        finally:
+            _current.reset(token)
+        timer = None
+        if deadline is not None:
+            assert self.loop is not None
+            timer = self.loop.call_later(deadline.remaining(), task.cancel)
+        self.calls[(peer, rid)] = task
+        task.add_done_callback(
+            functools.partial(self._call_done, peer, msg, ctx, handler, args, kwargs, timer)
+        )
+
+    def _admit(self, peer: bytes, msg: p.Call) -> tuple[str, str] | None:
+        """Why the call is refused (error name, message), or None to run it."""
+        if self.refusing is not None:
+            return p.ERR_SERVICE_STOPPING, self.refusing
+        if msg.serializer != self._serializer.name:
+            return (
+                p.ERR_SERIALIZER_MISMATCH,
+                f"the service uses the {self._serializer.name!r} serializer, "
+                f"the client sent {msg.serializer!r}",
+            )
+        if msg.method not in self._handlers:
+            return p.ERR_METHOD_NOT_FOUND, f"no method named {msg.method!r}"
+        if msg.timeout and msg.timeout < MIN_REMAINING:
+            # A client whose time ran out sends a remaining time below a microsecond.
+            return p.ERR_TIMEOUT, "the call's deadline passed before it ran"
+        key = (peer, msg.id)
+        if key in self.calls or key in self._open_streams:
+            return p.ERR_PROTOCOL, f"request id {msg.id} is in use"
+        return None
+
+    def cancel(self, peer: bytes, rid: int) -> bool:
+        """CANCEL for a running call: cancel its task; False when there is none."""
+        key = (peer, rid)
+        task = self.calls.get(key)
+        if task is None:
+            return False
+        task.cancel()
+        self._abandoned.add(key)
+        return True
+
+    # -- answers --------------------------------------------------------------------------
+
+    def _call_done(
+        self,
+        peer: bytes,
+        msg: p.Call,
+        ctx: CallContext,
+        handler: Handler,
+        args: Any,
+        kwargs: dict[str, Any],
+        timer: asyncio.TimerHandle | None,
+        task: asyncio.Future[Any],
+    ) -> None:
+        """A handler task ended (also when it was cancelled before it ever ran)."""
+        key = (peer, msg.id)
+        self.calls.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if key in self._abandoned:
+            self._abandoned.discard(key)
+            if not task.cancelled() and task.exception() is None and is_generator(task.result()):
+                close_generator_soon(task.result())
+            return
+        if task.cancelled():
+            if self.refusing is not None:
+                self._replies.refuse(
+                    peer,
+                    msg.id,
+                    p.ERR_SERVICE_STOPPING,
+                    "the service stopped before the call finished",
+                )
+            # Otherwise the client cancelled or the deadline passed: nobody waits for a reply.
+            return
+        exc = task.exception()
+        if exc is not None:
+            if isinstance(exc, Exception):
+                self._handler_failed(peer, msg, handler, args, kwargs, exc)
+            else:  # KeyboardInterrupt, SystemExit, GeneratorExit from a killed greenlet...
+                self._replies.refuse(
+                    peer, msg.id, remote_type_name(exc), "the handler was interrupted"
+                )
+            return
+        self._finish(peer, msg, ctx, task.result())
+
+    def _handler_failed(
+        self,
+        peer: bytes,
+        msg: p.Call,
+        handler: Handler,
+        args: Any,
+        kwargs: dict[str, Any],
+        exc: Exception,
+    ) -> None:
+        if msg.oneway:
+            log.error("netcall: one-way call %s failed", handler.name, exc_info=exc)
+            return
+        if isinstance(exc, TypeError) and not _binds(handler.fn, args, kwargs):
+            self._replies.refuse(
+                peer, msg.id, "TypeError", f"bad arguments for {handler.name!r}: {exc}"
+            )
+            return
+        self._replies.error(peer, msg.id, exc)
+
+    def _finish(self, peer: bytes, msg: p.Call, ctx: CallContext, result: Any) -> None:
+        if _isgenerator(result) or _isasyncgen(result):
+            if msg.oneway or self.at_limit(peer, msg.id):
+                close_generator_soon(result)
+                return
+            # A stream's steps have no deadline of their own (each client step has a timeout).
+            self._producers.open(peer, msg, result, dataclasses.replace(ctx, deadline=None))
+            return
+        if msg.oneway:
+            return
+        try:
+            payload = self._serializer.dumps(result)
+        except SerializationError as exc:
+            self._replies.refuse(
+                peer,
+                msg.id,
+                p.ERR_SERIALIZATION,
+                f"cannot serialize the result of {msg.method!r}: {exc}",
+            )
+            return
+        self._replies.send(peer, p.payload_frames(p.Kind.RESULT, msg.id, payload))
+
+
+if sys.version_info >= (3, 12):
+
+    def _start_task(loop: asyncio.AbstractEventLoop, work: Awaitable[Any]) -> asyncio.Future[Any]:
+        # An eager task runs its first step now: a handler that never suspends completes
+        # without a trip through the loop.
+        if inspect.iscoroutine(work):
+            return asyncio.Task(work, loop=loop, eager_start=True)
+        return asyncio.ensure_future(work, loop=loop)
+
+else:
+
+    def _start_task(loop: asyncio.AbstractEventLoop, work: Awaitable[Any]) -> asyncio.Future[Any]:
+        if inspect.iscoroutine(work):
+            return loop.create_task(work)
+        return asyncio.ensure_future(work, loop=loop)
+
+
+def _binds(fn: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> bool:
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError:
+        return False
+    except ValueError:
+        return True
+    return True

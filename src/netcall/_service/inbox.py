@@ -1,0 +1,62 @@
+"""A message arrives at the service: decode it and hand it to its room (a CALL to dispatch,
+NEXT/THROW/CREDIT to the producer streams, CANCEL to whichever holds the request, PING
+answered here). A malformed message is answered with an ERROR when its id can be read."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .. import protocol as p
+from .dispatch import Dispatcher
+from .replies import Replies
+from .streams import STREAM_KINDS, Producers
+
+__all__ = ["Inbox"]
+
+log = logging.getLogger("netcall")
+
+
+class Inbox:
+    """Routes the service socket's incoming messages (``on_message`` gets the routing id of the
+    peer, then the message's frames)."""
+
+    __slots__ = ("_dispatch", "_open_streams", "_producers", "_replies")
+
+    def __init__(self, dispatch: Dispatcher, producers: Producers, replies: Replies) -> None:
+        self._dispatch = dispatch
+        self._producers = producers
+        self._open_streams = producers.by_key
+        self._replies = replies
+
+    def on_message(self, frames: list[Any]) -> None:
+        peer = frames[0]
+        body = frames[1:]
+        producers = self._producers
+        if self._open_streams:  # the lease clock of this peer's streams starts again
+            producers.touch(peer)
+        try:
+            msg = p.decode(body)
+        except Exception as exc:  # ProtocolError; anything else would be our bug
+            rid = p.request_id_of(body)
+            log.warning("netcall: dropped a malformed message from %r: %s", peer, exc)
+            if rid is not None:
+                self._replies.refuse(peer, rid, p.ERR_PROTOCOL, str(exc))
+            return
+        kind = type(msg)
+        if kind is p.Call:
+            self._dispatch.on_call(peer, msg)  # type: ignore[arg-type]
+        elif kind is p.Cancel:
+            cancelled = self._dispatch.cancel(peer, msg.id)
+            if not producers.cancel(peer, msg.id) and not cancelled:
+                # Closing an unknown or finished stream: confirm, so aclose() never waits.
+                self._replies.send(peer, p.End(msg.id).to_frames())
+        elif kind is p.Ping:
+            producers.touch(peer)
+            self._replies.send(peer, p.Pong(msg.id).to_frames())
+        elif kind in STREAM_KINDS:
+            producers.on_message(peer, msg)  # type: ignore[arg-type]
+        else:
+            self._replies.refuse(
+                peer, msg.id, p.ERR_PROTOCOL, f"a client may not send {kind.__name__}"
+            )

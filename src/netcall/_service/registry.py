@@ -1,0 +1,124 @@
+"""The handler registry: registration rules, reserved names, introspection."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+__all__ = ["Handler", "HandlerRegistry", "public_names"]
+
+#: The built-in introspection method, under a name no user handler can take.
+METHODS_NAME = "_netcall.methods"
+
+
+def public_names(*classes: type) -> frozenset[str]:
+    """The public attribute names of ``classes``: methods, properties, and the instance
+    attributes each class declares with a class-level annotation."""
+    names: set[str] = set()
+    for cls in classes:
+        names.update(dir(cls))
+        for klass in cls.__mro__:
+            names.update(getattr(klass, "__annotations__", {}))
+    return frozenset(n for n in names if not n.startswith("_"))
+
+
+class Handler:
+    """One registered handler."""
+
+    __slots__ = ("doc", "fn", "is_async", "name")
+
+    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+        self.name = name
+        self.fn = fn
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.doc = inspect.getdoc(fn) or ""
+
+
+class HandlerRegistry:
+    """Handlers by name. Names are dotted, each part non-empty and not private; the first
+    part may not be one of ``reserved`` (the public classes' own attribute names)."""
+
+    __slots__ = ("by_name", "reserved")
+
+    def __init__(self, reserved: frozenset[str]) -> None:
+        self.reserved = reserved
+        #: The handlers by name (read it; change it through the methods).
+        self.by_name: dict[str, Handler] = {}
+
+    def get(self, name: str) -> Handler | None:
+        return self.by_name.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.by_name
+
+    def add(self, name: str, fn: Callable[..., Any]) -> None:
+        """Register ``fn`` as ``name``.
+
+        Raises:
+            ValueError: the name is reserved, empty, or private.
+            TypeError: ``fn`` is not callable.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError("a handler needs a non-empty name")
+        parts = name.split(".")
+        if any(not part or part.startswith("_") for part in parts):
+            raise ValueError(f"invalid handler name {name!r}")
+        if parts[0] in self.reserved:
+            raise ValueError(f"{parts[0]!r} is a reserved name and cannot be registered")
+        if not callable(fn):
+            raise TypeError(f"handler {name!r} is not callable")
+        self.by_name[name] = Handler(name, fn)
+
+    def add_builtin(self, name: str, fn: Callable[..., Any]) -> None:
+        """Register netcall's own method (a private name, which :meth:`add` refuses)."""
+        self.by_name[name] = Handler(name, fn)
+
+    def add_subclass_methods(self, obj: Any, base: type) -> None:
+        """The public methods a subclass of ``base`` defines are handlers."""
+        cls = type(obj)
+        if cls is base:
+            return
+        base_names = set(dir(base))
+        for klass in cls.__mro__:
+            if klass is base or not issubclass(klass, base):
+                continue
+            for attr, value in vars(klass).items():
+                if attr.startswith("_") or attr in base_names or attr in self.by_name:
+                    continue
+                if callable(value) or isinstance(value, staticmethod | classmethod):
+                    self.add(attr, getattr(obj, attr))
+
+    def add_object(self, obj: Any, namespace: str | None, restricted: Iterable[str]) -> list[str]:
+        """Register ``obj``'s public callables as ``namespace.name``; returns the names.
+
+        Raises:
+            ValueError: a resulting name is reserved.
+        """
+        deny = set(restricted)
+        prefix = f"{namespace}." if namespace else ""
+        added = []
+        for attr in dir(obj):
+            if attr.startswith("_") or attr in deny:
+                continue
+            try:
+                value = getattr(obj, attr)
+            except Exception:
+                continue
+            if callable(value) and not isinstance(value, type):
+                self.add(prefix + attr, value)
+                added.append(prefix + attr)
+        return added
+
+    def describe(self) -> dict[str, dict[str, str]]:
+        """The public handlers: ``{name: {"signature": ..., "doc": ...}}``."""
+        out = {}
+        for name, h in sorted(self.by_name.items()):
+            if name.startswith("_"):
+                continue
+            try:
+                sig = str(inspect.signature(h.fn))
+            except (TypeError, ValueError):
+                sig = "(...)"
+            out[name] = {"signature": sig, "doc": h.doc}
+        return out

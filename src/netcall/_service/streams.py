@@ -1,0 +1,338 @@
+"""The producer side of streams: a generator running for one client, driven by the client's
+NEXT/THROW/CREDIT/CANCEL (state rules in :mod:`netcall.protocol.session`), and the lease
+reaper that closes streams whose client went silent."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable, Generator
+from typing import Any
+
+from .. import protocol as p
+from .._context import CallContext, _current
+from ..errors import ProtocolError, SerializationError, exception_for_throw
+from ..protocol.session import SERVICE_STREAM, add_credit, service_stream_next
+from ..serializers import Serializer
+from .replies import Replies
+from .runner import Runner
+
+__all__ = ["Producers", "close_generator_soon", "is_generator"]
+
+log = logging.getLogger("netcall")
+
+_STREAM_YIELD_EVERY = 64  # a flowing sync generator yields to the loop this often
+STREAM_KINDS: dict[type, p.Kind] = {
+    p.Next: p.Kind.NEXT,
+    p.Throw: p.Kind.THROW,
+    p.Credit: p.Kind.CREDIT,
+}
+_S = p.StreamState
+
+
+def is_generator(value: Any) -> bool:
+    return inspect.isgenerator(value) or inspect.isasyncgen(value)
+
+
+class _Stream:
+    """A generator being streamed to one client."""
+
+    __slots__ = (
+        "commands",
+        "context",
+        "credit",
+        "gen",
+        "is_async",
+        "key",
+        "method",
+        "peer",
+        "rid",
+        "state",
+        "task",
+        "waiter",
+    )
+
+    def __init__(self, peer: bytes, msg: p.Call, gen: Any, context: CallContext) -> None:
+        self.peer = peer
+        self.rid = msg.id
+        self.key = (peer, msg.id)
+        self.method = msg.method
+        self.gen = gen
+        self.context = context
+        self.is_async = inspect.isasyncgen(gen)
+        self.credit = msg.window
+        self.state = _S.FLOWING if msg.window else _S.IDLE
+        self.commands: list[tuple[str, Any]] = []
+        self.waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+
+class Producers:
+    """The open streams of one service, keyed by (peer, request id)."""
+
+    def __init__(
+        self, replies: Replies, serializer: Serializer, runner: Runner, lease: float
+    ) -> None:
+        self._replies = replies
+        self._serializer = serializer
+        self._runner = runner
+        self.lease = lease
+        #: The open streams by (peer, request id).
+        self.by_key: dict[tuple[bytes, int], _Stream] = {}
+        self._seen: dict[bytes, float] = {}
+        self._reaper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self.by_key)
+
+    def __contains__(self, key: tuple[bytes, int]) -> bool:
+        return key in self.by_key
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def touch(self, peer: bytes) -> None:
+        """``peer`` was heard from: its streams' leases start again."""
+        self._seen[peer] = time.monotonic()
+
+    # -- client messages ------------------------------------------------------------------
+
+    def open(self, peer: bytes, msg: p.Call, gen: Any, context: CallContext) -> None:
+        """The call ``msg`` returned ``gen``: tell the client, start producing."""
+        assert self._loop is not None
+        stream = _Stream(peer, msg, gen, context)
+        self.by_key[stream.key] = stream
+        self.touch(peer)
+        self._replies.send(peer, p.StreamOpen(msg.id, self.lease).to_frames())
+        stream.task = self._loop.create_task(self._run(stream))
+        self._schedule_reaper()
+
+    def on_message(self, peer: bytes, msg: p.Next | p.Throw | p.Credit) -> None:
+        """A NEXT, THROW or CREDIT for one of our streams."""
+        stream = self.by_key.get((peer, msg.id))
+        replies = self._replies
+        if stream is None:
+            # The stream ended (or never was): tell the client so it does not wait.
+            if type(msg) is not p.Credit:
+                replies.refuse(peer, msg.id, p.ERR_STREAM_CLOSED, "no such open stream")
+            return
+        try:
+            state = service_stream_next(stream.state, STREAM_KINDS[type(msg)])
+        except ProtocolError as exc:
+            self._close(stream, reply=False)
+            replies.refuse(peer, msg.id, p.ERR_PROTOCOL, str(exc))
+            return
+        if type(msg) is p.Credit:
+            stream.credit = add_credit(stream.credit, msg.count)
+        elif type(msg) is p.Next:
+            try:
+                value = self._serializer.loads(msg.payload)
+            except SerializationError as exc:
+                self._close(stream, reply=False)
+                replies.refuse(peer, msg.id, p.ERR_SERIALIZATION, str(exc))
+                return
+            stream.commands.append(("send", value))
+        else:
+            assert type(msg) is p.Throw
+            stream.commands.append(("throw", exception_for_throw(msg.type_name, msg.message)))
+        stream.state = state
+        stream.wake()
+
+    def cancel(self, peer: bytes, rid: int) -> bool:
+        """CANCEL: close the stream, confirming with END; False when there is none."""
+        stream = self.by_key.get((peer, rid))
+        if stream is None:
+            return False
+        self._close(stream, reply=True)
+        return True
+
+    def on_gone(self, peer: bytes) -> None:
+        """The peer disconnected: its streams can never be read again."""
+        for stream in [s for s in self.by_key.values() if s.peer == peer]:
+            self._close(stream, reply=False)
+
+    def close_all(self, refuse: tuple[str, str] | None = None) -> list[asyncio.Task[None]]:
+        """Close every stream (and stop reaping); with ``refuse``, tell each client why.
+        Returns the streams' tasks, which end once the generators' ``finally`` blocks ran."""
+        tasks = []
+        for stream in list(self.by_key.values()):
+            if stream.task is not None:
+                tasks.append(stream.task)
+            self._close(stream, reply=False)
+            if refuse is not None:
+                self._replies.refuse(stream.peer, stream.rid, *refuse)
+        return tasks
+
+    def shutdown(self) -> None:
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+
+    # -- producing ------------------------------------------------------------------------
+
+    async def _step(self, stream: _Stream, op: str, value: Any) -> tuple[bool, Any]:
+        """Advance the generator once: ``(False, item)``, or ``(True, None)`` when exhausted."""
+        gen = stream.gen
+        if stream.is_async:
+            try:
+                if op == "send":
+                    return False, await gen.asend(value)
+                return False, await gen.athrow(value)
+            except StopAsyncIteration:
+                return True, None
+        fn = functools.partial(_sync_step, gen.send if op == "send" else gen.throw, value)
+        if self._runner.inline:
+            return fn()
+        return await self._runner.run(fn)
+
+    async def _run(self, stream: _Stream) -> None:
+        loop = self._loop
+        assert loop is not None
+        dumps = self._serializer.dumps
+        replies = self._replies
+        produced = 0
+        _current.set(stream.context)
+        try:
+            while True:
+                if stream.commands:
+                    op, value = stream.commands.pop(0)
+                    lockstep = True
+                elif stream.state is _S.FLOWING and stream.credit > 0:
+                    # Also wait while the socket is backed up for this peer: bounded memory.
+                    if replies.is_blocked(stream.peer):
+                        await asyncio.sleep(0.001)
+                        continue
+                    op, value, lockstep = "send", None, False
+                    stream.credit -= 1
+                else:
+                    stream.waiter = loop.create_future()
+                    await stream.waiter
+                    stream.waiter = None
+                    continue
+                try:
+                    done, item = await self._step(stream, op, value)
+                    if done:
+                        replies.send(stream.peer, p.End(stream.rid).to_frames())
+                        return
+                except Exception as exc:
+                    replies.error(stream.peer, stream.rid, exc)
+                    return
+                try:
+                    payload = dumps(item)
+                except SerializationError as exc:
+                    replies.refuse(
+                        stream.peer,
+                        stream.rid,
+                        p.ERR_SERIALIZATION,
+                        f"cannot serialize an item of {stream.method!r}: {exc}",
+                    )
+                    return
+                replies.send(stream.peer, p.payload_frames(p.Kind.ITEM, stream.rid, payload))
+                if lockstep:  # STEPPING -> IDLE (a flowing stream stays FLOWING)
+                    stream.state = SERVICE_STREAM.get((stream.state, p.Kind.ITEM), stream.state)
+                produced += 1
+                if not stream.is_async and produced % _STREAM_YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            stream.state = _S.CLOSED
+            self._forget(stream)
+            await self._finalize(stream)
+
+    async def _finalize(self, stream: _Stream) -> None:
+        """Run the generator's ``finally`` blocks (aclose/close)."""
+        gen = stream.gen
+        try:
+            # A step cancelled while it ran in an executor thread is still running there (a
+            # thread cannot be interrupted): close only once it is done, or close() fails.
+            while getattr(gen, "gi_running", False):
+                await asyncio.sleep(0.005)
+            if stream.is_async:
+                await gen.aclose()
+            elif self._runner.inline:
+                gen.close()
+            else:
+                await self._runner.run(gen.close)
+        except BaseException as exc:  # a finally block may raise anything
+            if isinstance(exc, asyncio.CancelledError):
+                return
+            log.warning("netcall: stream %s raised while closing: %r", stream.method, exc)
+
+    def _close(self, stream: _Stream, reply: bool) -> None:
+        """Close a stream: its task ends and the generator is finalised."""
+        replies = self._replies
+        end = p.End(stream.rid)
+        if stream.state is _S.CLOSED and self.by_key.get(stream.key) is not stream:
+            if reply:
+                replies.send(stream.peer, end.to_frames())
+            return
+        self._forget(stream)
+        stream.state = _S.CLOSED
+        task = stream.task
+        if task is not None and not task.done():
+            if reply:
+                task.add_done_callback(lambda _t: replies.send(stream.peer, end.to_frames()))
+            task.cancel()
+        elif reply:
+            replies.send(stream.peer, end.to_frames())
+
+    def _forget(self, stream: _Stream) -> None:
+        # By identity: a peer may already reuse the id for a new stream.
+        if self.by_key.get(stream.key) is stream:
+            del self.by_key[stream.key]
+
+    # -- the lease ------------------------------------------------------------------------
+
+    def _schedule_reaper(self) -> None:
+        if self._reaper is None and self._loop is not None and not self._closed:
+            self._reaper = self._loop.call_later(self.lease / 4, self._reap)
+
+    def _reap(self) -> None:
+        """Close streams whose client has been silent for longer than the lease."""
+        self._reaper = None
+        now = time.monotonic()
+        live_peers = set()
+        for stream in list(self.by_key.values()):
+            if now - self._seen.get(stream.peer, now) > self.lease:
+                log.info("netcall: closing stream %s: its client went silent", stream.method)
+                self._close(stream, reply=False)
+            else:
+                live_peers.add(stream.peer)
+        for peer in list(self._seen):
+            if peer not in live_peers:
+                del self._seen[peer]
+        if self.by_key:
+            self._schedule_reaper()
+
+
+def _sync_step(step: Callable[[Any], Any], value: Any) -> tuple[bool, Any]:
+    # StopIteration must not escape into a coroutine (PEP 479) or a Future: report it.
+    try:
+        return False, step(value)
+    except StopIteration:
+        return True, None
+
+
+_closing: set[asyncio.Task[Any]] = set()
+
+
+def close_generator_soon(gen: Generator[Any, Any, Any] | AsyncGenerator[Any, Any]) -> None:
+    """Nobody will read ``gen`` (a one-way or abandoned call returned it): close it."""
+    if isinstance(gen, Generator):
+        gen.close()
+    else:
+        task = asyncio.ensure_future(gen.aclose())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)

@@ -1,0 +1,51 @@
+"""The one place netcall creates and configures its ROUTER sockets (service and client).
+
+Later work (CURVE security, socket options) adds its settings here, once, for both ends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+
+from ._edge import map_exceptions
+
+__all__ = ["make_router"]
+
+#: Messages queued per peer before a send reports "busy" (ZeroMQ's high-water marks).
+HWM = 10000
+
+
+def make_router(
+    context: zmq.Context[Any],
+    *,
+    server: bool,
+    heartbeat: float | None,
+    max_message_size: int | None = None,
+) -> zmq.Socket[Any]:
+    """A ROUTER socket configured for netcall: no linger, ROUTER_MANDATORY (an unknown peer is
+    an error, not a silent drop), high-water marks of :data:`HWM`, optional heartbeats (a peer
+    silent for three intervals is dropped) and maximum message size. ``server`` says which
+    end (the service binds; the client connects).
+
+    Raises:
+        TransportError, ClientClosedError: ZeroMQ refused (``__cause__``: the ZMQError).
+    """
+    del server  # the same options on both ends today; security settings will differ
+    with map_exceptions("cannot create a socket"):
+        sock: zmq.Socket[Any] = context.socket(zmq.ROUTER)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.setsockopt(zmq.SNDHWM, HWM)
+            sock.setsockopt(zmq.RCVHWM, HWM)
+            if max_message_size is not None:
+                sock.setsockopt(zmq.MAXMSGSIZE, int(max_message_size))
+            if heartbeat:
+                sock.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat * 1000))
+                sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat * 3000))
+        except BaseException:
+            sock.close(linger=0)
+            raise
+    return sock

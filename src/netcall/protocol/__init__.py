@@ -1,0 +1,168 @@
+"""netcall's wire protocol, sans-IO: frames in, messages out. No zmq, no asyncio here.
+
+Rules of this package: nothing here does I/O or keeps time; every message is encoded by its
+class's ``to_frames()`` (or the two hot-path helpers beside them) and decoded by
+:func:`decode`; the session rules (stream states, credit) are tables and pure functions in
+:mod:`netcall.protocol.session`; the error names netcall sends are the constants ``ERR_*``.
+
+Theory of operation
+-------------------
+A client talks to services over ZeroMQ; the socket's routing envelope (which service, which
+client) is the transport's business and is stripped before frames reach this module. What is
+left is one message: a list of frames whose first frame, the *head*, starts with a fixed
+12-byte header::
+
+    header  = b"NC" | version (u8) | kind (u8) | request id (u64, big-endian)
+
+The request id is chosen by the client (a counter per client, 64 bits, never reused while the
+client lives); a service keys its state by (peer, request id). Every message carries the version
+byte: a peer speaking another version gets a :class:`ProtocolError`, never a misread.
+
+What follows the header, by kind (``payload`` is the serializer's bytes, text is UTF-8;
+``head+`` means "in the head frame, after the header")::
+
+    client -> service
+      CALL    head+ timeout f64, flags u8, window u32, len u8, serializer name, method name
+              then frames: args[, kwargs][, metadata]
+      CANCEL  -                          cancel a call, or close a stream
+      NEXT    payload                    stream: send a value (lock-step asend / __anext__)
+      THROW   frames: type name, message stream: throw an exception into the generator
+      CREDIT  head+ count u32            stream: allow this many more items (prefetch)
+      PING    -                          keepalive (request id 0); the service answers PONG
+    service -> client
+      RESULT  payload                    the call's return value
+      ERROR   frames: type name, message, traceback
+      ACK     -                          a one-way call was accepted
+      STREAM  head+ lease f64            the call returned a generator: a stream is open
+      ITEM    payload                    stream: one yielded value
+      END     -                          stream: the generator is exhausted
+      PONG    -                          answer to PING
+
+A ``payload`` rides in the head after the header (small values: one frame, no extra copy on
+the ZeroMQ side), or, when the head is exactly the header, in a second frame (large values,
+sent without copying). Decoders accept both.
+
+``timeout`` is the time the call had left when it was sent, in seconds (0 for none); the
+service turns it into a deadline on its own monotonic clock when the message arrives (so the
+two hosts' clocks need not agree; time spent in transit and in the service's queue is not
+counted). The service refuses a call whose deadline passed, and cancels a handler still
+running at its deadline. ``flags``: ``FLAG_ONEWAY`` (no result wanted), ``FLAG_METADATA``
+(the last frame is the call's metadata: string pairs, each string UTF-8 after its u16
+length; absent when there is none). ``window`` in a CALL is the number of items a stream may
+produce before the client asks (0: strict lock-step). ``lease`` is how long a service keeps a
+stream whose client has gone silent; a client holding streams pings more often than that.
+
+Stream states on both ends are the tables in :mod:`netcall.protocol.session`.
+
+Adding a message kind: a member of :class:`Kind`, a dataclass with ``to_frames()`` in
+``_messages.py``, its decoder in ``_decode.py``'s ``_DECODERS``, its transitions in
+``session.py`` if it belongs to a stream, and a round-trip case in ``tests/test_protocol.py``.
+"""
+
+from __future__ import annotations
+
+from .._wire_names import BUSY as ERR_BUSY
+from .._wire_names import METHOD_NOT_FOUND as ERR_METHOD_NOT_FOUND
+from .._wire_names import PROTOCOL_ERROR as ERR_PROTOCOL
+from .._wire_names import SERIALIZATION_ERROR as ERR_SERIALIZATION
+from .._wire_names import SERIALIZER_MISMATCH as ERR_SERIALIZER_MISMATCH
+from .._wire_names import SERVICE_STOPPING as ERR_SERVICE_STOPPING
+from .._wire_names import STREAM_CLOSED as ERR_STREAM_CLOSED
+from .._wire_names import TIMEOUT as ERR_TIMEOUT
+from ..errors import ProtocolError
+from ._decode import (
+    decode,
+    decode_header,
+    decode_metadata,
+    payload_of,
+    request_id_of,
+    split_inline,
+)
+from ._messages import (
+    CALL_OPTIONS,
+    COUNT,
+    FLAG_METADATA,
+    FLAG_ONEWAY,
+    HEADER,
+    HEADER_SIZE,
+    INLINE_MAX,
+    LEASE,
+    MAGIC,
+    MAX_COUNT,
+    MAX_ID,
+    NO_METADATA,
+    VERSION,
+    Ack,
+    Call,
+    Cancel,
+    Credit,
+    End,
+    Error,
+    Item,
+    Kind,
+    Message,
+    Next,
+    Ping,
+    Pong,
+    Result,
+    StreamOpen,
+    Throw,
+    call_head,
+    encode_metadata,
+    header,
+    payload_frames,
+)
+from .session import STREAM_ACCEPTS, ClientStreamState, StreamState
+
+__all__ = [
+    "CALL_OPTIONS",
+    "COUNT",
+    "ERR_BUSY",
+    "ERR_METHOD_NOT_FOUND",
+    "ERR_PROTOCOL",
+    "ERR_SERIALIZATION",
+    "ERR_SERIALIZER_MISMATCH",
+    "ERR_SERVICE_STOPPING",
+    "ERR_STREAM_CLOSED",
+    "ERR_TIMEOUT",
+    "FLAG_METADATA",
+    "FLAG_ONEWAY",
+    "HEADER",
+    "HEADER_SIZE",
+    "INLINE_MAX",
+    "LEASE",
+    "MAGIC",
+    "MAX_COUNT",
+    "MAX_ID",
+    "NO_METADATA",
+    "STREAM_ACCEPTS",
+    "VERSION",
+    "Ack",
+    "Call",
+    "Cancel",
+    "ClientStreamState",
+    "Credit",
+    "End",
+    "Error",
+    "Item",
+    "Kind",
+    "Message",
+    "Next",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "Result",
+    "StreamOpen",
+    "StreamState",
+    "Throw",
+    "call_head",
+    "decode",
+    "decode_header",
+    "decode_metadata",
+    "encode_metadata",
+    "header",
+    "payload_frames",
+    "payload_of",
+    "request_id_of",
+    "split_inline",
+]

@@ -1,0 +1,161 @@
+"""Session rules, as data: the stream state machines of both ends, and credit accounting as
+pure functions. No I/O here; the cores look their next state up and do the I/O.
+
+Service side (one :class:`StreamState` per open stream)::
+
+    IDLE      suspended at a yield   NEXT/THROW -> STEPPING, CREDIT -> FLOWING
+    STEPPING  one lock-step step     (it yields an ITEM) -> IDLE
+    FLOWING   producing on credit    CREDIT -> FLOWING, (ITEM) -> FLOWING
+    any       CANCEL, END, ERROR     -> CLOSED
+
+Client side (one :class:`ClientStreamState` per open stream)::
+
+    LOCKSTEP  asend/athrow/anext, one round trip each   (CREDIT sent) -> PREFETCH
+    PREFETCH  ``async for``: the service runs ahead on credit
+    CLOSING   CANCEL sent, waiting for the service's END
+    DONE      END or ERROR arrived (or the stream failed locally); later messages are dropped
+
+A client message not allowed in a state is a protocol error: the service answers ERROR
+(``netcall.ProtocolError``) and closes the stream, never crashes.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from ..errors import ProtocolError
+from ._messages import MAX_COUNT, Kind
+
+__all__ = [
+    "CLIENT_STREAM",
+    "FIRST_CREDIT",
+    "SERVICE_STREAM",
+    "STREAM_ACCEPTS",
+    "ClientStreamState",
+    "StreamState",
+    "add_credit",
+    "client_stream_next",
+    "credit_limit",
+    "credit_to_grant",
+    "first_credit",
+    "service_stream_next",
+    "update_item_size",
+]
+
+
+class StreamState(enum.Enum):
+    """A service-side stream's state."""
+
+    IDLE = "idle"  # suspended at a yield, waiting for the client
+    STEPPING = "stepping"  # one lock-step NEXT/THROW in progress
+    FLOWING = "flowing"  # prefetch mode: producing while credit lasts
+    CLOSED = "closed"
+
+
+_S = StreamState
+
+#: (state, message kind) -> next state, for the service's side of a stream. CANCEL, NEXT, THROW
+#: and CREDIT come from the client; ITEM, END and ERROR are what the service sends.
+SERVICE_STREAM: dict[tuple[StreamState, Kind], StreamState] = {
+    (_S.IDLE, Kind.NEXT): _S.STEPPING,
+    (_S.IDLE, Kind.THROW): _S.STEPPING,
+    (_S.IDLE, Kind.CREDIT): _S.FLOWING,
+    (_S.STEPPING, Kind.ITEM): _S.IDLE,
+    (_S.FLOWING, Kind.CREDIT): _S.FLOWING,
+    (_S.FLOWING, Kind.ITEM): _S.FLOWING,
+    **{(state, kind): _S.CLOSED for state in _S for kind in (Kind.CANCEL, Kind.END, Kind.ERROR)},
+}
+
+_CLIENT_KINDS = frozenset({Kind.NEXT, Kind.THROW, Kind.CREDIT, Kind.CANCEL})
+
+#: Which client messages a service-side stream accepts in each state (derived from the table).
+STREAM_ACCEPTS: dict[StreamState, frozenset[Kind]] = {
+    state: frozenset(k for (s, k) in SERVICE_STREAM if s is state and k in _CLIENT_KINDS)
+    for state in StreamState
+}
+
+
+def service_stream_next(state: StreamState, kind: Kind) -> StreamState:
+    """The service-side stream's state after ``kind`` was received (or sent).
+
+    Raises:
+        ProtocolError: ``kind`` is not allowed in ``state``.
+    """
+    nxt = SERVICE_STREAM.get((state, kind))
+    if nxt is None:
+        raise ProtocolError(f"{kind.name} not allowed while the stream is {state.value}")
+    return nxt
+
+
+class ClientStreamState(enum.Enum):
+    """A client-side stream's state."""
+
+    LOCKSTEP = "lock-step"
+    PREFETCH = "prefetching"
+    CLOSING = "closing"
+    DONE = "done"
+
+
+_C = ClientStreamState
+
+#: (state, message kind) -> next state, for the client's side of a stream. ITEM, END and ERROR
+#: come from the service; CREDIT and CANCEL are what the client sends.
+CLIENT_STREAM: dict[tuple[ClientStreamState, Kind], ClientStreamState] = {
+    (_C.LOCKSTEP, Kind.ITEM): _C.LOCKSTEP,
+    (_C.LOCKSTEP, Kind.CREDIT): _C.PREFETCH,
+    (_C.PREFETCH, Kind.ITEM): _C.PREFETCH,
+    (_C.PREFETCH, Kind.CREDIT): _C.PREFETCH,
+    (_C.CLOSING, Kind.ITEM): _C.CLOSING,
+    **{(state, Kind.CANCEL): _C.CLOSING for state in (_C.LOCKSTEP, _C.PREFETCH, _C.CLOSING)},
+    **{(state, kind): _C.DONE for state in _C for kind in (Kind.END, Kind.ERROR)},
+    (_C.DONE, Kind.ITEM): _C.DONE,
+    (_C.DONE, Kind.CANCEL): _C.DONE,
+}
+
+
+def client_stream_next(state: ClientStreamState, kind: Kind) -> ClientStreamState:
+    """The client-side stream's state after ``kind`` was received (or sent).
+
+    Raises:
+        ProtocolError: ``kind`` is not allowed in ``state``.
+    """
+    nxt = CLIENT_STREAM.get((state, kind))
+    if nxt is None:
+        raise ProtocolError(f"{kind.name} not allowed while the stream is {state.value}")
+    return nxt
+
+
+# -- credit ----------------------------------------------------------------------------------
+
+#: Credit a prefetching stream starts with, before its item size is known (slow start).
+FIRST_CREDIT = 16
+
+
+def first_credit(window: int) -> int:
+    """The credit a stream starts prefetching with."""
+    return min(window, FIRST_CREDIT)
+
+
+def add_credit(credit: int, count: int) -> int:
+    """The service's credit after a CREDIT of ``count`` (saturating at the wire's maximum)."""
+    return min(credit + count, MAX_COUNT)
+
+
+def update_item_size(average: float, size: int) -> float:
+    """The running average of item sizes after one more item (weight 1/8)."""
+    return average + (size - average) * 0.125
+
+
+def credit_limit(window: int, stream_buffer: int, item_size: float) -> int:
+    """At most this many items in flight or buffered: the window, or fewer when the items are
+    large enough that ``stream_buffer`` bytes would be exceeded (never below 1)."""
+    return min(window, max(1, int(stream_buffer / item_size)))
+
+
+def credit_to_grant(granted: int, consumed: int, limit: int) -> int:
+    """How much credit to send after consuming an item: top up to ``limit`` once at most half
+    of it is still ahead (in flight or buffered), else 0 (not worth a message yet)."""
+    ahead = granted - consumed
+    if ahead * 2 <= limit:
+        return limit - ahead
+    return 0
