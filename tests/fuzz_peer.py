@@ -42,7 +42,7 @@ TARGET = str(HERE / "_hostile_target.py")
 # The wire format (see netcall/protocol.py), spelled out again on purpose: a hostile peer
 # must not depend on the code it attacks.
 MAGIC = b"NC"
-VERSION = 1
+VERSION = 2
 CALL, RESULT, ERROR, CANCEL, ACK, STREAM, NEXT, THROW, CREDIT, ITEM, END, PING, PONG = range(1, 14)
 MAX_U32 = 2**32 - 1
 
@@ -56,13 +56,13 @@ def call_head(
     method: str,
     serializer: str = "msgpack",
     window: int = 0,
-    deadline: float = 0.0,
+    timeout: float = 0.0,
     flags: int = 0,
 ) -> bytes:
     ser = serializer.encode()
     return (
         header(CALL, rid)
-        + struct.pack("!dBIB", deadline, flags, window, len(ser))
+        + struct.pack("!dBIB", timeout, flags, window, len(ser))
         + ser
         + method.encode()
     )
@@ -221,13 +221,13 @@ def hostile_calls(p: Peer) -> None:
 
 
 def hostile_fields(p: Peer) -> None:
-    """Well-formed kinds with hostile fields: NaN/negative deadlines, ids reused, bad names."""
+    """Well-formed kinds with hostile fields: NaN/negative/huge timeouts, ids reused, bad names."""
     r = p.rng
     rid = r.choice([0, 1, MAX_U32, 2**64 - 1, p.rid])
     choice = r.randint(0, 5)
     args = msgpack.packb([1]) if p.ser == "msgpack" else b"[1]"
     if choice == 0:
-        head = call_head(rid, "echo", p.ser, deadline=r.choice([float("nan"), -1.0, 1e300, 1.0]))
+        head = call_head(rid, "echo", p.ser, timeout=r.choice([float("nan"), -1.0, 1e300, 1e-9, float("inf")]))
         p.send("hostile fields", [head, args])
     elif choice == 1:
         p.send("hostile fields", [call_head(rid, "echo", "no-such-serializer"), args])
