@@ -227,7 +227,9 @@ def hostile_fields(p: Peer) -> None:
     choice = r.randint(0, 5)
     args = msgpack.packb([1]) if p.ser == "msgpack" else b"[1]"
     if choice == 0:
-        head = call_head(rid, "echo", p.ser, timeout=r.choice([float("nan"), -1.0, 1e300, 1e-9, float("inf")]))
+        head = call_head(
+            rid, "echo", p.ser, timeout=r.choice([float("nan"), -1.0, 1e300, 1e-9, float("inf")])
+        )
         p.send("hostile fields", [head, args])
     elif choice == 1:
         p.send("hostile fields", [call_head(rid, "echo", "no-such-serializer"), args])
