@@ -315,14 +315,19 @@ ATTACKS: dict[str, tuple[Callable[[Peer], None], float]] = {
 }
 
 
-def attack(url: str, seconds: float, seed: int, names: list[str], ser: str) -> dict[str, Any]:
+def attack(
+    url: str, seconds: float, seed: int, names: list[str], ser: str, rate: float = 0.0
+) -> dict[str, Any]:
+    """Attack ``url`` for ``seconds``; at most ``rate`` attacks per second (0: as fast as the
+    CPU allows, with a pause every 50 so an honest client can share the CPU)."""
     rng = random.Random(seed)
     ctx: zmq.Context[Any] = zmq.Context()
     peer = Peer(ctx, url, rng, ser)
     chosen = [ATTACKS[n] for n in names]
     fns = [fn for fn, _ in chosen]
     weights = [w for _, w in chosen]
-    end = time.monotonic() + seconds
+    start = time.monotonic()
+    end = start + seconds
     n = 0
     try:
         while time.monotonic() < end:
@@ -330,7 +335,9 @@ def attack(url: str, seconds: float, seed: int, names: list[str], ser: str) -> d
             n += 1
             if n % 50 == 0:
                 peer.drain()
-                time.sleep(0.002)  # a flood, but one the honest client can share the CPU with
+                ahead = n / rate - (time.monotonic() - start) if rate else 0.002
+                if ahead > 0:
+                    time.sleep(ahead)
     finally:
         peer.close()
         ctx.term()
@@ -416,6 +423,8 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
                                 args.attacks,
                                 "--serializer",
                                 args.serializer,
+                                "--rate",
+                                str(args.rate),
                             ],
                             stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE,
@@ -525,13 +534,16 @@ def main() -> int:
         p.add_argument("--seed", type=int, default=int(time.time()))
         p.add_argument("--attacks", default=",".join(ATTACKS))
         p.add_argument("--serializer", default="msgpack", choices=["msgpack", "json"])
+        p.add_argument("--rate", type=float, default=0.0, help="attacks/s per attacker (0: max)")
     args = parser.parse_args()
     names = [n for n in args.attacks.split(",") if n]
     unknown = set(names) - set(ATTACKS)
     if unknown:
         parser.error(f"unknown attacks {sorted(unknown)}; choose from {sorted(ATTACKS)}")
     if args.cmd == "attack":
-        print(json.dumps(attack(args.url, args.seconds, args.seed, names, args.serializer)))
+        print(
+            json.dumps(attack(args.url, args.seconds, args.seed, names, args.serializer, args.rate))
+        )
         return 0
     report = campaign(args)
     print(json.dumps(report, indent=2, default=str))

@@ -16,7 +16,7 @@ and :mod:`netcall.sync` (a blocking client).
 
 from ._context import CallContext, current_call
 from ._edge import TransportError
-from .client import RemoteGenerator, RPCClient
+from .client import DEFAULT_TIMEOUT, RemoteGenerator, RPCClient
 from .errors import (
     ClientClosedError,
     ConnectionLostError,
@@ -36,17 +36,19 @@ from .errors import (
     StreamClosedError,
 )
 from .serializers import JSONSerializer, MsgpackSerializer, PickleSerializer, Serializer
-from .service import RESERVED_NAMES, RPCService
+from .service import RESERVED_NAMES, Limits, RPCService
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "RESERVED_NAMES",
     "CallContext",
     "ClientClosedError",
     "ConnectionLostError",
     "EncodingError",
     "JSONSerializer",
+    "Limits",
     "MethodNotFoundError",
     "MsgpackSerializer",
     "PickleSerializer",

@@ -20,6 +20,7 @@ from . import protocol as p
 from ._edge import map_exceptions
 from ._reactor import SocketDriver
 from ._service.dispatch import Dispatcher
+from ._service.guard import Guard, Limits
 from ._service.inbox import Inbox
 from ._service.registry import METHODS_NAME, HandlerRegistry, public_names
 from ._service.replies import Replies
@@ -29,7 +30,7 @@ from ._socket import make_router
 from .client import RPCClient
 from .serializers import Serializer, get_serializer
 
-__all__ = ["RESERVED_NAMES", "HandlerRunner", "RPCService"]
+__all__ = ["RESERVED_NAMES", "HandlerRunner", "Limits", "RPCService"]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -54,7 +55,11 @@ class RPCService:
         grace: default seconds :meth:`stop` lets in-flight calls finish.
         tracebacks: send handler tracebacks to clients (default True).
         heartbeat: seconds between ZeroMQ heartbeats; a client connection silent for three of
-            them is dropped (``None``: no heartbeats).
+            them is dropped. Default ``None``, off: with them libzmq 4.3.5 aborts the process
+            when a peer that filled its pipe disconnects, which any peer can arrange. Closed
+            connections are seen without them; silent stream clients by ``stream_lease``.
+        limits: what one client may cost (:class:`~netcall.Limits`: calls and streams running,
+            stream window, queued replies...), each with a default.
         max_concurrent: at most this many calls running (async handlers and executor calls)
             plus streams open at once; further calls are refused at once with
             :class:`~netcall.errors.ServiceBusyError` instead of queueing without bound
@@ -87,8 +92,9 @@ class RPCService:
         stream_lease: float = 30.0,
         grace: float = 5.0,
         tracebacks: bool = True,
-        heartbeat: float | None = 2.0,
+        heartbeat: float | None = None,
         max_concurrent: int | None = None,
+        limits: Limits | None = None,
         name: str | None = None,
         handler_runner: HandlerRunner | None = None,
     ) -> None:
@@ -103,7 +109,8 @@ class RPCService:
         self._stopped: asyncio.Event | None = None
         self._closed = False
         self._registry = HandlerRegistry(RESERVED_NAMES)
-        self._replies = Replies(tracebacks)
+        self._guard = guard = Guard(limits or Limits())
+        self._replies = Replies(tracebacks, guard)
         runner = Runner(executor, handler_runner)
         self._producers = Producers(self._replies, self.serializer, runner, float(stream_lease))
         self._dispatch = Dispatcher(
@@ -114,6 +121,7 @@ class RPCService:
             self.serializer,
             max_concurrent,
         )
+        guard.attach(self._dispatch.calls, self._producers.close_peer, self._dispatch.cancel)
         self.socket = self._make_socket(heartbeat, max_message_size)
         self._registry.add_subclass_methods(self, RPCService)
         self._registry.add_builtin(METHODS_NAME, self.methods)
@@ -122,8 +130,14 @@ class RPCService:
         self, heartbeat: float | None, max_message_size: int | None
     ) -> zmq.Socket[Any]:
         """The service's socket (a hook: security options go to :func:`make_router`)."""
+        lim = self._guard.limits
         return make_router(
-            self.context, server=True, heartbeat=heartbeat, max_message_size=max_message_size
+            self.context,
+            server=True,
+            heartbeat=heartbeat,
+            max_message_size=max_message_size,
+            send_hwm=lim.send_hwm,
+            receive_hwm=lim.receive_hwm,
         )
 
     # -- registration ---------------------------------------------------------------------
@@ -242,6 +256,14 @@ class RPCService:
     def closed(self) -> bool:
         return self._closed
 
+    def stats(self) -> dict[str, int]:
+        """Counts since the service was made (see :meth:`netcall._service.guard.Guard.stats`)
+        and ``active_calls``, ``active_streams`` right now."""
+        out = self._guard.stats()
+        out["active_calls"] = self.active_calls
+        out["active_streams"] = self.active_streams
+        return out
+
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Begin serving on ``loop`` (default: the running loop). Returns at once.
 
@@ -257,7 +279,7 @@ class RPCService:
         self._dispatch.refusing = None
         self._producers.start(loop)
         inbox = Inbox(self._dispatch, self._producers, self._replies)
-        self._driver = SocketDriver(self.socket, loop, inbox.on_message, self._producers.on_gone)
+        self._driver = self._guard.start(self.socket, loop, inbox.on_message, self._replies.send)
         self._replies.driver = self._driver
 
     async def serve(self) -> None:
@@ -324,6 +346,7 @@ class RPCService:
         self._dispatch.refusing = "the service is stopping"
         self._replies.driver = None
         self._producers.shutdown()
+        self._guard.close()
         if self._driver is not None:
             self._driver.close(linger=linger)
         elif not self.socket.closed:

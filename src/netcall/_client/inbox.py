@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import protocol as p
+from .._ratelog import RateLimitedLog
 from .calls import CallRegistry
 from .generator import RemoteGenerator
 from .peers import Peer
@@ -27,7 +28,7 @@ class Inbox:
     that opened after its caller gave up; ``opened(lease)`` is told of every new stream (for
     the keepalive)."""
 
-    __slots__ = ("_calls", "_opened", "_send_cancel", "_streams", "_streams_by_id")
+    __slots__ = ("_calls", "_log", "_opened", "_send_cancel", "_streams", "_streams_by_id")
 
     def __init__(
         self,
@@ -41,6 +42,7 @@ class Inbox:
         self._streams_by_id = streams.by_id
         self._send_cancel = send_cancel
         self._opened = opened
+        self._log = RateLimitedLog(log)  # a service sending garbage must not flood the log
 
     def on_message(self, frames: list[Any]) -> None:
         if len(frames) == 2:
@@ -59,7 +61,12 @@ class Inbox:
         try:
             msg = p.decode(frames[1:])
         except Exception as exc:
-            log.warning("netcall: dropped a malformed message from a service: %s", exc)
+            self._log(
+                "malformed",
+                logging.WARNING,
+                "netcall: dropped a malformed message from a service: %s",
+                exc,
+            )
             return
         rid = msg.id
         pend = self._calls.pop(rid, None)

@@ -21,12 +21,15 @@ __all__ = ["Keepalive", "Peer", "PeerTable", "close_sockets"]
 class Peer:
     """One connected endpoint, addressed by its own routing id."""
 
-    __slots__ = ("inflight", "rid", "up", "url")
+    __slots__ = ("connection", "inflight", "rid", "up", "url")
 
     def __init__(self, url: str, rid: bytes) -> None:
         self.url = url
         self.rid = rid
         self.inflight = 0
+        # Connections made so far (handshakes seen): a call sent while connection N is up
+        # travels on it; one sent while down waits in ZeroMQ's queue for connection N + 1.
+        self.connection = 0
         # Learned from the socket monitor; inproc reports no events and is always up.
         self.up = url.startswith("inproc://")
 
@@ -108,6 +111,7 @@ class PeerTable:
         if peer is None:
             return
         if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            peer.connection += 1
             peer.up = True
         elif event["event"] == zmq.EVENT_DISCONNECTED:
             was_up, peer.up = peer.up, False

@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import functools
 import inspect
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,8 +27,6 @@ from .runner import Runner
 from .streams import Producers, close_generator_soon, is_generator
 
 __all__ = ["Dispatcher"]
-
-log = logging.getLogger("netcall")
 
 _isgenerator = inspect.isgenerator
 _isasyncgen = inspect.isasyncgen
@@ -79,12 +76,22 @@ class Dispatcher:
     # -- admission ------------------------------------------------------------------------
 
     def at_limit(self, peer: bytes, rid: int) -> bool:
-        """Refuse the call (and say so) when max_concurrent calls and streams are running."""
+        """Refuse the call (and say so) when max_concurrent calls and streams are running, or
+        the client's own limit of them (Limits.max_per_client)."""
         limit = self._max_concurrent
-        if limit is None or len(self.calls) + len(self._producers) < limit:
-            return False
-        self._replies.refuse(peer, rid, p.ERR_BUSY, f"the service is at its limit of {limit}")
-        return True
+        if limit is not None and len(self.calls) + len(self._producers) >= limit:
+            self._replies.refuse(peer, rid, p.ERR_BUSY, f"the service is at its limit of {limit}")
+            return True
+        guard = self._replies.guard
+        if guard.over_limit(peer):
+            self._replies.refuse(
+                peer,
+                rid,
+                p.ERR_BUSY,
+                f"this client has {guard.limits.max_per_client} calls and streams running",
+            )
+            return True
+        return False
 
     def on_call(self, peer: bytes, msg: p.Call) -> None:
         rid = msg.id
@@ -101,6 +108,7 @@ class Dispatcher:
             args = loads(msg.args)
             kwargs = loads(msg.kwargs) if msg.kwargs is not None else {}
         except SerializationError as exc:
+            self._replies.guard.malformed(peer, f"bad arguments: {exc}")
             self._replies.refuse(peer, rid, p.ERR_SERIALIZATION, f"bad arguments: {exc}")
             return
         if (
@@ -108,6 +116,7 @@ class Dispatcher:
             or not isinstance(kwargs, dict)
             or not all(isinstance(k, str) for k in kwargs)
         ):
+            self._replies.guard.malformed(peer, "arguments are not a list and a map")
             self._replies.refuse(peer, rid, p.ERR_PROTOCOL, "arguments must be a list and a map")
             return
         if msg.oneway:
@@ -115,6 +124,7 @@ class Dispatcher:
         inline = not handler.is_async and self._runner.inline
         if not inline and self.at_limit(peer, rid):
             return
+        self._replies.guard.counts["calls"] += 1
         ctx = self.context(peer, msg, deadline)
         token = _current.set(ctx)
         try:
@@ -135,6 +145,7 @@ class Dispatcher:
             assert self.loop is not None
             timer = self.loop.call_later(deadline.remaining(), task.cancel)
         self.calls[(peer, rid)] = task
+        self._replies.guard.loaded(peer)
         task.add_done_callback(
             functools.partial(self._call_done, peer, msg, ctx, handler, args, kwargs, timer)
         )
@@ -184,7 +195,8 @@ class Dispatcher:
     ) -> None:
         """A handler task ended (also when it was cancelled before it ever ran)."""
         key = (peer, msg.id)
-        self.calls.pop(key, None)
+        if self.calls.pop(key, None) is not None:
+            self._replies.guard.unloaded(peer)
         if timer is not None:
             timer.cancel()
         if key in self._abandoned:
@@ -222,8 +234,9 @@ class Dispatcher:
         kwargs: dict[str, Any],
         exc: Exception,
     ) -> None:
+        self._replies.guard.counts["errors"] += 1
         if msg.oneway:
-            log.error("netcall: one-way call %s failed", handler.name, exc_info=exc)
+            self._replies.guard.failed("netcall: one-way call %s failed", handler.name, exc=exc)
             return
         if isinstance(exc, TypeError) and not _binds(handler.fn, args, kwargs):
             self._replies.refuse(
