@@ -47,9 +47,8 @@ def make_service(serializer: str) -> RPCService:
 
     @svc.register
     async def blob(n: int, count: int = 1) -> Any:
-        data = b"x" * min(int(n), 2**20)
         for _ in range(count):
-            yield data
+            yield b"x" * min(int(n), 2**20)  # a fresh item each time, as real data would be
 
     @svc.register
     async def slow(seconds: float) -> float:
