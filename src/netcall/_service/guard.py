@@ -135,7 +135,7 @@ class Guard:
         """After a disconnect: a message clients ignore (PONG 0) to each client with work
         open; a send to one that left fails, and the driver reports it (:meth:`gone`)."""
         for peer in list(self._load):
-            self._send(peer, [p.header(p.Kind.PONG, 0)])
+            self._send(peer, p.Pong(0).to_frames())
 
     def close(self) -> None:
         if self._watch is not None:
