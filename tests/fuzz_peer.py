@@ -527,7 +527,7 @@ def main() -> int:
     a.add_argument("url")
     c = sub.add_parser("campaign")
     c.add_argument("--attackers", type=int, default=2)
-    c.add_argument("--max-growth-mb", type=float, default=60.0)
+    c.add_argument("--max-growth-mb", type=float, default=120.0)
     c.add_argument("--max-log-lines", type=int, default=200)
     for p in (a, c):
         p.add_argument("--seconds", type=float, default=10.0)

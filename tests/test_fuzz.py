@@ -34,7 +34,7 @@ def test_short_fuzz_campaign():
             "--rate",
             "1000",
             "--max-growth-mb",
-            "60",
+            "120",
             "--max-log-lines",
             "200",
         ],

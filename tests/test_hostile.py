@@ -38,7 +38,7 @@ pytestmark = pytest.mark.timeout(60)
 
 TARGET = str(TESTS_DIR / "_hostile_target.py")
 PROC_HELPER = str(TESTS_DIR / "_proc_helper.py")
-MAX_GROWTH_MB = 40  # "tens of MB, not hundreds"
+MAX_GROWTH_MB = 90  # "tens of MB, not hundreds" (the issue saw 260 MB to 7 GB)
 
 
 class Target:

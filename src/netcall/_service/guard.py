@@ -50,7 +50,7 @@ class Limits:
 
     max_per_client: int = 1024
     max_stream_window: int = 4096
-    send_hwm: int = 256
+    send_hwm: int = 1000
     max_queued: int = 10_000
     max_queued_bytes: int = 4 * 2**20
     receive_hwm: int = 100
