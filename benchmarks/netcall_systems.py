@@ -19,10 +19,24 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def make_service() -> Any:
+def curve_dir(path: str) -> str:
+    """Where the CURVE run keeps its keys: beside the harness's files for this run."""
+    import os
+
+    return os.path.join(os.path.dirname(os.path.abspath(path)), "curve-keys")
+
+
+def make_service(curve_dir: str | None = None) -> Any:
     from netcall import RPCService
 
-    service = RPCService()
+    security = None
+    if curve_dir is not None:  # the service's key pair, made here; clients read its public key
+        from netcall.security import Curve, Keypair
+
+        keypair = Keypair.generate()
+        keypair.save(curve_dir, "server", overwrite=True)
+        security = Curve.server(keypair)
+    service = RPCService(security=security)
     state: dict[str, Any] = {"held": 0, "event": None}
 
     @service.register
@@ -64,8 +78,10 @@ def make_service() -> Any:
     return service
 
 
-async def serve(endpoint_cb: Callable[[str], None], host: str = "127.0.0.1") -> None:
-    service = make_service()
+async def serve(
+    endpoint_cb: Callable[[str], None], host: str = "127.0.0.1", curve_dir: str | None = None
+) -> None:
+    service = make_service(curve_dir)
     bind_ports = getattr(service, "bind_ports", None)
     if bind_ports is not None:
         port = bind_ports(host, port=0)
@@ -84,13 +100,22 @@ class AsyncioClient:
 
     client_cls_path = ("netcall", "RPCClient")
 
+    def __init__(self, curve_dir: str | None = None) -> None:
+        self.curve_dir = curve_dir
+
     async def open(self, endpoint: str) -> AsyncioClient:
         import importlib
+        import os
 
         mod, name = self.client_cls_path
         cls = getattr(importlib.import_module(mod), name)
+        kwargs: dict[str, Any] = {}
+        if self.curve_dir is not None:  # an ephemeral client key pair for the service's key
+            from netcall.security import Curve
+
+            kwargs["security"] = Curve.client(os.path.join(self.curve_dir, "server.key"))
         # default options (no timeout), like the raw baselines: no timer per call
-        self.client = cls()
+        self.client = cls(**kwargs)
         self.client.connect(endpoint)
         c = self.client
         self.echo = lambda s: c.echo(s)

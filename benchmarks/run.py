@@ -35,7 +35,7 @@ from worker import SYSTEMS  # noqa: E402
 
 BASELINE = "raw-zmq-asyncio"
 ALL_SYSTEMS = list(SYSTEMS)
-QUICK_SYSTEMS = ["raw-zmq-asyncio", "raw-zmq-fd", "netcall-asyncio"]
+QUICK_SYSTEMS = ["raw-zmq-asyncio", "raw-zmq-fd", "netcall-asyncio", "netcall-curve"]
 INFLIGHT = [1, 8, 64, 512]
 
 FULL_CFG: dict[str, Any] = {
@@ -193,6 +193,7 @@ def probe(system: str) -> str | None:
         "netcall-gevent": ["netcall.green", "gevent"],
         "netcall-sync": ["netcall.sync"],
         "netcall-tornado": ["netcall.tornado", "tornado"],
+        "netcall-curve": ["netcall.security"],
         "aiozmq-rpc": ["aiozmq.rpc"],
         "grpc-aio": ["grpc"],
         "zerorpc": ["zerorpc"],
@@ -508,6 +509,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines += ["", f"{title}:", ""]
             for s, r in extra:
                 lines.append(f"- `{s}`: {cell(r, key, 'items_s', False)} items/s")
+    lines += curve_lines(results)
     mem = results.get("memory")
     if mem:
         lines += [
@@ -541,6 +543,40 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "Not measured / errors:", "", *notes]
     lines.append("")
     return "\n".join(lines)
+
+
+# (metric, field, title) compared between netcall with and without CURVE
+CURVE_ROWS = [
+    ("c64", "calls_s", "64 in flight"),
+    ("seq", "calls_s", "sequential"),
+    ("stream", "items_s", "stream items"),
+]
+
+
+def curve_lines(results: dict[str, Any]) -> list[str]:
+    """The cost of CURVE: ``netcall-curve`` against plain ``netcall-asyncio``, same run."""
+    systems = results["systems"]
+    curve, plain = systems.get("netcall-curve"), systems.get("netcall-asyncio")
+    if not curve or not plain:
+        return []
+    lines = [
+        "",
+        "### CURVE encryption",
+        "",
+        "`netcall-curve` (the same service and client with `Curve.server`/`Curve.client`) "
+        "against plain `netcall-asyncio`, in the same run:",
+        "",
+        "| | plain | CURVE | CURVE / plain |",
+        "|---|---|---|---|",
+    ]
+    for m, field, title in CURVE_ROWS:
+        c = curve["metrics"].get(m, {}).get(field)
+        p = plain["metrics"].get(m, {}).get(field)
+        if isinstance(c, (int, float)) and isinstance(p, (int, float)) and p > 0:
+            lines.append(f"| {title} | {_fmt(p)}/s | {_fmt(c)}/s | {c / p:.2f}× |")  # noqa: RUF001
+        else:
+            lines.append(f"| {title} | n/a | n/a | n/a |")
+    return lines
 
 
 def plot(results: dict[str, Any], path: str) -> str | None:

@@ -35,6 +35,7 @@ SYSTEMS: dict[str, tuple[str, str, str | None]] = {
     "netcall-gevent": ("netcall", "blocking", None),
     "netcall-sync": ("netcall", "blocking", None),
     "netcall-tornado": ("netcall", "async", "asyncio"),
+    "netcall-curve": ("netcall-curve", "async", "asyncio"),
     "aiozmq-rpc": ("aiozmq", "async", "asyncio"),
     "grpc-aio": ("grpc", "async", "asyncio"),
     "zerorpc": ("zerorpc", "blocking", None),
@@ -100,6 +101,14 @@ def run_server(kind: str, ready: str) -> None:
         import netcall_systems
 
         coro_fn = netcall_systems.serve
+    elif kind == "netcall-curve":
+        import functools
+
+        import netcall_systems
+
+        coro_fn = functools.partial(
+            netcall_systems.serve, curve_dir=netcall_systems.curve_dir(ready)
+        )
     elif kind == "aiozmq":
         import peers
 
@@ -181,6 +190,11 @@ async def _async_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Re
         import netcall_systems
 
         cli = await netcall_systems.TornadoClient().open(endpoint)
+    elif system == "netcall-curve":
+        import netcall_systems
+
+        keys = netcall_systems.curve_dir(rec.path)
+        cli = await netcall_systems.AsyncioClient(curve_dir=keys).open(endpoint)
     elif system == "aiozmq-rpc":
         import peers
 

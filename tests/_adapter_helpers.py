@@ -121,10 +121,19 @@ class ServiceThread:
     """A service of one kind serving ``url`` in its own thread (asyncio loop, Tornado IOLoop,
     or gevent hub), started by :meth:`start` and stopped and joined by :meth:`stop`."""
 
-    def __init__(self, kind: str, ctx: zmq.Context[Any], url: str) -> None:
+    def __init__(
+        self,
+        kind: str,
+        ctx: zmq.Context[Any],
+        url: str,
+        setup: Callable[[RPCService], None] | None = None,
+        **options: Any,
+    ) -> None:
         self.kind = kind
         self.ctx = ctx
         self.url = url
+        self._setup = setup  # registers more handlers
+        self._options = options  # more service arguments
         self.closed: list[str] = []
         self.svc: RPCService | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -133,8 +142,10 @@ class ServiceThread:
         self._thread = threading.Thread(target=self._main, name=f"svc-{kind}", daemon=True)
 
     def _make(self, cls: type[RPCService]) -> RPCService:
-        svc = cls(context=self.ctx, grace=0.5)
+        svc = cls(context=self.ctx, grace=0.5, **self._options)
         register_handlers(svc, self.kind, self.closed)
+        if self._setup is not None:
+            self._setup(svc)
         svc.bind(self.url)
         self.svc = svc
         return svc
@@ -226,10 +237,10 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
 class BlockingDriver:
     """The sync and gevent clients are the interface already."""
 
-    def __init__(self, kind: str, ctx: zmq.Context[Any], url: str) -> None:
+    def __init__(self, kind: str, ctx: zmq.Context[Any], url: str, **options: Any) -> None:
         cls = GeventRPCClient if kind == "gevent" else SyncRPCClient
         self.kind = kind
-        self.client = cls(context=ctx, timeout=5.0)
+        self.client = cls(context=ctx, **{"timeout": 5.0, **options})
         self.client.connect(url)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -273,7 +284,7 @@ class BlockingDriver:
 class AsyncDriver:
     """An asyncio (or Tornado) client, each operation run to completion on its own loop."""
 
-    def __init__(self, kind: str, ctx: zmq.Context[Any], url: str) -> None:
+    def __init__(self, kind: str, ctx: zmq.Context[Any], url: str, **options: Any) -> None:
         self.kind = kind
         if kind == "tornado":
             self.ioloop: Any = IOLoop(make_current=False)
@@ -283,7 +294,7 @@ class AsyncDriver:
             self.ioloop = None
             self.loop = asyncio.new_event_loop()
             cls = RPCClient
-        self.client = cls(context=ctx, timeout=5.0)
+        self.client = cls(context=ctx, **{"timeout": 5.0, **options})
         self.client.connect(url)
 
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
@@ -359,10 +370,13 @@ class AsyncGenFacade:
         self.driver.run(self.agen.aclose())
 
 
-def make_driver(kind: str, ctx: zmq.Context[Any], url: str) -> BlockingDriver | AsyncDriver:
+def make_driver(
+    kind: str, ctx: zmq.Context[Any], url: str, **options: Any
+) -> BlockingDriver | AsyncDriver:
+    """A client of ``kind`` connected to ``url``; ``options`` are more client arguments."""
     if kind in ("gevent", "sync"):
-        return BlockingDriver(kind, ctx, url)
-    return AsyncDriver(kind, ctx, url)
+        return BlockingDriver(kind, ctx, url, **options)
+    return AsyncDriver(kind, ctx, url, **options)
 
 
 # ----------------------------------------------------------------------------- subprocesses

@@ -34,3 +34,7 @@ def test_quick_benchmark_run(tmp_path: Path) -> None:
     for metric in ("seq", "c1", "c8", "c64", "c512", "kib1", "mib1"):
         assert netcall["metrics"][metric]["calls_s"] > 0, metric
     assert netcall["metrics"]["stream"]["items_s"] > 0
+    curve = systems["netcall-curve"]  # the same, with CURVE encryption
+    assert curve["errors"] == {}
+    assert curve["metrics"]["c64"]["calls_s"] > 0
+    assert "### CURVE encryption" in (tmp_path / "results.md").read_text()

@@ -88,8 +88,11 @@ async def spawn_target():
             env=netcall_env(),
         )
         assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
-        assert line.startswith("READY"), line
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        if not line.startswith("READY"):
+            await asyncio.sleep(0.5)
+            log.seek(0)
+            raise AssertionError(f"no READY: {line!r}; {log.read().decode()[-2000:]}")
         target = Target(proc, url, int(line.split()[1]), log)
         made.append(target)
         return target

@@ -18,6 +18,7 @@ from ._context import CallContext, current_call
 from ._edge import TransportError
 from .client import DEFAULT_TIMEOUT, RemoteGenerator, RPCClient
 from .errors import (
+    AuthenticationError,
     ClientClosedError,
     ConnectionLostError,
     EncodingError,
@@ -43,6 +44,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_TIMEOUT",
     "RESERVED_NAMES",
+    "AuthenticationError",
     "CallContext",
     "ClientClosedError",
     "ConnectionLostError",

@@ -25,6 +25,8 @@ class CallContext:
             this host's monotonic clock), or ``None``.
         oneway: the client does not wait for a result.
         metadata: string pairs the client sent with the call (read-only; empty by default).
+        peer_key: the caller's CURVE public key (Z85 text) on a service with
+            ``security=Curve.server(...)``; ``None`` without CURVE (and through ``inproc://``).
     """
 
     method: str
@@ -32,6 +34,7 @@ class CallContext:
     deadline: Deadline | None
     oneway: bool = False
     metadata: Mapping[str, str] = field(default_factory=lambda: _NO_METADATA)
+    peer_key: str | None = None
 
     def time_remaining(self) -> float | None:
         """Seconds until the deadline (never negative), or ``None`` without a deadline."""

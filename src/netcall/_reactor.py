@@ -120,12 +120,14 @@ class SocketDriver:
         "_on_unreachable",
         "_outbox",
         "_outbox_bytes",
+        "_recv",
         "_retry_delay",
         "_retry_handle",
         "_waiters",
         "cut_off",
         "max_queued",
         "max_queued_bytes",
+        "peer_key",
         "sock",
     )
 
@@ -135,12 +137,17 @@ class SocketDriver:
         loop: asyncio.AbstractEventLoop,
         on_message: OnMessage,
         on_unreachable: OnUnreachable | None = None,
+        identify: bool = False,
         *,
         max_queued: int | None = None,
         max_queued_bytes: int | None = None,
         on_overflow: OnUnreachable | None = None,
     ) -> None:
         self.sock = sock
+        # With identify (a CURVE service), each message's sender key (its User-Id property)
+        # is in peer_key while on_message runs; without, nothing reads it.
+        self.peer_key: str | None = None
+        self._recv = self._recv_identified if identify else recv_frames
         self._loop = loop
         self._on_message = on_message
         self._on_unreachable = on_unreachable
@@ -166,6 +173,18 @@ class SocketDriver:
         loop.add_reader(self._fd, self._on_ready)
         # Messages may already be queued (the FD edge came before we listened).
         self._schedule_check()
+
+    def _recv_identified(self, sock: zmq.Socket[Any]) -> list[bytes]:
+        frame = _recv(sock, _NOBLOCK, copy=False)
+        try:
+            self.peer_key = str(frame.get("User-Id"))
+        except zmq.ZMQError:  # inproc: no security mechanism, no key
+            self.peer_key = None
+        frames = [frame.bytes]
+        while frame.more:
+            frame = _recv(sock, _NOBLOCK, copy=False)
+            frames.append(frame.bytes)
+        return frames
 
     def is_blocked(self, peer: bytes) -> bool:
         """Whether messages to ``peer`` are queued behind a full pipe."""
@@ -312,13 +331,14 @@ class SocketDriver:
             return
         sock = self.sock
         on_message = self._on_message
+        recv = self._recv
         handled = 0
         self._in_ready = True
         try:
             while _get(sock, _EVENTS) & _POLLIN:  # type: ignore[operator]
                 while handled < _BATCH:
                     try:
-                        frames = recv_frames(sock)
+                        frames = recv(sock)
                     except zmq.Again:
                         break
                     handled += 1

@@ -6,6 +6,7 @@
     netcall call tcp://127.0.0.1:5555 count 5             # a stream prints one item a line
     netcall methods tcp://127.0.0.1:5555
     netcall serve examples.echo_service:service --bind tcp://127.0.0.1:5555
+    netcall keygen server --dir keys                      # CURVE keys (see --curve-* flags)
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def _show(value: Any) -> str:
 async def _call(ns: argparse.Namespace) -> int:
     args = [_arg(a) for a in ns.args]
     kwargs = {k: _arg(v) for k, v in (kv.split("=", 1) for kv in ns.kw)}
-    async with RPCClient(ns.serializer, timeout=ns.timeout) as client:
+    async with RPCClient(ns.serializer, timeout=ns.timeout, security=_security(ns)) as client:
         client.connect(ns.url)
         result = await client.call(ns.method, *args, **kwargs)
         if isinstance(result, RemoteGenerator):
@@ -58,11 +59,56 @@ async def _call(ns: argparse.Namespace) -> int:
 
 
 async def _methods(ns: argparse.Namespace) -> int:
-    async with RPCClient(ns.serializer, timeout=ns.timeout) as client:
+    async with RPCClient(ns.serializer, timeout=ns.timeout, security=_security(ns)) as client:
         client.connect(ns.url)
         for name, info in (await client.methods()).items():
             doc = info["doc"].splitlines()[0] if info["doc"] else ""
             print(f"{name}{info['signature']}" + (f"  -- {doc}" if doc else ""))
+    return 0
+
+
+def _security(ns: argparse.Namespace, server: bool = False) -> Any:
+    """The CURVE security the --curve-server-key, --curve-keypair and --allow flags ask for."""
+    from .security import from_options
+
+    try:
+        return from_options(
+            server=server, server_key=ns.curve_server_key, keypair=ns.curve_keypair, allow=ns.allow
+        )
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"netcall: {exc}") from None
+
+
+def _security_options(p: argparse.ArgumentParser, server: bool) -> None:
+    p.add_argument(
+        "--curve-server-key",
+        metavar="KEY",
+        help="the service's CURVE public key (Z85, or its .key file)"
+        + (" (checked against --curve-keypair)" if server else ""),
+    )
+    p.add_argument(
+        "--curve-keypair",
+        metavar="FILE",
+        help="this end's CURVE key pair (a .key_secret file)"
+        + ("" if server else "; default: an ephemeral one"),
+    )
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="KEY|FOLDER",
+        help="(serve) client keys let in: a folder of .key files, or keys (repeatable)",
+    )
+
+
+async def _keygen(ns: argparse.Namespace) -> int:
+    from .security import Keypair
+
+    try:
+        public, secret = Keypair.generate().save(ns.dir, ns.name, overwrite=ns.force)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"netcall: {exc}") from None
+    print(f"wrote {public} (public) and {secret} (secret, owner-only)")
     return 0
 
 
@@ -80,6 +126,14 @@ def _load_service(spec: str) -> RPCService:
 
 async def _serve(ns: argparse.Namespace) -> int:
     service = _load_service(ns.service)
+    security = _security(ns, server=True)
+    if security is not None:  # CURVE options count for the endpoints bound after them only
+        from .security import secure_socket
+
+        if service.bound or service.security is not None:
+            raise SystemExit(f"netcall: {ns.service} is bound or secured already")
+        service._zap = secure_socket(service.socket, security, server=True, name=service.name)
+        service.security = security
     service.bind(ns.bind)
     loop = asyncio.get_running_loop()
     stopping: set[asyncio.Task[None]] = set()
@@ -107,16 +161,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_call.add_argument("method")
     p_call.add_argument("args", nargs="*", help="positional arguments (JSON, else strings)")
     p_call.add_argument("--kw", action="append", default=[], metavar="NAME=VALUE")
+    _security_options(p_call, server=False)
     p_call.set_defaults(run=_call)
 
     p_methods = sub.add_parser("methods", help="list a service's methods")
     client_options(p_methods)
+    _security_options(p_methods, server=False)
     p_methods.set_defaults(run=_methods)
 
     p_serve = sub.add_parser("serve", help="serve an RPCService from a module")
     p_serve.add_argument("service", help="module:attribute of an RPCService (or subclass)")
     p_serve.add_argument("--bind", action="append", required=True, help="endpoint (repeatable)")
+    _security_options(p_serve, server=True)
     p_serve.set_defaults(run=_serve)
+
+    p_keygen = sub.add_parser("keygen", help="make a CURVE key pair: NAME.key and NAME.key_secret")
+    p_keygen.add_argument("name")
+    p_keygen.add_argument("--dir", default=".", help="folder for the two files (default: .)")
+    p_keygen.add_argument("--force", action="store_true", help="overwrite existing key files")
+    p_keygen.set_defaults(run=_keygen)
 
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.WARNING)

@@ -28,8 +28,9 @@ from ._client.proxy import UNSET, Call, Method, Options
 from ._client.streams import ConsumerStreams, error_from
 from ._reactor import SocketDriver
 from ._socket import make_router
-from .errors import ClientClosedError, ConnectionLostError
+from .errors import ClientClosedError, RPCError
 from .protocol.session import first_credit
+from .security import CurveClient, secure_socket
 from .serializers import Serializer, get_serializer
 
 __all__ = ["DEFAULT_TIMEOUT", "ClientOptions", "RPCClient", "RemoteGenerator"]
@@ -51,6 +52,7 @@ class ClientOptions(TypedDict, total=False):
     window: int
     stream_buffer: int
     heartbeat: float | None
+    security: CurveClient | None
     name: str | None
 
 
@@ -85,11 +87,14 @@ class RPCClient:
             fails the calls and streams in flight on it with
             :class:`~netcall.errors.ConnectionLostError` at once, instead of at their timeout,
             and new calls prefer the services that are connected.
+        security: ``Curve.client(server_public, keypair=...)`` from :mod:`netcall.security`
+            (CURVE). A service that refuses the handshake fails calls with AuthenticationError.
         name: a label for logs.
 
     Raises:
         ValueError: ``window`` is below 1.
         TransportError: ZeroMQ could not create the socket.
+        TypeError: ``security`` is not ``Curve.client(...)``.
     """
 
     # Instance attributes (public, so their names are reserved for handlers).
@@ -100,6 +105,7 @@ class RPCClient:
     stream_buffer: int
     name: str
     socket: zmq.Socket[Any]
+    security: CurveClient | None
 
     def __init__(
         self,
@@ -110,6 +116,7 @@ class RPCClient:
         window: int = 1024,
         stream_buffer: int = 4 * 2**20,
         heartbeat: float | None = 2.0,
+        security: CurveClient | None = None,
         name: str | None = None,
     ) -> None:
         if window < 1:
@@ -125,8 +132,9 @@ class RPCClient:
         self._monitor_driver: SocketDriver | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self.security = security
         self.socket = self._make_socket(heartbeat)
-        self._peers = PeerTable(self.socket, self._lost)
+        self._peers = PeerTable(self.socket, self._lost, security, self.serializer.name)
         # Connection events (before any connect, so none is missed): which services are up,
         # and which broke with calls in flight.
         self._monitor: zmq.Socket[Any] = self._peers.monitor_socket()
@@ -136,7 +144,9 @@ class RPCClient:
 
     def _make_socket(self, heartbeat: float | None) -> zmq.Socket[Any]:
         """The client's socket (a hook: security options go to :func:`make_router`)."""
-        return make_router(self.context, server=False, heartbeat=heartbeat)
+        sock = make_router(self.context, server=False, heartbeat=heartbeat)
+        secure_socket(sock, self.security, server=False, name=self.name)
+        return sock
 
     # -- endpoints ------------------------------------------------------------------------
 
@@ -193,10 +203,10 @@ class RPCClient:
         self._monitor_driver = SocketDriver(self._monitor, loop, self._peers.on_monitor_event)
         return self._driver
 
-    def _lost(self, peer: Peer, why: str, every_call: bool) -> None:
+    def _lost(self, peer: Peer, why: str, every_call: bool, error: type[RPCError]) -> None:
         """Fail every call and stream in flight on ``peer`` (see CallRegistry.fail_peer)."""
-        self._calls.fail_peer(peer, why, every_call)
-        self._streams.fail_peer(peer, ConnectionLostError(why))
+        self._calls.fail_peer(peer, why, every_call, error)
+        self._streams.fail_peer(peer, error(why))
 
     # -- calls ----------------------------------------------------------------------------
 

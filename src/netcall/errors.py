@@ -25,6 +25,8 @@ The tree::
     ├── TransportError                ZeroMQ refused: an endpoint cannot be bound or connected
     │                                 (also a zmq.ZMQError; defined in netcall._edge)
     ├── ConnectionLostError           the connection to the service broke with the call in flight
+    ├── AuthenticationError           the service refused this client's CURVE handshake (or one
+    │                                 side lacks CURVE)
     └── ClientClosedError             the client was closed before or during the call
 
 Foreign exceptions (``zmq.ZMQError``, ``UnicodeEncodeError``, a third-party serializer's
@@ -42,6 +44,7 @@ from . import _wire_names as names
 
 __all__ = [
     "BUILTIN_ERRORS",
+    "AuthenticationError",
     "ClientClosedError",
     "ConnectionLostError",
     "EncodingError",
@@ -138,6 +141,12 @@ class StreamBusyError(RPCError, RuntimeError):
 class ConnectionLostError(RPCError):
     """The connection to the service carrying the call or stream broke (the service died, or
     was disconnected). The call may or may not have run."""
+
+
+class AuthenticationError(RPCError):
+    """The handshake with the service failed for security reasons: the service refused this
+    client's key, the client has the wrong service key, or only one side uses CURVE. Nothing
+    was delivered to the service."""
 
 
 class ClientClosedError(RPCError):

@@ -28,12 +28,14 @@ from ._service.runner import HandlerRunner, Runner
 from ._service.streams import Producers
 from ._socket import make_router
 from .client import RPCClient
+from .security import CurveServer, secure_socket, warn_if_exposed
 from .serializers import Serializer, get_serializer
 
 __all__ = ["RESERVED_NAMES", "HandlerRunner", "Limits", "RPCService"]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+Keys = Iterable[Any] | None  # CURVE public keys (Z85 bytes or text, or Keypairs)
 
 
 class RPCService:
@@ -65,6 +67,8 @@ class RPCService:
             :class:`~netcall.errors.ServiceBusyError` instead of queueing without bound
             (``None``: no limit). Sync handlers running inline never count: they finish before
             the next message is read.
+        security: ``Curve.server(keypair, allow=...)`` from :mod:`netcall.security`: CURVE
+            encryption, the clients let in, and each caller's key in ``current_call()``.
         name: a label for logs.
         handler_runner: run sync handlers and sync generator steps through this hook (an async
             callable taking a zero-argument function; see
@@ -74,6 +78,8 @@ class RPCService:
     Raises:
         ValueError: ``stream_lease`` is not positive.
         RPCError: ZeroMQ could not create the socket.
+        TypeError: ``security`` is not ``Curve.server(...)``.
+        RuntimeError: another ZAP handler (zmq.auth) is bound in ``context``.
     """
 
     # Instance attributes (public, so their names are reserved for handlers).
@@ -81,6 +87,7 @@ class RPCService:
     context: zmq.Context[Any]
     name: str
     socket: zmq.Socket[Any]
+    security: CurveServer | None
 
     def __init__(
         self,
@@ -94,6 +101,7 @@ class RPCService:
         tracebacks: bool = True,
         heartbeat: float | None = None,
         max_concurrent: int | None = None,
+        security: CurveServer | None = None,
         limits: Limits | None = None,
         name: str | None = None,
         handler_runner: HandlerRunner | None = None,
@@ -108,6 +116,7 @@ class RPCService:
         self._driver: SocketDriver | None = None
         self._stopped: asyncio.Event | None = None
         self._closed = False
+        self.security = security
         self._registry = HandlerRegistry(RESERVED_NAMES)
         self._guard = guard = Guard(limits or Limits())
         self._replies = Replies(tracebacks, guard)
@@ -131,7 +140,7 @@ class RPCService:
     ) -> zmq.Socket[Any]:
         """The service's socket (a hook: security options go to :func:`make_router`)."""
         lim = self._guard.limits
-        return make_router(
+        sock = make_router(
             self.context,
             server=True,
             heartbeat=heartbeat,
@@ -139,33 +148,42 @@ class RPCService:
             send_hwm=lim.send_hwm,
             receive_hwm=lim.receive_hwm,
         )
+        # Closed after the socket: a CURVE socket whose context has no ZAP handler admits all.
+        self._zap = secure_socket(sock, self.security, server=True, name=self.name)
+        return sock
 
     # -- registration ---------------------------------------------------------------------
 
     @overload
-    def register(self, fn: F, *, name: str | None = None) -> F: ...
+    def register(self, fn: F, *, name: str | None = None, allow: Keys = None) -> F: ...
 
     @overload
-    def register(self, fn: None = None, *, name: str | None = None) -> Callable[[F], F]: ...
+    def register(
+        self, fn: None = None, *, name: str | None = None, allow: Keys = None
+    ) -> Callable[[F], F]: ...
 
-    def register(self, fn: F | None = None, *, name: str | None = None) -> F | Callable[[F], F]:
+    def register(
+        self, fn: F | None = None, *, name: str | None = None, allow: Keys = None
+    ) -> F | Callable[[F], F]:
         """Register a handler: ``@service.register``, ``@service.register(name="x")`` or
-        ``service.register(fn, name="x")``. Returns the function unchanged.
+        ``service.register(fn, name="x")``. Returns the function unchanged. With ``allow``
+        (CURVE public keys), any other caller gets ``PermissionError`` (a RemoteRPCError).
 
         Raises:
-            ValueError: the name is reserved (see :data:`RESERVED_NAMES`), empty, or private.
+            ValueError: the name is reserved (see :data:`RESERVED_NAMES`), empty, or private;
+                an ``allow`` entry is not a key.
             TypeError: ``fn`` is not callable.
         """
         if fn is None:
 
             def decorator(f: F) -> F:
-                self._registry.add(name or f.__name__, f)
+                self._registry.add(name or f.__name__, f, allow)
                 return f
 
             return decorator
         if isinstance(fn, str):
             raise TypeError("use register(name=...) to give a name")
-        self._registry.add(name or str(getattr(fn, "__name__", "")), fn)
+        self._registry.add(name or str(getattr(fn, "__name__", "")), fn, allow)
         return fn
 
     task = register  # the 2014 spelling
@@ -212,6 +230,7 @@ class RPCService:
                 with map_exceptions(f"cannot bind {url!r}"):
                     self.socket.bind(url)
                 self._bound.add(url)
+                warn_if_exposed(url, self.serializer.name, self.security, "bound")
 
     def unbind(self, url: str) -> None:
         """Stop listening on ``url``."""
@@ -238,6 +257,7 @@ class RPCService:
         with map_exceptions(f"cannot bind tcp://{ip}"):
             chosen = self.socket.bind_to_random_port(f"tcp://{ip}", min_port, max_port)
         self._bound.add(f"tcp://{ip}:{chosen}")
+        warn_if_exposed(f"tcp://{ip}:{chosen}", self.serializer.name, self.security, "bound")
         return chosen
 
     # -- running --------------------------------------------------------------------------
@@ -279,8 +299,11 @@ class RPCService:
         self._dispatch.refusing = None
         self._producers.start(loop)
         inbox = Inbox(self._dispatch, self._producers, self._replies)
-        self._driver = self._guard.start(self.socket, loop, inbox.on_message, self._replies.send)
-        self._replies.driver = self._driver
+        secure = self.security is not None  # then each message's sender key is read
+        driver = self._guard.start(
+            self.socket, loop, inbox.on_message, self._replies.send, identify=secure
+        )
+        self._replies.driver = self._driver = self._dispatch.keys = driver
 
     async def serve(self) -> None:
         """Serve until :meth:`stop` (or :meth:`close`) is called.
@@ -351,6 +374,8 @@ class RPCService:
             self._driver.close(linger=linger)
         elif not self.socket.closed:
             self.socket.close(linger=linger)
+        if self._zap is not None:
+            self._zap.close()
         if self._stopped is not None:
             self._stopped.set()
 

@@ -10,7 +10,7 @@ from typing import Any
 from .. import protocol as p
 from .._deadline import MIN_REMAINING, SPENT
 from .._edge import serializer_error
-from ..errors import ConnectionLostError, EncodingError, RPCTimeoutError
+from ..errors import ConnectionLostError, EncodingError, RPCError, RPCTimeoutError
 from .peers import Peer
 
 __all__ = ["CallRegistry", "PendingCall", "call_frames", "encode_arguments"]
@@ -53,10 +53,16 @@ class CallRegistry:
         pend.future.set_exception(RPCTimeoutError(f"no answer within {pend.timeout} s"))
         self._send_cancel(pend.peer, rid)
 
-    def fail_peer(self, peer: Peer, why: str, every_call: bool) -> None:
-        """The connection to ``peer`` broke: its calls' answers cannot arrive (a new connection
-        gives this client a new identity on the service). Calls queued for a later connection
-        wait for it, unless ``every_call``."""
+    def fail_peer(
+        self,
+        peer: Peer,
+        why: str,
+        every_call: bool,
+        error: type[RPCError] = ConnectionLostError,
+    ) -> None:
+        """The connection to ``peer`` broke (or was refused): its calls' answers cannot arrive
+        (a new connection gives this client a new identity on the service). Calls queued for a
+        later connection wait for it, unless ``every_call``."""
         broken = peer.connection
         for rid, pend in list(self.by_id.items()):
             if (
@@ -65,7 +71,7 @@ class CallRegistry:
                 and not pend.future.done()
             ):
                 del self.by_id[rid]
-                pend.future.set_exception(ConnectionLostError(why))
+                pend.future.set_exception(error(why))
 
     def fail_all(self, error: Callable[[], BaseException]) -> None:
         for pend in list(self.by_id.values()):

@@ -1,10 +1,16 @@
 """The peer table: the services a client is connected to, which one gets a new call, which are
-up (from the socket monitor), and the keepalive pings that hold stream leases."""
+up or refused us (from the socket monitor), and the keepalive pings that hold stream leases.
+
+A service that refuses our handshake (CURVE: key not allowed, wrong service key, only one side
+secure) fails the calls in flight there and new calls at once with AuthenticationError. ZeroMQ
+does not retry a refused handshake, so the first call at least :data:`RETRY_REFUSED` seconds
+after a refusal reconnects and tries again (an allowlist may have changed meanwhile)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -13,15 +19,24 @@ import zmq.utils.monitor
 
 from .._edge import map_exceptions
 from .._reactor import SocketDriver
-from ..errors import RPCError
+from ..errors import AuthenticationError, ConnectionLostError, RPCError
+from ..security import handshake_error, warn_if_exposed
 
 __all__ = ["Keepalive", "Peer", "PeerTable", "close_sockets"]
+
+RETRY_REFUSED = 1.0  # seconds before a call may try a refused service's handshake again
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+OnLost = Callable[["Peer", str, bool, type[RPCError]], None]
 
 
 class Peer:
     """One connected endpoint, addressed by its own routing id."""
 
-    __slots__ = ("connection", "inflight", "rid", "up", "url")
+    __slots__ = ("connection", "inflight", "refused", "refused_at", "rid", "up", "url")
 
     def __init__(self, url: str, rid: bytes) -> None:
         self.url = url
@@ -32,15 +47,27 @@ class Peer:
         self.connection = 0
         # Learned from the socket monitor; inproc reports no events and is always up.
         self.up = url.startswith("inproc://")
+        self.refused: str | None = None  # why the service refused our last handshake
+        self.refused_at = 0.0
 
 
 class PeerTable:
-    """The connections of one client socket. ``on_lost(peer, why, every_call)`` is told when a
-    connection breaks (every_call: also calls sent while it was down, for disconnect())."""
+    """The connections of one client socket. ``on_lost(peer, why, every_call, error)`` is told
+    when a connection breaks or is refused (every_call: also calls sent while it was down, for
+    disconnect(); error: the exception class to fail them with). ``security`` and
+    ``serializer`` are the client's, for warnings and for telling refusals apart."""
 
-    def __init__(self, socket: zmq.Socket[Any], on_lost: Callable[[Peer, str, bool], None]) -> None:
+    def __init__(
+        self,
+        socket: zmq.Socket[Any],
+        on_lost: OnLost,
+        security: object | None = None,
+        serializer: str = "",
+    ) -> None:
         self._socket = socket
         self._on_lost = on_lost
+        self._security = security
+        self._serializer = serializer
         self.by_url: dict[str, Peer] = {}
         self.order: list[Peer] = []
         self._rr = 0
@@ -54,20 +81,26 @@ class PeerTable:
         for url in wanted:
             if url in self.by_url:
                 continue
-            rid = b"s%d" % next(self._rids)
-            with map_exceptions(f"cannot connect to {url!r}"):
-                self._socket.setsockopt(zmq.CONNECT_ROUTING_ID, rid)
-                self._socket.connect(url)
+            rid = self._connect(url)
+            warn_if_exposed(url, self._serializer, self._security, "connected to")
             peer = Peer(url, rid)
             self.by_url[url] = peer
             self.order.append(peer)
+
+    def _connect(self, url: str) -> bytes:
+        """Connect ``url`` under a new routing id; return the id."""
+        rid = b"s%d" % next(self._rids)
+        with map_exceptions(f"cannot connect to {url!r}"):
+            self._socket.setsockopt(zmq.CONNECT_ROUTING_ID, rid)
+            self._socket.connect(url)
+        return rid
 
     def disconnect(self, url: str) -> None:
         peer = self.by_url.pop(url, None)
         if peer is None:
             return
         self.order.remove(peer)
-        self._on_lost(peer, f"disconnected from {url}", True)
+        self._on_lost(peer, f"disconnected from {url}", True, ConnectionLostError)
         try:
             self._socket.disconnect(url)
         except zmq.ZMQError:
@@ -79,25 +112,46 @@ class PeerTable:
 
         Raises:
             RPCError: not connected to any service.
+            AuthenticationError: every service refused our handshake (within the last second).
         """
         order = self.order
         n = len(order)
         if n == 1:
-            return order[0]
-        if n == 0:
+            best = order[0]
+        elif n == 0:
             raise RPCError("the client is not connected to any service; call connect() first")
-        self._rr = start = (self._rr + 1) % n
-        best = order[start]
-        for i in range(1, n):
-            peer = order[(start + i) % n]
-            if (peer.up, -peer.inflight) > (best.up, -best.inflight):
-                best = peer
+        else:
+            self._rr = start = (self._rr + 1) % n
+            best = order[start]
+            for i in range(1, n):
+                peer = order[(start + i) % n]
+                if (peer.refused is None, peer.up, -peer.inflight) > (
+                    best.refused is None,
+                    best.up,
+                    -best.inflight,
+                ):
+                    best = peer
+        if best.refused is not None:
+            self._retry(best)
         return best
+
+    def _retry(self, peer: Peer) -> None:
+        """A call for a service that refused us: fail it, or (after RETRY_REFUSED) reconnect
+        for a new handshake, which the call waits for."""
+        if time.monotonic() - peer.refused_at < RETRY_REFUSED:
+            raise AuthenticationError(peer.refused)
+        try:
+            self._socket.disconnect(peer.url)
+        except zmq.ZMQError:
+            pass
+        peer.rid = self._connect(peer.url)
+        peer.refused = None
+        peer.up = False
 
     def monitor_socket(self) -> zmq.Socket[Any]:
         """The socket monitor's socket (open it before any connect, so no event is missed)."""
         return self._socket.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED
         )
 
     def on_monitor_event(self, frames: list[Any]) -> None:
@@ -110,13 +164,20 @@ class PeerTable:
         peer = self.by_url.get(url)
         if peer is None:
             return
-        if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        kind = event["event"]
+        if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             peer.connection += 1
             peer.up = True
-        elif event["event"] == zmq.EVENT_DISCONNECTED:
+            peer.refused = None
+        elif kind & _HANDSHAKE_FAILED:
+            error = handshake_error(kind, event["value"], url, self._security is not None)
+            if error is not None:
+                peer.refused, peer.refused_at = str(error), time.monotonic()
+                self._on_lost(peer, peer.refused, True, AuthenticationError)
+        elif kind == zmq.EVENT_DISCONNECTED:
             was_up, peer.up = peer.up, False
             if was_up:
-                self._on_lost(peer, f"the connection to {url} broke", False)
+                self._on_lost(peer, f"the connection to {url} broke", False, ConnectionLostError)
 
 
 class Keepalive:

@@ -19,6 +19,7 @@ from typing import Any
 from .. import protocol as p
 from .._context import CallContext, _current
 from .._deadline import MIN_REMAINING, Deadline
+from .._reactor import SocketDriver
 from ..errors import SerializationError, remote_type_name
 from ..serializers import Serializer
 from .registry import Handler, HandlerRegistry
@@ -57,14 +58,22 @@ class Dispatcher:
         # run (cancel() is then a no-op): that callback must not answer or open a stream.
         self._abandoned: set[tuple[bytes, int]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
+        # The socket driver: a CURVE service's holds the key of the message being handled.
+        self.keys: SocketDriver | None = None
         self.refusing: str | None = None  # why new calls are refused (the service is stopping)
 
     # -- hooks ----------------------------------------------------------------------------
 
-    @staticmethod
-    def context(peer: bytes, msg: p.Call, deadline: Deadline | None) -> CallContext:
+    def context(self, peer: bytes, msg: p.Call, deadline: Deadline | None) -> CallContext:
         """The one place a call's context is built."""
-        return CallContext(msg.method, peer, deadline, msg.oneway, msg.metadata)
+        keys = self.keys
+        key = None if keys is None else keys.peer_key
+        return CallContext(msg.method, peer, deadline, msg.oneway, msg.metadata, key)
+
+    def peer_key(self) -> str | None:
+        """The CURVE key of the caller whose message is being handled (None without CURVE)."""
+        keys = self.keys
+        return None if keys is None else keys.peer_key
 
     def invoke(self, handler: Handler, args: Any, kwargs: dict[str, Any]) -> Any:
         """The one place a handler is called: its result (sync handler run inline), or an
@@ -100,6 +109,11 @@ class Dispatcher:
             self._replies.refuse(peer, rid, *reason)
             return
         handler = self._handlers[msg.method]
+        if handler.allow is not None and not handler.permits(self.peer_key()):
+            self._replies.refuse(
+                peer, rid, "PermissionError", f"this caller may not call {msg.method!r}"
+            )
+            return
         deadline = None
         if msg.timeout:  # the deadline starts now, on this host's clock (_admit: not spent)
             deadline = Deadline.after(msg.timeout)

@@ -114,6 +114,7 @@ class Guard:
         loop: asyncio.AbstractEventLoop,
         on_message: OnMessage,
         send: Callable[[bytes, list[Any]], None],
+        identify: bool = False,
     ) -> SocketDriver:
         """The service socket's driver, with the per-client send bounds, and the watch that
         finds clients whose connection closed."""
@@ -124,6 +125,7 @@ class Guard:
             loop,
             on_message,
             self.gone,
+            identify,
             max_queued=lim.max_queued,
             max_queued_bytes=lim.max_queued_bytes,
             on_overflow=self.cut_off,

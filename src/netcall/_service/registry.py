@@ -6,6 +6,8 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..security import public_keys
+
 __all__ = ["Handler", "HandlerRegistry", "public_names"]
 
 #: The built-in introspection method, under a name no user handler can take.
@@ -24,15 +26,23 @@ def public_names(*classes: type) -> frozenset[str]:
 
 
 class Handler:
-    """One registered handler."""
+    """One registered handler. ``allow``: the CURVE keys (Z85 text) that may call it, or
+    ``None`` for every caller the service lets in."""
 
-    __slots__ = ("doc", "fn", "is_async", "name")
+    __slots__ = ("allow", "doc", "fn", "is_async", "name")
 
-    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+    def __init__(
+        self, name: str, fn: Callable[..., Any], allow: frozenset[str] | None = None
+    ) -> None:
         self.name = name
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)
         self.doc = inspect.getdoc(fn) or ""
+        self.allow = allow
+
+    def permits(self, peer_key: str | None) -> bool:
+        """Whether a caller with this key (``None``: no CURVE) may call the handler."""
+        return self.allow is None or peer_key in self.allow
 
 
 class HandlerRegistry:
@@ -52,12 +62,12 @@ class HandlerRegistry:
     def __contains__(self, name: str) -> bool:
         return name in self.by_name
 
-    def add(self, name: str, fn: Callable[..., Any]) -> None:
-        """Register ``fn`` as ``name``.
+    def add(self, name: str, fn: Callable[..., Any], allow: Iterable[Any] | None = None) -> None:
+        """Register ``fn`` as ``name``; only the keys in ``allow`` may call it, if given.
 
         Raises:
-            ValueError: the name is reserved, empty, or private.
-            TypeError: ``fn`` is not callable.
+            ValueError: the name is reserved, empty, or private; an ``allow`` entry is no key.
+            TypeError: ``fn`` is not callable; ``allow`` is a single key, not a list.
         """
         if not isinstance(name, str) or not name:
             raise ValueError("a handler needs a non-empty name")
@@ -68,7 +78,8 @@ class HandlerRegistry:
             raise ValueError(f"{parts[0]!r} is a reserved name and cannot be registered")
         if not callable(fn):
             raise TypeError(f"handler {name!r} is not callable")
-        self.by_name[name] = Handler(name, fn)
+        keys = None if allow is None else public_keys(allow)
+        self.by_name[name] = Handler(name, fn, keys)
 
     def add_builtin(self, name: str, fn: Callable[..., Any]) -> None:
         """Register netcall's own method (a private name, which :meth:`add` refuses)."""
