@@ -121,7 +121,14 @@ def fuzz(session: nox.Session) -> None:
     campaign = ["python", "tests/fuzz_peer.py", "campaign"]
     session.run(*campaign, "--seconds", "120", "--attackers", "3", *session.posargs)
     session.run(*campaign, "--seconds", "30", "--serializer", "json")
-    session.run("pytest", "-q", "tests/test_fuzz_props.py", env={"HYPOTHESIS_PROFILE": "fuzz"})
+    session.run(
+        "pytest",
+        "-q",
+        "-o",
+        "timeout=1800",
+        "tests/test_fuzz_props.py",
+        env={"HYPOTHESIS_PROFILE": "fuzz"},
+    )
 
 
 @nox.session(name="format", python=TOOLS_PYTHON)

@@ -20,7 +20,7 @@ from netcall.serializers import JSONSerializer, MsgpackSerializer  # noqa: E402
 
 settings.register_profile("default", max_examples=200, deadline=None)
 settings.register_profile(
-    "fuzz", max_examples=20_000, deadline=None, suppress_health_check=list(HealthCheck)
+    "fuzz", max_examples=5_000, deadline=None, suppress_health_check=list(HealthCheck)
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
