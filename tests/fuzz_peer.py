@@ -21,6 +21,7 @@ never read); churn (connect, open a stream, vanish).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -71,6 +72,7 @@ def call_head(
 # ---------------------------------------------------------------- hostile values
 
 
+@functools.lru_cache(maxsize=64)  # the attacker's CPU is shared with the service
 def deep_ext_tuples(depth: int) -> bytes:
     data = msgpack.packb(1)
     for _ in range(depth):
@@ -78,6 +80,7 @@ def deep_ext_tuples(depth: int) -> bytes:
     return data
 
 
+@functools.lru_cache(maxsize=64)
 def deep_json(depth: int) -> bytes:
     return b"[" * depth + b"]" * depth
 
@@ -358,6 +361,16 @@ def rss_mb(pid: int) -> float:
     return -1.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (from /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+    except (OSError, IndexError, ValueError):
+        return -1.0
+
+
 def env() -> dict[str, str]:
     src = str(HERE.parent / "src")
     out = dict(os.environ)
@@ -433,7 +446,9 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
                         )
                     )
                 latencies: list[float] = []
+                slow: list[tuple[float, float]] = []  # (seconds into the attack, latency)
                 failures: list[str] = []
+                t_start = time.monotonic()
                 peak = base
                 t_end = time.monotonic() + args.seconds + 1.0
                 i = 0
@@ -450,6 +465,8 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
                     except Exception as exc:
                         failures.append(f"call {i}: {type(exc).__name__}: {exc}")
                     latencies.append(time.monotonic() - t0)
+                    if latencies[-1] >= 0.5:
+                        slow.append((round(t0 - t_start, 1), round(latencies[-1], 3)))
                     peak = max(peak, rss_mb(pid))
                     i += 1
                     await asyncio.sleep(0.02)
@@ -467,6 +484,7 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
                     "honest_calls": len(latencies),
                     "honest_failures": failures[:20],
                     "honest_failure_count": len(failures),
+                    "honest_slow_calls": slow[:50],
                     "latency_max_s": round(latencies[-1], 4),
                     "latency_p99_s": round(latencies[int(len(latencies) * 0.99) - 1], 4),
                     "final_call_ok": final == "after",
@@ -474,6 +492,8 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
                     "rss_base_mb": round(base, 1),
                     "rss_peak_mb": round(peak, 1),
                     "rss_end_mb": round(rss_mb(pid), 1),
+                    "service_cpu_s": cpu_seconds(pid),
+                    "wall_s": round(time.monotonic() - t_start, 1),
                     "service_stats": stats,
                 }
             finally:

@@ -102,6 +102,15 @@ class Dispatcher:
             return True
         return False
 
+    def _streams_full(self, peer: bytes, rid: int) -> bool:
+        """Refuse a stream beyond the client's own limit (Limits.max_streams_per_client)."""
+        guard = self._replies.guard
+        if not guard.streams_full(peer):
+            return False
+        limit = guard.limits.max_streams_per_client
+        self._replies.refuse(peer, rid, p.ERR_BUSY, f"this client has {limit} streams open")
+        return True
+
     def on_call(self, peer: bytes, msg: p.Call) -> None:
         rid = msg.id
         reason = self._admit(peer, msg)
@@ -261,7 +270,7 @@ class Dispatcher:
 
     def _finish(self, peer: bytes, msg: p.Call, ctx: CallContext, result: Any) -> None:
         if _isgenerator(result) or _isasyncgen(result):
-            if msg.oneway or self.at_limit(peer, msg.id):
+            if msg.oneway or self.at_limit(peer, msg.id) or self._streams_full(peer, msg.id):
                 close_generator_soon(result)
                 return
             # A stream's steps have no deadline of their own (each client step has a timeout).

@@ -36,6 +36,9 @@ class Limits:
     Attributes:
         max_per_client: calls (async handlers, executor calls) and streams running for one
             client at once; more are refused with :class:`~netcall.errors.ServiceBusyError`.
+        max_streams_per_client: streams open for one client at once (they count towards
+            ``max_per_client`` too): the loop serves open streams in turn, so this bounds how
+            long one client's streams can delay everyone else.
         max_stream_window: stream items a client may have in flight: the window of its CALL
             and the credit it grants are capped to this.
         send_hwm: messages ZeroMQ holds for one client before a send reports it busy (the
@@ -49,6 +52,7 @@ class Limits:
     """
 
     max_per_client: int = 1024
+    max_streams_per_client: int = 128
     max_stream_window: int = 4096
     send_hwm: int = 1000
     max_queued: int = 10_000
@@ -81,6 +85,7 @@ class Guard:
         "_close_streams",
         "_load",
         "_send",
+        "_streams",
         "_watch",
         "counts",
         "limits",
@@ -92,6 +97,7 @@ class Guard:
         self.log = RateLimitedLog(log, burst=limits.log_burst, interval=limits.log_interval)
         self.counts = {"calls": 0, "errors": 0, "peers_gone": 0, "peers_cut_off": 0}
         self._load: collections.Counter[bytes] = collections.Counter()  # calls + streams
+        self._streams: collections.Counter[bytes] = collections.Counter()
         self._calls: dict[tuple[bytes, int], asyncio.Future[Any]] = {}
         self._close_streams: Callable[[bytes], bool] = lambda peer: False
         self._abandon: Callable[[bytes, int], bool] = lambda peer, rid: False
@@ -150,15 +156,20 @@ class Guard:
     def over_limit(self, peer: bytes) -> bool:
         return self._load.get(peer, 0) >= self.limits.max_per_client
 
-    def loaded(self, peer: bytes) -> None:
-        self._load[peer] += 1
+    def streams_full(self, peer: bytes) -> bool:
+        return self._streams.get(peer, 0) >= self.limits.max_streams_per_client
 
-    def unloaded(self, peer: bytes) -> None:
-        load = self._load
-        if load[peer] <= 1:
-            load.pop(peer, None)
-        else:
-            load[peer] -= 1
+    def loaded(self, peer: bytes, stream: bool = False) -> None:
+        self._load[peer] += 1
+        if stream:
+            self._streams[peer] += 1
+
+    def unloaded(self, peer: bytes, stream: bool = False) -> None:
+        for count in (self._load, self._streams) if stream else (self._load,):
+            if count[peer] <= 1:
+                count.pop(peer, None)
+            else:
+                count[peer] -= 1
 
     def window(self, asked: int) -> int:
         return min(asked, self.limits.max_stream_window)

@@ -113,7 +113,7 @@ class Producers:
         guard = self._replies.guard
         stream = _Stream(peer, msg, gen, context, guard.window(msg.window))
         self.by_key[stream.key] = stream
-        guard.loaded(peer)
+        guard.loaded(peer, stream=True)
         self.touch(peer)
         self._replies.send(peer, p.StreamOpen(msg.id, self.lease).to_frames())
         stream.task = self._loop.create_task(self._run(stream))
@@ -302,7 +302,7 @@ class Producers:
         # By identity: a peer may already reuse the id for a new stream.
         if self.by_key.get(stream.key) is stream:
             del self.by_key[stream.key]
-            self._replies.guard.unloaded(stream.peer)
+            self._replies.guard.unloaded(stream.peer, stream=True)
 
     # -- the lease ------------------------------------------------------------------------
 
