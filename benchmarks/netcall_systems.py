@@ -92,6 +92,46 @@ async def serve(
     await service.serve()
 
 
+async def serve_broker(endpoint_cb: Callable[[str], None], services: int) -> None:
+    """A broker in this process, and ``services`` service processes connected out to it (in
+    this process group: the harness kills them with it). The endpoint is the frontend."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from netcall import Broker
+
+    host = "127.0.0.1"
+    front, back = f"tcp://{host}:{_free_port(host)}", f"tcp://{host}:{_free_port(host)}"
+    broker = Broker(frontend=front, backend=back)
+    broker.start()
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = f"import sys; sys.path.insert(0, {here!r}); import netcall_systems as m; m.run_connected({back!r})"
+    children = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(services)]
+    deadline = time.monotonic() + 20
+    while len(broker.stats()["services"]) < services:
+        if time.monotonic() > deadline or any(c.poll() is not None for c in children):
+            raise RuntimeError("the broker's services did not start")
+        await asyncio.sleep(0.02)
+    endpoint_cb(front)
+    await broker.serve()
+
+
+def run_connected(backend: str) -> None:
+    """A service process that connects out to a broker (exits when its parent does)."""
+    from worker import _watch_parent
+
+    _watch_parent(900)
+
+    async def main() -> None:
+        service = make_service()
+        service.connect(backend)
+        await service.serve()
+
+    asyncio.run(main())
+
+
 # =========================================================================== asyncio clients
 
 

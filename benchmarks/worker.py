@@ -35,6 +35,10 @@ SYSTEMS: dict[str, tuple[str, str, str | None]] = {
     "netcall-gevent": ("netcall", "blocking", None),
     "netcall-sync": ("netcall", "blocking", None),
     "netcall-tornado": ("netcall", "async", "asyncio"),
+    # through a broker: a broker process, and 1, 2 or 4 service processes connected out to it
+    "netcall-broker-1": ("netcall-broker-1", "async", "asyncio"),
+    "netcall-broker-2": ("netcall-broker-2", "async", "asyncio"),
+    "netcall-broker-4": ("netcall-broker-4", "async", "asyncio"),
     "netcall-curve": ("netcall-curve", "async", "asyncio"),
     "aiozmq-rpc": ("aiozmq", "async", "asyncio"),
     "grpc-aio": ("grpc", "async", "asyncio"),
@@ -101,6 +105,14 @@ def run_server(kind: str, ready: str) -> None:
         import netcall_systems
 
         coro_fn = netcall_systems.serve
+    elif kind.startswith("netcall-broker-"):
+        import functools
+
+        import netcall_systems
+
+        coro_fn = functools.partial(
+            netcall_systems.serve_broker, services=int(kind.rsplit("-", 1)[1])
+        )
     elif kind == "netcall-curve":
         import functools
 
@@ -182,7 +194,7 @@ async def _async_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Re
         import raw
 
         cli = raw.FdClient(endpoint)
-    elif system in ("netcall-asyncio", "netcall-uvloop"):
+    elif system in ("netcall-asyncio", "netcall-uvloop") or system.startswith("netcall-broker-"):
         import netcall_systems
 
         cli = await netcall_systems.AsyncioClient().open(endpoint)

@@ -20,9 +20,10 @@ from tornado.ioloop import IOLoop
 from netcall import RPCClient, RPCService
 from netcall.green import GeventRPCClient, GeventRPCService
 from netcall.sync import SyncRPCClient
+from netcall.threading import ThreadingRPCService
 from netcall.tornado import TornadoRPCClient, TornadoRPCService
 
-SERVICE_KINDS = ["asyncio", "tornado", "gevent"]
+SERVICE_KINDS = ["asyncio", "tornado", "gevent", "threading"]
 CLIENT_KINDS = ["asyncio", "tornado", "gevent", "sync"]
 START_TIMEOUT = 10.0
 TESTS_DIR = Path(__file__).resolve().parent
@@ -119,7 +120,8 @@ def register_handlers(svc: RPCService, kind: str, closed: list[str]) -> None:
 
 class ServiceThread:
     """A service of one kind serving ``url`` in its own thread (asyncio loop, Tornado IOLoop,
-    or gevent hub), started by :meth:`start` and stopped and joined by :meth:`stop`."""
+    gevent hub, or blocked in ``ThreadingRPCService.serve()``), started by :meth:`start` and
+    stopped and joined by :meth:`stop`."""
 
     def __init__(
         self,
@@ -188,6 +190,12 @@ class ServiceThread:
         serving.join()
         gevent.get_hub().destroy(destroy_loop=True)
 
+    def _run_threading(self) -> None:
+        svc = self._make(ThreadingRPCService)  # the 2014 name: sync handlers in a thread pool
+        svc.start()
+        self._ready.set()
+        svc.serve()
+
     def start(self) -> ServiceThread:
         self._thread.start()
         assert self._ready.wait(START_TIMEOUT), "service thread did not start"
@@ -208,7 +216,7 @@ class ServiceThread:
     def stop(self) -> None:
         svc = self.svc
         if svc is not None and self._thread.is_alive():
-            if isinstance(svc, GeventRPCService):
+            if isinstance(svc, GeventRPCService | ThreadingRPCService):
                 svc.stop(grace=0)
             else:
                 assert self.loop is not None

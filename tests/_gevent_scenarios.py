@@ -177,6 +177,46 @@ def start_and_serve() -> None:
     finish(svc2, client)
 
 
+def ctrl_c_in_a_handler() -> None:
+    """A Ctrl-C that lands while a handler runs reaches serve() (it used to be swallowed as the
+    call's error, and the service served on)."""
+    import os
+    import signal
+
+    svc = GeventRPCService()
+
+    @svc.register
+    def spin(seconds: float) -> str:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:  # busy: the signal is raised in this greenlet
+            pass
+        return "done"
+
+    port = svc.bind_ports()
+    client = GeventRPCClient(timeout=5)
+    client.connect(f"tcp://127.0.0.1:{port}")
+    call = gevent.spawn(client.spin, 1.0)
+
+    def interrupt_soon() -> None:  # from a real thread, while the handler spins
+        _bridge._original("time", "sleep")(0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    _bridge._start_real_thread(interrupt_soon)
+    gevent.get_hub().exception_stream = None  # gevent would print the handler's Ctrl-C
+    try:
+        svc.serve()
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("serve() returned without the KeyboardInterrupt")
+    assert svc.closed
+    call.join(timeout=5)
+    assert call.ready()
+    client.close()
+    assert _bridge._bridge is None, "the loop thread is still running"
+    print("OK")
+
+
 def wsgi_server() -> None:
     """A gevent.pywsgi server whose handler calls netcall; the test drives it over HTTP.
     GET /<n> answers ``n`` after a 0.3 s netcall call; GET /quit stops everything."""

@@ -1,9 +1,10 @@
 """One behavioural suite over every adapter: clients {asyncio, tornado, gevent, sync} against
-services {asyncio, tornado, gevent}, on real sockets.
+services {asyncio, tornado, gevent, threading (the 2014 ThreadingRPCService)}, on real sockets.
 
-Each service runs in its own thread (its loop, IOLoop or hub); the test drives the client from
-the test's thread through one blocking interface (see ``_adapter_helpers``). gevent runs
-unpatched here; the monkey-patched runs are in ``test_gevent.py``, in subprocesses.
+Each service runs in its own thread (its loop, IOLoop, hub, or blocked in ``serve()``); the
+test drives the client from the test's thread through one blocking interface (see
+``_adapter_helpers``). gevent runs unpatched here; the monkey-patched runs are in
+``test_gevent.py``, in subprocesses.
 """
 
 from __future__ import annotations

@@ -30,7 +30,9 @@ def scenario(name: str, patched: bool) -> str:
     return code
 
 
-@pytest.mark.parametrize("name", ["concurrency", "generators", "timeouts", "start_and_serve"])
+@pytest.mark.parametrize(
+    "name", ["concurrency", "generators", "timeouts", "start_and_serve", "ctrl_c_in_a_handler"]
+)
 def test_scenario(name: str, patched: bool) -> None:
     proc = run_python(scenario(name, patched), env=netcall_env(), timeout=45)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"

@@ -28,6 +28,14 @@ MESSAGES = [
     p.End(12),
     p.Ping(0),
     p.Pong(0),
+    p.Hello(
+        {
+            "math.add": {"signature": "(a, b)", "doc": "Add."},
+            "\u00e9": {"signature": "", "doc": ""},
+        },
+        8,
+    ),
+    p.Bye(),
 ]
 
 
@@ -252,3 +260,31 @@ def test_no_frames_are_built_outside_the_protocol() -> None:
             continue
         text = path.read_text()
         assert "p.header(" not in text and "HEADER.pack" not in text, path
+
+
+def test_hello_and_bye() -> None:
+    hello = p.Hello({"a": {"signature": "()", "doc": ""}}, None)
+    assert p.decode(hello.to_frames()) == hello
+    assert p.decode(p.Hello({}, 3).to_frames()).max_concurrent == 3  # type: ignore[union-attr]
+    head = hello.to_frames()[0]
+    for body in (b"\xff", b"[1]", b"{bad", b'{"": {}}', b"[" * 100000):
+        with pytest.raises(ProtocolError):
+            p.decode([head, body])
+    with pytest.raises(ProtocolError, match="too large"):
+        p.decode([head, b" " * (p.MAX_HELLO_BYTES + 1)])
+    # Odd info is tolerated (the methods' names are what matter), within bounds.
+    odd = p.decode([head, b'{"m": 5, "n": {"signature": 7, "doc": "x"}}'])
+    assert odd.methods == {  # type: ignore[union-attr]
+        "m": {"signature": "", "doc": ""},
+        "n": {"signature": "", "doc": "x"},
+    }
+
+
+def test_retag_replaces_only_the_request_id() -> None:
+    for msg in MESSAGES:
+        frames = msg.to_frames()
+        frames[0] = p.retag(frames[0], 4242)
+        assert p.decode_header(frames[0])[1] == 4242
+        if not isinstance(msg, p.Hello | p.Bye):
+            again = p.decode(frames)
+            assert type(again) is type(msg) and again.id == 4242

@@ -186,17 +186,22 @@ async def test_register_object_module_random(make_service, make_client, make_url
         await cli.call("random._inst")
 
 
-def test_register_object_reserved_name_is_refused(ctx):
-    class Bad:
+def test_register_object_skips_reserved_names(ctx):
+    class Mixed:
         def stop(self):
+            pass
+
+        def go(self):
             pass
 
     svc = RPCService(context=ctx)
     try:
-        with pytest.raises(ValueError):
-            svc.register_object(Bad())  # top-level "stop" is reserved
-        svc.register_object(Bad(), namespace="ns")  # "ns.stop" is fine
+        assert svc.register_object(Mixed()) == ["go"]  # top-level "stop" is reserved: skipped
+        assert "stop" not in svc.methods()
+        svc.register_object(Mixed(), namespace="ns")  # "ns.stop" is fine
         assert "ns.stop" in svc.methods()
+        with pytest.raises(ValueError):
+            svc.register_object(Mixed(), namespace="stop")  # a reserved namespace
     finally:
         svc.close()
 

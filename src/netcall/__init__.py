@@ -10,12 +10,15 @@
     async def echo(s):
         return s
 
+A :class:`Broker` gives many services, which connect out to it, one address.
+
 Legacy entry points over the same core: :mod:`netcall.tornado`, :mod:`netcall.green` (gevent)
 and :mod:`netcall.sync` (a blocking client).
 """
 
 from ._context import CallContext, current_call
 from ._edge import TransportError
+from .broker import Broker
 from .client import DEFAULT_TIMEOUT, RemoteGenerator, RPCClient
 from .errors import (
     AuthenticationError,
@@ -45,6 +48,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "RESERVED_NAMES",
     "AuthenticationError",
+    "Broker",
     "CallContext",
     "ClientClosedError",
     "ConnectionLostError",

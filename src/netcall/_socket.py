@@ -1,6 +1,13 @@
 """The one place netcall creates and configures its ROUTER sockets (service and client).
 
 Later work (CURVE security, socket options) adds its settings here, once, for both ends.
+
+Whatever kind of pyzmq context the user passes (``zmq.green``, ``zmq.asyncio`` or plain),
+netcall's sockets are plain ones, made from a shadow of it (:func:`plain_context`: the same
+libzmq context, so ``inproc://`` and ``term()`` still span both). netcall drives its sockets
+from its own loop by file descriptor; a ``zmq.green`` socket would also start a watcher on the
+hub of the thread that made it, and that hub and netcall's loop thread would then both work
+the same socket: calls hung, and processes crashed (SIGSEGV, SIGABRT).
 """
 
 from __future__ import annotations
@@ -11,10 +18,18 @@ import zmq
 
 from ._edge import map_exceptions
 
-__all__ = ["make_router"]
+__all__ = ["make_router", "plain_context"]
 
 #: Messages queued per peer before a send reports "busy" (ZeroMQ's high-water marks).
 HWM = 10000
+
+
+def plain_context(context: zmq.Context[Any]) -> zmq.Context[Any]:
+    """``context`` itself if it is a plain ``zmq.Context`` (or terminated: it then refuses
+    sockets itself), else a plain shadow of it."""
+    if type(context) is zmq.Context or context.closed:
+        return context
+    return zmq.Context.shadow(context.underlying)
 
 
 def make_router(
@@ -29,14 +44,15 @@ def make_router(
     """A ROUTER socket configured for netcall: no linger, ROUTER_MANDATORY (an unknown peer is
     an error, not a silent drop), high-water marks (default :data:`HWM`), optional heartbeats
     (a peer silent for three intervals is dropped) and maximum message size. ``server`` says which
-    end (the service binds; the client connects).
+    end (the service binds; the client connects). The socket is a plain one on ``context``'s
+    libzmq context, whatever kind of pyzmq context it is (see the module docstring).
 
     Raises:
         TransportError, ClientClosedError: ZeroMQ refused (``__cause__``: the ZMQError).
     """
     del server  # the same options on both ends today; security settings will differ
     with map_exceptions("cannot create a socket"):
-        sock: zmq.Socket[Any] = context.socket(zmq.ROUTER)
+        sock: zmq.Socket[Any] = plain_context(context).socket(zmq.ROUTER)
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 __all__ = [
     "BUSY",
+    "CONNECTION_LOST",
     "METHOD_NOT_FOUND",
+    "PEER_KEY",
     "PROTOCOL_ERROR",
     "SERIALIZATION_ERROR",
     "SERIALIZER_MISMATCH",
@@ -27,3 +29,9 @@ PROTOCOL_ERROR = "netcall.ProtocolError"
 STREAM_CLOSED = "netcall.StreamClosed"
 SERIALIZER_MISMATCH = "netcall.SerializerMismatch"
 TIMEOUT = "netcall.Timeout"
+CONNECTION_LOST = "netcall.ConnectionLost"  # from a broker: the service went away
+
+#: The metadata key under which a broker tells a service the caller's authenticated key. A
+#: service honours it only on calls from a peer it connected to itself (its broker); from
+#: anyone else it is removed, and a broker removes any a client sent.
+PEER_KEY = "netcall.peer_key"

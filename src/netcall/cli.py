@@ -6,6 +6,7 @@
     netcall call tcp://127.0.0.1:5555 count 5             # a stream prints one item a line
     netcall methods tcp://127.0.0.1:5555
     netcall serve examples.echo_service:service --bind tcp://127.0.0.1:5555
+    netcall broker --frontend tcp://0.0.0.0:5555 --backend tcp://0.0.0.0:5556
     netcall keygen server --dir keys                      # CURVE keys (see --curve-* flags)
 """
 
@@ -144,6 +145,63 @@ async def _serve(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _stats_line(stats: dict[str, Any]) -> str:
+    errors = " ".join(f"{k}={v}" for k, v in stats["errors"].items() if v)
+    return (
+        f"services={len(stats['services'])} methods={len(stats['methods'])} "
+        f"in_flight={stats['in_flight']} streams={stats['streams']} queued={stats['queued']} "
+        f"clients={stats['clients']} errors: {errors or 'none'}"
+    )
+
+
+async def _broker(ns: argparse.Namespace) -> int:
+    from .broker import Broker
+
+    broker = Broker(
+        frontend=ns.frontend,
+        backend=ns.backend,
+        heartbeat=ns.heartbeat,
+        max_queue=ns.max_queue,
+        security=_security(ns, server=True),
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, broker.close)
+    broker.start()
+    print(
+        f"broker: clients connect to {', '.join(ns.frontend)}; "
+        f"services connect to {', '.join(ns.backend)}",
+        flush=True,
+    )
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(ns.stats_every)
+            print(_stats_line(broker.stats()), flush=True)
+
+    reporter = loop.create_task(report()) if ns.stats_every > 0 else None
+    try:
+        await broker.serve()
+    finally:
+        if reporter is not None:
+            reporter.cancel()
+    print(_stats_line(broker.stats()), flush=True)
+    return 0
+
+
+def _add_broker_command(sub: Any) -> None:
+    p = sub.add_parser("broker", help="run a broker: one address for many services")
+    p.add_argument("--frontend", action="append", required=True, help="endpoint for clients")
+    p.add_argument("--backend", action="append", required=True, help="endpoint for services")
+    p.add_argument("--heartbeat", type=float, default=1.0, help="seconds (default 1)")
+    p.add_argument("--max-queue", type=int, default=1000, help="calls waiting (default 1000)")
+    p.add_argument(
+        "--stats-every", type=float, default=10.0, help="print stats every N s (0: never)"
+    )
+    _security_options(p, server=True)  # CURVE on the frontend
+    p.set_defaults(run=_broker)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``netcall`` command. Returns the exit status."""
     parser = argparse.ArgumentParser(prog="netcall", description=__doc__.splitlines()[1])
@@ -175,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _security_options(p_serve, server=True)
     p_serve.set_defaults(run=_serve)
 
+    _add_broker_command(sub)
     p_keygen = sub.add_parser("keygen", help="make a CURVE key pair: NAME.key and NAME.key_secret")
     p_keygen.add_argument("name")
     p_keygen.add_argument("--dir", default=".", help="folder for the two files (default: .)")

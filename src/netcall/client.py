@@ -20,6 +20,7 @@ from typing import Any, TypedDict
 import zmq
 
 from . import protocol as p
+from ._client.binding import ClientBinding
 from ._client.calls import CallRegistry, PendingCall, call_frames, encode_arguments
 from ._client.generator import RemoteGenerator, close_quietly
 from ._client.inbox import Inbox
@@ -56,7 +57,7 @@ class ClientOptions(TypedDict, total=False):
     name: str | None
 
 
-class RPCClient:
+class RPCClient(ClientBinding):
     """An RPC client. Connect it to one or several services and call their methods.
 
     ``await client.name(*args, **kwargs)`` calls ``name`` on a service; dotted names work
@@ -198,9 +199,11 @@ class RPCClient:
         loop = asyncio.get_running_loop()
         self._loop = self._streams.loop = loop
         opened = functools.partial(self._keepalive.schedule, loop)  # a stream opened: its lease
-        inbox = Inbox(self._calls, self._streams, self._send_cancel, opened)
-        self._driver = SocketDriver(self.socket, loop, inbox.on_message, _on_unreachable)
-        self._monitor_driver = SocketDriver(self._monitor, loop, self._peers.on_monitor_event)
+        peers = self._peers
+        inbox = Inbox(self._calls, self._streams, self._send_cancel, opened, peers.on_announce)
+        self._driver = SocketDriver(self.socket, loop, inbox.on_message, peers.gone)
+        self._monitor_driver = SocketDriver(self._monitor, loop, peers.on_monitor_event)
+        peers.start(loop, self._driver.send)
         return self._driver
 
     def _lost(self, peer: Peer, why: str, every_call: bool, error: type[RPCError]) -> None:
@@ -276,7 +279,7 @@ class RPCClient:
         # Everything that can fail (encoding) comes before any state is recorded.
         arguments = encode_arguments(self.serializer.dumps, args, kwargs)
         rid = next(self._ids)
-        peer = self._peers.pick()
+        peer = self._peers.pick(method)
         window = first_credit(self.window) if prefetch else 0
         frames = call_frames(
             peer, rid, method, self.serializer.name, timeout, oneway, window, arguments
@@ -323,8 +326,10 @@ class RPCClient:
         self._driver.send(frames)
 
     def _ping(self) -> bool:
-        connected = self._peers.by_url
-        return not self._closed and self._streams.ping(lambda peer: peer.url in connected)
+        connected, announced = self._peers.by_url, self._peers.announced
+        return not self._closed and self._streams.ping(
+            lambda peer: peer.url in connected or peer.rid in announced
+        )
 
     # -- closing --------------------------------------------------------------------------
 
@@ -337,6 +342,7 @@ class RPCClient:
             return
         self._closed = True
         self._keepalive.cancel()
+        self._peers.close()
         # Tell services to drop our calls and streams (best effort), then close.
         open_work = [(pend.peer, rid) for rid, pend in self._calls.by_id.items()]
         farewell = [[peer.rid, *p.Cancel(rid).to_frames()] for peer, rid in open_work]
@@ -347,6 +353,10 @@ class RPCClient:
         closed = lambda: ClientClosedError("the client was closed")  # noqa: E731
         self._calls.fail_all(closed)
         self._streams.fail_all(closed)
+
+    def shutdown(self) -> None:
+        """:meth:`close` (the 2014 spelling)."""
+        self.close()
 
     async def aclose(self) -> None:
         """Close the client (see :meth:`close`)."""
@@ -365,7 +375,3 @@ class RPCClient:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {sorted(self._peers.by_url)}>"
-
-
-def _on_unreachable(rid: bytes) -> None:
-    log.debug("netcall: service %r unreachable", rid)

@@ -6,7 +6,8 @@ The tree::
     ├── RemoteRPCError                the remote handler raised; crossed the wire
     │   ├── (Remote<Builtin>)         also an instance of the builtin type, e.g. ValueError,
     │   │                             built from an allowlist, never by unpickling
-    │   ├── MethodNotFoundError       no such method on the service (also an AttributeError)
+    │   ├── MethodNotFoundError       no such method on the service (also an AttributeError
+    │   │                             and a NotImplementedError, as 0.4.2 raised)
     │   ├── ServiceStoppingError      the service stopped before it finished the call
     │   ├── ServiceBusyError          the service is at its max_concurrent limit
     │   ├── StreamClosedError         the service has no such open stream
@@ -96,8 +97,10 @@ class RemoteRPCError(RPCError):
         return (exception_from_remote, (self.type_name, self.message, self.traceback))
 
 
-class MethodNotFoundError(RemoteRPCError, AttributeError):
-    """The service has no method of that name."""
+class MethodNotFoundError(RemoteRPCError, AttributeError, NotImplementedError):
+    """The service has no method of that name (the message names it). Also an
+    ``AttributeError``, and a ``NotImplementedError`` as netcall 0.4.2's unknown-method error
+    was."""
 
 
 class ServiceStoppingError(RemoteRPCError):
@@ -225,6 +228,8 @@ _NETCALL_ERRORS: dict[str, type[RPCError]] = {
     names.STREAM_CLOSED: StreamClosedError,
     names.SERIALIZER_MISMATCH: SerializerMismatchError,
     names.TIMEOUT: RPCTimeoutError,
+    # A broker tells its clients that the service running their call went away.
+    names.CONNECTION_LOST: ConnectionLostError,
 }
 
 _remote_classes: dict[str, type[RemoteRPCError]] = {}

@@ -29,20 +29,48 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import gevent
 import gevent.event
 
 from . import _bridge
-from .service import RPCService
+from ._bridged import BridgedService
+from .client import ClientOptions
+from .serializers import Serializer
 from .sync import SyncRPCClient
 
-__all__ = ["GeventRPCClient", "GeventRPCService", "GreenRPCClient", "GreenRPCService"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = [
+    "GeventRPCClient",
+    "GeventRPCService",
+    "GreenRPCClient",
+    "GreenRPCService",
+    "check_green_env",
+]
 
 T = TypeVar("T")
+
+
+#: The ``green_env`` values netcall 0.4.2 code may pass; only gevent is supported.
+GREEN_ENVS = (None, "gevent")
+
+
+def check_green_env(green_env: str | None) -> None:
+    """Accept 0.4.2's ``green_env="gevent"`` (or ``None``).
+
+    Raises:
+        ValueError: any other backend (eventlet, greenhouse...): not supported.
+    """
+    if green_env not in GREEN_ENVS:
+        raise ValueError(
+            f"green_env={green_env!r} is not supported: netcall runs on gevent only "
+            '(pass green_env="gevent", or nothing)'
+        )
 
 
 class GeventRPCClient(SyncRPCClient):
@@ -50,11 +78,28 @@ class GeventRPCClient(SyncRPCClient):
 
     The same API as :class:`~netcall.sync.SyncRPCClient`: ``client.name(...)``,
     ``client.call(name, ..., timeout=...)``, dotted names, ``connect``, ``close``; a remote
-    generator is a plain generator with ``next``, ``send``, ``throw`` and ``close``.
+    generator is a real generator with ``next``, ``send``, ``throw`` and ``close``.
+
+    ``green_env`` and ``executor`` are accepted for netcall 0.4.2 code: ``green_env`` must be
+    ``"gevent"`` (or ``None``), ``executor`` is unused.
+
+    Raises:
+        ValueError: ``green_env`` names another backend.
     """
 
+    def __init__(
+        self,
+        serializer: str | Serializer | None = None,
+        *,
+        green_env: str | None = None,
+        executor: Any = None,
+        **options: Unpack[ClientOptions],
+    ) -> None:
+        check_green_env(green_env)
+        super().__init__(serializer, **options)
 
-class GeventRPCService(RPCService):
+
+class GeventRPCService(BridgedService):
     """A service for gevent programs: sync handlers (and sync generator steps) run as
     greenlets on the hub of the thread that calls :meth:`start`, so one handler's
     ``gevent.sleep`` never stalls another.
@@ -62,33 +107,26 @@ class GeventRPCService(RPCService):
     Registration is the core's (``register``/``task``, ``register_object``, public methods of
     a subclass). :meth:`start` returns a greenlet that finishes when the service stops
     (``service.start().join()`` serves forever); :meth:`serve` blocks the calling greenlet
-    until then; :meth:`stop` and :meth:`close` block until done.
+    until then; :meth:`stop` and :meth:`close` (or :meth:`shutdown`) block until done.
+
+    ``green_env`` and ``executor`` are accepted for netcall 0.4.2 code: ``green_env`` must be
+    ``"gevent"`` (or ``None``); ``executor`` is unused (each call runs as a greenlet).
+
+    Raises:
+        ValueError: ``green_env`` names another backend.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, green_env: str | None = None, executor: Any = None, **kwargs: Any
+    ) -> None:
+        check_green_env(green_env)
         # Sync handlers run as greenlets through the core's declared hook; the hub is known
         # only at start().
         self._runner = _GreenletRunner()
         super().__init__(*args, handler_runner=self._runner, **kwargs)
-        self._bridge = _bridge.acquire()
-        self._bridge.closers[id(self)] = super().close
-        self._released = False
         self._serving: Any = None  # the greenlet start() returns
         self._done: Any = None  # gevent Event on the serving hub, set when the service stops
         self._port: _bridge.HubPort | None = None
-
-    # -- endpoints (the socket belongs to the loop thread) ----------------------------------
-
-    def bind(self, urls: str | Iterable[str], only: bool = False) -> None:
-        self._bridge.call(super().bind, urls, only)
-
-    def unbind(self, url: str) -> None:
-        self._bridge.call(super().unbind, url)
-
-    def bind_ports(
-        self, ip: str = "127.0.0.1", port: int = 0, *, min_port: int = 49152, max_port: int = 65535
-    ) -> int:
-        return self._bridge.call(super().bind_ports, ip, port, min_port=min_port, max_port=max_port)
 
     # -- running --------------------------------------------------------------------------
 
@@ -105,7 +143,7 @@ class GeventRPCService(RPCService):
         self._port = port
         self._runner.port = port
         self._done = gevent.event.Event()
-        self._bridge.call(super().start, self._bridge.loop)
+        self._start_on_loop()
         self._serving = gevent.spawn(self._wait_stopped, port, self._done)
         return self._serving
 
@@ -126,26 +164,13 @@ class GeventRPCService(RPCService):
             self.close()
             raise
 
-    def stop(self, grace: float | None = None) -> None:  # type: ignore[override]
-        """Stop gracefully (see :meth:`RPCService.stop`), blocking until done."""
-        if not self._released and self._bridge.alive and not self.closed:
-            self._bridge.run(super().stop(grace))
-        self._finished()
-
     def close(self) -> None:
         """Close at once: cancel running calls (their greenlets are killed), close the socket."""
-        if not self._released and self._bridge.alive and not self.closed:
-            self._bridge.call(super().close)
-        self._finished()
+        super().close()
 
-    def _finished(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        self._bridge.closers.pop(id(self), None)
+    def _on_finished(self) -> None:
         if self._done is not None and self._port is not None:
             self._port.submit(self._done.set)
-        _bridge.release(self._bridge)
 
     def __enter__(self) -> GeventRPCService:
         self.start()
@@ -199,6 +224,7 @@ def _run_greenlet(
     fut: asyncio.Future[T],
     loop: asyncio.AbstractEventLoop,
 ) -> None:
+    system: BaseException | None = None
     try:
         outcome: tuple[bool, Any] = (True, ctx.run(fn))
     except StopIteration:
@@ -210,10 +236,16 @@ def _run_greenlet(
         err = RuntimeError(f"the handler's greenlet ended with {type(exc).__name__}")
         err.__cause__ = exc
         outcome = (False, err)
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            system = exc
     try:
         loop.call_soon_threadsafe(_settle, fut, outcome)
     except RuntimeError:  # the loop is closed: nobody waits any more
         pass
+    if system is not None:
+        # A Ctrl-C (or exit) that landed in this handler is the program's, not the call's:
+        # gevent's hub passes it on to the main greenlet (serve() then closes the service).
+        raise system
 
 
 def _settle(fut: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:

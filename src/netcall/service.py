@@ -26,6 +26,7 @@ from ._service.registry import METHODS_NAME, HandlerRegistry, public_names
 from ._service.replies import Replies
 from ._service.runner import HandlerRunner, Runner
 from ._service.streams import Producers
+from ._service.upstream import ServiceConnecting, Upstreams
 from ._socket import make_router
 from .client import RPCClient
 from .security import CurveServer, secure_socket, warn_if_exposed
@@ -38,7 +39,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 Keys = Iterable[Any] | None  # CURVE public keys (Z85 bytes or text, or Keypairs)
 
 
-class RPCService:
+class RPCService(ServiceConnecting):
     """An RPC service: register handlers, bind endpoints, serve.
 
     Sync handlers run inline on the event loop (keep them short), or in ``executor`` when one is
@@ -134,6 +135,8 @@ class RPCService:
         self.socket = self._make_socket(heartbeat, max_message_size)
         self._registry.add_subclass_methods(self, RPCService)
         self._registry.add_builtin(METHODS_NAME, self.methods)
+        self._max_concurrent = max_concurrent
+        self._upstreams = Upstreams(self.socket, self._hello)
 
     def _make_socket(
         self, heartbeat: float | None, max_message_size: int | None
@@ -178,12 +181,14 @@ class RPCService:
 
             def decorator(f: F) -> F:
                 self._registry.add(name or f.__name__, f, allow)
+                self._upstreams.announce()
                 return f
 
             return decorator
         if isinstance(fn, str):
             raise TypeError("use register(name=...) to give a name")
         self._registry.add(name or str(getattr(fn, "__name__", "")), fn, allow)
+        self._upstreams.announce()
         return fn
 
     task = register  # the 2014 spelling
@@ -193,17 +198,25 @@ class RPCService:
     ) -> list[str]:
         """Expose ``obj``'s public callables as ``namespace.name`` (or ``name``).
 
-        Names starting with ``_`` and names in ``restricted`` are not exposed. Returns the
+        Names starting with ``_``, names in ``restricted`` and, without a namespace, reserved
+        names (:data:`RESERVED_NAMES`; logged at DEBUG) are not exposed. Returns the
         registered names.
 
         Raises:
-            ValueError: a resulting name is reserved.
+            ValueError: ``namespace`` is reserved or invalid.
         """
-        return self._registry.add_object(obj, namespace, restricted)
+        added = self._registry.add_object(obj, namespace, restricted)
+        self._upstreams.announce()
+        return added
 
     def methods(self) -> dict[str, dict[str, str]]:
         """The registered handlers: ``{name: {"signature": ..., "doc": ...}}``."""
         return self._registry.describe()
+
+    @property
+    def procedures(self) -> dict[str, Callable[..., Any]]:
+        """The registered functions by name: a read-only dict (the 2014 ``procedures``)."""
+        return self._registry.procedures()
 
     # -- endpoints ------------------------------------------------------------------------
 
@@ -298,12 +311,14 @@ class RPCService:
         self._dispatch.loop = loop
         self._dispatch.refusing = None
         self._producers.start(loop)
-        inbox = Inbox(self._dispatch, self._producers, self._replies)
+        inbox = Inbox(self._dispatch, self._producers, self._replies, self._upstreams.is_upstream)
         secure = self.security is not None  # then each message's sender key is read
+        self._guard.is_upstream = self._upstreams.is_upstream
         driver = self._guard.start(
             self.socket, loop, inbox.on_message, self._replies.send, identify=secure
         )
         self._replies.driver = self._driver = self._dispatch.keys = driver
+        self._upstreams.start(loop, self._replies.send, self._upstream_lost)
 
     async def serve(self) -> None:
         """Serve until :meth:`stop` (or :meth:`close`) is called.
@@ -340,6 +355,7 @@ class RPCService:
             return
         calls = self._dispatch.calls
         self._dispatch.refusing = "the service is stopping"
+        self._upstreams.bye()  # a broker sends no new calls
         grace = self._grace if grace is None else grace
         if calls and grace > 0:
             await asyncio.wait(list(calls.values()), timeout=grace)
@@ -364,11 +380,16 @@ class RPCService:
         self._producers.close_all()
         self._close(linger=0)
 
+    def shutdown(self) -> None:
+        """:meth:`close` (the 2014 spelling)."""
+        self.close()
+
     def _close(self, linger: int) -> None:
         self._closed = True
         self._dispatch.refusing = "the service is stopping"
         self._replies.driver = None
         self._producers.shutdown()
+        self._upstreams.close()
         self._guard.close()
         if self._driver is not None:
             self._driver.close(linger=linger)
@@ -381,5 +402,6 @@ class RPCService:
 
 
 #: Names a handler cannot take: the public attributes of the service and client classes (so a
-#: handler can never shadow ``client.name``, ``service.stop`` and the like).
-RESERVED_NAMES: frozenset[str] = public_names(RPCService, RPCClient) | {"join"}
+#: handler can never shadow ``client.name``, ``service.stop`` and the like), and the names
+#: netcall 0.4.2 reserved (``proc``, ``reset``), so that code written for it registers the same.
+RESERVED_NAMES: frozenset[str] = public_names(RPCService, RPCClient) | {"join", "proc", "reset"}

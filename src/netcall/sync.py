@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import _bridge
-from ._blocking import BlockingGenerator
+from ._blocking import BlockingGenerator, as_generator
 from .client import ClientOptions, RemoteGenerator, RPCClient
 from .errors import ClientClosedError
 from .serializers import Serializer
@@ -40,8 +40,9 @@ class SyncRPCClient:
     without ``await``.
 
     ``client.name(*args, **kwargs)`` returns the result (dotted names work); a method that
-    returns a generator gives a :class:`~netcall._blocking.BlockingGenerator`, a plain generator
-    with ``next``, ``send``, ``throw`` and ``close`` (closed on garbage collection too).
+    returns a generator gives a real generator (``types.GeneratorType``) with ``next``,
+    ``send``, ``throw`` and ``close`` (closed on garbage collection too; see
+    :func:`~netcall._blocking.as_generator` for when it prefetches).
 
     Args: exactly :class:`~netcall.RPCClient`'s (passed through, see
     :class:`~netcall.client.ClientOptions`).
@@ -79,6 +80,29 @@ class SyncRPCClient:
     def connected(self) -> set[str]:
         """The endpoints this client is connected to."""
         return self._bridge.call(lambda: self._client.connected)
+
+    def bind(self, urls: str | Iterable[str], only: bool = False) -> None:
+        """Bind: services connect to this client (see :meth:`RPCClient.bind`)."""
+        self._bridge.call(self._client.bind, urls, only)
+
+    def unbind(self, url: str) -> None:
+        """Stop listening on ``url``."""
+        self._bridge.call(self._client.unbind, url)
+
+    def bind_ports(
+        self, ip: str = "127.0.0.1", port: int = 0, *, min_port: int = 49152, max_port: int = 65535
+    ) -> int:
+        """Bind ``tcp://ip:port`` (a free port with ``port=0``); returns the port."""
+        return int(
+            self._bridge.call(
+                lambda: self._client.bind_ports(ip, port, min_port=min_port, max_port=max_port)
+            )
+        )
+
+    @property
+    def bound(self) -> set[str]:
+        """The endpoints this client is bound to."""
+        return self._bridge.call(lambda: self._client.bound)
 
     @property
     def timeout(self) -> float | None:
@@ -121,7 +145,7 @@ class SyncRPCClient:
             raise ClientClosedError("the client is closed")
         result = self._bridge.run(call)
         if isinstance(result, RemoteGenerator):
-            return BlockingGenerator(result, self._bridge, self)
+            return as_generator(BlockingGenerator(result, self._bridge, self))
         return result
 
     # -- closing --------------------------------------------------------------------------
@@ -139,6 +163,10 @@ class SyncRPCClient:
                 bridge.call(self._client.close)
         finally:
             _bridge.release(bridge)
+
+    def shutdown(self) -> None:
+        """:meth:`close` (the 2014 spelling)."""
+        self.close()
 
     def __enter__(self) -> SyncRPCClient:
         return self

@@ -28,7 +28,15 @@ class Inbox:
     that opened after its caller gave up; ``opened(lease)`` is told of every new stream (for
     the keepalive)."""
 
-    __slots__ = ("_calls", "_log", "_opened", "_send_cancel", "_streams", "_streams_by_id")
+    __slots__ = (
+        "_announced",
+        "_calls",
+        "_log",
+        "_opened",
+        "_send_cancel",
+        "_streams",
+        "_streams_by_id",
+    )
 
     def __init__(
         self,
@@ -36,12 +44,14 @@ class Inbox:
         streams: ConsumerStreams,
         send_cancel: Callable[[Peer, int], None],
         opened: Callable[[float], None],
+        announced: Callable[[bytes, p.Hello | p.Bye], None],
     ) -> None:
         self._calls = calls.by_id
         self._streams = streams
         self._streams_by_id = streams.by_id
         self._send_cancel = send_cancel
         self._opened = opened
+        self._announced = announced  # a service that connected to us said HELLO or BYE
         self._log = RateLimitedLog(log)  # a service sending garbage must not flood the log
 
     def on_message(self, frames: list[Any]) -> None:
@@ -67,6 +77,9 @@ class Inbox:
                 "netcall: dropped a malformed message from a service: %s",
                 exc,
             )
+            return
+        if type(msg) is p.Hello or type(msg) is p.Bye:
+            self._announced(frames[0], msg)
             return
         rid = msg.id
         pend = self._calls.pop(rid, None)

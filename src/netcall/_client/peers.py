@@ -4,7 +4,13 @@ up or refused us (from the socket monitor), and the keepalive pings that hold st
 A service that refuses our handshake (CURVE: key not allowed, wrong service key, only one side
 secure) fails the calls in flight there and new calls at once with AuthenticationError. ZeroMQ
 does not retry a refused handshake, so the first call at least :data:`RETRY_REFUSED` seconds
-after a refusal reconnects and tries again (an allowlist may have changed meanwhile)."""
+after a refusal reconnects and tries again (an allowlist may have changed meanwhile).
+
+A client may also *bind*: services then connect to it and announce themselves (HELLO: their
+methods, and BYE when they stop). Such a peer is known by the routing id this socket gave its
+connection; it is gone when a send to it fails (``ROUTER_MANDATORY``), which the client
+provokes with a PING to every announced peer whenever the monitor sees a connection on a bound
+endpoint break."""
 
 from __future__ import annotations
 
@@ -17,9 +23,10 @@ from typing import Any
 import zmq
 import zmq.utils.monitor
 
+from .. import protocol as p
 from .._edge import map_exceptions
 from .._reactor import SocketDriver
-from ..errors import AuthenticationError, ConnectionLostError, RPCError
+from ..errors import AuthenticationError, ConnectionLostError, RPCError, exception_from_remote
 from ..security import handshake_error, warn_if_exposed
 
 __all__ = ["Keepalive", "Peer", "PeerTable", "close_sockets"]
@@ -34,9 +41,20 @@ OnLost = Callable[["Peer", str, bool, type[RPCError]], None]
 
 
 class Peer:
-    """One connected endpoint, addressed by its own routing id."""
+    """One service: an endpoint the client connected to, or a service that connected to the
+    client and announced itself; addressed by its routing id."""
 
-    __slots__ = ("connection", "inflight", "refused", "refused_at", "rid", "up", "url")
+    __slots__ = (
+        "connection",
+        "draining",
+        "inflight",
+        "methods",
+        "refused",
+        "refused_at",
+        "rid",
+        "up",
+        "url",
+    )
 
     def __init__(self, url: str, rid: bytes) -> None:
         self.url = url
@@ -49,6 +67,9 @@ class Peer:
         self.up = url.startswith("inproc://")
         self.refused: str | None = None  # why the service refused our last handshake
         self.refused_at = 0.0
+        # What an announced service said it has (None: unknown, any method may be there).
+        self.methods: frozenset[str] | None = None
+        self.draining = False  # it said BYE: no new calls
 
 
 class PeerTable:
@@ -72,6 +93,39 @@ class PeerTable:
         self.order: list[Peer] = []
         self._rr = 0
         self._rids = itertools.count(1)
+        self.bound: set[str] = set()
+        self.announced: dict[bytes, Peer] = {}  # services that connected to us, by routing id
+        self._send: Callable[[list[Any]], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._probe_again: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop, send: Callable[[list[Any]], None]) -> None:
+        """The client's socket is driven: ``send(frames)`` sends one message, routing id first."""
+        self._loop = loop
+        self._send = send
+
+    def probe(self) -> None:
+        """PING every service that connected to us: a send to one that is gone fails, and
+        :meth:`gone` ends its calls (again shortly after, for a pipe not yet torn down)."""
+        send, loop = self._send, self._loop
+        if send is None or loop is None:
+            return
+        for rid in list(self.announced):
+            send([rid, *p.Ping(0).to_frames()])
+        if self._probe_again is None:
+            self._probe_again = loop.call_later(0.2, self._probe_later)
+
+    def _probe_later(self) -> None:
+        self._probe_again = None
+        if self._send is not None:
+            for rid in list(self.announced):
+                self._send([rid, *p.Ping(0).to_frames()])
+
+    def close(self) -> None:
+        self._send = None
+        if self._probe_again is not None:
+            self._probe_again.cancel()
+            self._probe_again = None
 
     def connect(self, urls: str | Iterable[str], only: bool) -> None:
         wanted = [urls] if isinstance(urls, str) else list(urls)
@@ -106,31 +160,46 @@ class PeerTable:
         except zmq.ZMQError:
             pass
 
-    def pick(self) -> Peer:
-        """The service for a new call: live ones first, then the fewest calls in flight, then
-        round robin.
+    def pick(self, method: str) -> Peer:
+        """The service for a new call: one that may have ``method`` (an announced service that
+        lists it, or any service connected to), live ones first, then the fewest calls in
+        flight, then round robin.
 
         Raises:
-            RPCError: not connected to any service.
+            RPCError: no service at all.
+            MethodNotFoundError: only announced services, and none has ``method``.
             AuthenticationError: every service refused our handshake (within the last second).
         """
         order = self.order
         n = len(order)
-        if n == 1:
+        if n == 1 and order[0].methods is None:
             best = order[0]
         elif n == 0:
-            raise RPCError("the client is not connected to any service; call connect() first")
+            raise RPCError(
+                "the client is not connected to any service; call connect() first"
+                if not self.bound
+                else "no service has connected to this client yet"
+            )
         else:
             self._rr = start = (self._rr + 1) % n
-            best = order[start]
-            for i in range(1, n):
+            found: Peer | None = None
+            for i in range(n):
                 peer = order[(start + i) % n]
-                if (peer.refused is None, peer.up, -peer.inflight) > (
-                    best.refused is None,
-                    best.up,
-                    -best.inflight,
+                if peer.methods is not None and (
+                    peer.draining or (method not in peer.methods and not method.startswith("_"))
                 ):
-                    best = peer
+                    continue
+                if found is None or (peer.refused is None, peer.up, -peer.inflight) > (
+                    found.refused is None,
+                    found.up,
+                    -found.inflight,
+                ):
+                    found = peer
+            if found is None:
+                raise exception_from_remote(
+                    p.ERR_METHOD_NOT_FOUND, f"no service connected to this client has {method!r}"
+                )
+            best = found
         if best.refused is not None:
             self._retry(best)
         return best
@@ -148,6 +217,59 @@ class PeerTable:
         peer.refused = None
         peer.up = False
 
+    # -- services that connect to this client ---------------------------------------------
+
+    def bind(self, urls: str | Iterable[str], only: bool) -> None:
+        wanted = [urls] if isinstance(urls, str) else list(urls)
+        if only:
+            for url in self.bound - set(wanted):
+                self.unbind(url)
+        for url in wanted:
+            if url not in self.bound:
+                with map_exceptions(f"cannot bind {url!r}"):
+                    self._socket.bind(url)
+                self.bound.add(url)
+
+    def unbind(self, url: str) -> None:
+        if url in self.bound:
+            self.bound.discard(url)
+            try:
+                self._socket.unbind(url)
+            except zmq.ZMQError:
+                pass
+
+    def bind_ports(self, ip: str, port: int, min_port: int, max_port: int) -> int:
+        if port:
+            self.bind(f"tcp://{ip}:{port}", False)
+            return port
+        with map_exceptions(f"cannot bind tcp://{ip}"):
+            chosen = self._socket.bind_to_random_port(f"tcp://{ip}", min_port, max_port)
+        self.bound.add(f"tcp://{ip}:{chosen}")
+        return chosen
+
+    def on_announce(self, rid: bytes, msg: p.Hello | p.Bye) -> None:
+        """A service that connected to us said HELLO (add or update it) or BYE."""
+        peer = self.announced.get(rid)
+        if isinstance(msg, p.Bye):
+            if peer is not None:
+                peer.draining = True
+            return
+        if peer is None:
+            peer = self.announced[rid] = Peer(f"peer:{rid.hex()}", rid)
+            peer.up = True
+            self.order.append(peer)
+        peer.methods = frozenset(msg.methods)
+        peer.draining = False
+
+    def gone(self, rid: bytes) -> None:
+        """A send to ``rid`` failed: the connection is gone. An announced service is dropped
+        and its calls and streams fail."""
+        peer = self.announced.pop(rid, None)
+        if peer is not None:
+            self.order.remove(peer)
+            why = "the service that connected to this client went away"
+            self._on_lost(peer, why, True, ConnectionLostError)
+
     def monitor_socket(self) -> zmq.Socket[Any]:
         """The socket monitor's socket (open it before any connect, so no event is missed)."""
         return self._socket.get_monitor_socket(
@@ -163,6 +285,9 @@ class PeerTable:
         url = endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
         peer = self.by_url.get(url)
         if peer is None:
+            # A connection to one of our bound endpoints: if it broke, find which service.
+            if event["event"] == zmq.EVENT_DISCONNECTED and self.announced:
+                self.probe()
             return
         kind = event["event"]
         if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:

@@ -66,12 +66,16 @@ class Dispatcher:
 
     def context(self, peer: bytes, msg: p.Call, deadline: Deadline | None) -> CallContext:
         """The one place a call's context is built."""
-        keys = self.keys
-        key = None if keys is None else keys.peer_key
+        key = self.peer_key(msg)
         return CallContext(msg.method, peer, deadline, msg.oneway, msg.metadata, key)
 
-    def peer_key(self) -> str | None:
-        """The CURVE key of the caller whose message is being handled (None without CURVE)."""
+    def peer_key(self, msg: p.Call) -> str | None:
+        """The CURVE key of the caller whose message is being handled (None without CURVE):
+        the one a broker this service connected to vouches for (the inbox removes that
+        metadata from anyone else), else the key of the connection itself."""
+        metadata = msg.metadata
+        if metadata and p.META_PEER_KEY in metadata:
+            return metadata[p.META_PEER_KEY]
         keys = self.keys
         return None if keys is None else keys.peer_key
 
@@ -118,7 +122,7 @@ class Dispatcher:
             self._replies.refuse(peer, rid, *reason)
             return
         handler = self._handlers[msg.method]
-        if handler.allow is not None and not handler.permits(self.peer_key()):
+        if handler.allow is not None and not handler.permits(self.peer_key(msg)):
             self._replies.refuse(
                 peer, rid, "PermissionError", f"this caller may not call {msg.method!r}"
             )

@@ -88,6 +88,7 @@ class Guard:
         "_streams",
         "_watch",
         "counts",
+        "is_upstream",
         "limits",
         "log",
     )
@@ -103,6 +104,9 @@ class Guard:
         self._abandon: Callable[[bytes, int], bool] = lambda peer, rid: False
         self._send: Callable[[bytes, list[Any]], None] = lambda peer, frames: None
         self._watch: DisconnectWatch | None = None
+        #: Peers that are brokers this service connected to: many clients behind one routing
+        #: id, so the per-client limits do not apply to them (max_concurrent still does).
+        self.is_upstream: Callable[[bytes], bool] = lambda peer: False
 
     def attach(
         self,
@@ -154,10 +158,12 @@ class Guard:
     # -- accounting -----------------------------------------------------------------------
 
     def over_limit(self, peer: bytes) -> bool:
-        return self._load.get(peer, 0) >= self.limits.max_per_client
+        return self._load.get(peer, 0) >= self.limits.max_per_client and not self.is_upstream(peer)
 
     def streams_full(self, peer: bytes) -> bool:
-        return self._streams.get(peer, 0) >= self.limits.max_streams_per_client
+        return self._streams.get(
+            peer, 0
+        ) >= self.limits.max_streams_per_client and not self.is_upstream(peer)
 
     def loaded(self, peer: bytes, stream: bool = False) -> None:
         self._load[peer] += 1

@@ -4,6 +4,7 @@ answered here). A malformed message is answered with an ERROR when its id can be
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .. import protocol as p
@@ -18,13 +19,22 @@ class Inbox:
     """Routes the service socket's incoming messages (``on_message`` gets the routing id of the
     peer, then the message's frames)."""
 
-    __slots__ = ("_dispatch", "_open_streams", "_producers", "_replies")
+    __slots__ = ("_dispatch", "_open_streams", "_producers", "_replies", "_trusted")
 
-    def __init__(self, dispatch: Dispatcher, producers: Producers, replies: Replies) -> None:
+    def __init__(
+        self,
+        dispatch: Dispatcher,
+        producers: Producers,
+        replies: Replies,
+        trusted: Callable[[bytes], bool] = lambda peer: False,
+    ) -> None:
         self._dispatch = dispatch
         self._producers = producers
         self._open_streams = producers.by_key
         self._replies = replies
+        # Peers this service connected to itself (its brokers): only they may say, in a
+        # call's metadata, who the caller is (p.META_PEER_KEY).
+        self._trusted = trusted
 
     def on_message(self, frames: list[Any]) -> None:
         peer = frames[0]
@@ -42,6 +52,9 @@ class Inbox:
             return
         kind = type(msg)
         if kind is p.Call:
+            call: p.Call = msg  # type: ignore[assignment]
+            if call.metadata and p.META_PEER_KEY in call.metadata and not self._trusted(peer):
+                call.metadata = {k: v for k, v in call.metadata.items() if k != p.META_PEER_KEY}
             self._dispatch.on_call(peer, msg)  # type: ignore[arg-type]
         elif kind is p.Cancel:
             cancelled = self._dispatch.cancel(peer, msg.id)

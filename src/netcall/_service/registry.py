@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 from ..security import public_keys
 
-__all__ = ["Handler", "HandlerRegistry", "public_names"]
+__all__ = ["Handler", "HandlerRegistry", "Procedures", "public_names"]
+
+log = logging.getLogger("netcall")
 
 #: The built-in introspection method, under a name no user handler can take.
 METHODS_NAME = "_netcall.methods"
@@ -103,14 +106,23 @@ class HandlerRegistry:
     def add_object(self, obj: Any, namespace: str | None, restricted: Iterable[str]) -> list[str]:
         """Register ``obj``'s public callables as ``namespace.name``; returns the names.
 
+        Private names, names in ``restricted`` and, without a namespace, reserved names are
+        skipped (as netcall 0.4.2 did: a module with a ``start`` function can be registered
+        whole); the skipped private and reserved names are logged at DEBUG.
+
         Raises:
-            ValueError: a resulting name is reserved.
+            ValueError: ``namespace`` is invalid or reserved.
         """
         deny = set(restricted)
         prefix = f"{namespace}." if namespace else ""
         added = []
+        skipped = []
         for attr in dir(obj):
-            if attr.startswith("_") or attr in deny:
+            if attr in deny:
+                continue
+            if attr.startswith("_") or (not prefix and attr in self.reserved):
+                if not attr.startswith("__"):
+                    skipped.append(attr)
                 continue
             try:
                 value = getattr(obj, attr)
@@ -119,7 +131,15 @@ class HandlerRegistry:
             if callable(value) and not isinstance(value, type):
                 self.add(prefix + attr, value)
                 added.append(prefix + attr)
+        if skipped:
+            log.debug("register_object(%r): skipped private and reserved names %s", obj, skipped)
         return added
+
+    def procedures(self) -> Procedures:
+        """The registered handlers' functions by name (a read-only snapshot)."""
+        return Procedures(
+            (name, h.fn) for name, h in self.by_name.items() if not name.startswith("_")
+        )
 
     def describe(self) -> dict[str, dict[str, str]]:
         """The public handlers: ``{name: {"signature": ..., "doc": ...}}``."""
@@ -133,3 +153,16 @@ class HandlerRegistry:
                 sig = "(...)"
             out[name] = {"signature": sig, "doc": h.doc}
         return out
+
+
+class Procedures(dict[str, Callable[..., Any]]):
+    """``service.procedures``: the registered functions by name, read-only (a snapshot; register
+    through the service). A ``dict``, as netcall 0.4.2's was."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("service.procedures is read-only: use service.register()")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only

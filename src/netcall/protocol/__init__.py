@@ -37,6 +37,9 @@ What follows the header, by kind (``payload`` is the serializer's bytes, text is
       ITEM    payload                    stream: one yielded value
       END     -                          stream: the generator is exhausted
       PONG    -                          answer to PING
+    service -> a peer it connected to (a broker's backend, a client that binds)
+      HELLO   head+ max_concurrent u32, flags u8; then frames: methods (JSON)
+      BYE     -                          the service stops: send it no new calls
 
 A ``payload`` rides in the head after the header (small values: one frame, no extra copy on
 the ZeroMQ side), or, when the head is exactly the header, in a second frame (large values,
@@ -52,6 +55,10 @@ length; absent when there is none). ``window`` in a CALL is the number of items 
 produce before the client asks (0: strict lock-step). ``lease`` is how long a service keeps a
 stream whose client has gone silent; a client holding streams pings more often than that.
 
+HELLO and BYE (request id 0) are sent by a service on every connection it makes, as soon as
+the handshake succeeds, and HELLO again when its methods change: the peer cannot otherwise
+see a service that connected to it. See :mod:`netcall.protocol._announce`.
+
 Stream states on both ends are the tables in :mod:`netcall.protocol.session`.
 
 Adding a message kind: a member of :class:`Kind`, a dataclass with ``to_frames()`` in
@@ -62,7 +69,9 @@ Adding a message kind: a member of :class:`Kind`, a dataclass with ``to_frames()
 from __future__ import annotations
 
 from .._wire_names import BUSY as ERR_BUSY
+from .._wire_names import CONNECTION_LOST as ERR_CONNECTION_LOST
 from .._wire_names import METHOD_NOT_FOUND as ERR_METHOD_NOT_FOUND
+from .._wire_names import PEER_KEY as META_PEER_KEY
 from .._wire_names import PROTOCOL_ERROR as ERR_PROTOCOL
 from .._wire_names import SERIALIZATION_ERROR as ERR_SERIALIZATION
 from .._wire_names import SERIALIZER_MISMATCH as ERR_SERIALIZER_MISMATCH
@@ -70,6 +79,7 @@ from .._wire_names import SERVICE_STOPPING as ERR_SERVICE_STOPPING
 from .._wire_names import STREAM_CLOSED as ERR_STREAM_CLOSED
 from .._wire_names import TIMEOUT as ERR_TIMEOUT
 from ..errors import ProtocolError
+from ._announce import MAX_HELLO_BYTES, MAX_METHODS, Bye, Hello
 from ._decode import (
     decode,
     decode_header,
@@ -111,6 +121,7 @@ from ._messages import (
     encode_metadata,
     header,
     payload_frames,
+    retag,
 )
 from .session import STREAM_ACCEPTS, ClientStreamState, StreamState
 
@@ -118,6 +129,7 @@ __all__ = [
     "CALL_OPTIONS",
     "COUNT",
     "ERR_BUSY",
+    "ERR_CONNECTION_LOST",
     "ERR_METHOD_NOT_FOUND",
     "ERR_PROTOCOL",
     "ERR_SERIALIZATION",
@@ -133,17 +145,22 @@ __all__ = [
     "LEASE",
     "MAGIC",
     "MAX_COUNT",
+    "MAX_HELLO_BYTES",
     "MAX_ID",
+    "MAX_METHODS",
+    "META_PEER_KEY",
     "NO_METADATA",
     "STREAM_ACCEPTS",
     "VERSION",
     "Ack",
+    "Bye",
     "Call",
     "Cancel",
     "ClientStreamState",
     "Credit",
     "End",
     "Error",
+    "Hello",
     "Item",
     "Kind",
     "Message",
@@ -164,5 +181,6 @@ __all__ = [
     "payload_frames",
     "payload_of",
     "request_id_of",
+    "retag",
     "split_inline",
 ]

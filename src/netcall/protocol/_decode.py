@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ProtocolError
+from ._announce import Bye, Hello, decode_bye, decode_hello
 from ._messages import (
     CALL_OPTIONS,
     COUNT,
@@ -93,7 +94,7 @@ def decode_header(frame: bytes) -> tuple[int, int]:
         err = ProtocolError(f"unsupported protocol version {version} (this end speaks {VERSION})")
         err.request_id = request_id  # type: ignore[attr-defined]
         raise err
-    if not Kind.CALL <= kind <= Kind.PONG:
+    if not Kind.CALL <= kind <= Kind.BYE:
         raise ProtocolError(f"unknown message kind {kind}")
     return kind, request_id
 
@@ -226,7 +227,7 @@ def _payload_decoder(cls: Any, name: str) -> Callable[[int, list[bytes]], Messag
     return decode_payload
 
 
-_DECODERS: dict[int, Callable[[int, list[bytes]], Message]] = {
+_DECODERS: dict[int, Callable[[int, list[bytes]], Message | Hello | Bye]] = {
     Kind.CALL: _decode_call,
     Kind.RESULT: _payload_decoder(Result, "RESULT"),
     Kind.ERROR: _decode_error,
@@ -240,6 +241,8 @@ _DECODERS: dict[int, Callable[[int, list[bytes]], Message]] = {
     Kind.END: _bare_decoder(End, "END"),
     Kind.PING: _bare_decoder(Ping, "PING"),
     Kind.PONG: _bare_decoder(Pong, "PONG"),
+    Kind.HELLO: decode_hello,
+    Kind.BYE: decode_bye,
 }
 
 
@@ -251,7 +254,7 @@ def request_id_of(frames: list[bytes]) -> int | None:
     return int(HEADER.unpack_from(frames[0])[3])
 
 
-def decode(frames: list[bytes]) -> Message:
+def decode(frames: list[bytes]) -> Message | Hello | Bye:
     """Parse one message (the frames after the routing envelope).
 
     Raises:

@@ -43,6 +43,7 @@ __all__ = [
     "encode_metadata",
     "header",
     "payload_frames",
+    "retag",
 ]
 
 MAGIC = b"NC"
@@ -80,6 +81,8 @@ class Kind(enum.IntEnum):
     END = 11
     PING = 12
     PONG = 13
+    HELLO = 14  # service -> a peer it connected to: its methods (see _announce.py)
+    BYE = 15  # service -> a peer it connected to: it stops
 
 
 _pack_header = HEADER.pack
@@ -88,6 +91,15 @@ _pack_header = HEADER.pack
 def header(kind: int, request_id: int) -> bytes:
     """The header for ``kind`` and ``request_id``."""
     return _pack_header(MAGIC, VERSION, kind, request_id)
+
+
+_ID = struct.Struct("!Q")
+
+
+def retag(head: bytes, request_id: int) -> bytes:
+    """``head`` (any kind, already checked) with its request id replaced: how a broker
+    forwards a message under the id it chose, without decoding the rest."""
+    return head[:4] + _ID.pack(request_id) + head[HEADER_SIZE:]
 
 
 def payload_frames(kind: int, request_id: int, payload: bytes) -> list[bytes]:

@@ -1,0 +1,202 @@
+"""The broker's state and the moves every message makes: routes (a call forwarded under the
+broker's own request id), per-client counts, the wait queue's dispatch and upkeep, and what
+happens when a client goes away. Sans-IO; see :mod:`netcall._broker.routing` for the rules."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import protocol as p
+from .table import Route, ServiceEntry, Services, Waiting, WaitQueue
+
+__all__ = ["RouterCore", "Send"]
+
+
+Send = Callable[[list[Any]], None]
+
+
+class RouterCore:
+    """The state of a :class:`~netcall._broker.routing.Router`, and its common moves.
+
+    Args:
+        to_client: sends one message, routing id first, on the frontend.
+        to_service: sends one message, routing id first, on the backend.
+        max_queue: calls that may wait for a service at once; more are refused with
+            ``netcall.Busy``.
+        max_per_client: calls and streams one client may have open or queued at once.
+        startup_grace: seconds after start during which a call for a method no service has
+            announced waits (services reconnecting to a restarted broker announce themselves
+            within about a second) instead of failing at once with ``netcall.MethodNotFound``.
+            The grace ends sooner, ``_JOIN_WINDOW`` seconds after the first service joins:
+            the others reconnect at about the same time.
+        caller_key: the authenticated key of the client whose message is being handled
+            (read during :meth:`on_frontend`; the hook for a CURVE frontend), forwarded to the
+            service in the call's metadata under ``p.META_PEER_KEY``. ``None``: no key.
+    """
+
+    def __init__(
+        self,
+        to_client: Send,
+        to_service: Send,
+        *,
+        max_queue: int = 1000,
+        max_per_client: int = 10000,
+        startup_grace: float = 1.5,
+        caller_key: Callable[[], str | None] | None = None,
+    ) -> None:
+        self._to_client = to_client
+        self._to_service = to_service
+        self._caller_key = caller_key
+        self.max_queue = max_queue
+        self.max_per_client = max_per_client
+        self._grace_until = time.monotonic() + startup_grace
+        self.services = Services()
+        self.routes: dict[int, Route] = {}
+        self._by_client: dict[tuple[bytes, int], Route] = {}
+        self._per_client: dict[bytes, int] = {}  # open routes and queued calls per client
+        self._waiting = WaitQueue()
+        self._ids = itertools.count(random.getrandbits(48) + 1)
+        self.errors: dict[str, int] = {
+            "malformed": 0,
+            "not_found": 0,
+            "busy": 0,
+            "timeouts": 0,
+            "connection_lost": 0,
+        }
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _error(self, client: bytes, rid: int, type_name: str, message: str) -> None:
+        frames: list[Any] = p.Error(rid, type_name, message, "").to_frames()
+        frames.insert(0, client)
+        self._to_client(frames)
+
+    def _count(self, client: bytes, delta: int) -> None:
+        n = self._per_client.get(client, 0) + delta
+        if n > 0:
+            self._per_client[client] = n
+        else:
+            self._per_client.pop(client, None)
+
+    @property
+    def clients(self) -> list[bytes]:
+        """Clients with calls open or queued."""
+        return list(self._per_client)
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    def _forward(
+        self,
+        client: bytes,
+        msg: p.Call,
+        svc: ServiceEntry,
+        frames: list[Any] | None = None,
+        retries: int = 0,
+    ) -> None:
+        """Send a call to ``svc`` under a fresh request id. ``frames``: the call as it arrived
+        (routing id first), forwarded with only its request id changed; else it is encoded."""
+        brid = next(self._ids)
+        route = Route(brid, client, msg, svc)
+        route.retries = retries
+        self.routes[brid] = route
+        self._by_client[(client, msg.id)] = route
+        svc.inflight += 1
+        svc.routes.add(brid)
+        if frames is not None:
+            frames[0] = svc.peer
+            frames[1] = p.retag(frames[1], brid)
+        else:
+            crid = msg.id
+            msg.id = brid
+            frames = msg.to_frames()
+            msg.id = crid
+            frames.insert(0, svc.peer)
+        self._to_service(frames)
+
+    def _free(self, route: Route) -> None:
+        if self.routes.pop(route.brid, None) is None:
+            return
+        key = (route.client, route.crid)
+        if self._by_client.get(key) is route:
+            del self._by_client[key]
+        svc = route.service
+        svc.inflight -= 1
+        svc.routes.discard(route.brid)
+        self._count(route.client, -1)
+
+    # -- the queue ------------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Send queued calls to services with room, oldest first."""
+        if not self._waiting:
+            return
+        now = time.monotonic()
+        pick = self.services.pick
+        for w, svc in self._waiting.pop_ready(lambda method: pick(method, now)):
+            w.remaining(now)
+            self._forward(w.client, w.call, svc, retries=w.retries)
+
+    def tick(self) -> None:
+        """Periodic upkeep: expire queued calls past their deadline, fail those no service can
+        take any more, and dispatch what became possible."""
+        if not self._waiting:
+            return
+        now = time.monotonic()
+        grace = now < self._grace_until
+        known = self.services.by_method
+
+        def drop(method: str, w: Waiting) -> bool:
+            if not grace and method not in known:
+                self.errors["not_found"] += 1
+                msg = f"no service has a method {method!r}"
+                self._error(w.client, w.call.id, p.ERR_METHOD_NOT_FOUND, msg)
+                return True
+            if w.deadline is not None and w.deadline <= now:
+                self.errors["timeouts"] += 1
+                msg = "the call's deadline passed while it waited at the broker"
+                self._error(w.client, w.call.id, p.ERR_TIMEOUT, msg)
+                return True
+            return False
+
+        for w in self._waiting.take_if(drop):
+            self._count(w.client, -1)
+        self.dispatch()
+
+    def client_gone(self, client: bytes) -> None:
+        """The client's connection broke: cancel its calls and streams on the services."""
+        if client not in self._per_client:
+            return
+        for route in [r for r in self.routes.values() if r.client == client]:
+            self._free(route)
+            self._to_service([route.service.peer, *p.Cancel(route.brid).to_frames()])
+        self._waiting.take_if(lambda method, w: w.client == client)
+        self._per_client.pop(client, None)
+        self.dispatch()
+
+    def stats(self) -> dict[str, Any]:
+        """Services, methods, calls in flight and queued, errors (a snapshot)."""
+        return {
+            "services": [
+                {
+                    "id": svc.peer.hex(),
+                    "methods": sorted(svc.methods),
+                    "in_flight": svc.inflight,
+                    "max_concurrent": svc.limit,
+                    "served": svc.served,
+                    "draining": svc.draining,
+                }
+                for svc in self.services
+            ],
+            "methods": sorted(self.services.by_method),
+            "in_flight": len(self.routes),
+            "streams": sum(1 for r in self.routes.values() if r.stream),
+            "queued": self.queued,
+            "clients": len(self._per_client),
+            "errors": dict(self.errors),
+        }

@@ -1,0 +1,252 @@
+"""The broker's tables, sans-IO: the services (from their HELLO), the routes (calls forwarded),
+and the calls waiting for a service."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from .. import protocol as p
+
+__all__ = [
+    "MAX_CREDIT",
+    "MAX_SERVICES",
+    "Route",
+    "ServiceEntry",
+    "Services",
+    "WaitQueue",
+    "Waiting",
+]
+
+log = logging.getLogger("netcall.broker")
+
+#: Services one broker tracks at most; announcements from more are ignored (and logged).
+MAX_SERVICES = 10000
+#: Stream items a client may have allowed ahead (its window plus credit) through a broker; a
+#: client asking for more gets this many (netcall's clients ask for at most their ``window``,
+#: 1024 by default): what waits at the broker for a slow reader stays bounded.
+MAX_CREDIT = 8192
+
+
+class ServiceEntry:
+    """One service connected to the backend, known from its HELLO."""
+
+    __slots__ = (
+        "cooldown",
+        "draining",
+        "inflight",
+        "info",
+        "limit",
+        "methods",
+        "peer",
+        "routes",
+        "served",
+    )
+
+    def __init__(self, peer: bytes) -> None:
+        self.peer = peer
+        self.methods: frozenset[str] = frozenset()
+        self.info: dict[str, dict[str, str]] = {}
+        self.limit: int | None = None
+        self.inflight = 0
+        self.draining = False
+        self.routes: set[int] = set()
+        self.cooldown = 0.0
+        self.served = 0
+
+    def has_room(self, now: float) -> bool:
+        if self.draining or self.cooldown > now:
+            return False
+        return self.limit is None or self.inflight < self.limit
+
+
+class Route:
+    """One call or stream forwarded to a service."""
+
+    __slots__ = (
+        "brid",
+        "call",
+        "client",
+        "credit",
+        "crid",
+        "method",
+        "retries",
+        "service",
+        "stream",
+    )
+
+    def __init__(self, brid: int, client: bytes, call: p.Call, service: ServiceEntry) -> None:
+        self.brid = brid
+        self.credit = call.window  # stream items the client allowed and has not yet received
+        self.client = client
+        self.crid = call.id
+        self.method = call.method
+        self.service = service
+        self.stream = False
+        # Kept until the first answer, so a call a service refused as busy can go elsewhere.
+        self.call: p.Call | None = call
+        self.retries = 0
+
+
+class Waiting:
+    """A call queued at the broker. Its deadline is on this host's monotonic clock: the call
+    carries the time it had left when it arrived, and leaves with what is left of that."""
+
+    __slots__ = ("call", "client", "deadline", "retries")
+
+    def __init__(self, client: bytes, call: p.Call, since: float, retries: int = 0) -> None:
+        self.client = client
+        self.call = call
+        self.deadline = since + call.timeout if call.timeout else None
+        self.retries = retries
+
+    def remaining(self, now: float) -> None:
+        """Set the call's timeout to the time it has left (called as it leaves the queue)."""
+        if self.deadline is not None:
+            self.call.timeout = max(self.deadline - now, 0.001)
+
+
+class Services:
+    """The services connected to the backend, indexed by method name."""
+
+    def __init__(self) -> None:
+        self.by_peer: dict[bytes, ServiceEntry] = {}
+        self.by_method: dict[str, list[ServiceEntry]] = {}
+        self._rr = 0
+
+    def __len__(self) -> int:
+        return len(self.by_peer)
+
+    def __contains__(self, peer: bytes) -> bool:
+        return peer in self.by_peer
+
+    def __iter__(self) -> Iterator[ServiceEntry]:
+        return iter(list(self.by_peer.values()))
+
+    def get(self, peer: bytes) -> ServiceEntry | None:
+        return self.by_peer.get(peer)
+
+    def hello(self, peer: bytes, msg: p.Hello) -> ServiceEntry | None:
+        """Add or update the service; ``None`` when there are already :data:`MAX_SERVICES`."""
+        svc = self.by_peer.get(peer)
+        if svc is None:
+            if len(self.by_peer) >= MAX_SERVICES:
+                log.warning("netcall broker: ignored a service beyond %d", MAX_SERVICES)
+                return None
+            svc = self.by_peer[peer] = ServiceEntry(peer)
+            log.info("netcall broker: service %s joined (%d methods)", peer.hex(), len(msg.methods))
+        svc.info = msg.methods
+        svc.methods = frozenset(msg.methods)
+        svc.limit = msg.max_concurrent
+        svc.draining = False
+        self._reindex()
+        return svc
+
+    def remove(self, peer: bytes) -> ServiceEntry | None:
+        svc = self.by_peer.pop(peer, None)
+        if svc is not None:
+            self._reindex()
+        return svc
+
+    def _reindex(self) -> None:
+        by_method: dict[str, list[ServiceEntry]] = {}
+        for svc in self.by_peer.values():
+            for name in svc.methods:
+                by_method.setdefault(name, []).append(svc)
+        self.by_method = by_method
+
+    def pick(self, method: str, now: float) -> ServiceEntry | None:
+        """A service with ``method`` and room: the fewest calls in flight, round robin among
+        equals; ``None`` when none has room (or none has the method)."""
+        services = self.by_method.get(method)
+        if not services:
+            return None
+        n = len(services)
+        if n == 1:
+            svc = services[0]
+            return svc if svc.has_room(now) else None
+        self._rr += 1
+        start = self._rr % n
+        best = None
+        for i in range(n):
+            svc = services[(start + i) % n]
+            if svc.has_room(now) and (best is None or svc.inflight < best.inflight):
+                best = svc
+        return best
+
+    def methods(self) -> dict[str, dict[str, str]]:
+        """The union of every live service's methods."""
+        out: dict[str, dict[str, str]] = {}
+        for svc in self.by_peer.values():
+            if not svc.draining:
+                for name, info in svc.info.items():
+                    out.setdefault(name, info)
+        return dict(sorted(out.items()))
+
+
+class WaitQueue:
+    """Calls waiting for a service with room: a FIFO per method, ``len()`` of them in all."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, deque[Waiting]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def push(self, waiting: Waiting, front: bool = False) -> None:
+        queue = self._queues.get(waiting.call.method)
+        if queue is None:
+            queue = self._queues[waiting.call.method] = deque()
+        if front:
+            queue.appendleft(waiting)
+        else:
+            queue.append(waiting)
+        self._count += 1
+
+    def remove(self, client: bytes, rid: int) -> bool:
+        """Take out the call ``rid`` of ``client``; False when it is not waiting."""
+        for method, queue in self._queues.items():
+            for w in queue:
+                if w.client == client and w.call.id == rid:
+                    queue.remove(w)
+                    self._count -= 1
+                    if not queue:
+                        del self._queues[method]
+                    return True
+        return False
+
+    def pop_ready(
+        self, pick: Callable[[str], ServiceEntry | None]
+    ) -> Iterator[tuple[Waiting, ServiceEntry]]:
+        """Yield waiting calls with the service ``pick`` chose for each, while any has one."""
+        progress = True
+        while progress and self._count:
+            progress = False
+            for method in list(self._queues):
+                svc = pick(method)
+                if svc is None:
+                    continue
+                queue = self._queues[method]
+                w = queue.popleft()
+                self._count -= 1
+                if not queue:
+                    del self._queues[method]
+                progress = True
+                yield w, svc
+
+    def take_if(self, drop: Callable[[str, Waiting], bool]) -> list[Waiting]:
+        """Take out (and return) every waiting call for which ``drop(method, w)`` is true."""
+        taken: list[Waiting] = []
+        for method in list(self._queues):
+            queue = self._queues[method]
+            kept: deque[Waiting] = deque()
+            for w in queue:
+                (taken if drop(method, w) else kept).append(w)
+            if kept:
+                self._queues[method] = kept
+            else:
+                del self._queues[method]
+        self._count -= len(taken)
+        return taken

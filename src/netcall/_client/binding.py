@@ -1,0 +1,56 @@
+"""A client that binds: the public ``bind``/``bind_ports``/``unbind``/``bound`` of
+:class:`~netcall.RPCClient` (services ``connect()`` to the client and announce themselves; the
+peer table does the work)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..errors import ClientClosedError
+from .peers import PeerTable
+
+__all__ = ["ClientBinding"]
+
+
+class ClientBinding:
+    """Mixed into :class:`~netcall.RPCClient`."""
+
+    _peers: PeerTable
+    _closed: bool
+
+    @property
+    def bound(self) -> set[str]:
+        """The endpoints this client is bound to (services connect to them)."""
+        return set(self._peers.bound)
+
+    def bind(self, urls: str | Iterable[str], only: bool = False) -> None:
+        """Bind to one or several endpoints: services ``connect()`` to the client and announce
+        their methods; calls go to those that have the method (least loaded first), as with
+        services the client connected to. With ``only=True`` the client ends up bound to
+        exactly ``urls``.
+
+        Raises:
+            TransportError: an endpoint cannot be bound (also a ``zmq.ZMQError``).
+            ClientClosedError: the client is closed.
+        """
+        if self._closed:
+            raise ClientClosedError("the client is closed")
+        self._peers.bind(urls, only)
+
+    def unbind(self, url: str) -> None:
+        """Stop listening on ``url``."""
+        self._peers.unbind(url)
+
+    def bind_ports(
+        self, ip: str = "127.0.0.1", port: int = 0, *, min_port: int = 49152, max_port: int = 65535
+    ) -> int:
+        """Bind ``tcp://ip:port``; with ``port=0`` pick a free port in [min_port, max_port].
+        Returns the port.
+
+        Raises:
+            TransportError: the port is taken, or no free port was found.
+            ClientClosedError: the client is closed.
+        """
+        if self._closed:
+            raise ClientClosedError("the client is closed")
+        return self._peers.bind_ports(ip, port, min_port, max_port)

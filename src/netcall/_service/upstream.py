@@ -1,0 +1,226 @@
+"""A service's connections *out*: to a broker's backend, or to a client that binds.
+
+The service's ROUTER connects and names the peer itself (``ZMQ_CONNECT_ROUTING_ID``), with a
+random id that no client can guess: a message from that id comes from the peer this service
+chose to connect to (the hook for trusting a broker's word about its caller's key). The peer
+cannot see the service until it speaks, so on every successful handshake (the socket monitor's
+``EVENT_HANDSHAKE_SUCCEEDED``, which also follows each reconnection: a restarted broker learns
+about the service again) the service sends a HELLO with its methods and ``max_concurrent``; it
+sends HELLO again when its methods change, and BYE when it stops.
+
+A connection that breaks ends the calls and streams that came through it: their answers could
+only reach the peer's next incarnation, which knows nothing of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import zmq
+import zmq.utils.monitor
+
+from .. import protocol as p
+from .._edge import map_exceptions
+from .._reactor import SocketDriver
+from .dispatch import Dispatcher
+from .registry import HandlerRegistry
+from .streams import Producers
+
+__all__ = ["ServiceConnecting", "Upstreams"]
+
+log = logging.getLogger("netcall")
+
+_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+
+
+class Upstreams:
+    """The endpoints one service socket connects out to.
+
+    Args:
+        sock: the service's ROUTER socket.
+        hello: builds the service's HELLO (called for every announcement).
+    """
+
+    def __init__(self, sock: zmq.Socket[Any], hello: Callable[[], p.Hello]) -> None:
+        self._sock = sock
+        self._hello = hello
+        self._peers: dict[str, bytes] = {}  # url -> the routing id we gave that peer
+        self._ids: set[bytes] = set()
+        self._up: set[bytes] = set()
+        self._monitor: zmq.Socket[Any] | None = None
+        self._driver: SocketDriver | None = None
+        self._send: Callable[[bytes, list[Any]], None] | None = None
+        self._on_lost: Callable[[bytes], None] | None = None
+        self._announce_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def connected(self) -> set[str]:
+        """The endpoints connected to."""
+        return set(self._peers)
+
+    def is_upstream(self, peer: bytes) -> bool:
+        """Whether ``peer`` is a routing id this service gave an endpoint it connected to."""
+        return peer in self._ids
+
+    def connect(self, urls: str | Iterable[str]) -> None:
+        """Connect out to ``urls`` (a broker's backend, or a client that binds).
+
+        Raises:
+            TransportError: a malformed endpoint.
+        """
+        for url in [urls] if isinstance(urls, str) else list(urls):
+            if url in self._peers:
+                continue
+            if self._monitor is None:
+                # Before the first connect, so no handshake event is missed.
+                self._monitor = self._sock.get_monitor_socket(_EVENTS)
+                if self._loop is not None:
+                    self._watch(self._loop)
+            peer = b"\x01up" + os.urandom(12)
+            with map_exceptions(f"cannot connect to {url!r}"):
+                self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, peer)
+                self._sock.connect(url)
+            self._peers[url] = peer
+            self._ids.add(peer)
+            if url.startswith("inproc://"):
+                # inproc reports no handshake: the connection is as good as made.
+                self._up.add(peer)
+                self._say(peer, self._hello().to_frames())
+
+    def disconnect(self, url: str) -> None:
+        """Stop connecting to ``url``; calls that came through it are ended."""
+        peer = self._peers.pop(url, None)
+        if peer is None:
+            return
+        try:
+            self._sock.disconnect(url)
+        except zmq.ZMQError:
+            pass
+        self._ids.discard(peer)
+        self._lost(peer)
+
+    def start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        send: Callable[[bytes, list[Any]], None],
+        on_lost: Callable[[bytes], None],
+    ) -> None:
+        """Begin announcing through ``send(peer, frames)``; ``on_lost(peer)`` is called when a
+        connection out breaks."""
+        self._loop = loop
+        self._send = send
+        self._on_lost = on_lost
+        if self._monitor is not None:
+            self._watch(loop)
+        inproc = [peer for url, peer in self._peers.items() if url.startswith("inproc://")]
+        for peer in inproc:
+            self._say(peer, self._hello().to_frames())
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._driver is None and self._monitor is not None:
+            self._driver = SocketDriver(self._monitor, loop, self._on_event)
+
+    def _on_event(self, frames: list[Any]) -> None:
+        try:
+            event = zmq.utils.monitor.parse_monitor_message(frames)
+        except Exception:  # pragma: no cover - libzmq's own format
+            return
+        endpoint = event["endpoint"]
+        url = endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
+        peer = self._peers.get(url)
+        if peer is None:  # a client connected to one of the service's bound endpoints
+            return
+        if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._up.add(peer)
+            self._say(peer, self._hello().to_frames())
+        elif event["event"] == zmq.EVENT_DISCONNECTED:
+            self._lost(peer)
+
+    def _lost(self, peer: bytes) -> None:
+        if peer in self._up:
+            self._up.discard(peer)
+            if self._on_lost is not None:
+                self._on_lost(peer)
+
+    def _say(self, peer: bytes, frames: list[bytes]) -> None:
+        if self._send is not None:
+            self._send(peer, list(frames))
+
+    def announce(self) -> None:
+        """Send HELLO again to every connected peer (the methods changed). Coalesced: many
+        registrations in a row send one HELLO."""
+        if self._loop is None or self._announce_scheduled or not self._up:
+            return
+        self._announce_scheduled = True
+
+        def run() -> None:
+            self._announce_scheduled = False
+            frames = self._hello().to_frames()
+            for peer in self._up:
+                self._say(peer, frames)
+
+        self._loop.call_soon(run)
+
+    def bye(self) -> None:
+        """Tell every connected peer that the service stops."""
+        frames = p.Bye().to_frames()
+        for peer in self._up:
+            self._say(peer, frames)
+
+    def close(self) -> None:
+        if self._driver is not None:
+            self._driver.close()
+            self._driver = None
+        elif self._monitor is not None and not self._monitor.closed:
+            self._monitor.close(linger=0)
+        self._monitor = None
+
+
+class ServiceConnecting:
+    """The public ``connect``/``disconnect``/``connected`` of :class:`~netcall.RPCService`
+    (mixed into it)."""
+
+    _upstreams: Upstreams
+    _closed: bool
+    _dispatch: Dispatcher
+    _producers: Producers
+    _registry: HandlerRegistry
+    _max_concurrent: int | None
+
+    @property
+    def connected(self) -> set[str]:
+        """The endpoints this service connected out to (see :meth:`connect`)."""
+        return self._upstreams.connected
+
+    def connect(self, urls: str | Iterable[str]) -> None:
+        """Connect out to a broker's backend, or to a client that binds (a service may both
+        bind and connect). On every (re)connection the service announces its methods and
+        ``max_concurrent`` (again when its methods change); calls from that peer are served
+        like any other. A connection that breaks ends the calls and streams that came through
+        it.
+
+        Raises:
+            TransportError: a malformed endpoint (also a ``zmq.ZMQError``).
+            RuntimeError: the service is closed.
+        """
+        if self._closed:
+            raise RuntimeError("the service is closed")
+        self._upstreams.connect(urls)
+
+    def disconnect(self, url: str) -> None:
+        """Stop connecting out to ``url``."""
+        self._upstreams.disconnect(url)
+
+    def _hello(self) -> p.Hello:
+        return p.Hello(self._registry.describe(), self._max_concurrent)
+
+    def _upstream_lost(self, peer: bytes) -> None:
+        # Answers to that peer's calls could only reach its next incarnation: end them.
+        for key in [k for k in self._dispatch.calls if k[0] == peer]:
+            self._dispatch.cancel(*key)
+        self._producers.close_peer(peer)

@@ -1,0 +1,328 @@
+"""A broker: one well-known address for many services, which connect out to it.
+
+::
+
+    broker = Broker(frontend="tcp://0.0.0.0:5555", backend="tcp://0.0.0.0:5556")
+    await broker.serve()                 # or: async with broker: ...
+
+Clients connect to the *frontend* as to one service; services ``connect()`` to the *backend*
+and announce their methods. The routing itself (request ids rewritten per service, routing by
+method name to the least-loaded service, a bounded queue, sticky streams) is the sans-IO
+:class:`netcall._broker.routing.Router`; this module owns the two ROUTER sockets, their
+monitors and the timers.
+
+Liveness: ZeroMQ heartbeats on both sockets (every ``heartbeat`` seconds, a peer silent for
+three of them is disconnected). A disconnect seen by a socket monitor makes the broker probe
+that side's peers at once (a message sent with ``ROUTER_MANDATORY`` to a peer whose connection
+is gone fails with ``EHOSTUNREACH``), and services are pinged every ``heartbeat`` seconds. A
+service killed outright is noticed within milliseconds; a silent link loss within
+``4 * heartbeat`` seconds (4 s by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+import zmq
+import zmq.utils.monitor
+
+from . import protocol as p
+from ._broker.routing import Router
+from ._edge import map_exceptions
+from ._reactor import SocketDriver
+from ._socket import make_router
+from .security import CurveServer, secure_socket
+
+__all__ = ["Broker"]
+
+log = logging.getLogger("netcall.broker")
+
+_TICK = 0.05  # seconds between queue upkeeps while calls wait
+_REPROBE = 0.2  # a second probe after a disconnect, for a pipe libzmq had not yet torn down
+
+
+def _urls(spec: str | Iterable[str]) -> list[str]:
+    return [spec] if isinstance(spec, str) else list(spec)
+
+
+class Broker:
+    """Routes calls from clients (on ``frontend``) to services (connected to ``backend``).
+
+    Args:
+        frontend: endpoint(s) clients connect to.
+        backend: endpoint(s) services connect to (``service.connect(url)``).
+        context: the ZeroMQ context (default: ``zmq.Context.instance()``).
+        heartbeat: seconds between ZeroMQ heartbeats and service pings; a peer silent for
+            three of them is dropped (default 1 s: a silent link loss is found within 4 s).
+        max_queue: calls that may wait for a free service at once (default 1000); beyond
+            that, calls fail at once with :class:`~netcall.errors.ServiceBusyError`.
+        max_per_client: calls and streams one client may have open or waiting at once
+            (default 10000).
+        max_message_size: drop (and disconnect) peers sending larger messages (bytes).
+        startup_grace: seconds after start during which a call for a method no service has
+            announced yet waits (within its deadline) instead of failing at once with
+            :class:`~netcall.errors.MethodNotFoundError` (default 1.5 s: services reconnecting
+            to a restarted broker announce themselves within a few hundred milliseconds). It
+            ends 0.3 s after the first service joins.
+        security: ``Curve.server(keypair, allow=...)`` from :mod:`netcall.security`: CURVE on
+            the frontend (clients use ``Curve.client(broker_public_key, ...)``; only allowed
+            keys connect). The broker then tells each service the caller's key, so
+            ``current_call().peer_key`` on the service is the client's key (and
+            ``register(allow=...)`` applies to it). The backend stays plain: keep it on a
+            private network.
+        name: a label for logs.
+
+    Raises:
+        TransportError: an endpoint cannot be bound (also a ``zmq.ZMQError``).
+        ValueError: ``heartbeat`` is not positive.
+    """
+
+    def __init__(
+        self,
+        frontend: str | Iterable[str],
+        backend: str | Iterable[str],
+        *,
+        context: zmq.Context[Any] | None = None,
+        heartbeat: float = 1.0,
+        max_queue: int = 1000,
+        max_per_client: int = 10000,
+        max_message_size: int | None = None,
+        startup_grace: float = 1.5,
+        security: CurveServer | None = None,
+        name: str | None = None,
+    ) -> None:
+        if heartbeat <= 0:
+            raise ValueError("heartbeat must be positive")
+        self.context: zmq.Context[Any] = context or zmq.Context.instance()
+        self.name = name or "Broker"
+        self.heartbeat = float(heartbeat)
+        self._startup_grace = startup_grace
+        self._max_queue = max_queue
+        self._max_per_client = max_per_client
+        self.frontend_urls = _urls(frontend)
+        self.backend_urls = _urls(backend)
+        self.security = security
+        self._frontend = self._socket(max_message_size)
+        self._zap = secure_socket(
+            self._frontend, security, server=True, name=f"{self.name} frontend"
+        )
+        self._backend = self._socket(max_message_size)
+        self._sockets = [self._frontend, self._backend]
+        events = zmq.EVENT_DISCONNECTED
+        self._monitors = [s.get_monitor_socket(events) for s in self._sockets]
+        try:
+            for sock, urls in (
+                (self._frontend, self.frontend_urls),
+                (self._backend, self.backend_urls),
+            ):
+                for url in urls:
+                    with map_exceptions(f"cannot bind {url!r}"):
+                        sock.bind(url)
+        except BaseException:
+            self._close_sockets()
+            raise
+        self.router: Router | None = None
+        self._drivers: list[SocketDriver] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._ping_handle: asyncio.TimerHandle | None = None
+        self._stopped: asyncio.Event | None = None
+        self._closed = False
+
+    def _socket(self, max_message_size: int | None) -> zmq.Socket[Any]:
+        """One of the two sockets (a hook: security options go to :func:`make_router`)."""
+        return make_router(
+            self.context, server=True, heartbeat=self.heartbeat, max_message_size=max_message_size
+        )
+
+    # -- running --------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Start routing on ``loop`` (default: the running loop). Returns at once.
+
+        Raises:
+            RuntimeError: the broker is closed, or no loop runs and none was given.
+        """
+        if self._closed:
+            raise RuntimeError("the broker is closed")
+        if self.router is not None:
+            return
+        loop = self._loop = loop or asyncio.get_running_loop()
+        secure = self.security is not None  # then each client message's sender key is read
+        front = SocketDriver(
+            self._frontend, loop, self._on_client, self._client_unreachable, secure
+        )
+        back = SocketDriver(self._backend, loop, self._on_service, self._service_unreachable)
+        self.router = Router(
+            front.send,
+            back.send,
+            max_queue=self._max_queue,
+            max_per_client=self._max_per_client,
+            startup_grace=self._startup_grace,
+            caller_key=(lambda: front.peer_key) if secure else None,
+        )
+        self._drivers = [
+            front,
+            back,
+            SocketDriver(self._monitors[0], loop, self._on_frontend_event),
+            SocketDriver(self._monitors[1], loop, self._on_backend_event),
+        ]
+        self._tick_handle = loop.call_later(_TICK, self._tick)
+        self._ping_handle = loop.call_later(self.heartbeat, self._ping)
+
+    async def serve(self) -> None:
+        """Route until :meth:`stop` or :meth:`close` is called."""
+        self.start()
+        if self._stopped is None:
+            self._stopped = asyncio.Event()
+        if self._closed:
+            return
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> Broker:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop routing and close both sockets. Calls still in flight get no answer through
+        this broker: their clients see the connection break (ConnectionLostError)."""
+        self.close()
+
+    def close(self) -> None:
+        """Close at once (from the broker's loop thread, or before :meth:`start`)."""
+        if self._closed:
+            return
+        self._closed = True
+        for handle in (self._tick_handle, self._ping_handle, *self._timers):
+            if handle is not None:
+                handle.cancel()
+        self._timers.clear()
+        for driver in self._drivers:
+            driver.close()
+        self._drivers = []
+        self._close_sockets()
+        if self._stopped is not None:
+            self._stopped.set()
+
+    def _close_sockets(self) -> None:
+        for sock in (*getattr(self, "_monitors", ()), *getattr(self, "_sockets", ())):
+            if not sock.closed:
+                sock.close(linger=0)
+        zap = getattr(self, "_zap", None)
+        if zap is not None:
+            zap.close()
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot: ``services`` (each with its methods, calls in flight, limit), the union
+        of ``methods``, ``in_flight``, ``streams``, ``queued``, ``clients`` and ``errors``
+        counters (malformed, not_found, busy, timeouts, connection_lost)."""
+        if self.router is None:
+            return {
+                "services": [],
+                "methods": [],
+                "in_flight": 0,
+                "streams": 0,
+                "queued": 0,
+                "clients": 0,
+                "errors": {},
+            }
+        out = self.router.stats()
+        out["frontend"] = list(self.frontend_urls)
+        out["backend"] = list(self.backend_urls)
+        return out
+
+    # -- events ---------------------------------------------------------------------------
+
+    def _on_client(self, frames: list[Any]) -> None:
+        assert self.router is not None
+        self.router.on_frontend(frames)
+
+    def _on_service(self, frames: list[Any]) -> None:
+        assert self.router is not None
+        self.router.on_backend(frames)
+
+    def _client_unreachable(self, peer: bytes) -> None:
+        if self.router is not None:
+            self.router.client_gone(peer)
+
+    def _service_unreachable(self, peer: bytes) -> None:
+        if self.router is not None:
+            self.router.service_gone(peer, "the connection to the service broke")
+
+    def _on_frontend_event(self, frames: list[Any]) -> None:
+        if self._is_disconnect(frames):
+            self._probe_clients()
+            self._later(_REPROBE, self._probe_clients)
+
+    def _on_backend_event(self, frames: list[Any]) -> None:
+        if self._is_disconnect(frames):
+            self._probe_services()
+            self._later(_REPROBE, self._probe_services)
+
+    @staticmethod
+    def _is_disconnect(frames: list[Any]) -> bool:
+        try:
+            event = zmq.utils.monitor.parse_monitor_message(frames)
+        except Exception:  # pragma: no cover - libzmq's own format
+            return False
+        return bool(event["event"] == zmq.EVENT_DISCONNECTED)
+
+    def _later(self, delay: float, fn: Any) -> None:
+        if self._loop is None or self._closed:
+            return
+        self._timers = [
+            t for t in self._timers if not t.cancelled() and t.when() > self._loop.time()
+        ]
+        self._timers.append(self._loop.call_later(delay, fn))
+
+    def _probe_clients(self) -> None:
+        # A PONG with request id 0 is ignored by a client; to a client that is gone the send
+        # fails with EHOSTUNREACH, which ends its calls (see _client_unreachable).
+        if self.router is None or self._closed:
+            return
+        send = self._drivers[0].send
+        pong = p.Pong(0).to_frames()[0]
+        for client in self.router.clients:
+            send([client, pong])
+
+    def _probe_services(self) -> None:
+        if self.router is None or self._closed:
+            return
+        send = self._drivers[1].send
+        ping = p.Ping(0).to_frames()[0]
+        for peer in [svc.peer for svc in self.router.services]:
+            send([peer, ping])
+
+    def _tick(self) -> None:
+        if self._closed or self._loop is None:
+            return
+        assert self.router is not None
+        self.router.tick()
+        self._tick_handle = self._loop.call_later(_TICK, self._tick)
+
+    def _ping(self) -> None:
+        # Keeps streams' leases alive on the services, and finds services that went away.
+        if self._closed or self._loop is None:
+            return
+        self._probe_services()
+        self._ping_handle = self._loop.call_later(self.heartbeat, self._ping)
+
+    def __repr__(self) -> str:
+        return f"<Broker frontend={self.frontend_urls} backend={self.backend_urls}>"

@@ -1,0 +1,243 @@
+"""The broker's routing table on its own (sans-IO): frames in, frames out, no sockets."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from netcall import protocol as p
+from netcall._broker.routing import Router
+
+
+class Wire:
+    """Collects what the router sends, per side."""
+
+    def __init__(self) -> None:
+        self.clients: list[list[bytes]] = []
+        self.services: list[list[bytes]] = []
+
+    def take(self, side: str) -> list[list[bytes]]:
+        sent: list[list[bytes]] = getattr(self, side)
+        out = list(sent)
+        sent.clear()  # in place: the router holds this list's append
+        return out
+
+
+def hello(router: Router, peer: bytes, methods: list[str], limit: int | None = None) -> None:
+    router.on_backend([peer, *p.Hello({m: {} for m in methods}, limit).to_frames()])
+
+
+def call(
+    router: Router, client: bytes, rid: int, method: str, timeout: float = 0.0, window: int = 0
+) -> None:
+    msg = p.Call(rid, method, "msgpack", b"\x90", None, timeout, 0, window)
+    router.on_frontend([client, *msg.to_frames()])
+
+
+def head(frames: list[bytes]) -> tuple[int, int]:
+    return p.decode_header(frames[1])
+
+
+def reply(router: Router, peer: bytes, kind: int, brid: int, payload: bytes = b"") -> None:
+    router.on_backend([peer, p.header(kind, brid) + payload])
+
+
+@pytest.fixture
+def wire() -> Wire:
+    return Wire()
+
+
+@pytest.fixture
+def router(wire: Wire) -> Router:
+    return Router(wire.clients.append, wire.services.append, max_queue=3, startup_grace=0)
+
+
+def test_routes_by_method_and_rewrites_ids(router: Router, wire: Wire) -> None:
+    hello(router, b"S1", ["math.add"])
+    hello(router, b"S2", ["users.get"])
+    call(router, b"C1", 7, "users.get")
+    [sent] = wire.take("services")
+    assert sent[0] == b"S2"
+    kind, brid = head(sent)
+    assert kind == p.Kind.CALL and brid != 7
+    reply(router, b"S2", p.Kind.RESULT, brid, b"\xc0")
+    [back] = wire.take("clients")
+    assert back[0] == b"C1" and head(back) == (p.Kind.RESULT, 7)
+    assert router.stats()["in_flight"] == 0
+
+
+def test_unknown_method_fails_at_once(router: Router, wire: Wire) -> None:
+    hello(router, b"S1", ["math.add"])
+    call(router, b"C1", 1, "nope")
+    [err] = wire.take("clients")
+    assert head(err) == (p.Kind.ERROR, 1) and err[2] == b"netcall.MethodNotFound"
+
+
+def test_least_loaded_and_max_concurrent(router: Router, wire: Wire) -> None:
+    hello(router, b"S1", ["f"], limit=1)
+    hello(router, b"S2", ["f"], limit=2)
+    for rid in range(1, 5):
+        call(router, b"C1", rid, "f")
+    sent = wire.take("services")
+    assert sorted(s[0] for s in sent) == [b"S1", b"S2", b"S2"]  # the fourth waits
+    assert router.stats()["queued"] == 1
+    s1 = next(s for s in sent if s[0] == b"S1")
+    reply(router, b"S1", p.Kind.RESULT, head(s1)[1])
+    [moved] = wire.take("services")
+    assert moved[0] == b"S1" and router.stats()["queued"] == 0
+
+
+def test_queue_is_bounded(router: Router, wire: Wire) -> None:
+    hello(router, b"S1", ["f"], limit=1)
+    for rid in range(1, 6):
+        call(router, b"C1", rid, "f")
+    errors = wire.take("clients")
+    assert [(head(e)[1], e[2]) for e in errors] == [(5, b"netcall.Busy")]
+    assert router.stats()["queued"] == 3
+
+
+def test_queued_call_expires_at_its_deadline(router: Router, wire: Wire) -> None:
+    hello(router, b"S1", ["f"], limit=1)
+    call(router, b"C1", 1, "f")
+    call(router, b"C1", 2, "f", timeout=0.01)
+    time.sleep(0.02)
+    router.tick()
+    [err] = wire.take("clients")
+    assert head(err) == (p.Kind.ERROR, 2) and err[2] == b"netcall.Timeout"
+    assert router.stats()["queued"] == 0
+
+
+def test_cancel_of_a_queued_call_removes_it(router: Router, wire: Wire) -> None:
+    hello(router, b"S1", ["f"], limit=1)
+    call(router, b"C1", 1, "f")
+    call(router, b"C1", 2, "f")
+    router.on_frontend([b"C1", p.header(p.Kind.CANCEL, 2)])
+    assert router.stats()["queued"] == 0
+    assert wire.take("clients") == []
+
+
+def test_streams_stick_and_end(router: Router, wire: Wire) -> None:
+    hello(router, b"S1", ["gen"])
+    hello(router, b"S2", ["gen"])
+    call(router, b"C1", 1, "gen")
+    [sent] = wire.take("services")
+    owner, brid = sent[0], head(sent)[1]
+    router.on_backend([owner, *p.StreamOpen(brid, 30.0).to_frames()])
+    for _ in range(5):
+        router.on_frontend([b"C1", *p.Credit(1, 10).to_frames()])
+        router.on_frontend([b"C1", *p.Next(1, b"\xc0").to_frames()])
+    assert {s[0] for s in wire.take("services")} == {owner}
+    reply(router, owner, p.Kind.ITEM, brid, b"\x01")
+    reply(router, owner, p.Kind.END, brid)
+    assert [head(m) for m in wire.take("clients")] == [
+        (p.Kind.STREAM, 1),
+        (p.Kind.ITEM, 1),
+        (p.Kind.END, 1),
+    ]
+    assert router.stats()["in_flight"] == 0
+    # After the end, the client's messages for that stream are answered by the broker.
+    router.on_frontend([b"C1", *p.Next(1, b"\xc0").to_frames()])
+    router.on_frontend([b"C1", p.header(p.Kind.CANCEL, 1)])
+    assert [m[2] if len(m) > 2 else head(m) for m in wire.take("clients")] == [
+        b"netcall.StreamClosed",
+        (p.Kind.END, 1),
+    ]
+
+
+def test_service_gone_fails_its_calls_with_connection_lost(router: Router, wire: Wire) -> None:
+    hello(router, b"S1", ["f"])
+    call(router, b"C1", 1, "f")
+    call(router, b"C2", 1, "f")
+    wire.take("services")
+    router.service_gone(b"S1")
+    errors = wire.take("clients")
+    assert sorted(e[0] for e in errors) == [b"C1", b"C2"]
+    assert {e[2] for e in errors} == {b"netcall.ConnectionLost"}
+    call(router, b"C1", 2, "f")
+    [err] = wire.take("clients")
+    assert err[2] == b"netcall.MethodNotFound"
+
+
+def test_client_gone_cancels_its_routes(router: Router, wire: Wire) -> None:
+    hello(router, b"S1", ["f"])
+    call(router, b"C1", 1, "f")
+    call(router, b"C2", 1, "f")
+    sent = wire.take("services")
+    router.client_gone(b"C1")
+    [cancel] = wire.take("services")
+    assert head(cancel) == (p.Kind.CANCEL, head(sent[0])[1])
+    assert router.stats()["in_flight"] == 1
+
+
+def test_busy_service_gets_the_call_again_elsewhere(router: Router, wire: Wire) -> None:
+    hello(router, b"S1", ["f"])
+    hello(router, b"S2", ["f"])
+    call(router, b"C1", 1, "f")
+    [first] = wire.take("services")
+    refusal = p.Error(head(first)[1], "netcall.Busy", "full").to_frames()
+    router.on_backend([first[0], *refusal])
+    [again] = wire.take("services")
+    assert again[0] != first[0]
+    assert wire.take("clients") == []
+
+
+def test_bye_drains_the_service(router: Router, wire: Wire) -> None:
+    hello(router, b"S1", ["f"])
+    hello(router, b"S2", ["f"])
+    router.on_backend([b"S1", *p.Bye().to_frames()])
+    for rid in range(1, 5):
+        call(router, b"C1", rid, "f")
+    assert {s[0] for s in wire.take("services")} == {b"S2"}
+
+
+def test_methods_are_answered_by_the_broker(router: Router, wire: Wire) -> None:
+    hello(router, b"S1", ["math.add"])
+    hello(router, b"S2", ["users.get", "math.add"])
+    call(router, b"C1", 1, "_netcall.methods")
+    [res] = wire.take("clients")
+    import msgpack
+
+    assert sorted(msgpack.unpackb(p.payload_of(res[1:]))) == ["math.add", "users.get"]
+
+
+def test_garbage_is_counted_and_never_raises(router: Router, wire: Wire) -> None:
+    hello(router, b"S1", ["f"])
+    for frames in ([b"C1"], [b"C1", b"xx"], [b"C1", p.header(p.Kind.RESULT, 3)]):
+        router.on_frontend(frames)
+    for frames in ([b"S1"], [b"S1", b"junk"], [b"S1", p.header(p.Kind.HELLO, 0), b"[1,2]"]):
+        router.on_backend(frames)
+    assert router.stats()["errors"]["malformed"] >= 4
+
+
+def test_credit_through_the_broker_is_capped(router: Router, wire: Wire) -> None:
+    from netcall._broker.table import MAX_CREDIT
+
+    hello(router, b"S1", ["gen"])
+    call(router, b"C1", 1, "gen", window=10**6)
+    [sent] = wire.take("services")
+    assert p.decode(sent[1:]).window == MAX_CREDIT  # type: ignore[union-attr]
+    brid = head(sent)[1]
+    router.on_backend([b"S1", *p.StreamOpen(brid, 30.0).to_frames()])
+    router.on_frontend([b"C1", *p.Credit(1, 5).to_frames()])
+    assert wire.take("services") == []  # nothing more may be asked for yet
+    for _ in range(3):
+        reply(router, b"S1", p.Kind.ITEM, brid, b"\x01")
+    router.on_frontend([b"C1", *p.Credit(1, 5).to_frames()])
+    [credit] = wire.take("services")
+    assert p.decode(credit[1:]) == p.Credit(brid, 3)
+
+
+def test_the_callers_key_is_the_brokers_word(wire: Wire) -> None:
+    key: list[str | None] = ["client-key"]
+    router = Router(wire.clients.append, wire.services.append, caller_key=lambda: key[0])
+    hello(router, b"S1", ["f"])
+    spoofed = p.Call(1, "f", "msgpack", b"\x90", metadata={p.META_PEER_KEY: "spoof", "a": "b"})
+    router.on_frontend([b"C1", *spoofed.to_frames()])
+    [sent] = wire.take("services")
+    assert p.decode(sent[1:]).metadata == {"a": "b", p.META_PEER_KEY: "client-key"}  # type: ignore[union-attr]
+    key[0] = None  # a frontend without authentication: a claimed key is removed, none added
+    spoofed.id = 2
+    router.on_frontend([b"C1", *spoofed.to_frames()])
+    [sent] = wire.take("services")
+    assert p.decode(sent[1:]).metadata == {"a": "b"}  # type: ignore[union-attr]
