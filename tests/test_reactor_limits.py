@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import zmq
+import zmq.utils.monitor
 
 from _helpers import wait_until
 from conftest import tcp_url
@@ -131,7 +132,13 @@ async def test_disconnect_watch_finds_the_peer_that_left(sockets):
         for peer in (b"deaf", b"good"):
             driver.send([peer, b"probe"])
 
-    watch = DisconnectWatch(router, loop, probe)
+    watch = DisconnectWatch(loop, probe)
+    monitor = router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    events = SocketDriver(
+        monitor,
+        loop,
+        lambda frames: watch.on_event(zmq.utils.monitor.parse_monitor_message(frames)),
+    )
     try:
         await asyncio.sleep(0.2)
         assert not probes
@@ -142,4 +149,5 @@ async def test_disconnect_watch_finds_the_peer_that_left(sockets):
         assert watch.events == 1
     finally:
         watch.close()
+        events.close()
         driver.close()

@@ -24,9 +24,6 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
-import zmq.utils.monitor
-
-from ._reactor import SocketDriver
 
 __all__ = ["DisconnectWatch"]
 
@@ -37,32 +34,27 @@ MIN_GAP = 0.05
 
 
 class DisconnectWatch:
-    """Calls ``probe()`` a few times after every disconnect on ``sock`` (coalesced).
+    """Calls ``probe()`` a few times after every disconnect (coalesced). Feed it the socket
+    monitor's events with :meth:`on_event` (a socket has one monitor, shared with whoever
+    else needs it).
 
     ``probe`` sends its probes through the service's driver; unreachable peers come back
     through the driver's ``on_unreachable``.
     """
 
-    __slots__ = ("_driver", "_due", "_last", "_loop", "_monitor", "_probe", "_timer", "events")
+    __slots__ = ("_due", "_last", "_loop", "_probe", "_timer", "events")
 
-    def __init__(
-        self, sock: zmq.Socket[Any], loop: asyncio.AbstractEventLoop, probe: Callable[[], None]
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, probe: Callable[[], None]) -> None:
         self._loop = loop
         self._probe = probe
-        self._monitor: zmq.Socket[Any] = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        self._driver = SocketDriver(self._monitor, loop, self._on_event)
         self._due: list[float] = []
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
         #: Disconnect events seen.
         self.events = 0
 
-    def _on_event(self, frames: list[Any]) -> None:
-        try:
-            event = zmq.utils.monitor.parse_monitor_message(frames)
-        except Exception:  # pragma: no cover - libzmq's own format
-            return
+    def on_event(self, event: dict[str, Any]) -> None:
+        """A parsed monitor event (``zmq.utils.monitor.parse_monitor_message``)."""
         if event["event"] != zmq.EVENT_DISCONNECTED:
             return
         self.events += 1
@@ -101,4 +93,3 @@ class DisconnectWatch:
             self._timer.cancel()
             self._timer = None
         self._due.clear()
-        self._driver.close()

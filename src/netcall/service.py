@@ -315,7 +315,12 @@ class RPCService(ServiceConnecting):
         secure = self.security is not None  # then each message's sender key is read
         self._guard.is_upstream = self._upstreams.is_upstream
         driver = self._guard.start(
-            self.socket, loop, inbox.on_message, self._replies.send, identify=secure
+            self.socket,
+            loop,
+            inbox.on_message,
+            self._replies.send,
+            identify=secure,
+            monitor_listeners=self._upstreams.listeners,
         )
         self._replies.driver = self._driver = self._dispatch.keys = driver
         self._upstreams.start(loop, self._replies.send, self._upstream_lost)

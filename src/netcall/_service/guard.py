@@ -125,6 +125,7 @@ class Guard:
         on_message: OnMessage,
         send: Callable[[bytes, list[Any]], None],
         identify: bool = False,
+        monitor_listeners: list[Callable[[dict[str, Any]], None]] | None = None,
     ) -> SocketDriver:
         """The service socket's driver, with the per-client send bounds, and the watch that
         finds clients whose connection closed."""
@@ -140,7 +141,9 @@ class Guard:
             max_queued_bytes=lim.max_queued_bytes,
             on_overflow=self.cut_off,
         )
-        self._watch = DisconnectWatch(sock, loop, self.probe)
+        self._watch = DisconnectWatch(loop, self.probe)
+        if monitor_listeners is not None:
+            monitor_listeners.append(self._watch.on_event)
         return driver
 
     def probe(self) -> None:
