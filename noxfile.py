@@ -96,6 +96,9 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on src/ (settings in pyproject.toml)."""
     session.install(MYPY, ".[all]")
     session.run("mypy", "src/", *session.posargs)
+    # A typed client used correctly type-checks (tests/test_typed_client.py checks that the
+    # misuses in tests/typecheck/typed_client_bad.py fail).
+    session.run("mypy", "tests/typecheck/typed_client_ok.py")
 
 
 @nox.session(python=TOOLS_PYTHON)

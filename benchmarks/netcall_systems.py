@@ -26,7 +26,15 @@ def curve_dir(path: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(path)), "curve-keys")
 
 
-def make_service(curve_dir: str | None = None) -> Any:
+async def _noop_service_mw(ctx: Any, call_next: Any) -> Any:
+    return await call_next()
+
+
+async def _noop_client_mw(call: Any, call_next: Any) -> Any:
+    return await call_next(call)
+
+
+def make_service(curve_dir: str | None = None, middleware: bool = False) -> Any:
     from netcall import RPCService
 
     security = None
@@ -36,7 +44,8 @@ def make_service(curve_dir: str | None = None) -> Any:
         keypair = Keypair.generate()
         keypair.save(curve_dir, "server", overwrite=True)
         security = Curve.server(keypair)
-    service = RPCService(security=security)
+    extra: dict[str, Any] = {"middleware": [_noop_service_mw]} if middleware else {}
+    service = RPCService(security=security, **extra)
     state: dict[str, Any] = {"held": 0, "event": None}
 
     @service.register
@@ -79,9 +88,12 @@ def make_service(curve_dir: str | None = None) -> Any:
 
 
 async def serve(
-    endpoint_cb: Callable[[str], None], host: str = "127.0.0.1", curve_dir: str | None = None
+    endpoint_cb: Callable[[str], None],
+    host: str = "127.0.0.1",
+    curve_dir: str | None = None,
+    middleware: bool = False,
 ) -> None:
-    service = make_service(curve_dir)
+    service = make_service(curve_dir, middleware)
     bind_ports = getattr(service, "bind_ports", None)
     if bind_ports is not None:
         port = bind_ports(host, port=0)
@@ -140,8 +152,9 @@ class AsyncioClient:
 
     client_cls_path = ("netcall", "RPCClient")
 
-    def __init__(self, curve_dir: str | None = None) -> None:
+    def __init__(self, curve_dir: str | None = None, middleware: bool = False) -> None:
         self.curve_dir = curve_dir
+        self.middleware = middleware  # one no-op client middleware
 
     async def open(self, endpoint: str) -> AsyncioClient:
         import importlib
@@ -154,6 +167,8 @@ class AsyncioClient:
             from netcall.security import Curve
 
             kwargs["security"] = Curve.client(os.path.join(self.curve_dir, "server.key"))
+        if self.middleware:
+            kwargs["middleware"] = [_noop_client_mw]
         # default options (no timeout), like the raw baselines: no timer per call
         self.client = cls(**kwargs)
         self.client.connect(endpoint)

@@ -194,6 +194,7 @@ def probe(system: str) -> str | None:
         "netcall-sync": ["netcall.sync"],
         "netcall-tornado": ["netcall.tornado", "tornado"],
         "netcall-curve": ["netcall.security"],
+        "netcall-middleware": ["netcall"],
         "aiozmq-rpc": ["aiozmq.rpc"],
         "grpc-aio": ["grpc"],
         "zerorpc": ["zerorpc"],

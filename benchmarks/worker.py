@@ -40,6 +40,8 @@ SYSTEMS: dict[str, tuple[str, str, str | None]] = {
     "netcall-broker-2": ("netcall-broker-2", "async", "asyncio"),
     "netcall-broker-4": ("netcall-broker-4", "async", "asyncio"),
     "netcall-curve": ("netcall-curve", "async", "asyncio"),
+    # netcall-asyncio with one no-op middleware on each side (the cost of the hook)
+    "netcall-middleware": ("netcall-mw", "async", "asyncio"),
     "aiozmq-rpc": ("aiozmq", "async", "asyncio"),
     "grpc-aio": ("grpc", "async", "asyncio"),
     "zerorpc": ("zerorpc", "blocking", None),
@@ -121,6 +123,12 @@ def run_server(kind: str, ready: str) -> None:
         coro_fn = functools.partial(
             netcall_systems.serve, curve_dir=netcall_systems.curve_dir(ready)
         )
+    elif kind == "netcall-mw":
+        import functools
+
+        import netcall_systems
+
+        coro_fn = functools.partial(netcall_systems.serve, middleware=True)
     elif kind == "aiozmq":
         import peers
 
@@ -207,6 +215,10 @@ async def _async_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Re
 
         keys = netcall_systems.curve_dir(rec.path)
         cli = await netcall_systems.AsyncioClient(curve_dir=keys).open(endpoint)
+    elif system == "netcall-middleware":
+        import netcall_systems
+
+        cli = await netcall_systems.AsyncioClient(middleware=True).open(endpoint)
     elif system == "aiozmq-rpc":
         import peers
 

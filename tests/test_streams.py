@@ -296,13 +296,13 @@ async def test_bad_arguments_to_generator_function(ssvc, client, probe):
 
 async def test_stream_items_keep_their_types(ssvc, client):
     @ssvc.register
-    async def typed():
+    async def typed_items():
         yield (1, (2, 3))
         yield b"bytes"
         yield {"t": (1,)}
 
-    assert [x async for x in client.typed()] == [(1, (2, 3)), b"bytes", {"t": (1,)}]
-    out = [x async for x in client.typed()]
+    assert [x async for x in client.typed_items()] == [(1, (2, 3)), b"bytes", {"t": (1,)}]
+    out = [x async for x in client.typed_items()]
     assert type(out[0]) is tuple and type(out[0][1]) is tuple and type(out[2]["t"]) is tuple
 
 

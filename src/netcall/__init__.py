@@ -18,6 +18,8 @@ and :mod:`netcall.sync` (a blocking client).
 
 from ._context import CallContext, current_call
 from ._edge import TransportError
+from ._metadata import MAX_METADATA_BYTES, MAX_METADATA_ITEMS
+from ._middleware import ClientMiddleware, OutgoingCall, ServiceMiddleware, observe_stream
 from .broker import Broker
 from .client import DEFAULT_TIMEOUT, RemoteGenerator, RPCClient
 from .errors import (
@@ -46,17 +48,21 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "MAX_METADATA_BYTES",
+    "MAX_METADATA_ITEMS",
     "RESERVED_NAMES",
     "AuthenticationError",
     "Broker",
     "CallContext",
     "ClientClosedError",
+    "ClientMiddleware",
     "ConnectionLostError",
     "EncodingError",
     "JSONSerializer",
     "Limits",
     "MethodNotFoundError",
     "MsgpackSerializer",
+    "OutgoingCall",
     "PickleSerializer",
     "ProtocolError",
     "RPCClient",
@@ -71,10 +77,12 @@ __all__ = [
     "Serializer",
     "SerializerMismatchError",
     "ServiceBusyError",
+    "ServiceMiddleware",
     "ServiceStoppingError",
     "StreamBusyError",
     "StreamClosedError",
     "TransportError",
     "__version__",
     "current_call",
+    "observe_stream",
 ]

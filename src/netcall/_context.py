@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
+from typing import Any
 
 from ._deadline import Deadline
 
@@ -14,9 +14,9 @@ __all__ = ["CallContext", "current_call"]
 _NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
 class CallContext:
-    """What a handler knows about the call it is serving.
+    """What a handler (and a service middleware) knows about the call it is serving. Read it;
+    do not change it.
 
     Attributes:
         method: the name the client called.
@@ -27,20 +27,72 @@ class CallContext:
         metadata: string pairs the client sent with the call (read-only; empty by default).
         peer_key: the caller's CURVE public key (Z85 text) on a service with
             ``security=Curve.server(...)``; ``None`` without CURVE (and through ``inproc://``).
+        args: the call's positional arguments, as the handler gets them.
+        kwargs: the call's keyword arguments, as the handler gets them.
     """
 
-    method: str
-    peer: bytes
-    deadline: Deadline | None
-    oneway: bool = False
-    metadata: Mapping[str, str] = field(default_factory=lambda: _NO_METADATA)
-    peer_key: str | None = None
+    # A plain class with slots, not a frozen dataclass: one is built per call, and a frozen
+    # dataclass's __init__ costs about three times as much.
+    __slots__ = (
+        "_task",
+        "args",
+        "deadline",
+        "kwargs",
+        "metadata",
+        "method",
+        "oneway",
+        "peer",
+        "peer_key",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        peer: bytes,
+        deadline: Deadline | None,
+        oneway: bool = False,
+        metadata: Mapping[str, str] = _NO_METADATA,
+        peer_key: str | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] = _NO_METADATA,
+    ) -> None:
+        self.method = method
+        self.peer = peer
+        self.deadline = deadline
+        self.oneway = oneway
+        self.metadata = metadata
+        self.peer_key = peer_key
+        self.args = args
+        self.kwargs = kwargs
+        # The task running the handler (set by the service once it exists): a call made for
+        # this one from another thread (blocking client) is cancelled when it is.
+        self._task: Any = None
 
     def time_remaining(self) -> float | None:
         """Seconds until the deadline (never negative), or ``None`` without a deadline."""
         if self.deadline is None:
             return None
         return self.deadline.remaining()
+
+    def without_deadline(self) -> CallContext:
+        """A copy with no deadline (a stream's, whose steps each have their own timeout)."""
+        return CallContext(
+            self.method,
+            self.peer,
+            None,
+            self.oneway,
+            self.metadata,
+            self.peer_key,
+            self.args,
+            self.kwargs,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"CallContext(method={self.method!r}, peer={self.peer!r}, "
+            f"deadline={self.deadline!r}, oneway={self.oneway!r}, metadata={self.metadata!r}, "
+            f"peer_key={self.peer_key!r})"
+        )
 
 
 _current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
@@ -72,8 +73,14 @@ class Broker:
             the frontend (clients use ``Curve.client(broker_public_key, ...)``; only allowed
             keys connect). The broker then tells each service the caller's key, so
             ``current_call().peer_key`` on the service is the client's key (and
-            ``register(allow=...)`` applies to it). The backend stays plain: keep it on a
-            private network.
+            ``register(allow=...)`` applies to it).
+        backend_security: ``Curve.server(keypair, allow=...)`` for the backend: CURVE between
+            the broker and its services, which connect with
+            ``service.connect(url, security=Curve.client(<backend public key>, keypair=...))``;
+            with ``allow``, only those services' keys may join. Without it the backend is
+            plain: keep it on a private network (or ipc).
+        grace: default seconds :meth:`stop` lets calls in flight (and queued) finish
+            (default 5).
         name: a label for logs.
 
     Raises:
@@ -93,6 +100,8 @@ class Broker:
         max_message_size: int | None = None,
         startup_grace: float = 1.5,
         security: CurveServer | None = None,
+        backend_security: CurveServer | None = None,
+        grace: float = 5.0,
         name: str | None = None,
     ) -> None:
         if heartbeat <= 0:
@@ -100,6 +109,7 @@ class Broker:
         self.context: zmq.Context[Any] = context or zmq.Context.instance()
         self.name = name or "Broker"
         self.heartbeat = float(heartbeat)
+        self.grace = float(grace)
         self._startup_grace = startup_grace
         self._max_queue = max_queue
         self._max_per_client = max_per_client
@@ -110,7 +120,17 @@ class Broker:
         self._zap = secure_socket(
             self._frontend, security, server=True, name=f"{self.name} frontend"
         )
-        self._backend = self._socket(max_message_size)
+        self.backend_security = backend_security
+        try:
+            self._backend = self._socket(max_message_size)
+            self._backend_zap = secure_socket(
+                self._backend, backend_security, server=True, name=f"{self.name} backend"
+            )
+        except BaseException:
+            self._frontend.close(linger=0)
+            if self._zap is not None:
+                self._zap.close()
+            raise
         self._sockets = [self._frontend, self._backend]
         events = zmq.EVENT_DISCONNECTED
         self._monitors = [s.get_monitor_socket(events) for s in self._sockets]
@@ -200,9 +220,29 @@ class Broker:
     ) -> None:
         await self.stop()
 
-    async def stop(self) -> None:
-        """Stop routing and close both sockets. Calls still in flight get no answer through
-        this broker: their clients see the connection break (ConnectionLostError)."""
+    async def drain(self, grace: float | None = None) -> bool:
+        """Stop taking calls (new ones fail at once with
+        :class:`~netcall.errors.ServiceStoppingError`) and wait up to ``grace`` seconds
+        (default: the constructor's) for the calls in flight, open streams and queued calls to
+        finish; answers keep flowing meanwhile. Returns whether they all did. The broker goes
+        on routing what it has until :meth:`close`."""
+        grace = self.grace if grace is None else grace
+        router = self.router
+        if router is None or self._closed:
+            return True
+        router.refusing = "the broker is stopping"
+        deadline = time.monotonic() + grace
+        while router.routes or router.queued:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop gracefully: :meth:`drain` for ``grace`` seconds (default: the constructor's),
+        then close both sockets. Calls still in flight after that get no answer through this
+        broker: their clients see the connection break (ConnectionLostError)."""
+        await self.drain(grace)
         self.close()
 
     def close(self) -> None:
@@ -225,9 +265,10 @@ class Broker:
         for sock in (*getattr(self, "_monitors", ()), *getattr(self, "_sockets", ())):
             if not sock.closed:
                 sock.close(linger=0)
-        zap = getattr(self, "_zap", None)
-        if zap is not None:
-            zap.close()
+        for attr in ("_zap", "_backend_zap"):
+            zap = getattr(self, attr, None)
+            if zap is not None:
+                zap.close()
 
     def stats(self) -> dict[str, Any]:
         """A snapshot: ``services`` (each with its methods, calls in flight, limit), the union

@@ -6,6 +6,7 @@
     netcall call tcp://127.0.0.1:5555 count 5             # a stream prints one item a line
     netcall methods tcp://127.0.0.1:5555
     netcall serve examples.echo_service:service --bind tcp://127.0.0.1:5555
+    netcall serve examples.echo_service:service --bind tcp://127.0.0.1:5555 --workers 2
     netcall broker --frontend tcp://0.0.0.0:5555 --backend tcp://0.0.0.0:5556
     netcall keygen server --dir keys                      # CURVE keys (see --curve-* flags)
 """
@@ -125,7 +126,26 @@ def _load_service(spec: str) -> RPCService:
     return obj
 
 
+async def _serve_workers(ns: argparse.Namespace) -> int:
+    from .workers import WorkerPool
+
+    sys.path.insert(0, ".")  # the workers import the service from here too
+    pool = WorkerPool(ns.service, ns.workers, bind=ns.bind, security=_security(ns, server=True))
+    loop = asyncio.get_running_loop()
+    stopping: set[asyncio.Task[None]] = set()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: stopping.add(loop.create_task(pool.stop())))
+    print(f"serving {ns.service} on {', '.join(ns.bind)} with {pool.size} workers", flush=True)
+    try:
+        await pool.serve()
+    except RuntimeError as exc:
+        raise SystemExit(f"netcall: {exc}") from None
+    return 0
+
+
 async def _serve(ns: argparse.Namespace) -> int:
+    if ns.workers:
+        return await _serve_workers(ns)
     service = _load_service(ns.service)
     security = _security(ns, server=True)
     if security is not None:  # CURVE options count for the endpoints bound after them only
@@ -163,10 +183,12 @@ async def _broker(ns: argparse.Namespace) -> int:
         heartbeat=ns.heartbeat,
         max_queue=ns.max_queue,
         security=_security(ns, server=True),
+        backend_security=_backend_security(ns),
     )
     loop = asyncio.get_running_loop()
+    stopping: set[asyncio.Task[None]] = set()  # drains: calls in flight finish (5 s grace)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, broker.close)
+        loop.add_signal_handler(sig, lambda: stopping.add(loop.create_task(broker.stop())))
     broker.start()
     print(
         f"broker: clients connect to {', '.join(ns.frontend)}; "
@@ -189,6 +211,19 @@ async def _broker(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _backend_security(ns: argparse.Namespace) -> Any:
+    from .security import from_options
+
+    if ns.backend_allow and ns.backend_curve_keypair is None:
+        raise SystemExit("netcall: --backend-allow needs --backend-curve-keypair")
+    try:
+        return from_options(
+            server=True, keypair=ns.backend_curve_keypair, allow=ns.backend_allow or ()
+        )
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"netcall: {exc}") from None
+
+
 def _add_broker_command(sub: Any) -> None:
     p = sub.add_parser("broker", help="run a broker: one address for many services")
     p.add_argument("--frontend", action="append", required=True, help="endpoint for clients")
@@ -199,6 +234,18 @@ def _add_broker_command(sub: Any) -> None:
         "--stats-every", type=float, default=10.0, help="print stats every N s (0: never)"
     )
     _security_options(p, server=True)  # CURVE on the frontend
+    p.add_argument(
+        "--backend-curve-keypair",
+        metavar="FILE",
+        help="CURVE on the backend: the broker's .key_secret file for it (services connect "
+        "with security=Curve.client(<its public key>, keypair=...))",
+    )
+    p.add_argument(
+        "--backend-allow",
+        action="append",
+        metavar="KEY",
+        help="service keys let in on the backend: a folder of .key files, or keys (repeatable)",
+    )
     p.set_defaults(run=_broker)
 
 
@@ -230,6 +277,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="serve an RPCService from a module")
     p_serve.add_argument("service", help="module:attribute of an RPCService (or subclass)")
     p_serve.add_argument("--bind", action="append", required=True, help="endpoint (repeatable)")
+    p_serve.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N service processes behind the endpoint (netcall.workers; default: serve here)",
+    )
     _security_options(p_serve, server=True)
     p_serve.set_defaults(run=_serve)
 

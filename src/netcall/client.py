@@ -13,7 +13,7 @@ import asyncio
 import functools
 import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypedDict
 
@@ -24,9 +24,14 @@ from ._client.binding import ClientBinding
 from ._client.calls import CallRegistry, PendingCall, call_frames, encode_arguments
 from ._client.generator import RemoteGenerator, close_quietly
 from ._client.inbox import Inbox
+from ._client.outgoing import effective_timeout
 from ._client.peers import Keepalive, Peer, PeerTable, close_sockets
-from ._client.proxy import UNSET, Call, Method, Options
+from ._client.proxy import UNSET
 from ._client.streams import ConsumerStreams, error_from
+from ._client.surface import CallSurface
+from ._context import CallContext
+from ._metadata import check_metadata
+from ._middleware import ClientMiddleware, OutgoingCall
 from ._reactor import SocketDriver
 from ._socket import make_router
 from .errors import ClientClosedError, RPCError
@@ -55,9 +60,11 @@ class ClientOptions(TypedDict, total=False):
     heartbeat: float | None
     security: CurveClient | None
     name: str | None
+    middleware: Sequence[ClientMiddleware] | None
+    propagate_deadline: bool
 
 
-class RPCClient(ClientBinding):
+class RPCClient(CallSurface, ClientBinding):
     """An RPC client. Connect it to one or several services and call their methods.
 
     ``await client.name(*args, **kwargs)`` calls ``name`` on a service; dotted names work
@@ -91,9 +98,14 @@ class RPCClient(ClientBinding):
         security: ``Curve.client(server_public, keypair=...)`` from :mod:`netcall.security`
             (CURVE). A service that refuses the handshake fails calls with AuthenticationError.
         name: a label for logs.
+        middleware: ``async def mw(call, call_next)`` functions run around every call and
+            stream opening, outermost first (see :meth:`add_middleware`).
+        propagate_deadline: inside a handler, bound each call by the time the served call has
+            left (default). ``False``: this client's calls keep their own timeouts.
 
     Raises:
         ValueError: ``window`` is below 1.
+        TypeError: a middleware is not callable.
         TransportError: ZeroMQ could not create the socket.
         TypeError: ``security`` is not ``Curve.client(...)``.
     """
@@ -119,9 +131,13 @@ class RPCClient(ClientBinding):
         heartbeat: float | None = 2.0,
         security: CurveClient | None = None,
         name: str | None = None,
+        middleware: Sequence[ClientMiddleware] | None = None,
+        propagate_deadline: bool = True,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
+        self._init_chain(middleware)
+        self._propagate = propagate_deadline
         self.serializer = get_serializer(serializer)
         self.context = context or zmq.Context.instance()
         self.timeout = timeout
@@ -168,6 +184,7 @@ class RPCClient(ClientBinding):
         if self._closed:
             raise ClientClosedError("the client is closed")
         self._peers.connect(urls, only)
+        log.info("netcall: %s connected to %s", self.name, urls)
 
     def disconnect(self, url: str) -> None:
         """Disconnect from ``url``; calls and streams in flight there fail at once with
@@ -208,60 +225,11 @@ class RPCClient(ClientBinding):
 
     def _lost(self, peer: Peer, why: str, every_call: bool, error: type[RPCError]) -> None:
         """Fail every call and stream in flight on ``peer`` (see CallRegistry.fail_peer)."""
+        log.info("netcall: %s lost %s: %s", self.name, peer.url, why)
         self._calls.fail_peer(peer, why, every_call, error)
         self._streams.fail_peer(peer, error(why))
 
     # -- calls ----------------------------------------------------------------------------
-
-    def __getattr__(self, name: str) -> Method:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        method = Method(self._invoke, name, UNSET, False)
-        self.__dict__[name] = method
-        return method
-
-    def call(
-        self,
-        name: str,
-        *args: Any,
-        timeout: float | None = UNSET,
-        oneway: bool = False,
-        **kwargs: Any,
-    ) -> Call:
-        """Call ``name`` with these arguments: ``await client.call("echo", "hi", timeout=1)``.
-
-        ``timeout`` and ``oneway`` are options, not arguments for the method; use
-        :meth:`with_options` for methods taking keyword arguments of those names. Awaiting
-        the call gives the result (a :class:`RemoteGenerator` for a stream; ``None`` for a
-        one-way call, once the service accepted it); ``async for`` over it iterates a stream.
-
-        Raises (when awaited):
-            RemoteRPCError: the handler raised (a builtin type arrives as that type too).
-            MethodNotFoundError: no such method on the service.
-            RPCTimeoutError: no answer within ``timeout``; the handler is cancelled.
-            SerializationError: an argument or the result cannot be serialized.
-            SerializerMismatchError: the service uses another serializer.
-            EncodingError: the method name is not encodable (also a UnicodeEncodeError).
-            ServiceBusyError, ServiceStoppingError: the service refused the call.
-            ConnectionLostError: the connection broke with the call in flight.
-            ClientClosedError: the client was closed.
-            RPCError: not connected to any service.
-        """
-        return Call(self._invoke, name, args, kwargs, timeout, oneway)
-
-    async def methods(self, timeout: float | None = UNSET) -> dict[str, dict[str, str]]:
-        """The service's methods: ``{name: {"signature": ..., "doc": ...}}``.
-
-        Raises:
-            RPCTimeoutError: no answer within the timeout; or what :meth:`call` raises.
-        """
-        result: dict[str, dict[str, str]] = await self.call("_netcall.methods", timeout=timeout)
-        return result
-
-    def with_options(self, *, timeout: float | None = UNSET, oneway: bool = False) -> Options:
-        """A view of this client whose calls use these options: ``client.with_options(
-        timeout=2).slow(x)``."""
-        return Options(self._invoke, timeout, oneway)
 
     async def _invoke(
         self,
@@ -271,18 +239,37 @@ class RPCClient(ClientBinding):
         timeout: float | None,
         oneway: bool,
         prefetch: bool,
+        metadata: Mapping[str, str] | None = None,
+        parent: CallContext | None = None,
+        chained: bool = False,
     ) -> Any:
-        """Make one call; return its result, a RemoteGenerator, or raise (see :meth:`call`)."""
-        driver = self._start()
+        """Make one call; return its result, a RemoteGenerator, or raise (see :meth:`call`).
+        ``parent``: the call being served where this one was made (its deadline applies)."""
         if timeout is UNSET:
             timeout = self.timeout
+        run = self._chain.run
+        if run is not None and not chained:
+            md = dict(metadata) if metadata else {}
+            return await run(
+                OutgoingCall(method, args, kwargs, md, timeout, oneway, prefetch, parent)
+            )
+        first = self._driver is None
+        driver = self._start()
+        if first and self._peers.bound and not self._peers.order:
+            # A client bound before its loop ran reads from its first call on: let the
+            # announcements already waiting on the socket arrive before picking a service.
+            await asyncio.sleep(0)
+        if metadata:
+            metadata = check_metadata(metadata)
+        if parent is not None and self._propagate:
+            timeout = effective_timeout(timeout, parent)
         # Everything that can fail (encoding) comes before any state is recorded.
         arguments = encode_arguments(self.serializer.dumps, args, kwargs)
         rid = next(self._ids)
         peer = self._peers.pick(method)
         window = first_credit(self.window) if prefetch else 0
         frames = call_frames(
-            peer, rid, method, self.serializer.name, timeout, oneway, window, arguments
+            peer, rid, method, self.serializer.name, timeout, oneway, window, arguments, metadata
         )
         loop = self._loop
         assert loop is not None

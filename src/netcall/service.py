@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -18,6 +19,7 @@ import zmq
 
 from . import protocol as p
 from ._edge import map_exceptions
+from ._middleware import ServiceMiddleware, check_middleware
 from ._reactor import SocketDriver
 from ._service.dispatch import Dispatcher
 from ._service.guard import Guard, Limits
@@ -36,6 +38,8 @@ __all__ = ["RESERVED_NAMES", "HandlerRunner", "Limits", "RPCService"]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("netcall")
 Keys = Iterable[Any] | None  # CURVE public keys (Z85 bytes or text, or Keypairs)
 
 
@@ -75,9 +79,12 @@ class RPCService(ServiceConnecting):
             callable taking a zero-argument function; see
             :data:`~netcall._service.runner.HandlerRunner`) instead of inline or in
             ``executor``. The gevent service plugs in here.
+        middleware: ``async def mw(ctx, call_next)`` functions run around every call and
+            stream opening, outermost first (see :meth:`add_middleware`).
 
     Raises:
         ValueError: ``stream_lease`` is not positive.
+        TypeError: a middleware is not callable.
         RPCError: ZeroMQ could not create the socket.
         TypeError: ``security`` is not ``Curve.server(...)``.
         RuntimeError: another ZAP handler (zmq.auth) is bound in ``context``.
@@ -106,6 +113,7 @@ class RPCService(ServiceConnecting):
         limits: Limits | None = None,
         name: str | None = None,
         handler_runner: HandlerRunner | None = None,
+        middleware: Sequence[ServiceMiddleware] | None = None,
     ) -> None:
         if stream_lease <= 0:
             raise ValueError("stream_lease must be positive")
@@ -130,13 +138,14 @@ class RPCService(ServiceConnecting):
             self._producers,
             self.serializer,
             max_concurrent,
+            check_middleware(middleware),
         )
         guard.attach(self._dispatch.calls, self._producers.close_peer, self._dispatch.cancel)
         self.socket = self._make_socket(heartbeat, max_message_size)
         self._registry.add_subclass_methods(self, RPCService)
         self._registry.add_builtin(METHODS_NAME, self.methods)
         self._max_concurrent = max_concurrent
-        self._upstreams = Upstreams(self.socket, self._hello)
+        self._upstreams = Upstreams(self.socket, self._hello, self.security)
 
     def _make_socket(
         self, heartbeat: float | None, max_message_size: int | None
@@ -209,6 +218,12 @@ class RPCService(ServiceConnecting):
         self._upstreams.announce()
         return added
 
+    def add_middleware(self, middleware: ServiceMiddleware, *, outermost: bool = False) -> None:
+        """Run ``async def middleware(ctx, call_next)`` around every call and stream opening
+        from now on, innermost (or ``outermost``); see :mod:`netcall._service.chain`. Raises
+        ``TypeError`` if it is not callable."""
+        self._dispatch.chain.add(check_middleware([middleware])[0], outermost)
+
     def methods(self) -> dict[str, dict[str, str]]:
         """The registered handlers: ``{name: {"signature": ..., "doc": ...}}``."""
         return self._registry.describe()
@@ -243,6 +258,7 @@ class RPCService(ServiceConnecting):
                 with map_exceptions(f"cannot bind {url!r}"):
                     self.socket.bind(url)
                 self._bound.add(url)
+                log.info("netcall: %s bound to %s", self.name, url)
                 warn_if_exposed(url, self.serializer.name, self.security, "bound")
 
     def unbind(self, url: str) -> None:
@@ -270,6 +286,7 @@ class RPCService(ServiceConnecting):
         with map_exceptions(f"cannot bind tcp://{ip}"):
             chosen = self.socket.bind_to_random_port(f"tcp://{ip}", min_port, max_port)
         self._bound.add(f"tcp://{ip}:{chosen}")
+        log.info("netcall: %s bound to tcp://%s:%d", self.name, ip, chosen)
         warn_if_exposed(f"tcp://{ip}:{chosen}", self.serializer.name, self.security, "bound")
         return chosen
 
@@ -311,7 +328,7 @@ class RPCService(ServiceConnecting):
         self._dispatch.loop = loop
         self._dispatch.refusing = None
         self._producers.start(loop)
-        inbox = Inbox(self._dispatch, self._producers, self._replies, self._upstreams.is_upstream)
+        inbox = Inbox(self._dispatch, self._producers, self._replies, self._upstreams.vouches)
         secure = self.security is not None  # then each message's sender key is read
         self._guard.is_upstream = self._upstreams.is_upstream
         driver = self._guard.start(
@@ -390,6 +407,7 @@ class RPCService(ServiceConnecting):
         self.close()
 
     def _close(self, linger: int) -> None:
+        log.info("netcall: %s stopped", self.name)
         self._closed = True
         self._dispatch.refusing = "the service is stopping"
         self._replies.driver = None

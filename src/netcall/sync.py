@@ -19,12 +19,13 @@ used in a child process after ``fork()``: create a new one there.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _bridge
 from ._blocking import BlockingGenerator, as_generator
+from ._middleware import ClientMiddleware
 from .client import ClientOptions, RemoteGenerator, RPCClient
 from .errors import ClientClosedError
 from .serializers import Serializer
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 __all__ = ["SyncRPCClient"]
+
+T = TypeVar("T")
 
 
 class SyncRPCClient:
@@ -136,15 +139,27 @@ class SyncRPCClient:
         return self._result(self._client.call(name, *args, **kwargs))
 
     def with_options(self, **options: Any) -> _BlockingOptions:
-        """A view whose calls use these options: ``client.with_options(timeout=2).slow(x)``."""
+        """A view whose calls use these options: ``client.with_options(timeout=2).slow(x)``
+        (``timeout``, ``oneway``, ``metadata``, as in :meth:`RPCClient.with_options`)."""
         return _BlockingOptions(self, self._client.with_options(**options))
+
+    def typed(self, protocol: Callable[..., T]) -> T:
+        """This client, typed as ``protocol`` (a ``typing.Protocol`` of plain methods) for the
+        type checker: ``math = client.typed(Math)``."""
+        return self  # type: ignore[return-value]
+
+    def add_middleware(self, middleware: ClientMiddleware, *, outermost: bool = False) -> None:
+        """Add a client middleware (an ``async def``, run on netcall's loop thread); see
+        :meth:`RPCClient.add_middleware`."""
+        self._bridge.call(self._client.add_middleware, middleware, outermost=outermost)
 
     def _result(self, call: Awaitable[Any]) -> Any:
         if self._released:
             _close_awaitable(call)
             raise ClientClosedError("the client is closed")
         result = self._bridge.run(call)
-        if isinstance(result, RemoteGenerator):
+        if isinstance(result, RemoteGenerator) or hasattr(result, "__anext__"):
+            # A stream (or a middleware's wrapper of one): never a decoded value.
             return as_generator(BlockingGenerator(result, self._bridge, self))
         return result
 
@@ -226,3 +241,7 @@ class _BlockingOptions(_Blocking):
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return self._owner._result(self._target.call(name, *args, **kwargs))
+
+    def typed(self, protocol: Callable[..., T]) -> T:
+        """This view, typed as ``protocol`` (see :meth:`SyncRPCClient.typed`)."""
+        return self  # type: ignore[return-value]

@@ -60,6 +60,7 @@ class RouterCore:
         self._per_client: dict[bytes, int] = {}  # open routes and queued calls per client
         self._waiting = WaitQueue()
         self._ids = itertools.count(random.getrandbits(48) + 1)
+        self.refusing: str | None = None  # why new calls are refused (the broker drains)
         self.errors: dict[str, int] = {
             "malformed": 0,
             "not_found": 0,

@@ -135,6 +135,9 @@ class FromClients(RouterCore):
         if msg.method == _METHODS:
             self._answer_methods(client, msg)
             return
+        if self.refusing is not None:
+            self._error(client, rid, p.ERR_SERVICE_STOPPING, self.refusing)
+            return
         if msg.window > MAX_CREDIT:
             msg.window = MAX_CREDIT
             frames = None  # re-encoded

@@ -4,7 +4,8 @@ peer table does the work)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Callable, Iterable
 
 from ..errors import ClientClosedError
 from .peers import PeerTable
@@ -17,6 +18,7 @@ class ClientBinding:
 
     _peers: PeerTable
     _closed: bool
+    _start: Callable[[], object]
 
     @property
     def bound(self) -> set[str]:
@@ -36,6 +38,7 @@ class ClientBinding:
         if self._closed:
             raise ClientClosedError("the client is closed")
         self._peers.bind(urls, only)
+        self._listen()
 
     def unbind(self, url: str) -> None:
         """Stop listening on ``url``."""
@@ -53,4 +56,15 @@ class ClientBinding:
         """
         if self._closed:
             raise ClientClosedError("the client is closed")
-        return self._peers.bind_ports(ip, port, min_port, max_port)
+        port = self._peers.bind_ports(ip, port, min_port, max_port)
+        self._listen()
+        return port
+
+    def _listen(self) -> None:
+        """Read from now on: services that connect announce themselves before any call (with
+        no loop running yet, reading starts with the first call)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._start()

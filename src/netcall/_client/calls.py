@@ -4,7 +4,7 @@ timeouts)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import protocol as p
@@ -104,12 +104,16 @@ def call_frames(
     oneway: bool,
     window: int,
     arguments: tuple[bytes, bytes | None],
+    metadata: Mapping[str, str] | None = None,
 ) -> list[Any]:
-    """The frames of a CALL to ``peer``, routing id first.
+    """The frames of a CALL to ``peer``, routing id first (metadata, checked, last).
 
     Raises:
         EncodingError: the method name cannot be encoded.
     """
+    flags = p.FLAG_ONEWAY if oneway else 0
+    if metadata:
+        flags |= p.FLAG_METADATA
     try:
         head = p.call_head(
             rid,
@@ -117,12 +121,15 @@ def call_frames(
             serializer,
             # The time remaining: 0 for none; a spent one (0 s or less) as SPENT.
             0.0 if timeout is None else (timeout if timeout >= MIN_REMAINING else SPENT),
-            p.FLAG_ONEWAY if oneway else 0,
+            flags,
             window,
         )
     except UnicodeEncodeError as exc:
         raise EncodingError(*exc.args) from exc
     payload, kw_payload = arguments
-    if kw_payload is None:
-        return [peer.rid, head, payload]
-    return [peer.rid, head, payload, kw_payload]
+    frames = [peer.rid, head, payload]
+    if kw_payload is not None:
+        frames.append(kw_payload)
+    if metadata:
+        frames.append(p.encode_metadata(metadata))
+    return frames

@@ -217,23 +217,25 @@ class ItemBatches:
 
     __slots__ = ("_batch", "_gen", "loads")
 
-    def __init__(self, gen: RemoteGenerator) -> None:
-        self._gen = gen
+    def __init__(self, gen: Any) -> None:
+        # A middleware's wrapper of a stream is stepped item by item (no batches).
+        self._gen = gen if isinstance(gen, RemoteGenerator) else None
         self._batch: deque[bytes] = deque()
-        self.loads = gen._state.table.serializer.loads
+        self.loads = gen._state.table.serializer.loads if self._gen is not None else None
 
     def __bool__(self) -> bool:
         return bool(self._batch)
 
     def pop(self) -> Any:
         """The next item of the current batch, decoded."""
-        return self.loads(self._batch.popleft())
+        return self.loads(self._batch.popleft())  # type: ignore[misc]
 
     def fetch(self, limit: int) -> Awaitable[list[bytes]] | None:
         """On the loop: the next batch (at most ``limit``) of a prefetching stream, for
         :meth:`fill`; ``None`` for a lock-step stream (step it with ``__anext__``)."""
-        if self._gen._state.state is _PREFETCH:
-            return self._gen._anext_payloads(limit)
+        gen = self._gen
+        if gen is not None and gen._state.state is _PREFETCH:
+            return gen._anext_payloads(limit)
         return None
 
     def fill(self, payloads: list[bytes]) -> None:

@@ -6,9 +6,13 @@ They hold only an :data:`Invoke` function (the client's way to make a call), nev
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from threading import get_ident
+from typing import Any, TypeVar
 
+from .._context import CallContext, _current
+from ..errors import RPCError, RPCTimeoutError
 from .generator import RemoteGenerator
 
 __all__ = ["UNSET", "Call", "Invoke", "Method", "Options"]
@@ -16,48 +20,65 @@ __all__ = ["UNSET", "Call", "Invoke", "Method", "Options"]
 #: ``timeout`` not given: the client's default applies.
 UNSET: Any = object()
 
-#: ``invoke(method, args, kwargs, timeout, oneway, prefetch)`` makes one call and returns its
-#: result (a :class:`RemoteGenerator` for a stream; ``prefetch``: open it prefetching).
-Invoke = Callable[[str, tuple[Any, ...], dict[str, Any], Any, bool, bool], Awaitable[Any]]
+T = TypeVar("T")
+
+#: ``invoke(method, args, kwargs, timeout, oneway, prefetch, metadata, parent)`` makes one call
+#: and returns its result (a :class:`RemoteGenerator` for a stream; ``prefetch``: open it
+#: prefetching; ``parent``: the call being served where this one was made, or ``None``).
+Invoke = Callable[..., Awaitable[Any]]
+
+_Metadata = Mapping[str, str] | None
 
 
 class Options:
     """``client.with_options(...)``: calls through it carry these options."""
 
-    __slots__ = ("_invoke", "_oneway", "_timeout")
+    __slots__ = ("_invoke", "_metadata", "_oneway", "_timeout")
 
-    def __init__(self, invoke: Invoke, timeout: Any, oneway: bool) -> None:
+    def __init__(self, invoke: Invoke, timeout: Any, oneway: bool, metadata: _Metadata) -> None:
         self._invoke = invoke
         self._timeout = timeout
         self._oneway = oneway
+        self._metadata = metadata
 
     def __getattr__(self, name: str) -> Method:
         if name.startswith("_"):
             raise AttributeError(name)
-        return Method(self._invoke, name, self._timeout, self._oneway)
+        return Method(self._invoke, name, self._timeout, self._oneway, self._metadata)
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Call:
-        return Call(self._invoke, name, args, kwargs, self._timeout, self._oneway)
+        return Call(self._invoke, name, args, kwargs, self._timeout, self._oneway, self._metadata)
+
+    def typed(self, protocol: Callable[..., T]) -> T:
+        """This view, typed as ``protocol`` (see :meth:`netcall.RPCClient.typed`)."""
+        return self  # type: ignore[return-value]
 
 
 class Method:
     """``client.name``: call it; its attributes are dotted sub-names."""
 
-    __slots__ = ("_invoke", "_name", "_oneway", "_timeout")
+    __slots__ = ("_invoke", "_metadata", "_name", "_oneway", "_timeout")
 
-    def __init__(self, invoke: Invoke, name: str, timeout: Any, oneway: bool) -> None:
+    def __init__(
+        self, invoke: Invoke, name: str, timeout: Any, oneway: bool, metadata: _Metadata = None
+    ) -> None:
         self._invoke = invoke
         self._name = name
         self._timeout = timeout
         self._oneway = oneway
+        self._metadata = metadata
 
     def __getattr__(self, name: str) -> Method:
         if name.startswith("_"):
             raise AttributeError(name)
-        return Method(self._invoke, f"{self._name}.{name}", self._timeout, self._oneway)
+        return Method(
+            self._invoke, f"{self._name}.{name}", self._timeout, self._oneway, self._metadata
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Call:
-        return Call(self._invoke, self._name, args, kwargs, self._timeout, self._oneway)
+        return Call(
+            self._invoke, self._name, args, kwargs, self._timeout, self._oneway, self._metadata
+        )
 
     def __repr__(self) -> str:
         return f"<remote method {self._name!r}>"
@@ -66,7 +87,17 @@ class Method:
 class Call:
     """A call not yet made: ``await`` it for the result, or ``async for`` over a stream."""
 
-    __slots__ = ("_args", "_invoke", "_kwargs", "_name", "_oneway", "_timeout")
+    __slots__ = (
+        "_args",
+        "_invoke",
+        "_kwargs",
+        "_metadata",
+        "_name",
+        "_oneway",
+        "_parent",
+        "_thread",
+        "_timeout",
+    )
 
     def __init__(
         self,
@@ -76,6 +107,7 @@ class Call:
         kwargs: dict[str, Any],
         timeout: Any,
         oneway: bool,
+        metadata: _Metadata = None,
     ) -> None:
         self._invoke = invoke
         self._name = name
@@ -83,11 +115,31 @@ class Call:
         self._kwargs = kwargs
         self._timeout = timeout
         self._oneway = oneway
+        self._metadata = metadata
+        # The call being served here, if any (read now: a bridge awaits in another thread).
+        parent = self._parent = _current.get()
+        self._thread = get_ident() if parent is not None else 0
+
+    def _make(self, prefetch: bool) -> Awaitable[Any]:
+        call = self._invoke(
+            self._name,
+            self._args,
+            self._kwargs,
+            self._timeout,
+            self._oneway,
+            prefetch,
+            self._metadata,
+            self._parent,
+        )
+        parent = self._parent
+        if parent is not None and parent._task is not None and self._thread != get_ident():
+            # Made for a handler from another thread (a blocking client in an executor
+            # thread): nothing would cancel it with the handler's task; the link does.
+            return _linked(call, parent, self._name)
+        return call
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return self._invoke(
-            self._name, self._args, self._kwargs, self._timeout, self._oneway, False
-        ).__await__()
+        return self._make(False).__await__()
 
     def __aiter__(self) -> StreamIterator:
         return StreamIterator(self)
@@ -103,7 +155,7 @@ class StreamIterator:
 
     def __init__(self, call: Call) -> None:
         self._call = call
-        self._gen: RemoteGenerator | None = None
+        self._gen: Any = None  # the stream (a RemoteGenerator, or a middleware's wrapper)
 
     def __aiter__(self) -> StreamIterator:
         return self
@@ -112,14 +164,15 @@ class StreamIterator:
         gen = self._gen
         if gen is None:
             return self._open_and_next()
-        return gen.__anext__()
+        return gen.__anext__()  # type: ignore[no-any-return]
 
     async def _open_and_next(self) -> Any:
         gen = self._gen
         if gen is None:
             c = self._call
-            result = await c._invoke(c._name, c._args, c._kwargs, c._timeout, False, True)
-            if not isinstance(result, RemoteGenerator):
+            c._oneway = False
+            result = await c._make(True)
+            if not isinstance(result, RemoteGenerator) and not hasattr(result, "__anext__"):
                 raise TypeError(f"{c._name!r} returned a value, not a stream")
             gen = self._gen = result
         return await gen.__anext__()
@@ -127,3 +180,61 @@ class StreamIterator:
     async def aclose(self) -> None:
         if self._gen is not None:
             await self._gen.aclose()
+
+
+async def _linked(call: Awaitable[Any], parent: CallContext, name: str) -> Any:
+    """``call``, cancelled if the served call's task is cancelled first. The served call may
+    run on another loop (a blocking client's calls run on netcall's own loop thread).
+
+    Raises:
+        RPCTimeoutError: the served call's deadline passed, so this call was cancelled.
+        RPCError: the served call was cancelled, so this one was (on the service too).
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    served: asyncio.Future[Any] = parent._task
+    served_loop = served.get_loop()
+
+    def cancel(_: object) -> None:  # on the served call's loop
+        if served.cancelled():
+            try:
+                loop.call_soon_threadsafe(_cancel, task)
+            except RuntimeError:  # our loop is closed: nothing left to cancel
+                pass
+
+    _on_loop(served_loop, loop, served.add_done_callback, cancel)
+    try:
+        return await call
+    except asyncio.CancelledError:
+        if not served.cancelled():
+            raise
+        if hasattr(task, "uncancel"):
+            task.uncancel()
+        if parent.deadline is not None and parent.deadline.expired:
+            raise RPCTimeoutError(
+                f"{name!r}: the deadline of the call being served passed"
+            ) from None
+        raise RPCError(f"{name!r} was cancelled: the call being served was cancelled") from None
+    finally:
+        _on_loop(served_loop, loop, served.remove_done_callback, cancel)
+
+
+def _on_loop(
+    target: asyncio.AbstractEventLoop,
+    here: asyncio.AbstractEventLoop,
+    fn: Callable[[Any], Any],
+    arg: Any,
+) -> None:
+    if target is here:
+        fn(arg)
+        return
+    try:
+        target.call_soon_threadsafe(fn, arg)
+    except RuntimeError:  # that loop is closed: its task will never be cancelled now
+        pass
+
+
+def _cancel(task: asyncio.Task[Any]) -> None:
+    if not task.done():
+        task.cancel()

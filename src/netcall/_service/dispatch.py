@@ -9,25 +9,32 @@ only place a handler is called (middleware, thread offload).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import inspect
+import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .. import protocol as p
 from .._context import CallContext, _current
 from .._deadline import MIN_REMAINING, Deadline
+from .._metadata import check_metadata
+from .._middleware import ServiceMiddleware
+from .._ratelog import RateLimitedLog
 from .._reactor import SocketDriver
 from ..errors import SerializationError, remote_type_name
 from ..serializers import Serializer
+from .chain import ServiceChain, is_stream
 from .registry import Handler, HandlerRegistry
 from .replies import Replies
 from .runner import Runner
 from .streams import Producers, close_generator_soon, is_generator
 
 __all__ = ["Dispatcher"]
+
+log = logging.getLogger("netcall")
+_debug = log.isEnabledFor
 
 _isgenerator = inspect.isgenerator
 _isasyncgen = inspect.isasyncgen
@@ -44,6 +51,7 @@ class Dispatcher:
         producers: Producers,
         serializer: Serializer,
         max_concurrent: int | None,
+        middleware: Sequence[ServiceMiddleware] = (),
     ) -> None:
         self._registry = registry
         self._replies = replies
@@ -53,6 +61,10 @@ class Dispatcher:
         self._handlers = registry.by_name
         self._serializer = serializer
         self._max_concurrent = max_concurrent
+        #: The service's middleware (empty: handlers are called directly).
+        self.chain = ServiceChain(runner, middleware)
+        # Handler errors are logged, but a client cannot flood the log with them.
+        self.log = producers.log = RateLimitedLog(log)
         self.calls: dict[tuple[bytes, int], asyncio.Future[Any]] = {}
         # Calls the client cancelled: their task may already be done, its done-callback not yet
         # run (cancel() is then a no-op): that callback must not answer or open a stream.
@@ -64,10 +76,12 @@ class Dispatcher:
 
     # -- hooks ----------------------------------------------------------------------------
 
-    def context(self, peer: bytes, msg: p.Call, deadline: Deadline | None) -> CallContext:
+    def context(
+        self, peer: bytes, msg: p.Call, deadline: Deadline | None, args: Any, kwargs: Any
+    ) -> CallContext:
         """The one place a call's context is built."""
         key = self.peer_key(msg)
-        return CallContext(msg.method, peer, deadline, msg.oneway, msg.metadata, key)
+        return CallContext(msg.method, peer, deadline, msg.oneway, msg.metadata, key, args, kwargs)
 
     def peer_key(self, msg: p.Call) -> str | None:
         """The CURVE key of the caller whose message is being handled (None without CURVE):
@@ -79,9 +93,11 @@ class Dispatcher:
         keys = self.keys
         return None if keys is None else keys.peer_key
 
-    def invoke(self, handler: Handler, args: Any, kwargs: dict[str, Any]) -> Any:
+    def invoke(self, handler: Handler, args: Any, kwargs: dict[str, Any], ctx: CallContext) -> Any:
         """The one place a handler is called: its result (sync handler run inline), or an
-        awaitable for it (async handler, or sync handler sent to the runner)."""
+        awaitable for it (async handler, sync handler sent to the runner, middleware)."""
+        if self.chain.middleware:
+            return self.chain.run(handler, args, kwargs, ctx)
         if handler.is_async or self._runner.inline:
             return handler.fn(*args, **kwargs)
         return self._runner.run(functools.partial(handler.fn, *args, **kwargs))
@@ -148,20 +164,23 @@ class Dispatcher:
             return
         if msg.oneway:
             self._replies.send(peer, p.Ack(rid).to_frames())
-        inline = not handler.is_async and self._runner.inline
+        inline = not handler.is_async and self._runner.inline and not self.chain.middleware
         if not inline and self.at_limit(peer, rid):
             return
         self._replies.guard.counts["calls"] += 1
-        ctx = self.context(peer, msg, deadline)
+        ctx = self.context(peer, msg, deadline, args, kwargs)
+        if _debug(logging.DEBUG):
+            log.debug("netcall: call %s from %s", msg.method, peer.hex())
         token = _current.set(ctx)
         try:
-            result = self.invoke(handler, args, kwargs)
+            result = self.invoke(handler, args, kwargs, ctx)
             if inline and not inspect.isawaitable(result):
                 # Fast path: a sync handler ran inline, no task.
                 self._finish(peer, msg, ctx, result)
                 return
             # The task runs in a copy of this context, where current_call() is this call.
             task = _start_task(self.loop, result)  # type: ignore[arg-type]
+            ctx._task = task
         except Exception as exc:
             self._handler_failed(peer, msg, handler, args, kwargs, exc)
             return
@@ -195,6 +214,11 @@ class Dispatcher:
         key = (peer, msg.id)
         if key in self.calls or key in self._open_streams:
             return p.ERR_PROTOCOL, f"request id {msg.id} is in use"
+        if msg.metadata:
+            try:
+                check_metadata(msg.metadata)
+            except ValueError as exc:  # a client that skipped its own checks
+                return p.ERR_PROTOCOL, f"bad metadata: {exc}"
         return None
 
     def cancel(self, peer: bytes, rid: int) -> bool:
@@ -221,6 +245,7 @@ class Dispatcher:
         task: asyncio.Future[Any],
     ) -> None:
         """A handler task ended (also when it was cancelled before it ever ran)."""
+        ctx._task = None  # the task's context holds ctx: no reference cycle left behind
         key = (peer, msg.id)
         if self.calls.pop(key, None) is not None:
             self._replies.guard.unloaded(peer)
@@ -228,7 +253,7 @@ class Dispatcher:
             timer.cancel()
         if key in self._abandoned:
             self._abandoned.discard(key)
-            if not task.cancelled() and task.exception() is None and is_generator(task.result()):
+            if not task.cancelled() and task.exception() is None and self._is_stream(task.result()):
                 close_generator_soon(task.result())
             return
         if task.cancelled():
@@ -262,23 +287,42 @@ class Dispatcher:
         exc: Exception,
     ) -> None:
         self._replies.guard.counts["errors"] += 1
-        if msg.oneway:
-            self._replies.guard.failed("netcall: one-way call %s failed", handler.name, exc=exc)
-            return
-        if isinstance(exc, TypeError) and not _binds(handler.fn, args, kwargs):
+        if not msg.oneway and isinstance(exc, TypeError) and not _binds(handler.fn, args, kwargs):
             self._replies.refuse(
                 peer, msg.id, "TypeError", f"bad arguments for {handler.name!r}: {exc}"
             )
             return
-        self._replies.error(peer, msg.id, exc)
+        # A handler interrupted (Ctrl-C or exit in its greenlet) is not a handler bug: the
+        # interruption is reported where it lands (serve()); here it is only a DEBUG line.
+        cause = exc.__cause__
+        interrupted = cause is not None and not isinstance(cause, Exception)
+        self.log(
+            "handler error",
+            logging.DEBUG if interrupted else logging.WARNING,
+            "netcall: %s%s raised %s (client %s)",
+            "one-way call " if msg.oneway else "",
+            handler.name,
+            type(exc).__name__,
+            peer.hex(),
+            exc_info=exc,
+        )
+        if not msg.oneway:
+            self._replies.error(peer, msg.id, exc)
+
+    def _is_stream(self, result: Any) -> bool:
+        return is_generator(result) or (bool(self.chain.middleware) and is_stream(result))
 
     def _finish(self, peer: bytes, msg: p.Call, ctx: CallContext, result: Any) -> None:
-        if _isgenerator(result) or _isasyncgen(result):
+        if (
+            _isgenerator(result)
+            or _isasyncgen(result)
+            or (self.chain.middleware and is_stream(result))
+        ):
             if msg.oneway or self.at_limit(peer, msg.id) or self._streams_full(peer, msg.id):
                 close_generator_soon(result)
                 return
             # A stream's steps have no deadline of their own (each client step has a timeout).
-            self._producers.open(peer, msg, result, dataclasses.replace(ctx, deadline=None))
+            self._producers.open(peer, msg, result, ctx.without_deadline())
             return
         if msg.oneway:
             return

@@ -14,13 +14,16 @@ from typing import Any
 
 from .. import protocol as p
 from .._context import CallContext, _current
+from .._ratelog import RateLimitedLog
 from ..errors import ProtocolError, SerializationError, exception_for_throw
 from ..protocol.session import SERVICE_STREAM, add_credit, service_stream_next
 from ..serializers import Serializer
 from .replies import Replies
 from .runner import Runner
 
-__all__ = ["Producers", "close_generator_soon", "is_generator"]
+log = logging.getLogger("netcall")
+
+__all__ = ["Producers", "close_generator_soon", "is_generator", "sync_step"]
 
 _STREAM_YIELD_EVERY = 64  # a flowing stream yields to the loop this often (sync or async)
 STREAM_KINDS: dict[type, p.Kind] = {
@@ -62,7 +65,8 @@ class _Stream:
         self.method = msg.method
         self.gen = gen
         self.context = context
-        self.is_async = inspect.isasyncgen(gen)
+        # An async generator, or a middleware's stream (anything but a plain generator).
+        self.is_async = not inspect.isgenerator(gen)
         self.credit = window
         self.state = _S.FLOWING if window else _S.IDLE
         self.commands: list[tuple[str, Any]] = []
@@ -82,6 +86,8 @@ class Producers:
         self, replies: Replies, serializer: Serializer, runner: Runner, lease: float
     ) -> None:
         self._replies = replies
+        # Where a generator's error is logged (rate-limited; the dispatcher shares its own).
+        self.log = RateLimitedLog(log)
         self._serializer = serializer
         self._runner = runner
         self.lease = lease
@@ -197,7 +203,7 @@ class Producers:
                 return False, await gen.athrow(value)
             except StopAsyncIteration:
                 return True, None
-        fn = functools.partial(_sync_step, gen.send if op == "send" else gen.throw, value)
+        fn = functools.partial(sync_step, gen.send if op == "send" else gen.throw, value)
         if self._runner.inline:
             return fn()
         return await self._runner.run(fn)
@@ -233,6 +239,15 @@ class Producers:
                         return
                 except Exception as exc:
                     replies.guard.counts["errors"] += 1
+                    self.log(
+                        "handler error",
+                        logging.WARNING,
+                        "netcall: stream %s raised %s (client %s)",
+                        stream.method,
+                        type(exc).__name__,
+                        stream.peer.hex(),
+                        exc_info=exc,
+                    )
                     replies.error(stream.peer, stream.rid, exc)
                     return
                 try:
@@ -333,7 +348,7 @@ class Producers:
             self._schedule_reaper()
 
 
-def _sync_step(step: Callable[[Any], Any], value: Any) -> tuple[bool, Any]:
+def sync_step(step: Callable[[Any], Any], value: Any) -> tuple[bool, Any]:
     # StopIteration must not escape into a coroutine (PEP 479) or a Future: report it.
     try:
         return False, step(value)

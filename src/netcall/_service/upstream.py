@@ -26,6 +26,7 @@ import zmq.utils.monitor
 from .. import protocol as p
 from .._edge import map_exceptions
 from .._reactor import SocketDriver
+from ..security import CurveClient, CurveServer, handshake_error
 from .dispatch import Dispatcher
 from .registry import HandlerRegistry
 from .streams import Producers
@@ -34,7 +35,12 @@ __all__ = ["ServiceConnecting", "Upstreams"]
 
 log = logging.getLogger("netcall")
 
-_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | _FAILED
 
 
 class Upstreams:
@@ -45,9 +51,17 @@ class Upstreams:
         hello: builds the service's HELLO (called for every announcement).
     """
 
-    def __init__(self, sock: zmq.Socket[Any], hello: Callable[[], p.Hello]) -> None:
+    def __init__(
+        self,
+        sock: zmq.Socket[Any],
+        hello: Callable[[], p.Hello],
+        own: CurveServer | None = None,
+    ) -> None:
         self._sock = sock
         self._hello = hello
+        self._own = own  # the socket's security for its binds, restored after a CURVE connect
+        self._secure: set[bytes] = set()
+        self._failed: dict[bytes, str] = {}  # the last handshake failure logged, per peer
         self._peers: dict[str, bytes] = {}  # url -> the routing id we gave that peer
         self._ids: set[bytes] = set()
         self._up: set[bytes] = set()
@@ -59,6 +73,7 @@ class Upstreams:
         self._on_lost: Callable[[bytes], None] | None = None
         self._announce_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._plain = sock.get(zmq.MECHANISM) == zmq.NULL  # no CURVE on this socket
 
     @property
     def connected(self) -> set[str]:
@@ -69,12 +84,27 @@ class Upstreams:
         """Whether ``peer`` is a routing id this service gave an endpoint it connected to."""
         return peer in self._ids
 
-    def connect(self, urls: str | Iterable[str]) -> None:
-        """Connect out to ``urls`` (a broker's backend, or a client that binds).
+    def vouches(self, peer: bytes) -> bool:
+        """Whether ``peer`` may tell this service who its caller is (a broker's word): a peer
+        this service connected to, over a link without CURVE, or over one where this service
+        is the CURVE client of the key it was given (``connect(url, security=...)``: the peer
+        proved it holds that key). Where this service is the CURVE server, the link's own key
+        is the caller's: a client that binds must not claim another key."""
+        return peer in self._ids and (self._plain or peer in self._secure)
+
+    def connect(self, urls: str | Iterable[str], security: CurveClient | None = None) -> None:
+        """Connect out to ``urls`` (a broker's backend, or a client that binds), as a CURVE
+        client with ``security``.
 
         Raises:
             TransportError: a malformed endpoint.
+            TypeError: ``security`` is not ``Curve.client(...)``.
         """
+        if security is not None and not isinstance(security, CurveClient):
+            raise TypeError(
+                "service.connect(security=) takes Curve.client(<the peer's public key>, "
+                f"keypair=...), not {type(security).__name__}"
+            )
         for url in [urls] if isinstance(urls, str) else list(urls):
             if url in self._peers:
                 continue
@@ -86,13 +116,32 @@ class Upstreams:
             peer = b"\x01up" + os.urandom(12)
             with map_exceptions(f"cannot connect to {url!r}"):
                 self._sock.setsockopt(zmq.CONNECT_ROUTING_ID, peer)
-                self._sock.connect(url)
+                self._connect(url, security)
             self._peers[url] = peer
+            if security is not None:
+                self._secure.add(peer)
             self._ids.add(peer)
             if url.startswith("inproc://"):
                 # inproc reports no handshake: the connection is as good as made.
                 self._up.add(peer)
                 self._say(peer, self._hello().to_frames())
+
+    def _connect(self, url: str, security: CurveClient | None) -> None:
+        # ZeroMQ copies a socket's options into each connection (and each bind) when it is
+        # made: the CURVE client options count for this connection only, then the socket's own
+        # (a CURVE server for its binds, or none) come back.
+        if security is None:
+            self._sock.connect(url)
+            return
+        try:
+            security.apply(self._sock)
+            self._sock.connect(url)
+        finally:
+            if self._own is not None:
+                self._sock.setsockopt(zmq.CURVE_SERVER, 1)
+                self._sock.setsockopt(zmq.CURVE_SECRETKEY, self._own.keypair.secret)  # type: ignore[arg-type]
+            else:
+                self._sock.setsockopt(zmq.CURVE_SERVER, 0)  # back to the NULL mechanism
 
     def disconnect(self, url: str) -> None:
         """Stop connecting to ``url``; calls that came through it are ended."""
@@ -141,10 +190,26 @@ class Upstreams:
         if peer is None:  # a client connected to one of the service's bound endpoints
             return
         if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._failed.pop(peer, None)
             self._up.add(peer)
             self._say(peer, self._hello().to_frames())
+        elif event["event"] & _FAILED:
+            self._refused(peer, url, int(event["event"]), int(event["value"]))
         elif event["event"] == zmq.EVENT_DISCONNECTED:
             self._lost(peer)
+
+    def _refused(self, peer: bytes, url: str, event: int, value: int) -> None:
+        # ZeroMQ retries every reconnect interval: say it once, until the next success.
+        error = handshake_error(event, value, url, peer in self._secure)
+        text = str(error) if error is not None else f"the handshake with {url} failed"
+        text = text.replace(  # the client's advice, in the words of a service connecting out
+            "give this client security=Curve.client(<the service's public key>)",
+            "connect with security=Curve.client(<its public key>, keypair=...)",
+        )
+        text = text.replace("this client", "this service").replace("the service", "the peer")
+        if self._failed.get(peer) != text:
+            self._failed[peer] = text
+            log.warning("netcall: a service's connection out: %s", text)
 
     def _lost(self, peer: bytes) -> None:
         if peer in self._up:
@@ -202,20 +267,28 @@ class ServiceConnecting:
         """The endpoints this service connected out to (see :meth:`connect`)."""
         return self._upstreams.connected
 
-    def connect(self, urls: str | Iterable[str]) -> None:
+    def connect(self, urls: str | Iterable[str], security: CurveClient | None = None) -> None:
         """Connect out to a broker's backend, or to a client that binds (a service may both
         bind and connect). On every (re)connection the service announces its methods and
         ``max_concurrent`` (again when its methods change); calls from that peer are served
         like any other. A connection that breaks ends the calls and streams that came through
         it.
 
+        ``security``: ``Curve.client(<the peer's public key>, keypair=<this service's>)``
+        from :mod:`netcall.security`: on this connection the service is the CURVE *client*
+        (for a broker started with ``backend_security=Curve.server(...)``, whose allowlist
+        holds the service's public key). It applies to ``urls`` only: the service's own
+        ``security=`` (``Curve.server``) stays on its bound endpoints. A refused handshake is
+        logged as a warning (ZeroMQ keeps retrying).
+
         Raises:
             TransportError: a malformed endpoint (also a ``zmq.ZMQError``).
+            TypeError: ``security`` is not ``Curve.client(...)``.
             RuntimeError: the service is closed.
         """
         if self._closed:
             raise RuntimeError("the service is closed")
-        self._upstreams.connect(urls)
+        self._upstreams.connect(urls, security)
 
     def disconnect(self, url: str) -> None:
         """Stop connecting out to ``url``."""

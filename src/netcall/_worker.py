@@ -1,0 +1,106 @@
+"""One worker process of :mod:`netcall.workers` (run as ``python -m netcall._worker``).
+
+::
+
+    python -m netcall._worker <module:attribute> <backend url> <parent fd> <grace>
+
+It loads the service (see :func:`load_service`), connects it out to the pool's broker and
+serves until its parent tells it to stop (SIGTERM: a graceful :meth:`RPCService.stop`) or goes
+away: ``<parent fd>`` is the read end of a pipe whose write end only the parent holds, so it
+reads end-of-file the moment the parent exits, however it died. SIGINT is ignored: Ctrl-C
+reaches the whole process group, and the parent orders the shutdown.
+
+Exit codes: 0 after a stop, :data:`BAD_TARGET` when the service cannot be loaded (the pool does
+not restart such a worker), 70 when a stop ordered by a vanished parent overran its grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from .service import RPCService
+
+__all__ = ["BAD_TARGET", "load_service"]
+
+#: The exit code of a worker whose service cannot be loaded.
+BAD_TARGET = 3
+
+
+def load_service(spec: str) -> RPCService:
+    """The service ``module:attribute`` names: an :class:`RPCService`, a subclass of it
+    (instantiated), or a function of no arguments returning one (attribute default:
+    ``service``).
+
+    Raises:
+        ImportError: the module cannot be imported.
+        AttributeError: the module has no such attribute.
+        TypeError: the attribute is not, and does not make, an RPCService.
+    """
+    module_name, _, attr = spec.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in (attr or "service").split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, RPCService) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, RPCService):
+        raise TypeError(f"{spec} is not an RPCService, an RPCService subclass or a factory of one")
+    return obj
+
+
+def _watch_parent(fd: int, loop: asyncio.AbstractEventLoop, stop: Any, grace: float) -> None:
+    """In a thread: when the parent's pipe closes, stop; if that overruns, exit anyway (a
+    handler that never yields must not keep an orphan alive)."""
+    while True:
+        try:
+            if not os.read(fd, 64):
+                break
+        except InterruptedError:  # pragma: no cover - PEP 475 retries
+            continue
+        except OSError:
+            break
+    try:
+        loop.call_soon_threadsafe(stop)
+    except RuntimeError:  # the loop is closed: the worker is exiting anyway
+        return
+    time.sleep(grace + 2.0)
+    os._exit(70)
+
+
+async def _serve(spec: str, backend: str, parent_fd: int, grace: float) -> int:
+    try:
+        service = load_service(spec)
+    except Exception:
+        traceback.print_exc()
+        return BAD_TARGET
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def stop() -> None:
+        if not stopping:
+            stopping.append(loop.create_task(service.stop(grace)))
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    threading.Thread(target=_watch_parent, args=(parent_fd, loop, stop, grace), daemon=True).start()
+    service.connect(backend)
+    await service.serve()
+    if stopping:
+        await stopping[0]
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    spec, backend, fd, grace = (argv if argv is not None else sys.argv[1:])[:4]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return asyncio.run(_serve(spec, backend, int(fd), float(grace)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

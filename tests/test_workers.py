@@ -1,0 +1,237 @@
+"""netcall.workers: N service processes behind one endpoint, every worker a real process.
+
+Worker pids come back from the handlers, so a test sees which process served a call; the
+parent itself runs as a subprocess where a test kills it or sends it SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import tcp_url
+from netcall import ConnectionLostError, RPCClient
+from netcall.workers import WorkerPool
+
+pytestmark = pytest.mark.timeout(60)
+
+TESTS = Path(__file__).resolve().parent
+SRC = TESTS.parent / "src"
+
+
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return not any(line.startswith("State:") and "Z" in line for line in f)
+    except FileNotFoundError:
+        return False
+
+
+async def wait_gone(pids: set[int], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"still alive: {[p for p in pids if alive(p)]}"
+        await asyncio.sleep(0.05)
+
+
+async def pids_seen(client: RPCClient, n: int, timeout: float = 15.0) -> set[int]:
+    """Call pid() (64 at a time) until ``n`` different workers answered."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < n:
+        assert time.monotonic() < deadline, f"only {seen} answered"
+        got = await asyncio.gather(*[client.slow(0.01) for _ in range(16)], return_exceptions=True)
+        # A call that reached a worker as it was killed fails (the broker then drops it).
+        assert all(isinstance(x, int | ConnectionLostError) for x in got), got
+        seen.update(x for x in got if isinstance(x, int))
+    return seen
+
+
+@pytest.fixture
+def pool_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(TESTS))
+
+
+@pytest.fixture
+async def client(ctx):
+    c = RPCClient(timeout=10, context=ctx)
+    yield c
+    c.close()
+
+
+@pytest.mark.parametrize("target", ["_workers_service:service", "_workers_service:make_service"])
+async def test_calls_spread_over_workers(pool_env, ctx, client, target):
+    url = tcp_url()
+    async with WorkerPool(target, 2, bind=url, context=ctx) as pool:
+        await pool.wait_ready()
+        assert len(pool.pids) == 2
+        client.connect(url)
+        got = await asyncio.gather(*[client.pid() for _ in range(40)])
+        assert set(got) == set(pool.pids)
+        assert len(pool.stats()["broker"]["services"]) == 2
+        pids = set(pool.pids)
+    await wait_gone(pids, timeout=2)
+    assert not Path(pool.backend[len("ipc://") :]).parent.exists()
+
+
+async def test_a_factory_passed_as_a_function(pool_env, ctx, client):
+    import _workers_service
+
+    url = tcp_url()
+    async with WorkerPool(_workers_service.make_service, 1, bind=url, context=ctx) as pool:
+        assert pool.spec == "_workers_service:make_service"
+        await pool.wait_ready()
+        client.connect(url)
+        assert await client.pid() == pool.pids[0]
+
+
+def test_targets_that_cannot_be_named():
+    with pytest.raises(ValueError, match="importable by name"):
+        WorkerPool(lambda: None, 1, bind="tcp://127.0.0.1:1")
+    with pytest.raises(ValueError, match="at least 1"):
+        WorkerPool("x:y", 0, bind="tcp://127.0.0.1:1")
+
+
+@pytest.mark.parametrize("target", ["_workers_service:not_a_service", "no_such_module_x:service"])
+async def test_a_target_that_does_not_load_is_reported_not_restarted(pool_env, ctx, target):
+    async with WorkerPool(target, 2, bind=tcp_url(), context=ctx) as pool:
+        with pytest.raises(RuntimeError, match="cannot load"):
+            await pool.wait_ready()
+        await asyncio.sleep(0.3)
+        assert all(w["restarts"] == 0 for w in pool.stats()["workers"])
+
+
+async def test_a_killed_worker_is_restarted(pool_env, ctx, client):
+    url = tcp_url()
+    async with WorkerPool("_workers_service:service", 2, bind=url, context=ctx) as pool:
+        await pool.wait_ready()
+        client.connect(url)
+        victim = pool.pids[0]
+        os.kill(victim, signal.SIGKILL)
+        await wait_gone({victim})
+        # The other worker serves meanwhile; the pool brings a new one up.
+        await pids_seen(client, 1)
+        deadline = time.monotonic() + 10
+        while not (len(pool.pids) == 2 and victim not in pool.pids):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await pool.wait_ready()
+        seen = await pids_seen(client, 2)
+        assert victim not in seen and seen == set(pool.pids)
+        assert sum(w["restarts"] for w in pool.stats()["workers"]) == 1
+        assert [-signal.SIGKILL] in [w["exits"] for w in pool.stats()["workers"]]
+
+
+def _parent(url: str, grace: float = 5) -> subprocess.Popen[bytes]:
+    code = (
+        "import sys; from netcall.workers import serve_workers; "
+        f"serve_workers('_workers_service:service', 2, bind={url!r}, grace={grace})"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), str(TESTS)]))
+    return subprocess.Popen([sys.executable, "-c", code], env=env)
+
+
+async def test_workers_exit_when_the_parent_is_killed(ctx, client):
+    url = tcp_url()
+    parent = _parent(url)
+    try:
+        client.connect(url)
+        pids = await pids_seen(client, 2)
+        parent.kill()
+        parent.wait()
+        await wait_gone(pids, timeout=10)
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+async def test_a_busy_worker_exits_too_when_the_parent_is_killed(ctx, client):
+    # A handler that never yields keeps the worker's loop from stopping: the parent-death
+    # watch exits the process anyway, grace + 2 s later.
+    url = tcp_url()
+    parent = _parent(url, grace=0.5)
+    try:
+        client.connect(url)
+        pids = await pids_seen(client, 2)
+        busy = [asyncio.ensure_future(client.call("burn", 10**9, timeout=30)) for _ in range(2)]
+        await asyncio.sleep(0.5)
+        parent.kill()
+        parent.wait()
+        t0 = time.monotonic()
+        await wait_gone(pids, timeout=15)
+        assert time.monotonic() - t0 > 1.5  # the fallback, not a graceful stop
+        for call in busy:
+            call.cancel()
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+async def test_without_restart_a_dead_worker_is_reported(pool_env, ctx, client, caplog):
+    url = tcp_url()
+    async with WorkerPool(
+        "_workers_service:service", 2, bind=url, context=ctx, restart=False
+    ) as pool:
+        await pool.wait_ready()
+        victim = pool.pids[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while len(pool.pids) != 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        assert len(pool.pids) == 1 and victim not in pool.pids
+        assert any("exited with code -9" in r.getMessage() for r in caplog.records)
+        client.connect(url)
+        assert await pids_seen(client, 1) == set(pool.pids)
+
+
+async def test_sigint_stops_gracefully_calls_in_flight_finish(ctx, client):
+    url = tcp_url()
+    parent = _parent(url)
+    try:
+        client.connect(url)
+        pids = await pids_seen(client, 2)
+        calls = [asyncio.ensure_future(client.slow(1.0)) for _ in range(4)]
+        await asyncio.sleep(0.3)  # the calls reached the workers
+        parent.send_signal(signal.SIGINT)
+        got = await asyncio.gather(*calls)
+        assert set(got) <= pids
+        t0 = time.monotonic()
+        while parent.poll() is None:
+            assert time.monotonic() - t0 < 10
+            await asyncio.sleep(0.05)
+        assert parent.returncode == 0
+        await wait_gone(pids, timeout=2)
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+async def test_netcall_serve_workers_on_the_command_line(ctx, client):
+    url = tcp_url()
+    code = "import sys; from netcall.cli import main; sys.exit(main())"
+    args = ["serve", "_workers_service:service", "--bind", url, "--workers", "2"]
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args], cwd=TESTS, env=env, stdout=subprocess.PIPE
+    )
+    try:
+        client.connect(url)
+        pids = await pids_seen(client, 2)
+        proc.send_signal(signal.SIGINT)
+        out, _ = await asyncio.to_thread(proc.communicate, timeout=15)
+        assert proc.returncode == 0
+        assert b"with 2 workers" in out
+        await wait_gone(pids, timeout=2)
+    finally:
+        proc.kill()
+        proc.wait()
