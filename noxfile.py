@@ -5,6 +5,7 @@ nox -s tests-3.10 tests-3.13 lint typecheck docs    # what .ci/run runs
 nox -s docs              # the MkDocs site, built with --strict into site/
 nox -s bench -- --help   # benchmarks against raw pyzmq and peer libraries
 nox -s demo              # service + client demo with streaming
+nox -s fuzz -- --seconds 300    # hostile peers against a service process (issue 9)
 """
 
 from __future__ import annotations
@@ -124,6 +125,25 @@ def docs(session: nox.Session) -> None:
     """Build the MkDocs site (docs/, mkdocs.yml) with --strict into site/."""
     session.install(".[docs]")
     session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
+
+
+@nox.session(python=TOOLS_PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """Long fuzzing run: hostile peer processes (tests/fuzz_peer.py) against a service process
+    while an honest client calls it, for msgpack then JSON; then the property-based tests with
+    many more examples. Arguments after `--` go to the msgpack campaign (see its --help)."""
+    session.install(".[test]")
+    campaign = ["python", "tests/fuzz_peer.py", "campaign"]
+    session.run(*campaign, "--seconds", "120", "--attackers", "3", *session.posargs)
+    session.run(*campaign, "--seconds", "30", "--serializer", "json")
+    session.run(
+        "pytest",
+        "-q",
+        "-o",
+        "timeout=1800",
+        "tests/test_fuzz_props.py",
+        env={"HYPOTHESIS_PROFILE": "fuzz"},
+    )
 
 
 @nox.session(name="format", python=TOOLS_PYTHON)

@@ -6,6 +6,9 @@ import asyncio
 import gc
 import time
 from collections.abc import Callable
+from typing import Any
+
+import zmq
 
 
 async def wait_until(
@@ -24,3 +27,15 @@ async def wait_until(
         if time.monotonic() >= end:
             return bool(predicate())
         await asyncio.sleep(interval)
+
+
+async def recv_within(sock: Any, timeout: float = 2.0) -> list[bytes]:
+    """The next multipart message on a plain zmq socket, polled from the loop; fails the test
+    when none arrives within ``timeout``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            return sock.recv_multipart(zmq.NOBLOCK)  # type: ignore[no-any-return]
+        except zmq.Again:
+            await asyncio.sleep(0.005)
+    raise AssertionError(f"no message within {timeout} s")

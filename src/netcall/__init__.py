@@ -23,7 +23,7 @@ from ._edge import TransportError
 from ._metadata import MAX_METADATA_BYTES, MAX_METADATA_ITEMS
 from ._middleware import ClientMiddleware, OutgoingCall, ServiceMiddleware, observe_stream
 from .broker import Broker
-from .client import RemoteGenerator, RPCClient
+from .client import DEFAULT_TIMEOUT, RemoteGenerator, RPCClient
 from .errors import (
     AuthenticationError,
     ClientClosedError,
@@ -44,7 +44,7 @@ from .errors import (
     StreamClosedError,
 )
 from .serializers import JSONSerializer, MsgpackSerializer, PickleSerializer, Serializer
-from .service import RESERVED_NAMES, RPCService
+from .service import RESERVED_NAMES, Limits, RPCService
 
 __version__ = "1.0.0.dev0"
 
@@ -53,6 +53,7 @@ __version__ = "1.0.0.dev0"
 _logging.getLogger("netcall").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "MAX_METADATA_BYTES",
     "MAX_METADATA_ITEMS",
     "RESERVED_NAMES",
@@ -64,6 +65,7 @@ __all__ = [
     "ConnectionLostError",
     "EncodingError",
     "JSONSerializer",
+    "Limits",
     "MethodNotFoundError",
     "MsgpackSerializer",
     "OutgoingCall",

@@ -96,14 +96,25 @@ class Codec:
         return packers[depth]
 
     def _new_unpacker(self, size: int) -> msgpack.Unpacker:
-        # max_buffer_size also bounds the lengths a header may declare (arrays, maps, str).
+        # max_buffer_size also bounds the lengths a header may declare (arrays, maps, str); the
+        # buffer starts small and grows only as far as a payload needs.
+        size = max(size, 16)
         return msgpack.Unpacker(
             raw=False,
             strict_map_key=False,
             ext_hook=self.ext_hook,
             timestamp=0,
-            max_buffer_size=max(size, 16),
+            max_buffer_size=size,
+            read_size=min(size, 4096),
         )
+
+    def discard(self) -> None:
+        """Drop every packer and unpacker now. They refer back to this codec (``default``,
+        ``ext_hook``): without this the cycle would wait for the garbage collector, and a peer
+        sending failing messages could pile up megabytes of their buffers meanwhile."""
+        self.packers.clear()
+        self.unpackers.clear()
+        del self.packer, self.unpacker
 
     def _unpacker_at(self, depth: int) -> msgpack.Unpacker:
         unpackers = self.unpackers

@@ -9,9 +9,16 @@ plain non-blocking calls. Rules this file keeps:
 - ``EAGAIN`` on send is "try again" (the peer's pipe is full, or libzmq throttled command
   processing), never a failure: the message is queued for that peer, in order, and retried.
 - ``EHOSTUNREACH`` (ROUTER_MANDATORY: the peer is gone) drops the message and reports the peer.
+- What waits for one peer is bounded (``max_queued`` messages, ``max_queued_bytes``): a peer
+  that does not read fills its ZeroMQ pipe (SNDHWM), then this queue, then is *cut off*: its
+  queue is dropped, ``on_overflow`` reports it, and what is sent to it is dropped until it
+  sends again; so it cannot grow our memory, and other peers are not affected. Producers
+  (streams) wait with :meth:`SocketDriver.wait_unblocked` instead of polling.
 - Sends are corked: queued, then written in one burst at the end of the current wake-up (or
-  on the loop's next turn when sent from a task). A burst keeps libzmq's I/O thread busy with
-  one activation instead of one wake-up per message, which is most of the cost under load.
+  on the loop's next turn when sent from a task), or at once when the burst reaches 1 MiB or
+  1024 messages (a fast producer must not fill the outbox unseen). A burst keeps libzmq's I/O
+  thread busy with one activation instead of one wake-up per message, which is most of the
+  cost under load.
 - Everything runs on the loop's thread; only :meth:`SocketDriver.close` may be called from
   elsewhere through ``loop.call_soon_threadsafe``.
 """
@@ -28,9 +35,12 @@ from typing import Any
 import zmq
 
 from . import _malloc
+from ._ratelog import RateLimitedLog
 from .protocol import MAX_FRAMES as MAX_MESSAGE_FRAMES
 
 log = logging.getLogger("netcall")
+# A hostile peer may send such messages endlessly: a few lines, then a summary now and then.
+_dropped = RateLimitedLog(log)
 
 _BATCH = 512  # messages handled per wake-up before yielding to other callbacks
 #: ``bytes`` frames at least this large are sent without copying (``copy=False``). Measured
@@ -113,7 +123,9 @@ def recv_frames(sock: zmq.Socket[Any], frame: Any = None) -> list[Any] | None:
         if len(frames) > MAX_FRAMES:
             while frame.more:  # a hostile peer: read the rest, keep nothing
                 frame = _recv(sock, _NOBLOCK, copy=False)
-            log.warning("netcall: dropped a message of more than %d frames", MAX_FRAMES)
+            _dropped(
+                "frames", logging.WARNING, "dropped a message of more than %d frames", MAX_FRAMES
+            )
             return None
     return frames
 
@@ -128,6 +140,10 @@ def _tune_malloc() -> None:
     _malloc.tune()
 
 
+# The outbox is written at once when it holds this much (else at the end of the wake-up).
+_OUTBOX_BYTES = 1 << 20
+_OUTBOX_MESSAGES = 1024
+
 _RETRY_MIN = 0.0005
 _RETRY_MAX = 0.02
 
@@ -135,23 +151,35 @@ OnMessage = Callable[[list[Any]], None]
 OnUnreachable = Callable[[bytes], None]
 
 
+def _size(frames: list[Any]) -> int:
+    return sum(len(f) for f in frames)
+
+
 class SocketDriver:
     """Reads and writes one ROUTER socket on an asyncio loop (see the module docstring)."""
 
     __slots__ = (
         "_blocked",
+        "_blocked_bytes",
         "_check_scheduled",
         "_closed",
+        "_cut",
         "_fd",
         "_flush_scheduled",
         "_in_ready",
         "_loop",
         "_on_message",
+        "_on_overflow",
         "_on_unreachable",
         "_outbox",
+        "_outbox_bytes",
         "_recv",
         "_retry_delay",
         "_retry_handle",
+        "_waiters",
+        "cut_off",
+        "max_queued",
+        "max_queued_bytes",
         "peer_key",
         "sock",
     )
@@ -163,6 +191,10 @@ class SocketDriver:
         on_message: OnMessage,
         on_unreachable: OnUnreachable | None = None,
         identify: bool = False,
+        *,
+        max_queued: int | None = None,
+        max_queued_bytes: int | None = None,
+        on_overflow: OnUnreachable | None = None,
     ) -> None:
         self.sock = sock
         # With identify (a CURVE service), each message's sender key (its User-Id property)
@@ -172,11 +204,21 @@ class SocketDriver:
         self._loop = loop
         self._on_message = on_message
         self._on_unreachable = on_unreachable
+        self._on_overflow = on_overflow
+        #: Per-peer bounds on what waits behind a full pipe (``None``: unbounded).
+        self.max_queued = max_queued
+        self.max_queued_bytes = max_queued_bytes
+        #: Peers cut off for not reading, so far.
+        self.cut_off = 0
         self._blocked: dict[bytes, deque[list[Any]]] = {}
+        self._blocked_bytes: dict[bytes, int] = {}
+        self._cut: set[bytes] = set()  # peers cut off, until they send again
+        self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._retry_handle: asyncio.TimerHandle | None = None
         self._retry_delay = _RETRY_MIN
         self._check_scheduled = False
         self._outbox: list[list[Any]] = []
+        self._outbox_bytes = 0  # payload bytes in the outbox (last frames)
         self._flush_scheduled = False
         self._in_ready = False
         self._closed = False
@@ -197,11 +239,52 @@ class SocketDriver:
         """Whether messages to ``peer`` are queued behind a full pipe."""
         return peer in self._blocked
 
+    def wait_unblocked(self, peer: bytes) -> asyncio.Future[None]:
+        """A future done once nothing waits for ``peer`` any more: its queue was sent, it was
+        cut off, it is gone, or the driver closed (done at once when not blocked)."""
+        fut: asyncio.Future[None] = self._loop.create_future()
+        if peer in self._blocked and not self._closed:
+            self._waiters.setdefault(peer, []).append(fut)
+        else:
+            fut.set_result(None)
+        return fut
+
+    def _release(self, peer: bytes) -> None:
+        self._blocked_bytes.pop(peer, None)
+        for fut in self._waiters.pop(peer, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    def _enqueue(self, queue: deque[list[Any]], frames: list[Any]) -> None:
+        peer = frames[0]
+        queue.append(frames)
+        size = self._blocked_bytes[peer] = self._blocked_bytes.get(peer, 0) + _size(frames)
+        limit, limit_bytes = self.max_queued, self.max_queued_bytes
+        if (limit is not None and len(queue) > limit) or (
+            limit_bytes is not None and size > limit_bytes
+        ):
+            self._cut_off(peer)
+
+    def _cut_off(self, peer: bytes) -> None:
+        """``peer`` does not read: drop what waits for it and report it."""
+        self._blocked.pop(peer, None)
+        self._cut.add(peer)
+        self._release(peer)
+        self.cut_off += 1
+        if self._on_overflow is not None:
+            self._on_overflow(peer)
+
     def send(self, frames: list[Any]) -> None:
         """Queue ``frames`` (routing id first) for the next burst; never blocks."""
         if self._closed:
             return
         self._outbox.append(frames)
+        self._outbox_bytes += len(frames[-1])
+        if self._outbox_bytes >= _OUTBOX_BYTES or len(self._outbox) >= _OUTBOX_MESSAGES:
+            # A burst this big goes out now: what cannot go is queued per peer (and bounded),
+            # and producers see that peer blocked before they make more.
+            self._flush_outbox()
+            return
         if not self._flush_scheduled and not self._in_ready:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_outbox)
@@ -212,6 +295,7 @@ class SocketDriver:
         if not outbox or self._closed:
             return
         self._outbox = []
+        self._outbox_bytes = 0
         for frames in outbox:
             self._send_now(frames)
         if not self._check_scheduled:
@@ -219,15 +303,18 @@ class SocketDriver:
             self._loop.call_soon(self._on_ready)
 
     def _send_now(self, frames: list[Any]) -> None:
+        if self._cut and frames[0] in self._cut:
+            return
         if self._blocked:
             queue = self._blocked.get(frames[0])
             if queue is not None:
-                queue.append(frames)
+                self._enqueue(queue, frames)
                 return
         try:
             send_frames(self.sock, frames)
         except zmq.Again:
             self._blocked[frames[0]] = deque([frames])
+            self._blocked_bytes[frames[0]] = _size(frames)
             self._schedule_retry()
         except zmq.ZMQError as exc:
             if exc.errno == errno.EHOSTUNREACH:
@@ -239,6 +326,7 @@ class SocketDriver:
 
     def _unreachable(self, peer: bytes) -> None:
         self._blocked.pop(peer, None)
+        self._release(peer)
         if self._on_unreachable is not None:
             self._on_unreachable(peer)
 
@@ -263,7 +351,9 @@ class SocketDriver:
         """Try to send every queued message; True when nothing is left queued."""
         sock = self.sock
         for peer in list(self._blocked):
-            queue = self._blocked[peer]
+            queue = self._blocked.get(peer)
+            if queue is None:  # cut off or gone meanwhile
+                continue
             while queue:
                 try:
                     send_frames(sock, queue[0])
@@ -277,9 +367,11 @@ class SocketDriver:
                         self._closed = True
                         return True
                     raise
-                queue.popleft()
+                sent = queue.popleft()
+                self._blocked_bytes[peer] -= _size(sent)
             else:
                 del self._blocked[peer]
+                self._release(peer)
         return not self._blocked
 
     def _on_ready(self) -> None:
@@ -301,6 +393,8 @@ class SocketDriver:
                     handled += 1
                     if frames is None:
                         continue
+                    if self._cut:
+                        self._cut.discard(frames[0])
                     try:
                         on_message(frames)
                     except Exception:  # a handler bug must never kill the reader
@@ -336,7 +430,10 @@ class SocketDriver:
         except Exception:  # the loop may already be closed
             pass
         self._blocked.clear()
+        for peer in list(self._waiters):
+            self._release(peer)
         outbox, self._outbox = self._outbox, []
+        self._outbox_bytes = 0
         if linger and not self.sock.closed:
             # A graceful close still sends what was queued (then lingers to deliver it).
             for frames in outbox:

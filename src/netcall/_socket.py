@@ -65,10 +65,12 @@ def make_router(
     server: bool,
     heartbeat: float | None,
     max_message_size: int | None = None,
+    send_hwm: int = HWM,
+    receive_hwm: int = HWM,
 ) -> zmq.Socket[Any]:
     """A ROUTER socket configured for netcall: no linger, ROUTER_MANDATORY (an unknown peer is
-    an error, not a silent drop), high-water marks of :data:`HWM`, optional heartbeats (a peer
-    silent for three intervals is dropped) and maximum message size. ``server`` says which
+    an error, not a silent drop), high-water marks (default :data:`HWM`), optional heartbeats
+    (a peer silent for three intervals is dropped) and maximum message size. ``server`` says which
     end (the service binds; the client connects). The socket is a plain one on ``context``'s
     libzmq context, whatever kind of pyzmq context it is (see the module docstring).
 
@@ -81,8 +83,8 @@ def make_router(
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            sock.setsockopt(zmq.SNDHWM, HWM)
-            sock.setsockopt(zmq.RCVHWM, HWM)
+            sock.setsockopt(zmq.SNDHWM, int(send_hwm))
+            sock.setsockopt(zmq.RCVHWM, int(receive_hwm))
             if max_message_size is not None:
                 sock.setsockopt(zmq.MAXMSGSIZE, int(max_message_size))
             if heartbeat:

@@ -41,7 +41,11 @@ from .protocol.session import first_credit
 from .security import CurveClient, secure_socket
 from .serializers import Serializer, get_serializer
 
-__all__ = ["ClientOptions", "RPCClient", "RemoteGenerator"]
+__all__ = ["DEFAULT_TIMEOUT", "ClientOptions", "RPCClient", "RemoteGenerator"]
+
+#: Seconds a call (or one stream step) may take unless told otherwise (``timeout=None`` is the
+#: explicit opt-out): a call to an address where nothing listens fails instead of hanging.
+DEFAULT_TIMEOUT = 30.0
 
 log = logging.getLogger("netcall")
 
@@ -79,7 +83,8 @@ class RPCClient(CallSurface, ClientBinding):
 
     Args:
         serializer: must match the service's (``None``: msgpack).
-        timeout: default seconds a call (or one stream step) may take; ``None``: no limit.
+        timeout: default seconds a call (or one stream step) may take (default
+            :data:`DEFAULT_TIMEOUT`, 30); ``None``: no limit, an explicit opt-out.
         context: the ZeroMQ context (default: ``zmq.Context.instance()``).
         window: at most this many stream items in flight or buffered for ``async for``
             (at least 1). The client grants the service credit as it consumes, starting at
@@ -120,7 +125,7 @@ class RPCClient(CallSurface, ClientBinding):
         self,
         serializer: str | Serializer | None = None,
         *,
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
         context: zmq.Context[Any] | None = None,
         window: int = 1024,
         stream_buffer: int = 4 * 2**20,

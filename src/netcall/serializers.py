@@ -124,6 +124,9 @@ class MsgpackSerializer:
         return (_rebuild, (type(self), self.max_depth, self.buffer_min, self.memoryviews))
 
     def _codec(self) -> Codec:
+        old = getattr(self._local, "codec", None)
+        if old is not None:
+            old.discard()
         codec = self._local.codec = Codec(self.max_depth, self.buffer_min, self.memoryviews)
         return codec
 

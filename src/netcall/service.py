@@ -24,6 +24,7 @@ from ._middleware import ServiceMiddleware, check_middleware
 from ._reactor import SocketDriver
 from ._service import lifecycle
 from ._service.dispatch import Dispatcher
+from ._service.guard import Guard, Limits
 from ._service.inbox import Inbox
 from ._service.registry import METHODS_NAME, HandlerRegistry, public_names
 from ._service.replies import Replies
@@ -35,7 +36,7 @@ from .client import RPCClient
 from .security import CurveServer, secure_socket, warn_if_exposed
 from .serializers import Serializer, get_serializer
 
-__all__ = ["RESERVED_NAMES", "HandlerRunner", "RPCService"]
+__all__ = ["RESERVED_NAMES", "HandlerRunner", "Limits", "RPCService"]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,7 +64,11 @@ class RPCService(ServiceConnecting):
         grace: default seconds :meth:`stop` lets in-flight calls finish.
         tracebacks: send handler tracebacks to clients (default True).
         heartbeat: seconds between ZeroMQ heartbeats; a client connection silent for three of
-            them is dropped (``None``: no heartbeats).
+            them is dropped. Default ``None``, off: with them libzmq 4.3.5 aborts the process
+            when a peer that filled its pipe disconnects, which any peer can arrange. Closed
+            connections are seen without them; silent stream clients by ``stream_lease``.
+        limits: what one client may cost (:class:`~netcall.Limits`: calls and streams running,
+            stream window, queued replies...), each with a default.
         max_concurrent: at most this many calls running (async handlers and executor calls)
             plus streams open at once; further calls are refused at once with
             :class:`~netcall.errors.ServiceBusyError` instead of queueing without bound
@@ -103,9 +108,10 @@ class RPCService(ServiceConnecting):
         stream_lease: float = 30.0,
         grace: float = 5.0,
         tracebacks: bool = True,
-        heartbeat: float | None = 2.0,
+        heartbeat: float | None = None,
         max_concurrent: int | None = None,
         security: CurveServer | None = None,
+        limits: Limits | None = None,
         name: str | None = None,
         handler_runner: HandlerRunner | None = None,
         middleware: Sequence[ServiceMiddleware] | None = None,
@@ -122,7 +128,8 @@ class RPCService(ServiceConnecting):
         self._closed = False
         self.security = security
         self._registry = HandlerRegistry(RESERVED_NAMES)
-        self._replies = Replies(tracebacks)
+        self._guard = guard = Guard(limits or Limits())
+        self._replies = Replies(tracebacks, guard)
         runner = self._user_code = Runner(executor, handler_runner)
         self._producers = Producers(self._replies, self.serializer, runner, float(stream_lease))
         self._dispatch = Dispatcher(
@@ -135,6 +142,7 @@ class RPCService(ServiceConnecting):
             check_middleware(middleware),
         )
         self._dispatch.name = self.name
+        guard.attach(self._dispatch.calls, self._producers.close_peer, self._dispatch.cancel)
         # The socket opens when first needed (bind, start): an unused service holds none.
         self._socket: zmq.Socket[Any] | None = None
         self._zap: Any = None  # the ZAP handler secure_socket() starts with the socket
@@ -148,8 +156,14 @@ class RPCService(ServiceConnecting):
         self, heartbeat: float | None, max_message_size: int | None
     ) -> zmq.Socket[Any]:
         """The service's socket (a hook: security options go to :func:`make_router`)."""
+        lim = self._guard.limits
         sock = make_router(
-            self.context, server=True, heartbeat=heartbeat, max_message_size=max_message_size
+            self.context,
+            server=True,
+            heartbeat=heartbeat,
+            max_message_size=max_message_size,
+            send_hwm=lim.send_hwm,
+            receive_hwm=lim.receive_hwm,
         )
         # Closed after the socket: a CURVE socket whose context has no ZAP handler admits all.
         self._zap = secure_socket(sock, self.security, server=True, name=self.name)
@@ -306,6 +320,14 @@ class RPCService(ServiceConnecting):
     def closed(self) -> bool:
         return self._closed
 
+    def stats(self) -> dict[str, int]:
+        """Counts since the service was made (see :meth:`netcall._service.guard.Guard.stats`)
+        and ``active_calls``, ``active_streams`` right now."""
+        out = self._guard.stats()
+        out["active_calls"] = self.active_calls
+        out["active_streams"] = self.active_streams
+        return out
+
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Begin serving on ``loop`` (default: the running loop). Returns at once.
 
@@ -324,7 +346,15 @@ class RPCService(ServiceConnecting):
         self._producers.start(loop)
         inbox = Inbox(self._dispatch, self._producers, self._replies, self._upstreams.vouches)
         secure = self.security is not None  # then each message's sender key is read
-        driver = SocketDriver(self.socket, loop, inbox.on_message, self._producers.on_gone, secure)
+        self._guard.is_upstream = self._upstreams.is_upstream
+        driver = self._guard.start(
+            self.socket,
+            loop,
+            inbox.on_message,
+            self._replies.send,
+            identify=secure,
+            monitor_listeners=self._upstreams.listeners,
+        )
         self._replies.driver = self._driver = self._dispatch.keys = driver
         self._upstreams.start(loop, self._replies.send, self._upstream_lost)
 
@@ -411,6 +441,7 @@ class RPCService(ServiceConnecting):
         self._replies.driver = None
         self._producers.shutdown()
         self._upstreams.close()
+        self._guard.close()
         if self._driver is not None:
             self._driver.close(linger=linger)
         elif self._socket is not None and not self._socket.closed:

@@ -18,7 +18,7 @@ __all__ = ["CallRegistry", "PendingCall", "call_frames", "encode_arguments"]
 
 
 class PendingCall:
-    __slots__ = ("future", "peer", "sent_up", "timeout", "window")
+    __slots__ = ("connection", "future", "peer", "timeout", "window")
 
     def __init__(
         self, future: asyncio.Future[Any], peer: Peer, timeout: float | None, window: int
@@ -27,9 +27,10 @@ class PendingCall:
         self.peer = peer
         self.timeout = timeout
         self.window = window
-        # Sent on a live connection: lost if that connection breaks. A call sent while the
-        # service is down waits in ZeroMQ's queue for a reconnection (or its timeout).
-        self.sent_up = peer.up
+        # The connection it travels on: the live one, or (sent while the service is down, or
+        # right after connect()) the next one, which ZeroMQ's queue hands it to. It is lost
+        # when that connection breaks.
+        self.connection = peer.connection if peer.up else peer.connection + 1
 
 
 class CallRegistry:
@@ -61,10 +62,15 @@ class CallRegistry:
         error: type[RPCError] = ConnectionLostError,
     ) -> None:
         """The connection to ``peer`` broke (or was refused): its calls' answers cannot arrive
-        (a new connection gives this client a new identity on the service). Calls sent while
-        it was down wait for a reconnection, unless ``every_call``."""
+        (a new connection gives this client a new identity on the service). Calls queued for a
+        later connection wait for it, unless ``every_call``."""
+        broken = peer.connection
         for rid, pend in list(self.by_id.items()):
-            if pend.peer is peer and (pend.sent_up or every_call) and not pend.future.done():
+            if (
+                pend.peer is peer
+                and (pend.connection <= broken or every_call)
+                and not pend.future.done()
+            ):
                 del self.by_id[rid]
                 pend.future.set_exception(error(why))
 

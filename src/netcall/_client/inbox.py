@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import protocol as p
+from .._ratelog import RateLimitedLog
 from .calls import CallRegistry
 from .generator import RemoteGenerator
 from .peers import Peer
@@ -30,6 +31,7 @@ class Inbox:
     __slots__ = (
         "_announced",
         "_calls",
+        "_log",
         "_opened",
         "_send_cancel",
         "_streams",
@@ -50,6 +52,7 @@ class Inbox:
         self._send_cancel = send_cancel
         self._opened = opened
         self._announced = announced  # a service that connected to us said HELLO or BYE
+        self._log = RateLimitedLog(log)  # a service sending garbage must not flood the log
 
     def on_message(self, frames: list[Any]) -> None:
         if len(frames) == 2:
@@ -68,7 +71,12 @@ class Inbox:
         try:
             msg = p.decode(frames[1:])
         except Exception as exc:
-            log.warning("dropped a malformed message from a service: %s", exc)
+            self._log(
+                "malformed",
+                logging.WARNING,
+                "dropped a malformed message from a service: %s",
+                exc,
+            )
             return
         if type(msg) is p.Hello or type(msg) is p.Bye:
             self._announced(frames[0], msg)

@@ -46,12 +46,25 @@ class Peer:
     """One service: an endpoint the client connected to, or a service that connected to the
     client and announced itself; addressed by its routing id."""
 
-    __slots__ = ("draining", "inflight", "methods", "refused", "refused_at", "rid", "up", "url")
+    __slots__ = (
+        "connection",
+        "draining",
+        "inflight",
+        "methods",
+        "refused",
+        "refused_at",
+        "rid",
+        "up",
+        "url",
+    )
 
     def __init__(self, url: str, rid: bytes) -> None:
         self.url = url
         self.rid = rid
         self.inflight = 0
+        # Connections made so far (handshakes seen): a call sent while connection N is up
+        # travels on it; one sent while down waits in ZeroMQ's queue for connection N + 1.
+        self.connection = 0
         # Learned from the socket monitor; inproc reports no events and is always up.
         self.up = url.startswith("inproc://")
         self.refused: str | None = None  # why the service refused our last handshake
@@ -276,6 +289,7 @@ class PeerTable:
             return
         kind = event["event"]
         if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            peer.connection += 1
             peer.up = True
             peer.refused = None
         elif kind & _HANDSHAKE_FAILED:

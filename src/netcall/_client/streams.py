@@ -14,6 +14,7 @@ from .. import protocol as p
 from .._payload import dumper, loader
 from ..errors import (
     ClientClosedError,
+    ProtocolError,
     RPCError,
     RPCTimeoutError,
     exception_from_remote,
@@ -108,12 +109,14 @@ class ConsumerStream:
     closed on the service."""
 
     __slots__ = (
+        "allowed",
         "buffer",
         "consumed",
         "error",
         "granted",
         "item_size",
         "peer",
+        "received",
         "rid",
         "running",
         "state",
@@ -130,6 +133,11 @@ class ConsumerStream:
         self.rid = rid
         self.timeout = timeout
         self.granted = window  # credit given so far (the CALL's window)
+        # Items the service may send in all (the window, every credit and lock-step step) and
+        # items received: one more than allowed ends the stream with a ProtocolError, so a
+        # hostile service cannot make this client buffer without bound.
+        self.allowed = window
+        self.received = 0
         self.state = _PREFETCH if window > 0 else _LOCKSTEP
         self.item_size = 64.0  # running average of payload sizes, for the byte budget
         self.buffer: deque[Any] = deque()
@@ -150,6 +158,12 @@ class ConsumerStream:
 
     def feed_item(self, payload: bytes) -> None:
         # ITEM never changes the state (see CLIENT_STREAM): no lookup on the hot path.
+        self.received += 1
+        if self.received > self.allowed:
+            self.close_remote(
+                ProtocolError(f"the service sent more stream items than the {self.allowed} asked")
+            )
+            return
         self.buffer.append(payload)
         self.item_size = update_item_size(self.item_size, len(payload))
         if self.waiters:
@@ -181,12 +195,15 @@ class ConsumerStream:
         self._wake()
 
     def _send(self, msg: p.Credit | p.Cancel | p.Next | p.Throw) -> None:
+        if type(msg) is p.Next or type(msg) is p.Throw:
+            self.allowed += 1  # a lock-step step asks for one item
         self.table.send(self.peer, msg.to_frames())
 
     def grant(self, count: int) -> None:
         """Send CREDIT (switching a lock-step stream to prefetching)."""
         self.state = client_stream_next(self.state, p.Kind.CREDIT)
         self.granted += count
+        self.allowed += count
         self._send(p.Credit(self.rid, count))
 
     def cancel(self) -> None:
@@ -247,10 +264,12 @@ class ConsumerStream:
             self.error = StopAsyncIteration()
         raise error
 
-    def close_remote(self) -> None:
-        """Ask the service to close the stream, without waiting (safe from finalizers)."""
+    def close_remote(self, error: BaseException | None = None) -> None:
+        """Ask the service to close the stream, without waiting (safe from finalizers); the
+        stream ends with ``error`` once its buffer is drained (default: exhausted)."""
         if self.state is not _DONE:
-            self.fail(StopAsyncIteration())  # other waiters on this stream hear of it too
+            # other waiters on this stream hear of it too
+            self.fail(error if error is not None else StopAsyncIteration())
             try:
                 self._send(p.Cancel(self.rid))
             except ClientClosedError:

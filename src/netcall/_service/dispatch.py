@@ -114,11 +114,30 @@ class Dispatcher:
     # -- admission ------------------------------------------------------------------------
 
     def at_limit(self, peer: bytes, rid: int) -> bool:
-        """Refuse the call (and say so) when max_concurrent calls and streams are running."""
+        """Refuse the call (and say so) when max_concurrent calls and streams are running, or
+        the client's own limit of them (Limits.max_per_client)."""
         limit = self._max_concurrent
-        if limit is None or len(self.calls) + len(self._producers) < limit:
+        if limit is not None and len(self.calls) + len(self._producers) >= limit:
+            self._replies.refuse(peer, rid, p.ERR_BUSY, f"the service is at its limit of {limit}")
+            return True
+        guard = self._replies.guard
+        if guard.over_limit(peer):
+            self._replies.refuse(
+                peer,
+                rid,
+                p.ERR_BUSY,
+                f"this client has {guard.limits.max_per_client} calls and streams running",
+            )
+            return True
+        return False
+
+    def _streams_full(self, peer: bytes, rid: int) -> bool:
+        """Refuse a stream beyond the client's own limit (Limits.max_streams_per_client)."""
+        guard = self._replies.guard
+        if not guard.streams_full(peer):
             return False
-        self._replies.refuse(peer, rid, p.ERR_BUSY, f"the service is at its limit of {limit}")
+        limit = guard.limits.max_streams_per_client
+        self._replies.refuse(peer, rid, p.ERR_BUSY, f"this client has {limit} streams open")
         return True
 
     def on_call(self, peer: bytes, msg: p.Call) -> None:
@@ -145,6 +164,7 @@ class Dispatcher:
                 args = loads(msg.args)
                 kwargs = loads(msg.kwargs) if msg.kwargs is not None else {}
         except SerializationError as exc:
+            self._replies.guard.malformed(peer, f"bad arguments: {exc}")
             self._replies.refuse(peer, rid, p.ERR_SERIALIZATION, f"bad arguments: {exc}")
             return
         if (
@@ -152,6 +172,7 @@ class Dispatcher:
             or not isinstance(kwargs, dict)
             or not all(isinstance(k, str) for k in kwargs)
         ):
+            self._replies.guard.malformed(peer, "arguments are not a list and a map")
             self._replies.refuse(peer, rid, p.ERR_PROTOCOL, "arguments must be a list and a map")
             return
         if msg.oneway:
@@ -159,6 +180,7 @@ class Dispatcher:
         inline = not handler.is_async and self._runner.inline and not self.chain.middleware
         if not inline and self.at_limit(peer, rid):
             return
+        self._replies.guard.counts["calls"] += 1
         ctx = self.context(peer, msg, deadline, args, kwargs)
         if _debug(logging.DEBUG):
             log.debug("call %s from %s", msg.method, peer.hex())
@@ -182,6 +204,7 @@ class Dispatcher:
             assert self.loop is not None
             timer = self.loop.call_later(deadline.remaining(), task.cancel)
         self.calls[(peer, rid)] = task
+        self._replies.guard.loaded(peer)
         task.add_done_callback(
             functools.partial(self._call_done, peer, msg, ctx, handler, args, kwargs, timer)
         )
@@ -237,7 +260,8 @@ class Dispatcher:
         """A handler task ended (also when it was cancelled before it ever ran)."""
         ctx._task = None  # the task's context holds ctx: no reference cycle left behind
         key = (peer, msg.id)
-        self.calls.pop(key, None)
+        if self.calls.pop(key, None) is not None:
+            self._replies.guard.unloaded(peer)
         if timer is not None:
             timer.cancel()
         if key in self._abandoned:
@@ -275,6 +299,7 @@ class Dispatcher:
         kwargs: dict[str, Any],
         exc: Exception,
     ) -> None:
+        self._replies.guard.counts["errors"] += 1
         if not msg.oneway and isinstance(exc, TypeError) and not _binds(handler.fn, args, kwargs):
             self._replies.refuse(
                 peer, msg.id, "TypeError", f"bad arguments for {handler.name!r}: {exc}"
@@ -306,7 +331,7 @@ class Dispatcher:
             or _isasyncgen(result)
             or (self.chain.middleware and is_stream(result))
         ):
-            if msg.oneway or self.at_limit(peer, msg.id):
+            if msg.oneway or self.at_limit(peer, msg.id) or self._streams_full(peer, msg.id):
                 close_generator_soon(result)
                 return
             # A stream's steps have no deadline of their own (each client step has a timeout).

@@ -4,7 +4,6 @@ answered here). A malformed message is answered with an ERROR when its id can be
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -14,8 +13,6 @@ from .replies import Replies
 from .streams import STREAM_KINDS, Producers
 
 __all__ = ["Inbox"]
-
-log = logging.getLogger("netcall")
 
 
 class Inbox:
@@ -49,7 +46,7 @@ class Inbox:
             msg = p.decode(body)
         except Exception as exc:  # ProtocolError; anything else would be our bug
             rid = p.request_id_of(body)
-            log.warning("dropped a malformed message from %r: %s", peer, exc)
+            self._replies.guard.malformed(peer, exc)
             if rid is not None:
                 self._replies.refuse(peer, rid, p.ERR_PROTOCOL, str(exc))
             return
@@ -70,6 +67,7 @@ class Inbox:
         elif kind in STREAM_KINDS:
             producers.on_message(peer, msg)  # type: ignore[arg-type]
         else:
+            self._replies.guard.malformed(peer, f"a client may not send {kind.__name__}")
             self._replies.refuse(
                 peer, msg.id, p.ERR_PROTOCOL, f"a client may not send {kind.__name__}"
             )

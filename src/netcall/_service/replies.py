@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import traceback as _traceback
 from typing import Any
 
 from .. import protocol as p
 from .._reactor import SocketDriver
 from ..errors import exception_to_remote
+from .guard import Guard
 
 __all__ = ["Replies"]
 
@@ -16,11 +18,12 @@ class Replies:
     """Sends to peers through the service's socket driver (a no-op before start and after
     close). ``tracebacks``: include handler tracebacks in ERROR messages."""
 
-    __slots__ = ("driver", "tracebacks")
+    __slots__ = ("driver", "guard", "tracebacks")
 
-    def __init__(self, tracebacks: bool) -> None:
+    def __init__(self, tracebacks: bool, guard: Guard) -> None:
         self.driver: SocketDriver | None = None
         self.tracebacks = tracebacks
+        self.guard = guard
 
     def send(self, peer: bytes, frames: list[Any]) -> None:
         driver = self.driver
@@ -30,6 +33,7 @@ class Replies:
 
     def refuse(self, peer: bytes, rid: int, type_name: str, message: str) -> None:
         """An ERROR netcall itself sends (``type_name`` is one of ``protocol.ERR_*``)."""
+        self.guard.refused(type_name, message)
         self.send(peer, p.Error(rid, type_name, message, "").to_frames())
 
     def error(self, peer: bytes, rid: int, exc: BaseException) -> None:
@@ -44,3 +48,11 @@ class Replies:
         """The socket's queue to ``peer`` is backed up: producers should wait."""
         driver = self.driver
         return driver is not None and driver.is_blocked(peer)
+
+    async def wait_unblocked(self, peer: bytes) -> None:
+        """Until nothing waits for ``peer`` any more (sent, cut off, gone or closed)."""
+        driver = self.driver
+        if driver is not None:
+            await driver.wait_unblocked(peer)
+        else:
+            await asyncio.sleep(0)

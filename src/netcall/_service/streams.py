@@ -22,11 +22,11 @@ from ..serializers import Serializer
 from .replies import Replies
 from .runner import Runner
 
-__all__ = ["Producers", "close_generator_soon", "is_generator", "sync_step"]
-
 log = logging.getLogger("netcall")
 
-_STREAM_YIELD_EVERY = 64  # a flowing sync generator yields to the loop this often
+__all__ = ["Producers", "close_generator_soon", "is_generator", "sync_step"]
+
+_STREAM_YIELD_EVERY = 64  # a flowing stream yields to the loop this often (sync or async)
 STREAM_KINDS: dict[type, p.Kind] = {
     p.Next: p.Kind.NEXT,
     p.Throw: p.Kind.THROW,
@@ -57,7 +57,9 @@ class _Stream:
         "waiter",
     )
 
-    def __init__(self, peer: bytes, msg: p.Call, gen: Any, context: CallContext) -> None:
+    def __init__(
+        self, peer: bytes, msg: p.Call, gen: Any, context: CallContext, window: int
+    ) -> None:
         self.peer = peer
         self.rid = msg.id
         self.key = (peer, msg.id)
@@ -66,8 +68,8 @@ class _Stream:
         self.context = context
         # An async generator, or a middleware's stream (anything but a plain generator).
         self.is_async = not inspect.isgenerator(gen)
-        self.credit = msg.window
-        self.state = _S.FLOWING if msg.window else _S.IDLE
+        self.credit = window
+        self.state = _S.FLOWING if window else _S.IDLE
         self.commands: list[tuple[str, Any]] = []
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
@@ -117,8 +119,10 @@ class Producers:
     def open(self, peer: bytes, msg: p.Call, gen: Any, context: CallContext) -> None:
         """The call ``msg`` returned ``gen``: tell the client, start producing."""
         assert self._loop is not None
-        stream = _Stream(peer, msg, gen, context)
+        guard = self._replies.guard
+        stream = _Stream(peer, msg, gen, context, guard.window(msg.window))
         self.by_key[stream.key] = stream
+        guard.loaded(peer, stream=True)
         self.touch(peer)
         self._replies.send(peer, p.StreamOpen(msg.id, self.lease).to_frames())
         stream.task = self._loop.create_task(self._run(stream))
@@ -136,11 +140,12 @@ class Producers:
         try:
             state = service_stream_next(stream.state, STREAM_KINDS[type(msg)])
         except ProtocolError as exc:
+            replies.guard.malformed(peer, exc)
             self._close(stream, reply=False)
             replies.refuse(peer, msg.id, p.ERR_PROTOCOL, str(exc))
             return
         if type(msg) is p.Credit:
-            stream.credit = add_credit(stream.credit, msg.count)
+            stream.credit = replies.guard.window(add_credit(stream.credit, msg.count))
         elif type(msg) is p.Next:
             try:
                 value = self._load(msg)
@@ -163,10 +168,13 @@ class Producers:
         self._close(stream, reply=True)
         return True
 
-    def on_gone(self, peer: bytes) -> None:
-        """The peer disconnected: its streams can never be read again."""
-        for stream in [s for s in self.by_key.values() if s.peer == peer]:
+    def close_peer(self, peer: bytes) -> bool:
+        """Close ``peer``'s streams (it left, or was cut off); whether it had any."""
+        streams = [s for s in self.by_key.values() if s.peer == peer]
+        for stream in streams:
             self._close(stream, reply=False)
+        self._seen.pop(peer, None)
+        return bool(streams)
 
     def close_all(self, refuse: tuple[str, str] | None = None) -> list[asyncio.Task[None]]:
         """Close every stream (and stop reaping); with ``refuse``, tell each client why.
@@ -220,7 +228,7 @@ class Producers:
                 elif stream.state is _S.FLOWING and stream.credit > 0:
                     # Also wait while the socket is backed up for this peer: bounded memory.
                     if replies.is_blocked(stream.peer):
-                        await asyncio.sleep(0.001)
+                        await replies.wait_unblocked(stream.peer)
                         continue
                     op, value, lockstep = "send", None, False
                     stream.credit -= 1
@@ -235,6 +243,7 @@ class Producers:
                         replies.send(stream.peer, p.End(stream.rid).to_frames())
                         return
                 except Exception as exc:
+                    replies.guard.counts["errors"] += 1
                     self.log(
                         "handler error",
                         logging.WARNING,
@@ -263,7 +272,8 @@ class Producers:
                 if lockstep:  # STEPPING -> IDLE (a flowing stream stays FLOWING)
                     stream.state = SERVICE_STREAM.get((stream.state, p.Kind.ITEM), stream.state)
                 produced += 1
-                if not stream.is_async and produced % _STREAM_YIELD_EVERY == 0:
+                if produced % _STREAM_YIELD_EVERY == 0:
+                    # Fairness: a generator that never awaits must not hold the loop.
                     await asyncio.sleep(0)
         except asyncio.CancelledError:
             pass
@@ -291,7 +301,7 @@ class Producers:
         except BaseException as exc:  # a finally block may raise anything
             if isinstance(exc, asyncio.CancelledError):
                 return
-            log.warning("stream %s raised while closing: %r", stream.method, exc)
+            self._replies.guard.failed("stream %s raised while closing: %r", stream.method, exc)
 
     def _close(self, stream: _Stream, reply: bool) -> None:
         """Close a stream: its task ends and the generator is finalised."""
@@ -315,6 +325,7 @@ class Producers:
         # By identity: a peer may already reuse the id for a new stream.
         if self.by_key.get(stream.key) is stream:
             del self.by_key[stream.key]
+            self._replies.guard.unloaded(stream.peer, stream=True)
 
     # -- the lease ------------------------------------------------------------------------
 
@@ -329,7 +340,12 @@ class Producers:
         live_peers = set()
         for stream in list(self.by_key.values()):
             if now - self._seen.get(stream.peer, now) > self.lease:
-                log.info("closing stream %s: its client went silent", stream.method)
+                self._replies.guard.log(
+                    "lease",
+                    logging.INFO,
+                    "closing stream %s: its client went silent",
+                    stream.method,
+                )
                 self._close(stream, reply=False)
             else:
                 live_peers.add(stream.peer)

@@ -67,6 +67,8 @@ class Upstreams:
         self._up: set[bytes] = set()
         self._monitor: zmq.Socket[Any] | None = None
         self._driver: SocketDriver | None = None
+        #: Told of every monitor event (a socket has one monitor: this one is shared).
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._send: Callable[[bytes, list[Any]], None] | None = None
         self._on_lost: Callable[[bytes], None] | None = None
         self._announce_scheduled = False
@@ -164,8 +166,9 @@ class Upstreams:
         self._loop = loop
         self._send = send
         self._on_lost = on_lost
-        if self._monitor is not None:
-            self._watch(loop)
+        if self._monitor is None:  # the disconnect watch needs it even with no connection out
+            self._monitor = self._sock().get_monitor_socket(_EVENTS)
+        self._watch(loop)
         inproc = [peer for url, peer in self._peers.items() if url.startswith("inproc://")]
         for peer in inproc:
             self._say(peer, self._hello().to_frames())
@@ -179,6 +182,8 @@ class Upstreams:
             event = zmq.utils.monitor.parse_monitor_message(frames)
         except Exception:  # pragma: no cover - libzmq's own format
             return
+        for listener in self.listeners:
+            listener(event)  # type: ignore[arg-type]
         endpoint = event["endpoint"]
         url = endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
         peer = self._peers.get(url)
@@ -204,7 +209,7 @@ class Upstreams:
         text = text.replace("this client", "this service").replace("the service", "the peer")
         if self._failed.get(peer) != text:
             self._failed[peer] = text
-            log.warning("netcall: a service's connection out: %s", text)
+            log.warning("a service's connection out: %s", text)
 
     def _lost(self, peer: bytes) -> None:
         if peer in self._up:
@@ -298,4 +303,4 @@ class ServiceConnecting:
         # Answers to that peer's calls could only reach its next incarnation: end them.
         for key in [k for k in self._dispatch.calls if k[0] == peer]:
             self._dispatch.cancel(*key)
-        self._producers.on_gone(peer)
+        self._producers.close_peer(peer)

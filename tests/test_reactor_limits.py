@@ -1,0 +1,153 @@
+"""The socket driver's per-peer bounds and the disconnect watch (issue 9), on real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import zmq
+import zmq.utils.monitor
+
+from _helpers import wait_until
+from conftest import tcp_url
+from netcall._peerwatch import DisconnectWatch
+from netcall._reactor import SocketDriver
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def sockets(ctx):
+    made: list[zmq.Socket[Any]] = []
+
+    def make(kind: int, **opts: int) -> zmq.Socket[Any]:
+        sock = ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        for name, value in opts.items():
+            sock.setsockopt(getattr(zmq, name), value)
+        made.append(sock)
+        return sock
+
+    yield make
+    for s in made:
+        s.close(0)
+
+
+async def _router_with_peers(sockets, url):
+    router = sockets(zmq.ROUTER, ROUTER_MANDATORY=1, SNDHWM=10)
+    router.bind(url)
+    deaf = sockets(zmq.DEALER, RCVHWM=1, RCVBUF=4096, ROUTING_ID=b"deaf")
+    good = sockets(zmq.DEALER, ROUTING_ID=b"good")
+    for s in (deaf, good):
+        s.connect(url)
+        s.send(b"hello")
+    return router, deaf, good
+
+
+async def test_a_peer_that_does_not_read_is_cut_off_alone(sockets):
+    url = tcp_url()
+    router, _deaf, good = await _router_with_peers(sockets, url)
+    seen: list[bytes] = []
+    cut: list[bytes] = []
+    loop = asyncio.get_running_loop()
+    driver = SocketDriver(
+        router,
+        loop,
+        lambda frames: seen.append(frames[0]),
+        max_queued=100,
+        max_queued_bytes=1 << 20,
+        on_overflow=cut.append,
+    )
+    try:
+        assert await wait_until(lambda: len(seen) == 2)
+        for i in range(20_000):
+            driver.send([b"deaf", b"x" * 1000])
+            if i % 500 == 0:
+                await asyncio.sleep(0)
+        got = 0
+        for i in range(2_000):  # the good peer reads as it goes
+            driver.send([b"good", b"%d" % i])
+            if i % 20 == 0:
+                while got <= i - 40:
+                    await asyncio.sleep(0.001)
+                    while True:
+                        try:
+                            good.recv(zmq.NOBLOCK)
+                            got += 1
+                        except zmq.Again:
+                            break
+        while got < 2_000:
+            await asyncio.sleep(0.001)
+            while True:
+                try:
+                    good.recv(zmq.NOBLOCK)
+                    got += 1
+                except zmq.Again:
+                    break
+        assert cut == [b"deaf"]  # once: then what is sent to it is dropped
+        assert driver.cut_off == len(cut)
+        assert not driver.is_blocked(b"good")
+        # what waited for the deaf peer is gone, not kept
+        assert sum(len(q) for q in driver._blocked.values()) <= 101
+    finally:
+        driver.close()
+
+
+async def test_wait_unblocked_resolves_when_the_peer_reads(sockets):
+    url = tcp_url()
+    router, deaf, _good = await _router_with_peers(sockets, url)
+    loop = asyncio.get_running_loop()
+    driver = SocketDriver(router, loop, lambda frames: None)
+    try:
+        await asyncio.sleep(0.1)
+        for _ in range(300):  # 3 MB: more than the pipe and the kernel buffers hold
+            driver.send([b"deaf", b"y" * 10_000])
+        await asyncio.sleep(0.3)
+        assert driver.is_blocked(b"deaf")
+        waiter = driver.wait_unblocked(b"deaf")
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        while not waiter.done():  # the peer starts reading
+            try:
+                deaf.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                await asyncio.sleep(0.001)
+        assert not driver.is_blocked(b"deaf")
+        assert driver.wait_unblocked(b"deaf").done()
+    finally:
+        driver.close()
+
+
+async def test_disconnect_watch_finds_the_peer_that_left(sockets):
+    url = tcp_url()
+    router, _deaf, good = await _router_with_peers(sockets, url)
+    loop = asyncio.get_running_loop()
+    gone: list[bytes] = []
+    driver = SocketDriver(router, loop, lambda frames: None, gone.append)
+    probes = []
+
+    def probe() -> None:
+        probes.append(1)
+        for peer in (b"deaf", b"good"):
+            driver.send([peer, b"probe"])
+
+    watch = DisconnectWatch(loop, probe)
+    monitor = router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    events = SocketDriver(
+        monitor,
+        loop,
+        lambda frames: watch.on_event(zmq.utils.monitor.parse_monitor_message(frames)),
+    )
+    try:
+        await asyncio.sleep(0.2)
+        assert not probes
+        t0 = loop.time()
+        good.close(0)
+        assert await wait_until(lambda: gone == [b"good"], 3)
+        assert loop.time() - t0 < 1.5
+        assert watch.events == 1
+    finally:
+        watch.close()
+        events.close()
+        driver.close()
