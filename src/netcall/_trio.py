@@ -359,6 +359,9 @@ class TrioService(RPCService):
 
     def close(self) -> None:
         bridge = self._trio_bridge
+        if bridge.in_loop_thread():  # from the core itself (a cancelled serve() closes)
+            super().close()  # the trio side releases the bridge when its wait ends
+            return
         if not self.closed and bridge.alive:
             bridge.call(super().close)
         self._release()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -369,6 +369,10 @@ class RPCService(ServiceConnecting):
         self.start()
         await self._until_stopped()
 
+    def _core_stop(self) -> Awaitable[None]:
+        # The core's stop, whatever front a subclass puts on stop() (trio's runs elsewhere).
+        return RPCService.stop(self)
+
     async def _until_stopped(self) -> None:
         if self._stopped is None:
             self._stopped = asyncio.Event()
@@ -378,9 +382,9 @@ class RPCService(ServiceConnecting):
             await self._stopped.wait()
         except asyncio.CancelledError:
             try:
-                await lifecycle.stop_when_cancelled(self, self._grace)
+                await lifecycle.stop_when_cancelled(self, self._grace, self._core_stop)
             finally:
-                self.close()  # also when that stop is interrupted (a second Ctrl-C)
+                RPCService.close(self)  # also when that stop is interrupted (a second Ctrl-C)
             raise
 
     async def __aenter__(self) -> RPCService:

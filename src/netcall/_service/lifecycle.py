@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -18,9 +18,12 @@ __all__ = ["closed", "stop_when_cancelled"]
 log = logging.getLogger("netcall")
 
 
-async def stop_when_cancelled(service: RPCService, grace: float) -> None:
-    """``serve()`` was cancelled (Ctrl-C under ``asyncio.run()``): stop gracefully. A second
-    interrupt ends this early; ``serve()`` then closes the service at once."""
+async def stop_when_cancelled(
+    service: RPCService, grace: float, stop: Callable[[], Awaitable[None]]
+) -> None:
+    """``serve()`` was cancelled (Ctrl-C under ``asyncio.run()``): stop gracefully with the
+    core's own ``stop`` (this runs on the core's loop, also for a service served from trio). A
+    second interrupt ends this early; ``serve()`` then closes the service at once."""
     try:
         busy = service.active_calls + service.active_streams
         log.info(
@@ -30,7 +33,7 @@ async def stop_when_cancelled(service: RPCService, grace: float) -> None:
             busy,
             "" if busy == 1 else "s",
         )
-        await service.stop()
+        await stop()
     except (asyncio.CancelledError, KeyboardInterrupt):
         # The second interrupt: serve() closes the service and re-raises its cancellation,
         # and asyncio.run() raises KeyboardInterrupt as it does for any Ctrl-C.
