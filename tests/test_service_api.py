@@ -12,6 +12,7 @@ from _helpers import wait_until
 from netcall import (
     ConnectionLostError,
     MethodNotFoundError,
+    RPCClient,
     RPCService,
     RPCTimeoutError,
     ServiceStoppingError,
@@ -502,3 +503,20 @@ async def test_stop_grace_zero(make_service, make_client, make_url):
     with pytest.raises(ServiceStoppingError):
         await asyncio.wait_for(call, 2)
     assert t.cancelled == 1
+
+
+async def test_bind_to_a_wildcard_port_records_the_port_chosen(ctx):
+    svc = RPCService(context=ctx)
+    try:
+        svc.bind("tcp://127.0.0.1:*")
+        (url,) = svc.bound
+        assert url.startswith("tcp://127.0.0.1:") and not url.endswith("*")
+        client = RPCClient(context=ctx, timeout=5)
+        try:
+            svc.start()
+            client.connect(url)
+            assert isinstance(await client.methods(), dict)
+        finally:
+            client.close()
+    finally:
+        await svc.stop()

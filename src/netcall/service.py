@@ -13,19 +13,20 @@ import concurrent.futures
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 import zmq
 
 from . import _backends
 from . import protocol as p
-from ._edge import map_exceptions
 from ._middleware import ServiceMiddleware, check_middleware
 from ._reactor import SocketDriver
 from ._service import lifecycle
+from ._service.binding import ServiceBinding
 from ._service.dispatch import Dispatcher
 from ._service.guard import Guard, Limits
 from ._service.inbox import Inbox
+from ._service.registering import ServiceRegistering
 from ._service.registry import METHODS_NAME, HandlerRegistry, public_names
 from ._service.replies import Replies
 from ._service.runner import HandlerRunner, Runner
@@ -33,7 +34,7 @@ from ._service.streams import Producers
 from ._service.upstream import ServiceConnecting, Upstreams
 from ._socket import make_router
 from .client import RPCClient
-from .security import CurveServer, secure_socket, warn_if_exposed
+from .security import CurveServer, secure_socket
 from .serializers import Serializer, get_serializer
 
 __all__ = ["RESERVED_NAMES", "HandlerRunner", "Limits", "RPCService"]
@@ -45,7 +46,7 @@ log = logging.getLogger("netcall")
 Keys = Iterable[Any] | None  # CURVE public keys (Z85 bytes or text, or Keypairs)
 
 
-class RPCService(ServiceConnecting):
+class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
     """An RPC service: register handlers, bind endpoints, serve.
 
     Sync handlers run inline on the event loop (keep them short), or in ``executor`` when one is
@@ -179,130 +180,6 @@ class RPCService(ServiceConnecting):
         return self._socket
 
     # -- registration ---------------------------------------------------------------------
-
-    @overload
-    def register(self, fn: F, *, name: str | None = None, allow: Keys = None) -> F: ...
-
-    @overload
-    def register(
-        self, fn: None = None, *, name: str | None = None, allow: Keys = None
-    ) -> Callable[[F], F]: ...
-
-    def register(
-        self, fn: F | None = None, *, name: str | None = None, allow: Keys = None
-    ) -> F | Callable[[F], F]:
-        """Register a handler: ``@service.register``, ``@service.register(name="x")`` or
-        ``service.register(fn, name="x")``. Returns the function unchanged. With ``allow``
-        (CURVE public keys), any other caller gets ``PermissionError`` (a RemoteRPCError).
-
-        Raises:
-            ValueError: the name is reserved (see :data:`RESERVED_NAMES`), empty, or private;
-                an ``allow`` entry is not a key.
-            TypeError: ``fn`` is not callable.
-        """
-        if fn is None:
-
-            def decorator(f: F) -> F:
-                self._registry.add(name or f.__name__, f, allow)
-                self._upstreams.announce()
-                return f
-
-            return decorator
-        if isinstance(fn, str):
-            raise TypeError("use register(name=...) to give a name")
-        self._registry.add(name or str(getattr(fn, "__name__", "")), fn, allow)
-        self._upstreams.announce()
-        return fn
-
-    task = register  # the 2014 spelling
-
-    def register_object(
-        self, obj: Any, namespace: str | None = None, restricted: Iterable[str] = ()
-    ) -> list[str]:
-        """Expose ``obj``'s public callables as ``namespace.name`` (or ``name``).
-
-        Names starting with ``_``, names in ``restricted`` and, without a namespace, reserved
-        names (:data:`RESERVED_NAMES`; logged at DEBUG) are not exposed. Returns the
-        registered names.
-
-        Raises:
-            ValueError: ``namespace`` is reserved or invalid.
-        """
-        added = self._registry.add_object(obj, namespace, restricted)
-        self._upstreams.announce()
-        return added
-
-    def add_middleware(self, middleware: ServiceMiddleware, *, outermost: bool = False) -> None:
-        """Run ``async def middleware(ctx, call_next)`` around every call and stream opening
-        from now on, innermost (or ``outermost``); see :mod:`netcall._service.chain`. Raises
-        ``TypeError`` if it is not callable."""
-        self._dispatch.chain.add(check_middleware([middleware])[0], outermost)
-
-    def methods(self) -> dict[str, dict[str, str]]:
-        """The registered handlers: ``{name: {"signature": ..., "doc": ...}}``."""
-        return self._registry.describe()
-
-    @property
-    def procedures(self) -> dict[str, Callable[..., Any]]:
-        """The registered functions by name: a read-only dict (the 2014 ``procedures``)."""
-        return self._registry.procedures()
-
-    # -- endpoints ------------------------------------------------------------------------
-
-    @property
-    def bound(self) -> set[str]:
-        """The endpoints this service is bound to."""
-        return set(self._bound)
-
-    def bind(self, urls: str | Iterable[str], only: bool = False) -> None:
-        """Bind to one or several endpoints (``tcp://``, ``ipc://``, ``inproc://``).
-
-        With ``only=True`` the service ends up bound to exactly ``urls``: others are unbound.
-
-        Raises:
-            RPCError: an endpoint cannot be bound (address in use, bad address); the
-                ``zmq.ZMQError`` is its ``__cause__``.
-        """
-        wanted = [urls] if isinstance(urls, str) else list(urls)
-        if only:
-            for url in self._bound - set(wanted):
-                self.unbind(url)
-        for url in wanted:
-            if url not in self._bound:
-                with map_exceptions(f"cannot bind {url!r}"):
-                    self.socket.bind(url)
-                self._bound.add(url)
-                log.info("%s bound to %s", self.name, url)
-                warn_if_exposed(url, self.serializer.name, self.security, "bound")
-
-    def unbind(self, url: str) -> None:
-        """Stop listening on ``url``."""
-        if url in self._bound:
-            self._bound.discard(url)
-            try:
-                self.socket.unbind(url)
-            except zmq.ZMQError:
-                pass
-
-    def bind_ports(
-        self, ip: str = "127.0.0.1", port: int = 0, *, min_port: int = 49152, max_port: int = 65535
-    ) -> int:
-        """Bind ``tcp://ip:port``; with ``port=0`` pick a free port in [min_port, max_port].
-        Returns the port.
-
-        Raises:
-            RPCError: the port is taken, or no free port was found (``__cause__``: the
-                ``zmq.ZMQError``).
-        """
-        if port:
-            self.bind(f"tcp://{ip}:{port}")
-            return port
-        with map_exceptions(f"cannot bind tcp://{ip}"):
-            chosen = self.socket.bind_to_random_port(f"tcp://{ip}", min_port, max_port)
-        self._bound.add(f"tcp://{ip}:{chosen}")
-        log.info("%s bound to tcp://%s:%d", self.name, ip, chosen)
-        warn_if_exposed(f"tcp://{ip}:{chosen}", self.serializer.name, self.security, "bound")
-        return chosen
 
     # -- running --------------------------------------------------------------------------
 
