@@ -119,7 +119,7 @@ class RemoteGenerator(ObjectReceiveStream[Any], AsyncIterator[Any]):
 
         Raises:
             anyio.EndOfStream: the generator is exhausted (or closed).
-            what ``__anext__`` raises otherwise.
+            RPCError: as ``__anext__`` (the remote error, a timeout, a lost connection).
         """
         self.__aiter__()
         try:
