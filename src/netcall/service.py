@@ -241,8 +241,10 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         if that stop is interrupted too (a second Ctrl-C), the service closes at once.
 
         Raises:
-            RuntimeError: the service is closed.
+            RuntimeError: the service was closed before it ever started.
         """
+        if self._closed and self._driver is not None:
+            return  # started, then stopped before this got here (a stop() from another thread)
         self.start()
         await self._until_stopped()
 

@@ -101,7 +101,8 @@ class ThreadingRPCService(BridgedService):
         """Serve until :meth:`stop` or :meth:`close`, blocking the calling thread. An
         exception here (``KeyboardInterrupt``) closes the service."""
         try:
-            self.start()
+            if not (self.closed and self._driver is not None):  # else: stopped already
+                self.start()
             # The core's serve(), on the loop thread, calls start() again (a no-op there).
             self._bridge.run(super(BridgedService, self).serve())
         except BaseException:
