@@ -36,6 +36,7 @@ from ._metadata import check_metadata
 from ._middleware import ClientMiddleware, OutgoingCall
 from ._reactor import SocketDriver
 from ._socket import make_router
+from ._timers import TimeoutQueues
 from .errors import ClientClosedError, RPCError
 from .protocol.session import first_credit
 from .security import CurveClient, secure_socket
@@ -149,6 +150,7 @@ class RPCClient(CallSurface, ClientBinding):
         self._driver: SocketDriver | None = None
         self._monitor_driver: SocketDriver | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._timeouts: TimeoutQueues | None = None
         self._closed = False
         self.security = security
         # Sockets open when first needed (connect, a call): an unused client holds none.
@@ -225,6 +227,9 @@ class RPCClient(CallSurface, ClientBinding):
             self._keepalive.cancel()
         loop = asyncio.get_running_loop()
         self._loop = self._streams.loop = loop
+        if self._timeouts is not None:
+            self._timeouts.clear()
+        self._timeouts = TimeoutQueues(loop, self._calls.by_id.__contains__, self._calls.expire)
         opened = functools.partial(self._keepalive.schedule, loop)  # a stream opened: its lease
         peers = self._peers
         inbox = Inbox(self._calls, self._streams, self._send_cancel, opened, peers.on_announce)
@@ -294,7 +299,9 @@ class RPCClient(CallSurface, ClientBinding):
         calls[rid] = PendingCall(fut, peer, timeout, window)
         peer.inflight += 1
         driver.send(frames)
-        timer = loop.call_later(timeout, self._calls.expire, rid) if timeout is not None else None
+        timer = None
+        if timeout is not None and not self._timeouts.add(timeout, rid):  # type: ignore[union-attr]
+            timer = loop.call_later(timeout, self._calls.expire, rid)
         try:
             reply = await fut
         except asyncio.CancelledError:
@@ -356,6 +363,8 @@ class RPCClient(CallSurface, ClientBinding):
         closed = lambda: ClientClosedError("the client was closed")  # noqa: E731
         self._calls.fail_all(closed)
         self._streams.fail_all(closed)
+        if self._timeouts is not None:
+            self._timeouts.clear()
 
     def shutdown(self) -> None:
         """:meth:`close` (the 2014 spelling)."""

@@ -13,6 +13,7 @@ import functools
 import inspect
 import logging
 import sys
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from .._middleware import ServiceMiddleware
 from .._payload import buffers_loader, dumper
 from .._ratelog import RateLimitedLog
 from .._reactor import SocketDriver
+from .._timers import TimeoutQueues
 from ..errors import SerializationError, remote_type_name
 from ..serializers import Serializer
 from .chain import ServiceChain, is_stream
@@ -73,6 +75,8 @@ class Dispatcher:
         # run (cancel() is then a no-op): that callback must not answer or open a stream.
         self._abandoned: set[tuple[bytes, int]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Handler deadlines (a handler still running at its deadline is cancelled).
+        self._timeouts: TimeoutQueues | None = None
         # The socket driver: a CURVE service's holds the key of the message being handled.
         self.keys: SocketDriver | None = None
         self.refusing: str | None = None  # why new calls are refused (the service is stopping)
@@ -201,8 +205,12 @@ class Dispatcher:
             _current.reset(token)
         timer = None
         if deadline is not None:
-            assert self.loop is not None
-            timer = self.loop.call_later(deadline.remaining(), task.cancel)
+            timeouts = self._timeouts
+            if timeouts is None or timeouts.loop is not self.loop:
+                assert self.loop is not None
+                timeouts = self._timeouts = TimeoutQueues(self.loop, _running, _cancel)
+            if not timeouts.add(msg.timeout, weakref.ref(task)):
+                timer = timeouts.loop.call_later(deadline.remaining(), task.cancel)
         self.calls[(peer, rid)] = task
         self._replies.guard.loaded(peer)
         task.add_done_callback(
@@ -351,6 +359,17 @@ class Dispatcher:
             )
             return
         self._replies.send(peer, p.payload_frames(p.Kind.RESULT, msg.id, payload, buffers))
+
+
+def _running(ref: weakref.ref[asyncio.Future[Any]]) -> bool:
+    task = ref()
+    return task is not None and not task.done()
+
+
+def _cancel(ref: weakref.ref[asyncio.Future[Any]]) -> None:
+    task = ref()
+    if task is not None:
+        task.cancel()
 
 
 if sys.version_info >= (3, 12):
