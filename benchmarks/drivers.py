@@ -9,6 +9,11 @@ first, and a rate is always ``completed / elapsed``.  Two families:
   calling greenlet/thread, ``stream(n)`` is a plain iterable.  "N in flight"
   means N greenlets (``spawner='gevent'``) or N threads (``spawner='thread'``),
   each calling sequentially.
+
+Payloads are made once by the caller, never inside a timed loop.  With ``size`` given,
+the length of every reply (``len()``: bytes, or a numpy array's first dimension) is
+checked as it arrives, outside the timed part of sequential calls.  The ``*_big``
+stream drivers consume a stream of ``size``-byte items and also report MiB/s.
 """
 
 from __future__ import annotations
@@ -39,16 +44,35 @@ class CheckError(AssertionError):
     pass
 
 
+def same(got: Any, want: Any) -> bool:
+    """``got == want``, also for numpy arrays (same dtype, shape and values)."""
+    if hasattr(want, "__array_interface__"):
+        import numpy as np
+
+        return (
+            isinstance(got, np.ndarray)
+            and got.dtype == want.dtype
+            and got.shape == want.shape
+            and bool(np.array_equal(got, want))
+        )
+    return bool(got == want)
+
+
 def check(got: Any, want: Any, what: str) -> None:
-    if got != want:
+    if not same(got, want):
         raise CheckError(f"{what}: got {got!r:.60}, expected {want!r:.60}")
+
+
+def check_len(reply: Any, size: int) -> None:
+    if len(reply) != size:
+        raise CheckError(f"reply of {len(reply)} items or bytes, expected {size}")
 
 
 # --------------------------------------------------------------------------- asyncio
 
 
 async def a_seq(
-    echo: Callable[[Any], Any], arg: Any, max_calls: int, max_time: float
+    echo: Callable[[Any], Any], arg: Any, max_calls: int, max_time: float, size: int | None = None
 ) -> dict[str, float]:
     """Sequential calls: calls/s, p50 and p99 latency in microseconds."""
     check(await echo(arg), arg, "echo")
@@ -59,9 +83,11 @@ async def a_seq(
     append = lat.append
     for _ in range(max_calls):
         s = ns()
-        await echo(arg)
+        r = await echo(arg)
         e = ns()
         append(e - s)
+        if size is not None:
+            check_len(r, size)
         if e > deadline_ns:
             break
     elapsed = perf() - t0
@@ -75,23 +101,31 @@ async def a_seq(
 
 
 async def a_conc(
-    echo: Callable[[Any], Any], arg: Any, inflight: int, max_calls: int, max_time: float
+    echo: Callable[[Any], Any],
+    arg: Any,
+    inflight: int,
+    max_calls: int,
+    max_time: float,
+    size: int | None = None,
 ) -> dict[str, float]:
     """``inflight`` tasks, each calling sequentially, until count or time runs out."""
     check(await echo(arg), arg, "echo")
     issued = 0
     done = 0
+    stop = False  # once one task sees the deadline, every task stops after its current call
     t0 = perf()
     deadline = t0 + max_time
 
     async def worker() -> None:
-        nonlocal issued, done
-        while issued < max_calls:
+        nonlocal issued, done, stop
+        while issued < max_calls and not stop:
             issued += 1
-            await echo(arg)
+            r = await echo(arg)
+            if size is not None:
+                check_len(r, size)
             done += 1
             if (done & 63) == 0 and perf() > deadline:
-                break
+                stop = True
 
     await _gather([worker for _ in range(inflight)])
     elapsed = perf() - t0
@@ -148,6 +182,42 @@ async def a_stream(
     return {"items_s": count / elapsed, "n": count}
 
 
+async def a_stream_big(
+    stream: Callable[[int], Any], size: int, max_items: int, max_time: float
+) -> dict[str, float]:
+    """Items/s and MiB/s of one stream of ``size``-byte items consumed to its end, every
+    item's length checked; sized by a short probe stream like :func:`a_stream`."""
+    first = [x async for x in stream(2)]
+    check(len(first), 2, "stream_big(2) length")
+    for x in first:
+        check_len(x, size)
+    probe = max(min(16, max_items // 4), 2)
+    t0 = perf()
+    async for _ in stream(probe):
+        pass
+    n = _stream_size(probe, perf() - t0, max_items, max_time)
+
+    count = 0
+    t0 = perf()
+    hard_deadline = t0 + max_time * 3 + 5
+    it = stream(n).__aiter__()
+    try:
+        async for x in it:
+            if len(x) != size:
+                check_len(x, size)
+            count += 1
+            if perf() > hard_deadline:
+                raise TimeoutError(f"stream of {n} items: only {count} after {perf() - t0:.1f} s")
+        elapsed = perf() - t0
+    finally:
+        if count < n:
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None:
+                await aclose()
+    check(count, n, "stream length")
+    return {"items_s": count / elapsed, "mib_s": count * size / elapsed / (1 << 20), "n": count}
+
+
 def _stream_size(probe: int, probe_time: float, max_items: int, max_time: float) -> int:
     rate = probe / max(probe_time, 1e-6)
     return int(max(min(rate * max_time, max_items), probe))
@@ -185,7 +255,7 @@ def _spawn_all(spawner: str, n: int, fn: Callable[[], None]) -> None:
 
 
 def b_seq(
-    echo: Callable[[Any], Any], arg: Any, max_calls: int, max_time: float
+    echo: Callable[[Any], Any], arg: Any, max_calls: int, max_time: float, size: int | None = None
 ) -> dict[str, float]:
     check(echo(arg), arg, "echo")
     lat: list[int] = []
@@ -195,9 +265,11 @@ def b_seq(
     append = lat.append
     for _ in range(max_calls):
         s = ns()
-        echo(arg)
+        r = echo(arg)
         e = ns()
         append(e - s)
+        if size is not None:
+            check_len(r, size)
         if e > deadline_ns:
             break
     elapsed = perf() - t0
@@ -217,6 +289,7 @@ def b_conc(
     max_calls: int,
     max_time: float,
     spawner: str,
+    size: int | None = None,
 ) -> dict[str, float]:
     import threading
 
@@ -232,7 +305,9 @@ def b_conc(
                 if state["issued"] >= max_calls:
                     return
                 state["issued"] += 1
-            echo(arg)
+            r = echo(arg)
+            if size is not None:
+                check_len(r, size)
             with lock:
                 state["done"] += 1
             if perf() > deadline:
@@ -270,3 +345,38 @@ def b_stream(stream: Callable[[int], Any], max_items: int, max_time: float) -> d
                 close()
     check((count, last), (n, n - 1), "stream length and last item")
     return {"items_s": count / elapsed, "n": count}
+
+
+def b_stream_big(
+    stream: Callable[[int], Any], size: int, max_items: int, max_time: float
+) -> dict[str, float]:
+    """Blocking twin of :func:`a_stream_big`."""
+    first = list(stream(2))
+    check(len(first), 2, "stream_big(2) length")
+    for x in first:
+        check_len(x, size)
+    probe = max(min(16, max_items // 4), 2)
+    t0 = perf()
+    for _ in stream(probe):
+        pass
+    n = _stream_size(probe, perf() - t0, max_items, max_time)
+
+    count = 0
+    t0 = perf()
+    hard_deadline = t0 + max_time * 3 + 5
+    it = iter(stream(n))
+    try:
+        for x in it:
+            if len(x) != size:
+                check_len(x, size)
+            count += 1
+            if perf() > hard_deadline:
+                raise TimeoutError(f"stream of {n} items: only {count} after {perf() - t0:.1f} s")
+        elapsed = perf() - t0
+    finally:
+        if count < n:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+    check(count, n, "stream length")
+    return {"items_s": count / elapsed, "mib_s": count * size / elapsed / (1 << 20), "n": count}

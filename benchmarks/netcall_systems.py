@@ -1,8 +1,12 @@
 """netcall: one asyncio ``RPCService`` server, and every netcall client against it.
 
 Service methods: ``echo`` (async def), ``count`` (async generator), ``count_sync``
-(plain generator), and for the memory figures ``hold`` (parks until ``release()``),
-``held`` (how many are parked) and ``release``.
+(plain generator), ``count_big(n, size)`` (async generator yielding one ``size``-byte
+``bytes`` object, made once per size, ``n`` times), and for the memory figures ``hold``
+(parks until ``release()``), ``held`` (how many are parked) and ``release``.
+
+Every client echoes numpy arrays as they are (``echo_array`` is ``echo``): netcall's
+serializer carries them.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ def make_service(curve_dir: str | None = None, middleware: bool = False) -> Any:
     extra: dict[str, Any] = {"middleware": [_noop_service_mw]} if middleware else {}
     service = RPCService(security=security, **extra)
     state: dict[str, Any] = {"held": 0, "event": None}
+    big: dict[int, bytes] = {}
 
     @service.register
     async def echo(s: Any) -> Any:
@@ -60,6 +65,14 @@ def make_service(curve_dir: str | None = None, middleware: bool = False) -> Any:
     @service.register
     def count_sync(n: int) -> Any:
         yield from range(n)
+
+    @service.register
+    async def count_big(n: int, size: int) -> Any:
+        item = big.get(size)
+        if item is None:
+            item = big[size] = b"s" * size
+        for _ in range(n):
+            yield item
 
     @service.register
     async def hold() -> int:
@@ -174,8 +187,10 @@ class AsyncioClient:
         self.client.connect(endpoint)
         c = self.client
         self.echo = lambda s: c.echo(s)
+        self.echo_array = self.echo
         self.stream = lambda n: c.count(n)
         self.stream_sync = lambda n: c.count_sync(n)
+        self.stream_big = lambda n, size: c.count_big(n, size)
         return self
 
     async def close(self) -> None:
@@ -208,8 +223,10 @@ class _BlockingClient:
         self.client.connect(endpoint)
         c = self.client
         self.echo = lambda s: c.echo(s)
+        self.echo_array = self.echo
         self.stream = lambda n: c.count(n)
         self.stream_sync = lambda n: c.count_sync(n)
+        self.stream_big = lambda n, size: c.count_big(n, size)
 
     def close(self) -> None:
         self.client.close()

@@ -1,12 +1,15 @@
 """Peer libraries: zerorpc (gevent), aiozmq.rpc and grpc.aio (generic handler, bytes in/out).
 
-Each is imported only inside the process that runs it.
+Each is imported only inside the process that runs it.  zerorpc and grpc.aio also serve
+``count_big(n, size)``, a stream of one ``size``-byte object (made once per size) sent ``n``
+times.  None of them carries a numpy array (no ``echo_array``: reported n/a).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from itertools import repeat
 from typing import Any
 
 # =========================================================================== zerorpc (gevent)
@@ -22,6 +25,10 @@ def serve_zerorpc(endpoint_cb: Callable[[str], None], host: str = "127.0.0.1") -
         @zerorpc.stream
         def count(self, n: int) -> Iterator[int]:
             return iter(range(n))
+
+        @zerorpc.stream
+        def count_big(self, n: int, size: int) -> Iterator[bytes]:
+            return repeat(_big(size), n)
 
     server = zerorpc.Server(Bench(), heartbeat=None)
     port = _free_port(host)
@@ -43,6 +50,9 @@ class ZerorpcClient:
 
     def stream(self, n: int) -> Any:
         return self.client.count(n)
+
+    def stream_big(self, n: int, size: int) -> Any:
+        return self.client.count_big(n, size)
 
     def close(self) -> None:
         self.client.close()
@@ -99,18 +109,26 @@ def _grpc_handlers() -> Any:
         for i in range(int(request)):
             yield b"%d" % i
 
+    async def count_big(request: bytes, context: Any) -> Any:
+        n, size = (int(x) for x in request.split(b","))
+        item = _big(size)
+        for _ in range(n):
+            yield item
+
     return grpc.method_handlers_generic_handler(
         "bench.Bench",
         {
             "Echo": grpc.unary_unary_rpc_method_handler(echo),
             "Count": grpc.unary_stream_rpc_method_handler(count),
+            "CountBig": grpc.unary_stream_rpc_method_handler(count_big),
         },
     )
 
 
+# room for the 16 MiB echo
 _GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", 8 << 20),
-    ("grpc.max_receive_message_length", 8 << 20),
+    ("grpc.max_send_message_length", 40 << 20),
+    ("grpc.max_receive_message_length", 40 << 20),
 ]
 
 
@@ -138,6 +156,7 @@ class GrpcClient:
         await self.channel.channel_ready()
         self._echo = self.channel.unary_unary("/bench.Bench/Echo")
         self._count = self.channel.unary_stream("/bench.Bench/Count")
+        self._count_big = self.channel.unary_stream("/bench.Bench/CountBig")
         return self
 
     async def echo(self, s: Any) -> Any:
@@ -148,26 +167,41 @@ class GrpcClient:
     def stream(self, n: int) -> Any:
         return _GrpcStream(self._count(b"%d" % n))
 
+    def stream_big(self, n: int, size: int) -> Any:
+        return _GrpcStream(self._count_big(b"%d,%d" % (n, size)), convert=False)
+
     async def close(self) -> None:
         await self.channel.close()
 
 
 class _GrpcStream:
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, convert: bool = True) -> None:
         self.call = call
         self.it = call.__aiter__()
+        self.convert = convert
 
     def __aiter__(self) -> _GrpcStream:
         return self
 
-    async def __anext__(self) -> int:
-        return int(await self.it.__anext__())
+    async def __anext__(self) -> Any:
+        item = await self.it.__anext__()
+        return int(item) if self.convert else item
 
     async def aclose(self) -> None:
         self.call.cancel()
 
 
 # ---------------------------------------------------------------------------
+
+_BIG: dict[int, bytes] = {}
+
+
+def _big(size: int) -> bytes:
+    """One ``size``-byte object per size, made once (a stream sends the same one)."""
+    item = _BIG.get(size)
+    if item is None:
+        item = _BIG[size] = b"s" * size
+    return item
 
 
 def _free_port(host: str) -> int:

@@ -14,6 +14,12 @@ Protocol (both baselines, identical on the wire):
   comparable.  ``window == 0`` is a plain push with no flow control (reported
   separately as ``stream_push``); since a ROUTER silently drops at the high-water
   mark, the service's SNDHWM and the client's RCVHWM are 0 (unbounded) for it.
+* ``method == "count_big"``, ``args == [n, window, size]``: the same stream, but every
+  item is one ``size``-byte ``bytes`` object (made once per size in the service and sent
+  ``n`` times).  The benchmark uses window = 8 (8 MiB of 1 MiB items in flight at most;
+  netcall's stream credit is bounded by a 4 MiB byte budget).
+* A numpy array is echoed the way a user of plain pyzmq would: ``arr.tobytes()`` sent,
+  ``np.frombuffer`` of the reply (``echo_array``).
 
 ``raw-zmq-asyncio``: ``zmq.asyncio`` sockets; the service awaits ``recv_multipart`` /
 ``send_multipart`` in one loop; the client has one reader task and a Future per call.
@@ -28,7 +34,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import repeat
 from typing import Any
 
 import msgpack
@@ -37,6 +44,7 @@ import zmq.asyncio
 
 REPLY, ITEM, END = 0, 1, 2
 WINDOW = 64
+BIG_WINDOW = 8
 
 packb = msgpack.packb
 
@@ -48,9 +56,21 @@ def unpackb(b: bytes) -> Any:
 class _StreamState:
     __slots__ = ("credit", "it")
 
-    def __init__(self, n: int, window: int) -> None:
-        self.it = iter(range(n))
+    def __init__(self, n: int, window: int, item: bytes | None = None) -> None:
+        self.it: Iterator[Any] = iter(range(n)) if item is None else repeat(item, n)
         self.credit = window if window > 0 else float("inf")
+
+
+_BIG: dict[int, bytes] = {}
+
+
+def _big_stream(args: list[Any]) -> _StreamState:
+    """The state of a ``count_big`` stream: the same ``size``-byte object ``n`` times."""
+    n, window, size = args
+    item = _BIG.get(size)
+    if item is None:
+        item = _BIG[size] = b"s" * size
+    return _StreamState(n, window, item)
 
 
 # =========================================================================== services
@@ -82,8 +102,8 @@ async def serve_asyncio(endpoint_cb: Callable[[str], None], host: str = "127.0.0
             cid, method, args = unpackb(payload)
             if method == "echo":
                 await sock.send_multipart([ident, packb([cid, REPLY, args[0]])])
-            elif method == "count":
-                st = _StreamState(args[0], args[1])
+            elif method == "count" or method == "count_big":
+                st = _StreamState(args[0], args[1]) if method == "count" else _big_stream(args)
                 streams[(ident, cid)] = st
                 await pump(ident, cid, st)
             elif method == "__credit__":
@@ -146,8 +166,8 @@ async def serve_fd(endpoint_cb: Callable[[str], None], host: str = "127.0.0.1") 
             cid, method, args = unpackb(payload)
             if method == "echo":
                 send([ident, packb([cid, REPLY, args[0]])])
-            elif method == "count":
-                st = _StreamState(args[0], args[1])
+            elif method == "count" or method == "count_big":
+                st = _StreamState(args[0], args[1]) if method == "count" else _big_stream(args)
                 streams[(ident, cid)] = st
                 pump(ident, cid, st)
             elif method == "__credit__":
@@ -174,6 +194,13 @@ async def serve_fd(endpoint_cb: Callable[[str], None], host: str = "127.0.0.1") 
 
 
 # =========================================================================== clients
+
+
+def _from_bytes(data: bytes, like: Any) -> Any:
+    """The array ``like`` was, rebuilt over ``data`` (no copy): what a pyzmq user writes."""
+    import numpy as np
+
+    return np.frombuffer(data, dtype=like.dtype).reshape(like.shape)
 
 
 class RawStream:
@@ -267,17 +294,26 @@ class AsyncioClient:
     def echo(self, arg: Any) -> Any:
         return self.call("echo", arg)
 
-    def stream(self, n: int, window: int = WINDOW) -> RawStream:
+    def _open(self, method: str, args: list[Any], window: int) -> RawStream:
         self.next_id += 1
         cid = self.next_id
         st = RawStream(self, cid, window)
         self.streams[cid] = st
         # the request is sent without awaiting: zmq.asyncio queues it if needed
-        self.sock.send(packb([cid, "count", [n, window]]))
+        self.sock.send(packb([cid, method, args]))
         return st
+
+    def stream(self, n: int, window: int = WINDOW) -> RawStream:
+        return self._open("count", [n, window], window)
 
     def stream_push(self, n: int) -> RawStream:
         return self.stream(n, 0)
+
+    def stream_big(self, n: int, size: int) -> RawStream:
+        return self._open("count_big", [n, BIG_WINDOW, size], BIG_WINDOW)
+
+    async def echo_array(self, arr: Any) -> Any:
+        return _from_bytes(await self.call("echo", arr.tobytes()), arr)
 
     async def close(self) -> None:
         self.reader.cancel()
@@ -370,16 +406,25 @@ class FdClient:
     def echo(self, arg: Any) -> asyncio.Future[Any]:
         return self.call("echo", arg)
 
-    def stream(self, n: int, window: int = WINDOW) -> RawStream:
+    def _open(self, method: str, args: list[Any], window: int) -> RawStream:
         self.next_id += 1
         cid = self.next_id
         st = RawStream(self, cid, window)
         self.streams[cid] = st
-        self._send(packb([cid, "count", [n, window]]))
+        self._send(packb([cid, method, args]))
         return st
+
+    def stream(self, n: int, window: int = WINDOW) -> RawStream:
+        return self._open("count", [n, window], window)
 
     def stream_push(self, n: int) -> RawStream:
         return self.stream(n, 0)
+
+    def stream_big(self, n: int, size: int) -> RawStream:
+        return self._open("count_big", [n, BIG_WINDOW, size], BIG_WINDOW)
+
+    async def echo_array(self, arr: Any) -> Any:
+        return _from_bytes(await self.call("echo", arr.tobytes()), arr)
 
     async def close(self) -> None:
         self.loop.remove_reader(self.fd)

@@ -4,6 +4,7 @@
     python benchmarks/run.py                 # full run (a few minutes)
     python benchmarks/run.py --quick         # smoke run, a few seconds
     python benchmarks/run.py --systems raw-zmq-asyncio,netcall-asyncio --out /tmp/b
+    python benchmarks/run.py --figures payload --no-memory   # only the payload figures
 
 Each server runs in its own process; each client too (so gevent, uvloop and
 threads never share an interpreter).  Repetitions are interleaved: for each
@@ -31,7 +32,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from worker import SYSTEMS  # noqa: E402
+from worker import FIGURES, PAYLOAD_FIGURES, SYSTEMS  # noqa: E402
 
 BASELINE = "raw-zmq-asyncio"
 ALL_SYSTEMS = list(SYSTEMS)
@@ -46,6 +47,8 @@ FULL_CFG: dict[str, Any] = {
     "conc_calls": 1_000_000,
     "stream_items": 10_000_000,
     "mib_calls": 10_000,
+    "mib16_calls": 1_000,
+    "big_stream_items": 100_000,
     "inflight": INFLIGHT,
     "mem_calls": 10_000,
     "mem_streams": 1_000,
@@ -58,12 +61,14 @@ QUICK_CFG: dict[str, Any] = {
     "conc_calls": 5_000,
     "stream_items": 20_000,
     "mib_calls": 50,
+    "mib16_calls": 3,
+    "big_stream_items": 12,
     "inflight": INFLIGHT,
     "mem_calls": 1_000,
     "mem_streams": 100,
 }
 
-# (metric, field, column title, higher is better)
+# (metric, field, column title, higher is better): small messages ('hello', integers)
 COLUMNS = [
     ("seq", "calls_s", "sequential calls/s", True),
     ("seq", "p50_us", "p50 µs", False),
@@ -73,9 +78,23 @@ COLUMNS = [
     ("c64", "calls_s", "64 in flight", True),
     ("c512", "calls_s", "512 in flight", True),
     ("stream", "items_s", "stream items/s", True),
-    ("kib1", "calls_s", "1 KiB calls/s", True),
-    ("mib1", "calls_s", "1 MiB calls/s", True),
 ]
+# ... and payloads (bytes echoed, a numpy array echoed, a stream of 1 MiB bytes items)
+PAYLOAD_COLUMNS = [
+    ("kib1", "calls_s", "1 KiB seq calls/s", True),
+    ("kib1_c64", "calls_s", "1 KiB 64 in flight", True),
+    ("mib1", "calls_s", "1 MiB seq calls/s", True),
+    ("mib1_c64", "calls_s", "1 MiB 64 in flight", True),
+    ("mib16", "calls_s", "16 MiB seq calls/s", True),
+    ("numpy", "calls_s", "numpy 1 MiB seq calls/s", True),
+    ("stream_mib", "items_s", "stream of 1 MiB items, items/s", True),
+    ("stream_mib", "mib_s", "stream MiB/s", True),
+]
+# --figures shortcuts
+FIGURE_GROUPS = {
+    "payload": PAYLOAD_FIGURES,
+    "small": [f for f in FIGURES if f not in PAYLOAD_FIGURES],
+}
 
 
 # --------------------------------------------------------------------------- processes
@@ -220,32 +239,80 @@ def probe(system: str) -> str | None:
 
 
 def versions() -> dict[str, str]:
+    """Versions as the worker processes see them (same interpreter, cwd and environment)."""
     code = (
         "import json, importlib.metadata as md, zmq, sys\n"
         "v = {'python': sys.version.split()[0], 'pyzmq': zmq.__version__, 'libzmq': zmq.zmq_version()}\n"
-        "for d in ['msgpack', 'netcall', 'uvloop', 'gevent', 'tornado', 'zerorpc', 'aiozmq', 'grpcio']:\n"
+        "for d in ['msgpack', 'netcall', 'uvloop', 'gevent', 'tornado', 'zerorpc', 'aiozmq', 'grpcio', 'numpy']:\n"
         "    try: v[d] = md.version(d)\n"
         "    except Exception: v[d] = 'not installed'\n"
+        "try:\n"
+        "    import netcall; v['netcall_path'] = netcall.__file__ or '?'\n"
+        "    if v['netcall'] == 'not installed': v['netcall'] = getattr(netcall, '__version__', '?')\n"
+        "except Exception as e: v['netcall_path'] = f'not importable: {e}'\n"
         "print(json.dumps(v))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=os.path.dirname(HERE),
+    )
     v = json.loads(r.stdout) if r.returncode == 0 else {}
     v["nproc"] = str(os.cpu_count())
     v["loadavg_start"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     v["platform"] = platform.platform()
     v["cpu"] = _cpu_model()
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=HERE,
-            timeout=10,
-        )
-        v["git"] = rev.stdout.strip() or "?"
-    except (OSError, subprocess.TimeoutExpired):
-        v["git"] = "?"
+    v["git"] = git_describe(v.get("netcall_path", ""))
     return v
+
+
+def _git(cwd: str, *args: str) -> str | None:
+    try:
+        r = subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=cwd, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def git_describe(netcall_file: str) -> str:
+    """The commit of the git checkout the imported ``netcall`` package comes from, with
+    ``-dirty`` when that checkout has uncommitted changes (tracked or not) in the package's
+    source directory (``src/``); ``?`` with the reason when it is not from a checkout."""
+    if not netcall_file or not os.path.isabs(netcall_file):
+        return f"? (netcall {netcall_file or 'not importable'})"
+    pkg = os.path.dirname(netcall_file)
+    parent = os.path.dirname(pkg)
+    src = parent if os.path.basename(parent) == "src" else pkg
+    sha = _git(pkg, "rev-parse", "--short", "HEAD")
+    if not sha:
+        return f"? (netcall from {pkg}, not a git checkout)"
+    status = _git(src, "status", "--porcelain", "--", ".")
+    if status is None:
+        return sha + "-unknown"
+    return sha + ("-dirty" if status else "")
+
+
+# environment variables that change the figures: recorded in the command line
+_ENV_IN_COMMAND = (
+    "PYTHONPATH",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "GLIBC_TUNABLES",
+    "NETCALL_MALLOC_TUNING",
+    "PYTHONMALLOC",
+)
+
+
+def command_line(argv: list[str]) -> str:
+    """The command as run, with the environment settings that change the figures."""
+    import shlex
+
+    env = [f"{k}={shlex.quote(os.environ[k])}" for k in _ENV_IN_COMMAND if k in os.environ]
+    return " ".join([*env, "python benchmarks/run.py", *(shlex.quote(a) for a in argv)])
 
 
 def _cpu_model() -> str:
@@ -293,6 +360,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time", type=float, help="seconds per measurement")
     ap.add_argument("--no-memory", action="store_true", help="skip the RSS measurements")
     ap.add_argument(
+        "--cold-payloads",
+        action="store_true",
+        help="no unrecorded 1 MiB and 16 MiB echo before the payload figures (glibc's malloc "
+        "thresholds then depend on which large figures ran before)",
+    )
+    ap.add_argument(
+        "--figures",
+        help="comma-separated subset of figures to measure (default: all): "
+        f"{', '.join(FIGURES)}, memory; or a group: "
+        + ", ".join(f"{g} ({','.join(fs)})" for g, fs in FIGURE_GROUPS.items()),
+    )
+    ap.add_argument(
         "--from-json", metavar="FILE", help="only rewrite the reports from a results.json"
     )
     a = ap.parse_args(argv)
@@ -308,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg["reps"] = a.reps
     if a.time:
         cfg["time"] = a.time
+    if a.cold_payloads:
+        cfg["payload_warmup"] = False
     if a.systems:
         systems = [s.strip() for s in a.systems.split(",") if s.strip()]
         bad = [s for s in systems if s not in SYSTEMS]
@@ -317,20 +398,30 @@ def main(argv: list[str] | None = None) -> int:
         systems = list(QUICK_SYSTEMS if a.quick else ALL_SYSTEMS)
     if BASELINE not in systems:
         systems.insert(0, BASELINE)  # ratios need the baseline in the same run
+    figures = list(FIGURES)
+    if a.figures:
+        figures = []
+        for f in (x.strip() for x in a.figures.split(",")):
+            figures += FIGURE_GROUPS.get(f, [f] if f else [])
+        bad = [f for f in figures if f not in FIGURES and f != "memory"]
+        if bad:
+            ap.error(f"unknown figures {bad}; known: {', '.join([*FIGURES, 'memory'])}")
+        if "memory" not in figures:
+            a.no_memory = True
+        figures = [f for f in figures if f != "memory"] or ["none"]
+        cfg["only"] = figures
 
     # wall-clock bound for one client process: metrics x (time + slack) + warm-up + start-up
-    n_metrics = 2 + len(cfg["inflight"]) + 4
-    client_timeout = n_metrics * (cfg["time"] * 3 + 2) + cfg["warmup"] * 3 + 20
+    n_metrics = len([f for f in figures if f in FIGURES])
+    client_timeout = n_metrics * (cfg["time"] * 3 + 3) + cfg["warmup"] * 3 + 20
     if a.quick:
-        client_timeout = 20.0
+        client_timeout = 25.0
 
     t_start = time.time()
     os.makedirs(a.out, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="netcall-bench-")
     results: dict[str, Any] = {
-        "command": " ".join(
-            ["python benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)]
-        ),
+        "command": command_line(sys.argv[1:] if argv is None else argv),
         "config": cfg,
         "baseline": BASELINE,
         "env": versions(),
@@ -454,7 +545,7 @@ def add_ratios(results: dict[str, Any]) -> None:
     base = results["systems"].get(BASELINE, {}).get("metrics", {})
     for sysres in results["systems"].values():
         ratios: dict[str, float] = {}
-        for m, field, _title, higher in COLUMNS:
+        for m, field, _title, higher in COLUMNS + PAYLOAD_COLUMNS:
             v = sysres["metrics"].get(m, {}).get(field)
             b = base.get(m, {}).get(field)
             if isinstance(v, (int, float)) and isinstance(b, (int, float)) and v > 0 and b > 0:
@@ -484,6 +575,24 @@ def cell(sysres: dict[str, Any], m: str, field: str, with_ratio: bool = True) ->
     return _fmt(v)
 
 
+def table(results: dict[str, Any], columns: list[tuple[str, str, str, bool]]) -> list[str]:
+    """One markdown table, a row per system; columns nobody measured are left out (no table
+    at all when nothing in it was measured)."""
+    systems = results["systems"]
+    measured = [c for c in columns if any(c[0] in r["metrics"] for r in systems.values())]
+    if not measured:
+        return []
+    columns = measured
+    header = ["system"] + [c[2] for c in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for s, r in systems.items():
+        row = [f"`{s}`"]
+        for m, field, _title, _h in columns:
+            row.append(cell(r, m, field, with_ratio=field in ("calls_s", "items_s")))
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     env = results["env"]
     lines = [
@@ -492,21 +601,28 @@ def markdown(results: dict[str, Any]) -> str:
         f"`{results['command']}` — {env.get('nproc')} cores ({env.get('cpu')}), Python {env.get('python')}, "
         f"pyzmq {env.get('pyzmq')}, libzmq {env.get('libzmq')}, netcall {env.get('netcall')} (git {env.get('git')}); "
         f"{results['config']['reps']} repetitions of {results['config']['time']} s, median; "
-        f"echo of `'hello'` over tcp://127.0.0.1, service and client in separate processes; "
+        f"echo of `'hello'` (payloads: below) over tcp://127.0.0.1, service and client in separate processes; "
         f"load average {env.get('loadavg_start', '?')} at the start, {env.get('loadavg_end', '?')} at the end.",
         "",
         f"Ratios in parentheses are to `{BASELINE}` in the same run (throughput: system/baseline; "
         "latency: baseline/system; above 1 is better).",
-        "",
     ]
-    header = ["system"] + [c[2] for c in COLUMNS]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    for s, r in results["systems"].items():
-        row = [f"`{s}`"]
-        for m, field, _title, _h in COLUMNS:
-            row.append(cell(r, m, field, with_ratio=field.endswith("_s")))
-        lines.append("| " + " | ".join(row) + " |")
+    main_table = table(results, COLUMNS)
+    if main_table:
+        lines += ["", *main_table]
+    payload_table = table(results, PAYLOAD_COLUMNS)
+    if payload_table:
+        lines += [
+            "",
+            "### Payloads",
+            "",
+            "Echo of `bytes` of 1 KiB, 1 MiB and 16 MiB (made once; the length of every reply "
+            "checked), of a 1 MiB numpy float64 array (the raw baselines send `arr.tobytes()` and "
+            "rebuild with `np.frombuffer`), and one stream of 1 MiB `bytes` items; "
+            f"ratios to `{BASELINE}` in the same run:",
+            "",
+            *payload_table,
+        ]
     for key, title in (
         ("stream_sync", "Streams from a plain (sync) generator on the service"),
         ("stream_push", "Raw streams with no flow control (plain push, unbounded HWM)"),
@@ -564,7 +680,7 @@ def curve_lines(results: dict[str, Any]) -> list[str]:
     """The cost of CURVE: ``netcall-curve`` against plain ``netcall-asyncio``, same run."""
     systems = results["systems"]
     curve, plain = systems.get("netcall-curve"), systems.get("netcall-asyncio")
-    if not curve or not plain:
+    if not curve or not plain or not any(m in plain["metrics"] for m, _f, _t in CURVE_ROWS):
         return []
     lines = [
         "",
@@ -594,6 +710,12 @@ def plot(results: dict[str, Any], path: str) -> str | None:
         import matplotlib.pyplot as plt
     except Exception as e:
         return f"[bench] plot skipped: matplotlib not importable ({e})"
+    if not any(
+        f"c{c}" in r["metrics"]
+        for r in results["systems"].values()
+        for c in results["config"]["inflight"]
+    ):
+        return "[bench] plot skipped: no calls-in-flight figures in this run"
     fig, ax = plt.subplots(figsize=(8, 5))
     for s, r in results["systems"].items():
         xs, ys = [], []

@@ -174,22 +174,101 @@ class Recorder:
         self.save()
 
 
-PAYLOAD_1K = b"x" * 1024
-PAYLOAD_1M = b"y" * (1 << 20)
+KIB = 1 << 10
+MIB = 1 << 20
+# every figure a client can measure, in the order measured (run.py's --figures)
+SMALL_FIGURES = ["seq", "c1", "c8", "c64", "c512", "stream", "stream_sync", "stream_push"]
+PAYLOAD_FIGURES = ["kib1", "kib1_c64", "mib1", "mib1_c64", "mib16", "numpy", "stream_mib"]
+FIGURES = SMALL_FIGURES + PAYLOAD_FIGURES
+
+_PAYLOADS: dict[int, bytes] = {}
 
 
-def _plan(cfg: dict[str, Any], cli: Any) -> list[tuple[str, str, Any]]:
-    """(metric name, driver kind, parameters)."""
-    plan: list[tuple[str, str, Any]] = [("seq", "seq", ("hello", cfg["seq_calls"], cfg["time"]))]
+def payload(size: int) -> bytes:
+    """The ``size``-byte echo payload, made once per process (never in a timed loop)."""
+    p = _PAYLOADS.get(size)
+    if p is None:
+        p = _PAYLOADS[size] = bytes([120 + len(_PAYLOADS)]) * size
+    return p
+
+
+def numpy_array() -> Any:
+    """A 1 MiB float64 array (made once), or None when numpy is not importable."""
+    try:
+        import numpy as np
+    except ImportError:
+        return None
+    return np.arange(MIB // 8, dtype=np.float64)
+
+
+# (metric name, driver kind, parameters, reply length to check or None)
+Step = tuple[str, str, Any, "int | None"]
+
+
+def _plan(cfg: dict[str, Any], cli: Any) -> list[Step]:
+    """Every figure to measure, its payload made here, once, for the selected figures only."""
+    only = cfg.get("only")
+
+    def want(name: str) -> bool:
+        return not only or name in only
+
+    t = cfg["time"]
+    plan: list[Step] = []
+    if want("seq"):
+        plan.append(("seq", "seq", ("hello", cfg["seq_calls"], t), None))
     for c in cfg["inflight"]:
-        plan.append((f"c{c}", "conc", ("hello", c, cfg["conc_calls"], cfg["time"])))
-    plan.append(("stream", "stream", (cfg["stream_items"], cfg["time"])))
-    for extra in ("stream_sync", "stream_push"):
-        if hasattr(cli, extra):
-            plan.append((extra, extra, (cfg["stream_items"], cfg["time"])))
-    plan.append(("kib1", "seq", (PAYLOAD_1K, cfg["seq_calls"], cfg["time"])))
-    plan.append(("mib1", "seq", (PAYLOAD_1M, cfg["mib_calls"], cfg["time"])))
-    return [p for p in plan if not cfg.get("only") or p[0] in cfg["only"]]
+        if want(f"c{c}"):
+            plan.append((f"c{c}", "conc", ("hello", c, cfg["conc_calls"], t), None))
+    for kind in ("stream", "stream_sync", "stream_push"):
+        if want(kind) and (kind == "stream" or hasattr(cli, kind)):
+            plan.append((kind, kind, (cfg["stream_items"], t), None))
+    mib_calls = cfg["mib_calls"]
+    if cfg.get("payload_warmup", True) and any(want(f) for f in PAYLOAD_FIGURES):
+        # Not recorded: one 1 MiB and one 16 MiB echo first.  glibc raises its mmap and trim
+        # thresholds the first time it frees a large mapped block, which makes later large
+        # messages cheaper for the raw baselines; measured (raw-zmq-asyncio, numpy 1 MiB echo,
+        # loaded machine): 119 calls/s before any 16 MiB echo, 290 after.  Warming up puts every
+        # payload figure, in both processes, in that state whatever figures run and in what order.
+        # run.py --cold-payloads skips it (then the order of the figures matters).
+        plan.append(("payload_warmup", "warm", (payload(MIB), payload(16 * MIB)), None))
+    sizes = {"kib1": KIB, "kib1_c64": KIB, "mib1": MIB, "mib1_c64": MIB, "mib16": 16 * MIB}
+    for name, size in sizes.items():
+        if not want(name):
+            continue
+        if name == "kib1":
+            plan.append((name, "seq", (payload(size), cfg["seq_calls"], t), size))
+        elif name == "kib1_c64":
+            plan.append((name, "conc", (payload(size), 64, cfg["conc_calls"], t), size))
+        elif name == "mib1":
+            plan.append((name, "seq", (payload(size), mib_calls, t), size))
+        elif name == "mib1_c64":
+            plan.append((name, "conc", (payload(size), 64, mib_calls, t), size))
+        else:  # sequential only: 64 x 16 MiB in flight would be 1 GiB at each end
+            plan.append((name, "seq", (payload(size), cfg.get("mib16_calls", 200), t), size))
+    if want("numpy"):
+        arr = numpy_array()
+        n = None if arr is None else len(arr)
+        plan.append(("numpy", "array", (arr, mib_calls, t), n))
+    if want("stream_mib"):
+        plan.append(("stream_mib", "stream_big", (cfg.get("big_stream_items", 100_000), t), MIB))
+    return plan
+
+
+def _not_available(system: str, kind: str, params: Any, cli: Any) -> str | None:
+    """Why a figure cannot be measured for this system, or None."""
+    if kind == "array":
+        if params[0] is None:
+            return "n/a: numpy is not importable"
+        if not hasattr(cli, "echo_array"):
+            return f"n/a: {system} carries no numpy arrays (bytes or its own types only)"
+    if kind == "stream_big" and not hasattr(cli, "stream_big"):
+        return f"n/a: {system} has no stream of large items here"
+    return None
+
+
+def _big_stream(cli: Any, size: int) -> Callable[[int], Any]:
+    """``stream(n)`` of ``size``-byte items, for the ``*_stream_big`` drivers."""
+    return lambda n: cli.stream_big(n, size)
 
 
 def _under_trio() -> bool:
@@ -253,6 +332,7 @@ async def _async_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Re
     try:
         if system == "aiozmq-rpc":
             rec.error("stream", "n/a: aiozmq.rpc has no streams")
+            rec.error("stream_mib", "n/a: aiozmq.rpc has no streams")
         # warm-up: not recorded
         wt = cfg["warmup"]
         try:
@@ -260,20 +340,34 @@ async def _async_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Re
             await _limit(drivers.a_seq(cli.echo, "hello", 10**9, wt / 2), wt * 4 + 10)
         except Exception as e:
             rec.error("warmup", e)
-        for name, kind, params in _plan(cfg, cli):
+        for name, kind, params, size in _plan(cfg, cli):
             if name in rec.data["errors"]:
                 continue
+            na = _not_available(system, kind, params, cli)
+            if na:
+                rec.error(name, na)
+                continue
             limit = cfg["time"] * 4 + 15
+            t0 = time.perf_counter()
             try:
+                if kind == "warm":
+                    for p in params:
+                        drivers.check_len(await _limit(cli.echo(p), limit), len(p))
+                    continue
                 if kind == "seq":
-                    res = await _limit(drivers.a_seq(cli.echo, *params), limit)
+                    res = await _limit(drivers.a_seq(cli.echo, *params, size=size), limit)
+                elif kind == "array":
+                    res = await _limit(drivers.a_seq(cli.echo_array, *params, size=size), limit)
                 elif kind == "conc":
-                    res = await _limit(drivers.a_conc(cli.echo, *params), limit)
+                    res = await _limit(drivers.a_conc(cli.echo, *params, size=size), limit)
+                elif kind == "stream_big":
+                    big = _big_stream(cli, size)
+                    res = await _limit(drivers.a_stream_big(big, size, *params), limit)
                 else:
                     res = await _limit(drivers.a_stream(getattr(cli, kind), *params), limit)
-                rec.metric(name, res)
+                rec.metric(name, dict(res, wall_s=time.perf_counter() - t0))
             except Exception as e:
-                rec.error(name, e)
+                rec.error("warmup" if kind == "warm" else name, e)
         if cfg.get("memory"):
             await _memory(cli, cfg, rec)
     finally:
@@ -377,17 +471,30 @@ def _blocking_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Recor
             drivers.b_seq(cli.echo, "hello", 10**9, wt / 2)
         except Exception as e:
             rec.error("warmup", e)
-        for name, kind, params in _plan(cfg, cli):
+        for name, kind, params, size in _plan(cfg, cli):
+            na = _not_available(system, kind, params, cli)
+            if na:
+                rec.error(name, na)
+                continue
+            t0 = time.perf_counter()
             try:
+                if kind == "warm":
+                    for p in params:
+                        drivers.check_len(cli.echo(p), len(p))
+                    continue
                 if kind == "seq":
-                    res = drivers.b_seq(cli.echo, *params)
+                    res = drivers.b_seq(cli.echo, *params, size=size)
+                elif kind == "array":
+                    res = drivers.b_seq(cli.echo_array, *params, size=size)
                 elif kind == "conc":
-                    res = drivers.b_conc(cli.echo, *params, spawner)
+                    res = drivers.b_conc(cli.echo, *params, spawner, size=size)
+                elif kind == "stream_big":
+                    res = drivers.b_stream_big(_big_stream(cli, size), size, *params)
                 else:
                     res = drivers.b_stream(getattr(cli, kind), *params)
-                rec.metric(name, res)
+                rec.metric(name, dict(res, wall_s=time.perf_counter() - t0))
             except Exception as e:
-                rec.error(name, e)
+                rec.error("warmup" if kind == "warm" else name, e)
     finally:
         try:
             cli.close()

@@ -5,7 +5,9 @@ Behaviour only: no figure is compared with anything (speed is the benchmark's jo
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +15,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+HAS_NUMPY = importlib.util.find_spec("numpy") is not None
 
 
-@pytest.mark.timeout(120)
-def test_quick_benchmark_run(tmp_path: Path) -> None:
+def _run(tmp_path: Path, *args: str) -> dict:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(tmp_path)],
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), *args, "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=110,
@@ -26,15 +28,53 @@ def test_quick_benchmark_run(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert (tmp_path / "results.md").read_text().startswith("## Results")
-    results = json.loads((tmp_path / "results.json").read_text())
+    return json.loads((tmp_path / "results.json").read_text())
+
+
+@pytest.mark.timeout(120)
+def test_quick_benchmark_run(tmp_path: Path) -> None:
+    results = _run(tmp_path, "--quick")
     systems = results["systems"]
     assert {"raw-zmq-asyncio", "netcall-asyncio"} <= set(systems)
     netcall = systems["netcall-asyncio"]
-    assert netcall["errors"] == {}
+    assert netcall["errors"] == ({} if HAS_NUMPY else {"numpy": "n/a: numpy is not importable"})
     for metric in ("seq", "c1", "c8", "c64", "c512", "kib1", "mib1"):
         assert netcall["metrics"][metric]["calls_s"] > 0, metric
     assert netcall["metrics"]["stream"]["items_s"] > 0
+    # the payload figures, netcall and the baseline alike
+    for s in ("netcall-asyncio", "raw-zmq-asyncio"):
+        metrics = systems[s]["metrics"]
+        for metric in ("kib1_c64", "mib1_c64", "mib16") + (("numpy",) if HAS_NUMPY else ()):
+            assert metrics[metric]["calls_s"] > 0, (s, metric)
+            assert systems[s]["ratios"][f"{metric}.calls_s"] > 0, (s, metric)
+        assert metrics["stream_mib"]["items_s"] > 0
+        assert metrics["stream_mib"]["mib_s"] > 0
     curve = systems["netcall-curve"]  # the same, with CURVE encryption
-    assert curve["errors"] == {}
+    assert curve["errors"] == ({} if HAS_NUMPY else {"numpy": "n/a: numpy is not importable"})
     assert curve["metrics"]["c64"]["calls_s"] > 0
-    assert "### CURVE encryption" in (tmp_path / "results.md").read_text()
+    md = (tmp_path / "results.md").read_text()
+    assert "### CURVE encryption" in md
+    assert "### Payloads" in md and "1 MiB 64 in flight" in md
+    # the header names the commit of the netcall that was imported
+    git = shutil.which("git")
+    netcall_path = Path(results["env"]["netcall_path"])
+    if git and netcall_path.is_relative_to(ROOT / "src"):
+        head = subprocess.run(
+            [git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip()
+        assert results["env"]["git"].split("-")[0] == head
+        assert f"(git {results['env']['git']})" in md
+
+
+@pytest.mark.timeout(120)
+def test_benchmark_figures_option(tmp_path: Path) -> None:
+    """``--figures`` measures only the figures asked for (and no memory figures)."""
+    results = _run(
+        tmp_path, "--quick", "--systems", "netcall-asyncio", "--figures", "mib1_c64,stream_mib"
+    )
+    for s in ("raw-zmq-asyncio", "netcall-asyncio"):  # the baseline is always added
+        assert set(results["systems"][s]["metrics"]) == {"mib1_c64", "stream_mib"}, s
+        assert results["systems"][s]["errors"] == {}
+    assert "memory" not in results
+    md = (tmp_path / "results.md").read_text()
+    assert "1 MiB 64 in flight" in md and "64 in flight |" not in md.split("### Payloads")[0]
