@@ -146,19 +146,19 @@ class Dispatcher:
 
     def on_call(self, peer: bytes, msg: p.Call) -> None:
         rid = msg.id
+        replies = self._replies
         reason = self._admit(peer, msg)
         if reason is not None:
-            self._replies.refuse(peer, rid, *reason)
+            replies.refuse(peer, rid, *reason)
             return
         handler = self._handlers[msg.method]
         if handler.allow is not None and not handler.permits(self.peer_key(msg)):
-            self._replies.refuse(
-                peer, rid, "PermissionError", f"this caller may not call {msg.method!r}"
-            )
+            replies.refuse(peer, rid, "PermissionError", f"this caller may not call {msg.method!r}")
             return
         deadline = None
         if msg.timeout:  # the deadline starts now, on this host's clock (_admit: not spent)
             deadline = Deadline.after(msg.timeout)
+        guard = replies.guard
         try:
             if msg.buffers:
                 args = self._load(msg.args, msg.buffers)
@@ -168,23 +168,24 @@ class Dispatcher:
                 args = loads(msg.args)
                 kwargs = loads(msg.kwargs) if msg.kwargs is not None else {}
         except SerializationError as exc:
-            self._replies.guard.malformed(peer, f"bad arguments: {exc}")
-            self._replies.refuse(peer, rid, p.ERR_SERIALIZATION, f"bad arguments: {exc}")
+            guard.malformed(peer, f"bad arguments: {exc}")
+            replies.refuse(peer, rid, p.ERR_SERIALIZATION, f"bad arguments: {exc}")
             return
         if (
             not isinstance(args, list | tuple)
             or not isinstance(kwargs, dict)
-            or not all(isinstance(k, str) for k in kwargs)
+            or (kwargs and not all(isinstance(k, str) for k in kwargs))
         ):
-            self._replies.guard.malformed(peer, "arguments are not a list and a map")
-            self._replies.refuse(peer, rid, p.ERR_PROTOCOL, "arguments must be a list and a map")
+            guard.malformed(peer, "arguments are not a list and a map")
+            replies.refuse(peer, rid, p.ERR_PROTOCOL, "arguments must be a list and a map")
             return
         if msg.oneway:
-            self._replies.send(peer, p.Ack(rid).to_frames())
-        inline = not handler.is_async and self._runner.inline and not self.chain.middleware
+            replies.send(peer, p.Ack(rid).to_frames())
+        middleware = self.chain.middleware
+        inline = not handler.is_async and self._runner.inline and not middleware
         if not inline and self.at_limit(peer, rid):
             return
-        self._replies.guard.counts["calls"] += 1
+        guard.counts["calls"] += 1
         ctx = self.context(peer, msg, deadline, args, kwargs)
         if _debug(logging.DEBUG):
             log.debug("call %s from %s", msg.method, peer.hex())
@@ -212,7 +213,7 @@ class Dispatcher:
             if not timeouts.add(msg.timeout, weakref.ref(task)):
                 timer = timeouts.loop.call_later(deadline.remaining(), task.cancel)
         self.calls[(peer, rid)] = task
-        self._replies.guard.loaded(peer)
+        guard.loaded(peer)
         task.add_done_callback(
             functools.partial(self._call_done, peer, msg, ctx, handler, args, kwargs, timer)
         )

@@ -174,11 +174,17 @@ class Guard:
             self._streams[peer] += 1
 
     def unloaded(self, peer: bytes, stream: bool = False) -> None:
-        for count in (self._load, self._streams) if stream else (self._load,):
-            if count[peer] <= 1:
-                count.pop(peer, None)
+        load = self._load
+        if load[peer] <= 1:
+            load.pop(peer, None)
+        else:
+            load[peer] -= 1
+        if stream:
+            streams = self._streams
+            if streams[peer] <= 1:
+                streams.pop(peer, None)
             else:
-                count[peer] -= 1
+                streams[peer] -= 1
 
     def window(self, asked: int) -> int:
         return min(asked, self.limits.max_stream_window)
