@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import select
+import time
 from typing import Any
 
 import pytest
@@ -150,4 +152,44 @@ async def test_disconnect_watch_finds_the_peer_that_left(sockets):
     finally:
         watch.close()
         events.close()
+        driver.close()
+
+
+async def test_a_retry_that_takes_the_fd_edge_still_reads(sockets):
+    # The ZeroMQ FD is edge-triggered: a send may process the socket's pending commands, which
+    # takes the FD's edge (the FD is no longer readable) while a message now waits (POLLIN).
+    # The retry timer's sends must be followed by a look at EVENTS like any other, or the
+    # message waits forever: a stream stalled like this when the client's CREDIT came in just
+    # as a retry for the same client's backed-up items ran (issue: netcall-curve stall).
+    url = tcp_url()
+    router = sockets(zmq.ROUTER, ROUTER_MANDATORY=1, SNDHWM=1, SNDBUF=4096)
+    router.bind(url)
+    peer = sockets(zmq.DEALER, RCVHWM=1, RCVBUF=4096, ROUTING_ID=b"peer")
+    peer.connect(url)
+    peer.send(b"hello")
+    seen: list[bytes] = []
+    loop = asyncio.get_running_loop()
+    driver = SocketDriver(router, loop, lambda frames: seen.append(frames[-1]))
+    try:
+        assert await wait_until(lambda: seen == [b"hello"])
+        for i in range(1000):  # the peer does not read: its pipe and TCP fill, sends queue
+            driver.send([b"peer", b"x" * 4096])
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+        await asyncio.sleep(0.2)  # retries that fail: nothing more moves
+        assert await wait_until(lambda: driver._retry_handle is not None, interval=0.001)
+        assert driver.is_blocked(b"peer")
+        # The retry timer fires just after the peer's message came in, before the loop's
+        # reader callback (same loop turn): play that turn here, without yielding.
+        driver._retry_handle.cancel()
+        driver._retry_handle = None
+        peer.send(b"ping")
+        readable, _, _ = select.select([driver._fd], [], [], 5.0)
+        assert readable, "the peer's message did not reach the router"
+        time.sleep(0.005)  # past libzmq's command throttle (~1 ms): the send processes them
+        driver._retry()
+        assert await wait_until(lambda: b"ping" in seen, timeout=3.0), (
+            "a message that came in during a retry was never read"
+        )
+    finally:
         driver.close()

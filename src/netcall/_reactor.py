@@ -349,7 +349,9 @@ class SocketDriver:
 
     def _retry(self) -> None:
         self._retry_handle = None
-        if self._flush():
+        flushed = self._flush()
+        self._schedule_check()  # the sends may have taken the FD's edge: EVENTS again
+        if flushed:
             self._retry_delay = _RETRY_MIN
         else:
             self._retry_delay = min(self._retry_delay * 2, _RETRY_MAX)
