@@ -5,13 +5,15 @@
     python benchmarks/run.py --quick         # smoke run, a few seconds
     python benchmarks/run.py --systems raw-zmq-asyncio,netcall-asyncio --out /tmp/b
     python benchmarks/run.py --figures payload --no-memory   # only the payload figures
+    python benchmarks/run.py --figures sweep --reps 3        # only the payload-size sweep
 
 Each server runs in its own process; each client too (so gevent, uvloop and
 threads never share an interpreter).  Repetitions are interleaved: for each
 repetition every system is measured once, so drift on the machine hits every
 system alike; the reported figure is the median over repetitions.  Every figure is
 also reported as a ratio to ``raw-zmq-asyncio`` measured in the same run.
-Writes ``results.json``, ``results.md`` and ``throughput.png`` to ``--out``.
+Writes ``results.json``, ``results.md``, ``throughput.png`` (calls/s vs calls in flight)
+and ``payload_throughput.png`` (MiB/s and calls/s vs payload size) to ``--out``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from worker import FIGURES, PAYLOAD_FIGURES, SYSTEMS  # noqa: E402
+from worker import (  # noqa: E402
+    FIGURES,
+    PAYLOAD_FIGURES,
+    SWEEP_FIGURES,
+    SWEEP_SIZES,
+    SYSTEMS,
+    size_label,
+)
 
 BASELINE = "raw-zmq-asyncio"
 ALL_SYSTEMS = list(SYSTEMS)
@@ -52,6 +61,11 @@ FULL_CFG: dict[str, Any] = {
     "inflight": INFLIGHT,
     "mem_calls": 10_000,
     "mem_streams": 1_000,
+    # the payload-size sweep: a budget per size much smaller than "time" (10 sizes), and only
+    # in the first sweep_reps repetitions, so it adds about a minute to a full run
+    "sweep_time": 0.1,
+    "sweep_calls": 100_000,
+    "sweep_reps": 3,
 }
 QUICK_CFG: dict[str, Any] = {
     "time": 0.15,
@@ -66,6 +80,9 @@ QUICK_CFG: dict[str, Any] = {
     "inflight": INFLIGHT,
     "mem_calls": 1_000,
     "mem_streams": 100,
+    "sweep_time": 0.02,
+    "sweep_calls": 20,
+    "sweep_reps": 1,
 }
 
 # (metric, field, column title, higher is better): small messages ('hello', integers)
@@ -90,10 +107,16 @@ PAYLOAD_COLUMNS = [
     ("stream_mib", "items_s", "stream of 1 MiB items, items/s", True),
     ("stream_mib", "mib_s", "stream MiB/s", True),
 ]
+# ... and the payload-size sweep: MiB/s of payload each way (calls/s x size), per size
+SWEEP_COLUMNS = [
+    (name, "mib_s", size_label(size, " "), True)
+    for name, size in zip(SWEEP_FIGURES, SWEEP_SIZES, strict=True)
+]
 # --figures shortcuts
 FIGURE_GROUPS = {
     "payload": PAYLOAD_FIGURES,
-    "small": [f for f in FIGURES if f not in PAYLOAD_FIGURES],
+    "sweep": SWEEP_FIGURES,
+    "small": [f for f in FIGURES if f not in PAYLOAD_FIGURES and f not in SWEEP_FIGURES],
 }
 
 
@@ -358,6 +381,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--reps", type=int, help="repetitions (median reported)")
     ap.add_argument("--time", type=float, help="seconds per measurement")
+    ap.add_argument(
+        "--sweep-time",
+        type=float,
+        help="seconds per payload size in the sweep (default 0.1; --quick: 0.02)",
+    )
+    ap.add_argument(
+        "--sweep-reps",
+        type=int,
+        help="repetitions that include the sweep (default: the first 3 in a full run; every "
+        "repetition when --figures is given)",
+    )
     ap.add_argument("--no-memory", action="store_true", help="skip the RSS measurements")
     ap.add_argument(
         "--cold-payloads",
@@ -387,6 +421,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg["reps"] = a.reps
     if a.time:
         cfg["time"] = a.time
+    if a.sweep_time:
+        cfg["sweep_time"] = a.sweep_time
+    elif a.time:
+        cfg["sweep_time"] = min(cfg["sweep_time"], a.time)
+    if a.figures:
+        cfg["sweep_reps"] = cfg["reps"]
+    if a.sweep_reps is not None:
+        cfg["sweep_reps"] = a.sweep_reps
     if a.cold_payloads:
         cfg["payload_warmup"] = False
     if a.systems:
@@ -412,8 +454,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg["only"] = figures
 
     # wall-clock bound for one client process: metrics x (time + slack) + warm-up + start-up
-    n_metrics = len([f for f in figures if f in FIGURES])
-    client_timeout = n_metrics * (cfg["time"] * 3 + 3) + cfg["warmup"] * 3 + 20
+    n_metrics = len([f for f in figures if f in FIGURES and f not in SWEEP_FIGURES])
+    n_sweep = len([f for f in figures if f in SWEEP_FIGURES])
+    client_timeout = (
+        n_metrics * (cfg["time"] * 3 + 3)
+        + n_sweep * (cfg["sweep_time"] * 3 + 3)
+        + cfg["warmup"] * 3
+        + 20
+    )
     if a.quick:
         client_timeout = 25.0
 
@@ -456,7 +504,9 @@ def main(argv: list[str] | None = None) -> int:
                     status[s] = f"n/a: server died: {proc.tail(300)}"
                     continue
                 t0 = time.monotonic()
-                data = run_client(s, endpoint, proc.pid, cfg, tmp, client_timeout)
+                # the sweep only in the first sweep_reps repetitions (its median is over those)
+                rcfg = cfg if rep < cfg["sweep_reps"] else dict(cfg, sweep=False)
+                data = run_client(s, endpoint, proc.pid, rcfg, tmp, client_timeout)
                 raw_reps[s].append(data)
                 errs = {
                     k: v.splitlines()[0] for k, v in data["errors"].items() if k != "warmup" and v
@@ -532,11 +582,15 @@ def write_reports(results: dict[str, Any], out: str) -> int:
     md = markdown(results)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(md)
-    note = plot(results, os.path.join(out, "throughput.png"))
+    notes = {
+        "throughput.png": plot(results, os.path.join(out, "throughput.png")),
+        "payload_throughput.png": plot_sweep(results, os.path.join(out, "payload_throughput.png")),
+    }
     print(md)
-    if note:
-        print(note)
-    pngs = "" if note else ", throughput.png"
+    for note in notes.values():
+        if note:
+            print(note)
+    pngs = "".join(f", {name}" for name, note in notes.items() if not note)
     print(f"[bench] wrote {out}/results.json, results.md{pngs} in {results.get('elapsed_s')} s")
     return 0
 
@@ -545,7 +599,7 @@ def add_ratios(results: dict[str, Any]) -> None:
     base = results["systems"].get(BASELINE, {}).get("metrics", {})
     for sysres in results["systems"].values():
         ratios: dict[str, float] = {}
-        for m, field, _title, higher in COLUMNS + PAYLOAD_COLUMNS:
+        for m, field, _title, higher in COLUMNS + PAYLOAD_COLUMNS + SWEEP_COLUMNS:
             v = sysres["metrics"].get(m, {}).get(field)
             b = base.get(m, {}).get(field)
             if isinstance(v, (int, float)) and isinstance(b, (int, float)) and v > 0 and b > 0:
@@ -561,7 +615,9 @@ def _fmt(v: float) -> str:
         return f"{v:,.0f}"
     if v >= 10:
         return f"{v:.1f}"
-    return f"{v:.2f}"
+    if v >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3g}"  # small MiB/s (16 B payloads): three significant digits
 
 
 def cell(sysres: dict[str, Any], m: str, field: str, with_ratio: bool = True) -> str:
@@ -575,9 +631,13 @@ def cell(sysres: dict[str, Any], m: str, field: str, with_ratio: bool = True) ->
     return _fmt(v)
 
 
-def table(results: dict[str, Any], columns: list[tuple[str, str, str, bool]]) -> list[str]:
+def table(
+    results: dict[str, Any],
+    columns: list[tuple[str, str, str, bool]],
+    ratio_fields: tuple[str, ...] = ("calls_s", "items_s"),
+) -> list[str]:
     """One markdown table, a row per system; columns nobody measured are left out (no table
-    at all when nothing in it was measured)."""
+    at all when nothing in it was measured).  Fields in ``ratio_fields`` carry the ratio."""
     systems = results["systems"]
     measured = [c for c in columns if any(c[0] in r["metrics"] for r in systems.values())]
     if not measured:
@@ -588,7 +648,7 @@ def table(results: dict[str, Any], columns: list[tuple[str, str, str, bool]]) ->
     for s, r in systems.items():
         row = [f"`{s}`"]
         for m, field, _title, _h in columns:
-            row.append(cell(r, m, field, with_ratio=field in ("calls_s", "items_s")))
+            row.append(cell(r, m, field, with_ratio=field in ratio_fields))
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -622,6 +682,23 @@ def markdown(results: dict[str, Any]) -> str:
             f"ratios to `{BASELINE}` in the same run:",
             "",
             *payload_table,
+        ]
+    sweep_table = table(results, SWEEP_COLUMNS, ratio_fields=("mib_s",))
+    if sweep_table:
+        cfg = results["config"]
+        n_reps = min(cfg.get("sweep_reps", cfg["reps"]), cfg["reps"])
+        over = "one repetition" if n_reps == 1 else f"median of the first {n_reps} repetitions"
+        lines += [
+            "",
+            "### Payload sizes",
+            "",
+            "MiB/s of payload each way (calls/s * size) of sequential `echo(payload)`, `bytes` of "
+            f"16 B to 16 MiB made once per size, for at most {cfg.get('sweep_time')} s and "
+            f"{cfg.get('sweep_calls', 0):,} calls per size, {over}; "
+            f"calls/s, p50 and p99 per size in `results.json`; ratios to `{BASELINE}` "
+            "in the same run:",
+            "",
+            *sweep_table,
         ]
     for key, title in (
         ("stream_sync", "Streams from a plain (sync) generator on the service"),
@@ -745,9 +822,74 @@ def plot(results: dict[str, Any], path: str) -> str | None:
     )
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    _save(fig, results, path)
+    return None
+
+
+def _provenance(results: dict[str, Any]) -> str:
+    """The footer of a plot: the command and the git commit of the netcall measured."""
+    return f"{results['command']}  (netcall git {results['env'].get('git', '?')})"
+
+
+def _save(fig: Any, results: dict[str, Any], path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.text(0.01, 0.01, _provenance(results), fontsize=7, color="0.35", wrap=True)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_sweep(results: dict[str, Any], path: str) -> str | None:
+    """MiB/s (left) and calls/s (right) against payload size, log-log, a line per system."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as e:
+        return f"[bench] payload plot skipped: matplotlib not importable ({e})"
+    lines: dict[str, tuple[list[int], list[float], list[float]]] = {}
+    for s, r in results["systems"].items():
+        xs: list[int] = []
+        mib: list[float] = []
+        calls: list[float] = []
+        for name, size in zip(SWEEP_FIGURES, SWEEP_SIZES, strict=True):
+            m = r["metrics"].get(name, {})
+            if isinstance(m.get("mib_s"), (int, float)) and isinstance(
+                m.get("calls_s"), (int, float)
+            ):
+                xs.append(size)
+                mib.append(m["mib_s"])
+                calls.append(m["calls_s"])
+        if xs:
+            lines[s] = (xs, mib, calls)
+    if not lines:
+        return "[bench] payload plot skipped: no payload-size sweep in this run"
+    fig, (ax_mib, ax_calls) = plt.subplots(1, 2, figsize=(12, 5))
+    for s, (xs, mib, calls) in lines.items():
+        style = "--" if s.startswith("raw") else "-"
+        width = 2.5 if s == "netcall-asyncio" else 1.5
+        ax_mib.plot(xs, mib, style, marker="o", label=s, linewidth=width)
+        ax_calls.plot(xs, calls, style, marker="o", label=s, linewidth=width)
+    for ax, ylabel in (
+        (ax_mib, "MiB/s of payload each way (calls/s * size)"),
+        (ax_calls, "calls/s"),
+    ):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(SWEEP_SIZES)
+        ax.set_xticklabels([size_label(x, " ") for x in SWEEP_SIZES], rotation=45, fontsize=8)
+        ax.set_xlabel("payload size (bytes echoed, sequential calls)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_mib.legend(fontsize=8)
+    env = results["env"]
+    fig.suptitle(
+        f"echo throughput vs payload size — {env.get('nproc')} cores, Python {env.get('python')}, "
+        f"pyzmq {env.get('pyzmq')}"
+    )
+    _save(fig, results, path)
     return None
 
 

@@ -179,7 +179,20 @@ MIB = 1 << 20
 # every figure a client can measure, in the order measured (run.py's --figures)
 SMALL_FIGURES = ["seq", "c1", "c8", "c64", "c512", "stream", "stream_sync", "stream_push"]
 PAYLOAD_FIGURES = ["kib1", "kib1_c64", "mib1", "mib1_c64", "mib16", "numpy", "stream_mib"]
-FIGURES = SMALL_FIGURES + PAYLOAD_FIGURES
+# the payload-size sweep: sequential echo of bytes of each size, 16 B to 16 MiB
+SWEEP_SIZES = [16, 256, KIB, 4 * KIB, 16 * KIB, 64 * KIB, 256 * KIB, MIB, 4 * MIB, 16 * MIB]
+
+
+def size_label(size: int, sep: str = "") -> str:
+    """``16B``, ``4KiB``, ``16MiB`` (``sep=" "``: ``16 B``, ``4 KiB``, ...)."""
+    for unit, scale in (("MiB", MIB), ("KiB", KIB)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{sep}{unit}"
+    return f"{size}{sep}B"
+
+
+SWEEP_FIGURES = [f"sweep_{size_label(s)}" for s in SWEEP_SIZES]
+FIGURES = SMALL_FIGURES + PAYLOAD_FIGURES + SWEEP_FIGURES
 
 _PAYLOADS: dict[int, bytes] = {}
 
@@ -223,7 +236,12 @@ def _plan(cfg: dict[str, Any], cli: Any) -> list[Step]:
         if want(kind) and (kind == "stream" or hasattr(cli, kind)):
             plan.append((kind, kind, (cfg["stream_items"], t), None))
     mib_calls = cfg["mib_calls"]
-    if cfg.get("payload_warmup", True) and any(want(f) for f in PAYLOAD_FIGURES):
+    sweep = [
+        (name, size)
+        for name, size in zip(SWEEP_FIGURES, SWEEP_SIZES, strict=True)
+        if cfg.get("sweep", True) and want(name)
+    ]
+    if cfg.get("payload_warmup", True) and (sweep or any(want(f) for f in PAYLOAD_FIGURES)):
         # Not recorded: one 1 MiB and one 16 MiB echo first.  glibc raises its mmap and trim
         # thresholds the first time it frees a large mapped block, which makes later large
         # messages cheaper for the raw baselines; measured (raw-zmq-asyncio, numpy 1 MiB echo,
@@ -251,7 +269,18 @@ def _plan(cfg: dict[str, Any], cli: Any) -> list[Step]:
         plan.append(("numpy", "array", (arr, mib_calls, t), n))
     if want("stream_mib"):
         plan.append(("stream_mib", "stream_big", (cfg.get("big_stream_items", 100_000), t), MIB))
+    # the sweep: each size sequentially, for at most sweep_calls calls and sweep_time seconds
+    # (run.py gives it a budget per size smaller than --time, to keep a full run short)
+    sweep_calls = cfg.get("sweep_calls", cfg["seq_calls"])
+    sweep_time = cfg.get("sweep_time", t)
+    for name, size in sweep:
+        plan.append((name, "sweep", (payload(size), sweep_calls, sweep_time), size))
     return plan
+
+
+def _bandwidth(res: dict[str, Any], size: int) -> dict[str, Any]:
+    """A sweep figure: calls/s and latency, plus the size and MiB/s of payload each way."""
+    return dict(res, size=size, mib_s=res["calls_s"] * size / MIB)
 
 
 def _not_available(system: str, kind: str, params: Any, cli: Any) -> str | None:
@@ -354,7 +383,7 @@ async def _async_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Re
                     for p in params:
                         drivers.check_len(await _limit(cli.echo(p), limit), len(p))
                     continue
-                if kind == "seq":
+                if kind in ("seq", "sweep"):
                     res = await _limit(drivers.a_seq(cli.echo, *params, size=size), limit)
                 elif kind == "array":
                     res = await _limit(drivers.a_seq(cli.echo_array, *params, size=size), limit)
@@ -365,6 +394,8 @@ async def _async_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Re
                     res = await _limit(drivers.a_stream_big(big, size, *params), limit)
                 else:
                     res = await _limit(drivers.a_stream(getattr(cli, kind), *params), limit)
+                if kind == "sweep":
+                    res = _bandwidth(res, size)
                 rec.metric(name, dict(res, wall_s=time.perf_counter() - t0))
             except Exception as e:
                 rec.error("warmup" if kind == "warm" else name, e)
@@ -482,7 +513,7 @@ def _blocking_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Recor
                     for p in params:
                         drivers.check_len(cli.echo(p), len(p))
                     continue
-                if kind == "seq":
+                if kind in ("seq", "sweep"):
                     res = drivers.b_seq(cli.echo, *params, size=size)
                 elif kind == "array":
                     res = drivers.b_seq(cli.echo_array, *params, size=size)
@@ -492,6 +523,8 @@ def _blocking_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Recor
                     res = drivers.b_stream_big(_big_stream(cli, size), size, *params)
                 else:
                     res = drivers.b_stream(getattr(cli, kind), *params)
+                if kind == "sweep":
+                    res = _bandwidth(res, size)
                 rec.metric(name, dict(res, wall_s=time.perf_counter() - t0))
             except Exception as e:
                 rec.error("warmup" if kind == "warm" else name, e)

@@ -16,6 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_NUMPY = importlib.util.find_spec("numpy") is not None
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+SWEEP = ["16B", "256B", "1KiB", "4KiB", "16KiB", "64KiB", "256KiB", "1MiB", "4MiB", "16MiB"]
 
 
 def _run(tmp_path: Path, *args: str) -> dict:
@@ -49,12 +51,24 @@ def test_quick_benchmark_run(tmp_path: Path) -> None:
             assert systems[s]["ratios"][f"{metric}.calls_s"] > 0, (s, metric)
         assert metrics["stream_mib"]["items_s"] > 0
         assert metrics["stream_mib"]["mib_s"] > 0
+    # the payload-size sweep, 16 B to 16 MiB: every size, netcall and the baseline alike
+    for s in ("netcall-asyncio", "raw-zmq-asyncio"):
+        metrics = systems[s]["metrics"]
+        for size in SWEEP:
+            m = metrics[f"sweep_{size}"]
+            assert m["calls_s"] > 0 and m["mib_s"] > 0 and m["n"] >= 1, (s, size)
+            assert m["mib_s"] == pytest.approx(m["calls_s"] * m["size"] / 2**20), (s, size)
+            assert systems[s]["ratios"][f"sweep_{size}.mib_s"] > 0, (s, size)
+    assert metrics["sweep_16MiB"]["size"] == 16 * 2**20
+    for png in ("throughput.png", "payload_throughput.png"):
+        assert (tmp_path / png).exists() == HAS_MATPLOTLIB, png
     curve = systems["netcall-curve"]  # the same, with CURVE encryption
     assert curve["errors"] == ({} if HAS_NUMPY else {"numpy": "n/a: numpy is not importable"})
     assert curve["metrics"]["c64"]["calls_s"] > 0
     md = (tmp_path / "results.md").read_text()
     assert "### CURVE encryption" in md
     assert "### Payloads" in md and "1 MiB 64 in flight" in md
+    assert "### Payload sizes" in md and "| 16 B | 256 B |" in md
     # the header names the commit of the netcall that was imported
     git = shutil.which("git")
     netcall_path = Path(results["env"]["netcall_path"])
@@ -78,3 +92,29 @@ def test_benchmark_figures_option(tmp_path: Path) -> None:
     assert "memory" not in results
     md = (tmp_path / "results.md").read_text()
     assert "1 MiB 64 in flight" in md and "64 in flight |" not in md.split("### Payloads")[0]
+
+
+@pytest.mark.timeout(120)
+def test_benchmark_sweep_only(tmp_path: Path) -> None:
+    """``--figures sweep``: the payload-size sweep alone, in every repetition asked for."""
+    results = _run(
+        tmp_path,
+        "--quick",
+        "--systems",
+        "netcall-asyncio",
+        "--figures",
+        "sweep",
+        "--reps",
+        "2",
+        "--sweep-time",
+        "0.01",
+    )
+    for s in ("raw-zmq-asyncio", "netcall-asyncio"):
+        metrics = results["systems"][s]["metrics"]
+        assert set(metrics) == {f"sweep_{size}" for size in SWEEP}, s
+        assert all(m["reps"] == 2 for m in metrics.values()), s
+        assert results["systems"][s]["errors"] == {}
+    assert results["config"]["sweep_time"] == 0.01
+    md = (tmp_path / "results.md").read_text()
+    assert "### Payload sizes" in md and "### Payloads" not in md
+    assert (tmp_path / "payload_throughput.png").exists() == HAS_MATPLOTLIB
