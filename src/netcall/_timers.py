@@ -54,15 +54,17 @@ class TimeoutQueues:
         self._fire = fire
         self._fifos: dict[float, _Fifo] = {}
 
-    def add(self, timeout: float, item: Any) -> bool:
-        """Fire ``item`` after ``timeout`` seconds; False (nothing recorded) when
-        :data:`MAX_QUEUES` other timeout values are waiting."""
+    def add(self, timeout: float, item: Any, delay: float | None = None) -> bool:
+        """Fire ``item`` after ``timeout`` seconds (or ``delay``: what is left of ``timeout``
+        counted from an earlier start, so that the items of one ``timeout`` still come in the
+        order they expire); False (nothing recorded) when :data:`MAX_QUEUES` other timeout
+        values are waiting."""
         fifo = self._fifos.get(timeout)
         if fifo is None:
             if len(self._fifos) >= MAX_QUEUES:
                 return False
             fifo = self._fifos[timeout] = _Fifo()
-        deadline = self.loop.time() + timeout
+        deadline = self.loop.time() + (timeout if delay is None else delay)
         entries = fifo.entries
         entries.append((deadline, item))
         if fifo.handle is None:

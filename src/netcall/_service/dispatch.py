@@ -210,7 +210,9 @@ class Dispatcher:
             if timeouts is None or timeouts.loop is not self.loop:
                 assert self.loop is not None
                 timeouts = self._timeouts = TimeoutQueues(self.loop, _running, _cancel)
-            if not timeouts.add(msg.timeout, weakref.ref(task)):
+            # From the deadline counted at arrival: the handler is cancelled before its own
+            # nested calls (bound by that same deadline) time out.
+            if not timeouts.add(msg.timeout, weakref.ref(task), deadline.remaining()):
                 timer = timeouts.loop.call_later(deadline.remaining(), task.cancel)
         self.calls[(peer, rid)] = task
         guard.loaded(peer)
