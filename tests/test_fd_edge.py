@@ -37,23 +37,8 @@ def _until_readable(fd: int) -> None:
     time.sleep(0.005)  # libzmq processes commands at most every ~1 ms (TSC throttle)
 
 
-@pytest.fixture
-def sockets(ctx):
-    made: list[zmq.Socket[Any]] = []
-
-    def make(kind: int) -> zmq.Socket[Any]:
-        sock = ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        made.append(sock)
-        return sock
-
-    yield made, make
-    for s in made:
-        s.close(0)
-
-
-async def test_check_soon_reads_a_message_a_connect_left_waiting(sockets):
-    _, make = sockets
+async def test_check_soon_reads_a_message_a_connect_left_waiting(zsockets):
+    make = zsockets
     url = tcp_url()
     router = make(zmq.ROUTER)
     router.bind(url)
@@ -108,8 +93,8 @@ def _prepare(obj: Any, action: str, url: str) -> None:
 
 
 @pytest.mark.parametrize("action", _LEAVE_IT_TAKEN)
-async def test_a_client_reads_a_reply_that_came_in_during(sockets, ctx, action):
-    _, make = sockets
+async def test_a_client_reads_a_reply_that_came_in_during(zsockets, ctx, action):
+    make = zsockets
     url, taken = tcp_url(), tcp_url()
     inproc = f"inproc://edge-client-{action}"
     service = make(zmq.ROUTER)
@@ -151,8 +136,8 @@ class Echo(RPCService):
 
 
 @pytest.mark.parametrize("action", _LEAVE_IT_TAKEN)
-async def test_a_service_reads_a_call_that_came_in_during(sockets, ctx, action):
-    _, make = sockets
+async def test_a_service_reads_a_call_that_came_in_during(zsockets, ctx, action):
+    make = zsockets
     url, taken = tcp_url(), tcp_url()
     inproc = f"inproc://edge-service-{action}"
     make(zmq.ROUTER).bind(taken)
