@@ -103,6 +103,23 @@ def ctx() -> Any:
 # ------------------------------------------------------------------------- endpoints
 
 
+@pytest.fixture
+def zsockets(ctx: Any) -> Any:
+    """``zsockets(zmq.DEALER)`` -> a plain socket on the test's context (LINGER 0), closed
+    at teardown."""
+    made: list[zmq.Socket[Any]] = []
+
+    def make(kind: int) -> zmq.Socket[Any]:
+        sock = ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        made.append(sock)
+        return sock
+
+    yield make
+    for s in made:
+        s.close(0)
+
+
 @pytest.fixture(params=["tcp", "ipc", "inproc"])
 def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -5,7 +5,9 @@ on the socket's file descriptor drains every ready message without blocking, and
 plain non-blocking calls. Rules this file keeps:
 
 - The ZeroMQ FD is edge-triggered: after every batch of sends or receives ``EVENTS`` is
-  checked again (scheduled once per loop iteration), or a message could sit unseen.
+  checked again (scheduled once per loop iteration), or a message could sit unseen; so after
+  a ``connect``/``bind``/``unbind``/``disconnect`` on a driven socket, which process its
+  commands too (:meth:`SocketDriver.check_soon`).
 - ``EAGAIN`` on send is "try again" (the peer's pipe is full, or libzmq throttled command
   processing), never a failure: the message is queued for that peer, in order, and retried.
 - ``EHOSTUNREACH`` (ROUTER_MANDATORY: the peer is gone) drops the message and reports the peer.
@@ -34,111 +36,17 @@ from typing import Any
 
 import zmq
 
-from . import _malloc
-from ._ratelog import RateLimitedLog
-from .protocol import MAX_FRAMES as MAX_MESSAGE_FRAMES
+from ._frames import _NOBLOCK, _recv, recv_frames, send_frames
+
+__all__ = ["OnMessage", "OnUnreachable", "SocketDriver", "recv_frames", "send_frames"]
 
 log = logging.getLogger("netcall")
-# A hostile peer may send such messages endlessly: a few lines, then a summary now and then.
-_dropped = RateLimitedLog(log)
 
 _BATCH = 512  # messages handled per wake-up before yielding to other callbacks
-#: ``bytes`` frames at least this large are sent without copying (``copy=False``). Measured
-#: (benchmarks/cpu.py, CPU time per 1 MiB / 16 MiB echo, both ends in one process):
-#: pyzmq's zero-copy bookkeeping (a Frame, and its release through pyzmq's garbage-collector
-#: thread) cost more than copying a 1 MiB frame, and less than copying a 16 MiB one. Other
-#: buffers (bytearray, arrays) are always copied into the message when sent: the sender could
-#: change them before libzmq's I/O thread reads them.
-ZERO_COPY_MIN = 2 << 20
-#: Frames after the head at least this large are received as memoryviews over the ZeroMQ
-#: message (no copy; out-of-band buffers are copied at most once, into ``bytes``, after).
-VIEW_MIN = 65536
-#: Frames of one message beyond this are read and thrown away, and the message is dropped
-#: (routing id + the largest message the protocol allows).
-MAX_FRAMES = MAX_MESSAGE_FRAMES + 1
-
-# Plain ints: pyzmq's enum flags cost an enum operation per frame on the hot path.
-_NOBLOCK = int(zmq.NOBLOCK)
-_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+# Plain ints and the socket's unwrapped method: this is the hot path (see _frames).
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
-
-# The socket methods without pyzmq's Python-level wrappers (the sugar layer only adds
-# routing_id/group handling, which netcall does not use).
-_send = zmq.backend.Socket.send
-_recv = zmq.backend.Socket.recv
 _get = zmq.backend.Socket.get
-
-
-def send_frames(sock: zmq.Socket[Any], frames: list[Any]) -> None:
-    """Send one multipart message without blocking.
-
-    Raises:
-        zmq.Again: on the first frame, when the peer's pipe is full (nothing was sent).
-        zmq.ZMQError: EHOSTUNREACH for an unknown peer (ROUTER_MANDATORY), and the like.
-    """
-    last = len(frames) - 1
-    _send(sock, frames[0], _MORE_NOBLOCK)
-    for i in range(1, last):
-        frame = frames[i]
-        if type(frame) is bytes and len(frame) >= ZERO_COPY_MIN:
-            _send(sock, frame, _MORE_NOBLOCK, copy=False)
-        else:
-            _send(sock, frame, _MORE_NOBLOCK)
-    tail = frames[last]
-    if type(tail) is bytes and len(tail) >= ZERO_COPY_MIN:
-        _send(sock, tail, _NOBLOCK, copy=False)
-    else:
-        _send(sock, tail, _NOBLOCK)
-
-
-def recv_frames(sock: zmq.Socket[Any], frame: Any = None) -> list[Any] | None:
-    """Receive one multipart message without blocking (``frame``: its first frame, when the
-    caller received it already): ``bytes`` frames, except that frames
-    after the head of at least :data:`VIEW_MIN` bytes are memoryviews over the ZeroMQ
-    message (not copied). ``None`` for a message of more than :data:`MAX_FRAMES` frames (read
-    to its end, and dropped).
-
-    Frames are received as ``zmq.Frame`` to read ``more`` from the message itself: asking the
-    socket (``RCVMORE``) costs pyzmq an enum lookup per frame.
-
-    Raises:
-        zmq.Again: nothing is waiting.
-    """
-    if frame is None:
-        frame = _recv(sock, _NOBLOCK, copy=False)
-    frames: list[Any] = [frame.bytes]
-    if not frame.more:
-        return frames
-    frame = _recv(sock, _NOBLOCK, copy=False)
-    frames.append(frame.bytes)  # the head
-    while frame.more:
-        frame = _recv(sock, _NOBLOCK, copy=False)
-        if len(frame) >= VIEW_MIN:
-            if not _malloc_tuned:
-                _tune_malloc()
-            frames.append(frame.buffer)
-        else:
-            frames.append(frame.bytes)
-        if len(frames) > MAX_FRAMES:
-            while frame.more:  # a hostile peer: read the rest, keep nothing
-                frame = _recv(sock, _NOBLOCK, copy=False)
-            _dropped(
-                "frames", logging.WARNING, "dropped a message of more than %d frames", MAX_FRAMES
-            )
-            return None
-    return frames
-
-
-_malloc_tuned = False
-
-
-def _tune_malloc() -> None:
-    # The first large frame this process receives: glibc settings for large messages (once).
-    global _malloc_tuned
-    _malloc_tuned = True
-    _malloc.tune()
-
 
 # The outbox is written at once when it holds this much (else at the end of the wake-up).
 _OUTBOX_BYTES = 1 << 20
@@ -337,6 +245,15 @@ class SocketDriver:
         self._release(peer)
         if self._on_unreachable is not None:
             self._on_unreachable(peer)
+
+    def check_soon(self) -> None:
+        """Check ``EVENTS`` on the loop's next turn: call it after a ``connect``, ``bind``,
+        ``unbind`` or ``disconnect`` on the socket. libzmq processes the socket's pending
+        commands in those calls, as in a send, which can take the FD's edge while a message
+        waits. A no-op once closed, or when the loop is closed; before the loop runs, the
+        check runs when it starts."""
+        if not self._loop.is_closed():
+            self._schedule_check()
 
     def _schedule_check(self) -> None:
         if not self._check_scheduled and not self._closed:

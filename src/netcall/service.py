@@ -233,7 +233,7 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
             monitor_listeners=self._upstreams.listeners,
         )
         self._replies.driver = self._driver = self._dispatch.keys = driver
-        self._upstreams.start(loop, self._replies.send, self._upstream_lost)
+        self._upstreams.start(loop, self._replies.send, self._upstream_lost, driver.check_soon)
 
     async def serve(self) -> None:
         """Serve until :meth:`stop` (or :meth:`close`) is called. Cancelling it (Ctrl-C under

@@ -98,13 +98,27 @@ class PeerTable:
         self.bound: set[str] = set()
         self.announced: dict[bytes, Peer] = {}  # services that connected to us, by routing id
         self._send: Callable[[list[Any]], None] | None = None
+        self._check: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe_again: asyncio.TimerHandle | None = None
 
-    def start(self, loop: asyncio.AbstractEventLoop, send: Callable[[list[Any]], None]) -> None:
-        """The client's socket is driven: ``send(frames)`` sends one message, routing id first."""
+    def start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        send: Callable[[list[Any]], None],
+        check: Callable[[], None],
+    ) -> None:
+        """The client's socket is driven: ``send(frames)`` sends one message, routing id first;
+        ``check()`` has the driver look at the socket again (see :meth:`_changed`)."""
         self._loop = loop
         self._send = send
+        self._check = check
+
+    def _changed(self) -> None:
+        # connect/bind/unbind/disconnect process the socket's pending commands, which can take
+        # the ZeroMQ FD's edge while a reply waits: the driver must check EVENTS again.
+        if self._check is not None:
+            self._check()
 
     def probe(self) -> None:
         """PING every service that connected to us: a send to one that is gone fails, and
@@ -124,7 +138,7 @@ class PeerTable:
                 self._send([rid, *p.Ping(0).to_frames()])
 
     def close(self) -> None:
-        self._send = None
+        self._send = self._check = None
         if self._probe_again is not None:
             self._probe_again.cancel()
             self._probe_again = None
@@ -148,7 +162,10 @@ class PeerTable:
         rid = b"s%d" % next(self._rids)
         with map_exceptions(f"cannot connect to {url!r}"):
             self._socket().setsockopt(zmq.CONNECT_ROUTING_ID, rid)
-            self._socket().connect(url)
+            try:
+                self._socket().connect(url)
+            finally:
+                self._changed()
         return rid
 
     def disconnect(self, url: str) -> None:
@@ -161,6 +178,7 @@ class PeerTable:
             self._socket().disconnect(url)
         except zmq.ZMQError:
             pass
+        self._changed()
 
     def pick(self, method: str) -> Peer:
         """The service for a new call: one that may have ``method`` (an announced service that
@@ -230,8 +248,11 @@ class PeerTable:
                 self.unbind(url)
         for url in wanted:
             if url not in self.bound:
-                with map_exceptions(f"cannot bind {url!r}"):
-                    self._socket().bind(url)
+                try:
+                    with map_exceptions(f"cannot bind {url!r}"):
+                        self._socket().bind(url)
+                finally:
+                    self._changed()
                 self.bound.add(url)
 
     def unbind(self, url: str) -> None:
@@ -241,13 +262,17 @@ class PeerTable:
                 self._socket().unbind(url)
             except zmq.ZMQError:
                 pass
+            self._changed()
 
     def bind_ports(self, ip: str, port: int, min_port: int, max_port: int) -> int:
         if port:
             self.bind(f"tcp://{ip}:{port}", False)
             return port
-        with map_exceptions(f"cannot bind tcp://{ip}"):
-            chosen = self._socket().bind_to_random_port(f"tcp://{ip}", min_port, max_port)
+        try:
+            with map_exceptions(f"cannot bind tcp://{ip}"):
+                chosen = self._socket().bind_to_random_port(f"tcp://{ip}", min_port, max_port)
+        finally:
+            self._changed()
         self.bound.add(f"tcp://{ip}:{chosen}")
         return chosen
 

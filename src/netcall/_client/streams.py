@@ -23,6 +23,7 @@ from ..protocol.session import (
     client_stream_next,
     credit_limit,
     credit_to_grant,
+    credit_when_starved,
     update_item_size,
 )
 from ..serializers import Serializer
@@ -112,6 +113,7 @@ class ConsumerStream:
         "allowed",
         "buffer",
         "consumed",
+        "credited_at",
         "error",
         "granted",
         "item_size",
@@ -145,6 +147,7 @@ class ConsumerStream:
         self.waiters: list[asyncio.Future[None]] = []
         self.error: BaseException | None = None  # raised once the buffer is drained
         self.consumed = 0
+        self.credited_at = 0  # items consumed when the last CREDIT was sent
         self.running = False  # one step (or anext) at a time
 
     @property
@@ -202,6 +205,7 @@ class ConsumerStream:
     def grant(self, count: int) -> None:
         """Send CREDIT (switching a lock-step stream to prefetching)."""
         self.state = client_stream_next(self.state, p.Kind.CREDIT)
+        self.credited_at = self.consumed
         self.granted += count
         self.allowed += count
         self._send(p.Credit(self.rid, count))
@@ -213,9 +217,15 @@ class ConsumerStream:
         self._send(p.Cancel(self.rid))
 
     async def wait(self) -> None:
-        """Wait until something arrives, or the step's timeout passes (closing the stream)."""
+        """Wait until something arrives, or the step's timeout passes (closing the stream).
+        A prefetching stream that consumed items since its last CREDIT sends one first (see
+        :func:`~netcall.protocol.session.credit_when_starved`)."""
         loop = self.table.loop
         assert loop is not None
+        if self.state is _PREFETCH and self.consumed > self.credited_at and not self.buffer:
+            table = self.table
+            limit = credit_limit(table.window, table.stream_buffer, self.item_size, self.consumed)
+            self.grant(credit_when_starved(self.granted, self.consumed, limit))
         fut: asyncio.Future[None] = loop.create_future()
         self.waiters.append(fut)
         timer = (

@@ -10,6 +10,7 @@ from typing import Any
 import zmq
 
 from .._edge import map_exceptions
+from .._reactor import SocketDriver
 from ..security import warn_if_exposed
 
 __all__ = ["ServiceBinding"]
@@ -21,6 +22,7 @@ class ServiceBinding:
     """Listening endpoints."""
 
     _bound: set[str]
+    _driver: SocketDriver | None
     name: str
     serializer: Any
     security: Any
@@ -49,8 +51,11 @@ class ServiceBinding:
                 self.unbind(url)
         for url in wanted:
             if url not in self._bound:
-                with map_exceptions(f"cannot bind {url!r}"):
-                    self.socket.bind(url)
+                try:
+                    with map_exceptions(f"cannot bind {url!r}"):
+                        self.socket.bind(url)
+                finally:
+                    self._changed()
                 if url.endswith(":*"):  # a wildcard port: keep the endpoint clients can use
                     url = self.socket.get_string(zmq.LAST_ENDPOINT)
                 self._bound.add(url)
@@ -65,6 +70,7 @@ class ServiceBinding:
                 self.socket.unbind(url)
             except zmq.ZMQError:
                 pass
+            self._changed()
 
     def bind_ports(
         self, ip: str = "127.0.0.1", port: int = 0, *, min_port: int = 49152, max_port: int = 65535
@@ -79,9 +85,18 @@ class ServiceBinding:
         if port:
             self.bind(f"tcp://{ip}:{port}")
             return port
-        with map_exceptions(f"cannot bind tcp://{ip}"):
-            chosen = self.socket.bind_to_random_port(f"tcp://{ip}", min_port, max_port)
+        try:
+            with map_exceptions(f"cannot bind tcp://{ip}"):
+                chosen = self.socket.bind_to_random_port(f"tcp://{ip}", min_port, max_port)
+        finally:
+            self._changed()
         self._bound.add(f"tcp://{ip}:{chosen}")
         log.info("%s bound to tcp://%s:%d", self.name, ip, chosen)
         warn_if_exposed(f"tcp://{ip}:{chosen}", self.serializer.name, self.security, "bound")
         return chosen
+
+    def _changed(self) -> None:
+        # bind/unbind process the socket's pending commands, which can take the ZeroMQ FD's
+        # edge while a message waits: a running service's driver checks EVENTS again.
+        if self._driver is not None:
+            self._driver.check_soon()

@@ -39,8 +39,9 @@ class Limits:
         max_streams_per_client: streams open for one client at once (they count towards
             ``max_per_client`` too): the loop serves open streams in turn, so this bounds how
             long one client's streams can delay everyone else.
-        max_stream_window: stream items a client may have in flight: the window of its CALL
-            and the credit it grants are capped to this.
+        max_stream_window: stream items sent to a client per message it sends: a stream sends
+            at most this many after the CALL and after each CREDIT, whatever credit the client
+            granted (more credit is kept, and used after its next CREDIT).
         send_hwm: messages ZeroMQ holds for one client before a send reports it busy (the
             socket's SNDHWM); then up to ``max_queued`` messages and ``max_queued_bytes`` bytes
             wait in netcall's own queue for it. A client over either is *cut off*: what waits
@@ -185,9 +186,6 @@ class Guard:
                 streams.pop(peer, None)
             else:
                 streams[peer] -= 1
-
-    def window(self, asked: int) -> int:
-        return min(asked, self.limits.max_stream_window)
 
     # -- what happens ---------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from .._context import CallContext, _current
 from .._payload import dumper, loader
 from .._ratelog import RateLimitedLog
 from ..errors import ProtocolError, SerializationError, exception_for_throw
-from ..protocol.session import SERVICE_STREAM, add_credit, service_stream_next
+from ..protocol.session import SERVICE_STREAM, add_credit, may_send, service_stream_next
 from ..serializers import Serializer
 from .replies import Replies
 from .runner import Runner
@@ -52,6 +52,7 @@ class _Stream:
         "method",
         "peer",
         "rid",
+        "sent",
         "state",
         "task",
         "waiter",
@@ -68,7 +69,10 @@ class _Stream:
         self.context = context
         # An async generator, or a middleware's stream (anything but a plain generator).
         self.is_async = not inspect.isgenerator(gen)
+        # The client's credit (all of it, never capped), and the items sent since its CALL or
+        # last CREDIT: at most Limits.max_stream_window (see protocol.session.add_credit).
         self.credit = window
+        self.sent = 0
         self.state = _S.FLOWING if window else _S.IDLE
         self.commands: list[tuple[str, Any]] = []
         self.waiter: asyncio.Future[None] | None = None
@@ -120,7 +124,7 @@ class Producers:
         """The call ``msg`` returned ``gen``: tell the client, start producing."""
         assert self._loop is not None
         guard = self._replies.guard
-        stream = _Stream(peer, msg, gen, context, guard.window(msg.window))
+        stream = _Stream(peer, msg, gen, context, msg.window)
         self.by_key[stream.key] = stream
         guard.loaded(peer, stream=True)
         self.touch(peer)
@@ -145,7 +149,8 @@ class Producers:
             replies.refuse(peer, msg.id, p.ERR_PROTOCOL, str(exc))
             return
         if type(msg) is p.Credit:
-            stream.credit = replies.guard.window(add_credit(stream.credit, msg.count))
+            stream.credit = add_credit(stream.credit, msg.count)
+            stream.sent = 0
         elif type(msg) is p.Next:
             try:
                 value = self._load(msg)
@@ -218,6 +223,7 @@ class Producers:
         assert loop is not None
         dump = self._dump
         replies = self._replies
+        max_window = replies.guard.limits.max_stream_window
         produced = 0
         _current.set(stream.context)
         try:
@@ -225,13 +231,16 @@ class Producers:
                 if stream.commands:
                     op, value = stream.commands.pop(0)
                     lockstep = True
-                elif stream.state is _S.FLOWING and stream.credit > 0:
+                elif stream.state is _S.FLOWING and may_send(
+                    stream.credit, stream.sent, max_window
+                ):
                     # Also wait while the socket is backed up for this peer: bounded memory.
                     if replies.is_blocked(stream.peer):
                         await replies.wait_unblocked(stream.peer)
                         continue
                     op, value, lockstep = "send", None, False
                     stream.credit -= 1
+                    stream.sent += 1
                 else:
                     stream.waiter = loop.create_future()
                     await stream.waiter

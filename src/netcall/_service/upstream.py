@@ -43,6 +43,10 @@ _FAILED = (
 _EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | _FAILED
 
 
+def _nothing() -> None:
+    pass
+
+
 class Upstreams:
     """The endpoints one service socket connects out to.
 
@@ -71,6 +75,9 @@ class Upstreams:
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._send: Callable[[bytes, list[Any]], None] | None = None
         self._on_lost: Callable[[bytes], None] | None = None
+        # Once the service runs: its socket driver checks EVENTS again (connect and disconnect
+        # process the socket's pending commands, which can take the FD's edge).
+        self._check: Callable[[], None] = _nothing
         self._announce_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._plain = own is None  # no CURVE on this socket (own: its Curve.server)
@@ -116,7 +123,10 @@ class Upstreams:
             peer = b"\x01up" + os.urandom(12)
             with map_exceptions(f"cannot connect to {url!r}"):
                 self._sock().setsockopt(zmq.CONNECT_ROUTING_ID, peer)
-                self._connect(url, security)
+                try:
+                    self._connect(url, security)
+                finally:
+                    self._check()
             self._peers[url] = peer
             if security is not None:
                 self._secure.add(peer)
@@ -152,6 +162,7 @@ class Upstreams:
             self._sock().disconnect(url)
         except zmq.ZMQError:
             pass
+        self._check()
         self._ids.discard(peer)
         self._lost(peer)
 
@@ -160,12 +171,15 @@ class Upstreams:
         loop: asyncio.AbstractEventLoop,
         send: Callable[[bytes, list[Any]], None],
         on_lost: Callable[[bytes], None],
+        check: Callable[[], None],
     ) -> None:
         """Begin announcing through ``send(peer, frames)``; ``on_lost(peer)`` is called when a
-        connection out breaks."""
+        connection out breaks; ``check()`` after each connect or disconnect (the socket's
+        driver looks at it again)."""
         self._loop = loop
         self._send = send
         self._on_lost = on_lost
+        self._check = check
         if self._monitor is None:  # the disconnect watch needs it even with no connection out
             self._monitor = self._sock().get_monitor_socket(_EVENTS)
         self._watch(loop)

@@ -37,7 +37,9 @@ __all__ = [
     "client_stream_next",
     "credit_limit",
     "credit_to_grant",
+    "credit_when_starved",
     "first_credit",
+    "may_send",
     "service_stream_next",
     "update_item_size",
 ]
@@ -137,8 +139,21 @@ def first_credit(window: int) -> int:
 
 
 def add_credit(credit: int, count: int) -> int:
-    """The service's credit after a CREDIT of ``count`` (saturating at the wire's maximum)."""
+    """The service's credit after a CREDIT of ``count`` (saturating at the wire's maximum).
+
+    The service keeps the whole credit it was given, and sends while it has some, but at most
+    ``max_stream_window`` items (:class:`~netcall.Limits`) after the CALL and after each CREDIT
+    (see :func:`may_send`): however much credit a client grants, each of its messages makes
+    the service send at most that many items. A client whose window is larger than the
+    service's limit is held to it by the CREDIT it sends when it runs dry
+    (:func:`credit_when_starved`)."""
     return min(credit + count, MAX_COUNT)
+
+
+def may_send(credit: int, sent: int, max_window: int) -> bool:
+    """Whether a flowing stream may send one more item: it has ``credit``, and sent ``sent``
+    items since the CALL or the last CREDIT, fewer than the service's ``max_window``."""
+    return credit > 0 and sent < max_window
 
 
 def update_item_size(average: float, size: int) -> float:
@@ -167,3 +182,16 @@ def credit_to_grant(granted: int, consumed: int, limit: int) -> int:
     if ahead * 2 <= limit:
         return limit - ahead
     return 0
+
+
+def credit_when_starved(granted: int, consumed: int, limit: int) -> int:
+    """The credit a prefetching consumer sends when it finds nothing to read and consumed
+    items since its last CREDIT: the top-up to ``limit``, and at least 1.
+
+    A service sends at most its ``max_stream_window`` items per CALL or CREDIT (see
+    :func:`add_credit`), which may be less than half the client's window: the rest of a grant
+    then waits for the client's next message, which :func:`credit_to_grant` alone would not
+    send. With this rule the stream cannot stall: a consumer that waits has sent a CREDIT
+    since it last consumed, so the service either has items in flight to it, or has credit
+    (the client's window is at least 1 ahead of what it read) and a fresh allowance."""
+    return max(1, limit - (granted - consumed))

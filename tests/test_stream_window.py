@@ -1,0 +1,105 @@
+"""Stream credit when the client's window and the service's ``Limits.max_stream_window``
+differ: every combination streams to the end, and a client's message never makes the service
+send more than ``max_stream_window`` items (real sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from _helpers import recv_within
+from conftest import tcp_url
+from fuzz_peer import CREDIT, ITEM, STREAM, call_head, header
+from netcall import Limits
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _stream_all(make_service, make_client, n, client_window, limits=None):
+    svc = make_service(limits=limits) if limits is not None else make_service()
+
+    @svc.register
+    def count(n):
+        yield from range(n)
+
+    url = tcp_url()
+    svc.bind(url)
+    svc.start()
+    # A step that waits for credit nobody sends fails after the client's timeout.
+    cli = make_client(window=client_window, timeout=2.0)
+    cli.connect(url)
+
+    async def consume():
+        got = 0
+        async for x in cli.count(n):
+            assert x == got
+            got += 1
+        return got
+
+    assert await asyncio.wait_for(consume(), 30.0) == n
+
+
+async def test_a_client_window_beyond_twice_the_service_limit(make_service, make_client):
+    # The service sent its 4096 of the client's 10000 and waited; the client counted 5904
+    # items still to come (more than half its window) and granted nothing more: a stall.
+    await _stream_all(make_service, make_client, 50_000, client_window=10_000)
+
+
+async def test_a_service_limit_below_half_the_default_window(make_service, make_client):
+    await _stream_all(make_service, make_client, 5_000, 1024, Limits(max_stream_window=100))
+
+
+@pytest.mark.parametrize(
+    ("client_window", "max_window"), [(1, 1), (16, 1), (1024, 3), (100, 50), (200_000, 4096)]
+)
+async def test_any_window_and_limit_stream_to_the_end(
+    make_service, make_client, client_window, max_window
+):
+    n = 2_000 if max_window < 16 else 20_000
+    limits = Limits(max_stream_window=max_window)
+    await _stream_all(make_service, make_client, n, client_window, limits)
+
+
+async def _items_within(sock: zmq.Socket[Any], quiet: float) -> int:
+    """ITEMs received until none came for ``quiet`` seconds."""
+    got = 0
+    while True:
+        try:
+            frames = await recv_within(sock, quiet)
+        except AssertionError:
+            return got
+        if frames[0][3] == ITEM:
+            got += 1
+
+
+async def test_each_client_message_buys_at_most_the_limit(make_service, zsockets):
+    # A client that grants all the credit there is (window and CREDIT of 2**32 - 1) still
+    # gets at most max_stream_window items per message it sends.
+    svc = make_service(limits=Limits(max_stream_window=50))
+
+    @svc.register
+    def endless():
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+    url = tcp_url()
+    svc.bind(url)
+    svc.start()
+    sock = zsockets(zmq.DEALER)
+    sock.connect(url)
+    sock.send_multipart([call_head(1, "endless", window=2**32 - 1), msgpack.packb([])])
+    head = (await recv_within(sock, 5.0))[0]
+    assert head[3] == STREAM
+    rid = struct.unpack("!Q", head[4:12])[0]
+    assert await _items_within(sock, 0.5) == 50
+    for _ in range(3):
+        sock.send_multipart([header(CREDIT, rid) + struct.pack("!I", 2**32 - 1)])
+        assert await _items_within(sock, 0.5) == 50
+    assert svc.active_streams == 1
