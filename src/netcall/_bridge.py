@@ -43,6 +43,7 @@ __all__ = ["Bridge", "HubPort", "acquire", "current_port", "port_for", "release"
 log = logging.getLogger("netcall")
 
 T = TypeVar("T")
+C = TypeVar("C", bound=Coroutine[Any, Any, Any])
 
 STOP_TIMEOUT = 5.0  # seconds the loop thread gets to finish when the bridge stops
 
@@ -118,7 +119,7 @@ class Bridge:
         self._allocate_lock = _original("_thread", "allocate_lock")
         self._scheduling = _real_lock()  # guards _closing against late _start()s
         self._closing = False
-        self._inbox: deque[tuple[Coroutine[Any, Any, Any], list[Any], Callable[..., None]]]
+        self._inbox: deque[tuple[Callable[[Any], Any], Any, list[Any], Callable[..., None]]]
         self._inbox = deque()
         self._wake_pending = False
         self._done = _real_lock()
@@ -185,6 +186,32 @@ class Bridge:
             RuntimeError from the loop's own thread, or after ``fork()``.
         """
         coro = _as_coroutine(aw)
+        fut: asyncio.Future[T] = self._wait(self.loop.create_task, coro, timeout)
+        return _task_result(fut)
+
+    def run_started(
+        self,
+        start: Callable[[C], asyncio.Future[Any] | None],
+        coro: C,
+        finish: Callable[[Any], T],
+    ) -> T:
+        """:meth:`run` for the coroutine ``coro``, without a task when the core can help: on
+        the loop, ``start(coro)`` may start the work at once and return a future (``None``:
+        ``coro`` runs as a task after all), and this returns ``finish(its result)``, called in
+        the waiting thread or greenlet.
+
+        Raises: what :meth:`run` raises, and what ``start`` or ``finish`` raise.
+        """
+        fut = self._wait(start, coro, None)
+        if isinstance(fut, asyncio.Task):
+            return _task_result(fut)  # type: ignore[no-any-return]
+        return finish(_task_result(fut))
+
+    def _wait(
+        self, start: Callable[[C], asyncio.Future[Any] | None], coro: C, timeout: float | None
+    ) -> asyncio.Future[Any]:
+        """Have the loop start ``coro`` (see :meth:`_enqueue`); block until its future is done
+        and return it."""
         try:
             self._check()
             port = current_port()
@@ -192,8 +219,8 @@ class Bridge:
             coro.close()
             raise
         if port is None:
-            return self._run_in_thread(coro, timeout)
-        return self._run_in_greenlet(coro, port, timeout)
+            return self._wait_in_thread(start, coro, timeout)
+        return self._wait_in_greenlet(start, coro, port, timeout)
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run the plain function ``fn(*args, **kwargs)`` on the loop's thread and return its
@@ -215,61 +242,94 @@ class Bridge:
         self, coro: Coroutine[Any, Any, T], tasks: list[asyncio.Task[T]], done: Callable[..., None]
     ) -> None:
         """Have the loop run ``coro`` as a task (appended to ``tasks``), calling ``done(task)``
-        when it finishes. Calls queue in an inbox; the loop is woken once per batch, not once
-        per call."""
+        when it finishes."""
+        self._enqueue(self.loop.create_task, coro, tasks, done)  # type: ignore[arg-type]
+
+    def _enqueue(
+        self,
+        start: Callable[[C], asyncio.Future[Any] | None],
+        coro: C,
+        futures: list[asyncio.Future[Any]],
+        done: Callable[..., None],
+    ) -> None:
+        """Have the loop call ``start(coro)`` for a future (``None``: ``coro`` runs as a task),
+        append it to ``futures`` and call ``done(future)`` when it is done. Work queues in an
+        inbox; the loop is woken once per batch, not once per call (and outside the lock: the
+        wake-up is a write that releases the GIL)."""
         with self._scheduling:
             if self._closing:
                 coro.close()
                 raise ClientClosedError("the netcall loop thread has stopped")
-            self._inbox.append((coro, tasks, done))
+            self._inbox.append((start, coro, futures, done))
             if self._wake_pending:
                 return
             self._wake_pending = True
+        try:
             self.loop.call_soon_threadsafe(self._drain_inbox)
+        except RuntimeError:  # closed meanwhile: the loop's last drain took it
+            pass
 
     def _drain_inbox(self) -> None:
         with self._scheduling:
             inbox, self._inbox = self._inbox, deque()
             self._wake_pending = False
+            closing = self._closing
         create_task = self.loop.create_task
-        for coro, tasks, done in inbox:
-            task = create_task(coro)
-            tasks.append(task)
-            task.add_done_callback(done)
+        for start, coro, futures, done in inbox:
+            fut = None
+            if not closing:  # at shutdown everything is a task, cancelled with the rest
+                try:
+                    fut = start(coro)
+                except BaseException as exc:  # failed before it started: the waiter hears
+                    coro.close()
+                    fut = self.loop.create_future()
+                    fut.set_exception(exc)
+            if fut is None:
+                fut = create_task(coro)
+            futures.append(fut)
+            fut.add_done_callback(done)
 
-    def _run_in_thread(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
-        # A bare lock, released by the task's done callback: lighter than a
+    def _wait_in_thread(
+        self, start: Callable[[C], asyncio.Future[Any] | None], coro: C, timeout: float | None
+    ) -> asyncio.Future[Any]:
+        # A bare lock, released by the future's done callback: lighter than a
         # concurrent.futures.Future (no Condition, no state machine) on the hot path.
         lock = self._allocate_lock()
         lock.acquire()
-        tasks: list[asyncio.Task[T]] = []
-        self._start(coro, tasks, lambda _task: lock.release())
+        futures: list[asyncio.Future[Any]] = []
+        self._enqueue(start, coro, futures, lambda _fut: lock.release())
         finished = False
         try:
             finished = lock.acquire(True, -1 if timeout is None else timeout)
             if not finished:
                 raise RPCTimeoutError(f"no answer within {timeout} s")
-            return _task_result(tasks[0])
+            return futures[0]
         finally:
             if not finished:  # timed out or interrupted: do not leave the call running
-                self.call_soon(_cancel_all, tasks)
+                self.call_soon(_cancel_all, futures)
 
-    def _run_in_greenlet(
-        self, coro: Coroutine[Any, Any, T], port: HubPort, timeout: float | None
-    ) -> T:
+    def _wait_in_greenlet(
+        self,
+        start: Callable[[C], asyncio.Future[Any] | None],
+        coro: C,
+        port: HubPort,
+        timeout: float | None,
+    ) -> asyncio.Future[Any]:
         import gevent
 
-        tasks: list[asyncio.Task[T]] = []
+        futures: list[asyncio.Future[Any]] = []
         finished = False
         try:
             with gevent.Timeout(timeout, False) if timeout is not None else nullcontext():
-                task: asyncio.Task[T] = port.wait(lambda done: self._start(coro, tasks, done))
+                fut: asyncio.Future[Any] = port.wait(
+                    lambda done: self._enqueue(start, coro, futures, done)
+                )
                 finished = True
-                return _task_result(task)
+                return fut
             raise RPCTimeoutError(f"no answer within {timeout} s")
         finally:
             if not finished:  # killed, timed out or interrupted: do not leave the call running
-                self.call_soon(_cancel_all, tasks)
+                self.call_soon(_cancel_all, futures)
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -306,15 +366,15 @@ def _run_all(fns: list[Callable[[], None]]) -> None:
         _safely(fn)
 
 
-def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
-    for task in tasks:
-        task.cancel()
+def _cancel_all(futures: list[asyncio.Future[Any]]) -> None:
+    for fut in futures:
+        fut.cancel()
 
 
-def _task_result(task: asyncio.Task[T]) -> T:
-    if task.cancelled():
+def _task_result(fut: asyncio.Future[T]) -> T:
+    if fut.cancelled():
         raise ClientClosedError("the call was cancelled: the netcall loop stopped")
-    return task.result()
+    return fut.result()
 
 
 async def _awaited(aw: Awaitable[T]) -> T:

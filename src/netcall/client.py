@@ -27,7 +27,7 @@ from ._client.generator import RemoteGenerator, close_quietly
 from ._client.inbox import Inbox
 from ._client.outgoing import effective_timeout
 from ._client.peers import Keepalive, Peer, PeerTable
-from ._client.proxy import UNSET
+from ._client.proxy import UNSET, Call
 from ._client.sockets import ClientSockets, check_loop_left
 from ._client.streams import ConsumerStreams, error_from
 from ._client.surface import CallSurface
@@ -280,10 +280,40 @@ class RPCClient(CallSurface, ClientBinding):
             # A client bound before its loop ran reads from its first call on: let the
             # announcements already waiting on the socket arrive before picking a service.
             await asyncio.sleep(0)
-        if metadata:
-            metadata = check_metadata(metadata)
         if parent is not None and self._propagate:
             timeout = effective_timeout(timeout, parent)
+        fut, rid, peer, timer = self._send_call(
+            driver, method, args, kwargs, timeout, oneway, prefetch, metadata
+        )
+        calls = self._calls.by_id
+        try:
+            reply = await fut
+        except asyncio.CancelledError:
+            if rid in calls:
+                self._send_cancel(peer, rid)
+            elif fut.done() and not fut.cancelled() and isinstance(fut.result(), RemoteGenerator):
+                # The stream opened just as we were cancelled: nobody will read it.
+                close_quietly(fut.result())
+            raise
+        finally:
+            self._call_over(rid, peer, timer)
+        return self._reply_value(reply, method)
+
+    def _send_call(
+        self,
+        driver: SocketDriver,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        oneway: bool,
+        prefetch: bool,
+        metadata: Mapping[str, str] | None,
+    ) -> tuple[asyncio.Future[Any], int, Peer, asyncio.TimerHandle | None]:
+        """Encode and send one call, recorded as pending with its timeout: its future,
+        request id, peer and own timer (usually none); :meth:`_call_over` forgets it."""
+        if metadata:
+            metadata = check_metadata(metadata)
         # Everything that can fail (encoding) comes before any state is recorded.
         arguments = encode_arguments(self._streams.dump, args, kwargs)
         rid = next(self._ids)
@@ -295,27 +325,54 @@ class RPCClient(CallSurface, ClientBinding):
         loop = self._loop
         assert loop is not None
         fut = loop.create_future()
-        calls = self._calls.by_id
-        calls[rid] = PendingCall(fut, peer, timeout, window)
+        self._calls.by_id[rid] = PendingCall(fut, peer, timeout, window)
         peer.inflight += 1
         driver.send(frames)
         timer = None
         if timeout is not None and not self._timeouts.add(timeout, rid):  # type: ignore[union-attr]
             timer = loop.call_later(timeout, self._calls.expire, rid)
-        try:
-            reply = await fut
-        except asyncio.CancelledError:
-            if rid in calls:
+        return fut, rid, peer, timer
+
+    def _call_over(self, rid: int, peer: Peer, timer: asyncio.TimerHandle | None) -> None:
+        """A call is answered, failed or abandoned: forget it."""
+        self._calls.by_id.pop(rid, None)
+        peer.inflight -= 1
+        if timer is not None:
+            timer.cancel()
+
+    def _start_call(self, call: Call) -> asyncio.Future[Any] | None:
+        """Start ``call`` now, on the client's loop, without a task (the blocking and gevent
+        clients' fast path, see :mod:`netcall._bridge`): its future, whose result is the raw
+        reply for :meth:`_reply_value`. ``None`` when it needs :meth:`_invoke` (the first
+        call, a middleware, a call made inside a handler).
+
+        Raises: what :meth:`_invoke` raises before sending (encoding, metadata, not connected).
+        """
+        if self._driver is None or self._chain.run is not None or call._parent is not None:
+            return None
+        timeout = self.timeout if call._timeout is UNSET else call._timeout
+        driver = self._start()
+        fut, rid, peer, timer = self._send_call(
+            driver,
+            call._name,
+            call._args,
+            call._kwargs,
+            timeout,
+            call._oneway,
+            False,
+            call._metadata,
+        )
+
+        def over(fut: asyncio.Future[Any]) -> None:
+            if fut.cancelled() and rid in self._calls.by_id:  # abandoned by its waiter
                 self._send_cancel(peer, rid)
-            elif fut.done() and not fut.cancelled() and isinstance(fut.result(), RemoteGenerator):
-                # The stream opened just as we were cancelled: nobody will read it.
-                close_quietly(fut.result())
-            raise
-        finally:
-            calls.pop(rid, None)
-            peer.inflight -= 1
-            if timer is not None:
-                timer.cancel()
+            self._call_over(rid, peer, timer)
+
+        fut.add_done_callback(over)
+        return fut
+
+    def _reply_value(self, reply: Any, method: str) -> Any:
+        """A call's result from its reply (any thread), or raise the error it carries."""
         kind = type(reply)
         if kind is bytes:
             return self.serializer.loads(reply)
