@@ -110,7 +110,8 @@ class Bridge:
     """An asyncio loop running in its own real thread (see the module docstring)."""
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
+        self.pid = _pid
+        self._get_ident: Callable[[], int] = _original("_thread", "get_ident")
         self.loop = asyncio.SelectorEventLoop(_new_selector())
         self.loop.set_default_executor(_RealThreadExecutor())
         self.thread_id = 0
@@ -157,14 +158,14 @@ class Bridge:
     # -- state ----------------------------------------------------------------------------
 
     def in_loop_thread(self) -> bool:
-        return self.thread_id == _real_ident()
+        return self.thread_id == self._get_ident()
 
     @property
     def alive(self) -> bool:
-        return not self.loop.is_closed() and self.pid == os.getpid()
+        return not self.loop.is_closed() and self.pid == _pid
 
     def _check(self) -> None:
-        if self.pid != os.getpid():
+        if self.pid != _pid:  # (no getpid() per call: the fork hook updates _pid)
             raise RuntimeError(
                 "this netcall client or service was created before fork(); "
                 "create a new one in the child process"
@@ -395,6 +396,7 @@ async def _call_async(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[
 
 _lock = _real_lock()
 _bridge: Bridge | None = None
+_pid = os.getpid()  # this process's, kept by the fork hook
 
 
 def acquire() -> Bridge:
@@ -433,7 +435,8 @@ def _at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _bridge, _lock
+    global _bridge, _lock, _pid
+    _pid = os.getpid()
     # The loop thread does not exist here; its objects belong to the parent. Start afresh.
     _lock = _real_lock()
     _bridge = None
