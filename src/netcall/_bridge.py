@@ -10,7 +10,11 @@ Rules of this file:
   :func:`release`\\ s it on close; the last release stops and joins the thread. ``atexit`` closes
   whatever is left; after ``fork()`` the child starts from nothing (the thread does not exist
   there).
-- A thread waits on a bare lock released by the task's done callback. A greenlet
+- Work crosses to the loop through an inbox, woken once per batch. A plain call is not a
+  task: the core starts it at once (:meth:`Bridge.run_started` with
+  ``RPCClient._start_call``) and hands back its pending future, whose raw reply the waiting
+  side decodes; anything else (middleware, streams, closing) runs as a task.
+- A thread waits on a bare lock released by the future's done callback. A greenlet
   never blocks its hub: it waits on a :class:`HubPort` (one ``loop.async_()`` watcher per hub
   and a deque of callbacks to run there, the watcher referenced only while someone waits).
 - Waiting from the loop's own thread would deadlock: it raises ``RuntimeError`` instead.
