@@ -16,7 +16,13 @@ import pytest
 
 from _adapter_helpers import ServiceThread, run_python, wait_for
 from conftest import netcall_env, tcp_url
-from netcall import ClientClosedError, RPCTimeoutError, _bridge
+from netcall import (
+    ClientClosedError,
+    MethodNotFoundError,
+    RPCTimeoutError,
+    SerializationError,
+    _bridge,
+)
 from netcall.sync import SyncRPCClient
 
 pytestmark = pytest.mark.timeout(60)
@@ -75,6 +81,21 @@ def test_calls_and_options(client: SyncRPCClient, remote: ServiceThread) -> None
     assert client.timeout == 5.0
     assert client.pending == 0
     assert "SyncRPCClient" in repr(client)
+
+
+def test_failures_before_sending_leave_nothing_pending(client: SyncRPCClient) -> None:
+    """A call is started on the loop without a task: what fails before it is sent reaches the
+    caller, and nothing stays recorded."""
+    assert client.echo("warm") == "warm"  # later calls take the path without a task
+    with pytest.raises(SerializationError):
+        client.echo(object())
+    with pytest.raises(ValueError):
+        client.with_options(metadata={"bad key": "x"}).echo(1)
+    with pytest.raises(MethodNotFoundError):
+        client.no_such_method()
+    assert client.with_options(oneway=True).echo(1) is None
+    assert client.pending == 0
+    assert client.echo("still fine") == "still fine"
 
 
 def test_generators_are_plain_generators(client: SyncRPCClient, remote: ServiceThread) -> None:
