@@ -1,0 +1,137 @@
+"""Sending a call and reading its reply: the steps of :meth:`netcall.RPCClient._invoke` that
+the blocking and gevent clients' fast path (:meth:`Sending._start_call`, see
+:mod:`netcall._bridge`) shares with it, and the client's raw sends."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .. import protocol as p
+from .._metadata import check_metadata
+from .._reactor import SocketDriver
+from .._timers import TimeoutQueues
+from ..errors import ClientClosedError
+from ..protocol.session import first_credit
+from ..serializers import Serializer
+from .calls import CallRegistry, PendingCall, call_frames, encode_arguments
+from .generator import RemoteGenerator
+from .outgoing import ClientChain
+from .peers import Peer, PeerTable
+from .proxy import UNSET, Call
+from .streams import ConsumerStreams, error_from
+
+__all__ = ["Sending"]
+
+
+class Sending:
+    """Mixed into :class:`~netcall.RPCClient`."""
+
+    serializer: Serializer
+    timeout: float | None
+    window: int
+    _calls: CallRegistry
+    _chain: ClientChain
+    _closed: bool
+    _driver: SocketDriver | None
+    _ids: itertools.count[int]
+    _loop: asyncio.AbstractEventLoop | None
+    _peers: PeerTable
+    _streams: ConsumerStreams
+    _timeouts: TimeoutQueues | None
+    _start: Callable[[], SocketDriver]
+
+    def _send_call(
+        self,
+        driver: SocketDriver,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        oneway: bool,
+        prefetch: bool,
+        metadata: Mapping[str, str] | None,
+    ) -> tuple[asyncio.Future[Any], int, Peer, asyncio.TimerHandle | None]:
+        """Encode and send one call, recorded as pending with its timeout: its future,
+        request id, peer and own timer (usually none); :meth:`_call_over` forgets it."""
+        if metadata:
+            metadata = check_metadata(metadata)
+        # Everything that can fail (encoding) comes before any state is recorded.
+        arguments = encode_arguments(self._streams.dump, args, kwargs)
+        rid = next(self._ids)
+        peer = self._peers.pick(method)
+        window = first_credit(self.window) if prefetch else 0
+        frames = call_frames(
+            peer, rid, method, self.serializer.name, timeout, oneway, window, arguments, metadata
+        )
+        loop = self._loop
+        assert loop is not None
+        fut = loop.create_future()
+        self._calls.by_id[rid] = PendingCall(fut, peer, timeout, window)
+        peer.inflight += 1
+        driver.send(frames)
+        timer = None
+        if timeout is not None and not self._timeouts.add(timeout, rid):  # type: ignore[union-attr]
+            timer = loop.call_later(timeout, self._calls.expire, rid)
+        return fut, rid, peer, timer
+
+    def _call_over(self, rid: int, peer: Peer, timer: asyncio.TimerHandle | None) -> None:
+        """A call is answered, failed or abandoned: forget it."""
+        self._calls.by_id.pop(rid, None)
+        peer.inflight -= 1
+        if timer is not None:
+            timer.cancel()
+
+    def _start_call(self, call: Call) -> asyncio.Future[Any] | None:
+        """Start ``call`` now, on the client's loop, without a task (the blocking and gevent
+        clients' fast path, see :mod:`netcall._bridge`): its future, whose result is the raw
+        reply for :meth:`_reply_value`. ``None`` when it needs :meth:`_invoke` (the first
+        call, a middleware, a call made inside a handler).
+
+        Raises: what :meth:`_invoke` raises before sending (encoding, metadata, not connected).
+        """
+        if self._driver is None or self._chain.run is not None or call._parent is not None:
+            return None
+        timeout = self.timeout if call._timeout is UNSET else call._timeout
+        driver = self._start()
+        fut, rid, peer, timer = self._send_call(
+            driver,
+            call._name,
+            call._args,
+            call._kwargs,
+            timeout,
+            call._oneway,
+            False,
+            call._metadata,
+        )
+
+        def over(fut: asyncio.Future[Any]) -> None:
+            if fut.cancelled() and rid in self._calls.by_id:  # abandoned by its waiter
+                self._send_cancel(peer, rid)
+            self._call_over(rid, peer, timer)
+
+        fut.add_done_callback(over)
+        return fut
+
+    def _reply_value(self, reply: Any, method: str) -> Any:
+        """A call's result from its reply (any thread), or raise the error it carries."""
+        kind = type(reply)
+        if kind is bytes:
+            return self.serializer.loads(reply)
+        if kind is p.Result:
+            return self._streams.load(reply)
+        if kind is RemoteGenerator or kind is p.Ack:
+            return None if kind is p.Ack else reply
+        raise error_from(reply, method)
+
+    def _send_cancel(self, peer: Peer, rid: int) -> None:
+        if self._driver is not None and not self._closed:
+            self._driver.send([peer.rid, *p.Cancel(rid).to_frames()])
+
+    def _send(self, peer: Peer, frames: list[Any]) -> None:
+        if self._driver is None or self._closed:
+            raise ClientClosedError("the client is closed")
+        frames.insert(0, peer.rid)
+        self._driver.send(frames)
