@@ -176,7 +176,9 @@ class Proc:
 
 def start_server(kind: str, tmp: str, timeout: float = 20.0) -> tuple[Proc, str]:
     ready = os.path.join(tmp, f"server-{kind}-{time.monotonic_ns()}.ready")
-    proc = Proc(["server", kind, "--ready", ready], ready + ".log")
+    # A server lives as long as the run (the harness stops it; it also exits if the harness
+    # goes away): a generous bound, not the worker's 900 s default that a full run outlasts.
+    proc = Proc(["server", kind, "--ready", ready, "--max-seconds", "21600"], ready + ".log")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if os.path.exists(ready):
