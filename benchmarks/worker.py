@@ -108,6 +108,12 @@ def run_server(kind: str, ready: str) -> None:
         import netcall_systems
 
         coro_fn = netcall_systems.serve
+    elif kind == "netcall-many":  # the memory figures: per-client limits raised
+        import functools
+
+        import netcall_systems
+
+        coro_fn = functools.partial(netcall_systems.serve, many=True)
     elif kind.startswith("netcall-broker-"):
         import functools
 

@@ -12,7 +12,6 @@ import asyncio
 import functools
 import inspect
 import logging
-import sys
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from .. import protocol as p
 from .._context import CallContext, _current
 from .._deadline import MIN_REMAINING, Deadline
+from .._eager import start_task
 from .._metadata import check_metadata
 from .._middleware import ServiceMiddleware
 from .._payload import buffers_loader, dumper
@@ -375,21 +375,12 @@ def _cancel(ref: weakref.ref[asyncio.Future[Any]]) -> None:
         task.cancel()
 
 
-if sys.version_info >= (3, 12):
-
-    def _start_task(loop: asyncio.AbstractEventLoop, work: Awaitable[Any]) -> asyncio.Future[Any]:
-        # An eager task runs its first step now: a handler that never suspends completes
-        # without a trip through the loop.
-        if inspect.iscoroutine(work):
-            return asyncio.Task(work, loop=loop, eager_start=True)
-        return asyncio.ensure_future(work, loop=loop)
-
-else:
-
-    def _start_task(loop: asyncio.AbstractEventLoop, work: Awaitable[Any]) -> asyncio.Future[Any]:
-        if inspect.iscoroutine(work):
-            return loop.create_task(work)
-        return asyncio.ensure_future(work, loop=loop)
+def _start_task(loop: asyncio.AbstractEventLoop, work: Awaitable[Any]) -> asyncio.Future[Any]:
+    # A coroutine's task runs its first step now (_eager): a handler that never suspends
+    # completes without a trip through the loop.
+    if inspect.iscoroutine(work):
+        return start_task(loop, work)
+    return asyncio.ensure_future(work, loop=loop)
 
 
 def _binds(fn: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> bool:
