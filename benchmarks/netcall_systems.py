@@ -38,9 +38,7 @@ async def _noop_client_mw(call: Any, call_next: Any) -> Any:
     return await call_next(call)
 
 
-def make_service(
-    curve_dir: str | None = None, middleware: bool = False, many: bool = False
-) -> Any:
+def make_service(curve_dir: str | None = None, middleware: bool = False, many: bool = False) -> Any:
     """The benchmark service. ``many``: per-client limits raised for the memory figures (one
     client parks 10,000 calls and opens 1,000 streams; the defaults, 1,024 calls and streams
     and 128 streams per client, refuse that by design)."""
