@@ -62,8 +62,17 @@ else:
         finally:
             del loop.call_soon
         for callback, args, context in caught:  # the first step, now
-            if context is None:
-                callback(*args)
-            else:
-                context.run(callback, *args)
+            try:
+                if context is None:
+                    callback(*args)
+                else:
+                    context.run(callback, *args)
+            except BaseException as exc:
+                # KeyboardInterrupt or SystemExit in the step (the task holds it too): it
+                # leaves the loop on its next turn, as from a step the loop ran, and the
+                # caller still gets its task (a service records and answers the call).
+                loop.call_soon(_reraise, exc)
         return task
+
+    def _reraise(exc: BaseException) -> None:
+        raise exc
