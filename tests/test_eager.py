@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
+from netcall import _eager
 from netcall._eager import start_task
+
+
+@pytest.fixture(autouse=True)
+def eager_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 3.10/3.11 path is off by default (see _eager.EAGER_BEFORE_312); test it on."""
+    monkeypatch.setattr(_eager, "EAGER_BEFORE_312", True)
+
 
 pytestmark = pytest.mark.timeout(20)
 
