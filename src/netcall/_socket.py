@@ -20,7 +20,7 @@ import zmq
 
 from ._edge import map_exceptions
 
-__all__ = ["QuietSocket", "make_router", "monitor_socket", "plain_context"]
+__all__ = ["QuietSocket", "make_router", "monitor_socket", "plain_context", "stop_monitor"]
 
 #: Messages queued per peer before a send reports "busy" (ZeroMQ's high-water marks).
 HWM = 10000
@@ -32,7 +32,12 @@ _monitors = itertools.count(1)
 class QuietSocket(zmq.Socket[Any]):
     """A socket that, collected unclosed (its service or client was never closed), closes at
     once and quietly instead of raising pyzmq's ResourceWarning: whatever the order in which a
-    collected cycle or a finishing interpreter finalizes objects."""
+    collected cycle or a finishing interpreter finalizes objects. Closing it stops its monitor
+    first (see :func:`stop_monitor`)."""
+
+    def close(self, linger: int | None = None) -> None:
+        stop_monitor(self)
+        super().close(linger)
 
     def __del__(self) -> None:
         try:
@@ -43,12 +48,43 @@ class QuietSocket(zmq.Socket[Any]):
 
 
 def monitor_socket(sock: zmq.Socket[Any], events: int) -> zmq.Socket[Any]:
-    """A PAIR socket receiving ``sock``'s monitor events (a :class:`QuietSocket`)."""
+    """A PAIR socket receiving ``sock``'s monitor events (a :class:`QuietSocket`).
+
+    Its queue is unbounded (``RCVHWM`` 0): libzmq's I/O thread sends each event with a
+    blocking send, so a full queue (a loop that does not read for a while) would stop every
+    socket of the context, not only this one. Before closing the PAIR, stop the monitor
+    (:func:`stop_monitor`; closing a :class:`QuietSocket` does it).
+    """
     addr = f"inproc://netcall-monitor-{os.getpid()}-{next(_monitors)}"
     sock.monitor(addr, events)
     pair: zmq.Socket[Any] = sock.context.socket(zmq.PAIR, socket_class=QuietSocket)
-    pair.connect(addr)
+    try:
+        pair.setsockopt(zmq.RCVHWM, 0)
+        pair.setsockopt(zmq.LINGER, 0)
+        pair.connect(addr)
+    except BaseException:
+        stop_monitor(sock)
+        pair.close(linger=0)
+        raise
     return pair
+
+
+def stop_monitor(sock: zmq.Socket[Any]) -> None:
+    """Stop ``sock``'s monitor, if it has one (a no-op once ``sock`` is closed).
+
+    Call it before closing the monitor's PAIR, and before closing ``sock`` itself (a socket
+    reports events until libzmq has reaped it, after ``close()``). libzmq's I/O thread sends
+    each event with a blocking send; once the PAIR is closed, nothing can take it, and that
+    send never returns: every socket of the context stops, in this process, for good. Seen
+    as calls that time out after a client closed while one of its connections broke
+    (tests/test_monitor_close.py).
+    """
+    if sock.closed:
+        return
+    try:
+        sock.monitor(None, 0)
+    except zmq.ZMQError:
+        pass
 
 
 def plain_context(context: zmq.Context[Any]) -> zmq.Context[Any]:

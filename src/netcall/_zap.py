@@ -303,6 +303,7 @@ class _Handler:
         sock.monitor(url, _MONITOR_EVENTS)
         monitor = self._ctx.socket(zmq.PAIR, socket_class=zmq.Socket)
         monitor.linger = 0
+        monitor.rcvhwm = 0  # never full: libzmq's I/O thread would block on it (see _socket)
         monitor.connect(url)
         with self._lock:
             self._changes.append((domain, monitor, policy))

@@ -35,7 +35,7 @@ from . import protocol as p
 from ._broker.routing import Router
 from ._edge import map_exceptions
 from ._reactor import SocketDriver
-from ._socket import make_router
+from ._socket import make_router, monitor_socket, stop_monitor
 from .security import CurveServer, secure_socket
 
 __all__ = ["Broker"]
@@ -133,7 +133,7 @@ class Broker:
             raise
         self._sockets = [self._frontend, self._backend]
         events = zmq.EVENT_DISCONNECTED
-        self._monitors = [s.get_monitor_socket(events) for s in self._sockets]
+        self._monitors = [monitor_socket(s, events) for s in self._sockets]
         try:
             for sock, urls in (
                 (self._frontend, self.frontend_urls),
@@ -262,6 +262,8 @@ class Broker:
             self._stopped.set()
 
     def _close_sockets(self) -> None:
+        for sock in getattr(self, "_sockets", ()):
+            stop_monitor(sock)  # before its PAIR closes: see netcall._socket.stop_monitor
         for sock in (*getattr(self, "_monitors", ()), *getattr(self, "_sockets", ())):
             if not sock.closed:
                 sock.close(linger=0)

@@ -26,6 +26,7 @@ import zmq.utils.monitor
 from .. import protocol as p
 from .._edge import map_exceptions
 from .._reactor import SocketDriver
+from .._socket import monitor_socket, stop_monitor
 from ..security import CurveClient, CurveServer, handshake_error
 from .dispatch import Dispatcher
 from .registry import HandlerRegistry
@@ -117,7 +118,7 @@ class Upstreams:
                 continue
             if self._monitor is None:
                 # Before the first connect, so no handshake event is missed.
-                self._monitor = self._sock().get_monitor_socket(_EVENTS)
+                self._monitor = monitor_socket(self._sock(), _EVENTS)
                 if self._loop is not None:
                     self._watch(self._loop)
             peer = b"\x01up" + os.urandom(12)
@@ -181,7 +182,7 @@ class Upstreams:
         self._on_lost = on_lost
         self._check = check
         if self._monitor is None:  # the disconnect watch needs it even with no connection out
-            self._monitor = self._sock().get_monitor_socket(_EVENTS)
+            self._monitor = monitor_socket(self._sock(), _EVENTS)
         self._watch(loop)
         inproc = [peer for url, peer in self._peers.items() if url.startswith("inproc://")]
         for peer in inproc:
@@ -259,6 +260,8 @@ class Upstreams:
             self._say(peer, frames)
 
     def close(self) -> None:
+        if self._monitor is not None:  # first: see netcall._socket.stop_monitor
+            stop_monitor(self._sock())
         if self._driver is not None:
             self._driver.close()
             self._driver = None
