@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import _hub
 from ._bridged import BridgedService
 from .client import ClientOptions
+from .errors import ClientClosedError
 from .serializers import Serializer
 from .sync import SyncRPCClient
 
@@ -105,6 +106,13 @@ class ThreadingRPCService(BridgedService):
                 self.start()
             # The core's serve(), on the loop thread, calls start() again (a no-op there).
             self._bridge.run(super(BridgedService, self).serve())
+        except ClientClosedError:
+            if self._released:
+                # stop() from another thread finished first and released netcall's loop
+                # thread, which ended this wait: the service stopped, as asked.
+                return
+            self.close()
+            raise
         except BaseException:
             self.close()
             raise
