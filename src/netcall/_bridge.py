@@ -198,19 +198,19 @@ class Bridge:
         self,
         start: Callable[[C], asyncio.Future[Any] | None],
         coro: C,
-        finish: Callable[[Any], T],
+        finish: Callable[[C, Any], T],
     ) -> T:
         """:meth:`run` for the coroutine ``coro``, without a task when the core can help: on
         the loop, ``start(coro)`` may start the work at once and return a future (``None``:
-        ``coro`` runs as a task after all), and this returns ``finish(its result)``, called in
-        the waiting thread or greenlet.
+        ``coro`` runs as a task after all), and this returns ``finish(coro, its result)``,
+        called in the waiting thread or greenlet.
 
         Raises: what :meth:`run` raises, and what ``start`` or ``finish`` raise.
         """
         fut = self._wait(start, coro, None)
         if isinstance(fut, asyncio.Task):
             return _task_result(fut)  # type: ignore[no-any-return]
-        return finish(_task_result(fut))
+        return finish(coro, _task_result(fut))
 
     def _wait(
         self, start: Callable[[C], asyncio.Future[Any] | None], coro: C, timeout: float | None

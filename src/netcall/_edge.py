@@ -6,14 +6,14 @@ whatever a third-party serializer raises. The original is always the ``__cause__
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import zmq
 
 from .errors import ClientClosedError, EncodingError, RPCError, SerializationError
 
-__all__ = ["TransportError", "map_exceptions", "translate"]
+__all__ = ["TransportError", "endpoint_change", "map_exceptions", "translate"]
 
 
 class TransportError(RPCError, zmq.ZMQError):
@@ -71,3 +71,22 @@ def map_exceptions(what: str = "") -> Iterator[None]:
         if mapped is None:
             raise
         raise mapped from exc
+
+
+@contextmanager
+def endpoint_change(what: str, check: Callable[[], None] | None) -> Iterator[None]:
+    """:func:`map_exceptions` around a ``connect``, ``bind`` (or their undoing) on a socket,
+    then ``check()`` whether it worked or not: the socket's driver looks at ``EVENTS`` again
+    (:meth:`netcall._reactor.SocketDriver.check_soon`; ``None`` before it is driven). libzmq
+    processes the socket's pending commands in those calls, which can take the ZeroMQ FD's
+    edge while a message waits.
+
+    Raises:
+        TransportError, ClientClosedError, EncodingError: as :func:`map_exceptions`.
+    """
+    try:
+        with map_exceptions(what):
+            yield
+    finally:
+        if check is not None:
+            check()

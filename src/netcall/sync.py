@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _bridge
 from ._blocking import BlockingGenerator, as_generator
-from ._client.proxy import Call
 from ._middleware import ClientMiddleware
 from .client import ClientOptions, RemoteGenerator, RPCClient
 from .errors import ClientClosedError
@@ -158,13 +157,7 @@ class SyncRPCClient:
         if self._released:
             _close_awaitable(call)
             raise ClientClosedError("the client is closed")
-        if type(call) is Call:  # the common case: started without a task per call
-            client = self._client
-            result = self._bridge.run_started(
-                client._start_call, call, lambda reply: client._reply_value(reply, call._name)
-            )
-        else:
-            result = self._bridge.run(call)
+        result = self._client._run_bridged(self._bridge, call)
         if isinstance(result, RemoteGenerator) or hasattr(result, "__anext__"):
             # A stream (or a middleware's wrapper of one): never a decoded value.
             return as_generator(BlockingGenerator(result, self._bridge, self))

@@ -24,7 +24,7 @@ import zmq
 import zmq.utils.monitor
 
 from .. import protocol as p
-from .._edge import map_exceptions
+from .._edge import endpoint_change
 from .._reactor import SocketDriver
 from ..errors import AuthenticationError, ConnectionLostError, RPCError, exception_from_remote
 from ..security import handshake_error, warn_if_exposed
@@ -160,12 +160,9 @@ class PeerTable:
     def _connect(self, url: str) -> bytes:
         """Connect ``url`` under a new routing id; return the id."""
         rid = b"s%d" % next(self._rids)
-        with map_exceptions(f"cannot connect to {url!r}"):
+        with endpoint_change(f"cannot connect to {url!r}", self._check):
             self._socket().setsockopt(zmq.CONNECT_ROUTING_ID, rid)
-            try:
-                self._socket().connect(url)
-            finally:
-                self._changed()
+            self._socket().connect(url)
         return rid
 
     def disconnect(self, url: str) -> None:
@@ -248,11 +245,8 @@ class PeerTable:
                 self.unbind(url)
         for url in wanted:
             if url not in self.bound:
-                try:
-                    with map_exceptions(f"cannot bind {url!r}"):
-                        self._socket().bind(url)
-                finally:
-                    self._changed()
+                with endpoint_change(f"cannot bind {url!r}", self._check):
+                    self._socket().bind(url)
                 self.bound.add(url)
 
     def unbind(self, url: str) -> None:
@@ -268,11 +262,8 @@ class PeerTable:
         if port:
             self.bind(f"tcp://{ip}:{port}", False)
             return port
-        try:
-            with map_exceptions(f"cannot bind tcp://{ip}"):
-                chosen = self._socket().bind_to_random_port(f"tcp://{ip}", min_port, max_port)
-        finally:
-            self._changed()
+        with endpoint_change(f"cannot bind tcp://{ip}", self._check):
+            chosen = self._socket().bind_to_random_port(f"tcp://{ip}", min_port, max_port)
         self.bound.add(f"tcp://{ip}:{chosen}")
         return chosen
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .. import protocol as p
 from .._metadata import check_metadata
@@ -22,6 +22,9 @@ from .outgoing import ClientChain
 from .peers import Peer, PeerTable
 from .proxy import UNSET, Call
 from .streams import ConsumerStreams, error_from
+
+if TYPE_CHECKING:
+    from .._bridge import Bridge
 
 __all__ = ["Sending"]
 
@@ -114,6 +117,21 @@ class Sending:
 
         fut.add_done_callback(over)
         return fut
+
+    def _run_bridged(self, bridge: Bridge, call: Awaitable[Any]) -> Any:
+        """Run ``call`` (made by this client's proxy, in a blocking or gevent client's thread
+        or greenlet) on ``bridge``'s loop and return its result: a plain call starts there
+        without a task (:meth:`_start_call`) and its reply is decoded here; anything else (a
+        middleware's awaitable) runs as a task.
+
+        Raises: what the call raises, and what :meth:`Bridge.run` raises.
+        """
+        if type(call) is Call:
+            return bridge.run_started(self._start_call, call, self._call_value)
+        return bridge.run(call)
+
+    def _call_value(self, call: Call, reply: Any) -> Any:
+        return self._reply_value(reply, call._name)
 
     def _reply_value(self, reply: Any, method: str) -> Any:
         """A call's result from its reply (any thread), or raise the error it carries."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import zmq
 
-from .._edge import map_exceptions
+from .._edge import endpoint_change
 from .._reactor import SocketDriver
 from ..security import warn_if_exposed
 
@@ -51,11 +51,8 @@ class ServiceBinding:
                 self.unbind(url)
         for url in wanted:
             if url not in self._bound:
-                try:
-                    with map_exceptions(f"cannot bind {url!r}"):
-                        self.socket.bind(url)
-                finally:
-                    self._changed()
+                with endpoint_change(f"cannot bind {url!r}", self._changed):
+                    self.socket.bind(url)
                 if url.endswith(":*"):  # a wildcard port: keep the endpoint clients can use
                     url = self.socket.get_string(zmq.LAST_ENDPOINT)
                 self._bound.add(url)
@@ -85,11 +82,8 @@ class ServiceBinding:
         if port:
             self.bind(f"tcp://{ip}:{port}")
             return port
-        try:
-            with map_exceptions(f"cannot bind tcp://{ip}"):
-                chosen = self.socket.bind_to_random_port(f"tcp://{ip}", min_port, max_port)
-        finally:
-            self._changed()
+        with endpoint_change(f"cannot bind tcp://{ip}", self._changed):
+            chosen = self.socket.bind_to_random_port(f"tcp://{ip}", min_port, max_port)
         self._bound.add(f"tcp://{ip}:{chosen}")
         log.info("%s bound to tcp://%s:%d", self.name, ip, chosen)
         warn_if_exposed(f"tcp://{ip}:{chosen}", self.serializer.name, self.security, "bound")

@@ -24,7 +24,7 @@ import zmq
 import zmq.utils.monitor
 
 from .. import protocol as p
-from .._edge import map_exceptions
+from .._edge import endpoint_change
 from .._reactor import SocketDriver
 from .._socket import monitor_socket, stop_monitor
 from ..security import CurveClient, CurveServer, handshake_error
@@ -122,12 +122,9 @@ class Upstreams:
                 if self._loop is not None:
                     self._watch(self._loop)
             peer = b"\x01up" + os.urandom(12)
-            with map_exceptions(f"cannot connect to {url!r}"):
+            with endpoint_change(f"cannot connect to {url!r}", self._check):
                 self._sock().setsockopt(zmq.CONNECT_ROUTING_ID, peer)
-                try:
-                    self._connect(url, security)
-                finally:
-                    self._check()
+                self._connect(url, security)
             self._peers[url] = peer
             if security is not None:
                 self._secure.add(peer)
