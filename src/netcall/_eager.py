@@ -26,9 +26,12 @@ from typing import Any
 
 __all__ = ["EAGER_BEFORE_312", "start_task"]
 
-#: Off: on 3.10 the eager first step broke Ctrl-C handling and cross-process call chains in CI
-#: (tests/test_lifecycle.py, test_otel.py, test_review_broker.py), not yet understood; before
-#: 3.12 handler tasks start on the loop's next turn, as they always did. On for experiments.
+#: Off: before 3.12 handler tasks start on the loop's next turn, as they always did. On for
+#: experiments. (The cross-process failures once blamed on it were a libzmq monitor deadlock,
+#: since fixed.) With it on, Python 3.10 fails
+#: tests/test_deadlines.py::test_a_cancelled_caller_cancels_a_blocking_nested_call: the first step
+#: starts the handler's executor thread before the service has set ``CallContext._task``, so a
+#: blocking nested call made there is not linked to the task's cancellation.
 EAGER_BEFORE_312 = False
 
 if sys.version_info >= (3, 12):
