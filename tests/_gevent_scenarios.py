@@ -184,9 +184,12 @@ def ctrl_c_in_a_handler() -> None:
     import signal
 
     svc = GeventRPCService()
+    started = _bridge._original("_thread", "allocate_lock")()  # a real lock, patched or not
+    started.acquire()
 
     @svc.register
     def spin(seconds: float) -> str:
+        started.release()
         end = time.monotonic() + seconds
         while time.monotonic() < end:  # busy: the signal is raised in this greenlet
             pass
@@ -195,10 +198,11 @@ def ctrl_c_in_a_handler() -> None:
     port = svc.bind_ports()
     client = GeventRPCClient(timeout=5)
     client.connect(f"tcp://127.0.0.1:{port}")
-    call = gevent.spawn(client.spin, 1.0)
+    call = gevent.spawn(client.spin, 3.0)
 
-    def interrupt_soon() -> None:  # from a real thread, while the handler spins
-        _bridge._original("time", "sleep")(0.3)
+    def interrupt_soon() -> None:  # from a real thread, once the handler spins
+        if started.acquire(True, 20):
+            _bridge._original("time", "sleep")(0.1)
         os.kill(os.getpid(), signal.SIGINT)
 
     _bridge._start_real_thread(interrupt_soon)

@@ -9,7 +9,7 @@ from typing import Any
 
 from ._deadline import Deadline
 
-__all__ = ["CallContext", "current_call"]
+__all__ = ["CallContext", "TaskStarting", "current_call"]
 
 _NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
@@ -64,8 +64,9 @@ class CallContext:
         self.peer_key = peer_key
         self.args = args
         self.kwargs = kwargs
-        # The task running the handler (set by the service once it exists): a call made for
-        # this one from another thread (blocking client) is cancelled when it is.
+        # The task running the handler (set by the service once it exists; a TaskStarting
+        # while its first step runs): a call made for this one from another thread (blocking
+        # client) is cancelled when it is.
         self._task: Any = None
 
     def time_remaining(self) -> float | None:
@@ -110,3 +111,19 @@ def current_call() -> CallContext:
     if ctx is None:
         raise RuntimeError("current_call() used outside a netcall handler")
     return ctx
+
+
+class TaskStarting:
+    """``CallContext._task`` while the handler's task is being made and its first step runs
+    at once (an eager start): the task object does not exist yet, but a thread the step
+    starts may already make a nested call that must be tied to it. Such a call reads the
+    real task on :meth:`get_loop`, the service's loop, where the service has recorded it by
+    then (see ``netcall._client.proxy._linked``)."""
+
+    __slots__ = ("loop",)
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+
+    def get_loop(self) -> Any:
+        return self.loop

@@ -222,21 +222,34 @@ async def _linked(call: Awaitable[Any], parent: CallContext, name: str) -> Any:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
-    served: asyncio.Future[Any] = parent._task
-    served_loop = served.get_loop()
+    # Read on the served call's loop: while the handler's first step runs (an eager start)
+    # this is a TaskStarting, and the service records the task before that loop moves on.
+    served_loop = parent._task.get_loop()
+    linked: list[asyncio.Future[Any]] = []  # the served call's task, once linked
+    served_cancelled: list[bool] = []
 
-    def cancel(_: object) -> None:  # on the served call's loop
+    def cancel(served: asyncio.Future[Any]) -> None:  # on the served call's loop
         if served.cancelled():
+            served_cancelled.append(True)
             try:
                 loop.call_soon_threadsafe(_cancel, task)
             except RuntimeError:  # our loop is closed: nothing left to cancel
                 pass
 
-    _on_loop(served_loop, loop, served.add_done_callback, cancel)
+    def link(add: bool) -> None:  # on the served call's loop
+        if add:
+            served = parent._task
+            if isinstance(served, asyncio.Future):
+                linked.append(served)
+                served.add_done_callback(cancel)
+        elif linked:
+            linked.pop().remove_done_callback(cancel)
+
+    _on_loop(served_loop, loop, link, True)
     try:
         return await call
     except asyncio.CancelledError:
-        if not served.cancelled():
+        if not served_cancelled:
             raise
         if hasattr(task, "uncancel"):
             task.uncancel()
@@ -246,7 +259,7 @@ async def _linked(call: Awaitable[Any], parent: CallContext, name: str) -> Any:
             ) from None
         raise RPCError(f"{name!r} was cancelled: the call being served was cancelled") from None
     finally:
-        _on_loop(served_loop, loop, served.remove_done_callback, cancel)
+        _on_loop(served_loop, loop, link, False)
 
 
 def _on_loop(

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .. import protocol as p
-from .._context import CallContext, _current
+from .._context import CallContext, TaskStarting, _current
 from .._deadline import MIN_REMAINING, Deadline
 from .._eager import start_task
 from .._metadata import check_metadata
@@ -197,7 +197,7 @@ class Dispatcher:
                 self._finish(peer, msg, ctx, result)
                 return
             # The task runs in a copy of this context, where current_call() is this call.
-            task = _start_task(self.loop, result)  # type: ignore[arg-type]
+            task = _start_task(self.loop, result, ctx)  # type: ignore[arg-type]
             ctx._task = task
         except Exception as exc:
             self._handler_failed(peer, msg, handler, args, kwargs, exc)
@@ -375,10 +375,14 @@ def _cancel(ref: weakref.ref[asyncio.Future[Any]]) -> None:
         task.cancel()
 
 
-def _start_task(loop: asyncio.AbstractEventLoop, work: Awaitable[Any]) -> asyncio.Future[Any]:
+def _start_task(
+    loop: asyncio.AbstractEventLoop, work: Awaitable[Any], ctx: CallContext
+) -> asyncio.Future[Any]:
     # A coroutine's task runs its first step now (_eager): a handler that never suspends
-    # completes without a trip through the loop.
+    # completes without a trip through the loop. Meanwhile the call's task is "starting" (a
+    # thread the step starts may make nested calls tied to it: see TaskStarting).
     if inspect.iscoroutine(work):
+        ctx._task = TaskStarting(loop)
         return start_task(loop, work)
     return asyncio.ensure_future(work, loop=loop)
 
