@@ -15,6 +15,7 @@ import asyncio
 import gc
 import itertools
 import os
+import signal
 import socket
 import sys
 import threading
@@ -34,6 +35,13 @@ except ImportError:  # pragma: no cover - depends on how the suite is run
 from netcall import RPCClient, RPCService
 
 TESTS_DIR = Path(__file__).resolve().parent
+
+# A runner started in the background by a shell without job control (``bash .ci/run &``)
+# ignores SIGINT, and the processes the tests start would inherit that: the Ctrl-C tests
+# (a service stopped with SIGINT) would then wait for a stop that never comes. With a
+# handler here, children start with SIGINT at its default again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 CTX_TERM_TIMEOUT = 5.0
 STOP_TIMEOUT = 5.0
 
