@@ -251,19 +251,7 @@ class _Handler:
                 return
             except Exception:  # pragma: no cover - libzmq's own format
                 continue
-            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-                value = int(event["value"])
-                if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-                    why = "it does not use CURVE"
-                else:
-                    why = f"its handshake was malformed (protocol error {value:#x})"
-            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-                why = "its handshake failed"
-            else:
-                continue
-            raw = event["endpoint"]
-            endpoint = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-            policy.refused(f"a client on {endpoint}: {why}", checked=False)
+            refused_handshake(event, policy)
 
     def answer(self, request: list[bytes]) -> list[bytes]:
         """The ZAP reply to one request (ZeroMQ RFC 27)."""
@@ -341,6 +329,25 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_handlers)
 
 
+def refused_handshake(event: Any, policy: Allowlist) -> None:
+    """Log (rate-limited, through ``policy``) a handshake that ZeroMQ failed before asking
+    ZAP: a client without CURVE, or with another service key, as the socket's monitor reports
+    it (a parsed monitor event); other events are ignored."""
+    if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        value = int(event["value"])
+        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            why = "it does not use CURVE"
+        else:
+            why = f"its handshake was malformed (protocol error {value:#x})"
+    elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        why = "its handshake failed"
+    else:
+        return
+    raw = event["endpoint"]
+    endpoint = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    policy.refused(f"a client on {endpoint}: {why}", checked=False)
+
+
 class ZapRegistration:
     """One socket's place in its context's ZAP handler. :meth:`close` it after the socket."""
 
@@ -349,6 +356,14 @@ class ZapRegistration:
         self._key = key
         self._handler = handler
         self._closed = False
+
+    def on_monitor_event(self, event: Any) -> None:
+        """Log a failed handshake that the socket's own monitor reported (a parsed monitor
+        event). libzmq keeps one monitor per socket, so a service whose monitor replaced the
+        handler's forwards its events here."""
+        policy = self._handler.policies.get(self.domain)
+        if policy is not None:
+            refused_handshake(event, policy)
 
     def close(self) -> None:
         """Unregister the domain; stop the context's handler when nothing else uses it.

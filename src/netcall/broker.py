@@ -132,7 +132,13 @@ class Broker:
                 self._zap.close()
             raise
         self._sockets = [self._frontend, self._backend]
-        events = zmq.EVENT_DISCONNECTED
+        # Disconnections (probe who is gone), and the failed handshakes the ZAP handler's own
+        # monitor would have logged (libzmq keeps one monitor per socket: this one replaces it).
+        events = (
+            zmq.EVENT_DISCONNECTED
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        )
         self._monitors = [monitor_socket(s, events) for s in self._sockets]
         try:
             for sock, urls in (
@@ -310,21 +316,25 @@ class Broker:
             self.router.service_gone(peer, "the connection to the service broke")
 
     def _on_frontend_event(self, frames: list[Any]) -> None:
-        if self._is_disconnect(frames):
+        if self._on_event(frames, self._zap):
             self._probe_clients()
             self._later(_REPROBE, self._probe_clients)
 
     def _on_backend_event(self, frames: list[Any]) -> None:
-        if self._is_disconnect(frames):
+        if self._on_event(frames, self._backend_zap):
             self._probe_services()
             self._later(_REPROBE, self._probe_services)
 
     @staticmethod
-    def _is_disconnect(frames: list[Any]) -> bool:
+    def _on_event(frames: list[Any], zap: Any) -> bool:
+        """Log a failed handshake through the socket's ZAP registration; True for a
+        disconnection."""
         try:
             event = zmq.utils.monitor.parse_monitor_message(frames)
         except Exception:  # pragma: no cover - libzmq's own format
             return False
+        if zap is not None:
+            zap.on_monitor_event(event)
         return bool(event["event"] == zmq.EVENT_DISCONNECTED)
 
     def _later(self, delay: float, fn: Any) -> None:

@@ -168,6 +168,10 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         )
         # Closed after the socket: a CURVE socket whose context has no ZAP handler admits all.
         self._zap = secure_socket(sock, self.security, server=True, name=self.name)
+        if self._zap is not None:
+            # The socket's monitor (Upstreams') replaces the ZAP handler's (libzmq keeps one per
+            # socket): the failed handshakes it reports are logged through this one instead.
+            self._upstreams.listeners.append(self._zap.on_monitor_event)
         return sock
 
     @property
