@@ -16,7 +16,7 @@ from netcall._eager import start_task
 
 @pytest.fixture(autouse=True)
 def eager_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The 3.10/3.11 path (on by default, see _eager.EAGER_BEFORE_312), on whatever the default."""
+    """The 3.10/3.11 path is off by default (see _eager.EAGER_BEFORE_312); test it on."""
     monkeypatch.setattr(_eager, "EAGER_BEFORE_312", True)
 
 

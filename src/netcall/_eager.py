@@ -6,7 +6,7 @@ step waits for the loop's next turn, and its answer for the turn after. Python 3
 ``Task(eager_start=True)`` runs the first step at once, so a handler that never suspends
 answers without a trip through the loop.
 
-Before 3.12 (when :data:`EAGER_BEFORE_312` is set, as it is) a Task always
+Before 3.12 (only when :data:`EAGER_BEFORE_312` is set: off, see there) a Task always
 schedules its first step with ``loop.call_soon``. Here that one
 scheduling is caught while the Task is made (an instance attribute shadows the loop's
 ``call_soon``) and the step is run at once, in the task's own context; the step itself makes
@@ -26,13 +26,16 @@ from typing import Any
 
 __all__ = ["EAGER_BEFORE_312", "start_task"]
 
-#: On: before 3.12 too, handler tasks run their first step at once. It was off for a while:
-#: the cross-process failures once blamed on it were a libzmq monitor deadlock (fixed, see
-#: netcall._socket.stop_monitor), and the one real fault, a thread started by the first step
-#: making a blocking nested call before the service had recorded the task, is handled by
-#: ``CallContext._task`` being a ``TaskStarting`` meanwhile. Set it False to start handler
-#: tasks on the loop's next turn, as before.
-EAGER_BEFORE_312 = True
+#: Off: before 3.12 handler tasks start on the loop's next turn, as they always did; on for
+#: experiments (tests/test_eager.py runs with it on). The cross-process CI failures once blamed
+#: on it were a libzmq monitor deadlock (fixed, netcall._socket.stop_monitor), and a thread
+#: started by the first step is handled by ``CallContext._task`` being a ``TaskStarting``. What
+#: keeps it off: on 3.10 a Ctrl-C is a KeyboardInterrupt raised wherever the main thread is, and
+#: with the first step run inside ``Dispatcher.on_call`` it lands there more often, between the
+#: step and the call's bookkeeping: the call is then never answered (CI saw it once in
+#: tests/test_lifecycle.py::test_ctrl_c_of_serve_lets_the_call_in_flight_finish). The measured
+#: gain was about a tenth of the service's CPU per call (benchmarks/README.md).
+EAGER_BEFORE_312 = False
 
 if sys.version_info >= (3, 12):
 
