@@ -24,7 +24,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-__all__ = ["EAGER_BEFORE_312", "start_task"]
+__all__ = ["EAGER_BEFORE_312", "eager", "start_task"]
 
 #: Off: before 3.12 handler tasks start on the loop's next turn, as they always did; on for
 #: experiments (tests/test_eager.py runs with it on). The cross-process CI failures once blamed
@@ -39,6 +39,10 @@ EAGER_BEFORE_312 = False
 
 if sys.version_info >= (3, 12):
 
+    def eager(loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether :func:`start_task` may run a first step at once on ``loop``."""
+        return True
+
     def start_task(
         loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]
     ) -> asyncio.Task[Any]:
@@ -46,6 +50,10 @@ if sys.version_info >= (3, 12):
         return asyncio.Task(coro, loop=loop, eager_start=True)
 
 else:
+
+    def eager(loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether :func:`start_task` may run a first step at once on ``loop``."""
+        return EAGER_BEFORE_312
 
     def start_task(
         loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]

@@ -35,7 +35,7 @@ from . import protocol as p
 from ._broker.routing import Router
 from ._edge import map_exceptions
 from ._reactor import SocketDriver
-from ._socket import make_router, monitor_socket, stop_monitor
+from ._socket import make_router, monitor_socket
 from .security import CurveServer, secure_socket
 
 __all__ = ["Broker"]
@@ -268,9 +268,9 @@ class Broker:
             self._stopped.set()
 
     def _close_sockets(self) -> None:
-        for sock in getattr(self, "_sockets", ()):
-            stop_monitor(sock)  # before its PAIR closes: see netcall._socket.stop_monitor
-        for sock in (*getattr(self, "_monitors", ()), *getattr(self, "_sockets", ())):
+        # The sockets first: closing one stops its monitor before the PAIR goes (see
+        # netcall._socket.stop_monitor).
+        for sock in (*getattr(self, "_sockets", ()), *getattr(self, "_monitors", ())):
             if not sock.closed:
                 sock.close(linger=0)
         for attr in ("_zap", "_backend_zap"):

@@ -19,7 +19,7 @@ from typing import Any
 from .. import protocol as p
 from .._context import CallContext, TaskStarting, _current
 from .._deadline import MIN_REMAINING, Deadline
-from .._eager import start_task
+from .._eager import eager, start_task
 from .._metadata import check_metadata
 from .._middleware import ServiceMiddleware
 from .._payload import buffers_loader, dumper
@@ -382,9 +382,22 @@ def _start_task(
     # completes without a trip through the loop. Meanwhile the call's task is "starting" (a
     # thread the step starts may make nested calls tied to it: see TaskStarting).
     if inspect.iscoroutine(work):
-        ctx._task = TaskStarting(loop)
+        if eager(loop):
+            ctx._task = _starting(loop)
         return start_task(loop, work)
     return asyncio.ensure_future(work, loop=loop)
+
+
+_last_starting: TaskStarting | None = None
+
+
+def _starting(loop: asyncio.AbstractEventLoop) -> TaskStarting:
+    # One per loop, not one per call (it holds nothing but the loop).
+    global _last_starting
+    starting = _last_starting
+    if starting is None or starting.loop is not loop:
+        starting = _last_starting = TaskStarting(loop)
+    return starting
 
 
 def _binds(fn: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> bool:
