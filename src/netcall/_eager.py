@@ -6,7 +6,7 @@ step waits for the loop's next turn, and its answer for the turn after. Python 3
 ``Task(eager_start=True)`` runs the first step at once, so a handler that never suspends
 answers without a trip through the loop.
 
-Before 3.12 (only when :data:`EAGER_BEFORE_312` is set: off, see there) a Task always
+Before 3.12 (only when :data:`EAGER_BEFORE_312` is set: on 3.11, see there) a Task always
 schedules its first step with ``loop.call_soon``. Here that one
 scheduling is caught while the Task is made (an instance attribute shadows the loop's
 ``call_soon``) and the step is run at once, in the task's own context; the step itself makes
@@ -26,16 +26,16 @@ from typing import Any
 
 __all__ = ["EAGER_BEFORE_312", "eager", "start_task"]
 
-#: Off: before 3.12 handler tasks start on the loop's next turn, as they always did; on for
-#: experiments (tests/test_eager.py runs with it on). The cross-process CI failures once blamed
-#: on it were a libzmq monitor deadlock (fixed, netcall._socket.stop_monitor), and a thread
-#: started by the first step is handled by ``CallContext._task`` being a ``TaskStarting``. What
-#: keeps it off: on 3.10 a Ctrl-C is a KeyboardInterrupt raised wherever the main thread is, and
-#: with the first step run inside ``Dispatcher.on_call`` it lands there more often, between the
-#: step and the call's bookkeeping: the call is then never answered (CI saw it once in
-#: tests/test_lifecycle.py::test_ctrl_c_of_serve_lets_the_call_in_flight_finish). The measured
-#: gain was about a tenth of the service's CPU per call (benchmarks/README.md).
-EAGER_BEFORE_312 = False
+#: On for 3.11, off for 3.10. On 3.10 a Ctrl-C is a KeyboardInterrupt raised wherever the
+#: main thread is, and with the first step run inside ``Dispatcher.on_call`` it lands there
+#: more often, before the call is answered or recorded: the call is then never answered (CI
+#: saw it once on 3.10 in tests/test_lifecycle.py, the Ctrl-C of serve() with a call in
+#: flight).
+#: From 3.11, ``asyncio.run`` turns the first Ctrl-C into a cancellation of the main task,
+#: which lands at an ``await``, never inside a callback. A thread started by the first step is
+#: handled by ``CallContext._task`` being a ``TaskStarting``. A handler that finishes in its
+#: first step is answered at once by the service (no done-callback, no turn of the loop).
+EAGER_BEFORE_312 = sys.version_info >= (3, 11)
 
 if sys.version_info >= (3, 12):
 

@@ -48,6 +48,7 @@ __all__ = ["DEFAULT_TIMEOUT", "ClientOptions", "RPCClient", "RemoteGenerator"]
 DEFAULT_TIMEOUT = 30.0
 
 log = logging.getLogger("netcall")
+_running_loop = asyncio.get_running_loop
 
 
 class ClientOptions(TypedDict, total=False):
@@ -273,8 +274,10 @@ class RPCClient(CallSurface, ClientBinding, Sending):
             return await run(
                 OutgoingCall(method, args, kwargs, md, timeout, oneway, prefetch, parent)
             )
-        first = self._driver is None
-        driver = self._start()
+        driver = self._driver
+        first = driver is None
+        if driver is None or self._closed or _running_loop() is not self._loop:
+            driver = self._start()  # (also: closed, or a new asyncio.run())
         if first and self._peers.bound and not self._peers.order:
             # A client bound before its loop ran reads from its first call on: let the
             # announcements already waiting on the socket arrive before picking a service.
@@ -295,7 +298,13 @@ class RPCClient(CallSurface, ClientBinding, Sending):
                 close_quietly(fut.result())
             raise
         finally:
-            self._call_over(rid, peer, timer)
+            # The call is over (Sending._call_over, inline: this is the hot path).
+            calls.pop(rid, None)
+            peer.inflight -= 1
+            if timer is not None:
+                timer.cancel()
+        if type(reply) is bytes:  # the commonest reply: a result's payload
+            return self.serializer.loads(reply)
         return self._reply_value(reply, method)
 
     def _ping(self) -> bool:

@@ -9,12 +9,10 @@ from typing import Any
 
 from .. import protocol as p
 from .._deadline import MIN_REMAINING, SPENT
-from .._edge import serializer_error
-from .._payload import Dump
 from ..errors import ConnectionLostError, EncodingError, RPCError, RPCTimeoutError
 from .peers import Peer
 
-__all__ = ["CallRegistry", "PendingCall", "call_frames", "encode_arguments"]
+__all__ = ["Arguments", "CallRegistry", "PendingCall", "call_frames"]
 
 
 class PendingCall:
@@ -82,21 +80,6 @@ class CallRegistry:
 
 
 Arguments = tuple[bytes, bytes | None, list[Any]]
-
-
-def encode_arguments(dump: Dump, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Arguments:
-    """The argument payloads of a CALL (kwargs only when there are some) and the out-of-band
-    buffers they share.
-
-    Raises:
-        SerializationError: an argument cannot be serialized (whatever the serializer raised
-            is the ``__cause__``).
-    """
-    buffers: list[Any] = []
-    try:
-        return dump(list(args), buffers), (dump(kwargs, buffers) if kwargs else None), buffers
-    except Exception as exc:
-        raise serializer_error(exc, "cannot serialize the arguments") from exc
 
 
 def call_frames(

@@ -10,13 +10,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol as p
+from .._edge import serializer_error
 from .._metadata import check_metadata
 from .._reactor import SocketDriver
 from .._timers import TimeoutQueues
 from ..errors import ClientClosedError
 from ..protocol.session import first_credit
 from ..serializers import Serializer
-from .calls import CallRegistry, PendingCall, call_frames, encode_arguments
+from .calls import CallRegistry, PendingCall, call_frames
 from .generator import RemoteGenerator
 from .outgoing import ClientChain
 from .peers import Peer, PeerTable
@@ -62,7 +63,16 @@ class Sending:
         if metadata:
             metadata = check_metadata(metadata)
         # Everything that can fail (encoding) comes before any state is recorded.
-        arguments = encode_arguments(self._streams.dump, args, kwargs)
+        buffers: list[Any] = []
+        dump = self._streams.dump
+        try:
+            arguments = (
+                dump(list(args), buffers),
+                dump(kwargs, buffers) if kwargs else None,
+                buffers,
+            )
+        except Exception as exc:
+            raise serializer_error(exc, "cannot serialize the arguments") from exc
         rid = next(self._ids)
         peer = self._peers.pick(method)
         window = first_credit(self.window) if prefetch else 0

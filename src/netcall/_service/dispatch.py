@@ -198,12 +198,19 @@ class Dispatcher:
                 return
             # The task runs in a copy of this context, where current_call() is this call.
             task = _start_task(self.loop, result, ctx)  # type: ignore[arg-type]
-            ctx._task = task
         except Exception as exc:
+            ctx._task = None
             self._handler_failed(peer, msg, handler, args, kwargs, exc)
             return
         finally:
             _current.reset(token)
+        if task.done():
+            # Its first step, run at once (an eager start), finished the handler: answer now.
+            # Nothing to record, no done-callback (a turn of the loop) and no deadline timer.
+            ctx._task = None
+            self._answer(peer, msg, ctx, handler, args, kwargs, task)
+            return
+        ctx._task = task
         timer = None
         if deadline is not None:
             timeouts = self._timeouts
@@ -280,6 +287,20 @@ class Dispatcher:
             if not task.cancelled() and task.exception() is None and self._is_stream(task.result()):
                 close_generator_soon(task.result())
             return
+        self._answer(peer, msg, ctx, handler, args, kwargs, task)
+
+    def _answer(
+        self,
+        peer: bytes,
+        msg: p.Call,
+        ctx: CallContext,
+        handler: Handler,
+        args: Any,
+        kwargs: dict[str, Any],
+        task: asyncio.Future[Any],
+    ) -> None:
+        """Answer a call whose handler task is done (a stream opens; a result, or the error
+        the handler raised, is sent)."""
         if task.cancelled():
             if self.refusing is not None:
                 self._replies.refuse(
