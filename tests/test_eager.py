@@ -16,7 +16,7 @@ from netcall._eager import start_task
 
 @pytest.fixture(autouse=True)
 def eager_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The 3.10/3.11 path is off by default (see _eager.EAGER_BEFORE_312); test it on."""
+    """The 3.10/3.11 path is on for 3.11 only (see _eager.EAGER_BEFORE_312); test it on."""
     monkeypatch.setattr(_eager, "EAGER_BEFORE_312", True)
 
 
@@ -119,3 +119,50 @@ class _null:
 
     async def __aexit__(self, *exc: Any) -> None:
         return None
+
+
+async def test_someone_elses_call_soon_during_the_start_is_not_run_at_once() -> None:
+    """Before 3.12 the start catches the loop's call_soon while the Task is built: only the
+    task's own first step runs at once; any other callback scheduled meanwhile (a finalizer, a
+    signal handler) keeps its turn. Here a profiler hook schedules one from inside the Task's
+    construction (its registration in asyncio's task set)."""
+    if sys.version_info >= (3, 12):
+        pytest.skip("3.12+ starts tasks eagerly itself (no call_soon is caught)")
+    loop = asyncio.get_running_loop()
+    ran: list[str] = []
+    fired: list[bool] = []
+
+    def someone_else() -> None:
+        ran.append("someone else")
+
+    def hook(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code.co_name == "add" and not fired:
+            fired.append(True)
+            loop.call_soon(someone_else)
+
+    async def handler() -> None:
+        ran.append("first step")
+
+    def start() -> asyncio.Task[Any]:
+        sys.setprofile(hook)
+        try:
+            task = start_task(loop, handler())
+        finally:
+            sys.setprofile(None)
+        assert ran == ["first step"]  # the step ran; the other callback waits its turn
+        return task
+
+    made: asyncio.Future[asyncio.Task[Any]] = loop.create_future()
+
+    def from_a_callback() -> None:  # as the service starts handlers
+        try:
+            made.set_result(start())
+        except AssertionError as exc:
+            made.set_exception(exc)
+
+    loop.call_soon(from_a_callback)
+    task = await made
+    assert fired, "the hook did not run inside the Task's construction"
+    assert task.done()
+    await asyncio.sleep(0)
+    assert ran == ["first step", "someone else"]

@@ -82,8 +82,13 @@ else:
             task = asyncio.Task(coro, loop=loop)
         finally:
             del loop.call_soon
-        for callback, args, context in caught:  # the first step, now
-            try:
+        for callback, args, context in caught:
+            if getattr(callback, "__self__", None) is not task:
+                # Someone else's call_soon made meanwhile (a finalizer run by the garbage
+                # collector, a signal handler): scheduled as it asked, not run out of turn.
+                loop.call_soon(callback, *args, context=context)
+                continue
+            try:  # the task's first step, now
                 if context is None:
                     callback(*args)
                 else:

@@ -74,7 +74,8 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
             plus streams open at once; further calls are refused at once with
             :class:`~netcall.errors.ServiceBusyError` instead of queueing without bound
             (``None``: no limit). Sync handlers running inline never count: they finish before
-            the next message is read.
+            the next message is read; nor, on Python 3.11+, do async handlers that finish
+            without suspending (their first step runs at once).
         security: ``Curve.server(keypair, allow=...)`` from :mod:`netcall.security`: CURVE
             encryption, the clients let in, and each caller's key in ``current_call()``.
         name: a label for logs.

@@ -234,7 +234,10 @@ async def _linked(call: Awaitable[Any], parent: CallContext, name: str) -> Any:
     loop = asyncio.get_running_loop()
     # Read on the served call's loop: while the handler's first step runs (an eager start)
     # this is a TaskStarting, and the service records the task before that loop moves on.
-    served_loop = parent._task.get_loop()
+    served = parent._task
+    if served is None:  # the served call ended meanwhile: nothing left to tie this one to
+        return await call
+    served_loop = served.get_loop()
     linked: list[asyncio.Future[Any]] = []  # the served call's task, once linked
     served_cancelled: list[bool] = []
 
@@ -248,10 +251,10 @@ async def _linked(call: Awaitable[Any], parent: CallContext, name: str) -> Any:
 
     def link(add: bool) -> None:  # on the served call's loop
         if add:
-            served = parent._task
-            if isinstance(served, asyncio.Future):
-                linked.append(served)
-                served.add_done_callback(cancel)
+            now = parent._task
+            if isinstance(now, asyncio.Future):
+                linked.append(now)
+                now.add_done_callback(cancel)
         elif linked:
             linked.pop().remove_done_callback(cancel)
 
