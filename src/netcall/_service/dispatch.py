@@ -12,6 +12,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import types
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -39,8 +40,8 @@ __all__ = ["Dispatcher"]
 log = logging.getLogger("netcall")
 _debug = log.isEnabledFor
 
-_isgenerator = inspect.isgenerator
-_isasyncgen = inspect.isasyncgen
+# What inspect.isgenerator / isasyncgen test, as one lookup (neither type can be subclassed).
+_GENERATORS = frozenset({types.GeneratorType, types.AsyncGeneratorType})
 
 
 class Dispatcher:
@@ -88,7 +89,7 @@ class Dispatcher:
         self, peer: bytes, msg: p.Call, deadline: Deadline | None, args: Any, kwargs: Any
     ) -> CallContext:
         """The one place a call's context is built."""
-        key = self.peer_key(msg)
+        key = self.peer_key(msg) if msg.metadata or self.keys is not None else None
         return CallContext(msg.method, peer, deadline, msg.oneway, msg.metadata, key, args, kwargs)
 
     def peer_key(self, msg: p.Call) -> str | None:
@@ -179,7 +180,7 @@ class Dispatcher:
             guard.malformed(peer, "arguments are not a list and a map")
             replies.refuse(peer, rid, p.ERR_PROTOCOL, "arguments must be a list and a map")
             return
-        if msg.oneway:
+        if msg.flags & p.FLAG_ONEWAY:
             replies.send(peer, p.Ack(rid).to_frames())
         middleware = self.chain.middleware
         inline = not handler.is_async and self._runner.inline and not middleware
@@ -358,18 +359,14 @@ class Dispatcher:
         return is_generator(result) or (bool(self.chain.middleware) and is_stream(result))
 
     def _finish(self, peer: bytes, msg: p.Call, ctx: CallContext, result: Any) -> None:
-        if (
-            _isgenerator(result)
-            or _isasyncgen(result)
-            or (self.chain.middleware and is_stream(result))
-        ):
+        if type(result) in _GENERATORS or (self.chain.middleware and is_stream(result)):
             if msg.oneway or self.at_limit(peer, msg.id) or self._streams_full(peer, msg.id):
                 close_generator_soon(result)
                 return
             # A stream's steps have no deadline of their own (each client step has a timeout).
             self._producers.open(peer, msg, result, ctx.without_deadline())
             return
-        if msg.oneway:
+        if msg.flags & p.FLAG_ONEWAY:
             return
         try:
             buffers: list[Any] = []

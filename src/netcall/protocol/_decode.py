@@ -185,6 +185,23 @@ def payload_and_buffers(frames: list[Any], name: str = "message") -> tuple[bytes
     raise ProtocolError(f"bad {name} message layout ({n} frames)")
 
 
+# The (serializer, method) names of recent CALL heads, by their bytes: a service sees the same
+# few again and again. Bounded in entries and in key size.
+_names: dict[bytes, tuple[str, str]] = {}
+_NAMES_MAX = 1024
+_NAMES_KEY_MAX = 256
+
+
+def _call_names(head: bytes, fixed: int, ser_len: int) -> tuple[str, str]:
+    if len(head) < fixed + ser_len:
+        raise ProtocolError("CALL head too short for its serializer name")
+    serializer = _text(head[fixed : fixed + ser_len], "serializer name")
+    method = _text(head[fixed + ser_len :], "method name")
+    if not method:
+        raise ProtocolError("empty method name")
+    return serializer, method
+
+
 def _decode_call(rid: int, frames: list[bytes]) -> Call:
     head = frames[0]
     fixed = HEADER_SIZE + CALL_OPTIONS.size
@@ -205,12 +222,15 @@ def _decode_call(rid: int, frames: list[bytes]) -> Call:
         _frames(frames, 2, 3, "CALL")
     if timeout != timeout or timeout < 0:  # NaN or negative
         raise ProtocolError("bad deadline: the time remaining must be a number >= 0")
-    if len(head) < fixed + ser_len:
-        raise ProtocolError("CALL head too short for its serializer name")
-    serializer = _text(head[fixed : fixed + ser_len], "serializer name")
-    method = _text(head[fixed + ser_len :], "method name")
-    if not method:
-        raise ProtocolError("empty method name")
+    names = head[fixed - 1 :]  # the serializer name's length, then both names
+    known = _names.get(names)
+    if known is None:
+        known = _call_names(head, fixed, ser_len)
+        if len(names) <= _NAMES_KEY_MAX:
+            if len(_names) >= _NAMES_MAX:  # names made up by a peer cannot grow this
+                _names.clear()
+            _names[names] = known
+    serializer, method = known
     return Call(
         rid,
         method,
