@@ -193,3 +193,40 @@ async def test_a_retry_that_takes_the_fd_edge_still_reads(sockets):
         )
     finally:
         driver.close()
+
+
+async def test_lone_messages_are_read_without_a_receive_that_raises(zsockets: Any) -> None:
+    """A receive that finds nothing raises zmq.Again, which costs more than a look at EVENTS:
+    messages that come one at a time (sequential calls) are each read with none; a burst is
+    read to its end, with one at most."""
+    url = tcp_url()
+    router = zsockets(zmq.ROUTER)
+    router.bind(url)
+    peer = zsockets(zmq.DEALER)
+    peer.connect(url)
+    seen: list[bytes] = []
+    driver = SocketDriver(router, asyncio.get_running_loop(), lambda f: seen.append(f[-1]))
+    failed = 0
+    receive = driver._recv
+
+    def counting(sock: Any) -> Any:
+        nonlocal failed
+        try:
+            return receive(sock)
+        except zmq.Again:
+            failed += 1
+            raise
+
+    driver._recv = counting
+    try:
+        for i in range(20):
+            peer.send(b"%d" % i)
+            assert await wait_until(lambda n=i + 1: len(seen) == n)
+        assert failed == 0
+        burst = [b"b%d" % i for i in range(200)]
+        for frame in burst:
+            peer.send(frame)
+        assert await wait_until(lambda: len(seen) == 220)
+        assert seen[20:] == burst
+    finally:
+        driver.close()

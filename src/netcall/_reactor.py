@@ -43,6 +43,11 @@ __all__ = ["OnMessage", "OnUnreachable", "SocketDriver", "recv_frames", "send_fr
 log = logging.getLogger("netcall")
 
 _BATCH = 512  # messages handled per wake-up before yielding to other callbacks
+# The first messages of a wake-up are each followed by a look at EVENTS; from this many on, the
+# reader receives until ZeroMQ says EAGAIN. A look costs about 1.4 µs here, a receive that
+# raises zmq.Again about 3.4 µs: a lone message (a sequential call) is read without raising,
+# and a burst still costs one Again.
+_PEEK = 3
 # Plain ints and the socket's unwrapped method: this is the hot path (see _frames).
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
@@ -321,14 +326,15 @@ class SocketDriver:
                         except zmq.Again:
                             break
                         handled += 1
-                        if frames is None:
-                            continue
-                        if self._cut:
-                            self._cut.discard(frames[0])
-                        try:
-                            on_message(frames)
-                        except Exception:  # a handler bug must never kill the reader
-                            log.exception("error while handling a message")
+                        if frames is not None:
+                            if self._cut:
+                                self._cut.discard(frames[0])
+                            try:
+                                on_message(frames)
+                            except Exception:  # a handler bug must never kill the reader
+                                log.exception("error while handling a message")
+                        if handled < _PEEK:
+                            break  # EVENTS again, rather than a receive that may raise
                     if handled >= _BATCH:
                         # Let other callbacks run; come back for the rest.
                         self._schedule_check()
