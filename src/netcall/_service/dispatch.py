@@ -203,6 +203,19 @@ class Dispatcher:
             ctx._task = None
             self._handler_failed(peer, msg, handler, args, kwargs, exc)
             return
+        except asyncio.CancelledError:  # from a handler run here: as for a cancelled task
+            ctx._task = None
+            if self.refusing is not None:
+                replies.refuse(peer, rid, p.ERR_SERVICE_STOPPING, self.refusing)
+            return
+        except BaseException as exc:
+            # KeyboardInterrupt or SystemExit from a handler run here (inline, or the eager
+            # first step on 3.12+): answered now, then raised from the loop's next turn, as
+            # from a task's step (the answer leaves with this wake-up's burst first).
+            ctx._task = None
+            replies.refuse(peer, rid, remote_type_name(exc), "the handler was interrupted")
+            self.loop.call_soon(_reraise, exc)  # type: ignore[union-attr]
+            return
         finally:
             _current.reset(token)
         if task.done():
@@ -380,6 +393,10 @@ class Dispatcher:
             )
             return
         self._replies.send(peer, p.payload_frames(p.Kind.RESULT, msg.id, payload, buffers))
+
+
+def _reraise(exc: BaseException) -> None:
+    raise exc
 
 
 def _running(ref: weakref.ref[asyncio.Future[Any]]) -> bool:
