@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import struct
+from typing import Any
 
 import pytest
 
@@ -288,3 +289,17 @@ def test_retag_replaces_only_the_request_id() -> None:
         if not isinstance(msg, p.Hello | p.Bye):
             again = p.decode(frames)
             assert type(again) is type(msg) and again.id == 4242
+
+
+@pytest.mark.parametrize(
+    "convert", [bytes, bytearray, lambda b: memoryview(bytearray(b)), memoryview]
+)
+def test_a_call_head_of_any_buffer_type_decodes(convert: Any) -> None:
+    """The decoder keeps the names of recent CALL heads by their bytes: a head given as a
+    bytearray or a (writable) memoryview decodes as from bytes, and twice over (the second time
+    from what the first one kept)."""
+    head = p.call_head(1, "echo", "msgpack", 0.0, 0, 0)
+    for _ in range(2):
+        msg = p.decode([convert(head), b"\x90"])
+        assert isinstance(msg, p.Call)
+        assert (msg.method, msg.serializer) == ("echo", "msgpack")

@@ -89,7 +89,7 @@ class Dispatcher:
         self, peer: bytes, msg: p.Call, deadline: Deadline | None, args: Any, kwargs: Any
     ) -> CallContext:
         """The one place a call's context is built."""
-        key = self.peer_key(msg) if msg.metadata or self.keys is not None else None
+        key = self.peer_key(msg)
         return CallContext(msg.method, peer, deadline, msg.oneway, msg.metadata, key, args, kwargs)
 
     def peer_key(self, msg: p.Call) -> str | None:

@@ -223,6 +223,8 @@ def _decode_call(rid: int, frames: list[bytes]) -> Call:
     if timeout != timeout or timeout < 0:  # NaN or negative
         raise ProtocolError("bad deadline: the time remaining must be a number >= 0")
     names = head[fixed - 1 :]  # the serializer name's length, then both names
+    if type(names) is not bytes:  # a bytearray or memoryview head: keys must be immutable
+        names = bytes(names)
     known = _names.get(names)
     if known is None:
         known = _call_names(head, fixed, ser_len)
