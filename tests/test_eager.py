@@ -131,6 +131,7 @@ async def test_someone_elses_call_soon_during_the_start_is_not_run_at_once() -> 
     loop = asyncio.get_running_loop()
     ran: list[str] = []
     fired: list[bool] = []
+    handles: list[Any] = []
 
     def someone_else() -> None:
         ran.append("someone else")
@@ -138,7 +139,7 @@ async def test_someone_elses_call_soon_during_the_start_is_not_run_at_once() -> 
     def hook(frame: Any, event: str, arg: Any) -> None:
         if event == "call" and frame.f_code.co_name == "add" and not fired:
             fired.append(True)
-            loop.call_soon(someone_else)
+            handles.append(loop.call_soon(someone_else))
 
     async def handler() -> None:
         ran.append("first step")
@@ -163,6 +164,7 @@ async def test_someone_elses_call_soon_during_the_start_is_not_run_at_once() -> 
     loop.call_soon(from_a_callback)
     task = await made
     assert fired, "the hook did not run inside the Task's construction"
+    assert isinstance(handles[0], asyncio.Handle)  # its caller got a handle it can cancel
     assert task.done()
     await asyncio.sleep(0)
     assert ran == ["first step", "someone else"]

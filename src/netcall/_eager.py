@@ -70,9 +70,15 @@ else:
             # swaps them): a plain task, whose first step waits its turn.
             return loop.create_task(coro)
         caught: list[tuple[Any, tuple[Any, ...], Any]] = []
+        call_soon = loop.call_soon
 
-        def catch(callback: Any, *args: Any, context: Any = None) -> None:
-            caught.append((callback, args, context))
+        def catch(callback: Any, *args: Any, context: Any = None) -> Any:
+            if isinstance(getattr(callback, "__self__", None), asyncio.Task):
+                caught.append((callback, args, context))  # a task's step: the new one's?
+                return None
+            # Someone else's call_soon made meanwhile (a finalizer run by the garbage
+            # collector, a signal handler): scheduled as it asked, with its handle.
+            return call_soon(callback, *args, context=context)
 
         try:
             loop.call_soon = catch  # type: ignore[method-assign,assignment]
@@ -81,12 +87,10 @@ else:
         try:
             task = asyncio.Task(coro, loop=loop)
         finally:
-            del loop.call_soon
+            vars(loop).pop("call_soon", None)  # (a nested start may have removed it)
         for callback, args, context in caught:
-            if getattr(callback, "__self__", None) is not task:
-                # Someone else's call_soon made meanwhile (a finalizer run by the garbage
-                # collector, a signal handler): scheduled as it asked, not run out of turn.
-                loop.call_soon(callback, *args, context=context)
+            if callback.__self__ is not task:  # another task's step: it waits its turn
+                call_soon(callback, *args, context=context)
                 continue
             try:  # the task's first step, now
                 if context is None:
