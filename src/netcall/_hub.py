@@ -61,15 +61,35 @@ class HubPort:
     def wait(self, start: Callable[[Callable[[Any], None]], None]) -> Any:
         """Block the calling greenlet until the callback given to ``start`` is called (from
         any thread); return the value it was given."""
-        from gevent.hub import Waiter
-
-        waiter = Waiter(self.hub)
+        waiter = _gevent().Waiter(self.hub)
         self.hold()
         try:
             start(lambda value: self.submit(functools.partial(waiter.switch, value)))
             return waiter.get()
         finally:
             self.unhold()
+
+
+class _Gevent:
+    """What this module uses of gevent, imported once (an import statement per call costs a
+    lookup through the import machinery; this is on every bridged call's path)."""
+
+    def __init__(self) -> None:
+        from gevent._hub_local import get_hub_if_exists
+        from gevent.hub import Waiter
+
+        self.get_hub_if_exists = get_hub_if_exists
+        self.Waiter = Waiter
+
+
+_imported: list[_Gevent] = []
+
+
+def _gevent() -> _Gevent:
+    # Only once gevent is in use: netcall never imports it for callers that do not.
+    if not _imported:
+        _imported.append(_Gevent())
+    return _imported[0]
 
 
 def port_for(hub: Any) -> HubPort:
@@ -93,9 +113,7 @@ def current_port() -> HubPort | None:
     gevent = sys.modules.get("gevent")
     if gevent is None:
         return None
-    from gevent._hub_local import get_hub_if_exists
-
-    hub = get_hub_if_exists()
+    hub = _gevent().get_hub_if_exists()
     if hub is None:
         monkey = sys.modules.get("gevent.monkey")
         if monkey is None or not monkey.is_module_patched("threading"):

@@ -131,7 +131,9 @@ class SyncRPCClient:
     def __getattr__(self, name: str) -> _Blocking:
         if name.startswith("_"):
             raise AttributeError(name)
-        return _Blocking(self, getattr(self._client, name))
+        method = _Blocking(self, getattr(self._client, name))
+        self.__dict__[name] = method  # made once per name, as the core client's methods
+        return method
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``name``: ``client.call("echo", "hi", timeout=1)``; ``timeout`` and ``oneway``
