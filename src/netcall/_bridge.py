@@ -320,12 +320,10 @@ class Bridge:
         port: HubPort,
         timeout: float | None,
     ) -> asyncio.Future[Any]:
-        import gevent
-
         futures: list[asyncio.Future[Any]] = []
         finished = False
         try:
-            with gevent.Timeout(timeout, False) if timeout is not None else nullcontext():
+            with nullcontext() if timeout is None else _gevent_timeout(timeout):
                 fut: asyncio.Future[Any] = port.wait(
                     lambda done: self._enqueue(start, coro, futures, done)
                 )
@@ -357,6 +355,12 @@ class Bridge:
                 log.exception("error while closing bridged sockets")
         if self.call_soon(self.loop.stop) and not self._done.acquire(True, STOP_TIMEOUT):
             log.warning("the bridge loop thread did not stop in time")
+
+
+def _gevent_timeout(seconds: float) -> Any:
+    import gevent  # (only for a wait with a timeout: gevent is in use by then)
+
+    return gevent.Timeout(seconds, False)
 
 
 def _safely(fn: Callable[[], None]) -> None:
