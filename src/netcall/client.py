@@ -298,13 +298,7 @@ class RPCClient(CallSurface, ClientBinding, Sending):
                 close_quietly(fut.result())
             raise
         finally:
-            # The call is over (Sending._call_over, inline: this is the hot path).
-            calls.pop(rid, None)
-            peer.inflight -= 1
-            if timer is not None:
-                timer.cancel()
-        if type(reply) is bytes:  # the commonest reply: a result's payload
-            return self.serializer.loads(reply)
+            self._call_over(rid, peer, timer)
         return self._reply_value(reply, method)
 
     def _ping(self) -> bool:

@@ -220,9 +220,8 @@ class Dispatcher:
             _current.reset(token)
         if task.done():
             # Its first step, run at once (an eager start), finished the handler: answer now.
-            # Nothing to record, no done-callback (a turn of the loop) and no deadline timer.
-            ctx._task = None
-            self._answer(peer, msg, ctx, handler, args, kwargs, task)
+            # Nothing recorded, no done-callback (a turn of the loop) and no deadline timer.
+            self._call_done(peer, msg, ctx, handler, args, kwargs, None, task)
             return
         ctx._task = task
         timer = None
@@ -289,7 +288,8 @@ class Dispatcher:
         timer: asyncio.TimerHandle | None,
         task: asyncio.Future[Any],
     ) -> None:
-        """A handler task ended (also when it was cancelled before it ever ran)."""
+        """A handler task ended (also when it was cancelled before it ever ran, or ended in
+        its eager first step, before anything was recorded): forget it and answer."""
         ctx._task = None  # the task's context holds ctx: no reference cycle left behind
         key = (peer, msg.id)
         if self.calls.pop(key, None) is not None:
@@ -301,20 +301,6 @@ class Dispatcher:
             if not task.cancelled() and task.exception() is None and self._is_stream(task.result()):
                 close_generator_soon(task.result())
             return
-        self._answer(peer, msg, ctx, handler, args, kwargs, task)
-
-    def _answer(
-        self,
-        peer: bytes,
-        msg: p.Call,
-        ctx: CallContext,
-        handler: Handler,
-        args: Any,
-        kwargs: dict[str, Any],
-        task: asyncio.Future[Any],
-    ) -> None:
-        """Answer a call whose handler task is done (a stream opens; a result, or the error
-        the handler raised, is sent)."""
         if task.cancelled():
             if self.refusing is not None:
                 self._replies.refuse(
