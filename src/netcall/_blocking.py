@@ -43,6 +43,7 @@ class BlockingGenerator(collections.abc.Generator[Any, Any, None]):
         self._bridge = bridge
         self._owner = owner  # keeps the client (and its bridge) alive while the stream is
         self._batch = ItemBatches(gen)  # one hop to the loop per batch of items
+        bridge.run_in_background()  # the stream's lease pings go on while nobody steps it
 
     def __iter__(self) -> BlockingGenerator:
         self._bridge.call(self._gen.__aiter__)

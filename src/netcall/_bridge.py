@@ -2,10 +2,19 @@
 
 Rules of this file:
 
-- One owned asyncio loop per process runs in a real OS thread (never a greenlet, even under
-  ``gevent.monkey.patch_all()``), with the real epoll selector and a default executor of real
-  threads. Every socket a bridged client or service owns lives on that loop; nothing else
-  touches it.
+- One owned asyncio loop per process, with the real epoll selector and a default executor of
+  real threads. Every socket a bridged client or service owns lives on that loop; only the
+  thread running the loop touches it.
+- Who runs the loop: whichever thread holds ``Bridge._lead``. While blocking clients are its
+  only users and one thread calls at a time, that thread runs the loop itself for the length
+  of each call (``Bridge._drive``): no hand-off to another thread and back, which costs more
+  than the rest of a call on a small machine. From the first call made while another thread
+  runs it, or from a greenlet or a thread running an asyncio loop, or when a service or a
+  stream needs it running while nobody waits (:meth:`Bridge.run_in_background`), a real OS
+  thread of the bridge's own runs it for good (never a greenlet, even under
+  ``gevent.monkey.patch_all()``).
+- The main thread running the loop turns Ctrl-C into a stop between callbacks (then raises
+  ``KeyboardInterrupt``): raised inside a callback, it could lose messages already read.
 - The loop is reference counted: each bridged client or service :func:`acquire`\\ s it and
   :func:`release`\\ s it on close; the last release stops and joins the thread. ``atexit`` closes
   whatever is left; after ``fork()`` the child starts from nothing (the thread does not exist
@@ -26,6 +35,7 @@ Rules of this file:
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # (no enum conversions: 10x faster)
 import asyncio
 import atexit
 import collections.abc
@@ -34,6 +44,7 @@ import importlib
 import logging
 import os
 import sys
+from asyncio.events import _get_running_loop
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import nullcontext
@@ -49,6 +60,7 @@ log = logging.getLogger("netcall")
 T = TypeVar("T")
 C = TypeVar("C", bound=Coroutine[Any, Any, Any])
 
+_SIGINT = _signal.SIGINT
 STOP_TIMEOUT = 5.0  # seconds the loop thread gets to finish when the bridge stops
 
 
@@ -111,14 +123,16 @@ def _new_selector() -> Any:
 
 
 class Bridge:
-    """An asyncio loop running in its own real thread (see the module docstring)."""
+    """An asyncio loop, run by a real thread of its own or by the one thread calling through
+    it (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, background: bool = True) -> None:
         self.pid = _pid
         self._get_ident: Callable[[], int] = _original("_thread", "get_ident")
+        self._main_thread: Callable[[], Any] = _original("threading", "main_thread")
         self.loop = asyncio.SelectorEventLoop(_new_selector())
         self.loop.set_default_executor(_RealThreadExecutor())
-        self.thread_id = 0
+        self.thread_id = 0  # the thread running the loop now (0: none)
         self.users = 0
         self.closers: dict[int, Callable[[], None]] = {}
         self._allocate_lock = _original("_thread", "allocate_lock")
@@ -127,37 +141,76 @@ class Bridge:
         self._inbox: deque[tuple[Callable[[Any], Any], Any, list[Any], Callable[..., None]]]
         self._inbox = deque()
         self._wake_pending = False
+        self._lead = _real_lock()  # held by whichever thread runs the loop
+        self._threaded = False  # a thread of its own runs the loop (for good)
+        self._in_main = False
+        self._stop_pending = False
+        self._interrupted = False
         self._done = _real_lock()
         self._done.acquire()
-        started = _real_lock()
-        started.acquire()
-        _start_real_thread(self._main, started)
-        started.acquire()
+        if background:
+            self.run_in_background()
 
-    def _main(self, started: Any) -> None:
+    def run_in_background(self) -> None:
+        """From now on, a real thread of the bridge's own runs the loop, for good: for
+        services, greenlets, open streams (their leases), and callers from several threads.
+        Until then, a caller alone runs the loop itself while it waits (no hand-off)."""
+        with self._scheduling:
+            if self._threaded or self._closing:
+                return
+            self._threaded = True
+        _start_real_thread(self._main)
+
+    def _main(self) -> None:
         loop = self.loop
-        self.thread_id = _real_ident()
-        started.release()
+        self._lead.acquire()  # (after the caller running the loop, if any, is done)
         try:
-            loop.run_forever()
-        finally:
+            if loop.is_closed():  # stopped by a caller meanwhile
+                return
+            self.thread_id = _real_ident()
+            self._in_main = True
             try:
-                with self._scheduling:
-                    self._closing = True  # from here no call is scheduled any more
-                # Calls scheduled before that start now, and are cancelled with the rest:
-                # every waiter hears back (ClientClosedError).
-                self._drain_inbox()
-                tasks = asyncio.all_tasks(loop)
-                for task in tasks:
-                    task.cancel()
-                if tasks:
-                    loop.run_until_complete(asyncio.wait(tasks, timeout=STOP_TIMEOUT))
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            except BaseException:  # pragma: no cover - best effort at shutdown
-                log.exception("error while stopping the bridge loop")
+                while not self._stop_pending:
+                    loop.run_forever()
             finally:
-                loop.close()
-                self._done.release()
+                self._in_main = False
+                self._shutdown()
+        finally:
+            self._lead.release()
+            self._done.release()
+
+    def _shutdown(self) -> None:
+        """Cancel everything and close the loop (by the thread holding ``_lead``)."""
+        loop = self.loop
+        try:
+            with self._scheduling:
+                self._closing = True  # from here no call is scheduled any more
+            # Calls scheduled before that start now, and are cancelled with the rest:
+            # every waiter hears back (ClientClosedError).
+            self._drain_inbox()
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.wait(tasks, timeout=STOP_TIMEOUT))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        except BaseException:  # pragma: no cover - best effort at shutdown
+            log.exception("error while stopping the bridge loop")
+        finally:
+            loop.close()
+
+    def _stop_soon(self) -> None:
+        """Have the loop's own thread stop and close the loop (never blocks)."""
+        try:
+            self.run_in_background()
+        except RuntimeError:  # pragma: no cover - no new threads at interpreter shutdown
+            return
+        self._stop_pending = True
+        self.call_soon(self._maybe_stop)
+
+    def _maybe_stop(self) -> None:
+        if self._in_main:  # (a caller running the loop for its call goes on)
+            self.loop.stop()
 
     # -- state ----------------------------------------------------------------------------
 
@@ -223,9 +276,85 @@ class Bridge:
         except BaseException:
             coro.close()
             raise
+        if not self._threaded:
+            if port is None and _get_running_loop() is None and self._lead.acquire(False):
+                return self._drive(start, coro, timeout)
+            self.run_in_background()  # another thread runs the loop, or a hub or a loop here
         if port is None:
             return self._wait_in_thread(start, coro, timeout)
         return self._wait_in_greenlet(start, coro, port, timeout)
+
+    def _drive(
+        self, start: Callable[[C], asyncio.Future[Any] | None], coro: C, timeout: float | None
+    ) -> asyncio.Future[Any]:
+        """Run the loop in this thread (which holds ``_lead``) until ``coro``'s future is
+        done, then let go of it: one thread wake-up fewer each way than waiting for the
+        loop's own thread. In the main thread, Ctrl-C stops the loop between callbacks (a
+        ``KeyboardInterrupt`` raised inside one could lose messages already read) and is
+        raised here."""
+        loop = self.loop
+        futures: list[asyncio.Future[Any]] = []
+        restore = None
+        timer = None
+        timed_out = False
+        try:
+            self._enqueue(start, coro, futures, self._stop_loop, wake=False)
+            if (
+                self._get_ident() == self._main_thread().ident
+                and _signal.getsignal(_SIGINT) is _signal.default_int_handler
+            ):
+                _signal.signal(_SIGINT, self._on_sigint)
+                restore = _signal.default_int_handler
+            self._interrupted = False
+            self.thread_id = self._get_ident()
+            if timeout is not None:
+                timer = loop.call_later(timeout, loop.stop)
+                deadline = timer.when()
+            while not (futures and futures[0].done()):
+                loop.run_forever()
+                if timer is not None and loop.time() >= deadline:
+                    timed_out = True
+                if self._interrupted or timed_out:
+                    _cancel_all(futures)
+                    break
+            self._settle()
+        except BaseException:
+            _cancel_all(futures)  # (takes effect when the loop runs next)
+            raise
+        finally:
+            self.thread_id = 0
+            if timer is not None:
+                timer.cancel()
+            if restore is not None:
+                _signal.signal(_SIGINT, restore)
+            self._lead.release()
+        if self._interrupted:
+            raise KeyboardInterrupt
+        if timed_out:
+            raise RPCTimeoutError(f"no answer within {timeout} s")
+        return futures[0]
+
+    def _settle(self) -> None:
+        """Run what the last turn left ready (a corked send's flush, a done callback), a few
+        turns at most: the loop may not run again until the next call."""
+        loop = self.loop
+        ready = getattr(loop, "_ready", None)
+        for _ in range(4):
+            if not ready:
+                return
+            loop.call_soon(loop.stop)
+            loop.run_forever()
+
+    def _stop_loop(self, _fut: object = None) -> None:
+        self.loop.stop()
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        """Ctrl-C while this (main) thread runs the loop: stop it at the next callback."""
+        self._interrupted = True
+        try:
+            self.loop.call_soon_threadsafe(self.loop.stop)  # (wakes a waiting select too)
+        except RuntimeError:  # pragma: no cover - closed meanwhile
+            pass
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run the plain function ``fn(*args, **kwargs)`` on the loop's thread and return its
@@ -256,11 +385,13 @@ class Bridge:
         coro: C,
         futures: list[asyncio.Future[Any]],
         done: Callable[..., None],
+        wake: bool = True,
     ) -> None:
         """Have the loop call ``start(coro)`` for a future (``None``: ``coro`` runs as a task),
         append it to ``futures`` and call ``done(future)`` when it is done. Work queues in an
         inbox; the loop is woken once per batch, not once per call (and outside the lock: the
-        wake-up is a write that releases the GIL)."""
+        wake-up is a write that releases the GIL). ``wake=False``: the caller is about to
+        run the loop itself."""
         with self._scheduling:
             if self._closing:
                 coro.close()
@@ -269,6 +400,9 @@ class Bridge:
             if self._wake_pending:
                 return
             self._wake_pending = True
+            if not wake:
+                self.loop.call_soon(self._drain_inbox)
+                return
         try:
             self.loop.call_soon_threadsafe(self._drain_inbox)
         except RuntimeError:  # closed meanwhile: the loop's last drain took it
@@ -337,8 +471,8 @@ class Bridge:
     # -- lifetime -------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Run the closers, stop the loop and join its thread (a no-op in the loop thread,
-        which only asks the loop to stop)."""
+        """Run the closers, stop the loop and join its thread (from a callback on the loop,
+        only ask for that)."""
         if not self.alive:
             return
         closers = list(self.closers.values())
@@ -346,15 +480,31 @@ class Bridge:
         if self.in_loop_thread():
             for fn in closers:
                 _safely(fn)
-            self.loop.stop()
+            self._stop_soon()
             return
         if closers:
             try:
                 self.run(_call_async(_run_all, (closers,), {}), timeout=STOP_TIMEOUT)
             except Exception:
                 log.exception("error while closing bridged sockets")
-        if self.call_soon(self.loop.stop) and not self._done.acquire(True, STOP_TIMEOUT):
-            log.warning("the bridge loop thread did not stop in time")
+        with self._scheduling:
+            threaded = self._threaded
+            self._closing = self._closing or not threaded  # (no thread starts from here on)
+        if threaded:
+            self._stop_soon()
+            if not self._done.acquire(True, STOP_TIMEOUT):
+                log.warning("the bridge loop thread did not stop in time")
+            return
+        if not self._lead.acquire(True, STOP_TIMEOUT):  # pragma: no cover - a call hangs
+            log.warning("the bridge loop is still running a call: not closed")
+            return
+        try:
+            if not self.loop.is_closed():
+                self.thread_id = self._get_ident()
+                self._shutdown()
+        finally:
+            self.thread_id = 0
+            self._lead.release()
 
 
 def _gevent_timeout(seconds: float) -> Any:
@@ -407,13 +557,17 @@ _bridge: Bridge | None = None
 _pid = os.getpid()  # this process's, kept by the fork hook
 
 
-def acquire() -> Bridge:
-    """The process's bridge, started if needed; pair with :func:`release`."""
+def acquire(background: bool = True) -> Bridge:
+    """The process's bridge, started if needed; pair with :func:`release`. ``background``:
+    its loop must run even while nobody waits on it (a service); a blocking client passes
+    False, and its callers run the loop themselves while only one thread calls at a time."""
     global _bridge
     with _lock:
         bridge = _bridge
         if bridge is None or not bridge.alive:
-            bridge = _bridge = Bridge()
+            bridge = _bridge = Bridge(background)
+        elif background:
+            bridge.run_in_background()
         bridge.users += 1
         return bridge
 
@@ -431,7 +585,7 @@ def release(bridge: Bridge, wait: bool = True) -> None:
     if wait:
         bridge.stop()
     else:
-        bridge.call_soon(bridge.loop.stop)
+        bridge._stop_soon()
 
 
 def _at_exit() -> None:

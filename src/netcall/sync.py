@@ -53,12 +53,18 @@ class SyncRPCClient:
     Calls raise what the core raises: RemoteRPCError (a builtin type arrives as that type
     too), RPCTimeoutError, SerializationError, ClientClosedError; and RuntimeError when used
     after ``fork()`` or from netcall's loop thread.
+
+    While only one thread calls through netcall's loop at a time, that thread runs the loop
+    itself for the length of each call; from the first time two threads call at once (or a
+    stream opens, or a service or a greenlet uses the loop) a thread of netcall's own runs it.
     """
+
+    _background = False  # see netcall._bridge.acquire
 
     def __init__(
         self, serializer: str | Serializer | None = None, **options: Unpack[ClientOptions]
     ) -> None:
-        bridge = _bridge.acquire()
+        bridge = _bridge.acquire(self._background)
         try:
             client = bridge.call(RPCClient, serializer, **options)
         except BaseException:
