@@ -145,7 +145,6 @@ class Bridge:
         self._threaded = False  # a thread of its own runs the loop (for good)
         self._in_main = False
         self._stop_pending = False
-        self._interrupted = False
         self._done = _real_lock()
         self._done.acquire()
         if background:
@@ -294,6 +293,7 @@ class Bridge:
         raised here."""
         loop = self.loop
         futures: list[asyncio.Future[Any]] = []
+        interrupted: list[bool] = []
         restore = None
         timer = None
         timed_out = False
@@ -303,20 +303,28 @@ class Bridge:
                 self._get_ident() == self._main_thread().ident
                 and _signal.getsignal(_SIGINT) is _signal.default_int_handler
             ):
-                _signal.signal(_SIGINT, self._on_sigint)
+
+                def on_sigint(signum: int, frame: object) -> None:
+                    interrupted.append(True)  # raised once the loop has stopped
+                    self.call_soon(loop.stop)  # (its write wakes a waiting select too)
+
+                _signal.signal(_SIGINT, on_sigint)
                 restore = _signal.default_int_handler
-            self._interrupted = False
             self.thread_id = self._get_ident()
             if timeout is not None:
                 timer = loop.call_later(timeout, loop.stop)
                 deadline = timer.when()
-            while not (futures and futures[0].done()):
+            while True:
                 loop.run_forever()
+                if interrupted:
+                    break
+                if futures and futures[0].done():
+                    break
                 if timer is not None and loop.time() >= deadline:
                     timed_out = True
-                if self._interrupted or timed_out:
-                    _cancel_all(futures)
                     break
+            if not (futures and futures[0].done()):
+                _cancel_all(futures)
             self._settle()
         except BaseException:
             _cancel_all(futures)  # (takes effect when the loop runs next)
@@ -328,7 +336,7 @@ class Bridge:
             if restore is not None:
                 _signal.signal(_SIGINT, restore)
             self._lead.release()
-        if self._interrupted:
+        if interrupted:
             raise KeyboardInterrupt
         if timed_out:
             raise RPCTimeoutError(f"no answer within {timeout} s")
@@ -347,14 +355,6 @@ class Bridge:
 
     def _stop_loop(self, _fut: object = None) -> None:
         self.loop.stop()
-
-    def _on_sigint(self, signum: int, frame: object) -> None:
-        """Ctrl-C while this (main) thread runs the loop: stop it at the next callback."""
-        self._interrupted = True
-        try:
-            self.loop.call_soon_threadsafe(self.loop.stop)  # (wakes a waiting select too)
-        except RuntimeError:  # pragma: no cover - closed meanwhile
-            pass
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run the plain function ``fn(*args, **kwargs)`` on the loop's thread and return its
