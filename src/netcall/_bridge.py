@@ -62,6 +62,10 @@ C = TypeVar("C", bound=Coroutine[Any, Any, Any])
 
 _SIGINT = _signal.SIGINT
 STOP_TIMEOUT = 5.0  # seconds the loop thread gets to finish when the bridge stops
+#: Seconds between looks at how many callers wait on the bridge's thread at once; after one
+#: with at most one at a time, the thread hands the loop back to the callers.
+CALM_AFTER = 1.0
+HAND_BACK_WAIT = 0.05  # seconds a caller waits for the hand-back before it waits as before
 
 
 def _original(module: str, name: str) -> Any:
@@ -142,7 +146,16 @@ class Bridge:
         self._inbox = deque()
         self._wake_pending = False
         self._lead = _real_lock()  # held by whichever thread runs the loop
-        self._threaded = False  # a thread of its own runs the loop (for good)
+        # Under _scheduling: a thread of the bridge's own runs the loop (_threaded); it must
+        # go on running it (_pinned: a service, a greenlet, a stream); callers waiting on it
+        # (_waiting), at most _peak of them at once since the last look (_calm: at most one).
+        self._threaded = False
+        self._pinned = False
+        self._waiting = 0
+        self._peak = 0
+        self._calm = False
+        self._hand_back = False
+        self._calm_timer: asyncio.TimerHandle | None = None
         self._in_main = False
         self._stop_pending = False
         self._done = _real_lock()
@@ -152,8 +165,15 @@ class Bridge:
 
     def run_in_background(self) -> None:
         """From now on, a real thread of the bridge's own runs the loop, for good: for
-        services, greenlets, open streams (their leases), and callers from several threads.
-        Until then, a caller alone runs the loop itself while it waits (no hand-off)."""
+        services, greenlets, open streams (their leases). Until then, a caller alone runs the
+        loop itself while it waits (no hand-off)."""
+        with self._scheduling:
+            self._pinned = True
+        self._start_thread()
+
+    def _start_thread(self) -> None:
+        """Have a thread of the bridge's own run the loop (while several threads call at once:
+        it hands the loop back once they have been calling one at a time for a while)."""
         with self._scheduling:
             if self._threaded or self._closing:
                 return
@@ -163,20 +183,52 @@ class Bridge:
     def _main(self) -> None:
         loop = self.loop
         self._lead.acquire()  # (after the caller running the loop, if any, is done)
+        shutdown = True
         try:
             if loop.is_closed():  # stopped by a caller meanwhile
+                shutdown = False
                 return
             self.thread_id = _real_ident()
             self._in_main = True
+            if self._calm_timer is None:
+                self._calm_timer = loop.call_later(CALM_AFTER, self._look_calm)
             try:
                 while not self._stop_pending:
                     loop.run_forever()
+                    with self._scheduling:
+                        hand_back, self._hand_back = self._hand_back, False
+                        if (
+                            not hand_back
+                            or self._pinned
+                            or self._waiting
+                            or self._inbox
+                            or self._stop_pending
+                            or self._closing
+                        ):
+                            continue
+                        self._threaded = False  # calm: callers run the loop themselves again
+                        shutdown = False
+                        break
             finally:
                 self._in_main = False
-                self._shutdown()
+                if shutdown:
+                    self._shutdown()
         finally:
+            self.thread_id = 0
             self._lead.release()
-            self._done.release()
+            if shutdown:
+                self._done.release()
+
+    def _look_calm(self) -> None:
+        """Every CALM_AFTER seconds while the bridge's thread runs the loop: calm when at most
+        one caller waited at a time since the last look."""
+        with self._scheduling:
+            self._calm = self._peak <= 1 and not self._pinned
+            self._peak = self._waiting
+        if self._in_main:
+            self._calm_timer = self.loop.call_later(CALM_AFTER, self._look_calm)
+        else:
+            self._calm_timer = None
 
     def _shutdown(self) -> None:
         """Cancel everything and close the loop (by the thread holding ``_lead``)."""
@@ -200,15 +252,18 @@ class Bridge:
 
     def _stop_soon(self) -> None:
         """Have the loop's own thread stop and close the loop (never blocks)."""
+        with self._scheduling:
+            self._stop_pending = True
         try:
             self.run_in_background()
         except RuntimeError:  # pragma: no cover - no new threads at interpreter shutdown
             return
-        self._stop_pending = True
-        self.call_soon(self._maybe_stop)
+        self.call_soon(self._nudge_main)
 
-    def _maybe_stop(self) -> None:
-        if self._in_main:  # (a caller running the loop for its call goes on)
+    def _nudge_main(self) -> None:
+        """Have the bridge's thread look at its state again (to stop, or to hand the loop
+        back); a caller running the loop for its call goes on."""
+        if self._in_main:
             self.loop.stop()
 
     # -- state ----------------------------------------------------------------------------
@@ -275,13 +330,33 @@ class Bridge:
         except BaseException:
             coro.close()
             raise
-        if not self._threaded:
-            if port is None and _get_running_loop() is None and self._lead.acquire(False):
+        if port is not None or _get_running_loop() is not None:
+            if not self._pinned:  # a greenlet, or a thread running a loop: never the driver
+                self.run_in_background()
+            if port is not None:
+                return self._wait_in_greenlet(start, coro, port, timeout)
+        while True:
+            if not self._threaded:
+                if self._lead.acquire(False):
+                    return self._drive(start, coro, timeout)
+                self._start_thread()  # another thread runs the loop: take turns no more
+            elif self._take_back():
                 return self._drive(start, coro, timeout)
-            self.run_in_background()  # another thread runs the loop, or a hub or a loop here
-        if port is None:
-            return self._wait_in_thread(start, coro, timeout)
-        return self._wait_in_greenlet(start, coro, port, timeout)
+            fut = self._wait_in_thread(start, coro, timeout)
+            if fut is not None:
+                return fut
+            # (the bridge's thread handed the loop back meanwhile: run it here)
+
+    def _take_back(self) -> bool:
+        """After a calm spell (one caller at a time), have the bridge's thread hand the loop
+        back to this caller: whether it now holds ``_lead``."""
+        with self._scheduling:
+            if not self._calm or self._waiting or self._pinned:
+                return False
+            self._calm = False
+            self._hand_back = True
+        self.call_soon(self._nudge_main)
+        return bool(self._lead.acquire(True, HAND_BACK_WAIT))
 
     def _drive(
         self, start: Callable[[C], asyncio.Future[Any] | None], coro: C, timeout: float | None
@@ -386,27 +461,36 @@ class Bridge:
         futures: list[asyncio.Future[Any]],
         done: Callable[..., None],
         wake: bool = True,
-    ) -> None:
+        follow: bool = False,
+    ) -> bool:
         """Have the loop call ``start(coro)`` for a future (``None``: ``coro`` runs as a task),
         append it to ``futures`` and call ``done(future)`` when it is done. Work queues in an
         inbox; the loop is woken once per batch, not once per call (and outside the lock: the
         wake-up is a write that releases the GIL). ``wake=False``: the caller is about to
-        run the loop itself."""
+        run the loop itself. ``follow``: only if the bridge's thread runs the loop, counting
+        the caller as waiting on it (else False, and nothing is queued)."""
         with self._scheduling:
             if self._closing:
                 coro.close()
                 raise ClientClosedError("the netcall loop thread has stopped")
+            if follow:
+                if not self._threaded:
+                    return False
+                self._waiting = waiting = self._waiting + 1
+                if waiting > self._peak:
+                    self._peak = waiting
             self._inbox.append((start, coro, futures, done))
             if self._wake_pending:
-                return
+                return True
             self._wake_pending = True
             if not wake:
                 self.loop.call_soon(self._drain_inbox)
-                return
+                return True
         try:
             self.loop.call_soon_threadsafe(self._drain_inbox)
         except RuntimeError:  # closed meanwhile: the loop's last drain took it
             pass
+        return True
 
     def _drain_inbox(self) -> None:
         with self._scheduling:
@@ -430,13 +514,16 @@ class Bridge:
 
     def _wait_in_thread(
         self, start: Callable[[C], asyncio.Future[Any] | None], coro: C, timeout: float | None
-    ) -> asyncio.Future[Any]:
+    ) -> asyncio.Future[Any] | None:
+        """Wait for the bridge's thread to run ``coro``; ``None`` (nothing done) when no
+        thread of the bridge's own runs the loop any more."""
         # A bare lock, released by the future's done callback: lighter than a
         # concurrent.futures.Future (no Condition, no state machine) on the hot path.
         lock = self._allocate_lock()
         lock.acquire()
         futures: list[asyncio.Future[Any]] = []
-        self._enqueue(start, coro, futures, lambda _fut: lock.release())
+        if not self._enqueue(start, coro, futures, lambda _fut: lock.release(), follow=True):
+            return None
         finished = False
         try:
             finished = lock.acquire(True, -1 if timeout is None else timeout)
@@ -446,6 +533,8 @@ class Bridge:
         finally:
             if not finished:  # timed out or interrupted: do not leave the call running
                 self.call_soon(_cancel_all, futures)
+            with self._scheduling:
+                self._waiting -= 1
 
     def _wait_in_greenlet(
         self,
@@ -488,10 +577,11 @@ class Bridge:
             except Exception:
                 log.exception("error while closing bridged sockets")
         with self._scheduling:
+            self._stop_pending = True  # (the bridge's thread no longer hands the loop back)
             threaded = self._threaded
             self._closing = self._closing or not threaded  # (no thread starts from here on)
         if threaded:
-            self._stop_soon()
+            self.call_soon(self._nudge_main)
             if not self._done.acquire(True, STOP_TIMEOUT):
                 log.warning("the bridge loop thread did not stop in time")
             return

@@ -58,7 +58,7 @@ class HubPort:
             self._holds = 0
             self._watcher.ref = False
 
-    def wait(self, start: Callable[[Callable[[Any], None]], None]) -> Any:
+    def wait(self, start: Callable[[Callable[[Any], None]], object]) -> Any:
         """Block the calling greenlet until the callback given to ``start`` is called (from
         any thread); return the value it was given."""
         waiter = _gevent().Waiter(self.hub)
