@@ -64,7 +64,7 @@ _SIGINT = _signal.SIGINT
 STOP_TIMEOUT = 5.0  # seconds the loop thread gets to finish when the bridge stops
 #: Seconds between looks at how many callers wait on the bridge's thread at once; after one
 #: with at most one at a time, the thread hands the loop back to the callers.
-CALM_AFTER = 1.0
+CALM_AFTER = 0.2
 HAND_BACK_WAIT = 0.05  # seconds a caller waits for the hand-back before it waits as before
 
 
@@ -190,7 +190,7 @@ class Bridge:
                 return
             self.thread_id = _real_ident()
             self._in_main = True
-            if self._calm_timer is None:
+            if self._calm_timer is None and not self._pinned:
                 self._calm_timer = loop.call_later(CALM_AFTER, self._look_calm)
             try:
                 while not self._stop_pending:
@@ -225,7 +225,7 @@ class Bridge:
         with self._scheduling:
             self._calm = self._peak <= 1 and not self._pinned
             self._peak = self._waiting
-        if self._in_main:
+        if self._in_main and not self._pinned:
             self._calm_timer = self.loop.call_later(CALM_AFTER, self._look_calm)
         else:
             self._calm_timer = None
