@@ -337,35 +337,46 @@ class Bridge:
                 return self._wait_in_greenlet(start, coro, port, timeout)
         while True:
             if not self._threaded:
-                if self._lead.acquire(False):
-                    return self._drive(start, coro, timeout)
+                fut = self._drive(start, coro, timeout)
+                if fut is not None:
+                    return fut
                 self._start_thread()  # another thread runs the loop: take turns no more
             elif self._take_back():
-                return self._drive(start, coro, timeout)
+                fut = self._drive(start, coro, timeout, HAND_BACK_WAIT)
+                if fut is not None:
+                    return fut
             fut = self._wait_in_thread(start, coro, timeout)
             if fut is not None:
                 return fut
             # (the bridge's thread handed the loop back meanwhile: run it here)
 
     def _take_back(self) -> bool:
-        """After a calm spell (one caller at a time), have the bridge's thread hand the loop
-        back to this caller: whether it now holds ``_lead``."""
+        """After a calm spell (one caller at a time), ask the bridge's thread to hand the
+        loop back (to the caller that takes ``_lead`` next): whether it was asked."""
         with self._scheduling:
             if not self._calm or self._waiting or self._pinned:
                 return False
             self._calm = False
             self._hand_back = True
         self.call_soon(self._nudge_main)
-        return bool(self._lead.acquire(True, HAND_BACK_WAIT))
+        return True
 
     def _drive(
-        self, start: Callable[[C], asyncio.Future[Any] | None], coro: C, timeout: float | None
-    ) -> asyncio.Future[Any]:
-        """Run the loop in this thread (which holds ``_lead``) until ``coro``'s future is
-        done, then let go of it: one thread wake-up fewer each way than waiting for the
-        loop's own thread. In the main thread, Ctrl-C stops the loop between callbacks (a
-        ``KeyboardInterrupt`` raised inside one could lose messages already read) and is
-        raised here."""
+        self,
+        start: Callable[[C], asyncio.Future[Any] | None],
+        coro: C,
+        timeout: float | None,
+        lead_wait: float = 0.0,
+    ) -> asyncio.Future[Any] | None:
+        """Run the loop in this thread until ``coro``'s future is done, then let go of it:
+        one thread wake-up fewer each way than waiting for the bridge's own thread. ``None``
+        (``coro`` untouched) when another thread runs the loop (``_lead`` is not free within
+        ``lead_wait`` seconds).
+
+        In the main thread, Ctrl-C stops the loop between callbacks and is raised here as
+        ``KeyboardInterrupt``: raised inside a callback, it could lose messages already read;
+        raised between taking ``_lead`` and letting go of it, it would keep it for good. So
+        the handler goes in before ``_lead`` is taken and comes out after it is let go."""
         loop = self.loop
         futures: list[asyncio.Future[Any]] = []
         interrupted: list[bool] = []
@@ -373,7 +384,6 @@ class Bridge:
         timer = None
         timed_out = False
         try:
-            self._enqueue(start, coro, futures, self._stop_loop, wake=False)
             if (
                 self._get_ident() == self._main_thread().ident
                 and _signal.getsignal(_SIGINT) is _signal.default_int_handler
@@ -383,34 +393,41 @@ class Bridge:
                     interrupted.append(True)  # raised once the loop has stopped
                     self.call_soon(loop.stop)  # (its write wakes a waiting select too)
 
-                _signal.signal(_SIGINT, on_sigint)
                 restore = _signal.default_int_handler
-            self.thread_id = self._get_ident()
-            if timeout is not None:
-                timer = loop.call_later(timeout, loop.stop)
-                deadline = timer.when()
-            while True:
-                loop.run_forever()
+                _signal.signal(_SIGINT, on_sigint)
+            if not (
+                self._lead.acquire(True, lead_wait) if lead_wait else self._lead.acquire(False)
+            ):
                 if interrupted:
-                    break
-                if futures and futures[0].done():
-                    break
-                if timer is not None and loop.time() >= deadline:
-                    timed_out = True
-                    break
-            if not (futures and futures[0].done()):
-                _cancel_all(futures)
-            self._settle()
-        except BaseException:
-            _cancel_all(futures)  # (takes effect when the loop runs next)
-            raise
+                    raise KeyboardInterrupt
+                return None
+            try:
+                self._enqueue(start, coro, futures, self._stop_loop, wake=False)
+                self.thread_id = self._get_ident()
+                if timeout is not None:
+                    timer = loop.call_later(timeout, loop.stop)
+                    deadline = timer.when()
+                while not interrupted:
+                    loop.run_forever()
+                    if futures and futures[0].done():
+                        break
+                    if timer is not None and loop.time() >= deadline:
+                        timed_out = True
+                        break
+                if not (futures and futures[0].done()):
+                    _cancel_all(futures)
+                self._settle()
+            except BaseException:
+                _cancel_all(futures)  # (takes effect when the loop runs next)
+                raise
+            finally:
+                self.thread_id = 0
+                if timer is not None:
+                    timer.cancel()
+                self._lead.release()
         finally:
-            self.thread_id = 0
-            if timer is not None:
-                timer.cancel()
             if restore is not None:
                 _signal.signal(_SIGINT, restore)
-            self._lead.release()
         if interrupted:
             raise KeyboardInterrupt
         if timed_out:
@@ -465,10 +482,9 @@ class Bridge:
     ) -> bool:
         """Have the loop call ``start(coro)`` for a future (``None``: ``coro`` runs as a task),
         append it to ``futures`` and call ``done(future)`` when it is done. Work queues in an
-        inbox; the loop is woken once per batch, not once per call (and outside the lock: the
-        wake-up is a write that releases the GIL). ``wake=False``: the caller is about to
-        run the loop itself. ``follow``: only if the bridge's thread runs the loop, counting
-        the caller as waiting on it (else False, and nothing is queued)."""
+        inbox; the loop is woken once per batch, not once per call. ``wake=False``: the
+        caller is about to run the loop itself. ``follow``: only if the bridge's thread runs
+        the loop, counting the caller as waiting on it (else False, and nothing is queued)."""
         with self._scheduling:
             if self._closing:
                 coro.close()
@@ -482,14 +498,17 @@ class Bridge:
             self._inbox.append((start, coro, futures, done))
             if self._wake_pending:
                 return True
-            self._wake_pending = True
+            # The drain is scheduled before the flag is set, under the lock: a Ctrl-C between
+            # any two of these lines leaves at worst an extra drain, never a queue nobody
+            # drains (the next call schedules one while the flag is down).
             if not wake:
                 self.loop.call_soon(self._drain_inbox)
-                return True
-        try:
-            self.loop.call_soon_threadsafe(self._drain_inbox)
-        except RuntimeError:  # closed meanwhile: the loop's last drain took it
-            pass
+            else:
+                try:
+                    self.loop.call_soon_threadsafe(self._drain_inbox)
+                except RuntimeError:  # closed meanwhile: the loop's last drain took it
+                    return True
+            self._wake_pending = True
         return True
 
     def _drain_inbox(self) -> None:
