@@ -221,6 +221,91 @@ def ctrl_c_in_a_handler() -> None:
     print("OK")
 
 
+REMOTE_SERVICE = """
+import asyncio, sys
+from netcall import RPCService
+svc = RPCService()
+svc.register(lambda x=None: x, name="echo")
+@svc.register
+async def slow(seconds, result=None):
+    await asyncio.sleep(seconds)
+    return result
+async def main():
+    port = svc.bind_ports()
+    print(f"tcp://127.0.0.1:{port}", flush=True)
+    await svc.serve()
+asyncio.run(main())
+"""
+
+
+def lone_greenlet() -> None:
+    """A greenlet calling alone runs netcall's loop itself, waiting for events through the hub:
+    no thread of netcall's own, other greenlets run meanwhile and see no asyncio loop, and a
+    gevent.Timeout or a kill mid-call leaves the loop to the next caller. Calls from several
+    greenlets at once hand the loop to a thread, which hands it back once they are calm."""
+    import asyncio
+    import subprocess
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", REMOTE_SERVICE], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        client = GeventRPCClient(timeout=5)
+        client.connect(url)
+        bridge = client._bridge
+        ticks: list[None] = []
+        ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(20)])
+        assert client.slow(0.3, "one") == "one"
+        assert len(ticks) >= 10, f"the hub was blocked during a call ({len(ticks)} ticks)"
+        ticker.join()
+        assert not bridge._threaded, "a lone greenlet's calls started a thread"
+
+        seen: list[Any] = []
+
+        def other() -> None:
+            try:
+                asyncio.get_running_loop()
+                seen.append("a running loop")
+            except RuntimeError:
+                seen.append("no running loop")
+            seen.append(client.echo("other"))  # (not refused as a call from the loop's thread)
+
+        later = gevent.spawn_later(0.05, other)
+        assert client.slow(0.3, "two") == "two"
+        later.join(5)
+        assert seen == ["no running loop", "other"], seen
+
+        for _ in range(3):
+            with gevent.Timeout(0.2, False):
+                client.slow(5)
+                raise AssertionError("gevent.Timeout did not end the call")
+            assert client.echo(1) == 1
+            killed = gevent.spawn(client.slow, 5)
+            gevent.sleep(0.1)
+            killed.kill(block=True, timeout=5)
+            assert killed.dead
+            assert client.echo(2) == 2
+
+        many = [gevent.spawn(client.echo, i) for i in range(50)]
+        gevent.joinall(many, raise_error=True, timeout=10)
+        assert [g.value for g in many] == list(range(50))
+        deadline = time.monotonic() + 10
+        while bridge._threaded:  # calm again: the next lone call takes the loop back
+            assert time.monotonic() < deadline, "the loop was never handed back"
+            assert client.echo(3) == 3
+        assert not bridge._lead.locked()
+        client.close()
+        assert _bridge._bridge is None
+        print("OK")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()  # (not left to gevent's file object at interpreter exit)
+
+
 def wsgi_server() -> None:
     """A gevent.pywsgi server whose handler calls netcall; the test drives it over HTTP.
     GET /<n> answers ``n`` after a 0.3 s netcall call; GET /quit stops everything."""

@@ -31,7 +31,15 @@ def scenario(name: str, patched: bool) -> str:
 
 
 @pytest.mark.parametrize(
-    "name", ["concurrency", "generators", "timeouts", "start_and_serve", "ctrl_c_in_a_handler"]
+    "name",
+    [
+        "concurrency",
+        "generators",
+        "timeouts",
+        "start_and_serve",
+        "ctrl_c_in_a_handler",
+        "lone_greenlet",
+    ],
 )
 def test_scenario(name: str, patched: bool) -> None:
     proc = run_python(scenario(name, patched), env=netcall_env(), timeout=45)

@@ -1,24 +1,28 @@
-"""The machinery shared by the blocking and gevent adapters: one asyncio loop in a real thread.
+"""The machinery shared by the blocking and gevent adapters: one asyncio loop, run by the
+caller waiting on it or by a real thread of its own.
 
 Rules of this file:
 
 - One owned asyncio loop per process, with the real epoll selector and a default executor of
   real threads. Every socket a bridged client or service owns lives on that loop; only the
   thread running the loop touches it.
-- Who runs the loop: whichever thread holds ``Bridge._lead``. While blocking clients are its
-  only users and one thread calls at a time, that thread runs the loop itself for the length
-  of each call (``Bridge._drive``): no hand-off to another thread and back, which costs more
-  than the rest of a call on a small machine. From the first call made while another thread
-  runs it, or from a greenlet or a thread running an asyncio loop, or when a service or a
-  stream needs it running while nobody waits (:meth:`Bridge.run_in_background`), a real OS
-  thread of the bridge's own runs it for good (never a greenlet, even under
-  ``gevent.monkey.patch_all()``).
+- Who runs the loop: whoever holds ``Bridge._lead``. While one caller (a thread or a greenlet)
+  calls at a time, it runs the loop itself for the length of each call (``Bridge._drive``): no
+  hand-off to another thread and back, which costs more than the rest of a call on a small
+  machine. A greenlet running it waits for events through its hub (the selector's
+  ``hub_wait``), so the hub's other greenlets run meanwhile.
+- When a second caller arrives while one runs the loop, a real OS thread of the bridge's own
+  (never a greenlet, even under ``gevent.monkey.patch_all()``) takes it over, and hands it back
+  after a calm spell: :data:`CALM_AFTER` seconds with at most one caller at a time. For a
+  service, a stream (its lease pings), or a caller running an asyncio loop, the thread runs it
+  for good (:meth:`Bridge.run_in_background`).
 - The main thread running the loop turns Ctrl-C into a stop between callbacks (then raises
-  ``KeyboardInterrupt``): raised inside a callback, it could lose messages already read.
+  ``KeyboardInterrupt``): raised inside a callback, it could lose messages already read, and
+  raised while ``_lead`` is held, it could keep it for good.
 - The loop is reference counted: each bridged client or service :func:`acquire`\\ s it and
-  :func:`release`\\ s it on close; the last release stops and joins the thread. ``atexit`` closes
-  whatever is left; after ``fork()`` the child starts from nothing (the thread does not exist
-  there).
+  :func:`release`\\ s it on close; the last release closes it (and joins its thread).
+  ``atexit`` closes whatever is left; after ``fork()`` the child starts from nothing (the
+  thread does not exist there).
 - Work crosses to the loop through an inbox, woken once per batch. A plain call is not a
   task: the core starts it at once (:meth:`Bridge.run_started` with
   ``RPCClient._start_call``) and hands back its pending future, whose raw reply the waiting
@@ -44,13 +48,13 @@ import importlib
 import logging
 import os
 import sys
-from asyncio.events import _get_running_loop
+from asyncio.events import _get_running_loop, _set_running_loop
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import nullcontext
 from typing import Any, TypeVar
 
-from ._hub import HubPort, current_port, port_for
+from ._hub import HubPort, _gevent, current_port, port_for
 from .errors import ClientClosedError, RPCTimeoutError
 
 __all__ = ["Bridge", "HubPort", "acquire", "current_port", "port_for", "release"]
@@ -117,10 +121,29 @@ class _RealThreadExecutor(concurrent.futures.ThreadPoolExecutor):
 
 
 def _new_selector() -> Any:
+    """The real epoll selector (gevent's monkey-patching removes it), able to wait through a
+    gevent hub while a greenlet runs the loop (see :class:`Bridge` ``_drive``)."""
     try:
-        return _original("selectors", "EpollSelector")()
+        base = _original("selectors", "EpollSelector")
     except AttributeError:  # pragma: no cover - not Linux
-        return _original("selectors", "DefaultSelector")()
+        base = _original("selectors", "DefaultSelector")
+
+    class Selector(base):  # type: ignore[valid-type, misc]
+        # hub_wait(fd, timeout): wait until ``fd`` (this selector's own) is readable or
+        # ``timeout`` (None: no limit) passes, letting the hub's other greenlets run.
+        hub_wait: Callable[[int, float | None], None] | None = None
+
+        def select(self, timeout: float | None = None) -> Any:
+            hub_wait = self.hub_wait
+            if hub_wait is None or (timeout is not None and timeout <= 0):
+                return super().select(timeout)
+            ready = super().select(0)
+            if ready:
+                return ready
+            hub_wait(self.fileno(), timeout)
+            return super().select(0)
+
+    return Selector()
 
 
 # ----------------------------------------------------------------------------------- loop
@@ -134,7 +157,8 @@ class Bridge:
         self.pid = _pid
         self._get_ident: Callable[[], int] = _original("_thread", "get_ident")
         self._main_thread: Callable[[], Any] = _original("threading", "main_thread")
-        self.loop = asyncio.SelectorEventLoop(_new_selector())
+        self._selector = _new_selector()
+        self.loop = asyncio.SelectorEventLoop(self._selector)
         self.loop.set_default_executor(_RealThreadExecutor())
         self.thread_id = 0  # the thread running the loop now (0: none)
         self.users = 0
@@ -330,22 +354,23 @@ class Bridge:
         except BaseException:
             coro.close()
             raise
-        if port is not None or _get_running_loop() is not None:
-            if not self._pinned:  # a greenlet, or a thread running a loop: never the driver
-                self.run_in_background()
-            if port is not None:
-                return self._wait_in_greenlet(start, coro, port, timeout)
+        if _get_running_loop() is not None and not self._pinned:
+            self.run_in_background()  # a thread running an asyncio loop is never the driver
+        hub = None if port is None else port.hub
         while True:
             if not self._threaded:
-                fut = self._drive(start, coro, timeout)
+                fut = self._drive(start, coro, timeout, 0.0, hub)
                 if fut is not None:
                     return fut
-                self._start_thread()  # another thread runs the loop: take turns no more
+                self._start_thread()  # another caller runs the loop: take turns no more
             elif self._take_back():
-                fut = self._drive(start, coro, timeout, HAND_BACK_WAIT)
+                fut = self._drive(start, coro, timeout, HAND_BACK_WAIT, hub)
                 if fut is not None:
                     return fut
-            fut = self._wait_in_thread(start, coro, timeout)
+            if port is None:
+                fut = self._wait_in_thread(start, coro, timeout)
+            else:
+                fut = self._wait_in_greenlet(start, coro, port, timeout)
             if fut is not None:
                 return fut
             # (the bridge's thread handed the loop back meanwhile: run it here)
@@ -367,6 +392,7 @@ class Bridge:
         coro: C,
         timeout: float | None,
         lead_wait: float = 0.0,
+        hub: Any = None,
     ) -> asyncio.Future[Any] | None:
         """Run the loop in this thread until ``coro``'s future is done, then let go of it:
         one thread wake-up fewer each way than waiting for the bridge's own thread. ``None``
@@ -376,7 +402,12 @@ class Bridge:
         In the main thread, Ctrl-C stops the loop between callbacks and is raised here as
         ``KeyboardInterrupt``: raised inside a callback, it could lose messages already read;
         raised between taking ``_lead`` and letting go of it, it would keep it for good. So
-        the handler goes in before ``_lead`` is taken and comes out after it is let go."""
+        the handler goes in before ``_lead`` is taken and comes out after it is let go.
+
+        From a greenlet (``hub``: its gevent hub), the loop waits for events through the hub,
+        so the hub's other greenlets run meanwhile; for that time this thread is not marked
+        as running the loop (neither asyncio's running loop nor ``thread_id``), and Ctrl-C
+        is gevent's again."""
         loop = self.loop
         futures: list[asyncio.Future[Any]] = []
         interrupted: list[bool] = []
@@ -395,6 +426,22 @@ class Bridge:
 
                 restore = _signal.default_int_handler
                 _signal.signal(_SIGINT, on_sigint)
+            if hub is not None:
+
+                def hub_wait(fd: int, wait: float | None) -> None:
+                    self.thread_id = 0
+                    _set_running_loop(None)
+                    if restore is not None:
+                        _signal.signal(_SIGINT, restore)
+                    try:
+                        _hub_wait_read(fd, wait)
+                    finally:
+                        if restore is not None:
+                            _signal.signal(_SIGINT, on_sigint)
+                        _set_running_loop(loop)
+                        self.thread_id = self._get_ident()
+
+                self._selector.hub_wait = hub_wait
             if not (
                 self._lead.acquire(True, lead_wait) if lead_wait else self._lead.acquire(False)
             ):
@@ -424,6 +471,7 @@ class Bridge:
                 self.thread_id = 0
                 if timer is not None:
                     timer.cancel()
+                self._selector.hub_wait = None
                 self._lead.release()
         finally:
             if restore is not None:
@@ -561,20 +609,30 @@ class Bridge:
         coro: C,
         port: HubPort,
         timeout: float | None,
-    ) -> asyncio.Future[Any]:
+    ) -> asyncio.Future[Any] | None:
+        """:meth:`_wait_in_thread` for a greenlet: it waits on its hub's ``port``."""
         futures: list[asyncio.Future[Any]] = []
+        queued: list[bool] = []
+
+        def queue(done: Callable[[Any], None]) -> None:
+            if self._enqueue(start, coro, futures, done, follow=True):
+                queued.append(True)
+            else:
+                done(None)  # (not queued: back to _wait at once)
+
         finished = False
         try:
             with nullcontext() if timeout is None else _gevent_timeout(timeout):
-                fut: asyncio.Future[Any] = port.wait(
-                    lambda done: self._enqueue(start, coro, futures, done)
-                )
+                fut: asyncio.Future[Any] | None = port.wait(queue)
                 finished = True
                 return fut
             raise RPCTimeoutError(f"no answer within {timeout} s")
         finally:
             if not finished:  # killed, timed out or interrupted: do not leave the call running
                 self.call_soon(_cancel_all, futures)
+            if queued:
+                with self._scheduling:
+                    self._waiting -= 1
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -614,6 +672,20 @@ class Bridge:
         finally:
             self.thread_id = 0
             self._lead.release()
+
+
+class _WaitOver(Exception):
+    """A hub-cooperative select's timeout passed (raised and caught by :func:`_hub_wait_read`)."""
+
+
+_WAIT_OVER = _WaitOver()
+
+
+def _hub_wait_read(fd: int, timeout: float | None) -> None:
+    try:
+        _gevent().wait_read(fd, timeout, _WAIT_OVER)
+    except _WaitOver:
+        pass
 
 
 def _gevent_timeout(seconds: float) -> Any:
