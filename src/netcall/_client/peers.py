@@ -4,7 +4,11 @@ up or refused us (from the socket monitor), and the keepalive pings that hold st
 A service that refuses our handshake (CURVE: key not allowed, wrong service key, only one side
 secure) fails the calls in flight there and new calls at once with AuthenticationError. ZeroMQ
 does not retry a refused handshake, so the first call at least :data:`RETRY_REFUSED` seconds
-after a refusal reconnects and tries again (an allowlist may have changed meanwhile).
+after a refusal reconnects and tries again (an allowlist may have changed meanwhile). A CURVE
+service often hangs up on a plain client before saying it wants CURVE (the monitor then
+reports a handshake that failed with no detail, and ZeroMQ retries): the client asks the
+service for its mechanism on a connection of its own (:mod:`.greeting`), and a mismatch is a
+refusal like the others (ZeroMQ's retries are stopped).
 
 A client may also *bind*: services then connect to it and announce themselves (HELLO: their
 methods, and BYE when they stop). Such a peer is known by the routing id this socket gave its
@@ -28,6 +32,7 @@ from .._edge import endpoint_change
 from .._reactor import SocketDriver
 from ..errors import AuthenticationError, ConnectionLostError, RPCError, exception_from_remote
 from ..security import handshake_error, warn_if_exposed
+from .greeting import peer_mechanism
 
 __all__ = ["Keepalive", "Peer", "PeerTable", "close_sockets"]
 
@@ -51,6 +56,7 @@ class Peer:
         "draining",
         "inflight",
         "methods",
+        "probed_at",
         "refused",
         "refused_at",
         "rid",
@@ -69,6 +75,7 @@ class Peer:
         self.up = url.startswith("inproc://")
         self.refused: str | None = None  # why the service refused our last handshake
         self.refused_at = 0.0
+        self.probed_at = -RETRY_REFUSED  # when the client last asked the service's mechanism
         # What an announced service said it has (None: unknown, any method may be there).
         self.methods: frozenset[str] | None = None
         self.draining = False  # it said BYE: no new calls
@@ -101,6 +108,7 @@ class PeerTable:
         self._check: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe_again: asyncio.TimerHandle | None = None
+        self._asking: dict[Peer, asyncio.Task[None]] = {}  # services asked for their mechanism
 
     def start(
         self,
@@ -142,6 +150,9 @@ class PeerTable:
         if self._probe_again is not None:
             self._probe_again.cancel()
             self._probe_again = None
+        for task in self._asking.values():
+            task.cancel()
+        self._asking.clear()
 
     def connect(self, urls: str | Iterable[str], only: bool) -> None:
         wanted = [urls] if isinstance(urls, str) else list(urls)
@@ -311,12 +322,58 @@ class PeerTable:
         elif kind & _HANDSHAKE_FAILED:
             error = handshake_error(kind, event["value"], url, self._security is not None)
             if error is not None:
-                peer.refused, peer.refused_at = str(error), time.monotonic()
-                self._on_lost(peer, peer.refused, True, AuthenticationError)
+                self._refused(peer, str(error))
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                self._ask_mechanism(peer)
         elif kind == zmq.EVENT_DISCONNECTED:
             was_up, peer.up = peer.up, False
             if was_up:
                 self._on_lost(peer, f"the connection to {url} broke", False, ConnectionLostError)
+
+    def _refused(self, peer: Peer, why: str) -> None:
+        peer.refused, peer.refused_at = why, time.monotonic()
+        self._on_lost(peer, why, True, AuthenticationError)
+
+    def _ask_mechanism(self, peer: Peer) -> None:
+        """A plain client's handshake ended with no detail (the service hung up): ask the
+        service which mechanism it speaks (at most once per :data:`RETRY_REFUSED` seconds)."""
+        now = time.monotonic()
+        if (
+            self._loop is None
+            or peer in self._asking
+            or peer.refused is not None
+            or now - peer.probed_at < RETRY_REFUSED
+        ):
+            return
+        peer.probed_at = now
+        self._asking[peer] = self._loop.create_task(self._check_mechanism(peer, peer.rid))
+
+    async def _check_mechanism(self, peer: Peer, rid: bytes) -> None:
+        try:
+            mechanism = await peer_mechanism(peer.url)
+        finally:
+            self._asking.pop(peer, None)
+        if (
+            mechanism in (None, "NULL")
+            or self.by_url.get(peer.url) is not peer
+            or peer.rid != rid  # reconnected meanwhile: that handshake will tell
+            or peer.up
+            or peer.refused is not None
+        ):
+            return
+        # ZeroMQ retries a handshake that ended this way: stop it, as after a mismatch it saw.
+        try:
+            self._socket().disconnect(peer.url)
+        except zmq.ZMQError:
+            pass
+        self._changed()
+        error = handshake_error(
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+            zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH,
+            peer.url,
+            False,
+        )
+        self._refused(peer, str(error))
 
 
 class Keepalive:
