@@ -238,12 +238,10 @@ asyncio.run(main())
 """
 
 
-def lone_greenlet() -> None:
-    """A greenlet calling alone runs netcall's loop itself, waiting for events through the hub:
-    no thread of netcall's own, other greenlets run meanwhile and see no asyncio loop, and a
-    gevent.Timeout or a kill mid-call leaves the loop to the next caller. Calls from several
-    greenlets at once hand the loop to a thread, which hands it back once they are calm."""
-    import asyncio
+def greenlets_while_a_thread_runs_the_loop() -> None:
+    """A plain thread alone runs netcall's loop for its blocking call; greenlets then create a
+    gevent client and call meanwhile: their work runs on that thread's loop until the bridge's
+    own thread takes over, and the hub is never blocked."""
     import subprocess
 
     proc = subprocess.Popen(
@@ -252,51 +250,44 @@ def lone_greenlet() -> None:
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
-        client = GeventRPCClient(timeout=5)
-        client.connect(url)
-        bridge = client._bridge
+        from netcall.sync import SyncRPCClient
+
+        blocking = SyncRPCClient(timeout=5)
+        blocking.connect(url)
+        bridge = blocking._bridge
+        from gevent import monkey
+
+        assert blocking.echo(0) == 0
+        # (patched, the main thread's calls are a greenlet's: the bridge's thread runs them)
+        assert bridge._threaded == monkey.is_module_patched("threading")
+        out: list[Any] = []
+        running = _bridge._real_lock()
+        running.acquire()
+
+        def lone() -> None:
+            running.release()
+            out.append(blocking.slow(0.5, "slow"))
+
+        _bridge._start_real_thread(lone)
+        assert running.acquire(True, 5)
         ticks: list[None] = []
         ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(20)])
-        assert client.slow(0.3, "one") == "one"
-        assert len(ticks) >= 10, f"the hub was blocked during a call ({len(ticks)} ticks)"
+        client = GeventRPCClient(timeout=5)
+        client.connect(url)
+        assert [g.get() for g in [gevent.spawn(client.echo, i) for i in range(20)]] == list(
+            range(20)
+        )
         ticker.join()
-        assert not bridge._threaded, "a lone greenlet's calls started a thread"
-
-        seen: list[Any] = []
-
-        def other() -> None:
-            try:
-                asyncio.get_running_loop()
-                seen.append("a running loop")
-            except RuntimeError:
-                seen.append("no running loop")
-            seen.append(client.echo("other"))  # (not refused as a call from the loop's thread)
-
-        later = gevent.spawn_later(0.05, other)
-        assert client.slow(0.3, "two") == "two"
-        later.join(5)
-        assert seen == ["no running loop", "other"], seen
-
-        for _ in range(3):
-            with gevent.Timeout(0.2, False):
-                client.slow(5)
-                raise AssertionError("gevent.Timeout did not end the call")
-            assert client.echo(1) == 1
-            killed = gevent.spawn(client.slow, 5)
-            gevent.sleep(0.1)
-            killed.kill(block=True, timeout=5)
-            assert killed.dead
-            assert client.echo(2) == 2
-
-        many = [gevent.spawn(client.echo, i) for i in range(50)]
-        gevent.joinall(many, raise_error=True, timeout=10)
-        assert [g.value for g in many] == list(range(50))
-        deadline = time.monotonic() + 10
-        while bridge._threaded:  # calm again: the next lone call takes the loop back
-            assert time.monotonic() < deadline, "the loop was never handed back"
-            assert client.echo(3) == 3
-        assert not bridge._lead.locked()
+        assert len(ticks) == 20
+        deadline = time.monotonic() + 5
+        while not out:
+            assert time.monotonic() < deadline, "the thread's call never answered"
+            gevent.sleep(0.01)
+        assert out == ["slow"]
+        assert bridge._threaded  # the greenlets pinned the bridge's own thread
+        assert client.echo("after") == "after" and blocking.echo(1) == 1
         client.close()
+        blocking.close()
         assert _bridge._bridge is None
         print("OK")
     finally:

@@ -38,7 +38,7 @@ def scenario(name: str, patched: bool) -> str:
         "timeouts",
         "start_and_serve",
         "ctrl_c_in_a_handler",
-        "lone_greenlet",
+        "greenlets_while_a_thread_runs_the_loop",
     ],
 )
 def test_scenario(name: str, patched: bool) -> None:

@@ -1,21 +1,21 @@
 """The machinery shared by the blocking and gevent adapters: one asyncio loop, run by the
-caller waiting on it or by a real thread of its own.
+thread waiting on it or by a real thread of its own.
 
 Rules of this file:
 
 - One owned asyncio loop per process, with the real epoll selector and a default executor of
   real threads. Every socket a bridged client or service owns lives on that loop; only the
   thread running the loop touches it.
-- Who runs the loop: whoever holds ``Bridge._lead``. While one caller (a thread or a greenlet)
-  calls at a time, it runs the loop itself for the length of each call (``Bridge._drive``): no
-  hand-off to another thread and back, which costs more than the rest of a call on a small
-  machine. A greenlet running it waits for events through its hub (the selector's
-  ``hub_wait``), so the hub's other greenlets run meanwhile.
-- When a second caller arrives while one runs the loop, a real OS thread of the bridge's own
+- Who runs the loop: whichever thread holds ``Bridge._lead``. While one thread calls at a
+  time, it runs the loop itself for the length of each call (``Bridge._drive``): no hand-off
+  to another thread and back, which costs more than the rest of a call on a small machine.
+- When a second thread calls while one runs the loop, a real OS thread of the bridge's own
   (never a greenlet, even under ``gevent.monkey.patch_all()``) takes it over, and hands it back
   after a calm spell: :data:`CALM_AFTER` seconds with at most one caller at a time. For a
-  service, a stream (its lease pings), or a caller running an asyncio loop, the thread runs it
-  for good (:meth:`Bridge.run_in_background`).
+  service, a greenlet, a stream (its lease pings) or a caller running an asyncio loop, the
+  thread runs it for good (:meth:`Bridge.run_in_background`). (A greenlet never runs it: it
+  would hold the loop while its hub runs other greenlets, and a hub that blocks, on CPU work
+  or a plain lock, would stall every other thread's calls.)
 - The main thread running the loop turns Ctrl-C into a stop between callbacks (then raises
   ``KeyboardInterrupt``): raised inside a callback, it could lose messages already read, and
   raised while ``_lead`` is held, it could keep it for good.
@@ -48,13 +48,13 @@ import importlib
 import logging
 import os
 import sys
-from asyncio.events import _get_running_loop, _set_running_loop
+from asyncio.events import _get_running_loop
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import nullcontext
 from typing import Any, TypeVar
 
-from ._hub import HubPort, _gevent, current_port, port_for
+from ._hub import HubPort, current_port, port_for
 from .errors import ClientClosedError, RPCTimeoutError
 
 __all__ = ["Bridge", "HubPort", "acquire", "current_port", "port_for", "release"]
@@ -121,29 +121,10 @@ class _RealThreadExecutor(concurrent.futures.ThreadPoolExecutor):
 
 
 def _new_selector() -> Any:
-    """The real epoll selector (gevent's monkey-patching removes it), able to wait through a
-    gevent hub while a greenlet runs the loop (see :class:`Bridge` ``_drive``)."""
     try:
-        base = _original("selectors", "EpollSelector")
+        return _original("selectors", "EpollSelector")()
     except AttributeError:  # pragma: no cover - not Linux
-        base = _original("selectors", "DefaultSelector")
-
-    class Selector(base):  # type: ignore[valid-type, misc]
-        # hub_wait(fd, timeout): wait until ``fd`` (this selector's own) is readable or
-        # ``timeout`` (None: no limit) passes, letting the hub's other greenlets run.
-        hub_wait: Callable[[int, float | None], None] | None = None
-
-        def select(self, timeout: float | None = None) -> Any:
-            hub_wait = self.hub_wait
-            if hub_wait is None or (timeout is not None and timeout <= 0):
-                return super().select(timeout)
-            ready = super().select(0)
-            if ready:
-                return ready
-            hub_wait(self.fileno(), timeout)
-            return super().select(0)
-
-    return Selector()
+        return _original("selectors", "DefaultSelector")()
 
 
 # ----------------------------------------------------------------------------------- loop
@@ -157,8 +138,7 @@ class Bridge:
         self.pid = _pid
         self._get_ident: Callable[[], int] = _original("_thread", "get_ident")
         self._main_thread: Callable[[], Any] = _original("threading", "main_thread")
-        self._selector = _new_selector()
-        self.loop = asyncio.SelectorEventLoop(self._selector)
+        self.loop = asyncio.SelectorEventLoop(_new_selector())
         self.loop.set_default_executor(_RealThreadExecutor())
         self.thread_id = 0  # the thread running the loop now (0: none)
         self.users = 0
@@ -354,23 +334,22 @@ class Bridge:
         except BaseException:
             coro.close()
             raise
-        if _get_running_loop() is not None and not self._pinned:
-            self.run_in_background()  # a thread running an asyncio loop is never the driver
-        hub = None if port is None else port.hub
+        if port is not None or _get_running_loop() is not None:
+            if not self._pinned:  # a greenlet, or a thread running a loop: never the driver
+                self.run_in_background()
+            if port is not None:
+                return self._wait_in_greenlet(start, coro, port, timeout)
         while True:
             if not self._threaded:
-                fut = self._drive(start, coro, timeout, 0.0, hub)
+                fut = self._drive(start, coro, timeout)
                 if fut is not None:
                     return fut
-                self._start_thread()  # another caller runs the loop: take turns no more
+                self._start_thread()  # another thread runs the loop: take turns no more
             elif self._take_back():
-                fut = self._drive(start, coro, timeout, HAND_BACK_WAIT, hub)
+                fut = self._drive(start, coro, timeout, HAND_BACK_WAIT)
                 if fut is not None:
                     return fut
-            if port is None:
-                fut = self._wait_in_thread(start, coro, timeout)
-            else:
-                fut = self._wait_in_greenlet(start, coro, port, timeout)
+            fut = self._wait_in_thread(start, coro, timeout)
             if fut is not None:
                 return fut
             # (the bridge's thread handed the loop back meanwhile: run it here)
@@ -392,7 +371,6 @@ class Bridge:
         coro: C,
         timeout: float | None,
         lead_wait: float = 0.0,
-        hub: Any = None,
     ) -> asyncio.Future[Any] | None:
         """Run the loop in this thread until ``coro``'s future is done, then let go of it:
         one thread wake-up fewer each way than waiting for the bridge's own thread. ``None``
@@ -402,12 +380,7 @@ class Bridge:
         In the main thread, Ctrl-C stops the loop between callbacks and is raised here as
         ``KeyboardInterrupt``: raised inside a callback, it could lose messages already read;
         raised between taking ``_lead`` and letting go of it, it would keep it for good. So
-        the handler goes in before ``_lead`` is taken and comes out after it is let go.
-
-        From a greenlet (``hub``: its gevent hub), the loop waits for events through the hub,
-        so the hub's other greenlets run meanwhile; for that time this thread is not marked
-        as running the loop (neither asyncio's running loop nor ``thread_id``), and Ctrl-C
-        is gevent's again."""
+        the handler goes in before ``_lead`` is taken and comes out after it is let go."""
         loop = self.loop
         futures: list[asyncio.Future[Any]] = []
         interrupted: list[bool] = []
@@ -426,22 +399,6 @@ class Bridge:
 
                 restore = _signal.default_int_handler
                 _signal.signal(_SIGINT, on_sigint)
-            if hub is not None:
-
-                def hub_wait(fd: int, wait: float | None) -> None:
-                    self.thread_id = 0
-                    _set_running_loop(None)
-                    if restore is not None:
-                        _signal.signal(_SIGINT, restore)
-                    try:
-                        _hub_wait_read(fd, wait)
-                    finally:
-                        if restore is not None:
-                            _signal.signal(_SIGINT, on_sigint)
-                        _set_running_loop(loop)
-                        self.thread_id = self._get_ident()
-
-                self._selector.hub_wait = hub_wait
             if not (
                 self._lead.acquire(True, lead_wait) if lead_wait else self._lead.acquire(False)
             ):
@@ -471,7 +428,6 @@ class Bridge:
                 self.thread_id = 0
                 if timer is not None:
                     timer.cancel()
-                self._selector.hub_wait = None
                 self._lead.release()
         finally:
             if restore is not None:
@@ -619,30 +575,20 @@ class Bridge:
         coro: C,
         port: HubPort,
         timeout: float | None,
-    ) -> asyncio.Future[Any] | None:
-        """:meth:`_wait_in_thread` for a greenlet: it waits on its hub's ``port``."""
+    ) -> asyncio.Future[Any]:
         futures: list[asyncio.Future[Any]] = []
-        queued: list[bool] = []
-
-        def queue(done: Callable[[Any], None]) -> None:
-            if self._enqueue(start, coro, futures, done, follow=True):
-                queued.append(True)
-            else:
-                done(None)  # (not queued: back to _wait at once)
-
         finished = False
         try:
             with nullcontext() if timeout is None else _gevent_timeout(timeout):
-                fut: asyncio.Future[Any] | None = port.wait(queue)
+                fut: asyncio.Future[Any] = port.wait(
+                    lambda done: self._enqueue(start, coro, futures, done)
+                )
                 finished = True
                 return fut
             raise RPCTimeoutError(f"no answer within {timeout} s")
         finally:
             if not finished:  # killed, timed out or interrupted: do not leave the call running
                 self.call_soon(_cancel_all, futures)
-            if queued:
-                with self._scheduling:
-                    self._waiting -= 1
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -682,20 +628,6 @@ class Bridge:
         finally:
             self.thread_id = 0
             self._lead.release()
-
-
-class _WaitOver(Exception):
-    """A hub-cooperative select's timeout passed (raised and caught by :func:`_hub_wait_read`)."""
-
-
-_WAIT_OVER = _WaitOver()
-
-
-def _hub_wait_read(fd: int, timeout: float | None) -> None:
-    try:
-        _gevent().wait_read(fd, timeout, _WAIT_OVER)
-    except _WaitOver:
-        pass
 
 
 def _gevent_timeout(seconds: float) -> Any:

@@ -77,11 +77,9 @@ class _Gevent:
     def __init__(self) -> None:
         from gevent._hub_local import get_hub_if_exists
         from gevent.hub import Waiter
-        from gevent.socket import wait_read
 
         self.get_hub_if_exists = get_hub_if_exists
         self.Waiter = Waiter
-        self.wait_read = wait_read
 
 
 _imported: list[_Gevent] = []

@@ -87,6 +87,8 @@ class GeventRPCClient(SyncRPCClient):
         ValueError: ``green_env`` names another backend.
     """
 
+    _background = True  # greenlets wait for netcall's own loop thread
+
     def __init__(
         self,
         serializer: str | Serializer | None = None,

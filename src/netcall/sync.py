@@ -12,9 +12,9 @@
     client.close()
 
 One client may be shared by many threads: each call blocks only its caller. The client lives
-on netcall's own asyncio loop (see :mod:`netcall._bridge`), run by a lone caller itself or by a
-thread of netcall's own; closing the last client or service using it closes it, and it is
-closed at interpreter exit. A client cannot be
+on netcall's own asyncio loop (see :mod:`netcall._bridge`), run by a lone calling thread itself
+or by a thread of netcall's own; closing the last client or service using it closes it, and it
+is closed at interpreter exit. A client cannot be
 used in a child process after ``fork()``: create a new one there.
 """
 
@@ -55,10 +55,10 @@ class SyncRPCClient:
     too), RPCTimeoutError, SerializationError, ClientClosedError; and RuntimeError when used
     after ``fork()`` or from netcall's loop thread.
 
-    While one thread (or greenlet) calls through netcall's loop at a time, it runs the loop
-    itself for the length of each call. While several call at once, a thread of netcall's own
-    runs it, until they have called one at a time for a while again; and for good once a
-    stream is open or a service or a caller inside an asyncio loop uses it.
+    While one thread calls through netcall's loop at a time, it runs the loop itself for the
+    length of each call. While several call at once, a thread of netcall's own runs it, until
+    they have called one at a time for a while again; and for good once a stream is open, or
+    a service, a greenlet or a caller inside an asyncio loop uses it.
     """
 
     _background = False  # see netcall._bridge.acquire
