@@ -16,9 +16,10 @@ Rules of this file:
   thread runs it for good (:meth:`Bridge.run_in_background`). (A greenlet never runs it: it
   would hold the loop while its hub runs other greenlets, and a hub that blocks, on CPU work
   or a plain lock, would stall every other thread's calls.)
-- The main thread running the loop turns Ctrl-C into a stop between callbacks (then raises
-  ``KeyboardInterrupt``): raised inside a callback, it could lose messages already read, and
-  raised while ``_lead`` is held, it could keep it for good.
+- The main thread running the loop runs the Python handlers of :data:`DEFERRED_SIGNALS`
+  (Ctrl-C's ``KeyboardInterrupt``, a ``SIGALRM`` timeout) between callbacks: raised inside a
+  callback, an exception could lose messages already read, and raised while ``_lead`` is
+  held, it could keep it for good.
 - The loop is reference counted: each bridged client or service :func:`acquire`\\ s it and
   :func:`release`\\ s it on close; the last release closes it (and joins its thread).
   ``atexit`` closes whatever is left; after ``fork()`` the child starts from nothing (the
@@ -33,7 +34,9 @@ Rules of this file:
 - Waiting from the loop's own thread would deadlock: it raises ``RuntimeError`` instead.
 - ``CancelledError`` never leaks to the blocking side: a call cancelled because the loop shut
   down raises :class:`~netcall.errors.ClientClosedError`.
-- Finalizers never block or switch: they schedule with ``call_soon_threadsafe``.
+- Finalizers never block or switch: they schedule with ``call_soon_threadsafe`` (and may
+  start the bridge's thread to close the loop). While a lone caller runs the loop, what they
+  schedule runs at the next call (a dropped client's socket is closed then, or at exit).
 - No call, stream, timeout or serialization logic here: that is the asyncio core's job.
 """
 
@@ -64,7 +67,13 @@ log = logging.getLogger("netcall")
 T = TypeVar("T")
 C = TypeVar("C", bound=Coroutine[Any, Any, Any])
 
-_SIGINT = _signal.SIGINT
+#: Signals whose Python handlers run between the loop's callbacks while a caller in the main
+#: thread runs the loop (see ``Bridge._drive``).
+DEFERRED_SIGNALS = tuple(
+    getattr(_signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGALRM", "SIGHUP", "SIGUSR1", "SIGUSR2")
+    if hasattr(_signal, name)
+)
 STOP_TIMEOUT = 5.0  # seconds the loop thread gets to finish when the bridge stops
 #: Seconds between looks at how many callers wait on the bridge's thread at once; after one
 #: with at most one at a time, the thread hands the loop back to the callers.
@@ -182,7 +191,12 @@ class Bridge:
             if self._threaded or self._closing:
                 return
             self._threaded = True
-        _start_real_thread(self._main)
+        try:
+            _start_real_thread(self._main)
+        except BaseException:  # (no new threads at interpreter shutdown)
+            with self._scheduling:
+                self._threaded = False
+            raise
 
     def _main(self) -> None:
         loop = self.loop
@@ -249,13 +263,16 @@ class Bridge:
             if tasks:
                 loop.run_until_complete(asyncio.wait(tasks, timeout=STOP_TIMEOUT))
             loop.run_until_complete(loop.shutdown_asyncgens())
-        except BaseException:  # pragma: no cover - best effort at shutdown
+        except Exception:  # pragma: no cover - best effort at shutdown
             log.exception("error while stopping the bridge loop")
-        finally:
+        finally:  # (a Ctrl-C meanwhile goes on up, once the loop is closed)
             loop.close()
 
     def _stop_soon(self) -> None:
-        """Have the loop's own thread stop and close the loop (never blocks)."""
+        """Have the loop's own thread stop and close the loop (never blocks; starts that
+        thread if need be)."""
+        if not self.alive:  # (after fork(), the loop is the parent's: leave it alone)
+            return
         with self._scheduling:
             self._stop_pending = True
         try:
@@ -377,33 +394,34 @@ class Bridge:
         (``coro`` untouched) when another thread runs the loop (``_lead`` is not free within
         ``lead_wait`` seconds).
 
-        In the main thread, Ctrl-C stops the loop between callbacks and is raised here as
-        ``KeyboardInterrupt``: raised inside a callback, it could lose messages already read;
-        raised between taking ``_lead`` and letting go of it, it would keep it for good. So
-        the handler goes in before ``_lead`` is taken and comes out after it is let go."""
+        In the main thread, the Python handlers of :data:`DEFERRED_SIGNALS` (Ctrl-C's
+        ``KeyboardInterrupt`` among them) run between callbacks, not inside one: an exception
+        raised inside a callback could lose messages already read, or leave a ZeroMQ socket's
+        wake-up spent with a message unread. The loop stops, the handler runs here, and what
+        it raises is raised from the call (which is cancelled). The handlers are swapped in
+        before ``_lead`` is taken and back out after it is let go, so nothing raised can keep
+        ``_lead`` for good."""
         loop = self.loop
         futures: list[asyncio.Future[Any]] = []
-        interrupted: list[bool] = []
-        restore = None
+        pending: list[tuple[int, Any]] = []  # signals that came while the loop ran
+        handlers: dict[int, Any] = {}
         timer = None
         timed_out = False
         try:
-            if (
-                self._get_ident() == self._main_thread().ident
-                and _signal.getsignal(_SIGINT) is _signal.default_int_handler
-            ):
+            if self._get_ident() == self._main_thread().ident:
 
-                def on_sigint(signum: int, frame: object) -> None:
-                    interrupted.append(True)  # raised once the loop has stopped
+                def later(signum: int, frame: Any) -> None:
+                    pending.append((signum, frame))
                     self.call_soon(loop.stop)  # (its write wakes a waiting select too)
 
-                restore = _signal.default_int_handler
-                _signal.signal(_SIGINT, on_sigint)
+                for signum in DEFERRED_SIGNALS:
+                    handler = _signal.getsignal(signum)
+                    if callable(handler):
+                        handlers[signum] = handler
+                        _signal.signal(signum, later)
             if not (
                 self._lead.acquire(True, lead_wait) if lead_wait else self._lead.acquire(False)
             ):
-                if interrupted:
-                    raise KeyboardInterrupt
                 return None
             try:
                 self._enqueue(start, coro, futures, self._stop_loop, wake=False)
@@ -411,15 +429,19 @@ class Bridge:
                 if timeout is not None:
                     timer = loop.call_later(timeout, loop.stop)
                     deadline = timer.when()
-                while not interrupted:
+                while True:
                     loop.run_forever()
+                    while pending:  # (a handler that raises ends the call here)
+                        signum, frame = pending.pop(0)
+                        handlers[signum](signum, frame)
                     if futures and futures[0].done():
                         break
                     if timer is not None and loop.time() >= deadline:
                         timed_out = True
+                        if not futures:  # (not started yet: start it, to cancel it now)
+                            self._drain_inbox()
+                        _cancel_all(futures)
                         break
-                if not (futures and futures[0].done()):
-                    _cancel_all(futures)
                 self._settle()
             except BaseException:
                 _cancel_all(futures)  # (takes effect when the loop runs next)
@@ -430,10 +452,11 @@ class Bridge:
                     timer.cancel()
                 self._lead.release()
         finally:
-            if restore is not None:
-                _signal.signal(_SIGINT, restore)
-        if interrupted:
-            raise KeyboardInterrupt
+            for signum, handler in handlers.items():
+                _signal.signal(signum, handler)
+            while pending:  # came after the loop's last turn
+                signum, frame = pending.pop(0)
+                handlers[signum](signum, frame)
         if timed_out:
             raise RPCTimeoutError(f"no answer within {timeout} s")
         return futures[0]
@@ -503,7 +526,9 @@ class Bridge:
             if self._wake_pending:
                 return True
             if not wake:
-                self.loop.call_soon(self._drain_inbox)
+                # One turn later: what came while nobody ran the loop (a broken connection,
+                # a service that announced itself) is read before this call goes out.
+                self.loop.call_soon(self.loop.call_soon, self._drain_inbox)
                 self._wake_pending = True
                 return True
             if self._get_ident() == self._main_thread().ident:

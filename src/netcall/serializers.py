@@ -153,6 +153,9 @@ class MsgpackSerializer:
         except Exception as exc:
             del buffers[start:]
             raise self._failed(exc) from exc
+        except BaseException:
+            self._codec()
+            raise
         codec.out = None
         if len(data) < self.buffer_min:
             return data
@@ -207,6 +210,9 @@ class MsgpackSerializer:
             if isinstance(exc, SerializationError):
                 raise
             raise SerializationError(f"msgpack cannot serialize: {reason(exc)}") from exc
+        except BaseException:
+            self._codec()
+            raise
 
     def loads(self, data: bytes) -> Any:
         codec = getattr(self._local, "codec", None) or self._codec()
@@ -223,6 +229,9 @@ class MsgpackSerializer:
         except Exception as exc:
             self._codec()  # drop whatever is left in the buffers
             raise SerializationError(f"msgpack cannot deserialize: {reason(exc)}") from exc
+        except BaseException:  # (Ctrl-C between feed and unpack: the next loads must not
+            self._codec()  # return this value)
+            raise
 
 
 _NATIVE = frozenset({bytes, bytearray, memoryview})  # buffers msgpack packs itself
