@@ -1069,13 +1069,6 @@ CODEC_RESET_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=CodecBroken,
-    reason="MsgpackSerializer._codec() is not safe against Ctrl-C: between discarding the "
-    "old codec and storing the new one, it leaves the thread a codec without packer or "
-    "unpacker (AttributeError on every later use)",
-)
 def test_ctrl_c_during_a_codec_reset_leaves_a_working_codec() -> None:
     """A Ctrl-C that lands while the serializer replaces a thread's codec (what it does after
     a bad payload, and, since 8fbedb0, after a Ctrl-C during a decode) leaves that thread's

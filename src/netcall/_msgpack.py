@@ -55,6 +55,7 @@ class Codec:
     """
 
     __slots__ = (
+        "busy",
         "depth",
         "inb",
         "max_depth",
@@ -80,6 +81,7 @@ class Codec:
         self.memoryviews = memoryviews
         self.packers: list[msgpack.Packer] = []
         self.unpackers: list[msgpack.Unpacker] = []
+        self.busy = False  # a decode began and has not ended (interrupted: start afresh)
         self.packer = self._packer_at(0)
         self.unpacker = self._unpacker_at(0)
 

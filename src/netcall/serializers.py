@@ -124,10 +124,21 @@ class MsgpackSerializer:
         return (_rebuild, (type(self), self.max_depth, self.buffer_min, self.memoryviews))
 
     def _codec(self) -> Codec:
+        """A fresh codec for this thread. The old one is unhooked first: an interruption
+        (Ctrl-C) anywhere in here leaves this thread no codec, never a half-discarded one."""
         old = getattr(self._local, "codec", None)
+        self._local.codec = None
         if old is not None:
             old.discard()
         codec = self._local.codec = Codec(self.max_depth, self.buffer_min, self.memoryviews)
+        return codec
+
+    def _decoder(self) -> Codec:
+        """This thread's codec, afresh if a decode on it was interrupted (its unpacker may
+        still hold that message)."""
+        codec: Codec | None = getattr(self._local, "codec", None)
+        if codec is None or codec.busy:
+            return self._codec()
         return codec
 
     def dumps_buffers(self, obj: Any, buffers: list[Any]) -> bytes:
@@ -194,7 +205,7 @@ class MsgpackSerializer:
         Raises:
             SerializationError: as :meth:`loads`, or a reference to a buffer that did not come.
         """
-        codec = getattr(self._local, "codec", None) or self._codec()
+        codec = self._decoder()
         codec.inb = buffers
         try:
             return self.loads(data)
@@ -215,16 +226,19 @@ class MsgpackSerializer:
             raise
 
     def loads(self, data: bytes) -> Any:
-        codec = getattr(self._local, "codec", None) or self._codec()
+        codec = self._decoder()
         try:
+            codec.busy = True
             if len(data) > REUSE_MAX:
-                return codec.loads_large(data)
-            unpacker = codec.unpacker  # inline: the commonest case, small payloads
-            start = unpacker.tell()
-            unpacker.feed(data)
-            obj = unpacker.unpack()
-            if unpacker.tell() - start != len(data):
-                raise ValueError("extra data after the value")
+                obj = codec.loads_large(data)
+            else:
+                unpacker = codec.unpacker  # inline: the commonest case, small payloads
+                start = unpacker.tell()
+                unpacker.feed(data)
+                obj = unpacker.unpack()
+                if unpacker.tell() - start != len(data):
+                    raise ValueError("extra data after the value")
+            codec.busy = False
             return obj
         except Exception as exc:
             self._codec()  # drop whatever is left in the buffers
