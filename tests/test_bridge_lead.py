@@ -32,6 +32,21 @@ from netcall.threading import ThreadingRPCService
 pytestmark = pytest.mark.timeout(60)
 
 
+@pytest.fixture(autouse=True)
+def no_gevent_hub_here() -> None:
+    """These tests call from the main thread as a plain thread. A gevent hub left in it by an
+    earlier test (gevent clients and services in-process) would make its calls a greenlet's,
+    which wait for the bridge's own thread by design: destroy that hub (gevent makes a new
+    one when something needs it)."""
+    if "gevent" not in sys.modules:
+        return
+    from gevent._hub_local import get_hub_if_exists
+
+    hub = get_hub_if_exists()
+    if hub is not None:
+        hub.destroy(destroy_loop=True)
+
+
 def os_threads() -> int:
     """The OS threads of this process (Python's and everyone else's: zmq, pytest-timeout)."""
     return len(os.listdir("/proc/self/task"))
