@@ -129,6 +129,17 @@ class _RealThreadExecutor(concurrent.futures.ThreadPoolExecutor):
         return None
 
 
+def _main_thread_ident() -> Callable[[], int | None]:
+    """The main thread's real ident, as a function. ``_thread._get_main_thread_ident`` (3.12+)
+    holds under ``gevent.monkey.patch_all()``, where even the original
+    ``threading.main_thread()`` gives a patched thread object's ident."""
+    try:
+        return _original("_thread", "_get_main_thread_ident")  # type: ignore[no-any-return]
+    except AttributeError:
+        main_thread = _original("threading", "main_thread")
+        return lambda: main_thread().ident
+
+
 def _new_selector() -> Any:
     try:
         return _original("selectors", "EpollSelector")()
@@ -146,7 +157,7 @@ class Bridge:
     def __init__(self, background: bool = True) -> None:
         self.pid = _pid
         self._get_ident: Callable[[], int] = _original("_thread", "get_ident")
-        self._main_thread: Callable[[], Any] = _original("threading", "main_thread")
+        self._main_ident = _main_thread_ident()
         self.loop = asyncio.SelectorEventLoop(_new_selector())
         self.loop.set_default_executor(_RealThreadExecutor())
         self.thread_id = 0  # the thread running the loop now (0: none)
@@ -408,7 +419,7 @@ class Bridge:
         timer = None
         timed_out = False
         try:
-            if self._get_ident() == self._main_thread().ident:
+            if self._in_main_thread():
 
                 def later(signum: int, frame: Any) -> None:
                     pending.append((signum, frame))
@@ -472,6 +483,10 @@ class Bridge:
             loop.call_soon(loop.stop)
             loop.run_forever()
 
+    def _in_main_thread(self) -> bool:
+        """Whether the caller is the main thread (where Python runs signal handlers)."""
+        return self._get_ident() == self._main_ident()
+
     def _stop_loop(self, _fut: object = None) -> None:
         self.loop.stop()
 
@@ -531,7 +546,7 @@ class Bridge:
                 self.loop.call_soon(self.loop.call_soon, self._drain_inbox)
                 self._wake_pending = True
                 return True
-            if self._get_ident() == self._main_thread().ident:
+            if self._in_main_thread():
                 # Ctrl-C lands in the main thread: there the wake-up is written before the
                 # flag is raised, under the lock, so a KeyboardInterrupt between any two of
                 # these lines leaves at worst an extra drain, never a queue nobody drains.
