@@ -130,14 +130,40 @@ class _RealThreadExecutor(concurrent.futures.ThreadPoolExecutor):
 
 
 def _main_thread_ident() -> Callable[[], int | None]:
-    """The main thread's real ident, as a function. ``_thread._get_main_thread_ident`` (3.12+)
-    holds under ``gevent.monkey.patch_all()``, where even the original
-    ``threading.main_thread()`` gives a patched thread object's ident."""
+    """The main thread's real ident, as a function (``None`` while not known yet).
+
+    ``_thread._get_main_thread_ident`` (3.12+) holds under ``gevent.monkey.patch_all()``,
+    where even the original ``threading.main_thread()`` gives a patched thread object's
+    ident. Before 3.12 the main thread is found by asking the signal module, the one that
+    matters here: ``signal.signal`` refuses any thread but the main one before it looks at
+    its arguments, so a signal number of 0 is refused either way, with a message that tells
+    which (nothing changes). Each thread asks once."""
     try:
         return _original("_thread", "_get_main_thread_ident")  # type: ignore[no-any-return]
     except AttributeError:
-        main_thread = _original("threading", "main_thread")
-        return lambda: main_thread().ident
+        pass
+    get_ident = _original("_thread", "get_ident")
+    found: list[int] = []
+    others: set[int] = set()  # (an ident reused by a later thread is not the main one either)
+
+    def main_ident() -> int | None:
+        if found:
+            return found[0]
+        ident: int = get_ident()
+        if ident in others:
+            return None
+        try:
+            _signal.signal(0, _signal.SIG_DFL)
+        except ValueError as exc:
+            if "main thread" in str(exc):
+                if len(others) >= 1024:
+                    others.clear()
+                others.add(ident)
+                return None
+        found.append(ident)  # refused for its number only: this is the main thread
+        return ident
+
+    return main_ident
 
 
 def _new_selector() -> Any:

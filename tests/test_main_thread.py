@@ -1,0 +1,147 @@
+"""Which caller is the main thread, as the bridge sees it (netcall._bridge): the one where
+Python runs signal handlers, so where Ctrl-C lands. Under ``gevent.monkey.patch_all()`` on
+Python 3.10 and 3.11 no ``threading`` function tells it any more (the original
+``threading.main_thread()`` gives a patched object's ident), and the bridge's Ctrl-C-safe
+path in ``_enqueue`` was never taken: a Ctrl-C between raising the inbox's wake-up flag and
+writing the wake-up could leave calls queued that nobody drains."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from _adapter_helpers import ServiceThread, in_subprocess_header, run_python
+from conftest import netcall_env, tcp_url
+from test_bridge_lead import KILLER
+
+pytestmark = pytest.mark.timeout(60)
+
+WHO_SCRIPT = textwrap.dedent(
+    """
+    import json, threading
+    from netcall import _bridge
+
+    bridge = _bridge.Bridge(background=False)
+    seen = {"main": bridge._in_main_thread()}
+    if "gevent" in sys.modules:
+        import gevent
+        from gevent import monkey
+
+        seen["greenlet"] = gevent.spawn(bridge._in_main_thread).get()
+        seen["patched thread"] = []  # (a greenlet of the main thread's hub)
+        patched = threading.Thread(target=lambda: seen["patched thread"].append(
+            bridge._in_main_thread()))
+        patched.start()
+        patched.join()
+        seen["patched thread"] = seen["patched thread"][0]
+        start = monkey.get_original("_thread", "start_new_thread")
+        lock = monkey.get_original("_thread", "allocate_lock")()
+    else:
+        import _thread
+
+        start = _thread.start_new_thread
+        lock = threading.Lock()
+    answers = []
+
+    def real_thread():
+        answers.append(bridge._in_main_thread())
+        answers.append(bridge._in_main_thread())  # (asked again: remembered)
+        lock.release()
+
+    for _ in range(2):
+        lock.acquire()
+        start(real_thread, ())
+        lock.acquire()
+        lock.release()
+    seen["real thread"] = answers
+    seen["main again"] = bridge._in_main_thread()
+    bridge.stop()
+    print(json.dumps(seen))
+    """
+)
+
+
+@pytest.mark.parametrize("patched", [False, True], ids=["plain", "monkey-patched"])
+def test_the_main_thread_is_known_with_and_without_monkey_patching(patched: bool) -> None:
+    proc = run_python(in_subprocess_header(patched) + WHO_SCRIPT, env=netcall_env(), timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = proc.stdout.strip().splitlines()[-1]
+    expected = '"main": true'
+    assert expected in seen, seen
+    assert '"real thread": [false, false, false, false]' in seen, seen
+    assert '"main again": true' in seen, seen
+    if patched:  # greenlets all run in the real main thread: signals land among them
+        assert '"greenlet": true' in seen and '"patched thread": true' in seen, seen
+
+
+STORM_SCRIPT = textwrap.dedent(
+    """
+    import faulthandler, os, signal, subprocess, time
+    faulthandler.dump_traceback_later(45, exit=True)
+    from gevent import monkey
+    from netcall.green import GeventRPCClient
+
+    url, killer_code, seconds = sys.argv[1], sys.argv[2], sys.argv[3]
+    client = GeventRPCClient(timeout=5)
+    client.connect(url)
+    assert client.echo("warm") == "warm"
+    bridge = client._bridge
+    progress = [time.monotonic()]
+    interrupts = [0]
+    wrong = []
+
+    def watchdog():
+        while True:
+            time.sleep(0.2)
+            if time.monotonic() - progress[0] > 5:
+                print(f"stalled: no call answered for 5 s, after {interrupts[0]} interrupts;"
+                      f" inbox: {len(bridge._inbox)} queued, wake pending:"
+                      f" {bridge._wake_pending}", flush=True)
+                os._exit(1)
+
+    monkey.get_original("_thread", "start_new_thread")(watchdog, ())
+    killer = subprocess.Popen([sys.executable, "-c", killer_code, str(os.getpid()), seconds])
+    end = time.monotonic() + float(seconds) + 1  # (the killer stops first)
+    i = 0
+    while True:
+        try:
+            while time.monotonic() < end:
+                i += 1
+                try:
+                    if client.echo(i) != i:
+                        wrong.append(i)
+                    progress[0] = time.monotonic()
+                except KeyboardInterrupt:
+                    interrupts[0] += 1
+            break
+        except KeyboardInterrupt:  # (landed in this loop itself)
+            interrupts[0] += 1
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    killer.wait(5)
+    assert not wrong, wrong[:5]
+    assert all(client.echo(k) == k for k in range(20))
+    assert not bridge._inbox and not bridge._waiting, (bridge._inbox, bridge._waiting)
+    client.close()
+    print("ok", interrupts[0] > 50)
+    """
+)
+
+
+def test_ctrl_c_storm_on_a_monkey_patched_main_greenlet_never_stalls(ctx: object) -> None:
+    """Ctrl-C every 1-5 ms while the main greenlet of a monkey-patched process calls: every
+    answer is right and the calls never stall (3.10 and 3.11 stalled within 6 s before)."""
+    svc = ServiceThread("asyncio", ctx, tcp_url()).start()
+    try:
+        proc = run_python(
+            in_subprocess_header(True) + STORM_SCRIPT,
+            svc.url,
+            KILLER,
+            "5",
+            env=netcall_env(),
+            timeout=55,
+        )
+    finally:
+        svc.stop()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "ok True", proc.stdout + proc.stderr
