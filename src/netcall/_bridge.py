@@ -9,17 +9,20 @@ Rules of this file:
 - Who runs the loop: whichever thread holds ``Bridge._lead``. While one thread calls at a
   time, it runs the loop itself for the length of each call (``Bridge._drive``): no hand-off
   to another thread and back, which costs more than the rest of a call on a small machine.
-- When a second thread calls while one runs the loop, a real OS thread of the bridge's own
+- A lone greenlet runs the loop too, but a turn at a time (``Bridge._wait_green``), waiting
+  between turns on its hub for the loop's selector or next timer, with ``_lead`` let go: a
+  greenlet holding the loop while its hub ran other greenlets would stall every other
+  thread's calls whenever the hub blocked (CPU work, a plain lock).
+- When a second caller calls while one runs the loop, a real OS thread of the bridge's own
   (never a greenlet, even under ``gevent.monkey.patch_all()``) takes it over, and hands it back
   after a calm spell: :data:`CALM_AFTER` seconds with at most one caller at a time. For a
-  service, a greenlet, a stream (its lease pings) or a caller running an asyncio loop, the
-  thread runs it for good (:meth:`Bridge.run_in_background`). (A greenlet never runs it: it
-  would hold the loop while its hub runs other greenlets, and a hub that blocks, on CPU work
-  or a plain lock, would stall every other thread's calls.)
+  service, a stream (its lease pings) or a caller running an asyncio loop, the thread runs it
+  for good (:meth:`Bridge.run_in_background`).
 - The main thread running the loop runs the Python handlers of :data:`DEFERRED_SIGNALS`
   (Ctrl-C's ``KeyboardInterrupt``, a ``SIGALRM`` timeout) between callbacks: raised inside a
   callback, an exception could lose messages already read, and raised while ``_lead`` is
-  held, it could keep it for good.
+  held, it could keep it for good. A greenlet of the main thread defers them for its whole
+  call, and runs them between its steps.
 - The loop is reference counted: each bridged client or service :func:`acquire`\\ s it and
   :func:`release`\\ s it on close; the last release closes it (and joins its thread).
   ``atexit`` closes whatever is left; after ``fork()`` the child starts from nothing (the
@@ -30,7 +33,8 @@ Rules of this file:
   side decodes; anything else (middleware, streams, closing) runs as a task.
 - A thread waits on a bare lock released by the future's done callback. A greenlet
   never blocks its hub: it waits on a :class:`HubPort` (one ``loop.async_()`` watcher per hub
-  and a deque of callbacks to run there, the watcher referenced only while someone waits).
+  and a deque of callbacks to run there, the watcher referenced only while someone waits),
+  and on the selector's file while it runs the loop.
 - Waiting from the loop's own thread would deadlock: it raises ``RuntimeError`` instead.
 - ``CancelledError`` never leaks to the blocking side: a call cancelled because the loop shut
   down raises :class:`~netcall.errors.ClientClosedError`.
@@ -47,14 +51,15 @@ import asyncio
 import atexit
 import collections.abc
 import concurrent.futures
+import functools
 import importlib
 import logging
 import os
 import sys
-from asyncio.events import _get_running_loop
+import weakref
+from asyncio.events import _get_running_loop, _set_running_loop
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from contextlib import nullcontext
 from typing import Any, TypeVar
 
 from ._hub import HubPort, current_port, port_for
@@ -184,7 +189,9 @@ class Bridge:
         self.pid = _pid
         self._get_ident: Callable[[], int] = _original("_thread", "get_ident")
         self._main_ident = _main_thread_ident()
-        self.loop = asyncio.SelectorEventLoop(_new_selector())
+        selector = _new_selector()
+        self._selector_fd: int = selector.fileno()
+        self.loop = asyncio.SelectorEventLoop(selector)
         self.loop.set_default_executor(_RealThreadExecutor())
         self.thread_id = 0  # the thread running the loop now (0: none)
         self.users = 0
@@ -205,6 +212,11 @@ class Bridge:
         self._peak = 0
         self._calm = False
         self._hand_back = False
+        self._hand_back_notify: list[Callable[[], None]] = []  # greenlets asking for it
+        self._green_driver = False  # a greenlet runs the loop, turn by turn, for its call
+        self._turns_left = 0
+        # A watcher of the selector per gevent hub (HubPort), for greenlets running the loop.
+        self._readers: weakref.WeakKeyDictionary[HubPort, Any] = weakref.WeakKeyDictionary()
         self._calm_timer: asyncio.TimerHandle | None = None
         self._in_main = False
         self._stop_pending = False
@@ -239,6 +251,7 @@ class Bridge:
         loop = self.loop
         self._lead.acquire()  # (after the caller running the loop, if any, is done)
         shutdown = True
+        notify: list[Callable[[], None]] = []
         try:
             if loop.is_closed():  # stopped by a caller meanwhile
                 shutdown = False
@@ -252,6 +265,7 @@ class Bridge:
                     loop.run_forever()
                     with self._scheduling:
                         hand_back, self._hand_back = self._hand_back, False
+                        notify, self._hand_back_notify = self._hand_back_notify, []
                         if (
                             not hand_back
                             or self._pinned
@@ -260,6 +274,7 @@ class Bridge:
                             or self._stop_pending
                             or self._closing
                         ):
+                            _run_all(notify)  # (not handed back: the askers go on waiting)
                             continue
                         self._threaded = False  # calm: callers run the loop themselves again
                         shutdown = False
@@ -273,6 +288,7 @@ class Bridge:
             self._lead.release()
             if shutdown:
                 self._done.release()
+            _run_all(notify)
 
     def _look_calm(self) -> None:
         """Every CALM_AFTER seconds while the bridge's thread runs the loop: calm when at most
@@ -388,11 +404,10 @@ class Bridge:
         except BaseException:
             coro.close()
             raise
-        if port is not None or _get_running_loop() is not None:
-            if not self._pinned:  # a greenlet, or a thread running a loop: never the driver
-                self.run_in_background()
-            if port is not None:
-                return self._wait_in_greenlet(start, coro, port, timeout)
+        if _get_running_loop() is not None and not self._pinned:
+            self.run_in_background()  # a caller inside an asyncio loop never runs this one
+        if port is not None:
+            return self._wait_green(start, coro, port, timeout)
         while True:
             if not self._threaded:
                 fut = self._drive(start, coro, timeout)
@@ -408,14 +423,17 @@ class Bridge:
                 return fut
             # (the bridge's thread handed the loop back meanwhile: run it here)
 
-    def _take_back(self) -> bool:
+    def _take_back(self, notify: Callable[[], None] | None = None) -> bool:
         """After a calm spell (one caller at a time), ask the bridge's thread to hand the
-        loop back (to the caller that takes ``_lead`` next): whether it was asked."""
+        loop back (to the caller that takes ``_lead`` next): whether it was asked.
+        ``notify()`` is called once the thread has let go of the loop, or decided not to."""
         with self._scheduling:
             if not self._calm or self._waiting or self._pinned:
                 return False
             self._calm = False
             self._hand_back = True
+            if notify is not None:
+                self._hand_back_notify.append(notify)
         self.call_soon(self._nudge_main)
         return True
 
@@ -445,22 +463,14 @@ class Bridge:
         timer = None
         timed_out = False
         try:
-            if self._in_main_thread():
-
-                def later(signum: int, frame: Any) -> None:
-                    pending.append((signum, frame))
-                    self.call_soon(loop.stop)  # (its write wakes a waiting select too)
-
-                for signum in DEFERRED_SIGNALS:
-                    handler = _signal.getsignal(signum)
-                    if callable(handler):
-                        handlers[signum] = handler
-                        _signal.signal(signum, later)
+            self._defer_signals(handlers, pending)
             if not (
                 self._lead.acquire(True, lead_wait) if lead_wait else self._lead.acquire(False)
             ):
                 return None
             try:
+                if self._green_driver:  # a greenlet is amid its call, between two turns
+                    return None
                 self._enqueue(start, coro, futures, self._stop_loop, wake=False)
                 self.thread_id = self._get_ident()
                 if timeout is not None:
@@ -489,14 +499,34 @@ class Bridge:
                     timer.cancel()
                 self._lead.release()
         finally:
-            for signum, handler in handlers.items():
-                _signal.signal(signum, handler)
-            while pending:  # came after the loop's last turn
-                signum, frame = pending.pop(0)
-                handlers[signum](signum, frame)
+            _restore_signals(handlers, pending)
         if timed_out:
             raise RPCTimeoutError(f"no answer within {timeout} s")
         return futures[0]
+
+    def _defer_signals(
+        self,
+        handlers: dict[int, Any],
+        pending: list[tuple[int, Any]],
+        wake: Callable[[], Any] | None = None,
+    ) -> None:
+        """In the main thread, swap the Python handlers of :data:`DEFERRED_SIGNALS` for one
+        that appends to ``pending`` and calls ``wake()`` (by default: stops the loop) (the
+        swapped-out ones go into ``handlers``; :func:`_restore_signals` puts them back)."""
+        if not self._in_main_thread():
+            return
+        if wake is None:
+            wake = functools.partial(self.call_soon, self.loop.stop)  # (wakes a select too)
+
+        def later(signum: int, frame: Any) -> None:
+            pending.append((signum, frame))
+            wake()
+
+        for signum in DEFERRED_SIGNALS:
+            handler = _signal.getsignal(signum)
+            if callable(handler):
+                handlers[signum] = handler
+                _signal.signal(signum, later)
 
     def _settle(self) -> None:
         """Run what the last turn left ready (a corked send's flush, a done callback), a few
@@ -611,6 +641,16 @@ class Bridge:
             futures.append(fut)
             fut.add_done_callback(done)
 
+    def _stop_when_idle(self) -> None:
+        """The last callback of each of :meth:`_turns`' turns: stop the loop once a turn left
+        nothing ready (after 8 turns at most)."""
+        loop = self.loop
+        self._turns_left -= 1
+        if loop._ready and self._turns_left > 0:  # type: ignore[attr-defined]
+            loop.call_soon(self._stop_when_idle)
+        else:
+            loop.stop()
+
     def _wait_in_thread(
         self, start: Callable[[C], asyncio.Future[Any] | None], coro: C, timeout: float | None
     ) -> asyncio.Future[Any] | None:
@@ -635,26 +675,145 @@ class Bridge:
             with self._scheduling:
                 self._waiting -= 1
 
-    def _wait_in_greenlet(
+    # -- greenlets -----------------------------------------------------------------------
+
+    def _wait_green(
         self,
         start: Callable[[C], asyncio.Future[Any] | None],
         coro: C,
         port: HubPort,
         timeout: float | None,
     ) -> asyncio.Future[Any]:
+        """:meth:`_wait` for a greenlet of the hub behind ``port``, which never blocks.
+
+        While it is the only caller, the greenlet runs the loop itself, a turn at a time
+        (:meth:`_turns`), and between turns waits on its hub for the loop's selector to be
+        readable or for the loop's next timer. ``_lead`` is never held across a hub switch,
+        so a hub that blocks (CPU work, a plain lock) stalls no other thread's calls: should
+        a thread take ``_lead`` meanwhile, the bridge's own thread takes over, and the
+        greenlet waits for it as it does while other callers call (counted in ``_waiting``).
+
+        In the main thread, the handlers of :data:`DEFERRED_SIGNALS` are deferred while this
+        greenlet runs, and run here between steps (what they raise ends the call), as in
+        :meth:`_drive`: no bookkeeping below is ever cut in two. While it waits on the hub,
+        they are the program's own again."""
+        loop = self.loop
         futures: list[asyncio.Future[Any]] = []
-        finished = False
+        pending: list[tuple[int, Any]] = []
+        handlers: dict[int, Any] = {}
+        waiter = port.new_waiter()
+        wake = functools.partial(port.submit, functools.partial(waiter.switch, None))
+        mine = port.current_greenlet()
+
+        def done(_fut: object) -> None:
+            if port.current_greenlet() is not mine:  # (this greenlet looks after each turn)
+                wake()
+
+        deadline = None if timeout is None else loop.time() + timeout
+        queued = driving = counted = asked = finished = False
         try:
-            with nullcontext() if timeout is None else _gevent_timeout(timeout):
-                fut: asyncio.Future[Any] = port.wait(
-                    lambda done: self._enqueue(start, coro, futures, done)
-                )
-                finished = True
-                return fut
-            raise RPCTimeoutError(f"no answer within {timeout} s")
+            self._defer_signals(handlers, pending, wake)
+            while True:
+                while pending:  # (a handler that raises ends the call here)
+                    signum, frame = pending.pop(0)
+                    handlers[signum](signum, frame)
+                if futures and futures[0].done():
+                    finished = True
+                    return futures[0]
+                if not self.alive:
+                    raise ClientClosedError("the netcall loop has stopped")
+                wait = None if deadline is None else deadline - loop.time()
+                if wait is not None and wait <= 0:
+                    raise RPCTimeoutError(f"no answer within {timeout} s")
+                if not (driving or counted):
+                    with self._scheduling:
+                        if not (self._threaded or self._green_driver or self._closing):
+                            self._green_driver = driving = True
+                reader = None
+                if driving:
+                    if not self._turns(None if queued else start, coro, futures, done):
+                        # Another thread holds _lead: the bridge's thread takes over.
+                        with self._scheduling:
+                            self._green_driver = driving = False
+                            if queued:
+                                self._waiting += 1
+                                counted = True
+                        self._start_thread()
+                        continue
+                    queued = True
+                    scheduled = loop._scheduled  # type: ignore[attr-defined]
+                    if loop._ready:  # type: ignore[attr-defined]
+                        wait = 0.0
+                    elif scheduled:
+                        until = scheduled[0].when() - loop.time()
+                        wait = until if wait is None or until < wait else wait
+                    reader = self._readers.get(port)
+                    if reader is None:
+                        reader = self._readers[port] = port.reader(self._selector_fd)
+                elif not counted:  # not queued yet: wait for the bridge's thread
+                    if not asked and self._threaded and self._take_back(wake):
+                        asked = True  # wait (briefly, once) for the thread to let go
+                        wait = HAND_BACK_WAIT if wait is None else min(wait, HAND_BACK_WAIT)
+                    else:
+                        if not self._threaded:  # another greenlet runs it: take turns no more
+                            self._start_thread()
+                        counted = queued = self._enqueue(start, coro, futures, done, follow=True)
+                        continue
+                waiter.clear()
+                if pending or (futures and futures[0].done()):
+                    continue
+                # The hub runs other greenlets meanwhile: the signals' own handlers are back
+                # in place for that time (Ctrl-C must still stop a program whose main
+                # greenlet sleeps, or interrupt a greenlet's long computation).
+                _put_back_signals(handlers)
+                try:
+                    port.wait_readable(waiter, reader, wait)
+                finally:
+                    self._defer_signals(handlers, pending, wake)
         finally:
-            if not finished:  # killed, timed out or interrupted: do not leave the call running
+            if not finished and queued:  # timed out, killed or interrupted: cancel the call
                 self.call_soon(_cancel_all, futures)
+            if driving or counted:
+                with self._scheduling:
+                    if driving:
+                        self._green_driver = False
+                    if counted:
+                        self._waiting -= 1
+            _restore_signals(handlers, pending)
+
+    def _turns(
+        self,
+        start: Callable[[C], asyncio.Future[Any] | None] | None,
+        coro: C,
+        futures: list[asyncio.Future[Any]],
+        done: Callable[..., None],
+    ) -> bool:
+        """Run the loop in this thread for what is ready now, without waiting (queueing
+        ``start(coro)`` first, unless ``start`` is None): False when another thread holds
+        ``_lead``."""
+        if not self._lead.acquire(False):
+            return False
+        try:
+            if start is not None:
+                self._enqueue(start, coro, futures, done, wake=False)
+            self.thread_id = self._get_ident()
+            self._turns_left = 8
+            self.loop.call_soon(self._stop_when_idle)
+            # Another greenlet of this thread may be amid an asyncio loop of its own,
+            # switched out: its running loop is put back after these turns (asyncio puts
+            # back the thread's async generator hooks itself).
+            other = _get_running_loop()
+            if other is not None:
+                _set_running_loop(None)
+            try:
+                self.loop.run_forever()
+            finally:
+                if other is not None:
+                    _set_running_loop(other)
+        finally:
+            self.thread_id = 0
+            self._lead.release()
+        return True
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -675,6 +834,8 @@ class Bridge:
                 self.run(_call_async(_run_all, (closers,), {}), timeout=STOP_TIMEOUT)
             except Exception:
                 log.exception("error while closing bridged sockets")
+        if self._green_driver:  # (amid its call, between turns: the thread takes over)
+            self._start_thread()
         with self._scheduling:
             self._stop_pending = True  # (the bridge's thread no longer hands the loop back)
             threaded = self._threaded
@@ -696,10 +857,21 @@ class Bridge:
             self._lead.release()
 
 
-def _gevent_timeout(seconds: float) -> Any:
-    import gevent  # (only for a wait with a timeout: gevent is in use by then)
+def _put_back_signals(handlers: dict[int, Any]) -> None:
+    """Put back the handlers :meth:`Bridge._defer_signals` swapped out (and forget them)."""
+    while handlers:
+        signum, handler = handlers.popitem()
+        _signal.signal(signum, handler)
 
-    return gevent.Timeout(seconds, False)
+
+def _restore_signals(handlers: dict[int, Any], pending: list[tuple[int, Any]]) -> None:
+    """Put back the handlers :meth:`Bridge._defer_signals` swapped out, then run them for the
+    signals that came meanwhile (what they raise goes on up)."""
+    for signum, handler in handlers.items():
+        _signal.signal(signum, handler)
+    while pending:
+        signum, frame = pending.pop(0)
+        handlers[signum](signum, frame)
 
 
 def _safely(fn: Callable[[], None]) -> None:

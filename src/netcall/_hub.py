@@ -58,6 +58,42 @@ class HubPort:
             self._holds = 0
             self._watcher.ref = False
 
+    @staticmethod
+    def current_greenlet() -> Any:
+        """The greenlet running now (in this thread)."""
+        return _gevent().getcurrent()
+
+    def new_waiter(self) -> Any:
+        """A fresh gevent ``Waiter`` on this hub."""
+        return _gevent().Waiter(self.hub)
+
+    def reader(self, fd: int) -> Any:
+        """A watcher of ``fd`` becoming readable, on this hub (for :meth:`wait_readable`;
+        keep it for the next wait, as long as ``fd`` stays open: a new one costs system
+        calls each time)."""
+        return self.hub.loop.io(fd, 1)
+
+    def wait_readable(self, waiter: Any, reader: Any, seconds: float | None) -> None:
+        """Block the calling greenlet until ``reader`` (from :meth:`reader`, if any) sees its
+        file readable, ``seconds`` (``None``: no limit) have passed, or something switches to
+        ``waiter`` (from this hub). A value switched to ``waiter`` before the wait ends it at
+        once (clear it first)."""
+        if reader is not None:
+            reader.start(waiter.switch, None)
+        timer = None
+        if seconds is not None:
+            timer = self.hub.loop.timer(seconds if seconds > 0 else 0.0)
+            timer.start(waiter.switch, None)
+        self.hold()
+        try:
+            waiter.get()
+        finally:
+            self.unhold()
+            if reader is not None:
+                reader.stop()
+            if timer is not None:
+                timer.close()
+
     def wait(self, start: Callable[[Callable[[Any], None]], object]) -> Any:
         """Block the calling greenlet until the callback given to ``start`` is called (from
         any thread); return the value it was given."""
@@ -77,8 +113,10 @@ class _Gevent:
     def __init__(self) -> None:
         from gevent._hub_local import get_hub_if_exists
         from gevent.hub import Waiter
+        from greenlet import getcurrent
 
         self.get_hub_if_exists = get_hub_if_exists
+        self.getcurrent = getcurrent
         self.Waiter = Waiter
 
 

@@ -19,10 +19,12 @@ handlers run as greenlets. Works with and without ``gevent.monkey.patch_all()``.
     client.connect("tcp://127.0.0.1:5555")
     client.echo("hi")              # -> "hi", blocking only this greenlet
 
-Both sit on the asyncio core, which runs in netcall's own loop thread (see
-:mod:`netcall._bridge`): the service's socket lives there, and each sync handler call or sync
-generator step is shipped to the gevent hub of the thread that started the service, to run as
-a greenlet. ``async def`` handlers run on the loop thread itself.
+Both sit on the asyncio core, on netcall's own loop (see :mod:`netcall._bridge`). A lone
+greenlet calling runs that loop itself, a turn at a time; otherwise, and always once a
+service uses it, netcall's own loop thread runs it: the service's socket lives there, and
+each sync handler call or sync generator step is shipped to the gevent hub of the thread
+that started the service, to run as a greenlet. ``async def`` handlers run on the loop
+thread itself.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ class GeventRPCClient(SyncRPCClient):
         ValueError: ``green_env`` names another backend.
     """
 
-    _background = True  # greenlets wait for netcall's own loop thread
+    _background = False  # a lone greenlet runs netcall's loop itself (netcall._bridge)
 
     def __init__(
         self,

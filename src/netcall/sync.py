@@ -55,10 +55,10 @@ class SyncRPCClient:
     too), RPCTimeoutError, SerializationError, ClientClosedError; and RuntimeError when used
     after ``fork()`` or from netcall's loop thread.
 
-    While one thread calls through netcall's loop at a time, it runs the loop itself for the
-    length of each call. While several call at once, a thread of netcall's own runs it, until
-    they have called one at a time for a while again; and for good once a stream is open, or
-    a service, a greenlet or a caller inside an asyncio loop uses it.
+    While one thread (or greenlet) calls through netcall's loop at a time, it runs the loop
+    itself for the length of each call. While several call at once, a thread of netcall's own
+    runs it, until they have called one at a time for a while again; and for good once a
+    stream is open, or a service or a caller inside an asyncio loop uses it.
     """
 
     _background = False  # see netcall._bridge.acquire
