@@ -60,6 +60,7 @@ import weakref
 from asyncio.events import _get_running_loop, _set_running_loop
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
 from ._hub import HubPort, current_port, port_for
@@ -407,6 +408,10 @@ class Bridge:
         if _get_running_loop() is not None and not self._pinned:
             self.run_in_background()  # a caller inside an asyncio loop never runs this one
         if port is not None:
+            if self._threaded and not self._calm:  # (the usual case while many call at once)
+                fut = self._follow_green(start, coro, port, timeout)
+                if fut is not None:
+                    return fut
             return self._wait_green(start, coro, port, timeout)
         while True:
             if not self._threaded:
@@ -610,6 +615,10 @@ class Bridge:
                     self.loop.call_soon_threadsafe(self._drain_inbox)
                 except RuntimeError:  # closed meanwhile: the loop's last drain took it
                     return True
+                except BaseException:  # (Ctrl-C: the caller will not wait after all)
+                    if follow:
+                        self._waiting -= 1
+                    raise
                 self._wake_pending = True
                 return True
             self._wake_pending = True
@@ -781,6 +790,38 @@ class Bridge:
                         self._waiting -= 1
             _restore_signals(handlers, pending)
 
+    def _follow_green(
+        self,
+        start: Callable[[C], asyncio.Future[Any] | None],
+        coro: C,
+        port: HubPort,
+        timeout: float | None,
+    ) -> asyncio.Future[Any] | None:
+        """:meth:`_wait_in_thread` for a greenlet: it waits on its hub's ``port`` for the
+        bridge's thread; ``None`` (nothing done) when that thread no longer runs the loop."""
+        futures: list[asyncio.Future[Any]] = []
+        queued: list[bool] = []
+
+        def queue(done: Callable[[Any], None]) -> None:
+            if self._enqueue(start, coro, futures, done, follow=True):
+                queued.append(True)
+            else:
+                done(None)  # (not queued: back to _wait_green at once)
+
+        finished = False
+        try:
+            with nullcontext() if timeout is None else _gevent_timeout(timeout):
+                port.wait(queue)
+                finished = True
+                return futures[0] if queued else None
+            raise RPCTimeoutError(f"no answer within {timeout} s")
+        finally:
+            if not finished:  # killed, timed out or interrupted: do not leave the call running
+                self.call_soon(_cancel_all, futures)
+            if queued:
+                with self._scheduling:
+                    self._waiting -= 1
+
     def _turns(
         self,
         start: Callable[[C], asyncio.Future[Any] | None] | None,
@@ -872,6 +913,12 @@ def _restore_signals(handlers: dict[int, Any], pending: list[tuple[int, Any]]) -
     while pending:
         signum, frame = pending.pop(0)
         handlers[signum](signum, frame)
+
+
+def _gevent_timeout(seconds: float) -> Any:
+    import gevent  # (only for a wait with a timeout: gevent is in use by then)
+
+    return gevent.Timeout(seconds, False)
 
 
 def _safely(fn: Callable[[], None]) -> None:
