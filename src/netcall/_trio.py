@@ -92,7 +92,7 @@ async def run_on_bridge(bridge: _bridge.Bridge, coro: Coroutine[Any, Any, T]) ->
 
     def abort(raise_cancel: Any) -> trio.lowlevel.Abort:
         cancel.append(raise_cancel)
-        bridge.call_soon(_bridge._cancel_all, tasks)
+        bridge.call_soon(_bridge.cancel_all, tasks)
         # Wait for the asyncio task to end: its cancellation reached the core (the remote
         # handler is being cancelled) before trio.Cancelled is raised here.
         return trio.lowlevel.Abort.FAILED
