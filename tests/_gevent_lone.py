@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import gevent
 
@@ -148,3 +149,37 @@ def _real_sleep(seconds: float) -> None:
     from gevent import monkey
 
     monkey.get_original("time", "sleep")(seconds)
+
+
+def loop_code_that_switches_greenlets() -> None:
+    """A middleware that switches greenlets (a sync helper sleeping, patched or not) runs
+    inside the lone greenlet's turn: meanwhile the hub's other greenlets still call (they
+    wait for the bridge's thread), and a blocking call from inside that turn is refused."""
+    with remote() as url:
+        client = GeventRPCClient(timeout=5)
+        client.connect(url)
+        nested: list[str] = []
+
+        async def audit(call: Any, call_next: Any) -> Any:
+            if call.method == "slow":
+                gevent.sleep(0.05)  # (time.sleep under monkey-patching does the same)
+                try:
+                    client.echo("nested")
+                except RuntimeError:
+                    nested.append("refused")
+            return await call_next(call)
+
+        client.add_middleware(audit)
+        other: list[object] = []
+
+        def another_greenlet() -> None:
+            gevent.sleep(0.01)  # (once the first greenlet's turn is amid the middleware)
+            other.append(client.echo("other"))
+
+        helper = gevent.spawn(another_greenlet)
+        assert client.slow(0.01, "slow") == "slow"
+        helper.join(5)
+        assert other == ["other"], other
+        assert nested == ["refused"], nested
+        client.close()
+        print("OK")

@@ -11,7 +11,9 @@ from conftest import netcall_env
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.mark.parametrize("name", ["lone_greenlet", "ctrl_c_while_a_greenlet_calls"])
+@pytest.mark.parametrize(
+    "name", ["lone_greenlet", "ctrl_c_while_a_greenlet_calls", "loop_code_that_switches_greenlets"]
+)
 @pytest.mark.parametrize("patched", [False, True], ids=["plain", "patched"])
 def test_lone_greenlet_runs_the_loop(patched: bool, name: str) -> None:
     code = in_subprocess_header(patched) + f"import _gevent_lone\n_gevent_lone.{name}()\n"

@@ -91,9 +91,11 @@ STORM_SCRIPT = textwrap.dedent(
     interrupts = [0]
     wrong = []
 
-    def watchdog():
+    real_sleep = monkey.get_original("time", "sleep")
+
+    def watchdog():  # (a real thread, sleeping for real: no hub of its own)
         while True:
-            time.sleep(0.2)
+            real_sleep(0.2)
             if time.monotonic() - progress[0] > 5:
                 print(f"stalled: no call answered for 5 s, after {interrupts[0]} interrupts;"
                       f" inbox: {len(bridge._inbox)} queued, wake pending:"
@@ -123,7 +125,8 @@ STORM_SCRIPT = textwrap.dedent(
     assert all(client.echo(k) == k for k in range(20))
     assert not bridge._inbox and not bridge._waiting, (bridge._inbox, bridge._waiting)
     client.close()
-    print("ok", interrupts[0] > 50)
+    print("ok", interrupts[0] > 50, flush=True)
+    os._exit(0)  # (not the interpreter's teardown under monkey-patching, with the watchdog)
     """
 )
 
@@ -145,3 +148,69 @@ def test_ctrl_c_storm_on_a_monkey_patched_main_greenlet_never_stalls(ctx: object
         svc.stop()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "ok True", proc.stdout + proc.stderr
+
+
+SIGNAL_RACE_SCRIPT = textwrap.dedent(
+    """
+    import os, signal
+    import gevent
+    from netcall import _signals
+    from netcall.green import GeventRPCClient
+
+    gevent.get_hub()  # (the main thread has a hub: its calls are a greenlet's)
+    client = GeventRPCClient(timeout=5)
+    client.connect(sys.argv[1])
+
+    class Alarm(Exception):
+        pass
+
+    def on_alarm(signum, frame):
+        raise Alarm
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    own = signal.getsignal(signal.SIGINT)
+    real = _signals._signal
+
+    class PendingAlarm:
+        # signal.signal() runs the handlers of pending signals first, and fails if one
+        # raises: here a SIGALRM is pending when SIGINT's own handler is put back.
+        armed = True
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def signal(self, signum, handler):
+            if signum == signal.SIGINT and handler is own and PendingAlarm.armed:
+                PendingAlarm.armed = False
+                real.getsignal(signal.SIGALRM)(signal.SIGALRM, None)
+            return real.signal(signum, handler)
+
+    _signals._signal = PendingAlarm()
+    try:
+        client.echo(1)
+    except Alarm:
+        pass
+    _signals._signal = real
+    assert signal.getsignal(signal.SIGINT) is own, signal.getsignal(signal.SIGINT)
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        gevent.sleep(1)
+    except KeyboardInterrupt:
+        print("ok")
+    client.close()
+    """
+)
+
+
+def test_an_alarm_while_handlers_are_put_back_loses_no_handler(ctx: object) -> None:
+    """A SIGALRM handler raising while the deferred handlers are put back (``signal.signal``
+    runs pending handlers first): every handler is still put back, Ctrl-C still works."""
+    svc = ServiceThread("asyncio", ctx, tcp_url()).start()
+    try:
+        proc = run_python(
+            in_subprocess_header(False) + SIGNAL_RACE_SCRIPT, svc.url, env=netcall_env(), timeout=30
+        )
+    finally:
+        svc.stop()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "ok", proc.stdout + proc.stderr

@@ -125,6 +125,7 @@ class Bridge(LoopLead, GreenletCalls):
         self._hand_back_notify: list[Callable[[], None]] = []  # greenlets asking for it
         self._green_driver = False  # a greenlet runs the loop, turn by turn, for its call
         self._turns_left = 0
+        self._turn_greenlet: Any = None
         # A watcher of the selector per gevent hub (HubPort), for greenlets running the loop.
         self._readers: weakref.WeakKeyDictionary[HubPort, Any] = weakref.WeakKeyDictionary()
         self._calm_timer: asyncio.TimerHandle | None = None
@@ -162,6 +163,9 @@ class Bridge(LoopLead, GreenletCalls):
             log.exception("error while stopping the bridge loop")
         finally:  # (a Ctrl-C meanwhile goes on up, once the loop is closed)
             loop.close()
+            # (each watcher holds its hub's loop, which holds the hub's port, the key: the
+            # entries would never go, nor what they hold)
+            self._readers.clear()
 
     def _stop_soon(self) -> None:
         """Have the loop's own thread stop and close the loop (never blocks; starts that
@@ -179,7 +183,12 @@ class Bridge(LoopLead, GreenletCalls):
     # -- state ----------------------------------------------------------------------------
 
     def in_loop_thread(self) -> bool:
-        return self.thread_id == self._get_ident()
+        if self.thread_id != self._get_ident():
+            return False
+        # Code on the loop may switch greenlets amid a greenlet's turn (it sleeps, under
+        # monkey-patching): only that greenlet runs the loop then, not its hub's others.
+        turn = self._turn_greenlet
+        return turn is None or turn is HubPort.current_greenlet()
 
     @property
     def alive(self) -> bool:

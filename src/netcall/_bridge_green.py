@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from ._bridge_lead import HAND_BACK_WAIT, BridgeState, cancel_all
 from ._hub import HubPort
-from ._signals import put_back_signals, restore_signals
+from ._signals import put_back_signals, restore_signals, run_pending
 from .errors import ClientClosedError, RPCTimeoutError
 
 __all__ = ["GreenletCalls"]
@@ -45,9 +45,12 @@ class GreenletCalls(BridgeState):
 
         While it is the only caller, the greenlet runs the loop itself, a turn at a time
         (:meth:`_turns`), and between turns waits on its hub for the loop's selector to be
-        readable or for the loop's next timer. ``_lead`` is never held across a hub switch,
-        so a hub that blocks (CPU work, a plain lock) stalls no other thread's calls: should
-        a thread take ``_lead`` meanwhile, the bridge's own thread takes over, and the
+        readable or for the loop's next timer. ``_lead`` is not held across the hub switch
+        of a wait, so a hub that blocks (CPU work, a plain lock) stalls no other thread's
+        calls. (Code on the loop that switches greenlets itself, a middleware sleeping under
+        monkey-patching, holds it across that switch: only this greenlet counts as running
+        the loop meanwhile, and other callers wait for the bridge's thread.) Should a thread
+        take ``_lead`` while the greenlet waits, the bridge's own thread takes over, and the
         greenlet waits for it as it does while other callers call (counted in ``_waiting``).
 
         In the main thread, the handlers of :data:`DEFERRED_SIGNALS` are deferred while this
@@ -71,9 +74,7 @@ class GreenletCalls(BridgeState):
         try:
             self._defer_signals(handlers, pending, wake)
             while True:
-                while pending:  # (a handler that raises ends the call here)
-                    signum, frame = pending.pop(0)
-                    handlers[signum](signum, frame)
+                run_pending(handlers, pending)  # (a handler that raises ends the call here)
                 if futures and futures[0].done():
                     finished = True
                     return futures[0]
@@ -185,6 +186,7 @@ class GreenletCalls(BridgeState):
         try:
             if start is not None:
                 self._enqueue(start, coro, futures, done, wake=False)
+            self._turn_greenlet = HubPort.current_greenlet()
             self.thread_id = self._get_ident()
             self._turns_left = 8
             self.loop.call_soon(self._stop_when_idle)
@@ -201,6 +203,7 @@ class GreenletCalls(BridgeState):
                     _set_running_loop(other)
         finally:
             self.thread_id = 0
+            self._turn_greenlet = None
             self._lead.release()
         return True
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._real import real_ident, start_real_thread
-from ._signals import defer_signals, restore_signals
+from ._signals import defer_signals, restore_signals, run_pending
 from .errors import RPCTimeoutError
 
 __all__ = ["CALM_AFTER", "HAND_BACK_WAIT", "BridgeState", "LoopLead", "cancel_all"]
@@ -48,6 +48,7 @@ class BridgeState:
     _hand_back_notify: list[Callable[[], None]]  # greenlets asking for the hand-back
     _green_driver: bool  # a greenlet runs the loop, turn by turn, for its call
     _turns_left: int
+    _turn_greenlet: Any  # the greenlet amid a turn of the loop (_turns), if any
     _readers: Any  # a watcher of the selector per gevent hub port
     _calm_timer: asyncio.TimerHandle | None
     _in_main: bool  # the bridge's thread is in _main's loop
@@ -219,9 +220,7 @@ class LoopLead(BridgeState):
                     deadline = timer.when()
                 while True:
                     loop.run_forever()
-                    while pending:  # (a handler that raises ends the call here)
-                        signum, frame = pending.pop(0)
-                        handlers[signum](signum, frame)
+                    run_pending(handlers, pending)  # (a handler that raises ends the call)
                     if futures and futures[0].done():
                         break
                     if timer is not None and loop.time() >= deadline:

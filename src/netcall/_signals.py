@@ -10,7 +10,13 @@ import _signal  # type: ignore[import-not-found]  # (no enum conversions: 10x fa
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DEFERRED_SIGNALS", "defer_signals", "put_back_signals", "restore_signals"]
+__all__ = [
+    "DEFERRED_SIGNALS",
+    "defer_signals",
+    "put_back_signals",
+    "restore_signals",
+    "run_pending",
+]
 
 #: Signals whose Python handlers run between the loop's callbacks while a caller in the main
 #: thread runs the loop (see ``Bridge._drive``).
@@ -40,17 +46,44 @@ def defer_signals(
 
 
 def put_back_signals(handlers: dict[int, Any]) -> None:
-    """Put back the handlers :func:`defer_signals` swapped out (and forget them)."""
+    """Put back the handlers :func:`defer_signals` swapped out (and forget them).
+
+    ``signal.signal`` first runs the handlers of signals already pending, and changes nothing
+    when one raises (a SIGALRM whose own handler was put back a moment before): an entry
+    leaves ``handlers`` only once its handler is back, every handler is put back (a few
+    tries each), and the first exception goes on up afterwards."""
+    raised: BaseException | None = None
+    tries = 0
     while handlers:
-        signum, handler = handlers.popitem()
-        _signal.signal(signum, handler)
+        signum = next(iter(handlers))
+        try:
+            _signal.signal(signum, handlers[signum])
+        except BaseException as exc:  # (raised by a pending signal's handler: again)
+            if raised is None:
+                raised = exc
+            tries += 1
+            if tries < 100:
+                continue
+        del handlers[signum]
+        tries = 0
+    if raised is not None:
+        raise raised
 
 
 def restore_signals(handlers: dict[int, Any], pending: list[tuple[int, Any]]) -> None:
     """Put back the handlers :func:`defer_signals` swapped out, then run them for the
     signals that came meanwhile (what they raise goes on up)."""
-    for signum, handler in handlers.items():
-        _signal.signal(signum, handler)
+    try:
+        put_back_signals(dict(handlers))  # (``handlers`` whole: run_pending looks there)
+    finally:
+        run_pending(handlers, pending)
+
+
+def run_pending(handlers: dict[int, Any], pending: list[tuple[int, Any]]) -> None:
+    """Run the handlers of the signals that came while deferred (what one raises goes on up,
+    the others stay pending); a handler already put back is looked up where it is now."""
     while pending:
         signum, frame = pending.pop(0)
-        handlers[signum](signum, frame)
+        handler = handlers.get(signum) or _signal.getsignal(signum)
+        if callable(handler):
+            handler(signum, frame)
