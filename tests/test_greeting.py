@@ -5,12 +5,14 @@ the mismatch and closes before its own mechanism has gone out: the client's moni
 ``HANDSHAKE_FAILED_NO_DETAIL`` (end-of-file), not the mismatch, and ZeroMQ retries, mostly the
 same way. ``netcall call`` without CURVE against a CURVE service then timed out instead of
 failing with AuthenticationError (tests/test_security_e2e.py, under load). The client asks the
-service for its mechanism (netcall._client.greeting); :class:`GreetingRelay` makes the hang-up
+service for its mechanism (netcall._greeting); :class:`GreetingRelay` makes the hang-up
 happen on every handshake. Real CURVE services and sockets on 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
 import time
 from typing import Any
@@ -19,8 +21,9 @@ import pytest
 import zmq
 
 from _relay import GreetingRelay
-from netcall import AuthenticationError, RPCClient, RPCService
-from netcall._client.greeting import address, parse_mechanism, peer_mechanism
+from conftest import tcp_url
+from netcall import AuthenticationError, Broker, RPCClient, RPCService
+from netcall._greeting import address, parse_mechanism, peer_mechanism
 from netcall.security import Curve, Keypair
 
 pytestmark = pytest.mark.timeout(60)
@@ -30,8 +33,9 @@ pytestmark = pytest.mark.timeout(60)
 REFUSAL_BOUND = 2.5
 
 
-def _curve_service(ctx: Any) -> tuple[RPCService, int]:
-    service = RPCService(context=ctx, security=Curve.server(Keypair.generate()))
+def _curve_service(ctx: Any, curve: bool = True) -> tuple[RPCService, int]:
+    security = Curve.server(Keypair.generate()) if curve else None
+    service = RPCService(context=ctx, security=security)
 
     @service.register
     def whoami() -> str:
@@ -40,16 +44,29 @@ def _curve_service(ctx: Any) -> tuple[RPCService, int]:
     return service, service.bind_ports()
 
 
-async def test_plain_client_refused_when_the_service_hangs_up_mid_greeting(ctx: Any) -> None:
-    service, port = _curve_service(ctx)
+@pytest.mark.parametrize(
+    ("client_curve", "expect"),
+    [
+        (False, "requires CURVE encryption: give this client security=Curve.client"),
+        # The other way round: a plain service hangs up on a CURVE client mid-greeting. That
+        # end-of-file once read as a wrong service key ("the service's public key is not ...").
+        (True, "does not use CURVE"),
+    ],
+    ids=["plain client, CURVE service", "CURVE client, plain service"],
+)
+async def test_client_refused_when_the_service_hangs_up_mid_greeting(
+    ctx: Any, client_curve: bool, expect: str
+) -> None:
+    service, port = _curve_service(ctx, curve=not client_curve)
+    security = Curve.client(Keypair.generate().public) if client_curve else None
     with GreetingRelay(("127.0.0.1", port)) as relay:
-        async with service, RPCClient(context=ctx, timeout=10.0) as client:
+        async with service, RPCClient(context=ctx, timeout=10.0, security=security) as client:
             client.connect(relay.url)
             start = time.monotonic()
-            with pytest.raises(AuthenticationError, match="requires CURVE"):
+            with pytest.raises(AuthenticationError, match=expect):
                 await client.whoami()
             assert time.monotonic() - start < REFUSAL_BOUND, "refused only at the timeout"
-            with pytest.raises(AuthenticationError, match="requires CURVE"):
+            with pytest.raises(AuthenticationError, match=expect):
                 await client.whoami()  # the next call too, at once
             # The client's handshake did end as described: the service hung up before the end
             # of its own 64-byte greeting (the connection that asked got it all).
@@ -106,3 +123,58 @@ def test_parse_mechanism() -> None:
     assert parse_mechanism(head + b"\x01\x05" + b"\0" * 20) == "NULL"  # ZMTP/2: no mechanism
     assert parse_mechanism(head + b"\x03") is None  # cut short
     assert parse_mechanism(b"HTTP/1.1 400 Bad Request\r\n\r\n" + b"\0" * 10) is None
+
+
+async def test_curve_client_with_a_wrong_key_still_told_about_the_key(ctx: Any) -> None:
+    """A CURVE service that hangs up on a CURVE client (it cannot read the client's HELLO:
+    the client has another service key): the key is what is wrong, not the mechanism."""
+    service, port = _curve_service(ctx)
+    security = Curve.client(Keypair.generate().public)
+    async with service, RPCClient(context=ctx, timeout=10.0, security=security) as client:
+        client.connect(f"tcp://127.0.0.1:{port}")
+        start = time.monotonic()
+        with pytest.raises(AuthenticationError, match="public key is not the one"):
+            await client.whoami()
+        assert time.monotonic() - start < REFUSAL_BOUND, "refused only at the timeout"
+
+
+async def test_plain_service_connecting_out_warns_that_the_broker_requires_curve(
+    ctx: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain service connecting out to a CURVE broker's backend that hangs up mid-greeting:
+    ZeroMQ retries for ever, and the service says why, once per period, not per retry."""
+    caplog.set_level(logging.WARNING, logger="netcall")
+    back = tcp_url()
+    port = int(back.rpartition(":")[2])
+    broker = Broker(
+        "inproc://greeting-front",
+        back,
+        context=ctx,
+        backend_security=Curve.server(Keypair.generate()),
+    )
+    service = RPCService(context=ctx)
+    async with broker:
+        with GreetingRelay(("127.0.0.1", port), hold=0.05) as relay:
+            service.connect(relay.url)
+            async with service:
+
+                def warnings() -> list[str]:
+                    out = "a service's connection out: "
+                    return [m for r in caplog.records if (m := r.getMessage()).startswith(out)]
+
+                deadline = time.monotonic() + REFUSAL_BOUND
+                while not any("CURVE" in m for m in warnings()):
+                    assert time.monotonic() < deadline, warnings()
+                    await asyncio.sleep(0.02)
+                assert warnings() == [
+                    f"a service's connection out: the peer at {relay.url} requires CURVE "
+                    "encryption: connect with security=Curve.client(<its public key>, "
+                    "keypair=...)"
+                ]
+                # ZeroMQ keeps retrying (the broker may change); the warning is not repeated.
+                deadline = time.monotonic() + 10
+                while len(relay.service_bytes) < 6:
+                    assert time.monotonic() < deadline, relay.service_bytes
+                    await asyncio.sleep(0.02)
+                assert len(warnings()) == 1
+                assert min(relay.service_bytes) < 64

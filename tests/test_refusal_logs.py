@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from _helpers import wait_until
-from conftest import ipc_url
+from conftest import ipc_url, netcall_env
 from netcall import AuthenticationError, RPCClient, RPCService
 from netcall.broker import Broker
 from netcall.security import Curve, Keypair
@@ -58,3 +61,68 @@ async def test_a_started_curve_broker_logs_a_client_without_curve(
     finally:
         broker.close()
         await asyncio.sleep(0)
+
+
+_SERVED = {
+    "instance": "from netcall import RPCService\n\nservice = RPCService()\n\n\n"
+    "@service.register\ndef ping() -> str:\n    return 'pong'\n",
+    "function": "def ping() -> str:\n    return 'pong'\n",
+}
+
+
+@pytest.mark.parametrize("served", sorted(_SERVED))
+async def test_netcall_serve_logs_a_client_without_curve(
+    ctx: Any, tmp_path: Path, served: str
+) -> None:
+    """``netcall serve --curve-keypair`` in a process of its own: a plain client is refused,
+    and the service's log (its stderr) says why. An RPCService made by the served module
+    (``app:service``) is secured by the command after its socket exists."""
+    env = netcall_env()
+    cli = [sys.executable, "-m", "netcall.cli"]
+    made = subprocess.run(
+        [*cli, "keygen", "server", "--dir", "keys"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "app.py").write_text(_SERVED[served])
+    url = ipc_url(tmp_path)
+    spec = "app:service" if served == "instance" else "app:ping"
+    serve = subprocess.Popen(
+        [*cli, "serve", spec, "--bind", url, "--curve-keypair", "keys/server.key_secret"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(serve.stderr.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    try:
+        assert serve.stdout is not None and "serving" in serve.stdout.readline()
+        plain = RPCClient(context=ctx, timeout=5)
+        try:
+            plain.connect(url)
+            with pytest.raises(AuthenticationError, match="requires CURVE"):
+                await plain.call("ping")
+        finally:
+            plain.close()
+        said = await wait_until(lambda: any("does not use CURVE" in x for x in lines), timeout=5)
+        assert said, lines
+        assert any("refused a client on" in x for x in lines), lines
+    finally:
+        serve.terminate()
+        try:
+            serve.wait(10)
+        finally:
+            if serve.poll() is None:
+                serve.kill()
+                serve.wait(5)
+            reader.join(10)
+            for pipe in (serve.stdout, serve.stderr):
+                if pipe is not None:
+                    pipe.close()

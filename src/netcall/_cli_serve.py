@@ -228,8 +228,13 @@ def _secure(service: RPCService, security: Any, spec: str) -> None:
     if service.bound or service.security is not None:
         service.close()
         raise CLIError(f"{spec} is bound or secured already: --curve-* cannot apply", status=2)
-    service._zap = secure_socket(service.socket, security, server=True, name=service.name)
+    service._zap = zap = secure_socket(service.socket, security, server=True, name=service.name)
     service.security = security
+    if zap is not None:
+        # As RPCService._make_socket does: the service's own monitor (opened when it starts)
+        # replaces the ZAP handler's (libzmq keeps one per socket), so the handshakes ZeroMQ
+        # fails before asking ZAP (a client without CURVE) are logged only if it passes them on.
+        service._upstreams.listeners.append(zap.on_monitor_event)
 
 
 def _service_options(ns: argparse.Namespace) -> dict[str, Any]:

@@ -5,9 +5,10 @@ A service that refuses our handshake (CURVE: key not allowed, wrong service key,
 secure) fails the calls in flight there and new calls at once with AuthenticationError. ZeroMQ
 does not retry a refused handshake, so the first call at least :data:`RETRY_REFUSED` seconds
 after a refusal reconnects and tries again (an allowlist may have changed meanwhile). A CURVE
-service often hangs up on a plain client before saying it wants CURVE (the monitor then
-reports a handshake that failed with no detail, and ZeroMQ retries): the client asks the
-service for its mechanism on a connection of its own (:mod:`.greeting`), and a mismatch is a
+service often hangs up on a plain client before saying it wants CURVE, and a plain service on
+a CURVE client (the monitor then reports a handshake that failed with no detail, as for a
+CURVE client with the wrong service key, and ZeroMQ retries): the client asks the service for
+its mechanism on a connection of its own (:mod:`netcall._greeting`), and a mismatch is a
 refusal like the others (ZeroMQ's retries are stopped).
 
 A client may also *bind*: services then connect to it and announce themselves (HELLO: their
@@ -29,10 +30,10 @@ import zmq.utils.monitor
 
 from .. import protocol as p
 from .._edge import endpoint_change
+from .._greeting import mismatch
 from .._reactor import SocketDriver
 from ..errors import AuthenticationError, ConnectionLostError, RPCError, exception_from_remote
 from ..security import handshake_error, warn_if_exposed
-from .greeting import peer_mechanism
 
 __all__ = ["Keepalive", "Peer", "PeerTable", "close_sockets"]
 
@@ -320,11 +321,15 @@ class PeerTable:
             peer.up = True
             peer.refused = None
         elif kind & _HANDSHAKE_FAILED:
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                if peer.refused is not None:  # ZeroMQ retried: the same refusal again
+                    self._refused(peer, peer.refused)
+                    return
+                if self._ask_mechanism(peer):
+                    return  # the answer tells which refusal it was
             error = handshake_error(kind, event["value"], url, self._security is not None)
             if error is not None:
                 self._refused(peer, str(error))
-            elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-                self._ask_mechanism(peer)
         elif kind == zmq.EVENT_DISCONNECTED:
             was_up, peer.up = peer.up, False
             if was_up:
@@ -334,32 +339,36 @@ class PeerTable:
         peer.refused, peer.refused_at = why, time.monotonic()
         self._on_lost(peer, why, True, AuthenticationError)
 
-    def _ask_mechanism(self, peer: Peer) -> None:
-        """A plain client's handshake ended with no detail (the service hung up): ask the
-        service which mechanism it speaks (at most once per :data:`RETRY_REFUSED` seconds)."""
+    def _ask_mechanism(self, peer: Peer) -> bool:
+        """A handshake ended with no detail (the service hung up): ask the service which
+        mechanism it speaks (at most once per :data:`RETRY_REFUSED` seconds). Returns whether
+        an answer is awaited."""
+        if peer in self._asking:
+            return True
         now = time.monotonic()
-        if (
-            self._loop is None
-            or peer in self._asking
-            or peer.refused is not None
-            or now - peer.probed_at < RETRY_REFUSED
-        ):
-            return
+        if self._loop is None or now - peer.probed_at < RETRY_REFUSED:
+            return False
         peer.probed_at = now
         self._asking[peer] = self._loop.create_task(self._check_mechanism(peer, peer.rid))
+        return True
 
     async def _check_mechanism(self, peer: Peer, rid: bytes) -> None:
+        secure = self._security is not None
         try:
-            mechanism = await peer_mechanism(peer.url)
+            error = await mismatch(peer.url, secure)
         finally:
             self._asking.pop(peer, None)
         if (
-            mechanism in (None, "NULL")
-            or self.by_url.get(peer.url) is not peer
+            self.by_url.get(peer.url) is not peer
             or peer.rid != rid  # reconnected meanwhile: that handshake will tell
             or peer.up
             or peer.refused is not None
         ):
+            return
+        if error is None:  # the same mechanism: a CURVE client has the wrong service key
+            error = handshake_error(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, 0, peer.url, secure)
+            if error is not None:
+                self._refused(peer, str(error))
             return
         # ZeroMQ retries a handshake that ended this way: stop it, as after a mismatch it saw.
         try:
@@ -367,12 +376,6 @@ class PeerTable:
         except zmq.ZMQError:
             pass
         self._changed()
-        error = handshake_error(
-            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
-            zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH,
-            peer.url,
-            False,
-        )
         self._refused(peer, str(error))
 
 

@@ -10,6 +10,12 @@ sends HELLO again when its methods change, and BYE when it stops.
 
 A connection that breaks ends the calls and streams that came through it: their answers could
 only reach the peer's next incarnation, which knows nothing of them.
+
+A refused handshake is logged as a warning, once until the next success (ZeroMQ keeps
+retrying). A peer that hangs up mid-handshake (``HANDSHAKE_FAILED_NO_DETAIL``: a CURVE broker
+reading a plain service's greeting does, and a plain one a CURVE service's) is asked which
+mechanism it speaks (:mod:`netcall._greeting`), at most once per :data:`RECHECK_MECHANISM`
+seconds; a mismatch is logged each time it is found, so once per that period while it lasts.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -25,6 +32,7 @@ import zmq.utils.monitor
 
 from .. import protocol as p
 from .._edge import endpoint_change
+from .._greeting import mismatch
 from .._reactor import SocketDriver
 from .._socket import monitor_socket, stop_monitor
 from ..security import CurveClient, CurveServer, handshake_error
@@ -35,6 +43,10 @@ from .streams import Producers
 __all__ = ["ServiceConnecting", "Upstreams"]
 
 log = logging.getLogger("netcall")
+
+#: Seconds between two questions to a peer that keeps hanging up mid-handshake about its
+#: mechanism (and so between two warnings that it requires CURVE, or does not use it).
+RECHECK_MECHANISM = 10.0
 
 _FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -67,6 +79,8 @@ class Upstreams:
         self._own = own  # the socket's security for its binds, restored after a CURVE connect
         self._secure: set[bytes] = set()
         self._failed: dict[bytes, str] = {}  # the last handshake failure logged, per peer
+        self._asked: dict[bytes, float] = {}  # when each peer was last asked its mechanism
+        self._asking: dict[bytes, asyncio.Task[None]] = {}
         self._peers: dict[str, bytes] = {}  # url -> the routing id we gave that peer
         self._ids: set[bytes] = set()
         self._up: set[bytes] = set()
@@ -162,6 +176,11 @@ class Upstreams:
             pass
         self._check()
         self._ids.discard(peer)
+        self._failed.pop(peer, None)
+        self._asked.pop(peer, None)
+        asking = self._asking.pop(peer, None)
+        if asking is not None:
+            asking.cancel()
         self._lost(peer)
 
     def start(
@@ -211,15 +230,39 @@ class Upstreams:
             self._lost(peer)
 
     def _refused(self, peer: bytes, url: str, event: int, value: int) -> None:
-        # ZeroMQ retries every reconnect interval: say it once, until the next success.
-        error = handshake_error(event, value, url, peer in self._secure)
+        if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self._loop is not None:
+            # The peer hung up: ask it why (the answer is logged), unless asked lately.
+            now = time.monotonic()
+            if peer not in self._asking and now - self._asked.get(peer, -1e9) >= RECHECK_MECHANISM:
+                self._asked[peer] = now
+                self._asking[peer] = self._loop.create_task(self._ask(peer, url))
+            return
+        self._warn(peer, url, handshake_error(event, value, url, peer in self._secure))
+
+    async def _ask(self, peer: bytes, url: str) -> None:
+        secure = peer in self._secure
+        try:
+            error = await mismatch(url, secure)
+        finally:
+            self._asking.pop(peer, None)
+        if self._peers.get(url) != peer or peer in self._up:
+            return  # disconnected, or connected meanwhile
+        if error is not None:
+            self._warn(peer, url, error, again=True)
+        else:  # the same mechanism: a CURVE service has the wrong key for the peer
+            failed = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            self._warn(peer, url, handshake_error(failed, 0, url, secure))
+
+    def _warn(self, peer: bytes, url: str, error: Exception | None, again: bool = False) -> None:
+        # ZeroMQ retries every reconnect interval: say it once, until the next success (or,
+        # ``again``, each time it is found: see RECHECK_MECHANISM).
         text = str(error) if error is not None else f"the handshake with {url} failed"
         text = text.replace(  # the client's advice, in the words of a service connecting out
             "give this client security=Curve.client(<the service's public key>)",
             "connect with security=Curve.client(<its public key>, keypair=...)",
         )
         text = text.replace("this client", "this service").replace("the service", "the peer")
-        if self._failed.get(peer) != text:
+        if again or self._failed.get(peer) != text:
             self._failed[peer] = text
             log.warning("a service's connection out: %s", text)
 
@@ -257,6 +300,9 @@ class Upstreams:
             self._say(peer, frames)
 
     def close(self) -> None:
+        for task in self._asking.values():
+            task.cancel()
+        self._asking.clear()
         if self._monitor is not None:  # first: see netcall._socket.stop_monitor
             stop_monitor(self._sock())
         if self._driver is not None:

@@ -9,13 +9,24 @@ event cannot tell a refusal from a service that went away mid-handshake, so the 
 a connection of its own and sends only the signature and the major version: a ZMTP/3 peer
 answers with its whole greeting, mechanism included, and waits for the rest of ours, which
 never comes. Then the connection is closed.
+
+The same happens the other way round (a plain service hanging up on a CURVE client, which
+then reads like a wrong service key) and to a service connecting out to a broker's backend:
+:func:`mismatch` turns the answer into the refusal it was, for the client
+(:mod:`netcall._client.peers`) and for a service's connections out
+(:mod:`netcall._service.upstream`).
 """
 
 from __future__ import annotations
 
 import asyncio
 
-__all__ = ["PROBE_TIMEOUT", "address", "parse_mechanism", "peer_mechanism"]
+import zmq
+
+from .errors import AuthenticationError
+from .security import handshake_error
+
+__all__ = ["PROBE_TIMEOUT", "address", "mismatch", "parse_mechanism", "peer_mechanism"]
 
 #: Seconds the client waits for a service's greeting when it asks for its mechanism.
 PROBE_TIMEOUT = 2.0
@@ -61,6 +72,19 @@ async def peer_mechanism(url: str, timeout: float = PROBE_TIMEOUT) -> str | None
         return await asyncio.wait_for(_read_mechanism(where), timeout)
     except (OSError, EOFError, asyncio.TimeoutError, UnicodeError, ValueError):
         return None
+
+
+async def mismatch(url: str, secure: bool) -> AuthenticationError | None:
+    """After a handshake with ``url`` ended with no detail (the peer hung up): the refusal
+    it was when the peer speaks another mechanism than this end (``secure``: this end uses
+    CURVE), as if ZeroMQ had reported the mismatch; ``None`` when the peer speaks CURVE like
+    this end, or NULL like this end, or cannot be asked. Never raises (but cancellation)."""
+    mechanism = await peer_mechanism(url)
+    if mechanism is None or secure == (mechanism == "CURVE"):
+        return None
+    return handshake_error(
+        zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH, url, secure
+    )
 
 
 async def _read_mechanism(where: tuple[str, int] | str) -> str | None:
