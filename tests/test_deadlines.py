@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from _helpers import wait_until
-from netcall import RPCClient, RPCService, RPCTimeoutError, current_call
+from netcall import RPCClient, RPCError, RPCService, RPCTimeoutError, current_call
 from netcall.sync import SyncRPCClient
 
 
@@ -138,7 +138,10 @@ async def test_a_blocking_client_in_an_executor_thread_is_bounded_too(chain: Any
             await cli.call("threaded", timeout=0.4)
         assert await wait_until(lambda: bool(outcome), timeout=3)
         kind, elapsed, left = outcome[0]
-        assert kind is RPCTimeoutError
+        # Its own deadline ends it; or, when both land in the same loop turn (a loaded
+        # machine), the cancellation of the served call its caller gave up on at the same
+        # moment (RPCError "the call being served was cancelled"). Bounded either way.
+        assert kind in (RPCTimeoutError, RPCError), outcome
         assert elapsed < left + 0.05, outcome
         assert await wait_until(lambda: bool(b.cancelled), timeout=3)
 
@@ -198,8 +201,6 @@ async def test_a_cancelled_caller_cancels_the_nested_call(chain: Any) -> None:
 async def test_a_cancelled_caller_cancels_a_blocking_nested_call(chain: Any, ctx: Any) -> None:
     """No deadline at all: the nested call from an executor thread (blocking client) is
     cancelled with the handler's task, and B's handler with it."""
-    from netcall import RPCError
-
     cli, a_svc, b, b_url, _ = chain
     outcome: list[Any] = []
     with SyncRPCClient(context=ctx, timeout=None) as blocking:
