@@ -183,3 +183,50 @@ def loop_code_that_switches_greenlets() -> None:
         assert nested == ["refused"], nested
         client.close()
         print("OK")
+
+
+def hand_back_asker_gone() -> None:
+    """A greenlet asks the bridge's thread for the loop back, gives up (a timeout) and its
+    thread destroys its hub before the thread answers: the answer's failure is logged, and
+    the bridge's thread goes on serving every caller (before: it died, or closed the loop)."""
+    import threading
+
+    with remote() as url:
+        client = GeventRPCClient(timeout=5)
+        client.connect(url)
+        bridge = client._bridge
+
+        def hammer() -> None:
+            for _ in range(300):
+                client.echo(1)
+
+        crowd = [threading.Thread(target=hammer) for _ in range(3)]
+        for t in crowd:
+            t.start()
+        for t in crowd:
+            t.join()
+        assert bridge._threaded
+        deadline = time.monotonic() + 5
+        while not bridge._calm:
+            assert time.monotonic() < deadline, "never calm"
+            time.sleep(0.05)
+        bridge.call_soon(time.sleep, 0.5)  # (busy: the hand-back is answered later)
+        asked: list[int] = []
+
+        def hub_thread() -> None:
+            try:
+                with gevent.Timeout(0.02):
+                    client.echo(2)
+            except gevent.Timeout:
+                pass
+            asked.append(len(bridge._hand_back_notify))
+            gevent.get_hub().destroy(destroy_loop=True)
+
+        t = threading.Thread(target=hub_thread)
+        t.start()
+        t.join()
+        assert asked == [1], asked
+        assert client.echo(3) == 3
+        assert bridge.alive and client.echo(4) == 4
+        client.close()
+        print("OK")

@@ -21,3 +21,12 @@ def test_lone_greenlet_runs_the_loop(patched: bool, name: str) -> None:
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.stdout.rstrip().endswith("OK"), proc.stdout
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_hand_back_asker_gone_leaves_the_thread_serving() -> None:
+    code = (
+        in_subprocess_header(False) + "import _gevent_lone\n_gevent_lone.hand_back_asker_gone()\n"
+    )
+    proc = run_python(code, env=netcall_env(), timeout=50)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.stdout.rstrip().endswith("OK"), proc.stdout

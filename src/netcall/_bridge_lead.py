@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,6 +18,8 @@ from ._signals import defer_signals, restore_signals, run_pending
 from .errors import RPCTimeoutError
 
 __all__ = ["CALM_AFTER", "HAND_BACK_WAIT", "BridgeState", "LoopLead", "cancel_all"]
+
+log = logging.getLogger("netcall")
 
 C = TypeVar("C", bound=Coroutine[Any, Any, Any])
 
@@ -284,4 +287,7 @@ def cancel_all(futures: list[asyncio.Future[Any]]) -> None:
 
 def _notify_all(fns: list[Callable[[], None]]) -> None:
     for fn in fns:
-        fn()
+        try:
+            fn()
+        except Exception:  # (a hub destroyed meanwhile: its greenlet no longer waits)
+            log.exception("error while notifying a hand-back")

@@ -54,18 +54,31 @@ def put_back_signals(handlers: dict[int, Any]) -> None:
     tries each), and the first exception goes on up afterwards."""
     raised: BaseException | None = None
     tries = 0
-    while handlers:
-        signum = next(iter(handlers))
-        try:
-            _signal.signal(signum, handlers[signum])
-        except BaseException as exc:  # (raised by a pending signal's handler: again)
-            if raised is None:
-                raised = exc
-            tries += 1
-            if tries < 100:
-                continue
-        del handlers[signum]
-        tries = 0
+    blocked = None
+    try:
+        while handlers:
+            signum = next(iter(handlers))
+            try:
+                _signal.signal(signum, handlers[signum])
+            except BaseException as exc:  # (raised by a pending signal's handler: again)
+                if raised is None:
+                    raised = exc
+                tries += 1
+                if tries == 3 and blocked is None and hasattr(_signal, "pthread_sigmask"):
+                    # No signal trips any more: those already tripped run once each, and
+                    # the next try succeeds (the blocked ones come once the mask is back).
+                    blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, DEFERRED_SIGNALS)
+                if tries < 100:
+                    continue
+            del handlers[signum]
+            tries = 0
+    finally:
+        if blocked is not None:
+            try:
+                _signal.pthread_sigmask(_signal.SIG_SETMASK, blocked)
+            except BaseException as exc:  # (a blocked signal's handler, now back)
+                if raised is None:
+                    raised = exc
     if raised is not None:
         raise raised
 
