@@ -7,6 +7,7 @@ writing the wake-up could leave calls queued that nobody drains."""
 
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import pytest
@@ -131,6 +132,14 @@ STORM_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.xfail(
+    sys.version_info >= (3, 13),
+    strict=False,
+    reason="3.13 under monkey-patching: now and then a Ctrl-C of the storm ends the process "
+    "past the script's own `except BaseException` (exit by SIGINT, traceback at a bare "
+    "`while` line); seen at 2748fc7 too, before greenlets ran netcall's loop, and not with "
+    "plain gevent and no extra threads",
+)
 def test_ctrl_c_storm_on_a_monkey_patched_main_greenlet_never_stalls(ctx: object) -> None:
     """Ctrl-C every 1-5 ms while the main greenlet of a monkey-patched process calls: every
     answer is right and the calls never stall (3.10 and 3.11 stalled within 6 s before)."""
