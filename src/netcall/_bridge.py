@@ -58,7 +58,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from ._bridge_green import GreenletCalls
-from ._bridge_lead import CALM_AFTER, HAND_BACK_WAIT, LoopLead, cancel_all
+from ._bridge_lead import CALM_AFTER, HAND_BACK_WAIT, LoopLead, cancel_all, run_all, safely
 from ._hub import HubPort, current_port, port_for
 from ._real import RealThreadExecutor, main_thread_ident, new_selector
 from ._real import original as _original
@@ -406,12 +406,12 @@ class Bridge(LoopLead, GreenletCalls):
         self.closers.clear()
         if self.in_loop_thread():
             for fn in closers:
-                _safely(fn)
+                safely(fn)
             self._stop_soon()
             return
         if closers:
             try:
-                self.run(_call_async(_run_all, (closers,), {}), timeout=STOP_TIMEOUT)
+                self.run(_call_async(run_all, (closers,), {}), timeout=STOP_TIMEOUT)
             except Exception:
                 log.exception("error while closing bridged sockets")
         if self._green_driver:  # (amid its call, between turns: the thread takes over)
@@ -435,18 +435,6 @@ class Bridge(LoopLead, GreenletCalls):
         finally:
             self.thread_id = 0
             self._lead.release()
-
-
-def _safely(fn: Callable[[], None]) -> None:
-    try:
-        fn()
-    except Exception:
-        log.exception("error while closing")
-
-
-def _run_all(fns: list[Callable[[], None]]) -> None:
-    for fn in fns:
-        _safely(fn)
 
 
 def _task_result(fut: asyncio.Future[T]) -> T:

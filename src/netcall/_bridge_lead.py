@@ -17,7 +17,15 @@ from ._real import real_ident, start_real_thread
 from ._signals import defer_signals, restore_signals, run_pending
 from .errors import RPCTimeoutError
 
-__all__ = ["CALM_AFTER", "HAND_BACK_WAIT", "BridgeState", "LoopLead", "cancel_all"]
+__all__ = [
+    "CALM_AFTER",
+    "HAND_BACK_WAIT",
+    "BridgeState",
+    "LoopLead",
+    "cancel_all",
+    "run_all",
+    "safely",
+]
 
 log = logging.getLogger("netcall")
 
@@ -135,7 +143,7 @@ class LoopLead(BridgeState):
                             or self._stop_pending
                             or self._closing
                         ):
-                            _notify_all(notify)  # (not handed back: the askers go on waiting)
+                            run_all(notify)  # (not handed back: the askers go on waiting)
                             continue
                         self._threaded = False  # calm: callers run the loop themselves again
                         shutdown = False
@@ -149,7 +157,7 @@ class LoopLead(BridgeState):
             self._lead.release()
             if shutdown:
                 self._done.release()
-            _notify_all(notify)
+            run_all(notify)
 
     def _look_calm(self) -> None:
         """Every CALM_AFTER seconds while the bridge's thread runs the loop: calm when at most
@@ -285,9 +293,15 @@ def cancel_all(futures: list[asyncio.Future[Any]]) -> None:
         fut.cancel()
 
 
-def _notify_all(fns: list[Callable[[], None]]) -> None:
+def safely(fn: Callable[[], None]) -> None:
+    """``fn()``, logging what it raises (a closer, a hand-back notification)."""
+    try:
+        fn()
+    except Exception:
+        log.exception("error while closing")
+
+
+def run_all(fns: list[Callable[[], None]]) -> None:
+    """:func:`safely` each of ``fns``."""
     for fn in fns:
-        try:
-            fn()
-        except Exception:  # (a hub destroyed meanwhile: its greenlet no longer waits)
-            log.exception("error while notifying a hand-back")
+        safely(fn)
