@@ -18,9 +18,11 @@ plain non-blocking calls. Rules this file keeps:
   (streams) wait with :meth:`SocketDriver.wait_unblocked` instead of polling.
 - Sends are corked: queued, then written in one burst at the end of the current wake-up (or
   on the loop's next turn when sent from a task), or at once when the burst reaches 1 MiB or
-  1024 messages (a fast producer must not fill the outbox unseen). A burst keeps libzmq's I/O
-  thread busy with one activation instead of one wake-up per message, which is most of the
-  cost under load.
+  32 messages. A burst keeps libzmq's I/O thread busy with one activation instead of one
+  wake-up per message, which is most of the cost under load; capping it at 32 messages lets
+  the peer start on the first ones while this end makes the rest, where a turn's whole burst
+  (64 replies, 64 new calls) made the two ends take turns, each idle while the other worked
+  (64 calls in flight: 33k -> 42k calls/s, ``benchmarks/README.md``, session 8).
 - Everything runs on the loop's thread; only :meth:`SocketDriver.close` may be called from
   elsewhere through ``loop.call_soon_threadsafe``.
 """
@@ -55,7 +57,7 @@ _get = zmq.backend.Socket.get
 
 # The outbox is written at once when it holds this much (else at the end of the wake-up).
 _OUTBOX_BYTES = 1 << 20
-_OUTBOX_MESSAGES = 1024
+_OUTBOX_MESSAGES = 32
 
 _RETRY_MIN = 0.0005
 _RETRY_MAX = 0.02
