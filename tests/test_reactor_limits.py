@@ -230,3 +230,44 @@ async def test_lone_messages_are_read_without_a_receive_that_raises(zsockets: An
         assert seen[20:] == burst
     finally:
         driver.close()
+
+
+async def test_a_long_turn_writes_its_first_messages_before_it_ends(sockets):
+    """Sends are corked per loop turn, but a turn that sends many messages writes them every
+    32 (``_OUTBOX_MESSAGES``), so the peer starts on the first ones while this end makes the
+    rest: here the peer receives them while the turn (no await) is still running."""
+    from netcall._reactor import _OUTBOX_MESSAGES
+
+    url = tcp_url()
+    router = sockets(zmq.ROUTER, ROUTER_MANDATORY=1)
+    router.bind(url)
+    peer = sockets(zmq.DEALER, ROUTING_ID=b"peer")
+    peer.connect(url)
+    peer.send(b"hello")
+    seen: list[bytes] = []
+    driver = SocketDriver(router, asyncio.get_running_loop(), lambda f: seen.append(f[0]))
+    try:
+        assert await wait_until(lambda: seen == [b"peer"])
+        # One turn, no await: the first burst must reach the peer before the turn ends.
+        for i in range(_OUTBOX_MESSAGES * 2 + 5):
+            driver.send([b"peer", b"%d" % i])
+        got = []
+        poller = zmq.Poller()
+        poller.register(peer, zmq.POLLIN)
+        deadline = time.monotonic() + 5
+        while len(got) < _OUTBOX_MESSAGES * 2 and time.monotonic() < deadline:
+            if poller.poll(100):
+                got.append(peer.recv(zmq.NOBLOCK))
+        assert got == [b"%d" % i for i in range(_OUTBOX_MESSAGES * 2)]
+        # The rest (fewer than a burst) goes out at the end of the turn.
+        rest = []
+        deadline = time.monotonic() + 5
+        while len(rest) < 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+            try:
+                rest.append(peer.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                pass
+        assert rest == [b"%d" % i for i in range(_OUTBOX_MESSAGES * 2, _OUTBOX_MESSAGES * 2 + 5)]
+    finally:
+        driver.close()
