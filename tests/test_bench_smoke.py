@@ -118,3 +118,25 @@ def test_benchmark_sweep_only(tmp_path: Path) -> None:
     md = (tmp_path / "results.md").read_text()
     assert "### Payload sizes" in md and "### Payloads" not in md
     assert (tmp_path / "payload_throughput.png").exists() == HAS_MATPLOTLIB
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", ["c64", "stream"])
+def test_ab_script_compares_a_source_tree_with_a_raw_baseline(mode: str) -> None:
+    """benchmarks/ab.py (the A/B script of benchmarks/README.md) runs each system's service
+    and client processes and prints one line per system."""
+    options = ["--reps", "1", "--time", "0.2", "--mode", mode, "--in-flight", "8"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ab.py"), str(ROOT / "src"), "raw-fd", *options],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"{mode}, 1 reps of 0.2 s")
+    unit = "items/s" if mode == "stream" else "calls/s"
+    assert len(lines) == 3
+    for line, system in zip(lines[1:], [str(ROOT / "src"), "raw-fd"], strict=True):
+        assert line.startswith(system) and unit in line and "CPU per call: client" in line
