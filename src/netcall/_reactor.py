@@ -22,7 +22,7 @@ plain non-blocking calls. Rules this file keeps:
   wake-up per message, which is most of the cost under load; capping it at 32 messages lets
   the peer start on the first ones while this end makes the rest, where a turn's whole burst
   (64 replies, 64 new calls) made the two ends take turns, each idle while the other worked
-  (64 calls in flight: 33k -> 42k calls/s, ``benchmarks/README.md``, session 8).
+  (64 calls in flight, two processes: 28k -> 37k calls/s; ``benchmarks/README.md``, session 8).
 - Everything runs on the loop's thread; only :meth:`SocketDriver.close` may be called from
   elsewhere through ``loop.call_soon_threadsafe``.
 """
