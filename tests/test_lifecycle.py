@@ -119,12 +119,14 @@ def test_ctrl_c_of_serve_lets_the_call_in_flight_finish(tmp_path: Path) -> None:
     assert took < 5, took  # it waited for the call (~0.5 s left), not for the grace
     # Python 3.10's asyncio.run() cancels every task on Ctrl-C (or interrupts the one running),
     # the handler's too: the caller gets an error at once. From 3.11 it cancels only the main
-    # task: the call finishes.
+    # task: the call finishes. (On 3.10 the "stopping" answer is now and then not written
+    # before the process ends: the caller then hears that the connection was lost, as at once;
+    # seen once in a CI run of the whole suite; the test alone passed 12 runs of 12.)
     answer = client.communicate(timeout=20)[0]
     if sys.version_info >= (3, 11):
         assert answer == "done\n"
     else:
-        assert answer in ("stopped\n", "RemoteRPCError\n")
+        assert answer in ("stopped\n", "RemoteRPCError\n", "ConnectionLostError\n")
     assert not Path(url[len("ipc://") :]).exists()  # the socket file is gone
 
 
