@@ -31,6 +31,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+# The harness's own services: raw.py's baselines, netcall_systems.py's netcall service (the
+# same echo and count the harness measures).
 SERVICE = r"""
 import asyncio, sys
 kind = sys.argv[1]
@@ -38,27 +40,10 @@ sys.path.insert(0, sys.argv[2])
 if kind.startswith("raw"):
     import raw
     serve = raw.serve_fd if kind == "raw-fd" else raw.serve_asyncio
-    asyncio.run(serve(lambda e: print(e, flush=True)))
-    raise SystemExit
-import netcall, zmq
-
-async def main():
-    service = netcall.RPCService()
-
-    @service.register
-    async def echo(x):
-        return x
-
-    @service.register
-    async def count(n):
-        for i in range(n):
-            yield i
-
-    service.bind("tcp://127.0.0.1:*")
-    print(service.socket.getsockopt(zmq.LAST_ENDPOINT).decode(), flush=True)
-    await service.serve()
-
-asyncio.run(main())
+else:
+    import netcall_systems
+    serve = netcall_systems.serve
+asyncio.run(serve(lambda endpoint: print(endpoint, flush=True)))
 """
 
 CLIENT = r"""
