@@ -109,7 +109,7 @@ class Bridge(LoopLead, GreenletCalls):
         self._allocate_lock = _original("_thread", "allocate_lock")
         self._scheduling = _real_lock()  # guards _closing against late _start()s
         self._closing = False
-        self._inbox: deque[tuple[Callable[[Any], Any], Any, list[Any], Callable[..., None]]]
+        self._inbox: deque[tuple[Callable[[Any, Any], Any], Any, list[Any], Callable[..., None]]]
         self._inbox = deque()
         self._wake_pending = False
         self._lead = _real_lock()  # held by whichever thread runs the loop
@@ -217,19 +217,20 @@ class Bridge(LoopLead, GreenletCalls):
             RuntimeError from the loop's own thread, or after ``fork()``.
         """
         coro = _as_coroutine(aw)
-        fut: asyncio.Future[T] = self._wait(self.loop.create_task, coro, timeout)
+        fut: asyncio.Future[T] = self._wait(self._task, coro, timeout)
         return _task_result(fut)
 
     def run_started(
         self,
-        start: Callable[[C], asyncio.Future[Any] | None],
+        start: Callable[[C, Callable[..., None]], asyncio.Future[Any] | None],
         coro: C,
         finish: Callable[[C, Any], T],
     ) -> T:
         """:meth:`run` for the coroutine ``coro``, without a task when the core can help: on
-        the loop, ``start(coro)`` may start the work at once and return a future (``None``:
-        ``coro`` runs as a task after all), and this returns ``finish(coro, its result)``,
-        called in the waiting thread or greenlet.
+        the loop, ``start(coro, done)`` may start the work at once and return a future,
+        calling ``done(future)`` once it is done (``None``: ``coro`` runs as a task after
+        all), and this returns ``finish(coro, its result)``, called in the waiting thread or
+        greenlet.
 
         Raises: what :meth:`run` raises, and what ``start`` or ``finish`` raise.
         """
@@ -239,7 +240,10 @@ class Bridge(LoopLead, GreenletCalls):
         return finish(coro, _task_result(fut))
 
     def _wait(
-        self, start: Callable[[C], asyncio.Future[Any] | None], coro: C, timeout: float | None
+        self,
+        start: Callable[[C, Callable[..., None]], asyncio.Future[Any] | None],
+        coro: C,
+        timeout: float | None,
     ) -> asyncio.Future[Any]:
         """Have the loop start ``coro`` (see :meth:`_enqueue`); block until its future is done
         and return it."""
@@ -293,19 +297,26 @@ class Bridge(LoopLead, GreenletCalls):
     ) -> None:
         """Have the loop run ``coro`` as a task (appended to ``tasks``), calling ``done(task)``
         when it finishes."""
-        self._enqueue(self.loop.create_task, coro, tasks, done)  # type: ignore[arg-type]
+        self._enqueue(self._task, coro, tasks, done)  # type: ignore[arg-type]
+
+    def _task(self, coro: Coroutine[Any, Any, T], done: Callable[..., None]) -> asyncio.Task[T]:
+        """A start (see :meth:`_enqueue`): run ``coro`` as a task."""
+        task = self.loop.create_task(coro)
+        task.add_done_callback(done)
+        return task
 
     def _enqueue(
         self,
-        start: Callable[[C], asyncio.Future[Any] | None],
+        start: Callable[[C, Callable[..., None]], asyncio.Future[Any] | None],
         coro: C,
         futures: list[asyncio.Future[Any]],
         done: Callable[..., None],
         wake: bool = True,
         follow: bool = False,
     ) -> bool:
-        """Have the loop call ``start(coro)`` for a future (``None``: ``coro`` runs as a task),
-        append it to ``futures`` and call ``done(future)`` when it is done. Work queues in an
+        """Have the loop call ``start(coro, done)`` for a future, which calls ``done(future)``
+        when it is done (``None``: ``coro`` runs as a task after all, done then too), and
+        append that future to ``futures``. Work queues in an
         inbox; the loop is woken once per batch, not once per call. ``wake=False``: the
         caller is about to run the loop itself. ``follow``: only if the bridge's thread runs
         the loop, counting the caller as waiting on it (else False, and nothing is queued)."""
@@ -361,18 +372,22 @@ class Bridge(LoopLead, GreenletCalls):
             fut = None
             if not closing:  # at shutdown everything is a task, cancelled with the rest
                 try:
-                    fut = start(coro)
+                    fut = start(coro, done)
                 except BaseException as exc:  # failed before it started: the waiter hears
                     coro.close()
                     fut = self.loop.create_future()
                     fut.set_exception(exc)
+                    fut.add_done_callback(done)
             if fut is None:
                 fut = create_task(coro)
+                fut.add_done_callback(done)
             futures.append(fut)
-            fut.add_done_callback(done)
 
     def _wait_in_thread(
-        self, start: Callable[[C], asyncio.Future[Any] | None], coro: C, timeout: float | None
+        self,
+        start: Callable[[C, Callable[..., None]], asyncio.Future[Any] | None],
+        coro: C,
+        timeout: float | None,
     ) -> asyncio.Future[Any] | None:
         """Wait for the bridge's thread to run ``coro``; ``None`` (nothing done) when no
         thread of the bridge's own runs the loop any more."""

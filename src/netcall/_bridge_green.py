@@ -5,10 +5,8 @@ bridge's own thread runs the loop, greenlets wait for it without blocking their 
 from __future__ import annotations
 
 import asyncio
-import functools
 from asyncio.events import _get_running_loop, _set_running_loop
 from collections.abc import Callable, Coroutine
-from contextlib import nullcontext
 from typing import Any, TypeVar
 
 from ._bridge_lead import HAND_BACK_WAIT, BridgeState, cancel_all
@@ -36,7 +34,7 @@ class GreenletCalls(BridgeState):
 
     def _wait_green(
         self,
-        start: Callable[[C], asyncio.Future[Any] | None],
+        start: Callable[[C, Callable[..., None]], asyncio.Future[Any] | None],
         coro: C,
         port: HubPort,
         timeout: float | None,
@@ -62,7 +60,7 @@ class GreenletCalls(BridgeState):
         pending: list[tuple[int, Any]] = []
         handlers: dict[int, Any] = {}
         waiter = port.new_waiter()
-        wake = functools.partial(port.submit, functools.partial(waiter.switch, None))
+        wake = port.waker(waiter)
         mine = port.current_greenlet()
 
         def done(_fut: object) -> None:
@@ -141,7 +139,7 @@ class GreenletCalls(BridgeState):
 
     def _follow_green(
         self,
-        start: Callable[[C], asyncio.Future[Any] | None],
+        start: Callable[[C, Callable[..., None]], asyncio.Future[Any] | None],
         coro: C,
         port: HubPort,
         timeout: float | None,
@@ -149,31 +147,29 @@ class GreenletCalls(BridgeState):
         """:meth:`_wait_in_thread` for a greenlet: it waits on its hub's ``port`` for the
         bridge's thread; ``None`` (nothing done) when that thread no longer runs the loop."""
         futures: list[asyncio.Future[Any]] = []
-        queued: list[bool] = []
-
-        def queue(done: Callable[[Any], None]) -> None:
-            if self._enqueue(start, coro, futures, done, follow=True):
-                queued.append(True)
-            else:
-                done(None)  # (not queued: back to _wait_green at once)
-
+        waiter = port.new_waiter()
+        if not self._enqueue(start, coro, futures, port.waker(waiter), follow=True):
+            return None
         finished = False
         try:
-            with nullcontext() if timeout is None else _gevent_timeout(timeout):
-                port.wait(queue)
+            if timeout is None:
+                port.wait(waiter)
                 finished = True
-                return futures[0] if queued else None
+                return futures[0]
+            with _gevent_timeout(timeout):
+                port.wait(waiter)
+                finished = True
+                return futures[0]
             raise RPCTimeoutError(f"no answer within {timeout} s")
         finally:
             if not finished:  # killed, timed out or interrupted: do not leave the call running
                 self.call_soon(cancel_all, futures)
-            if queued:
-                with self._scheduling:
-                    self._waiting -= 1
+            with self._scheduling:
+                self._waiting -= 1
 
     def _turns(
         self,
-        start: Callable[[C], asyncio.Future[Any] | None] | None,
+        start: Callable[[C, Callable[..., None]], asyncio.Future[Any] | None] | None,
         coro: C,
         futures: list[asyncio.Future[Any]],
         done: Callable[..., None],

@@ -49,7 +49,7 @@ class BridgeState:
     _lead: Any  # a real lock, held by whichever thread runs the loop
     _scheduling: Any  # a real lock guarding the fields below
     _closing: bool
-    _inbox: deque[tuple[Callable[[Any], Any], Any, list[Any], Callable[..., None]]]
+    _inbox: deque[tuple[Callable[[Any, Any], Any], Any, list[Any], Callable[..., None]]]
     _threaded: bool  # a thread of the bridge's own runs the loop
     _pinned: bool  # ... and must go on running it (a service, a stream)
     _waiting: int  # callers waiting on that thread
@@ -75,7 +75,7 @@ class BridgeState:
 
         def _enqueue(
             self,
-            start: Callable[[C], asyncio.Future[Any] | None],
+            start: Callable[[C, Callable[..., None]], asyncio.Future[Any] | None],
             coro: C,
             futures: list[asyncio.Future[Any]],
             done: Callable[..., None],
@@ -192,7 +192,7 @@ class LoopLead(BridgeState):
 
     def _drive(
         self,
-        start: Callable[[C], asyncio.Future[Any] | None],
+        start: Callable[[C, Callable[..., None]], asyncio.Future[Any] | None],
         coro: C,
         timeout: float | None,
         lead_wait: float = 0.0,

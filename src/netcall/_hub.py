@@ -94,14 +94,23 @@ class HubPort:
             if timer is not None:
                 timer.close()
 
-    def wait(self, start: Callable[[Callable[[Any], None]], object]) -> Any:
-        """Block the calling greenlet until the callback given to ``start`` is called (from
-        any thread); return the value it was given."""
-        waiter = _gevent().Waiter(self.hub)
+    def waker(self, waiter: Any) -> Callable[..., None]:
+        """A callback, for any thread, that ends :meth:`wait` on ``waiter`` (a
+        :meth:`new_waiter`); what it is given is ignored."""
+        submit = self.submit
+        switch = functools.partial(waiter.switch, None)
+
+        def wake(_value: object = None) -> None:
+            submit(switch)
+
+        return wake
+
+    def wait(self, waiter: Any) -> None:
+        """Block the calling greenlet until ``waiter``'s :meth:`waker` is called (from any
+        thread; before this wait too)."""
         self.hold()
         try:
-            start(lambda value: self.submit(functools.partial(waiter.switch, value)))
-            return waiter.get()
+            waiter.get()
         finally:
             self.unhold()
 

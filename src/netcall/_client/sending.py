@@ -97,11 +97,15 @@ class Sending:
         if timer is not None:
             timer.cancel()
 
-    def _start_call(self, call: Call) -> asyncio.Future[Any] | None:
+    def _start_call(
+        self, call: Call, done: Callable[[asyncio.Future[Any]], None]
+    ) -> asyncio.Future[Any] | None:
         """Start ``call`` now, on the client's loop, without a task (the blocking and gevent
         clients' fast path, see :mod:`netcall._bridge`): its future, whose result is the raw
-        reply for :meth:`_reply_value`. ``None`` when it needs :meth:`_invoke` (the first
-        call, a middleware, a call made inside a handler).
+        reply for :meth:`_reply_value`, and ``done(future)`` once it is done (in the same loop
+        callback as the call's own bookkeeping: one callback fewer per call). ``None`` (and
+        ``done`` is not called) when it needs :meth:`_invoke` (the first call, a middleware, a
+        call made inside a handler).
 
         Raises: what :meth:`_invoke` raises before sending (encoding, metadata, not connected).
         """
@@ -121,9 +125,12 @@ class Sending:
         )
 
         def over(fut: asyncio.Future[Any]) -> None:
-            if fut.cancelled() and rid in self._calls.by_id:  # abandoned by its waiter
-                self._send_cancel(peer, rid)
-            self._call_over(rid, peer, timer)
+            try:
+                if fut.cancelled() and rid in self._calls.by_id:  # abandoned by its waiter
+                    self._send_cancel(peer, rid)
+                self._call_over(rid, peer, timer)
+            finally:
+                done(fut)
 
         fut.add_done_callback(over)
         return fut
