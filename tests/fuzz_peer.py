@@ -43,7 +43,7 @@ TARGET = str(HERE / "_hostile_target.py")
 # The wire format (see netcall/protocol.py), spelled out again on purpose: a hostile peer
 # must not depend on the code it attacks.
 MAGIC = b"NC"
-VERSION = 3
+VERSION = 2
 CALL, RESULT, ERROR, CANCEL, ACK, STREAM, NEXT, THROW, CREDIT, ITEM, END, PING, PONG = range(1, 14)
 MAX_U32 = 2**32 - 1
 

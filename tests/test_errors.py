@@ -309,11 +309,6 @@ def _call_frames(rid=1, method="echo", **kw):
     return p.Call(rid, method, "msgpack", b"\x90", **kw).to_frames()
 
 
-def _head_without_args(rid):
-    # A CALL head that says its args follow in a frame of their own (not FLAG_INLINE).
-    return [p.call_head(rid, "echo", "msgpack", 0.0, 0, 0)]
-
-
 def _with_head(frames, head):
     return [head, *frames[1:]]
 
@@ -327,7 +322,7 @@ GARBAGE = [
     [b"NC\x01"],
     [p.HEADER.pack(p.MAGIC, p.VERSION, 0xFF, 1)],  # unknown kind
     [p.header(p.Kind.CALL, 1)],  # CALL without its fields
-    _head_without_args(2),  # CALL without its arguments frame
+    _call_frames(2)[:1],  # CALL without its arguments frame
     _with_head(_call_frames(3), _call_frames(3)[0][: p.HEADER.size + 3]),  # truncated head
     _with_head(_call_frames(4), _call_frames(4)[0][:-4] + b"\xff\xfe\xff\xfe"),  # bad UTF-8 name
     _call_frames(5, timeout=float("nan")),
@@ -358,7 +353,7 @@ async def test_malformed_frames_do_not_hurt_the_service(fsvc, client, endpoint, 
     "frames",
     [
         [*_call_frames(81), b"extra", b"frames"],
-        _head_without_args(81),
+        _call_frames(81)[:1],
         _with_head(_call_frames(81), _call_frames(81)[0][:-4] + b"\xff\xfe\xff\xfe"),
         _call_frames(81, timeout=float("nan")),
     ],

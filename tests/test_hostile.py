@@ -230,7 +230,7 @@ async def test_1_deep_result_from_a_hostile_service(raw, ctx):
     cli.connect(url)
     try:
         call = asyncio.ensure_future(cli.echo(1))
-        peer, head, *_args = await reply(evil)  # (args inline in the head, or a frame)
+        peer, head, _args = await reply(evil)
         rid = struct.unpack("!Q", head[4:12])[0]
         evil.send_multipart([peer, header(2, rid) + deep_ext_tuples(200)])
         with pytest.raises(SerializationError):
@@ -319,7 +319,7 @@ async def test_5_items_beyond_credit_end_the_stream(raw, ctx):
     try:
         it = cli.count(5).__aiter__()
         first = asyncio.ensure_future(it.__anext__())
-        peer, head, *_args = await reply(evil)  # (args inline in the head, or a frame)
+        peer, head, _args = await reply(evil)
         assert head[3] == CALL
         rid = struct.unpack("!Q", head[4:12])[0]
         evil.send_multipart([peer, header(STREAM, rid) + struct.pack("!d", 30.0)])

@@ -57,7 +57,7 @@ def test_every_kind_is_covered() -> None:
 
 def test_header_layout_is_stable() -> None:
     # The documented layout: b"NC", version, kind, 64-bit big-endian id.
-    assert p.header(p.Kind.CALL, 258) == b"NC\x03\x01" + (258).to_bytes(8, "big")
+    assert p.header(p.Kind.CALL, 258) == b"NC\x02\x01" + (258).to_bytes(8, "big")
     # Small payloads ride in the head; large ones get their own frame. Both decode.
     small = p.Result(1, b"x" * 10).to_frames()
     large = p.Result(1, b"x" * (p.INLINE_MAX + 1)).to_frames()
@@ -180,7 +180,7 @@ def test_metadata_round_trip_and_cost() -> None:
     md = {"traceparent": "00-abc-01", "user": "\u00e9l\u00e8ve", "": ""}
     call = p.Call(9, "echo", "msgpack", b"\x90", metadata=md)
     frames = call.to_frames()
-    assert len(frames) == 2 and frames[0][p.HEADER_SIZE + 8] & p.FLAG_METADATA  # args inline
+    assert len(frames) == 3 and frames[0][p.HEADER_SIZE + 8] & p.FLAG_METADATA
     back = p.decode(frames)
     assert isinstance(back, p.Call)
     assert dict(back.metadata) == md and back.flags == 0 and back.kwargs is None
@@ -193,58 +193,6 @@ def test_metadata_round_trip_and_cost() -> None:
             p.decode_metadata(bad)
     with pytest.raises(ValueError):
         p.encode_metadata({"k": 1})  # type: ignore[dict-item]
-
-
-def test_small_args_ride_in_the_call_head() -> None:
-    flag_at = p.HEADER_SIZE + 8  # the flags byte, after the header and the time remaining
-    small = p.Call(5, "echo", "msgpack", b"\x91\xa2hi", timeout=1.5, flags=p.FLAG_ONEWAY)
-    frames = small.to_frames()
-    assert len(frames) == 1 and frames[0][flag_at] & p.FLAG_INLINE
-    assert p.decode(frames) == small  # the flag is the encoding's, not the call's
-    # Too large for the head, kwargs, a method name longer than 255 bytes: an args frame.
-    big = p.Call(5, "echo", "msgpack", b"x" * (p.INLINE_MAX + 1))
-    with_kwargs = p.Call(5, "echo", "msgpack", b"\x90", b"\x80")
-    long_name = p.Call(5, "m" * 300, "msgpack", b"\x90")
-    for call in (big, with_kwargs, long_name):
-        frames = call.to_frames()
-        assert len(frames) >= 2 and not frames[0][flag_at] & p.FLAG_INLINE
-        assert p.decode(frames) == call
-    # The method name is inline too: both names are bounded by their lengths.
-    head = p.Call(5, "echo", "msgpack", b"\x90").to_frames()[0]
-    fixed = p.HEADER_SIZE + p.CALL_OPTIONS.size
-    assert head[fixed - 1 : fixed + 1] == bytes([7, 4]) and head.endswith(b"msgpackecho\x90")
-
-
-def test_bad_inline_calls() -> None:
-    head = p.header(p.Kind.CALL, 1)
-
-    def opts(flags: int = p.FLAG_INLINE, ser_len: int = 7) -> bytes:
-        return p.CALL_OPTIONS.pack(0.0, flags, 0, ser_len)
-
-    with pytest.raises(ProtocolError, match="too short"):
-        p.decode([head + opts()])  # no method name length
-    with pytest.raises(ProtocolError, match="too short"):
-        p.decode([head + opts() + b"\x09msgpackecho"])  # a name past the end
-    with pytest.raises(ProtocolError, match="empty method"):
-        p.decode([head + opts() + b"\x00msgpack\x90"])
-    with pytest.raises(ProtocolError, match="no buffers"):
-        p.decode([head + opts(p.FLAG_INLINE | p.FLAG_BUFFERS) + b"\x04msgpackecho", b"", b"x"])
-    with pytest.raises(ProtocolError, match="frames"):
-        p.decode([head + opts() + b"\x04msgpackecho\x90", b"an args frame too"])
-    with pytest.raises(ProtocolError, match="frames"):
-        p.decode([head + opts(p.FLAG_INLINE | p.FLAG_METADATA) + b"\x04msgpackecho\x90"])
-    with pytest.raises(ProtocolError, match="UTF-8"):
-        p.decode([head + opts() + b"\x02msgpack\xff\xfe"])
-    # The same bytes after the options read as names without FLAG_INLINE, and as names and
-    # args with it: each reading is remembered apart (a peer cannot poison the other).
-    names = b"\x04msgpackecho"
-    plain = p.decode([head + opts(0, 8) + names, b"\x90"])
-    inline = p.decode([head + opts() + names])
-    assert isinstance(plain, p.Call) and isinstance(inline, p.Call)
-    assert (plain.serializer, plain.method) == ("\x04msgpack", "echo")
-    assert (inline.serializer, inline.method, inline.args) == ("msgpack", "echo", b"")
-    again = p.decode([head + opts(0, 8) + names, b"\x90"])
-    assert isinstance(again, p.Call) and again.serializer == "\x04msgpack"
 
 
 def test_call_carries_time_remaining() -> None:

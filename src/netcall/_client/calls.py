@@ -101,21 +101,19 @@ def call_frames(
     flags = p.FLAG_ONEWAY if oneway else 0
     if metadata:
         flags |= p.FLAG_METADATA
-    # The time remaining: 0 for none; a spent one (0 s or less) as SPENT.
-    left = 0.0 if timeout is None else (timeout if timeout >= MIN_REMAINING else SPENT)
-    payload, kw_payload, buffers = arguments
     try:
-        if kw_payload is None and not buffers:  # the commonest: args alone, in the head
-            head = p.call_head_inline(rid, method, serializer, left, flags, window, payload)
-            if head is not None:
-                if metadata:
-                    return [peer.rid, head, p.encode_metadata(metadata)]
-                return [peer.rid, head]
         head = p.call_head(
-            rid, method, serializer, left, flags | (p.FLAG_BUFFERS if buffers else 0), window
+            rid,
+            method,
+            serializer,
+            # The time remaining: 0 for none; a spent one (0 s or less) as SPENT.
+            0.0 if timeout is None else (timeout if timeout >= MIN_REMAINING else SPENT),
+            flags | (p.FLAG_BUFFERS if arguments[2] else 0),
+            window,
         )
     except UnicodeEncodeError as exc:
         raise EncodingError(*exc.args) from exc
+    payload, kw_payload, buffers = arguments
     frames = [peer.rid, head, payload]
     if buffers:
         frames.append(b"" if kw_payload is None else kw_payload)

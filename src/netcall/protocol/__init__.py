@@ -24,9 +24,7 @@ What follows the header, by kind (``payload`` is the serializer's bytes, text is
     client -> service
       CALL    head+ timeout f64, flags u8, window u32, len u8, serializer name, method name
               then frames: args[, kwargs][, metadata]; with FLAG_BUFFERS:
-              args, kwargs (empty: none), buffers...[, metadata]; with FLAG_INLINE:
-              head+ timeout, flags, window, len u8, method len u8, serializer name,
-              method name, args; then frames: [metadata]
+              args, kwargs (empty: none), buffers...[, metadata]
       CANCEL  -                          cancel a call, or close a stream
       NEXT    payload                    stream: send a value (lock-step asend / __anext__)
       THROW   frames: type name, message stream: throw an exception into the generator
@@ -50,10 +48,7 @@ sent without copying). Decoders accept both. Out-of-band buffers (large ``bytes`
 see :mod:`netcall.serializers`) travel as frames of their own, which the payload refers to by
 index: ``header | payload | count u16 | buffer 0 | buffer 1 ...``. A CALL with buffers sets
 ``FLAG_BUFFERS``: its args and kwargs share one list of buffers. At most
-``MAX_BUFFERS`` (64) buffers travel with a message; a message with more is refused. A CALL
-whose args are all it carries (no kwargs, no buffers), up to ``INLINE_MAX`` bytes, sends them
-in its head and sets ``FLAG_INLINE`` (one frame fewer per call); the method name then comes
-after its length, since the args follow it.
+``MAX_BUFFERS`` (64) buffers travel with a message; a message with more is refused.
 
 ``timeout`` is the time the call had left when it was sent, in seconds (0 for none); the
 service turns it into a deadline on its own monotonic clock when the message arrives (so the
@@ -104,7 +99,6 @@ from ._messages import (
     CALL_OPTIONS,
     COUNT,
     FLAG_BUFFERS,
-    FLAG_INLINE,
     FLAG_METADATA,
     FLAG_ONEWAY,
     HEADER,
@@ -134,7 +128,6 @@ from ._messages import (
     StreamOpen,
     Throw,
     call_head,
-    call_head_inline,
     encode_metadata,
     header,
     payload_frames,
@@ -156,7 +149,6 @@ __all__ = [
     "ERR_STREAM_CLOSED",
     "ERR_TIMEOUT",
     "FLAG_BUFFERS",
-    "FLAG_INLINE",
     "FLAG_METADATA",
     "FLAG_ONEWAY",
     "HEADER",
@@ -195,7 +187,6 @@ __all__ = [
     "StreamState",
     "Throw",
     "call_head",
-    "call_head_inline",
     "decode",
     "decode_header",
     "decode_metadata",

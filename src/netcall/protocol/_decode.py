@@ -13,7 +13,6 @@ from ._messages import (
     CALL_OPTIONS,
     COUNT,
     FLAG_BUFFERS,
-    FLAG_INLINE,
     FLAG_METADATA,
     HEADER,
     HEADER_SIZE,
@@ -209,8 +208,6 @@ def _decode_call(rid: int, frames: list[bytes]) -> Call:
     if len(head) < fixed:
         raise ProtocolError("CALL head too short")
     timeout, flags, window, ser_len = CALL_OPTIONS.unpack_from(head, HEADER_SIZE)
-    if flags & FLAG_INLINE:
-        return _decode_inline_call(rid, frames, head, timeout, flags, window, ser_len)
     metadata = NO_METADATA
     buffers: Sequence[Any] = ()
     if flags & FLAG_METADATA:
@@ -248,51 +245,6 @@ def _decode_call(rid: int, frames: list[bytes]) -> Call:
         metadata,
         buffers,
     )
-
-
-_inline_names: dict[bytes, tuple[str, str]] = {}  # apart: the same bytes read differently
-_NOT_INLINE = ~(FLAG_METADATA | FLAG_INLINE)
-
-
-def _decode_inline_call(
-    rid: int,
-    frames: list[bytes],
-    head: bytes,
-    timeout: float,
-    flags: int,
-    window: int,
-    ser_len: int,
-) -> Call:
-    # FLAG_INLINE: head = header, options, the method name's length (u8), both names, args.
-    if flags & FLAG_BUFFERS:
-        raise ProtocolError("a CALL with its args inline has no buffers")
-    metadata = NO_METADATA
-    if flags & FLAG_METADATA:
-        _frames(frames, 2, 2, "CALL")
-        metadata = decode_metadata(_bytes(frames[1]))
-    elif len(frames) != 1:
-        _frames(frames, 1, 1, "CALL")
-    if timeout != timeout or timeout < 0:  # NaN or negative
-        raise ProtocolError("bad deadline: the time remaining must be a number >= 0")
-    fixed = HEADER_SIZE + CALL_OPTIONS.size
-    if len(head) <= fixed:
-        raise ProtocolError("CALL head too short")
-    end = fixed + 1 + ser_len + head[fixed]
-    if len(head) < end:
-        raise ProtocolError("CALL head too short for its names")
-    names = head[fixed - 1 : end]  # both lengths, then both names
-    if type(names) is not bytes:
-        names = bytes(names)
-    known = _inline_names.get(names)
-    if known is None:
-        known = _call_names(head[:end], fixed + 1, ser_len)
-        if len(_inline_names) >= _NAMES_MAX:  # names made up by a peer cannot grow this
-            _inline_names.clear()
-        _inline_names[names] = known  # (at most 2 + 255 + 255 bytes)
-    args = head[end:]
-    if type(args) is not bytes:
-        args = bytes(args)
-    return Call(rid, known[1], known[0], args, None, timeout, flags & _NOT_INLINE, window, metadata)
 
 
 def _decode_error(rid: int, frames: list[bytes]) -> Error:

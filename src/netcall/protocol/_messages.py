@@ -16,7 +16,6 @@ __all__ = [
     "CALL_OPTIONS",
     "COUNT",
     "FLAG_BUFFERS",
-    "FLAG_INLINE",
     "FLAG_METADATA",
     "FLAG_ONEWAY",
     "HEADER",
@@ -46,7 +45,6 @@ __all__ = [
     "StreamOpen",
     "Throw",
     "call_head",
-    "call_head_inline",
     "encode_metadata",
     "header",
     "payload_frames",
@@ -55,8 +53,7 @@ __all__ = [
 
 MAGIC = b"NC"
 #: 2: the CALL carries the time remaining (not an absolute time) and optional metadata.
-#: 3: a CALL's args may ride in its head (FLAG_INLINE).
-VERSION = 3
+VERSION = 2
 HEADER = struct.Struct("!2sBBQ")
 HEADER_SIZE = HEADER.size
 CALL_OPTIONS = struct.Struct("!dBIB")
@@ -77,10 +74,6 @@ MAX_FRAMES = MAX_BUFFERS + 4
 FLAG_ONEWAY = 0x01
 FLAG_METADATA = 0x02  # the CALL's last frame is its metadata
 FLAG_BUFFERS = 0x04  # the CALL has a kwargs frame (maybe empty), then out-of-band buffers
-#: The CALL's args ride in its head, after the names (the method name after its length, u8):
-#: no kwargs, no buffers, no args frame. One frame fewer per call, which measured about 1.5 µs
-#: of CPU less per message sent and received (a ROUTER pair over tcp, both ends).
-FLAG_INLINE = 0x08
 
 #: The metadata of a call that has none (shared, read-only: costs nothing per call).
 NO_METADATA: Mapping[str, str] = MappingProxyType({})
@@ -164,61 +157,6 @@ def call_head(
     )
 
 
-_CALL_INLINE = struct.Struct("!2sBBQdBIBB")  # ... and the method name's length
-_INLINE_NAME_MAX = 255
-# (serializer, method) -> (their lengths and bytes), or () when the names cannot ride inline.
-_inline_tails: dict[tuple[str, str], tuple[int, int, bytes] | tuple[()]] = {}
-
-
-def call_head_inline(
-    request_id: int,
-    method: str,
-    serializer: str,
-    timeout: float,
-    flags: int,
-    window: int,
-    args: bytes,
-) -> bytes | None:
-    """The head frame of a CALL that carries ``args`` (and sets :data:`FLAG_INLINE`); ``None``
-    when they cannot ride inline: more than :data:`INLINE_MAX` bytes, or a method or
-    serializer name longer than 255 bytes (then use :func:`call_head` and an args frame).
-
-    Raises:
-        UnicodeEncodeError: the method name cannot be encoded (lone surrogates).
-    """
-    if len(args) > INLINE_MAX:
-        return None
-    key = (serializer, method)
-    cached = _inline_tails.get(key)
-    if cached is None:
-        ser, name = serializer.encode(), method.encode()
-        if len(_inline_tails) > 4096:  # names built on the fly must not grow this forever
-            _inline_tails.clear()
-        if len(ser) > _INLINE_NAME_MAX or len(name) > _INLINE_NAME_MAX:
-            cached = _inline_tails[key] = ()
-        else:
-            cached = _inline_tails[key] = (len(ser), len(name), ser + name)
-    if not cached:
-        return None
-    return b"".join(
-        (
-            _CALL_INLINE.pack(
-                MAGIC,
-                VERSION,
-                1,
-                request_id,
-                timeout,
-                flags | FLAG_INLINE,
-                window,
-                cached[0],
-                cached[1],
-            ),
-            cached[2],
-            args,
-        )
-    )
-
-
 def encode_metadata(metadata: Mapping[str, str]) -> bytes:
     """The metadata frame: for each pair, key and value as UTF-8, each after its length (u16).
 
@@ -258,15 +196,9 @@ class Call:
         return bool(self.flags & FLAG_ONEWAY)
 
     def to_frames(self) -> list[Any]:
-        flags = self.flags & ~(FLAG_METADATA | FLAG_BUFFERS | FLAG_INLINE)
+        flags = self.flags & ~(FLAG_METADATA | FLAG_BUFFERS)
         if self.metadata:
             flags |= FLAG_METADATA
-        if self.kwargs is None and not self.buffers:
-            inline = call_head_inline(
-                self.id, self.method, self.serializer, self.timeout, flags, self.window, self.args
-            )
-            if inline is not None:
-                return [inline, encode_metadata(self.metadata)] if self.metadata else [inline]
         if self.buffers:
             flags |= FLAG_BUFFERS
         head = call_head(self.id, self.method, self.serializer, self.timeout, flags, self.window)
