@@ -48,9 +48,9 @@ async def _read_while(sock: Any, stopping: asyncio.Task[None]) -> list[list[byte
         await asyncio.wait([stopping], timeout=0.001)  # read as a client does, meanwhile
 
 
-async def test_stop_writes_the_answers_waiting_for_a_client_that_reads_late(
-    make_service: Any, dealer: Any
-) -> None:
+async def _answers_waiting(make_service: Any, dealer: Any) -> Any:
+    """A service that answered N calls from ``dealer``, which has read none: the answers its
+    pipe cannot take wait in the service."""
     url = inproc_url()
     service = make_service(limits=Limits(send_hwm=1))
     service.register(lambda: "pong", name="ping")
@@ -59,9 +59,15 @@ async def test_stop_writes_the_answers_waiting_for_a_client_that_reads_late(
     dealer.connect(url)
     for rid in range(1, N + 1):
         dealer.send_multipart(p.Call(rid, "ping", "msgpack", b"\x90").to_frames())
-    # Every call is answered, and the answers the pipe cannot take wait in the service.
     assert await wait_until(lambda: service.stats()["calls"] == N)
     assert await wait_until(lambda: service._replies.is_blocked(b"slow"))
+    return service
+
+
+async def test_stop_writes_the_answers_waiting_for_a_client_that_reads_late(
+    make_service: Any, dealer: Any
+) -> None:
+    service = await _answers_waiting(make_service, dealer)
     stopping = asyncio.ensure_future(service.stop(grace=0))
     answers = await asyncio.wait_for(_read_while(dealer, stopping), 10)
     assert sorted(_ids(answers)) == list(range(1, N + 1))
@@ -70,15 +76,7 @@ async def test_stop_writes_the_answers_waiting_for_a_client_that_reads_late(
 async def test_stop_gives_up_on_a_client_that_never_reads_within_its_linger(
     make_service: Any, dealer: Any
 ) -> None:
-    url = inproc_url()
-    service = make_service(limits=Limits(send_hwm=1))
-    service.register(lambda: "pong", name="ping")
-    service.bind(url)
-    service.start()
-    dealer.connect(url)
-    for rid in range(1, N + 1):
-        dealer.send_multipart(p.Call(rid, "ping", "msgpack", b"\x90").to_frames())
-    assert await wait_until(lambda: service._replies.is_blocked(b"slow"))
+    service = await _answers_waiting(make_service, dealer)
     loop = asyncio.get_running_loop()
     start = loop.time()
     await asyncio.wait_for(service.stop(grace=0), 5)
