@@ -25,7 +25,7 @@ def dealer(ctx: Any) -> Any:
     # inproc: the pipe holds the service's SNDHWM plus this RCVHWM, and no kernel buffer.
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, 10)
+    sock.setsockopt(zmq.RCVHWM, 20)
     sock.setsockopt(zmq.ROUTING_ID, b"slow")
     yield sock
     sock.close(0)
