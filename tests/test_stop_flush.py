@@ -73,6 +73,23 @@ async def test_stop_writes_the_answers_waiting_for_a_client_that_reads_late(
     assert sorted(_ids(answers)) == list(range(1, N + 1))
 
 
+async def test_a_cancelled_serve_writes_them_too(make_service: Any, dealer: Any) -> None:
+    # Ctrl-C under asyncio.run() cancels serve(): it stops gracefully, as stop() does.
+    url = inproc_url()
+    service = make_service(limits=Limits(send_hwm=1), grace=0)
+    service.register(lambda: "pong", name="ping")
+    service.bind(url)
+    serving = asyncio.ensure_future(service.serve())
+    dealer.connect(url)
+    for rid in range(1, N + 1):
+        dealer.send_multipart(p.Call(rid, "ping", "msgpack", b"\x90").to_frames())
+    assert await wait_until(lambda: service._replies.is_blocked(b"slow"))
+    serving.cancel()
+    answers = await asyncio.wait_for(_read_while(dealer, serving), 10)
+    assert serving.cancelled() and service.closed
+    assert sorted(_ids(answers)) == list(range(1, N + 1))
+
+
 async def test_stop_gives_up_on_a_client_that_never_reads_within_its_linger(
     make_service: Any, dealer: Any
 ) -> None:
