@@ -359,10 +359,53 @@ class SocketDriver:
         if self._blocked and self._retry_handle is None:
             self._schedule_retry()
 
+    async def drain(self, timeout: float) -> None:
+        """Write what is queued (the outbox, then each peer's queue as far as the peer takes
+        it), waiting up to ``timeout`` seconds for peers whose pipe is full: a graceful stop
+        calls it before :meth:`close`. Shutdown only; nothing on the hot path."""
+        if self._closed:
+            return
+        self._write_outbox()
+        if self._blocked:
+            self._flush()
+        if not self._blocked:
+            return
+        if self._retry_handle is None:
+            self._schedule_retry()
+        waiting = [self.wait_unblocked(peer) for peer in list(self._blocked)]
+        await asyncio.wait(waiting, timeout=timeout)
+        for fut in waiting:
+            fut.cancel()  # (a no-op when done; a pending one is dropped by _release)
+
+    def _write_all_once(self) -> None:
+        # Closing: the outbox behind each peer's queue, each queue in order, as far as its
+        # peer takes it now; no callbacks, nothing scheduled (the loop may be closed).
+        queues = self._blocked
+        for frames in self._outbox:
+            queue = queues.get(frames[0])
+            if queue is not None:
+                queue.append(frames)
+            elif not (self._cut and frames[0] in self._cut):
+                queues[frames[0]] = deque([frames])
+        self._outbox = []
+        sock = self.sock
+        for queue in queues.values():
+            while queue:
+                try:
+                    send_frames(sock, queue[0])
+                except zmq.ZMQError:  # full, gone or closed: the rest of it is dropped
+                    break
+                queue.popleft()
+
     def close(self, linger: int = 0) -> None:
-        """Stop reading and close the socket (on the loop's thread)."""
+        """Stop reading and close the socket (on the loop's thread). With ``linger`` (ms),
+        what is still queued is written first, as far as each peer takes it now, and ZeroMQ
+        has that long to deliver it; without, it is dropped."""
         if self._closed and self.sock.closed:
             return
+        if linger and not self._closed and not self.sock.closed:
+            # A graceful close sends what was queued, then lingers to deliver it.
+            self._write_all_once()
         self._closed = True
         if self._retry_handle is not None:
             self._retry_handle.cancel()
@@ -374,14 +417,7 @@ class SocketDriver:
         self._blocked.clear()
         for peer in list(self._waiters):
             self._release(peer)
-        outbox, self._outbox = self._outbox, []
+        self._outbox = []
         self._outbox_bytes = 0
-        if linger and not self.sock.closed:
-            # A graceful close still sends what was queued (then lingers to deliver it).
-            for frames in outbox:
-                try:
-                    send_frames(self.sock, frames)
-                except zmq.ZMQError:
-                    pass
         if not self.sock.closed:
             self.sock.close(linger=linger)

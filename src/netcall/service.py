@@ -43,6 +43,9 @@ __all__ = ["RESERVED_NAMES", "HandlerRunner", "Limits", "RPCService"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger("netcall")
+#: ms a graceful stop gives the answers it queued: to peers whose pipe is full (drained for
+#: this long before closing), then to ZeroMQ to deliver them (the close's linger).
+_STOP_LINGER = 200
 Keys = Iterable[Any] | None  # CURVE public keys (Z85 bytes or text, or Keypairs)
 
 
@@ -287,7 +290,9 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         """Stop gracefully: refuse new calls, give in-flight calls ``grace`` seconds (default:
         the constructor's) to finish, cancel the rest, close open streams (their generators'
         ``finally`` blocks run; their clients get
-        :class:`~netcall.errors.ServiceStoppingError`), then close the socket.
+        :class:`~netcall.errors.ServiceStoppingError`), then close the socket. Every answer
+        given before then is written: to a client that does not read, for at most 0.2 s more,
+        then ZeroMQ has 0.2 s (the close's linger) to deliver what it holds.
         """
         if self._closed:
             return
@@ -305,7 +310,11 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         pending += self._producers.close_all(refuse=(p.ERR_SERVICE_STOPPING, "the service stopped"))
         if pending:
             await asyncio.wait(pending, timeout=max(1.0, grace))
-        self._close(linger=200)
+        if self._driver is not None:
+            # Every answer given so far leaves before the socket closes: the corked outbox,
+            # and what waits for a peer whose pipe is full, for as long as the close lingers.
+            await self._driver.drain(_STOP_LINGER / 1000)
+        self._close(linger=_STOP_LINGER)
 
     def close(self) -> None:
         """Close at once: cancel everything running and close the socket (linger 0)."""
