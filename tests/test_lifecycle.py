@@ -119,9 +119,11 @@ def test_ctrl_c_of_serve_lets_the_call_in_flight_finish(tmp_path: Path) -> None:
     assert took < 5, took  # it waited for the call (~0.5 s left), not for the grace
     # Python 3.10's asyncio.run() cancels every task on Ctrl-C (or interrupts the one running),
     # the handler's too: the caller gets an error at once. From 3.11 it cancels only the main
-    # task: the call finishes. (On 3.10 the "stopping" answer is now and then not written
-    # before the process ends: the caller then hears that the connection was lost, as at once;
-    # seen once in a CI run of the whole suite; the test alone passed 12 runs of 12.)
+    # task: the call finishes. (On 3.10 the caller twice heard ConnectionLostError instead,
+    # in CI runs of the whole suite, never reproduced alone. One way that happens was found
+    # and fixed in session 9: the client's loop read the monitor's "disconnected" before the
+    # answer waiting on its socket (tests/test_disconnect_order.py). Whether that was the
+    # cause here is not shown, so ConnectionLostError is still accepted.)
     answer = client.communicate(timeout=20)[0]
     if sys.version_info >= (3, 11):
         assert answer == "done\n"

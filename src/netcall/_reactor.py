@@ -359,6 +359,14 @@ class SocketDriver:
         if self._blocked and self._retry_handle is None:
             self._schedule_retry()
 
+    def read_waiting(self) -> None:
+        """Read what is waiting on the socket now, as the reader would (a no-op inside the
+        reader itself, once closed, or when the loop is): a client told that a connection
+        broke reads the replies that came before the break first, wherever the loop put the
+        two events."""
+        if not self._in_ready and not self._closed and not self._loop.is_closed():
+            self._on_ready()
+
     async def drain(self, timeout: float) -> None:
         """Write what is queued (the outbox, then each peer's queue as far as the peer takes
         it), waiting up to ``timeout`` seconds for peers whose pipe is full: a graceful stop

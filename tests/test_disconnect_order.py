@@ -1,0 +1,80 @@
+"""A reply that reached the client before the connection broke is an answer, not a loss,
+whichever of the two the client's loop happens to see first (the data socket and its monitor
+are two file descriptors, and a loop may run their readers in either order)."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from _helpers import recv_within
+from conftest import tcp_url
+from netcall import RPCClient
+from netcall import protocol as p
+from netcall.errors import ConnectionLostError
+
+
+@pytest.fixture
+def service_socket(ctx: Any) -> Any:
+    socks: list[zmq.Socket[Any]] = []
+
+    def make(url: str) -> zmq.Socket[Any]:
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.bind(url)
+        socks.append(sock)
+        return sock
+
+    yield make
+    for s in socks:
+        s.close(0)
+
+
+async def _answer_then_hang_up(client: RPCClient, service: zmq.Socket[Any]) -> asyncio.Future[Any]:
+    call = asyncio.ensure_future(client.echo("x"))
+    frames = await recv_within(service, 5.0)
+    peer, head = frames[0], frames[1]
+    (rid,) = struct.unpack("!Q", head[4:12])
+    service.send_multipart([peer, *p.Result(rid, msgpack.packb("x")).to_frames()])
+    service.close(linger=1000)  # the reply is written, then the connection closes
+    return call
+
+
+async def test_a_reply_read_after_the_disconnect_that_followed_it(ctx, service_socket):
+    url = tcp_url()
+    service = service_socket(url)
+    client = RPCClient(timeout=5.0, context=ctx)
+    client.connect(url)
+    try:
+        call = await _answer_then_hang_up(client, service)
+        # Without a turn of the loop: wait until both have arrived, the reply on the client's
+        # socket and the disconnect on its monitor ...
+        monitor, sock = client._sockets.monitor, client._sockets.socket
+        assert monitor is not None and sock is not None
+        assert monitor.poll(5000) and sock.poll(5000)
+        # ... then let the monitor's reader run first, as a loop may.
+        assert client._monitor_driver is not None
+        client._monitor_driver._on_ready()
+        assert await asyncio.wait_for(call, 5) == "x"
+    finally:
+        client.close()
+
+
+async def test_a_call_with_no_reply_still_fails_when_the_connection_breaks(ctx, service_socket):
+    url = tcp_url()
+    service = service_socket(url)
+    client = RPCClient(timeout=5.0, context=ctx)
+    client.connect(url)
+    try:
+        call = asyncio.ensure_future(client.echo("x"))
+        await recv_within(service, 5.0)
+        service.close(linger=0)  # no answer
+        with pytest.raises(ConnectionLostError):
+            await asyncio.wait_for(call, 5)
+    finally:
+        client.close()
