@@ -19,20 +19,10 @@ from netcall import protocol as p
 from netcall.errors import ConnectionLostError
 
 
-@pytest.fixture
-def service_socket(ctx: Any) -> Any:
-    socks: list[zmq.Socket[Any]] = []
-
-    def make(url: str) -> zmq.Socket[Any]:
-        sock = ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.bind(url)
-        socks.append(sock)
-        return sock
-
-    yield make
-    for s in socks:
-        s.close(0)
+def _service(zsockets: Any, url: str) -> zmq.Socket[Any]:
+    sock = zsockets(zmq.ROUTER)
+    sock.bind(url)
+    return sock
 
 
 async def _answer_then_hang_up(client: RPCClient, service: zmq.Socket[Any]) -> asyncio.Future[Any]:
@@ -45,9 +35,9 @@ async def _answer_then_hang_up(client: RPCClient, service: zmq.Socket[Any]) -> a
     return call
 
 
-async def test_a_reply_read_after_the_disconnect_that_followed_it(ctx, service_socket):
+async def test_a_reply_read_after_the_disconnect_that_followed_it(ctx, zsockets):
     url = tcp_url()
-    service = service_socket(url)
+    service = _service(zsockets, url)
     client = RPCClient(timeout=5.0, context=ctx)
     client.connect(url)
     try:
@@ -65,9 +55,9 @@ async def test_a_reply_read_after_the_disconnect_that_followed_it(ctx, service_s
         client.close()
 
 
-async def test_a_call_with_no_reply_still_fails_when_the_connection_breaks(ctx, service_socket):
+async def test_a_call_with_no_reply_still_fails_when_the_connection_breaks(ctx, zsockets):
     url = tcp_url()
-    service = service_socket(url)
+    service = _service(zsockets, url)
     client = RPCClient(timeout=5.0, context=ctx)
     client.connect(url)
     try:
