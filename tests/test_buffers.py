@@ -311,3 +311,68 @@ def test_malloc_tuning_once_and_opt_out(setting: str, expected: str) -> None:
     if sys.platform != "linux":
         expected = "False"
     assert out.stdout.split() == [expected, expected], out.stderr
+
+
+def test_a_received_buffer_sent_on_is_not_copied(ctx: Any) -> None:
+    """A large frame received as a memoryview and sent on as it is (a broker forwarding a
+    payload, a handler returning the memoryview it was given) goes out as the same ZeroMQ
+    message. Over inproc, where messages pass by reference, the next receiver's buffer is then
+    the very memory the first one received."""
+    import ctypes
+
+    from netcall._frames import recv_frames, send_frames
+
+    def address(buf: Any) -> int:
+        return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+    first, second, third, fourth = (ctx.socket(zmq.PAIR) for _ in range(4))
+    try:
+        first.bind("inproc://sent-on-1")
+        second.connect("inproc://sent-on-1")
+        third.bind("inproc://sent-on-2")
+        fourth.connect("inproc://sent-on-2")
+        first.send_multipart([b"envelope", b"head", BIG])
+        assert second.poll(5000)
+        got = recv_frames(second)
+        assert got is not None and type(got[2]) is memoryview
+        view = got[2]
+        send_frames(third, [b"envelope", b"head", view, view])
+        assert fourth.poll(5000)
+        out = fourth.recv_multipart(copy=False)
+        assert [address(f.buffer) for f in out[2:]] == [address(view)] * 2
+        assert out[2].bytes == BIG
+        # A part of it, or bytes made from it, is copied into a message of its own.
+        send_frames(third, [b"envelope", b"head", view[1:], bytes(view)])
+        assert fourth.poll(5000)
+        out = fourth.recv_multipart(copy=False)
+        assert address(out[2].buffer) != address(view) and out[2].bytes == BIG[1:]
+        assert address(out[3].buffer) != address(view) and out[3].bytes == BIG
+    finally:
+        for sock in (first, second, third, fourth):
+            sock.close(0)
+
+
+async def test_large_payloads_through_a_broker(ctx: Any) -> None:
+    from conftest import tcp_url
+    from netcall import Broker
+
+    front, back = tcp_url(), tcp_url()
+    viewer = MsgpackSerializer(memoryviews=True)
+    service = RPCService(viewer, context=ctx)
+
+    @service.register
+    def echo(x: Any) -> Any:
+        return x  # a read-only memoryview over the received message, sent back as it is
+
+    huge = bytes(range(256)) * (1 << 16)  # 16 MiB
+    async with Broker(front, back, context=ctx):
+        service.connect(back)
+        async with service, RPCClient(context=ctx, timeout=30.0) as client:
+            client.connect(front)
+            for _ in range(500):
+                if "echo" in await client.methods():
+                    break
+                await asyncio.sleep(0.01)
+            assert await client.echo(BIG) == BIG
+            assert await client.echo(huge) == huge
+            assert await asyncio.gather(*(client.echo(BIG) for _ in range(8))) == [BIG] * 8

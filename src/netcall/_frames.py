@@ -28,6 +28,8 @@ _dropped = RateLimitedLog(log)
 ZERO_COPY_MIN = 2 << 20
 #: Frames after the head at least this large are received as memoryviews over the ZeroMQ
 #: message (no copy; out-of-band buffers are copied at most once, into ``bytes``, after).
+#: Such a view sent on as it is (a broker forwarding a payload, a handler returning a buffer
+#: it was given as a memoryview) goes out as the same ZeroMQ message: no copy.
 VIEW_MIN = 65536
 #: Frames of one message beyond this are read and thrown away, and the message is dropped
 #: (routing id + the largest message the protocol allows).
@@ -41,6 +43,7 @@ _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 # routing_id/group handling, which netcall does not use).
 _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
+_Frame = zmq.Frame  # what _recv(copy=False) returns
 
 
 def send_frames(sock: zmq.Socket[Any], frames: list[Any]) -> None:
@@ -52,17 +55,26 @@ def send_frames(sock: zmq.Socket[Any], frames: list[Any]) -> None:
     """
     last = len(frames) - 1
     _send(sock, frames[0], _MORE_NOBLOCK)
-    for i in range(1, last):
+    for i in range(1, last + 1):
         frame = frames[i]
-        if type(frame) is bytes and len(frame) >= ZERO_COPY_MIN:
-            _send(sock, frame, _MORE_NOBLOCK, copy=False)
+        flags = _MORE_NOBLOCK if i < last else _NOBLOCK
+        kind = type(frame)
+        if kind is bytes:
+            if len(frame) >= ZERO_COPY_MIN:
+                _send(sock, frame, flags, copy=False)
+            else:
+                _send(sock, frame, flags)
+        elif kind is memoryview and _received(frame):
+            _send(sock, frame.obj, flags, copy=False)
         else:
-            _send(sock, frame, _MORE_NOBLOCK)
-    tail = frames[last]
-    if type(tail) is bytes and len(tail) >= ZERO_COPY_MIN:
-        _send(sock, tail, _NOBLOCK, copy=False)
-    else:
-        _send(sock, tail, _NOBLOCK)
+            _send(sock, frame, flags)
+
+
+def _received(view: memoryview) -> bool:
+    # A whole received frame (recv_frames' view of a large one): sent as that same ZeroMQ
+    # message, shared, with neither a copy nor pyzmq's garbage collector (libzmq owns it).
+    frame: Any = view.obj
+    return type(frame) is _Frame and view.nbytes == len(frame)
 
 
 def recv_frames(sock: zmq.Socket[Any], frame: Any = None) -> list[Any] | None:
