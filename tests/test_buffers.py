@@ -341,12 +341,15 @@ def test_a_received_buffer_sent_on_is_not_copied(ctx: Any) -> None:
         out = fourth.recv_multipart(copy=False)
         assert [address(f.buffer) for f in out[2:]] == [address(view)] * 2
         assert out[2].bytes == BIG
-        # A part of it, or bytes made from it, is copied into a message of its own.
+        # A part of it, or bytes made from it: copied into a message of its own.
         send_frames(third, [b"envelope", b"head", view[1:], bytes(view)])
         assert fourth.poll(5000)
         out = fourth.recv_multipart(copy=False)
         assert address(out[2].buffer) != address(view) and out[2].bytes == BIG[1:]
         assert address(out[3].buffer) != address(view) and out[3].bytes == BIG
+        # The whole of it in another order is not that message (pyzmq refuses to send it).
+        with pytest.raises(BufferError):
+            send_frames(third, [b"envelope", view[::-1]])
     finally:
         for sock in (first, second, third, fourth):
             sock.close(0)

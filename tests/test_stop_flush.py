@@ -108,3 +108,44 @@ async def test_stop_gives_up_on_a_client_that_never_reads_within_its_linger(
             break
     assert 0 < len(answers) < N
     assert _ids(answers) == list(range(1, len(answers) + 1))
+
+
+async def test_a_closing_client_sends_none_of_the_calls_it_failed(ctx: Any) -> None:
+    """A client's calls held behind a full pipe fail with ClientClosedError when it closes;
+    they must not reach the service after that (where they would run, with no CANCEL to
+    follow them, and again if the caller retried). Its farewell CANCELs still go out."""
+    from netcall import RPCClient
+    from netcall.errors import ClientClosedError
+
+    url = inproc_url()
+    service = ctx.socket(zmq.ROUTER)
+    service.setsockopt(zmq.LINGER, 0)
+    service.setsockopt(zmq.RCVHWM, 1)
+    service.bind(url)
+    client = RPCClient(context=ctx, timeout=10.0)
+    try:
+        client.socket.setsockopt(zmq.SNDHWM, 1)
+        client.connect(url)
+        calls = [asyncio.ensure_future(client.side_effect(i)) for i in range(N)]
+        assert await wait_until(
+            lambda: client._driver is not None and bool(client._driver._blocked)
+        )
+
+        def take() -> list[bool]:  # what the service can read now: is each message a CALL?
+            kinds = []
+            while True:
+                try:
+                    frames = service.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return kinds
+                kinds.append(p.decode(frames[1:]).__class__ is p.Call)
+
+        assert all(take())  # calls that were sent before the close
+        client.close()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, ClientClosedError) for r in results)
+        after = take()
+        assert after and not any(after)  # CANCELs, and none of the failed calls
+    finally:
+        client.close()
+        service.close(0)

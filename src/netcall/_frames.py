@@ -71,10 +71,12 @@ def send_frames(sock: zmq.Socket[Any], frames: list[Any]) -> None:
 
 
 def _received(view: memoryview) -> bool:
-    # A whole received frame (recv_frames' view of a large one): sent as that same ZeroMQ
-    # message, shared, with neither a copy nor pyzmq's garbage collector (libzmq owns it).
+    # A whole received frame (recv_frames' view of a large one), in its own order: sent as
+    # that same ZeroMQ message, shared, with neither a copy nor pyzmq's garbage collector
+    # (libzmq owns it). Nothing may write to it after (netcall never does; users only get
+    # read-only views of it).
     frame: Any = view.obj
-    return type(frame) is _Frame and view.nbytes == len(frame)
+    return type(frame) is _Frame and view.c_contiguous and view.nbytes == len(frame)
 
 
 def recv_frames(sock: zmq.Socket[Any], frame: Any = None) -> list[Any] | None:

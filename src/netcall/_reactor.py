@@ -361,9 +361,9 @@ class SocketDriver:
 
     def read_waiting(self) -> None:
         """Read what is waiting on the socket now, as the reader would (a no-op inside the
-        reader itself, once closed, or when the loop is): a client told that a connection
-        broke reads the replies that came before the break first, wherever the loop put the
-        two events."""
+        reader itself, once closed, or when the loop is): a client told by its monitor that
+        a connection broke reads the replies that came before the break first, wherever the
+        loop put the two events. Not for use from inside this driver's own sends."""
         if not self._in_ready and not self._closed and not self._loop.is_closed():
             self._on_ready()
 
@@ -405,14 +405,19 @@ class SocketDriver:
                     break
                 queue.popleft()
 
-    def close(self, linger: int = 0) -> None:
+    def close(self, linger: int = 0, queued: bool = False) -> None:
         """Stop reading and close the socket (on the loop's thread). With ``linger`` (ms),
-        what is still queued is written first, as far as each peer takes it now, and ZeroMQ
-        has that long to deliver it; without, it is dropped."""
+        this turn's burst is written first, as far as each peer takes it now, and ZeroMQ has
+        that long to deliver it; with ``queued`` too, what waits behind a full pipe goes
+        first, in order (a service's graceful stop: answers it gave). Anything else is
+        dropped: a client's calls held behind a full pipe were failed already, and must not
+        run after it said it closed."""
         if self._closed and self.sock.closed:
             return
         if linger and not self._closed and not self.sock.closed:
             # A graceful close sends what was queued, then lingers to deliver it.
+            if not queued:
+                self._blocked.clear()
             self._write_all_once()
         self._closed = True
         if self._retry_handle is not None:

@@ -242,10 +242,11 @@ class RPCClient(CallSurface, ClientBinding, Sending):
 
     def _lost(self, peer: Peer, why: str, every_call: bool, error: type[RPCError]) -> None:
         """Fail every call and stream in flight on ``peer`` (see CallRegistry.fail_peer).
-        What already arrived is read first: a reply that came before the connection broke
-        answers its call (the monitor's event and the reply are on two sockets, and the loop
-        may run their readers in either order)."""
-        if self._driver is not None:
+        When the monitor says the connection broke (not ``every_call``), what already
+        arrived is read first: a reply that came before the break answers its call (the
+        monitor's event and the reply are on two sockets, and the loop may run their readers
+        in either order)."""
+        if not every_call and self._driver is not None:
             self._driver.read_waiting()
         log.info("%s lost %s: %s", self.name, peer.url, why)
         self._calls.fail_peer(peer, why, every_call, error)

@@ -340,7 +340,7 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         self._upstreams.close()
         self._guard.close()
         if self._driver is not None:
-            self._driver.close(linger=linger)
+            self._driver.close(linger=linger, queued=True)
         elif self._socket is not None and not self._socket.closed:
             self._socket.close(linger=linger)
         if self._zap is not None:
