@@ -19,10 +19,16 @@ from netcall import protocol as p
 from netcall.errors import ConnectionLostError
 
 
-def _service(zsockets: Any, url: str) -> zmq.Socket[Any]:
-    sock = zsockets(zmq.ROUTER)
-    sock.bind(url)
-    return sock
+@pytest.fixture
+def connected(ctx: Any, zsockets: Any) -> Any:
+    """A raw ROUTER standing in for a service, and a client connected to it (closed after)."""
+    url = tcp_url()
+    service = zsockets(zmq.ROUTER)
+    service.bind(url)
+    client = RPCClient(timeout=5.0, context=ctx)
+    client.connect(url)
+    yield client, service
+    client.close()
 
 
 async def _answer_then_hang_up(client: RPCClient, service: zmq.Socket[Any]) -> asyncio.Future[Any]:
@@ -35,36 +41,24 @@ async def _answer_then_hang_up(client: RPCClient, service: zmq.Socket[Any]) -> a
     return call
 
 
-async def test_a_reply_read_after_the_disconnect_that_followed_it(ctx, zsockets):
-    url = tcp_url()
-    service = _service(zsockets, url)
-    client = RPCClient(timeout=5.0, context=ctx)
-    client.connect(url)
-    try:
-        call = await _answer_then_hang_up(client, service)
-        # Without a turn of the loop: wait until both have arrived, the reply on the client's
-        # socket and the disconnect on its monitor ...
-        monitor, sock = client._sockets.monitor, client._sockets.socket
-        assert monitor is not None and sock is not None
-        assert monitor.poll(5000) and sock.poll(5000)
-        # ... then let the monitor's reader run first, as a loop may.
-        assert client._monitor_driver is not None
-        client._monitor_driver._on_ready()
-        assert await asyncio.wait_for(call, 5) == "x"
-    finally:
-        client.close()
+async def test_a_reply_read_after_the_disconnect_that_followed_it(connected):
+    client, service = connected
+    call = await _answer_then_hang_up(client, service)
+    # Without a turn of the loop: wait until both have arrived, the reply on the client's
+    # socket and the disconnect on its monitor ...
+    monitor, sock = client._sockets.monitor, client._sockets.socket
+    assert monitor is not None and sock is not None
+    assert monitor.poll(5000) and sock.poll(5000)
+    # ... then let the monitor's reader run first, as a loop may.
+    assert client._monitor_driver is not None
+    client._monitor_driver._on_ready()
+    assert await asyncio.wait_for(call, 5) == "x"
 
 
-async def test_a_call_with_no_reply_still_fails_when_the_connection_breaks(ctx, zsockets):
-    url = tcp_url()
-    service = _service(zsockets, url)
-    client = RPCClient(timeout=5.0, context=ctx)
-    client.connect(url)
-    try:
-        call = asyncio.ensure_future(client.echo("x"))
-        await recv_within(service, 5.0)
-        service.close(linger=0)  # no answer
-        with pytest.raises(ConnectionLostError):
-            await asyncio.wait_for(call, 5)
-    finally:
-        client.close()
+async def test_a_call_with_no_reply_still_fails_when_the_connection_breaks(connected):
+    client, service = connected
+    call = asyncio.ensure_future(client.echo("x"))
+    await recv_within(service, 5.0)
+    service.close(linger=0)  # no answer
+    with pytest.raises(ConnectionLostError):
+        await asyncio.wait_for(call, 5)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from asyncio.events import _get_running_loop, _set_running_loop
 from collections.abc import Callable, Coroutine
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
 from ._bridge_lead import HAND_BACK_WAIT, BridgeState, cancel_all
@@ -152,10 +153,6 @@ class GreenletCalls(BridgeState):
             return None
         finished = False
         try:
-            if timeout is None:
-                port.wait(waiter)
-                finished = True
-                return futures[0]
             with _gevent_timeout(timeout):
                 port.wait(waiter)
                 finished = True
@@ -204,7 +201,13 @@ class GreenletCalls(BridgeState):
         return True
 
 
-def _gevent_timeout(seconds: float) -> Any:
+def _gevent_timeout(seconds: float | None) -> Any:
+    # No timeout: a shared do-nothing context (nothing made per call).
+    if seconds is None:
+        return _NO_TIMEOUT
     import gevent  # (only for a wait with a timeout: gevent is in use by then)
 
     return gevent.Timeout(seconds, False)
+
+
+_NO_TIMEOUT = nullcontext()
