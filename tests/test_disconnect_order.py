@@ -62,3 +62,24 @@ async def test_a_call_with_no_reply_still_fails_when_the_connection_breaks(conne
     service.close(linger=0)  # no answer
     with pytest.raises(ConnectionLostError):
         await asyncio.wait_for(call, 5)
+
+
+async def test_more_replies_than_one_batch_all_answer(connected):
+    # 1,500 replies wait when the monitor says the connection broke: read_waiting reads them
+    # all (it read one batch of 512, and the calls behind it failed with ConnectionLostError)
+    client, service = connected
+    n = 1500
+    calls = [asyncio.ensure_future(client.echo(i)) for i in range(n)]
+    received = [await recv_within(service, 5.0) for _ in range(n)]
+    for frames in received:
+        peer, head = frames[0], frames[1]
+        (rid,) = struct.unpack("!Q", head[4:12])
+        service.send_multipart([peer, *p.Result(rid, msgpack.packb("ok")).to_frames()])
+    service.close(linger=5000)
+    monitor, sock = client._sockets.monitor, client._sockets.socket
+    assert monitor is not None and sock is not None
+    assert monitor.poll(5000) and sock.poll(5000)
+    assert client._monitor_driver is not None
+    client._monitor_driver._on_ready()  # the monitor's reader first, as a loop may run it
+    answers = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+    assert answers == ["ok"] * n

@@ -33,7 +33,7 @@ import asyncio
 import errno
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
@@ -45,6 +45,7 @@ __all__ = ["OnMessage", "OnUnreachable", "SocketDriver", "recv_frames", "send_fr
 log = logging.getLogger("netcall")
 
 _BATCH = 512  # messages handled per wake-up before yielding to other callbacks
+_WAITING_BATCHES = 64  # read_waiting(): at most this many batches (32,768 messages)
 # The first messages of a wake-up are each followed by a look at EVENTS; from this many on, the
 # reader receives until ZeroMQ says EAGAIN. A look costs about 1.4 µs here, a receive that
 # raises zmq.Again about 3.4 µs: a lone message (a sequential call) is read without raising,
@@ -364,8 +365,15 @@ class SocketDriver:
         reader itself, once closed, or when the loop is): a client told by its monitor that
         a connection broke reads the replies that came before the break first, wherever the
         loop put the two events. Not for use from inside this driver's own sends."""
-        if not self._in_ready and not self._closed and not self._loop.is_closed():
+        if self._in_ready or self._closed or self._loop.is_closed():
+            return
+        # All of it, not one batch: the caller fails what is still pending right after. What
+        # waits is bounded by the socket's receive queue (RCVHWM); the cap is for a peer that
+        # never stops sending.
+        for _ in range(_WAITING_BATCHES):
             self._on_ready()
+            if self._closed or not self._check_scheduled:  # (a full batch schedules a look)
+                break
 
     async def drain(self, timeout: float) -> None:
         """Write what is queued (the outbox, then each peer's queue as far as the peer takes
@@ -397,6 +405,12 @@ class SocketDriver:
                 queues[frames[0]] = deque([frames])
         self._outbox = []
         sock = self.sock
+        try:
+            # libzmq learns that a full pipe has room again from a command, which a send
+            # reads only now and then (it throttles them); EVENTS reads them all now.
+            _get(sock, _EVENTS)
+        except zmq.ZMQError:
+            return
         for queue in queues.values():
             while queue:
                 try:
@@ -405,19 +419,21 @@ class SocketDriver:
                     break
                 queue.popleft()
 
-    def close(self, linger: int = 0, queued: bool = False) -> None:
+    def close(self, linger: int = 0, queued: bool = False, last: Sequence[list[Any]] = ()) -> None:
         """Stop reading and close the socket (on the loop's thread). With ``linger`` (ms),
         this turn's burst is written first, as far as each peer takes it now, and ZeroMQ has
         that long to deliver it; with ``queued`` too, what waits behind a full pipe goes
         first, in order (a service's graceful stop: answers it gave). Anything else is
         dropped: a client's calls held behind a full pipe were failed already, and must not
-        run after it said it closed."""
+        run after it said it closed. ``last``: messages written after all that, as far as
+        each peer takes them (a closing client's CANCELs, oldest calls first)."""
         if self._closed and self.sock.closed:
             return
         if linger and not self._closed and not self.sock.closed:
             # A graceful close sends what was queued, then lingers to deliver it.
             if not queued:
                 self._blocked.clear()
+            self._outbox.extend(last)
             self._write_all_once()
         self._closed = True
         if self._retry_handle is not None:
