@@ -39,6 +39,7 @@ def scenario(name: str, patched: bool) -> str:
         "start_and_serve",
         "ctrl_c_in_a_handler",
         "greenlets_while_a_thread_runs_the_loop",
+        "large_payloads",
     ],
 )
 def test_scenario(name: str, patched: bool) -> None:

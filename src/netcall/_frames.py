@@ -5,6 +5,7 @@ received frames, and a bound on the frames of one message."""
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import zmq
@@ -60,7 +61,7 @@ def send_frames(sock: zmq.Socket[Any], frames: list[Any]) -> None:
         flags = _MORE_NOBLOCK if i < last else _NOBLOCK
         kind = type(frame)
         if kind is bytes:
-            if len(frame) >= ZERO_COPY_MIN:
+            if len(frame) >= ZERO_COPY_MIN and _gc_thread_is_a_thread():
                 _send(sock, frame, flags, copy=False)
             else:
                 _send(sock, frame, flags)
@@ -68,6 +69,19 @@ def send_frames(sock: zmq.Socket[Any], frames: list[Any]) -> None:
             _send(sock, frame.obj, flags, copy=False)
         else:
             _send(sock, frame, flags)
+
+
+def _gc_thread_is_a_thread() -> bool:
+    """Whether pyzmq's garbage-collector thread, which lets go of zero-copy frames, is (or will
+    be) a real thread. Under gevent's ``monkey.patch_all()`` it is a greenlet: its blocking
+    ZeroMQ receive then stalls whichever thread's hub runs it, and at exit pyzmq's join of it
+    fails (``LoopExit``). Then large frames are copied, as smaller ones are."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None:
+        return True
+    garbage = sys.modules.get("zmq.utils.garbage")  # (imported at the first zero-copy send)
+    thread = getattr(garbage or sys.modules.get("threading"), "Thread", None)
+    return bool(thread is monkey.get_original("threading", "Thread"))
 
 
 def _received(view: memoryview) -> bool:
