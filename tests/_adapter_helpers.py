@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,16 @@ def register_handlers(svc: RPCService, kind: str, closed: list[str]) -> None:
 
 
 # ----------------------------------------------------------------------------- services
+
+
+def serving(kind: str, ctx: zmq.Context[Any], url: str) -> Iterator[ServiceThread]:
+    """The body of a fixture: a service of ``kind`` serving ``url`` in its own thread,
+    stopped afterwards."""
+    svc = ServiceThread(kind, ctx, url).start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
 
 
 class ServiceThread:

@@ -300,21 +300,10 @@ def large_payloads() -> None:
     """1 MiB and 16 MiB bytes, buffer arguments, a numpy array (when numpy is installed) and
     streams of 1 MiB items, from greenlets (one, then 16 at once) to a gevent service; the hub
     keeps ticking meanwhile."""
+    from _adapter_helpers import register_handlers
+
     svc = GeventRPCService()
-
-    @svc.register
-    def echo(x: Any) -> Any:
-        return x
-
-    @svc.register
-    def kinds(*xs: Any) -> list[str]:
-        return [type(x).__name__ for x in xs]
-
-    @svc.register
-    def repeat(x: Any, n: int) -> Any:
-        for _ in range(n):
-            yield x
-
+    register_handlers(svc, "gevent", [])  # echo, kinds, repeat among them
     url = f"tcp://127.0.0.1:{svc.bind_ports()}"
     svc.start()
     client = GeventRPCClient(timeout=30)

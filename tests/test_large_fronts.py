@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from tornado.ioloop import IOLoop
 
-from _adapter_helpers import SERVICE_KINDS, ServiceThread
+from _adapter_helpers import SERVICE_KINDS, ServiceThread, serving
 from conftest import tcp_url
 from netcall import RPCClient
 from netcall.sync import SyncRPCClient
@@ -29,11 +29,7 @@ HUGE = MIB * 16  # 16 MiB
 
 @pytest.fixture(params=SERVICE_KINDS)
 def remote(request: pytest.FixtureRequest, ctx: Any) -> Iterator[ServiceThread]:
-    svc = ServiceThread(request.param, ctx, tcp_url()).start()
-    try:
-        yield svc
-    finally:
-        svc.stop()
+    yield from serving(request.param, ctx, tcp_url())
 
 
 def numpy_array() -> Any:
