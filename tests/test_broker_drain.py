@@ -65,3 +65,33 @@ async def test_a_call_past_the_grace_is_cut_off(make_service, ctx):
     finally:
         client.close()
         broker.close()
+
+
+async def test_answers_given_before_the_stop_reach_their_callers(make_service, ctx):
+    # The last answers are still on their way out when the calls are over: stop() lets them
+    # go (the driver's drain, then a close that lingers), as a service's stop does. Closed
+    # with linger 0 straight after, 4 MiB answers were cut off (ConnectionLostError).
+    front, back = tcp_url(), tcp_url()
+    svc = make_service()
+
+    @svc.register
+    async def big(seconds: float) -> bytes:
+        await asyncio.sleep(seconds)
+        return b"x" * (4 << 20)
+
+    svc.connect(back)
+    broker = Broker(front, back, context=ctx, grace=5)
+    broker.start()
+    svc.start()
+    client = RPCClient(timeout=10, context=ctx)
+    client.connect(front)
+    try:
+        assert len(await client.big(0)) == 4 << 20  # the service has joined
+        calls = [asyncio.ensure_future(client.big(0.2)) for _ in range(16)]
+        await asyncio.sleep(0.05)
+        await broker.stop()
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        assert [len(a) if isinstance(a, bytes) else a for a in answers] == [4 << 20] * 16
+    finally:
+        client.close()
+        broker.close()

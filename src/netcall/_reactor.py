@@ -40,10 +40,21 @@ import zmq
 
 from ._frames import _NOBLOCK, _recv, recv_frames, send_frames
 
-__all__ = ["OnMessage", "OnUnreachable", "SocketDriver", "recv_frames", "send_frames"]
+__all__ = [
+    "STOP_LINGER",
+    "OnMessage",
+    "OnUnreachable",
+    "SocketDriver",
+    "recv_frames",
+    "send_frames",
+]
 
 log = logging.getLogger("netcall")
 
+#: ms a graceful stop (a service's, a broker's) gives the answers it queued: to peers whose
+#: pipe is full (drained for this long before closing), then to ZeroMQ to deliver them (the
+#: close's linger).
+STOP_LINGER = 200
 _BATCH = 512  # messages handled per wake-up before yielding to other callbacks
 _WAITING_BATCHES = 64  # read_waiting(): at most this many batches (32,768 messages)
 # The first messages of a wake-up are each followed by a look at EVENTS; from this many on, the

@@ -20,6 +20,7 @@ import zmq
 from . import _backends
 from . import protocol as p
 from ._middleware import ServiceMiddleware, check_middleware
+from ._reactor import STOP_LINGER as _STOP_LINGER
 from ._reactor import SocketDriver
 from ._service import lifecycle
 from ._service.binding import ServiceBinding
@@ -43,9 +44,6 @@ __all__ = ["RESERVED_NAMES", "HandlerRunner", "Limits", "RPCService"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger("netcall")
-#: ms a graceful stop gives the answers it queued: to peers whose pipe is full (drained for
-#: this long before closing), then to ZeroMQ to deliver them (the close's linger).
-_STOP_LINGER = 200
 Keys = Iterable[Any] | None  # CURVE public keys (Z85 bytes or text, or Keypairs)
 
 
