@@ -18,7 +18,8 @@ Out-of-band buffers: a serializer may also have ``dumps_buffers(obj, buffers) ->
 large buffers to the list ``buffers``, refer to them by index in the payload) and
 ``loads_buffers(data, buffers) -> obj``. netcall then sends each buffer as a ZeroMQ frame of its
 own (like pickle protocol 5's out-of-band buffers): it is never copied into the payload, and a
-``bytes`` buffer of at least 2 MiB is sent without any copy at all (``copy=False``). msgpack
+``bytes`` buffer of at least 2 MiB is sent without any copy at all (``copy=False``; copied
+under gevent's ``monkey.patch_all()``, where pyzmq's thread for it would be a greenlet). msgpack
 and pickle have them; at most :data:`MAX_BUFFERS` buffers travel with one message (the rest
 stay inline), and a message arriving with more is refused.
 
