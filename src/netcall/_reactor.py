@@ -103,6 +103,7 @@ class SocketDriver:
         "_recv",
         "_retry_delay",
         "_retry_handle",
+        "_unbounded",
         "_waiters",
         "cut_off",
         "max_queued",
@@ -122,6 +123,7 @@ class SocketDriver:
         max_queued: int | None = None,
         max_queued_bytes: int | None = None,
         on_overflow: OnUnreachable | None = None,
+        unbounded: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.sock = sock
         # With identify (a CURVE service), each message's sender key (its User-Id property)
@@ -135,6 +137,9 @@ class SocketDriver:
         #: Per-peer bounds on what waits behind a full pipe (``None``: unbounded).
         self.max_queued = max_queued
         self.max_queued_bytes = max_queued_bytes
+        #: Peers those bounds do not apply to (a service's broker: what it waits for is
+        #: bounded by the calls the broker sent, and cutting it off would lose them all).
+        self._unbounded = unbounded
         #: Peers cut off for not reading, so far.
         self.cut_off = 0
         self._blocked: dict[bytes, deque[list[Any]]] = {}
@@ -187,9 +192,10 @@ class SocketDriver:
         queue.append(frames)
         size = self._blocked_bytes[peer] = self._blocked_bytes.get(peer, 0) + _size(frames)
         limit, limit_bytes = self.max_queued, self.max_queued_bytes
-        if (limit is not None and len(queue) > limit) or (
-            limit_bytes is not None and size > limit_bytes
-        ):
+        if (
+            (limit is not None and len(queue) > limit)
+            or (limit_bytes is not None and size > limit_bytes)
+        ) and not (self._unbounded is not None and self._unbounded(peer)):
             self._cut_off(peer)
 
     def _cut_off(self, peer: bytes) -> None:

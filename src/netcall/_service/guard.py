@@ -141,6 +141,7 @@ class Guard:
             max_queued=lim.max_queued,
             max_queued_bytes=lim.max_queued_bytes,
             on_overflow=self.cut_off,
+            unbounded=lambda peer: self.is_upstream(peer),
         )
         self._watch = DisconnectWatch(loop, self.probe)
         if monitor_listeners is not None:
