@@ -267,6 +267,8 @@ class Broker:
             if handle is not None:
                 handle.cancel()
         self._timers.clear()
+        if self.router is not None:
+            self.router.log.flush()
         for driver in self._drivers:
             driver.close(linger=linger, queued=True)
         self._drivers = []
@@ -382,6 +384,8 @@ class Broker:
         if self._closed or self._loop is None:
             return
         self._probe_services()
+        if self.router is not None:
+            self.router.log.flush()  # the summaries of suppressed log lines
         self._ping_handle = self._loop.call_later(self.heartbeat, self._ping)
 
     def __repr__(self) -> str:

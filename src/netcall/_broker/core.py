@@ -5,15 +5,19 @@ happens when a client goes away. Sans-IO; see :mod:`netcall._broker.routing` for
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 from .. import protocol as p
+from .._ratelog import RateLimitedLog
 from .table import Route, ServiceEntry, Services, Waiting, WaitQueue
 
 __all__ = ["RouterCore", "Send"]
+
+log = logging.getLogger("netcall.broker")
 
 
 Send = Callable[[list[Any]], None]
@@ -61,6 +65,10 @@ class RouterCore:
         self._waiting = WaitQueue()
         self._ids = itertools.count(random.getrandbits(48) + 1)
         self.refusing: str | None = None  # why new calls are refused (the broker drains)
+        #: What a peer can trigger at will (malformed messages) is logged through this, at a
+        #: bounded rate (5 lines per kind per 10 s, then a summary); call ``log.flush()`` now
+        #: and then.
+        self.log = RateLimitedLog(log)
         self.errors: dict[str, int] = {
             "malformed": 0,
             "not_found": 0,

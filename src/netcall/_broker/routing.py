@@ -14,7 +14,8 @@ Rules of this file:
 - A service that goes away fails its routes with ``netcall.ConnectionLost``; a client that goes
   away has its routes cancelled on the services.
 - Nothing here raises on bad input: malformed frames are counted, answered when they carry a
-  request id, and dropped.
+  request id, and dropped; they are logged at a bounded rate (``RouterCore.log``), never one
+  line per message.
 """
 
 from __future__ import annotations
@@ -106,7 +107,12 @@ class FromClients(RouterCore):
 
     def _malformed_from_client(self, client: bytes, frames: list[Any], exc: Exception) -> None:
         self.errors["malformed"] += 1
-        log.warning("netcall broker: dropped a malformed message from a client: %s", exc)
+        self.log(
+            "malformed",
+            logging.WARNING,
+            "netcall broker: dropped a malformed message from a client: %s",
+            exc,
+        )
         rid = p.request_id_of(frames[1:])
         if rid is not None:
             self._error(client, rid, p.ERR_PROTOCOL, str(exc))
@@ -193,7 +199,12 @@ class FromServices(RouterCore):
                 kind, brid = p.decode_header(head)
             except ProtocolError as exc:
                 self.errors["malformed"] += 1
-                log.warning("netcall broker: dropped a malformed message from a service: %s", exc)
+                self.log(
+                    "malformed",
+                    logging.WARNING,
+                    "netcall broker: dropped a malformed message from a service: %s",
+                    exc,
+                )
                 return
             if kind in (p.Kind.HELLO, p.Kind.BYE):
                 self._on_announce(peer, frames[1:])
@@ -249,7 +260,12 @@ class FromServices(RouterCore):
             msg = p.decode(body)
         except ProtocolError as exc:
             self.errors["malformed"] += 1
-            log.warning("netcall broker: a service sent a bad announcement: %s", exc)
+            self.log(
+                "malformed",
+                logging.WARNING,
+                "netcall broker: a service sent a bad announcement: %s",
+                exc,
+            )
             return
         if isinstance(msg, p.Bye):
             svc = self.services.get(peer)
