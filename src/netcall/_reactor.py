@@ -41,6 +41,8 @@ import zmq
 from ._frames import _NOBLOCK, _recv, recv_frames, send_frames
 
 __all__ = [
+    "MAX_QUEUED",
+    "MAX_QUEUED_BYTES",
     "STOP_LINGER",
     "OnMessage",
     "OnUnreachable",
@@ -55,6 +57,11 @@ log = logging.getLogger("netcall")
 #: pipe is full (drained for this long before closing), then to ZeroMQ to deliver them (the
 #: close's linger).
 STOP_LINGER = 200
+#: The default bounds on what waits for one peer behind its full pipe (a service's
+#: ``Limits.max_queued`` / ``max_queued_bytes``, a broker's ``max_queued`` /
+#: ``max_queued_bytes``): messages, and bytes; a peer over either is cut off.
+MAX_QUEUED = 10_000
+MAX_QUEUED_BYTES = 4 * 2**20
 _BATCH = 512  # messages handled per wake-up before yielding to other callbacks
 _WAITING_BATCHES = 64  # read_waiting(): at most this many batches (32,768 messages)
 # The first messages of a wake-up are each followed by a look at EVENTS; from this many on, the

@@ -34,7 +34,7 @@ import zmq.utils.monitor
 from . import protocol as p
 from ._broker.routing import Router
 from ._edge import map_exceptions
-from ._reactor import STOP_LINGER, SocketDriver
+from ._reactor import MAX_QUEUED, MAX_QUEUED_BYTES, STOP_LINGER, SocketDriver
 from ._socket import make_router, monitor_socket
 from .security import CurveServer, secure_socket
 
@@ -64,6 +64,16 @@ class Broker:
         max_per_client: calls and streams one client may have open or waiting at once
             (default 10000).
         max_message_size: drop (and disconnect) peers sending larger messages (bytes).
+        max_queued: messages that may wait at the broker for one peer (a client or a service)
+            whose ZeroMQ pipe is full (beyond the socket's 10,000 messages); default 10,000,
+            as a service's ``Limits.max_queued``.
+        max_queued_bytes: bytes that may wait so (default 4 MiB). A peer over either is *cut
+            off*: what waits for it is dropped; a client is then forgotten as if it had
+            disconnected (its calls and streams are cancelled on the services); a service has
+            its calls and streams failed with :class:`~netcall.errors.ConnectionLostError` and
+            gets no new calls until it sends something again (it answers the broker's pings
+            once it reads). Counted in ``stats()["errors"]`` (``clients_cut_off``,
+            ``services_cut_off``).
         startup_grace: seconds after start during which a call for a method no service has
             announced yet waits (within its deadline) instead of failing at once with
             :class:`~netcall.errors.MethodNotFoundError` (default 1.5 s: services reconnecting
@@ -85,7 +95,7 @@ class Broker:
 
     Raises:
         TransportError: an endpoint cannot be bound (also a ``zmq.ZMQError``).
-        ValueError: ``heartbeat`` is not positive.
+        ValueError: ``heartbeat``, ``max_queued`` or ``max_queued_bytes`` is not positive.
     """
 
     def __init__(
@@ -98,6 +108,8 @@ class Broker:
         max_queue: int = 1000,
         max_per_client: int = 10000,
         max_message_size: int | None = None,
+        max_queued: int = MAX_QUEUED,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
         startup_grace: float = 1.5,
         security: CurveServer | None = None,
         backend_security: CurveServer | None = None,
@@ -106,6 +118,10 @@ class Broker:
     ) -> None:
         if heartbeat <= 0:
             raise ValueError("heartbeat must be positive")
+        if max_queued < 1 or max_queued_bytes < 1:
+            raise ValueError("max_queued and max_queued_bytes must be positive")
+        self._max_queued = max_queued
+        self._max_queued_bytes = max_queued_bytes
         self.context: zmq.Context[Any] = context or zmq.Context.instance()
         self.name = name or "Broker"
         self.heartbeat = float(heartbeat)
@@ -184,10 +200,29 @@ class Broker:
             return
         loop = self._loop = loop or asyncio.get_running_loop()
         secure = self.security is not None  # then each client message's sender key is read
+        # What waits for one peer is bounded on both sides: a client that does not read its
+        # replies, or a service that does not read its calls, is cut off (see max_queued).
+        bounds: dict[str, Any] = {
+            "max_queued": self._max_queued,
+            "max_queued_bytes": self._max_queued_bytes,
+        }
         front = SocketDriver(
-            self._frontend, loop, self._on_client, self._client_unreachable, secure
+            self._frontend,
+            loop,
+            self._on_client,
+            self._client_unreachable,
+            secure,
+            on_overflow=self._client_cut_off,
+            **bounds,
         )
-        back = SocketDriver(self._backend, loop, self._on_service, self._service_unreachable)
+        back = SocketDriver(
+            self._backend,
+            loop,
+            self._on_service,
+            self._service_unreachable,
+            on_overflow=self._service_cut_off,
+            **bounds,
+        )
         self.router = Router(
             front.send,
             back.send,
@@ -267,6 +302,8 @@ class Broker:
             if handle is not None:
                 handle.cancel()
         self._timers.clear()
+        if self.router is not None:
+            self.router.log.flush()
         for driver in self._drivers:
             driver.close(linger=linger, queued=True)
         self._drivers = []
@@ -321,6 +358,21 @@ class Broker:
     def _service_unreachable(self, peer: bytes) -> None:
         if self.router is not None:
             self.router.service_gone(peer, "the connection to the service broke")
+
+    # A cut-off is reported from inside a send (which may be inside the router's own moves):
+    # the router forgets the peer on the loop's next turn, not re-entered.
+
+    def _client_cut_off(self, peer: bytes) -> None:
+        if self.router is not None and self._loop is not None and not self._closed:
+            self._loop.call_soon(self._forget, self.router.client_cut_off, peer)
+
+    def _service_cut_off(self, peer: bytes) -> None:
+        if self.router is not None and self._loop is not None and not self._closed:
+            self._loop.call_soon(self._forget, self.router.service_cut_off, peer)
+
+    def _forget(self, how: Any, peer: bytes) -> None:
+        if not self._closed:
+            how(peer)
 
     def _on_frontend_event(self, frames: list[Any]) -> None:
         if self._on_event(frames, self._zap):
@@ -382,6 +434,8 @@ class Broker:
         if self._closed or self._loop is None:
             return
         self._probe_services()
+        if self.router is not None:
+            self.router.log.flush()  # the summaries of suppressed log lines
         self._ping_handle = self._loop.call_later(self.heartbeat, self._ping)
 
     def __repr__(self) -> str:

@@ -5,15 +5,19 @@ happens when a client goes away. Sans-IO; see :mod:`netcall._broker.routing` for
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 from .. import protocol as p
+from .._ratelog import RateLimitedLog
 from .table import Route, ServiceEntry, Services, Waiting, WaitQueue
 
 __all__ = ["RouterCore", "Send"]
+
+log = logging.getLogger("netcall.broker")
 
 
 Send = Callable[[list[Any]], None]
@@ -61,13 +65,20 @@ class RouterCore:
         self._waiting = WaitQueue()
         self._ids = itertools.count(random.getrandbits(48) + 1)
         self.refusing: str | None = None  # why new calls are refused (the broker drains)
+        #: What a peer can trigger at will (malformed messages) is logged through this, at a
+        #: bounded rate (5 lines per kind per 10 s, then a summary); call ``log.flush()`` now
+        #: and then.
+        self.log = RateLimitedLog(log)
         self.errors: dict[str, int] = {
             "malformed": 0,
             "not_found": 0,
             "busy": 0,
             "timeouts": 0,
             "connection_lost": 0,
+            "clients_cut_off": 0,
+            "services_cut_off": 0,
         }
+        self._stalled: set[bytes] = set()  # services cut off, until they send again
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -179,6 +190,56 @@ class RouterCore:
         self._waiting.take_if(lambda method, w: w.client == client)
         self._per_client.pop(client, None)
         self.dispatch()
+
+    def client_cut_off(self, client: bytes) -> None:
+        """The client does not read its replies (the frontend's queue for it overflowed, and
+        was dropped): forget it as if it had gone, so its calls and streams are cancelled on
+        the services."""
+        self.errors["clients_cut_off"] += 1
+        self.log(
+            "cut off",
+            logging.WARNING,
+            "netcall broker: cut off client %s: it does not read its replies",
+            client.hex(),
+        )
+        self.client_gone(client)
+
+    def service_cut_off(self, peer: bytes) -> None:
+        """The service does not read its calls (the backend's queue for it overflowed, and was
+        dropped): its calls and streams fail with ``netcall.ConnectionLost``, and it gets no
+        new ones until it sends something again (it answers the broker's pings once it reads:
+        within a heartbeat)."""
+        svc = self.services.get(peer)
+        if svc is None:
+            return
+        self.errors["services_cut_off"] += 1
+        self.log(
+            "cut off",
+            logging.WARNING,
+            "netcall broker: cut off service %s: it does not read its calls",
+            peer.hex(),
+        )
+        svc.stalled = True
+        self._stalled.add(peer)
+        self._fail_routes(svc, "the service does not read its calls: the broker cut it off")
+        self.tick()
+
+    def _unstall(self, peer: bytes) -> None:
+        """A service cut off sent something: it reads again, and may get calls."""
+        self._stalled.discard(peer)
+        svc = self.services.get(peer)
+        if svc is not None and svc.stalled:
+            svc.stalled = False
+            self.dispatch()
+
+    def _fail_routes(self, svc: ServiceEntry, why: str) -> None:
+        for brid in list(svc.routes):
+            route = self.routes.get(brid)
+            if route is None:
+                continue
+            self._free(route)
+            self.errors["connection_lost"] += 1
+            self._error(route.client, route.crid, p.ERR_CONNECTION_LOST, why)
 
     def stats(self) -> dict[str, Any]:
         """Services, methods, calls in flight and queued, errors (a snapshot)."""

@@ -13,8 +13,12 @@ Rules of this file:
 - Every message of a stream follows its route: streams stick to their service.
 - A service that goes away fails its routes with ``netcall.ConnectionLost``; a client that goes
   away has its routes cancelled on the services.
+- A peer that does not read what the broker sends it is *cut off* (its queue at the broker is
+  bounded, then dropped): a client as if it had gone; a service has its routes failed with
+  ``netcall.ConnectionLost`` and gets no calls until it sends something again.
 - Nothing here raises on bad input: malformed frames are counted, answered when they carry a
-  request id, and dropped.
+  request id, and dropped; they are logged at a bounded rate (``RouterCore.log``), never one
+  line per message.
 """
 
 from __future__ import annotations
@@ -106,7 +110,12 @@ class FromClients(RouterCore):
 
     def _malformed_from_client(self, client: bytes, frames: list[Any], exc: Exception) -> None:
         self.errors["malformed"] += 1
-        log.warning("netcall broker: dropped a malformed message from a client: %s", exc)
+        self.log(
+            "malformed",
+            logging.WARNING,
+            "netcall broker: dropped a malformed message from a client: %s",
+            exc,
+        )
         rid = p.request_id_of(frames[1:])
         if rid is not None:
             self._error(client, rid, p.ERR_PROTOCOL, str(exc))
@@ -184,6 +193,8 @@ class FromServices(RouterCore):
     def on_backend(self, frames: list[Any]) -> None:
         """One message from a service (its routing id first)."""
         peer = frames[0]
+        if self._stalled and peer in self._stalled:
+            self._unstall(peer)
         head = frames[1] if len(frames) > 1 else b""
         fast = p.split_inline(head) if len(frames) == 2 else None
         if fast is not None:  # an inline RESULT or ITEM: the commonest messages
@@ -193,7 +204,12 @@ class FromServices(RouterCore):
                 kind, brid = p.decode_header(head)
             except ProtocolError as exc:
                 self.errors["malformed"] += 1
-                log.warning("netcall broker: dropped a malformed message from a service: %s", exc)
+                self.log(
+                    "malformed",
+                    logging.WARNING,
+                    "netcall broker: dropped a malformed message from a service: %s",
+                    exc,
+                )
                 return
             if kind in (p.Kind.HELLO, p.Kind.BYE):
                 self._on_announce(peer, frames[1:])
@@ -249,7 +265,12 @@ class FromServices(RouterCore):
             msg = p.decode(body)
         except ProtocolError as exc:
             self.errors["malformed"] += 1
-            log.warning("netcall broker: a service sent a bad announcement: %s", exc)
+            self.log(
+                "malformed",
+                logging.WARNING,
+                "netcall broker: a service sent a bad announcement: %s",
+                exc,
+            )
             return
         if isinstance(msg, p.Bye):
             svc = self.services.get(peer)
@@ -274,14 +295,9 @@ class FromServices(RouterCore):
         svc = self.services.remove(peer)
         if svc is None:
             return
+        self._stalled.discard(peer)
         log.info("netcall broker: service %s left (%s)", peer.hex(), why)
-        for brid in list(svc.routes):
-            route = self.routes.get(brid)
-            if route is None:
-                continue
-            self._free(route)
-            self.errors["connection_lost"] += 1
-            self._error(route.client, route.crid, p.ERR_CONNECTION_LOST, why)
+        self._fail_routes(svc, why)
         self.tick()
 
 

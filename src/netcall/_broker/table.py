@@ -42,6 +42,7 @@ class ServiceEntry:
         "peer",
         "routes",
         "served",
+        "stalled",
     )
 
     def __init__(self, peer: bytes) -> None:
@@ -54,9 +55,11 @@ class ServiceEntry:
         self.routes: set[int] = set()
         self.cooldown = 0.0
         self.served = 0
+        #: Cut off for not reading its calls: it gets none until it sends something again.
+        self.stalled = False
 
     def has_room(self, now: float) -> bool:
-        if self.draining or self.cooldown > now:
+        if self.draining or self.stalled or self.cooldown > now:
             return False
         return self.limit is None or self.inflight < self.limit
 

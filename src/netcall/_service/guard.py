@@ -22,7 +22,7 @@ import zmq
 from .. import protocol as p
 from .._peerwatch import DisconnectWatch
 from .._ratelog import DEFAULT_BURST, DEFAULT_INTERVAL, RateLimitedLog
-from .._reactor import OnMessage, SocketDriver
+from .._reactor import MAX_QUEUED, MAX_QUEUED_BYTES, OnMessage, SocketDriver
 
 __all__ = ["Guard", "Limits"]
 
@@ -56,8 +56,8 @@ class Limits:
     max_streams_per_client: int = 128
     max_stream_window: int = 4096
     send_hwm: int = 1000
-    max_queued: int = 10_000
-    max_queued_bytes: int = 4 * 2**20
+    max_queued: int = MAX_QUEUED
+    max_queued_bytes: int = MAX_QUEUED_BYTES
     receive_hwm: int = 100
     log_burst: int = DEFAULT_BURST
     log_interval: float = DEFAULT_INTERVAL
