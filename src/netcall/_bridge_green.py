@@ -128,7 +128,9 @@ class GreenletCalls(BridgeState):
                 finally:
                     self._defer_signals(handlers, pending, wake)
         finally:
-            if not finished and queued:  # timed out, killed or interrupted: cancel the call
+            # Timed out, killed or interrupted: cancel the call (at once, if this greenlet runs
+            # the loop: no later call may come to run it).
+            if not finished and queued and not (driving and self._abandon_green(futures)):
                 self.call_soon(cancel_all, futures)
             if driving or counted:
                 with self._scheduling:
@@ -137,6 +139,30 @@ class GreenletCalls(BridgeState):
                     if counted:
                         self._waiting -= 1
             restore_signals(handlers, pending)
+
+    def _abandon_green(self, futures: list[asyncio.Future[Any]]) -> bool:
+        """:meth:`~netcall._bridge_lead.LoopLead._abandon` for the lone greenlet running the
+        loop turn by turn: cancel its call and run the turns that send the CANCEL now (no
+        later call may come to run them). False when another thread holds ``_lead`` (it runs
+        the loop: the cancel is to be scheduled there) or the loop is gone."""
+        if not self.alive or not self._lead.acquire(False):
+            return False
+        try:
+            self._turn_greenlet = HubPort.current_greenlet()
+            self.thread_id = self._get_ident()
+            other = _get_running_loop()  # (as in _turns)
+            if other is not None:
+                _set_running_loop(None)
+            try:
+                self._abandon(futures)
+            finally:
+                if other is not None:
+                    _set_running_loop(other)
+        finally:
+            self.thread_id = 0
+            self._turn_greenlet = None
+            self._lead.release()
+        return True
 
     def _follow_green(
         self,
