@@ -92,9 +92,8 @@ class GreenletCalls(BridgeState):
                         # Another thread holds _lead: the bridge's thread takes over.
                         with self._scheduling:
                             self._green_driver = driving = False
-                            if queued:
-                                self._waiting += 1
-                                counted = True
+                            if queued:  # (one statement: the count and its note)
+                                self._waiting, counted = self._waiting + 1, True
                         self._start_thread()
                         continue
                     queued = True
@@ -175,20 +174,26 @@ class GreenletCalls(BridgeState):
         bridge's thread; ``None`` (nothing done) when that thread no longer runs the loop."""
         futures: list[asyncio.Future[Any]] = []
         waiter = port.new_waiter()
-        if not self._enqueue(start, coro, futures, port.waker(waiter), follow=True):
-            return None
-        finished = False
+        wake = port.waker(waiter)
+        counted = finished = False
         try:
+            # (as in _wait_in_thread: nothing can be raised between the count and its note)
+            counted = self._enqueue(start, coro, futures, wake, follow=True)
+            if not counted:
+                return None
             with _gevent_timeout(timeout):
                 port.wait(waiter)
                 finished = True
                 return futures[0]
             raise RPCTimeoutError(f"no answer within {timeout} s")
         finally:
-            if not finished:  # killed, timed out or interrupted: do not leave the call running
-                self.call_soon(cancel_all, futures)
-            with self._scheduling:
-                self._waiting -= 1
+            if counted:
+                try:
+                    if not finished:  # killed, timed out or interrupted: do not leave it running
+                        self.call_soon(cancel_all, futures)
+                finally:
+                    with self._scheduling:
+                        self._waiting -= 1
 
     def _turns(
         self,
