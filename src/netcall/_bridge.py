@@ -13,6 +13,10 @@ Rules of this file:
   between turns on its hub for the loop's selector or next timer, with ``_lead`` let go: a
   greenlet holding the loop while its hub ran other greenlets would stall every other
   thread's calls whenever the hub blocked (CPU work, a plain lock).
+- A lone caller that gives up on its call (Ctrl-C, ``gevent.kill``, a ``gevent.Timeout``)
+  cancels it before it lets go of the loop and runs the few turns that send the CANCEL (no
+  later call may come to run them); work still left after them goes to the bridge's own
+  thread (``LoopLead._abandon``). What it was raised with goes on up at once.
 - When a second caller calls while one runs the loop, a real OS thread of the bridge's own
   (never a greenlet, even under ``gevent.monkey.patch_all()``) takes it over, and hands it back
   after a calm spell: :data:`CALM_AFTER` seconds with at most one caller at a time. For a
