@@ -400,6 +400,84 @@ def test_ctrl_c_landing_anywhere_never_stalls_later_calls(remote: ServiceThread,
     assert proc.stdout.strip() == "ok True", proc.stdout + proc.stderr
 
 
+WAY_IN_SCRIPT = textwrap.dedent(
+    """
+    import faulthandler, inspect, sys, threading, time
+    faulthandler.dump_traceback_later(45, exit=True)
+    from netcall import _bridge
+    from netcall.sync import SyncRPCClient
+
+    client = SyncRPCClient(timeout=10)
+    client.connect(sys.argv[1])
+    assert client.echo("warm") == "warm"
+    bridge = client._bridge
+    bridge.run_in_background()  # (pinned: the main thread's calls follow the bridge's thread)
+
+    def lines_before(fn, end):
+        # The lines of fn's body before its first line that is ``end``: the way in, where
+        # a Ctrl-C may land (not the exception handlers, run once it has). Not a ``with``
+        # line (its line event comes again on the way out, before the lock is let go) nor a
+        # ``try:`` line (a no-op that Python 3.11 leaves outside an enclosing ``with``'s
+        # cleanup): a trace function can raise there, a signal cannot (Python runs signal
+        # handlers after calls and backward jumps, not at a no-op).
+        source, first = inspect.getsourcelines(fn)
+        stop = next((i for i, line in enumerate(source) if line.strip() == end), len(source))
+        skip = ("with ", "try:")
+        lines = [first + i for i in range(1, stop) if not source[i].strip().startswith(skip)]
+        return fn.__code__, lines
+
+    targets = [
+        lines_before(_bridge.Bridge._wait_in_thread, "finally:"),
+        lines_before(_bridge.Bridge._enqueue, "except BaseException:"),
+    ]
+    fired = []
+    for code, lines in targets:
+        for target in lines:
+            armed = [True]
+
+            def local(frame, event, arg):
+                if event == "line" and frame.f_lineno == target and armed[0]:
+                    armed[0] = False
+                    raise KeyboardInterrupt
+                return local
+
+            def tracer(frame, event, arg):
+                return local if frame.f_code is code else None
+
+            sys.settrace(tracer)
+            try:
+                for i in range(3):
+                    assert client.echo(i) == i
+            except KeyboardInterrupt:
+                fired.append((code.co_name, target))
+            finally:
+                sys.settrace(None)
+            with bridge._scheduling:
+                waiting = bridge._waiting
+            where = f"{code.co_name}:{target}"
+            assert waiting == 0, f"_waiting leaked: {waiting} after Ctrl-C at {where}"
+            assert client.echo("after") == "after"
+    end = time.monotonic() + 10
+    while client.pending:  # (abandoned calls: answered or cancelled, on the bridge's thread)
+        assert time.monotonic() < end, client.pending
+        time.sleep(0.01)
+    client.close()
+    print("fired", len(fired), sorted({name for name, _ in fired}))
+    """
+)
+
+
+def test_ctrl_c_on_the_way_in_never_leaks_a_waiting_caller(remote: ServiceThread) -> None:
+    """Ctrl-C (raised from a trace function, at each line in turn) anywhere on a call's way
+    to the bridge's thread, up to the wait: the caller is never left counted in ``_waiting``
+    (which kept the bridge's thread from handing the loop back, for good)."""
+    proc = run_python(WAY_IN_SCRIPT, remote.url, env=netcall_env(), timeout=55)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    word, count, names = proc.stdout.split(maxsplit=2)
+    assert word == "fired" and int(count) >= 10, proc.stdout
+    assert names.strip() == "['_enqueue', '_wait_in_thread']", proc.stdout
+
+
 # ----------------------------------------------------------------------------- timeouts, oneway
 
 

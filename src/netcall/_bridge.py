@@ -13,6 +13,10 @@ Rules of this file:
   between turns on its hub for the loop's selector or next timer, with ``_lead`` let go: a
   greenlet holding the loop while its hub ran other greenlets would stall every other
   thread's calls whenever the hub blocked (CPU work, a plain lock).
+- A lone caller that gives up on its call (Ctrl-C, ``gevent.kill``, a ``gevent.Timeout``)
+  cancels it before it lets go of the loop and runs the few turns that send the CANCEL (no
+  later call may come to run them); work still left after them goes to the bridge's own
+  thread (``LoopLead._abandon``). What it was raised with goes on up at once.
 - When a second caller calls while one runs the loop, a real OS thread of the bridge's own
   (never a greenlet, even under ``gevent.monkey.patch_all()``) takes it over, and hands it back
   after a calm spell: :data:`CALM_AFTER` seconds with at most one caller at a time. For a
@@ -320,40 +324,46 @@ class Bridge(LoopLead, GreenletCalls):
         inbox; the loop is woken once per batch, not once per call. ``wake=False``: the
         caller is about to run the loop itself. ``follow``: only if the bridge's thread runs
         the loop, counting the caller as waiting on it (else False, and nothing is queued)."""
-        with self._scheduling:
-            if self._closing:
-                coro.close()
-                raise ClientClosedError("the netcall loop thread has stopped")
-            if follow:
-                if not self._threaded:
-                    return False
-                self._waiting = waiting = self._waiting + 1
-                if waiting > self._peak:
-                    self._peak = waiting
-            self._inbox.append((start, coro, futures, done))
-            if self._wake_pending:
-                return True
-            if not wake:
-                # One turn later: what came while nobody ran the loop (a broken connection,
-                # a service that announced itself) is read before this call goes out.
-                self.loop.call_soon(self.loop.call_soon, self._drain_inbox)
-                self._wake_pending = True
-                return True
-            if self._in_main_thread():
-                # Ctrl-C lands in the main thread: there the wake-up is written before the
-                # flag is raised, under the lock, so a KeyboardInterrupt between any two of
-                # these lines leaves at worst an extra drain, never a queue nobody drains.
-                try:
-                    self.loop.call_soon_threadsafe(self._drain_inbox)
-                except RuntimeError:  # closed meanwhile: the loop's last drain took it
+        counted = False
+        try:
+            with self._scheduling:
+                if self._closing:
+                    coro.close()
+                    raise ClientClosedError("the netcall loop thread has stopped")
+                if follow:
+                    if not self._threaded:
+                        return False
+                    waiting = self._waiting + 1
+                    # (one statement: nothing can be raised between the count and its note)
+                    self._waiting, counted = waiting, True
+                    if waiting > self._peak:
+                        self._peak = waiting
+                self._inbox.append((start, coro, futures, done))
+                if self._wake_pending:
                     return True
-                except BaseException:  # (Ctrl-C: the caller will not wait after all)
-                    if follow:
-                        self._waiting -= 1
-                    raise
+                if not wake:
+                    # One turn later: what came while nobody ran the loop (a broken
+                    # connection, a service that announced itself) is read before this call
+                    # goes out.
+                    self.loop.call_soon(self.loop.call_soon, self._drain_inbox)
+                    self._wake_pending = True
+                    return True
+                if self._in_main_thread():
+                    # Ctrl-C lands in the main thread: there the wake-up is written before
+                    # the flag is raised, under the lock, so a KeyboardInterrupt between any
+                    # two of these lines leaves at worst an extra drain, never a queue nobody
+                    # drains.
+                    try:
+                        self.loop.call_soon_threadsafe(self._drain_inbox)
+                    except RuntimeError:  # closed meanwhile: the loop's last drain took it
+                        return True
+                    self._wake_pending = True
+                    return True
                 self._wake_pending = True
-                return True
-            self._wake_pending = True
+        except BaseException:
+            if counted:  # (Ctrl-C after the count: the caller will not wait after all)
+                self._unfollow(futures)
+            raise
         # Elsewhere outside the lock: the write releases the GIL, and other callers would
         # queue behind it (64 threads: 15k -> 9k calls/s with the write under the lock).
         try:
@@ -361,6 +371,15 @@ class Bridge(LoopLead, GreenletCalls):
         except RuntimeError:  # closed meanwhile: the loop's last drain took it
             pass
         return True
+
+    def _unfollow(self, futures: list[asyncio.Future[Any]]) -> None:
+        """Undo what :meth:`_enqueue` did for a following caller it had counted, when
+        something (Ctrl-C) is raised before it returned: the count, and the call (drained,
+        then cancelled, by the bridge's thread)."""
+        with self._scheduling:
+            self._waiting -= 1
+        self.call_soon(self._drain_inbox)  # (an extra drain is harmless)
+        self.call_soon(cancel_all, futures)
 
     def _drain_inbox(self) -> None:
         with self._scheduling:
@@ -396,19 +415,26 @@ class Bridge(LoopLead, GreenletCalls):
         lock = self._allocate_lock()
         lock.acquire()
         futures: list[asyncio.Future[Any]] = []
-        if not self._enqueue(start, coro, futures, lambda _fut: lock.release(), follow=True):
-            return None
-        finished = False
+        done = lambda _fut: lock.release()  # noqa: E731
+        counted = finished = False
         try:
+            # (the count and its note are one step: _enqueue undoes the count itself if
+            # something is raised inside it afterwards, and nothing can be raised between)
+            counted = self._enqueue(start, coro, futures, done, follow=True)
+            if not counted:
+                return None
             finished = lock.acquire(True, -1 if timeout is None else timeout)
             if not finished:
                 raise RPCTimeoutError(f"no answer within {timeout} s")
             return futures[0]
         finally:
-            if not finished:  # timed out or interrupted: do not leave the call running
-                self.call_soon(cancel_all, futures)
-            with self._scheduling:
-                self._waiting -= 1
+            if counted:
+                try:
+                    if not finished:  # timed out or interrupted: do not leave it running
+                        self.call_soon(cancel_all, futures)
+                finally:
+                    with self._scheduling:
+                        self._waiting -= 1
 
     # -- lifetime -------------------------------------------------------------------------
 

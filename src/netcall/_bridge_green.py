@@ -92,9 +92,8 @@ class GreenletCalls(BridgeState):
                         # Another thread holds _lead: the bridge's thread takes over.
                         with self._scheduling:
                             self._green_driver = driving = False
-                            if queued:
-                                self._waiting += 1
-                                counted = True
+                            if queued:  # (one statement: the count and its note)
+                                self._waiting, counted = self._waiting + 1, True
                         self._start_thread()
                         continue
                     queued = True
@@ -128,7 +127,9 @@ class GreenletCalls(BridgeState):
                 finally:
                     self._defer_signals(handlers, pending, wake)
         finally:
-            if not finished and queued:  # timed out, killed or interrupted: cancel the call
+            # Timed out, killed or interrupted: cancel the call (at once, if this greenlet runs
+            # the loop: no later call may come to run it).
+            if not finished and queued and not (driving and self._abandon_green(futures)):
                 self.call_soon(cancel_all, futures)
             if driving or counted:
                 with self._scheduling:
@@ -137,6 +138,30 @@ class GreenletCalls(BridgeState):
                     if counted:
                         self._waiting -= 1
             restore_signals(handlers, pending)
+
+    def _abandon_green(self, futures: list[asyncio.Future[Any]]) -> bool:
+        """:meth:`~netcall._bridge_lead.LoopLead._abandon` for the lone greenlet running the
+        loop turn by turn: cancel its call and run the turns that send the CANCEL now (no
+        later call may come to run them). False when another thread holds ``_lead`` (it runs
+        the loop: the cancel is to be scheduled there) or the loop is gone."""
+        if not self.alive or not self._lead.acquire(False):
+            return False
+        try:
+            self._turn_greenlet = HubPort.current_greenlet()
+            self.thread_id = self._get_ident()
+            other = _get_running_loop()  # (as in _turns)
+            if other is not None:
+                _set_running_loop(None)
+            try:
+                self._abandon(futures)
+            finally:
+                if other is not None:
+                    _set_running_loop(other)
+        finally:
+            self.thread_id = 0
+            self._turn_greenlet = None
+            self._lead.release()
+        return True
 
     def _follow_green(
         self,
@@ -149,20 +174,26 @@ class GreenletCalls(BridgeState):
         bridge's thread; ``None`` (nothing done) when that thread no longer runs the loop."""
         futures: list[asyncio.Future[Any]] = []
         waiter = port.new_waiter()
-        if not self._enqueue(start, coro, futures, port.waker(waiter), follow=True):
-            return None
-        finished = False
+        wake = port.waker(waiter)
+        counted = finished = False
         try:
+            # (as in _wait_in_thread: nothing can be raised between the count and its note)
+            counted = self._enqueue(start, coro, futures, wake, follow=True)
+            if not counted:
+                return None
             with _gevent_timeout(timeout):
                 port.wait(waiter)
                 finished = True
                 return futures[0]
             raise RPCTimeoutError(f"no answer within {timeout} s")
         finally:
-            if not finished:  # killed, timed out or interrupted: do not leave the call running
-                self.call_soon(cancel_all, futures)
-            with self._scheduling:
-                self._waiting -= 1
+            if counted:
+                try:
+                    if not finished:  # killed, timed out or interrupted: do not leave it running
+                        self.call_soon(cancel_all, futures)
+                finally:
+                    with self._scheduling:
+                        self._waiting -= 1
 
     def _turns(
         self,

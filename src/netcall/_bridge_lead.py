@@ -85,6 +85,8 @@ class BridgeState:
 
         def _drain_inbox(self) -> None: ...
 
+        def _abandon(self, futures: list[asyncio.Future[Any]]) -> None: ...
+
         def _shutdown(self) -> None: ...
 
         def _start_thread(self) -> None: ...
@@ -242,7 +244,8 @@ class LoopLead(BridgeState):
                         break
                 self._settle()
             except BaseException:
-                cancel_all(futures)  # (takes effect when the loop runs next)
+                if self.thread_id:  # (queued: no later call may have to run the cancel)
+                    self._abandon(futures)
                 raise
             finally:
                 self.thread_id = 0
@@ -254,6 +257,27 @@ class LoopLead(BridgeState):
         if timed_out:
             raise RPCTimeoutError(f"no answer within {timeout} s")
         return futures[0]
+
+    def _abandon(self, futures: list[asyncio.Future[Any]]) -> None:
+        """Cancel the call a lone caller running the loop gives up on (interrupted, killed,
+        timed out by gevent), and have the cancellation take effect now, not at the next call
+        (which may never come): its CANCEL goes out and the service's handler is cancelled at
+        once. The caller holds ``_lead``; what it raises goes on up at once, never blocked.
+        A call not started yet is started first (to be cancelled: an inbox left to the next
+        turn would start it later, for nobody). The few turns that send the CANCEL run here;
+        work still left after them (a task's cleanup, a send held back) is left to the
+        bridge's own thread, which takes the loop over until the next calm spell."""
+        try:
+            if not futures:
+                self._drain_inbox()
+            cancel_all(futures)
+            self._settle()
+            if self.loop._ready or not all(  # type: ignore[attr-defined]
+                fut.done() for fut in futures
+            ):
+                self._start_thread()
+        except Exception:  # (the interrupt goes on up, not this: no new threads at exit)
+            log.exception("error while cancelling an abandoned call")
 
     def _defer_signals(
         self,
