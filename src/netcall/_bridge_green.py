@@ -146,21 +146,7 @@ class GreenletCalls(BridgeState):
         the loop: the cancel is to be scheduled there) or the loop is gone."""
         if not self.alive or not self._lead.acquire(False):
             return False
-        try:
-            self._turn_greenlet = HubPort.current_greenlet()
-            self.thread_id = self._get_ident()
-            other = _get_running_loop()  # (as in _turns)
-            if other is not None:
-                _set_running_loop(None)
-            try:
-                self._abandon(futures)
-            finally:
-                if other is not None:
-                    _set_running_loop(other)
-        finally:
-            self.thread_id = 0
-            self._turn_greenlet = None
-            self._lead.release()
+        self._green_turn(self._abandon, futures)
         return True
 
     def _follow_green(
@@ -207,13 +193,28 @@ class GreenletCalls(BridgeState):
         ``_lead``."""
         if not self._lead.acquire(False):
             return False
+        self._green_turn(self._run_turns, start, coro, futures, done)
+        return True
+
+    def _run_turns(
+        self,
+        start: Callable[[C, Callable[..., None]], asyncio.Future[Any] | None] | None,
+        coro: C,
+        futures: list[asyncio.Future[Any]],
+        done: Callable[..., None],
+    ) -> None:
+        if start is not None:
+            self._enqueue(start, coro, futures, done, wake=False)
+        self._turns_left = 8
+        self.loop.call_soon(self._stop_when_idle)
+        self.loop.run_forever()
+
+    def _green_turn(self, run: Callable[..., Any], *args: Any) -> None:
+        """``run(*args)`` as this greenlet's turn at the loop: the caller took ``_lead``,
+        released here whatever happens."""
         try:
-            if start is not None:
-                self._enqueue(start, coro, futures, done, wake=False)
             self._turn_greenlet = HubPort.current_greenlet()
             self.thread_id = self._get_ident()
-            self._turns_left = 8
-            self.loop.call_soon(self._stop_when_idle)
             # Another greenlet of this thread may be amid an asyncio loop of its own,
             # switched out: its running loop is put back after these turns (asyncio puts
             # back the thread's async generator hooks itself).
@@ -221,7 +222,7 @@ class GreenletCalls(BridgeState):
             if other is not None:
                 _set_running_loop(None)
             try:
-                self.loop.run_forever()
+                run(*args)
             finally:
                 if other is not None:
                     _set_running_loop(other)
@@ -229,7 +230,6 @@ class GreenletCalls(BridgeState):
             self.thread_id = 0
             self._turn_greenlet = None
             self._lead.release()
-        return True
 
 
 def _gevent_timeout(seconds: float | None) -> Any:
