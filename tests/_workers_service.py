@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 from netcall import RPCService
 
@@ -28,6 +29,14 @@ def burn(iterations: int) -> int:
 @service.register
 async def slow(seconds: float) -> int:
     await asyncio.sleep(seconds)
+    return os.getpid()
+
+
+@service.register
+def block(seconds: float) -> int:
+    """Blocks the worker's loop (a handler that should not have been sync): it reads
+    nothing, the broker's pings included, for ``seconds``."""
+    time.sleep(seconds)
     return os.getpid()
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import tcp_url
-from netcall import ConnectionLostError, RPCClient
+from netcall import ConnectionLostError, RPCClient, RPCTimeoutError
 from netcall.workers import WorkerPool
 
 pytestmark = pytest.mark.timeout(60)
@@ -128,6 +128,51 @@ async def test_a_killed_worker_is_restarted(pool_env, ctx, client):
         assert victim not in seen and seen == set(pool.pids)
         assert sum(w["restarts"] for w in pool.stats()["workers"]) == 1
         assert [-signal.SIGKILL] in [w["exits"] for w in pool.stats()["workers"]]
+
+
+async def until(check, what: str, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def test_a_worker_whose_loop_is_stuck_gets_no_new_calls(pool_env, ctx, client):
+    """A handler that blocks its worker's loop (here time.sleep; in life a deadlock or a
+    runaway loop) must not take the calls that follow down with it: its worker still holds its
+    connection (libzmq answers ZeroMQ's heartbeats), and its calls time out, which freed it at
+    the broker, so it looked idle and got every other call. The broker now stops sending to a
+    service that answers none of two pings in a row, and sends to it again once it does."""
+    url = tcp_url()
+    async with WorkerPool(
+        "_workers_service:service", 2, bind=url, context=ctx, heartbeat=0.2
+    ) as pool:
+        await pool.wait_ready()
+        client.connect(url)
+        assert len(await pids_seen(client, 2)) == 2
+        assert pool.broker is not None
+        stats = pool.broker.stats
+
+        def responsive() -> list[bool]:
+            return [svc["responsive"] for svc in stats()["services"]]
+
+        with pytest.raises(RPCTimeoutError):
+            await client.call("block", 3.0, timeout=0.3)
+        await until(
+            lambda: responsive() == [True, False] or responsive() == [False, True],
+            f"no service marked unresponsive: {stats()}",
+            3.0,
+        )
+        # Every call goes to the worker that reads: none waits for the stuck one.
+        got = await asyncio.gather(
+            *[client.call("pid", timeout=1.5) for _ in range(40)], return_exceptions=True
+        )
+        assert all(isinstance(x, int) for x in got), got
+        assert len(set(got)) == 1
+        # Once its handler returns, it reads the pings, answers, and gets calls again.
+        await until(lambda: responsive() == [True, True], f"not responsive again: {stats()}")
+        assert await pids_seen(client, 2) == set(pool.pids)
+        assert stats()["errors"]["services_unresponsive"] == 1
 
 
 def _parent(url: str, grace: float = 5) -> subprocess.Popen[bytes]:

@@ -16,7 +16,10 @@ three of them is disconnected). A disconnect seen by a socket monitor makes the 
 that side's peers at once (a message sent with ``ROUTER_MANDATORY`` to a peer whose connection
 is gone fails with ``EHOSTUNREACH``), and services are pinged every ``heartbeat`` seconds. A
 service killed outright is noticed within milliseconds; a silent link loss within
-``4 * heartbeat`` seconds (4 s by default).
+``4 * heartbeat`` seconds (4 s by default). A service whose loop is stuck (a handler blocking
+it) still holds its connection, since libzmq's own thread answers ZeroMQ's heartbeats: one that
+answers none of two pings in a row gets no new calls (they go to the others, or wait) until it
+speaks again.
 """
 
 from __future__ import annotations
@@ -58,7 +61,11 @@ class Broker:
         backend: endpoint(s) services connect to (``service.connect(url)``).
         context: the ZeroMQ context (default: ``zmq.Context.instance()``).
         heartbeat: seconds between ZeroMQ heartbeats and service pings; a peer silent for
-            three of them is dropped (default 1 s: a silent link loss is found within 4 s).
+            three of them is dropped (default 1 s: a silent link loss is found within 4 s). A
+            service that answers none of two pings in a row (its loop is stuck: a handler
+            blocks it) gets no new calls until it sends something again; its calls in flight
+            stay with it. ``stats()`` shows it (``"responsive": False``, and
+            ``errors["services_unresponsive"]`` counts such episodes).
         max_queue: calls that may wait for a free service at once (default 1000); beyond
             that, calls fail at once with :class:`~netcall.errors.ServiceBusyError`.
         max_per_client: calls and streams one client may have open or waiting at once
@@ -417,9 +424,12 @@ class Broker:
     def _probe_services(self) -> None:
         if self.router is None or self._closed:
             return
+        self._send_pings([svc.peer for svc in self.router.services])
+
+    def _send_pings(self, peers: list[bytes]) -> None:
         send = self._drivers[1].send
         ping = p.Ping(0).to_frames()[0]
-        for peer in [svc.peer for svc in self.router.services]:
+        for peer in peers:
             send([peer, ping])
 
     def _tick(self) -> None:
@@ -433,8 +443,9 @@ class Broker:
         # Keeps streams' leases alive on the services, and finds services that went away.
         if self._closed or self._loop is None:
             return
-        self._probe_services()
         if self.router is not None:
+            # (ping_round notes the services that did not answer the last round)
+            self._send_pings(self.router.ping_round())
             self.router.log.flush()  # the summaries of suppressed log lines
         self._ping_handle = self._loop.call_later(self.heartbeat, self._ping)
 

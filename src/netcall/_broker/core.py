@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import protocol as p
 from .._ratelog import RateLimitedLog
-from .table import Route, ServiceEntry, Services, Waiting, WaitQueue
+from .table import UNRESPONSIVE_PINGS, Route, ServiceEntry, Services, Waiting, WaitQueue
 
 __all__ = ["RouterCore", "Send"]
 
@@ -77,8 +77,10 @@ class RouterCore:
             "connection_lost": 0,
             "clients_cut_off": 0,
             "services_cut_off": 0,
+            "services_unresponsive": 0,
         }
         self._stalled: set[bytes] = set()  # services cut off, until they send again
+        self._quiet: set[bytes] = set()  # services pinged, not heard from since
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -232,6 +234,46 @@ class RouterCore:
             svc.stalled = False
             self.dispatch()
 
+    def ping_round(self) -> list[bytes]:
+        """A heartbeat: the services to ping now. A service that sent nothing since the last
+        round missed a ping; at :data:`~netcall._broker.table.UNRESPONSIVE_PINGS` in a row it
+        is *unresponsive* and gets no new calls (its calls in flight stay with it) until it
+        sends something again (see :meth:`heard`)."""
+        for peer in self._quiet:
+            svc = self.services.get(peer)
+            if svc is None:
+                continue
+            svc.missed += 1
+            if svc.missed == UNRESPONSIVE_PINGS and not svc.unresponsive:
+                svc.unresponsive = True
+                self.errors["services_unresponsive"] += 1
+                self.log(
+                    "unresponsive",
+                    logging.WARNING,
+                    "netcall broker: service %s answered none of %d pings: no new calls "
+                    "until it does (a handler blocking its loop?); %d calls in flight on it",
+                    peer.hex(),
+                    svc.missed,
+                    svc.inflight,
+                )
+        peers = [svc.peer for svc in self.services]
+        self._quiet = set(peers)
+        return peers
+
+    def heard(self, peer: bytes) -> None:
+        """``peer`` (a service pinged since it last spoke) sent something: it is responsive."""
+        self._quiet.discard(peer)
+        svc = self.services.get(peer)
+        if svc is None:
+            return
+        svc.missed = 0
+        if svc.unresponsive:
+            svc.unresponsive = False
+            self.log(
+                "responsive", logging.INFO, "netcall broker: service %s responds again", peer.hex()
+            )
+            self.dispatch()
+
     def _fail_routes(self, svc: ServiceEntry, why: str) -> None:
         for brid in list(svc.routes):
             route = self.routes.get(brid)
@@ -252,6 +294,7 @@ class RouterCore:
                     "max_concurrent": svc.limit,
                     "served": svc.served,
                     "draining": svc.draining,
+                    "responsive": not svc.unresponsive,
                 }
                 for svc in self.services
             ],

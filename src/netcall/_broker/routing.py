@@ -195,6 +195,8 @@ class FromServices(RouterCore):
         peer = frames[0]
         if self._stalled and peer in self._stalled:
             self._unstall(peer)
+        if self._quiet and peer in self._quiet:
+            self.heard(peer)
         head = frames[1] if len(frames) > 1 else b""
         fast = p.split_inline(head) if len(frames) == 2 else None
         if fast is not None:  # an inline RESULT or ITEM: the commonest messages
@@ -296,6 +298,7 @@ class FromServices(RouterCore):
         if svc is None:
             return
         self._stalled.discard(peer)
+        self._quiet.discard(peer)
         log.info("netcall broker: service %s left (%s)", peer.hex(), why)
         self._fail_routes(svc, why)
         self.tick()

@@ -12,6 +12,7 @@ from .. import protocol as p
 __all__ = [
     "MAX_CREDIT",
     "MAX_SERVICES",
+    "UNRESPONSIVE_PINGS",
     "Route",
     "ServiceEntry",
     "Services",
@@ -27,6 +28,11 @@ MAX_SERVICES = 10000
 #: client asking for more gets this many (netcall's clients ask for at most their ``window``,
 #: 1024 by default): what waits at the broker for a slow reader stays bounded.
 MAX_CREDIT = 8192
+#: A service that answers none of this many of the broker's pings in a row (one every
+#: ``heartbeat`` seconds), and sends nothing else meanwhile, gets no new calls until it sends
+#: something: its loop is stuck (a handler that blocks it), and calls sent to it would only
+#: wait behind it (or time out) while other services are free.
+UNRESPONSIVE_PINGS = 2
 
 
 class ServiceEntry:
@@ -39,10 +45,12 @@ class ServiceEntry:
         "info",
         "limit",
         "methods",
+        "missed",
         "peer",
         "routes",
         "served",
         "stalled",
+        "unresponsive",
     )
 
     def __init__(self, peer: bytes) -> None:
@@ -57,9 +65,14 @@ class ServiceEntry:
         self.served = 0
         #: Cut off for not reading its calls: it gets none until it sends something again.
         self.stalled = False
+        #: The broker's pings in a row it did not answer (nor send anything else): its loop is
+        #: stuck (a handler that blocks it). From UNRESPONSIVE_PINGS on it is unresponsive,
+        #: and gets no new calls until it sends something again.
+        self.missed = 0
+        self.unresponsive = False
 
     def has_room(self, now: float) -> bool:
-        if self.draining or self.stalled or self.cooldown > now:
+        if self.draining or self.stalled or self.unresponsive or self.cooldown > now:
             return False
         return self.limit is None or self.inflight < self.limit
 
