@@ -283,8 +283,14 @@ class FromServices(RouterCore):
         if not isinstance(msg, p.Hello):
             return
         joined = peer not in self.services
-        if self.services.hello(peer, msg) is None:
+        if self.services.hello(peer, msg) is None:  # one service too many: a peer can repeat it
             self.errors["malformed"] += 1
+            self.log(
+                "ignored service",
+                logging.WARNING,
+                "netcall broker: ignored a service beyond %d",
+                len(self.services),
+            )
             return
         if joined:
             self._grace_until = min(self._grace_until, time.monotonic() + _JOIN_WINDOW)
