@@ -116,8 +116,9 @@ def _drain(sock: Any, replies: dict[int, Any]) -> None:
         replies[msg.id] = msg
 
 
-async def _serve_raw(sock: Any) -> None:
-    """A service on a plain DEALER, reading again: every call's answer is its arguments."""
+async def _serve_raw(sock: Any, cancelled: set[int]) -> None:
+    """A service on a plain DEALER, reading again: every call's answer is its arguments; the
+    request ids of CANCELs go to ``cancelled``."""
     while True:
         try:
             frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -129,6 +130,9 @@ async def _serve_raw(sock: Any) -> None:
             sock.send_multipart(p.Result(msg.id, msg.args).to_frames(), zmq.NOBLOCK)
         elif isinstance(msg, p.Ping):
             sock.send_multipart(p.Pong(msg.id).to_frames(), zmq.NOBLOCK)
+        elif isinstance(msg, p.Cancel):
+            cancelled.add(msg.id)
+            sock.send_multipart(p.End(msg.id).to_frames(), zmq.NOBLOCK)
 
 
 async def test_a_service_that_does_not_read_is_cut_off_then_gets_calls_again(
@@ -148,12 +152,25 @@ async def test_a_service_that_does_not_read_is_cut_off_then_gets_calls_again(
         service.setsockopt(zmq.RCVHWM, 1)
         service.setsockopt(zmq.SNDHWM, 0)  # its answers never block the loop the broker runs on
         service.connect(back)
-        service.send_multipart(p.Hello({"work": {}}).to_frames())
-        assert await wait_until(lambda: broker.stats()["methods"] == ["work"])
+        service.send_multipart(p.Hello({"ticks": {}, "work": {}}).to_frames())
+        assert await wait_until(lambda: broker.stats()["methods"] == ["ticks", "work"])
         client = make_client(timeout=30)
         client.connect(front)
+        items: list[int] = []
+
+        async def consume() -> None:
+            async for x in client.ticks():
+                items.append(x)
+
+        # A stream it opened before it stopped reading.
+        streaming = asyncio.ensure_future(consume())
+        opened = p.decode(await recv_within(service, 5))
+        assert isinstance(opened, p.Call) and opened.method == "ticks"
+        service.send_multipart(p.StreamOpen(opened.id, 30.0).to_frames())
+        service.send_multipart(p.Item(opened.id, b"\x01").to_frames())
+        assert await wait_until(lambda: items == [1])
         first = [asyncio.ensure_future(client.work(i)) for i in range(20)]
-        assert await wait_until(lambda: broker.stats()["in_flight"] == 20)
+        assert await wait_until(lambda: broker.stats()["in_flight"] == 21)
         flood = zsockets(zmq.DEALER)
         flood.setsockopt(zmq.SNDHWM, 0)
         flood.setsockopt(zmq.RCVHWM, 0)
@@ -164,25 +181,29 @@ async def test_a_service_that_does_not_read_is_cut_off_then_gets_calls_again(
         # The callers learn at once, not at their timeouts.
         answers = await asyncio.wait_for(asyncio.gather(*first, return_exceptions=True), 10)
         assert all(isinstance(a, ConnectionLostError) for a in answers), answers
+        with pytest.raises(ConnectionLostError):
+            await asyncio.wait_for(streaming, 10)
 
         def settled() -> bool:  # every call failed, or waiting at the broker
             s = broker.stats()
-            return s["errors"]["connection_lost"] + s["queued"] == 20 + FLOOD
+            return s["errors"]["connection_lost"] + s["queued"] == 21 + FLOOD
 
         assert await wait_until(settled, 10), broker.stats()
         stats = broker.stats()
         assert stats["errors"]["services_cut_off"] == 1
         assert stats["in_flight"] == 0 and len(stats["services"]) == 1
         lost = stats["errors"]["connection_lost"]
-        assert 10_001 + 50 < lost < 20 + FLOOD  # its pipe, its queue here; the rest came later
+        assert 10_001 + 50 < lost < 21 + FLOOD  # its pipe, its queue here; the rest came later
         # Nothing more is sent to it: what waits for it does not grow.
         later = [asyncio.ensure_future(client.work(100 + i)) for i in range(20)]
-        assert await wait_until(lambda: broker.stats()["queued"] == 20 + FLOOD - lost + 20)
+        assert await wait_until(lambda: broker.stats()["queued"] == 21 + FLOOD - lost + 20)
         back_driver = broker._drivers[1]
         assert back_driver._blocked == {} and broker.stats()["in_flight"] == 0
 
-        # It reads again: its first answer (to a call failed long ago) puts it back to work.
-        serving = asyncio.ensure_future(_serve_raw(service))
+        # It reads again: its first answer (to a call failed long ago) puts it back to work,
+        # and the stream failed at the cut-off is closed on it.
+        cancelled: set[int] = set()
+        serving = asyncio.ensure_future(_serve_raw(service, cancelled))
         assert await asyncio.wait_for(asyncio.gather(*later), 20) == [[100 + i] for i in range(20)]
         replies: dict[int, Any] = {}
 
@@ -192,13 +213,14 @@ async def test_a_service_that_does_not_read_is_cut_off_then_gets_calls_again(
 
         assert await wait_until(all_answered, 20), len(replies)
         kinds = [type(m).__name__ for m in replies.values()]
-        assert kinds.count("Error") == lost - 20 and kinds.count("Result") == FLOOD - lost + 20
+        assert kinds.count("Error") == lost - 21 and kinds.count("Result") == FLOOD - lost + 21
         assert all(
             m.type_name == p.ERR_CONNECTION_LOST for m in replies.values() if isinstance(m, p.Error)
         )
         stats = broker.stats()
         assert stats["errors"]["services_cut_off"] == 1 and stats["queued"] == 0
-        assert stats["services"][0]["served"] == FLOOD - lost + 40
+        assert stats["services"][0]["served"] == FLOOD - lost + 41
+        assert await wait_until(lambda: opened.id in cancelled), cancelled
     finally:
         if serving is not None:
             serving.cancel()

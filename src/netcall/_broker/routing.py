@@ -15,7 +15,8 @@ Rules of this file:
   away has its routes cancelled on the services.
 - A peer that does not read what the broker sends it is *cut off* (its queue at the broker is
   bounded, then dropped): a client as if it had gone; a service has its routes failed with
-  ``netcall.ConnectionLost`` and gets no calls until it sends something again.
+  ``netcall.ConnectionLost`` and gets no calls until it sends something again, when its
+  streams failed so are cancelled on it.
 - Nothing here raises on bad input: malformed frames are counted, answered when they carry a
   request id, and dropped; they are logged at a bounded rate (``RouterCore.log``), never one
   line per message.
@@ -301,7 +302,7 @@ class FromServices(RouterCore):
         svc = self.services.remove(peer)
         if svc is None:
             return
-        self._stalled.discard(peer)
+        self._stalled.pop(peer, None)
         log.info("netcall broker: service %s left (%s)", peer.hex(), why)
         self._fail_routes(svc, why)
         self.tick()
