@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
 
 from netcall import protocol as p
+from netcall._broker import table
 from netcall._broker.routing import Router
 
 
@@ -241,3 +243,21 @@ def test_the_callers_key_is_the_brokers_word(wire: Wire) -> None:
     router.on_frontend([b"C1", *spoofed.to_frames()])
     [sent] = wire.take("services")
     assert p.decode(sent[1:]).metadata == {"a": "b"}  # type: ignore[union-attr]
+
+
+@pytest.mark.timeout(30)
+def test_services_beyond_the_limit_are_logged_at_a_bounded_rate(
+    router: Router, wire: Wire, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: one WARNING per announcement beyond MAX_SERVICES, which a peer can repeat at will.
+    caplog.set_level(logging.WARNING, logger="netcall.broker")
+    monkeypatch.setattr(table, "MAX_SERVICES", 3)
+    for i in range(3):
+        hello(router, b"S%d" % i, ["f"])
+    for i in range(1000):
+        hello(router, b"X%d" % i, ["f"])
+    lines = [r.getMessage() for r in caplog.records if r.name == "netcall.broker"]
+    assert len(lines) == 5, len(lines)  # a burst per window
+    assert lines == ["netcall broker: ignored a service beyond 3"] * 5
+    assert len(router.services) == 3
+    assert router.errors["malformed"] == 1000 and router.log.count("ignored service") == 1000

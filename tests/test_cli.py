@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 
 from conftest import ipc_url, netcall_env, tcp_url
+from netcall import protocol as p
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -417,3 +419,59 @@ def test_serve_connects_out_to_a_broker(workdir: Path) -> None:
                 proc.send_signal(signal.SIGINT)
                 _, err = proc.communicate(timeout=15)
                 assert proc.returncode == 0 and "Warning" not in err, err
+
+
+def test_broker_help_shows_the_bounds_and_their_defaults() -> None:
+    done = netcall("broker", "--help")
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "--max-queued N" in text and "is cut off (default 10000)" in text
+    assert "--max-queued-bytes N bytes that may wait so (default 4194304)" in text
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--max-queued", "0"), ("--max-queued-bytes", "-1"), ("--max-queued", "x")]
+)
+def test_broker_refuses_bounds_that_are_not_positive(flag: str, value: str) -> None:
+    done = netcall("broker", "--frontend", tcp_url(), "--backend", tcp_url(), flag, value)
+    line = one_line_error(done, 2)
+    assert f"argument {flag}: must be a positive integer, got '{value}'" in line, line
+
+
+@pytest.mark.parametrize("bound", [["--max-queued", "5"], ["--max-queued-bytes", "1000"]])
+def test_broker_cuts_off_a_client_at_the_bounds_it_is_given(
+    tmp_path: Path, bound: list[str]
+) -> None:
+    # A client that reads nothing, sent 20,000 answers: its pipe (10,001 messages, and the ipc
+    # socket's kernel buffers) fills, then the rest waits at the broker. The defaults (10,000
+    # messages, 4 MiB) would hold them all; the bound given cuts it off.
+    front, back = ipc_url(tmp_path), ipc_url(tmp_path)
+    args = ["broker", "--frontend", front, "--backend", back, "--stats-every", "0.2", *bound]
+    broker = subprocess.Popen(
+        [*NETCALL, *args],
+        env=netcall_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ctx = zmq.Context()
+    client = ctx.socket(zmq.DEALER)
+    try:
+        assert broker.stdout is not None and broker.stdout.readline().startswith("broker:")
+        client.setsockopt(zmq.LINGER, 0)
+        client.setsockopt(zmq.RCVHWM, 1)
+        client.connect(front)
+        for i in range(20_000):  # each answered at once (MethodNotFound, or Busy)
+            client.send_multipart(p.Call(i + 1, "nope", "msgpack", b"\x90").to_frames())
+        deadline = time.monotonic() + 30
+        line = ""
+        while "clients_cut_off=" not in line:  # a stats line every 0.2 s
+            assert time.monotonic() < deadline, line
+            line = broker.stdout.readline()
+            assert line, broker.stderr.read() if broker.stderr else ""
+    finally:
+        client.close()
+        ctx.term()
+        broker.send_signal(signal.SIGINT)
+        _, err = broker.communicate(timeout=15)
+    assert broker.returncode == 0 and "cut off client" in err, err

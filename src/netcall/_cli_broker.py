@@ -8,6 +8,22 @@ import signal
 from typing import Any
 
 from ._cli_util import CLIError, add_security_options, security_from
+from ._reactor import MAX_QUEUED, MAX_QUEUED_BYTES
+
+
+def _positive(text: str) -> int:
+    """An integer above 0 (argparse's ``type``).
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is not one (argparse prints it as a usage error).
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,6 +31,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", action="append", required=True, help="endpoint for services")
     p.add_argument("--heartbeat", type=float, default=1.0, help="seconds (default 1)")
     p.add_argument("--max-queue", type=int, default=1000, help="calls waiting (default 1000)")
+    p.add_argument(
+        "--max-queued",
+        type=_positive,
+        default=MAX_QUEUED,
+        metavar="N",
+        help="messages that may wait at the broker for one client or service that does not "
+        "read, beyond its full pipe; over it, the peer is cut off (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-queued-bytes",
+        type=_positive,
+        default=MAX_QUEUED_BYTES,
+        metavar="N",
+        help="bytes that may wait so (default %(default)s)",
+    )
     p.add_argument(
         "--stats-every", type=float, default=10.0, help="print stats every N s (0: never)"
     )
@@ -63,6 +94,8 @@ async def run(ns: argparse.Namespace) -> int:
         backend=ns.backend,
         heartbeat=ns.heartbeat,
         max_queue=ns.max_queue,
+        max_queued=ns.max_queued,
+        max_queued_bytes=ns.max_queued_bytes,
         security=security_from(ns, server=True),
         backend_security=_backend_security(ns),
     )

@@ -79,8 +79,8 @@ class Broker:
             disconnected (its calls and streams are cancelled on the services); a service has
             its calls and streams failed with :class:`~netcall.errors.ConnectionLostError` and
             gets no new calls until it sends something again (it answers the broker's pings
-            once it reads). Counted in ``stats()["errors"]`` (``clients_cut_off``,
-            ``services_cut_off``).
+            once it reads), when those streams are cancelled on it. Counted in
+            ``stats()["errors"]`` (``clients_cut_off``, ``services_cut_off``).
         startup_grace: seconds after start during which a call for a method no service has
             announced yet waits (within its deadline) instead of failing at once with
             :class:`~netcall.errors.MethodNotFoundError` (default 1.5 s: services reconnecting

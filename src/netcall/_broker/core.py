@@ -79,7 +79,9 @@ class RouterCore:
             "services_cut_off": 0,
             "services_unresponsive": 0,
         }
-        self._stalled: set[bytes] = set()  # services cut off, until they send again
+        # Services cut off, until they send again: each with its streams failed then, still
+        # open on it (the broker's pings keep their leases) until it reads their CANCEL.
+        self._stalled: dict[bytes, list[int]] = {}
         self._quiet: set[bytes] = set()  # services pinged, not heard from since
 
     # -- helpers --------------------------------------------------------------------------
@@ -210,7 +212,7 @@ class RouterCore:
         """The service does not read its calls (the backend's queue for it overflowed, and was
         dropped): its calls and streams fail with ``netcall.ConnectionLost``, and it gets no
         new ones until it sends something again (it answers the broker's pings once it reads:
-        within a heartbeat)."""
+        within a heartbeat); then its streams are cancelled on it."""
         svc = self.services.get(peer)
         if svc is None:
             return
@@ -222,16 +224,20 @@ class RouterCore:
             peer.hex(),
         )
         svc.stalled = True
-        self._stalled.add(peer)
+        streams = [b for b in svc.routes if (r := self.routes.get(b)) is not None and r.stream]
+        self._stalled.setdefault(peer, []).extend(streams)
         self._fail_routes(svc, "the service does not read its calls: the broker cut it off")
         self.tick()
 
     def _unstall(self, peer: bytes) -> None:
-        """A service cut off sent something: it reads again, and may get calls."""
-        self._stalled.discard(peer)
+        """A service cut off sent something: it reads again, and may get calls; the streams
+        failed when it was cut off are cancelled on it (nothing else would close them)."""
+        streams = self._stalled.pop(peer, ())
         svc = self.services.get(peer)
         if svc is not None and svc.stalled:
             svc.stalled = False
+            for brid in streams:
+                self._to_service([peer, *p.Cancel(brid).to_frames()])
             self.dispatch()
 
     def ping_round(self) -> list[bytes]:

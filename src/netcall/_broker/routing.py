@@ -15,7 +15,8 @@ Rules of this file:
   away has its routes cancelled on the services.
 - A peer that does not read what the broker sends it is *cut off* (its queue at the broker is
   bounded, then dropped): a client as if it had gone; a service has its routes failed with
-  ``netcall.ConnectionLost`` and gets no calls until it sends something again.
+  ``netcall.ConnectionLost`` and gets no calls until it sends something again, when its
+  streams failed so are cancelled on it.
 - Nothing here raises on bad input: malformed frames are counted, answered when they carry a
   request id, and dropped; they are logged at a bounded rate (``RouterCore.log``), never one
   line per message.
@@ -285,8 +286,14 @@ class FromServices(RouterCore):
         if not isinstance(msg, p.Hello):
             return
         joined = peer not in self.services
-        if self.services.hello(peer, msg) is None:
+        if self.services.hello(peer, msg) is None:  # one service too many: a peer can repeat it
             self.errors["malformed"] += 1
+            self.log(
+                "ignored service",
+                logging.WARNING,
+                "netcall broker: ignored a service beyond %d",
+                len(self.services),
+            )
             return
         if joined:
             self._grace_until = min(self._grace_until, time.monotonic() + _JOIN_WINDOW)
@@ -297,7 +304,7 @@ class FromServices(RouterCore):
         svc = self.services.remove(peer)
         if svc is None:
             return
-        self._stalled.discard(peer)
+        self._stalled.pop(peer, None)
         self._quiet.discard(peer)
         log.info("netcall broker: service %s left (%s)", peer.hex(), why)
         self._fail_routes(svc, why)

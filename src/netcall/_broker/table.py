@@ -22,7 +22,8 @@ __all__ = [
 
 log = logging.getLogger("netcall.broker")
 
-#: Services one broker tracks at most; announcements from more are ignored (and logged).
+#: Services one broker tracks at most; announcements from more are ignored (the router counts
+#: and logs them, at a bounded rate).
 MAX_SERVICES = 10000
 #: Stream items a client may have allowed ahead (its window plus credit) through a broker; a
 #: client asking for more gets this many (netcall's clients ask for at most their ``window``,
@@ -148,7 +149,6 @@ class Services:
         svc = self.by_peer.get(peer)
         if svc is None:
             if len(self.by_peer) >= MAX_SERVICES:
-                log.warning("netcall broker: ignored a service beyond %d", MAX_SERVICES)
                 return None
             svc = self.by_peer[peer] = ServiceEntry(peer)
             log.info("netcall broker: service %s joined (%d methods)", peer.hex(), len(msg.methods))
