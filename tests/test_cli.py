@@ -475,3 +475,20 @@ def test_broker_cuts_off_a_client_at_the_bounds_it_is_given(
         broker.send_signal(signal.SIGINT)
         _, err = broker.communicate(timeout=15)
     assert broker.returncode == 0 and "cut off client" in err, err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "what"),
+    [
+        ("--heartbeat", "0", "a positive number"),
+        ("--heartbeat", "nan", "a positive number"),
+        ("--max-queue", "-1", "a non-negative integer"),
+        ("--stats-every", "-2", "a non-negative number"),
+    ],
+)
+def test_broker_refuses_other_numbers_out_of_range(flag: str, value: str, what: str) -> None:
+    # A usage error (exit 2, one line), not a ValueError from Broker() or a broker that runs
+    # with a negative queue.
+    done = netcall("broker", "--frontend", tcp_url(), "--backend", tcp_url(), flag, value)
+    line = one_line_error(done, 2)
+    assert f"argument {flag}: must be {what}, got '{value}'" in line, line

@@ -5,32 +5,48 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from ._cli_util import CLIError, add_security_options, security_from
 from ._reactor import MAX_QUEUED, MAX_QUEUED_BYTES
 
 
-def _positive(text: str) -> int:
-    """An integer above 0 (argparse's ``type``).
+def _number(convert: Callable[[str], Any], zero_ok: bool) -> Callable[[str], Any]:
+    """An argparse ``type``: ``convert(text)``, above 0 (or at least 0 with ``zero_ok``).
+    What it returns raises ``argparse.ArgumentTypeError`` (argparse prints it as a usage
+    error) for anything else."""
+    what = ("a non-negative " if zero_ok else "a positive ") + (
+        "integer" if convert is int else "number"
+    )
 
-    Raises:
-        argparse.ArgumentTypeError: ``text`` is not one (argparse prints it as a usage error).
-    """
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or value != value or value < 0 or (value == 0 and not zero_ok):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive = _number(int, zero_ok=False)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frontend", action="append", required=True, help="endpoint for clients")
     p.add_argument("--backend", action="append", required=True, help="endpoint for services")
-    p.add_argument("--heartbeat", type=float, default=1.0, help="seconds (default 1)")
-    p.add_argument("--max-queue", type=int, default=1000, help="calls waiting (default 1000)")
+    p.add_argument(
+        "--heartbeat", type=_number(float, zero_ok=False), default=1.0, help="seconds (default 1)"
+    )
+    p.add_argument(
+        "--max-queue",
+        type=_number(int, zero_ok=True),
+        default=1000,
+        help="calls waiting (default 1000)",
+    )
     p.add_argument(
         "--max-queued",
         type=_positive,
@@ -47,7 +63,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="bytes that may wait so (default %(default)s)",
     )
     p.add_argument(
-        "--stats-every", type=float, default=10.0, help="print stats every N s (0: never)"
+        "--stats-every",
+        type=_number(float, zero_ok=True),
+        default=10.0,
+        help="print stats every N s (0: never)",
     )
     add_security_options(p, server=True)  # CURVE on the frontend
     p.add_argument(
