@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import tcp_url
-from netcall import ConnectionLostError, RPCClient
+from netcall import ConnectionLostError, RPCClient, ServiceStoppingError
 from netcall.workers import WorkerPool
 
 pytestmark = pytest.mark.timeout(60)
@@ -214,6 +214,30 @@ async def test_sigint_stops_gracefully_calls_in_flight_finish(ctx, client):
     finally:
         parent.kill()
         parent.wait()
+
+
+async def test_the_whole_stop_is_bounded_by_grace_plus_2_s(pool_env, ctx, client):
+    # A call that outlasts the grace: the worker gets what is left of the grace once the broker
+    # has drained (none), not a fresh one; the stop once took 2 * grace (6 s here).
+    url, grace = tcp_url(), 3.0
+    async with WorkerPool(
+        "_workers_service:service", 1, bind=url, context=ctx, grace=grace
+    ) as pool:
+        await pool.wait_ready()
+        pids = set(pool.pids)
+        client.connect(url)
+        call = asyncio.ensure_future(client.slow(60))
+        deadline = time.monotonic() + 10
+        while pool.stats()["broker"]["in_flight"] != 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        t0 = time.monotonic()
+        await pool.stop()
+        took = time.monotonic() - t0
+    assert took < grace + 2, f"stop() took {took:.1f} s"
+    with pytest.raises(ServiceStoppingError):  # cancelled, and the answer still went out
+        await call
+    await wait_gone(pids, timeout=2)
 
 
 async def test_netcall_serve_workers_on_the_command_line(ctx, client):
