@@ -1,18 +1,20 @@
 """netcall.workers: N service processes behind one endpoint, every worker a real process.
 
 Worker pids come back from the handlers, so a test sees which process served a call; the
-parent itself runs as a subprocess where a test kills it or sends it SIGINT.
+parent itself runs as a subprocess where a test kills it or signals it (or its process group).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,13 +132,13 @@ async def test_a_killed_worker_is_restarted(pool_env, ctx, client):
         assert [-signal.SIGKILL] in [w["exits"] for w in pool.stats()["workers"]]
 
 
-def _parent(url: str, grace: float = 5) -> subprocess.Popen[bytes]:
+def _parent(url: str, grace: float = 5, **popen: Any) -> subprocess.Popen[bytes]:
     code = (
-        "import sys; from netcall.workers import serve_workers; "
+        "import logging; from netcall.workers import serve_workers; logging.basicConfig(); "
         f"serve_workers('_workers_service:service', 2, bind={url!r}, grace={grace})"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), str(TESTS)]))
-    return subprocess.Popen([sys.executable, "-c", code], env=env)
+    return subprocess.Popen([sys.executable, "-c", code], env=env, **popen)
 
 
 async def test_workers_exit_when_the_parent_is_killed(ctx, client):
@@ -213,6 +215,39 @@ async def test_sigint_stops_gracefully_calls_in_flight_finish(ctx, client):
         await wait_gone(pids, timeout=2)
     finally:
         parent.kill()
+        parent.wait()
+
+
+@pytest.mark.parametrize("late", [0.0, 1.5])
+async def test_sigterm_to_the_process_group_stops_as_one_to_the_parent(ctx, client, late):
+    # systemd's stop, `kill -TERM -<pgid>`: every process gets SIGTERM at once, and the stop
+    # is the same as that of a SIGTERM to the parent alone. With ``late``, the parent handles
+    # its own that much later (a loaded machine): the workers must not stop on their own
+    # meanwhile (they did: their answers could find no broker reading them, and the pool took
+    # their exits for crashes, "restarting").
+    url = tcp_url()
+    parent = _parent(url, start_new_session=True, stderr=subprocess.PIPE)
+    try:
+        client.connect(url)
+        pids = await pids_seen(client, 2)
+        calls = [asyncio.ensure_future(client.slow(1.0)) for _ in range(4)]
+        await asyncio.sleep(0.3)  # the calls reached the workers
+        if late:
+            os.kill(parent.pid, signal.SIGSTOP)
+        os.killpg(parent.pid, signal.SIGTERM)
+        if late:
+            await asyncio.sleep(late)
+            os.kill(parent.pid, signal.SIGCONT)
+        assert set(await asyncio.gather(*calls)) <= pids
+        with pytest.raises(ServiceStoppingError):
+            await client.slow(0.01)
+        _, err = await asyncio.to_thread(parent.communicate, timeout=10)
+        assert parent.returncode == 0
+        assert b"restarting" not in err, err.decode()
+        await wait_gone(pids, timeout=2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(parent.pid, signal.SIGKILL)
         parent.wait()
 
 

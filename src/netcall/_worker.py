@@ -8,9 +8,11 @@ It loads the service (see :func:`load_service`), connects it out to the pool's b
 serves until it is told to stop, then stops gracefully (:meth:`RPCService.stop`). ``<parent fd>``
 is the read end of a pipe whose write end only the parent holds: the pool's stop writes the
 seconds of its grace that are left on it (a stop with that grace), and the worker reads
-end-of-file the moment the parent exits, however it died (a stop with ``<grace>``). SIGTERM from
-elsewhere (to the worker, or to the whole process group) stops it with ``<grace>`` too. SIGINT
-is ignored: Ctrl-C reaches the whole process group, and the parent orders the shutdown.
+end-of-file the moment the parent exits, however it died (a stop with ``<grace>``). SIGINT and
+SIGTERM are ignored: Ctrl-C, systemd's stop and ``kill -TERM -<pgid>`` reach the whole process
+group, and the parent orders the shutdown (a worker stopping on its own would refuse calls the
+broker still sends it, and its exit would look like a crash to the pool). SIGTERM has a handler
+that does nothing, not ``SIG_IGN``, so processes a handler starts do not inherit the ignoring.
 
 Exit codes: 0 after a stop, :data:`BAD_TARGET` when the service cannot be loaded (the pool does
 not restart such a worker), 70 when a stop ordered over the pipe overran its grace by 2 s.
@@ -84,11 +86,9 @@ async def _serve(spec: str, backend: str, parent_fd: int, grace: float) -> int:
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 
-    def stop(within: float = grace) -> None:
-        if not stopping:
-            stopping.append(loop.create_task(service.stop(within)))
+    def stop(within: float) -> None:
+        stopping.append(loop.create_task(service.stop(within)))
 
-    loop.add_signal_handler(signal.SIGTERM, stop)
     threading.Thread(target=_watch_parent, args=(parent_fd, loop, stop, grace), daemon=True).start()
     service.connect(backend)
     await service.serve()
@@ -100,6 +100,7 @@ async def _serve(spec: str, backend: str, parent_fd: int, grace: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     spec, backend, fd, grace = (argv if argv is not None else sys.argv[1:])[:4]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: None)  # from the start: also while loading
     return asyncio.run(_serve(spec, backend, int(fd), float(grace)))
 
 

@@ -29,7 +29,10 @@ Lifetimes:
   ServiceStoppingError. A worker still running 2 s after the grace is killed (its calls fail
   with :class:`~netcall.errors.ConnectionLostError`), then the broker closes, taking at most
   0.5 s more for its last answers: the whole stop takes at most ``grace + 2.5`` seconds.
-  Workers ignore SIGINT, so a Ctrl-C in a terminal is handled once, by the parent.
+  Workers ignore SIGINT and SIGTERM, so a Ctrl-C in a terminal, systemd's stop and ``kill
+  -TERM -<pgid>`` (which reach the whole process group) are handled once, by the parent: the
+  same stop as a SIGTERM to the parent alone. (A SIGTERM to one worker alone does nothing;
+  SIGKILL it to have it replaced.)
 - **The parent dies** (even by SIGKILL): each worker holds the read end of a pipe only the
   parent writes to; it sees end-of-file at once and stops with ``grace`` (exiting after
   ``grace + 2`` seconds at most). No orphans.
