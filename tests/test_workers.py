@@ -1,23 +1,25 @@
 """netcall.workers: N service processes behind one endpoint, every worker a real process.
 
 Worker pids come back from the handlers, so a test sees which process served a call; the
-parent itself runs as a subprocess where a test kills it or sends it SIGINT.
+parent itself runs as a subprocess where a test kills it or signals it (or its process group).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import tcp_url
-from netcall import ConnectionLostError, RPCClient, RPCTimeoutError
+from netcall import ConnectionLostError, RPCClient, RPCTimeoutError, ServiceStoppingError
 from netcall.workers import WorkerPool
 
 pytestmark = pytest.mark.timeout(60)
@@ -175,13 +177,13 @@ async def test_a_worker_whose_loop_is_stuck_gets_no_new_calls(pool_env, ctx, cli
         assert stats()["errors"]["services_unresponsive"] == 1
 
 
-def _parent(url: str, grace: float = 5) -> subprocess.Popen[bytes]:
+def _parent(url: str, grace: float = 5, **popen: Any) -> subprocess.Popen[bytes]:
     code = (
-        "import sys; from netcall.workers import serve_workers; "
+        "import logging; from netcall.workers import serve_workers; logging.basicConfig(); "
         f"serve_workers('_workers_service:service', 2, bind={url!r}, grace={grace})"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), str(TESTS)]))
-    return subprocess.Popen([sys.executable, "-c", code], env=env)
+    return subprocess.Popen([sys.executable, "-c", code], env=env, **popen)
 
 
 async def test_workers_exit_when_the_parent_is_killed(ctx, client):
@@ -259,6 +261,63 @@ async def test_sigint_stops_gracefully_calls_in_flight_finish(ctx, client):
     finally:
         parent.kill()
         parent.wait()
+
+
+@pytest.mark.parametrize("late", [0.0, 1.5])
+async def test_sigterm_to_the_process_group_stops_as_one_to_the_parent(ctx, client, late):
+    # systemd's stop, `kill -TERM -<pgid>`: every process gets SIGTERM at once, and the stop
+    # is the same as that of a SIGTERM to the parent alone. With ``late``, the parent handles
+    # its own that much later (a loaded machine): the workers must not stop on their own
+    # meanwhile (they did: their answers could find no broker reading them, and the pool took
+    # their exits for crashes, "restarting").
+    url = tcp_url()
+    parent = _parent(url, start_new_session=True, stderr=subprocess.PIPE)
+    try:
+        client.connect(url)
+        pids = await pids_seen(client, 2)
+        calls = [asyncio.ensure_future(client.slow(1.0)) for _ in range(4)]
+        await asyncio.sleep(0.3)  # the calls reached the workers
+        if late:
+            os.kill(parent.pid, signal.SIGSTOP)
+        os.killpg(parent.pid, signal.SIGTERM)
+        if late:
+            await asyncio.sleep(late)
+            os.kill(parent.pid, signal.SIGCONT)
+        assert set(await asyncio.gather(*calls)) <= pids
+        with pytest.raises(ServiceStoppingError):
+            await client.slow(0.01)
+        _, err = await asyncio.to_thread(parent.communicate, timeout=10)
+        assert parent.returncode == 0
+        assert b"restarting" not in err, err.decode()
+        await wait_gone(pids, timeout=2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
+
+
+async def test_the_whole_stop_is_bounded_by_grace_plus_2_s(pool_env, ctx, client):
+    # A call that outlasts the grace: the worker gets what is left of the grace once the broker
+    # has drained (none), not a fresh one; the stop once took 2 * grace (6 s here).
+    url, grace = tcp_url(), 3.0
+    async with WorkerPool(
+        "_workers_service:service", 1, bind=url, context=ctx, grace=grace
+    ) as pool:
+        await pool.wait_ready()
+        pids = set(pool.pids)
+        client.connect(url)
+        call = asyncio.ensure_future(client.slow(60))
+        deadline = time.monotonic() + 10
+        while pool.stats()["broker"]["in_flight"] != 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        t0 = time.monotonic()
+        await pool.stop()
+        took = time.monotonic() - t0
+    assert took < grace + 2, f"stop() took {took:.1f} s"
+    with pytest.raises(ServiceStoppingError):  # cancelled, and the answer still went out
+        await call
+    await wait_gone(pids, timeout=2)
 
 
 async def test_netcall_serve_workers_on_the_command_line(ctx, client):

@@ -5,13 +5,17 @@
     python -m netcall._worker <module:attribute> <backend url> <parent fd> <grace>
 
 It loads the service (see :func:`load_service`), connects it out to the pool's broker and
-serves until its parent tells it to stop (SIGTERM: a graceful :meth:`RPCService.stop`) or goes
-away: ``<parent fd>`` is the read end of a pipe whose write end only the parent holds, so it
-reads end-of-file the moment the parent exits, however it died. SIGINT is ignored: Ctrl-C
-reaches the whole process group, and the parent orders the shutdown.
+serves until it is told to stop, then stops gracefully (:meth:`RPCService.stop`). ``<parent fd>``
+is the read end of a pipe whose write end only the parent holds: the pool's stop writes the
+seconds of its grace that are left on it (a stop with that grace), and the worker reads
+end-of-file the moment the parent exits, however it died (a stop with ``<grace>``). SIGINT and
+SIGTERM are ignored: Ctrl-C, systemd's stop and ``kill -TERM -<pgid>`` reach the whole process
+group, and the parent orders the shutdown (a worker stopping on its own would refuse calls the
+broker still sends it, and its exit would look like a crash to the pool). SIGTERM has a handler
+that does nothing, not ``SIG_IGN``, so processes a handler starts do not inherit the ignoring.
 
 Exit codes: 0 after a stop, :data:`BAD_TARGET` when the service cannot be loaded (the pool does
-not restart such a worker), 70 when a stop ordered by a vanished parent overran its grace.
+not restart such a worker), 70 when a stop ordered over the pipe overran its grace by 2 s.
 """
 
 from __future__ import annotations
@@ -56,18 +60,17 @@ def load_service(spec: str) -> RPCService:
 
 
 def _watch_parent(fd: int, loop: asyncio.AbstractEventLoop, stop: Any, grace: float) -> None:
-    """In a thread: when the parent's pipe closes, stop; if that overruns, exit anyway (a
-    handler that never yields must not keep an orphan alive)."""
-    while True:
-        try:
-            if not os.read(fd, 64):
-                break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries
-            continue
-        except OSError:
-            break
+    """In a thread: when the pool says so (the grace it has left) or the parent's pipe closes,
+    stop; if that overruns, exit anyway (a handler that never yields must not keep an orphan
+    alive, nor the pool's stop waiting)."""
     try:
-        loop.call_soon_threadsafe(stop)
+        said = os.read(fd, 64)  # one short write: a pipe delivers it whole
+    except OSError:
+        said = b""
+    if said:
+        grace = float(said)
+    try:
+        loop.call_soon_threadsafe(stop, grace)
     except RuntimeError:  # the loop is closed: the worker is exiting anyway
         return
     time.sleep(grace + 2.0)
@@ -83,11 +86,9 @@ async def _serve(spec: str, backend: str, parent_fd: int, grace: float) -> int:
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 
-    def stop() -> None:
-        if not stopping:
-            stopping.append(loop.create_task(service.stop(grace)))
+    def stop(within: float) -> None:
+        stopping.append(loop.create_task(service.stop(within)))
 
-    loop.add_signal_handler(signal.SIGTERM, stop)
     threading.Thread(target=_watch_parent, args=(parent_fd, loop, stop, grace), daemon=True).start()
     service.connect(backend)
     await service.serve()
@@ -99,6 +100,7 @@ async def _serve(spec: str, backend: str, parent_fd: int, grace: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     spec, backend, fd, grace = (argv if argv is not None else sys.argv[1:])[:4]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: None)  # from the start: also while loading
     return asyncio.run(_serve(spec, backend, int(fd), float(grace)))
 
 

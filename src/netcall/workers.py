@@ -24,11 +24,17 @@ Lifetimes:
 - **The parent stops** (:meth:`WorkerPool.stop`, Ctrl-C or SIGTERM under
   :func:`serve_workers`): the broker drains (new calls fail with
   :class:`~netcall.errors.ServiceStoppingError`, calls in flight get ``grace`` seconds and
-  their answers still go out), then each worker gets SIGTERM and stops gracefully, stragglers
-  are killed after ``grace + 2`` seconds, then the broker closes. Workers ignore SIGINT, so a Ctrl-C
-  in a terminal is handled once, by the parent.
+  their answers still go out), then each worker is told (over its pipe) to stop with what is
+  left of the grace: calls still running then are cancelled, and their callers get
+  ServiceStoppingError. A worker still running 2 s after the grace is killed (its calls fail
+  with :class:`~netcall.errors.ConnectionLostError`), then the broker closes, taking at most
+  0.5 s more for its last answers: the whole stop takes at most ``grace + 2.5`` seconds.
+  Workers ignore SIGINT and SIGTERM, so a Ctrl-C in a terminal, systemd's stop and ``kill
+  -TERM -<pgid>`` (which reach the whole process group) are handled once, by the parent: the
+  same stop as a SIGTERM to the parent alone. (A SIGTERM to one worker alone does nothing;
+  SIGKILL it to have it replaced.)
 - **The parent dies** (even by SIGKILL): each worker holds the read end of a pipe only the
-  parent writes to; it sees end-of-file at once and stops the same way (exiting after
+  parent writes to; it sees end-of-file at once and stops with ``grace`` (exiting after
   ``grace + 2`` seconds at most). No orphans.
 - **A worker dies** (a crash, SIGKILL, an exit): its calls in flight fail with
   :class:`~netcall.errors.ConnectionLostError` (the broker notices within milliseconds), the
@@ -64,6 +70,7 @@ log = logging.getLogger("netcall.workers")
 
 _POLL = 0.1  # seconds between checks of the workers' processes
 _BACKOFF_MIN, _BACKOFF_MAX, _STABLE = 0.1, 5.0, 10.0
+_LAST = 0.3  # seconds a stopping broker waits to fail killed workers' calls (+0.2 s to send)
 
 Target = str | Callable[[], Any]
 
@@ -248,8 +255,10 @@ class WorkerPool:
 
     async def stop(self) -> None:
         """Stop gracefully: the broker refuses new calls and lets those in flight finish
-        (``grace`` seconds), every worker gets SIGTERM (SIGKILL after ``grace + 2`` s more),
-        then the broker closes and the ipc directory is removed."""
+        (``grace`` seconds), every worker stops with what is left of the grace (calls still
+        running are cancelled; a worker still running 2 s after the grace is killed), then the
+        broker closes (taking at most 0.5 s for its last answers) and the ipc directory is
+        removed. The whole stop takes at most ``grace + 2.5`` seconds. Raises nothing."""
         if self._stopped is None:
             self._stopping = True
             self._stopped = asyncio.ensure_future(self._stop())
@@ -258,13 +267,18 @@ class WorkerPool:
     async def _stop(self) -> None:
         if self._poll is not None:
             self._poll.cancel()
+        deadline = time.monotonic() + self.grace
         if self.broker is not None:  # no new calls; those in flight finish through it
             await self.broker.drain(self.grace)
+        left = f"{max(0.0, deadline - time.monotonic()):.3f}".encode()
+        for worker in self._workers:  # stop, with what is left of the grace (netcall._worker)
+            if worker.pipe is not None:
+                try:
+                    os.write(worker.pipe, left)
+                except OSError:  # it has exited
+                    pass
         procs = [w.proc for w in self._workers if w.proc is not None]
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.grace + 2.0
+        deadline += 2.0
         while any(proc.poll() is None for proc in procs) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for proc in procs:
@@ -274,8 +288,8 @@ class WorkerPool:
             proc.wait()
         for worker in self._workers:
             self._close_pipe(worker)
-        if self.broker is not None:
-            await self.broker.stop()
+        if self.broker is not None:  # the calls of killed workers fail as it sees them go
+            await self.broker.stop(_LAST)
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
 
