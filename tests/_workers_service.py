@@ -33,6 +33,15 @@ async def slow(seconds: float) -> int:
 
 
 @service.register
+def spin(seconds: float) -> int:
+    """CPU-bound for ``seconds`` of wall time (a slow sync handler, not a stuck one)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return os.getpid()
+
+
+@service.register
 def block(seconds: float) -> int:
     """Blocks the worker's loop (a handler that should not have been sync): it reads
     nothing, the broker's pings included, for ``seconds``."""

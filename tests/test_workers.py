@@ -177,6 +177,50 @@ async def test_a_worker_whose_loop_is_stuck_gets_no_new_calls(pool_env, ctx, cli
         assert stats()["errors"]["services_unresponsive"] == 1
 
 
+async def test_workers_busy_with_a_backlog_are_not_taken_for_stuck(pool_env, ctx, client):
+    """Workers going through a backlog of slow sync handlers (CPU-bound, what worker processes
+    are for) answer a call every 25 ms: the broker must hear them. It did not: a service held
+    the answers of handlers it ran from one wake-up of its reader until 32 were ready (0.8 s
+    here, 3.2 s with 100 ms handlers), and the broker, hearing nothing for two pings, took
+    both workers for stuck and held new calls in its queue (beyond ``max_queue``, refused
+    them as busy)."""
+    url = tcp_url()
+    async with WorkerPool(
+        "_workers_service:service", 2, bind=url, context=ctx, heartbeat=0.2
+    ) as pool:
+        await pool.wait_ready()
+        client.connect(url)
+        assert len(await pids_seen(client, 2)) == 2
+        assert pool.broker is not None
+        stats = pool.broker.stats
+        backlog = [asyncio.ensure_future(client.call("spin", 0.025)) for _ in range(120)]
+        flagged = []
+        while not all(f.done() for f in backlog):
+            flagged += [s for s in stats()["services"] if not s["responsive"]]
+            await asyncio.sleep(0.02)
+        assert len(set(await asyncio.gather(*backlog))) == 2
+        assert not flagged, flagged
+        assert stats()["errors"]["services_unresponsive"] == 0
+
+
+async def test_slow_inline_handlers_answer_as_they_finish(pool_env, ctx, client):
+    """A backlog of slow sync handlers (run inline by the worker's reader, one after the
+    other): each answer leaves as its handler returns, not corked until 32 of them are ready
+    or the backlog is done (the first of 20 calls of 100 ms came back after 2 s, with all the
+    others)."""
+    url = tcp_url()
+    async with WorkerPool("_workers_service:service", 1, bind=url, context=ctx) as pool:
+        await pool.wait_ready()
+        client.connect(url)
+        await client.call("pid")
+        start = time.monotonic()
+        calls = [asyncio.ensure_future(client.call("spin", 0.1)) for _ in range(20)]
+        await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+        first = time.monotonic() - start
+        await asyncio.gather(*calls)
+        assert first < 1.0, f"the first answer came back after {first:.2f} s"
+
+
 def _parent(url: str, grace: float = 5, **popen: Any) -> subprocess.Popen[bytes]:
     code = (
         "import logging; from netcall.workers import serve_workers; logging.basicConfig(); "

@@ -23,6 +23,10 @@ plain non-blocking calls. Rules this file keeps:
   the peer start on the first ones while this end makes the rest, where a turn's whole burst
   (64 replies, 64 new calls) made the two ends take turns, each idle while the other worked
   (64 calls in flight, two processes: 28k -> 37k calls/s; ``benchmarks/README.md``, session 8).
+  A reader that goes on handling messages (a backlog of slow sync handlers, run inline) writes
+  what it queued once it has run for ``_CORK_SECONDS`` too: else the first answer of a backlog
+  of 100 ms handlers waited for 31 more (3.2 s), and the broker, hearing nothing from a service
+  that answers a call every 100 ms, took it for stuck (``RouterCore.ping_round``).
 - Everything runs on the loop's thread; only :meth:`SocketDriver.close` may be called from
   elsewhere through ``loop.call_soon_threadsafe``.
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -77,6 +82,10 @@ _get = zmq.backend.Socket.get
 # The outbox is written at once when it holds this much (else at the end of the wake-up).
 _OUTBOX_BYTES = 1 << 20
 _OUTBOX_MESSAGES = 32
+# ... or once the reader has gone on for this long (seconds) since it last wrote: quick handlers
+# never reach it, slow ones inline do not hold answers behind the next ones.
+_CORK_SECONDS = 0.005
+_clock = time.monotonic
 
 _RETRY_MIN = 0.0005
 _RETRY_MAX = 0.02
@@ -343,6 +352,7 @@ class SocketDriver:
         on_message = self._on_message
         recv = self._recv
         handled = 0
+        written = _clock()
         self._in_ready = True
         try:
             while True:
@@ -360,6 +370,11 @@ class SocketDriver:
                                 on_message(frames)
                             except Exception:  # a handler bug must never kill the reader
                                 log.exception("error while handling a message")
+                            if self._outbox and _clock() - written >= _CORK_SECONDS:
+                                # Slow handlers: what they answered leaves now, not after
+                                # the next ones (EVENTS is read again below).
+                                self._write_outbox()
+                                written = _clock()
                         if handled < _PEEK:
                             break  # EVENTS again, rather than a receive that may raise
                     if handled >= _BATCH:

@@ -19,7 +19,8 @@ service killed outright is noticed within milliseconds; a silent link loss withi
 ``4 * heartbeat`` seconds (4 s by default). A service whose loop is stuck (a handler blocking
 it) still holds its connection, since libzmq's own thread answers ZeroMQ's heartbeats: one that
 answers none of two pings in a row gets no new calls (they go to the others, or wait) until it
-speaks again.
+speaks again. (Only an asyncio service's loop reads its socket: a trio or gevent service, or one
+with an ``executor``, answers pings from netcall's own loop thread while its handlers are stuck.)
 """
 
 from __future__ import annotations
