@@ -261,3 +261,41 @@ def test_services_beyond_the_limit_are_logged_at_a_bounded_rate(
     assert lines == ["netcall broker: ignored a service beyond 3"] * 5
     assert len(router.services) == 3
     assert router.errors["malformed"] == 1000 and router.log.count("ignored service") == 1000
+
+
+def test_calls_wait_for_a_method_whose_last_service_left(wire: Wire) -> None:
+    """A worker restarting (or a stuck one killed, or the only service's rolling restart): the
+    calls queued for its methods, and new ones, wait for a service to come back, as at startup,
+    instead of failing at once with MethodNotFound ('no service has a method')."""
+    router = Router(wire.clients.append, wire.services.append, startup_grace=0, rejoin_grace=30)
+    hello(router, b"S1", ["m"], limit=1)
+    call(router, b"C", 1, "m")
+    call(router, b"C", 2, "m")  # no room on S1: queued
+    assert [head(f)[0] for f in wire.take("services")] == [p.Kind.CALL]
+    router.service_gone(b"S1")
+    call(router, b"C", 3, "m")
+    router.tick()
+    # Call 1 was on S1: lost with it. Calls 2 and 3 wait.
+    assert [(f[0], head(f)) for f in wire.take("clients")] == [(b"C", (p.Kind.ERROR, 1))]
+    assert router.queued == 2
+    hello(router, b"S2", ["m"])
+    assert [(f[0], head(f)[0]) for f in wire.take("services")] == [(b"S2", p.Kind.CALL)] * 2
+    assert router.queued == 0
+
+
+def test_a_method_gone_for_longer_than_the_grace_is_not_found(wire: Wire) -> None:
+    router = Router(wire.clients.append, wire.services.append, startup_grace=0, rejoin_grace=0.05)
+    hello(router, b"S1", ["m"], limit=1)
+    hello(router, b"S2", ["other"])
+    router.service_gone(b"S2")  # (another method's service: no bearing on "m")
+    call(router, b"C", 1, "m")
+    call(router, b"C", 2, "m")  # queued
+    router.service_gone(b"S1")
+    wire.take("clients")
+    time.sleep(0.06)  # the grace itself running out
+    router.tick()
+    call(router, b"C", 3, "m")
+    sent = wire.take("clients")
+    assert [head(f) for f in sent] == [(p.Kind.ERROR, 2), (p.Kind.ERROR, 3)]
+    assert all(f[2] == p.ERR_METHOD_NOT_FOUND.encode() for f in sent)
+    assert router.errors["not_found"] == 2

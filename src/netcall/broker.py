@@ -86,7 +86,9 @@ class Broker:
             announced yet waits (within its deadline) instead of failing at once with
             :class:`~netcall.errors.MethodNotFoundError` (default 1.5 s: services reconnecting
             to a restarted broker announce themselves within a few hundred milliseconds). It
-            ends 0.3 s after the first service joins.
+            ends 0.3 s after the first service joins. The same grace is given to a method whose
+            last service leaves (a worker restarting, a stuck one killed, a rolling restart of
+            the only service): its calls, queued or new, wait for one to come back.
         security: ``Curve.server(keypair, allow=...)`` from :mod:`netcall.security`: CURVE on
             the frontend (clients use ``Curve.client(broker_public_key, ...)``; only allowed
             keys connect). The broker then tells each service the caller's key, so

@@ -36,7 +36,10 @@ class RouterCore:
             announced waits (services reconnecting to a restarted broker announce themselves
             within about a second) instead of failing at once with ``netcall.MethodNotFound``.
             The grace ends sooner, ``_JOIN_WINDOW`` seconds after the first service joins:
-            the others reconnect at about the same time.
+            the others reconnect at about the same time. The same grace applies to a method
+            whose last service left (a worker restarting, a rolling restart of the only
+            service): its calls wait that long for one to come back (``rejoin_grace``, if
+            given, instead).
         caller_key: the authenticated key of the client whose message is being handled
             (read during :meth:`on_frontend`; the hook for a CURVE frontend), forwarded to the
             service in the call's metadata under ``p.META_PEER_KEY``. ``None``: no key.
@@ -51,6 +54,7 @@ class RouterCore:
         max_per_client: int = 10000,
         startup_grace: float = 1.5,
         caller_key: Callable[[], str | None] | None = None,
+        rejoin_grace: float | None = None,
     ) -> None:
         self._to_client = to_client
         self._to_service = to_service
@@ -58,6 +62,9 @@ class RouterCore:
         self.max_queue = max_queue
         self.max_per_client = max_per_client
         self._grace_until = time.monotonic() + startup_grace
+        self._rejoin_grace = startup_grace if rejoin_grace is None else rejoin_grace
+        #: Methods whose last service left, and until when their calls wait for another.
+        self._gone: dict[str, float] = {}
         self.services = Services()
         self.routes: dict[int, Route] = {}
         self._by_client: dict[tuple[bytes, int], Route] = {}
@@ -168,7 +175,7 @@ class RouterCore:
         known = self.services.by_method
 
         def drop(method: str, w: Waiting) -> bool:
-            if not grace and method not in known:
+            if not grace and method not in known and not self.coming_back(method, now):
                 self.errors["not_found"] += 1
                 msg = f"no service has a method {method!r}"
                 self._error(w.client, w.call.id, p.ERR_METHOD_NOT_FOUND, msg)
@@ -183,6 +190,28 @@ class RouterCore:
         for w in self._waiting.take_if(drop):
             self._count(w.client, -1)
         self.dispatch()
+
+    def coming_back(self, method: str, now: float) -> bool:
+        """Whether ``method``'s last service left less than the rejoin grace ago (its calls
+        wait for another, as at startup)."""
+        until = self._gone.get(method)
+        if until is None:
+            return False
+        if until > now:
+            return True
+        del self._gone[method]
+        return False
+
+    def _left(self, svc: ServiceEntry) -> None:
+        """``svc`` left (it is off the tables): its methods no other service has wait for one
+        to come back, for the rejoin grace."""
+        now = time.monotonic()
+        self._gone = {m: t for m, t in self._gone.items() if t > now}  # (bounded: the grace)
+        if self._rejoin_grace > 0:
+            until = now + self._rejoin_grace
+            for method in svc.methods:
+                if method not in self.services.by_method:
+                    self._gone[method] = until
 
     def client_gone(self, client: bytes) -> None:
         """The client's connection broke: cancel its calls and streams on the services."""

@@ -164,7 +164,11 @@ class FromClients(RouterCore):
             self._count(client, 1)
             self._forward(client, msg, svc, frames)
             return
-        if msg.method not in self.services.by_method and now >= self._grace_until:
+        if (
+            msg.method not in self.services.by_method
+            and now >= self._grace_until
+            and not self.coming_back(msg.method, now)
+        ):
             self.errors["not_found"] += 1
             self._error(
                 client, rid, p.ERR_METHOD_NOT_FOUND, f"no service has a method {msg.method!r}"
@@ -306,6 +310,7 @@ class FromServices(RouterCore):
             return
         self._stalled.pop(peer, None)
         self._quiet.discard(peer)
+        self._left(svc)
         log.info("netcall broker: service %s left (%s)", peer.hex(), why)
         self._fail_routes(svc, why)
         self.tick()
