@@ -6,16 +6,20 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgpack
 import pytest
+import zmq
 
+from _helpers import wait_until
 from conftest import tcp_url
 from netcall import Broker, ConnectionLostError, RPCClient, RPCTimeoutError, ServiceStoppingError
+from netcall import protocol as p
 
 pytestmark = pytest.mark.timeout(30)
 
 
-async def cluster(make_service, ctx, grace: float):  # type: ignore[no-untyped-def]
-    front, back = tcp_url(), tcp_url()
+def slow_service(make_service, url: str):  # type: ignore[no-untyped-def]
+    """A service with ``slow(seconds)``, connected out to ``url``."""
     svc = make_service()
 
     @svc.register
@@ -23,7 +27,13 @@ async def cluster(make_service, ctx, grace: float):  # type: ignore[no-untyped-d
         await asyncio.sleep(seconds)
         return seconds
 
-    svc.connect(back)
+    svc.connect(url)
+    return svc
+
+
+async def cluster(make_service, ctx, grace: float):  # type: ignore[no-untyped-def]
+    front, back = tcp_url(), tcp_url()
+    svc = slow_service(make_service, back)
     broker = Broker(front, back, context=ctx, grace=grace)
     broker.start()
     svc.start()
@@ -95,3 +105,112 @@ async def test_answers_given_before_the_stop_reach_their_callers(make_service, c
     finally:
         client.close()
         broker.close()
+
+
+# ---------------------------------------------------------------- a service that stops
+
+
+async def test_a_call_cut_short_by_a_service_stop_is_not_run_again(make_service, ctx):
+    # A call cancelled at the end of the service's grace may have had effects: it fails with
+    # ServiceStoppingError, and the broker does not send it to the other service.
+    front, back = tcp_url(), tcp_url()
+    ran: list[str] = []
+    started = asyncio.Event()
+    services = {}
+    for name in ("a", "b"):
+        svc = services[name] = make_service(name=name)
+
+        def register(svc, name=name):  # type: ignore[no-untyped-def]
+            @svc.register
+            async def work(seconds: float) -> str:
+                ran.append(name)
+                started.set()
+                await asyncio.sleep(seconds)
+                return name
+
+        register(svc)
+        svc.connect(back)
+    broker = Broker(front, back, context=ctx)
+    broker.start()
+    for svc in services.values():
+        svc.start()
+    client = RPCClient(timeout=10, context=ctx)
+    client.connect(front)
+    try:
+        deadline = time.monotonic() + 5
+        while {await client.work(0) for _ in range(4)} != {"a", "b"}:
+            assert time.monotonic() < deadline, "both services did not join"
+        ran.clear()
+        started.clear()
+        call = asyncio.ensure_future(client.work(30))
+        await asyncio.wait_for(started.wait(), 5)
+        [victim] = ran
+        await asyncio.wait_for(services[victim].stop(grace=0.2), 5)
+        with pytest.raises(ServiceStoppingError):
+            await asyncio.wait_for(call, 5)
+        assert ran == [victim]  # not run again elsewhere
+        other = "b" if victim == "a" else "a"
+        assert await client.work(0) == other
+    finally:
+        client.close()
+        broker.close()
+
+
+@pytest.mark.parametrize("answers", [True, False], ids=["broker", "older-peer"])
+async def test_a_call_that_arrives_after_bye(ctx, make_service, answers):
+    # A raw peer that the service connects to. One that answers the PING after the HELLO is
+    # a broker: a call it sent before it read the BYE is refused as busy (it re-routes it),
+    # and the service keeps reading until the PONG to its PING after the BYE. One that
+    # answers no PING (a client that binds, an older broker) gets ServiceStoppingError, and
+    # is not waited for.
+    url = tcp_url()
+    peer = ctx.socket(zmq.ROUTER)
+    peer.linger = 0
+    peer.bind(url)
+    svc = slow_service(make_service, url)
+    svc.start()
+
+    got: list[list[bytes]] = []  # read, not yet taken
+
+    async def read(kind: int) -> list[bytes]:
+        """The first message of ``kind`` the peer got (others are kept for later reads)."""
+        deadline = time.monotonic() + 5
+        while True:
+            for frames in got:
+                if p.decode_header(frames[1])[0] == kind:
+                    got.remove(frames)
+                    return frames
+            assert time.monotonic() < deadline, f"no message of kind {kind}"
+            try:
+                got.append(peer.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                await asyncio.sleep(0.005)
+
+    def call(rid: int, seconds: float) -> None:
+        args = msgpack.packb([seconds])
+        peer.send_multipart([sid, *p.Call(rid, "slow", "msgpack", args, None, 0, 0, 0).to_frames()])
+
+    try:
+        sid = (await read(p.Kind.HELLO))[0]
+        ping = await read(p.Kind.PING)
+        if answers:
+            peer.send_multipart([sid, *p.Pong(p.decode_header(ping[1])[1]).to_frames()])
+            up = svc._upstreams  # the service took the PONG: it knows its peer is a broker
+            assert await wait_until(lambda: any(map(up.reroutes, up._ids)), 5)
+        call(1, 0.5)
+        await wait_until(lambda: svc.active_calls == 1, 5)
+        stopping = asyncio.ensure_future(svc.stop(grace=3))
+        await read(p.Kind.BYE)
+        call(2, 0)
+        error = p.decode((await read(p.Kind.ERROR))[1:])
+        assert error.id == 2  # type: ignore[union-attr]
+        want = p.ERR_BUSY if answers else p.ERR_SERVICE_STOPPING
+        assert error.type_name == want  # type: ignore[union-attr]
+        if answers:
+            bye_ping = await read(p.Kind.PING)
+            peer.send_multipart([sid, *p.Pong(p.decode_header(bye_ping[1])[1]).to_frames()])
+        result = await read(p.Kind.RESULT)
+        assert p.decode_header(result[1])[1] == 1
+        await asyncio.wait_for(stopping, 5)
+    finally:
+        peer.close()

@@ -193,6 +193,24 @@ def test_bye_drains_the_service(router: Router, wire: Wire) -> None:
     assert {s[0] for s in wire.take("services")} == {b"S2"}
 
 
+def test_a_stopping_service_learns_its_bye_was_read(router: Router, wire: Wire) -> None:
+    # After its BYE a service PINGs the broker; the PONG (same id) follows every call the
+    # broker sent it before it read the BYE, on the same connection.
+    hello(router, b"S1", ["f"])
+    call(router, b"C1", 1, "f")
+    [sent] = wire.take("services")
+    router.on_backend([b"S1", *p.Bye().to_frames()])
+    router.on_backend([b"S1", *p.Ping(2**62 + 5).to_frames()])
+    [pong] = wire.take("services")
+    assert pong[0] == b"S1" and head(pong) == (p.Kind.PONG, 2**62 + 5)
+    # the call it refuses as busy waits for another service
+    router.on_backend([b"S1", *p.Error(head(sent)[1], "netcall.Busy", "stopping").to_frames()])
+    assert wire.take("services") == [] and wire.take("clients") == []
+    hello(router, b"S2", ["f"])
+    [again] = wire.take("services")
+    assert again[0] == b"S2"
+
+
 def test_methods_are_answered_by_the_broker(router: Router, wire: Wire) -> None:
     hello(router, b"S1", ["math.add"])
     hello(router, b"S2", ["users.get", "math.add"])

@@ -202,6 +202,8 @@ async def test_a_client_that_binds_cannot_claim_another_key(make_service, ctx) -
             assert await asyncio.to_thread(sock.poll, 5000)
             peer, *hello = sock.recv_multipart()
             assert p.decode(hello).__class__ is p.Hello
+            assert await asyncio.to_thread(sock.poll, 5000)
+            assert p.decode(sock.recv_multipart()[1:]).__class__ is p.Ping  # left unanswered
             call = p.Call(
                 7, "secret", "json", b"[]", metadata={p.META_PEER_KEY: alice.public.decode()}
             )

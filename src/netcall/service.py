@@ -227,7 +227,9 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         self._dispatch.loop = loop
         self._dispatch.refusing = None
         self._producers.start(loop)
-        inbox = Inbox(self._dispatch, self._producers, self._replies, self._upstreams.vouches)
+        up = self._upstreams
+        inbox = Inbox(self._dispatch, self._producers, self._replies, up.vouches, up.pong)
+        self._dispatch.reroutes = up.reroutes
         secure = self.security is not None  # then each message's sender key is read
         self._guard.is_upstream = self._upstreams.is_upstream
         driver = self._guard.start(
@@ -291,6 +293,17 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         :class:`~netcall.errors.ServiceStoppingError`), then close the socket. Every answer
         given before then is written: to a client that does not read, for at most 0.2 s more,
         then ZeroMQ has 0.2 s (the close's linger) to deliver what it holds.
+
+        Behind a broker (:meth:`connect`), the service says BYE (the broker sends it no new
+        calls) and keeps reading until the broker confirms it read the BYE (it answers a
+        PING), for at most ``min(grace, 1)`` seconds of the grace. The calls the broker sent
+        before then never started: they are refused as busy
+        (:class:`~netcall.errors.ServiceBusyError`) and the broker sends them to another
+        service. A broker that answered no PING after the service's HELLO (one older than
+        this), or a client that binds, is not waited for, and its calls are refused with
+        :class:`~netcall.errors.ServiceStoppingError`, as before. A client connected directly gets
+        :class:`~netcall.errors.ServiceStoppingError` for a new call, as for a call cancelled
+        at the end of the grace (from a broker too: it may have had effects).
         """
         if self._closed:
             return
@@ -298,8 +311,11 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         self._dispatch.refusing = "the service is stopping"
         self._upstreams.bye()  # a broker sends no new calls
         grace = self._grace if grace is None else grace
+        loop = asyncio.get_running_loop()
+        until = loop.time() + grace
+        await self._upstreams.bye_read(min(grace, 1.0))
         if calls and grace > 0:
-            await asyncio.wait(list(calls.values()), timeout=grace)
+            await asyncio.wait(list(calls.values()), timeout=max(0.0, until - loop.time()))
         for task in list(calls.values()):
             task.cancel()
         # Streams' tasks must be collected before closing them takes them off the registry:

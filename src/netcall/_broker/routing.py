@@ -221,6 +221,11 @@ class FromServices(RouterCore):
             if kind in (p.Kind.HELLO, p.Kind.BYE):
                 self._on_announce(peer, frames[1:])
                 return
+            if kind == p.Kind.PING:
+                # A stopping service asks whether its BYE was read: it was, and every call
+                # sent to it before then is ahead of this PONG on the connection.
+                self._to_service([peer, *p.Pong(brid).to_frames()])
+                return
         route = self.routes.get(brid)
         if route is None or route.service.peer != peer:
             if kind == p.Kind.STREAM and peer in self.services:

@@ -1,6 +1,7 @@
 """A message arrives at the service: decode it and hand it to its room (a CALL to dispatch,
 NEXT/THROW/CREDIT to the producer streams, CANCEL to whichever holds the request, PING
-answered here). A malformed message is answered with an ERROR when its id can be read."""
+answered here, a PONG from a peer the service connected to, to its upstreams). A malformed
+message is answered with an ERROR when its id can be read."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ class Inbox:
     """Routes the service socket's incoming messages (``on_message`` gets the routing id of the
     peer, then the message's frames)."""
 
-    __slots__ = ("_dispatch", "_open_streams", "_producers", "_replies", "_trusted")
+    __slots__ = ("_dispatch", "_on_pong", "_open_streams", "_producers", "_replies", "_trusted")
 
     def __init__(
         self,
@@ -27,6 +28,7 @@ class Inbox:
         producers: Producers,
         replies: Replies,
         trusted: Callable[[bytes], bool] = lambda peer: False,
+        on_pong: Callable[[bytes, int], bool] = lambda peer, rid: False,
     ) -> None:
         self._dispatch = dispatch
         self._producers = producers
@@ -35,6 +37,8 @@ class Inbox:
         # Peers this service connected to itself (its brokers): only they may say, in a
         # call's metadata, who the caller is (p.META_PEER_KEY).
         self._trusted = trusted
+        # A PONG from a peer this service connected to (True: taken; else it is malformed).
+        self._on_pong = on_pong
 
     def on_message(self, frames: list[Any]) -> None:
         peer = frames[0]
@@ -66,6 +70,8 @@ class Inbox:
             self._replies.send(peer, p.Pong(msg.id).to_frames())
         elif kind in STREAM_KINDS:
             producers.on_message(peer, msg)  # type: ignore[arg-type]
+        elif kind is p.Pong and self._on_pong(peer, msg.id):
+            return
         else:
             self._replies.guard.malformed(peer, f"a client may not send {kind.__name__}")
             self._replies.refuse(

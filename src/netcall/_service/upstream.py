@@ -60,6 +60,11 @@ def _nothing() -> None:
     pass
 
 
+def _ping_id() -> int:
+    # Random and never 0 (a request id a peer ignores): no call of the peer's can have it.
+    return int.from_bytes(os.urandom(8), "big") >> 1 | 1
+
+
 class Upstreams:
     """The endpoints one service socket connects out to.
 
@@ -96,6 +101,13 @@ class Upstreams:
         self._announce_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._plain = own is None  # no CURVE on this socket (own: its Curve.server)
+        # The PING sent after each HELLO, by peer; the peers that answered it (brokers, which
+        # send a call refused as busy to another service; not a client that binds).
+        self._probes: dict[bytes, int] = {}
+        self._brokers: set[bytes] = set()
+        # After BYE: the PING each broker must answer (by peer), and who waits for them.
+        self._pinged: dict[bytes, int] = {}
+        self._heard: asyncio.Event | None = None
 
     @property
     def connected(self) -> set[str]:
@@ -105,6 +117,11 @@ class Upstreams:
     def is_upstream(self, peer: bytes) -> bool:
         """Whether ``peer`` is a routing id this service gave an endpoint it connected to."""
         return peer in self._ids
+
+    def reroutes(self, peer: bytes) -> bool:
+        """Whether ``peer`` answered the PING sent after the HELLO: a broker, which sends a
+        call this service refuses as busy to another service."""
+        return peer in self._brokers
 
     def vouches(self, peer: bytes) -> bool:
         """Whether ``peer`` may tell this service who its caller is (a broker's word): a peer
@@ -146,7 +163,7 @@ class Upstreams:
             if url.startswith("inproc://"):
                 # inproc reports no handshake: the connection is as good as made.
                 self._up.add(peer)
-                self._say(peer, self._hello().to_frames())
+                self._greet(peer)
 
     def _connect(self, url: str, security: CurveClient | None) -> None:
         # ZeroMQ copies a socket's options into each connection (and each bind) when it is
@@ -202,7 +219,7 @@ class Upstreams:
         self._watch(loop)
         inproc = [peer for url, peer in self._peers.items() if url.startswith("inproc://")]
         for peer in inproc:
-            self._say(peer, self._hello().to_frames())
+            self._greet(peer)
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._driver is None and self._monitor is not None:
@@ -223,7 +240,7 @@ class Upstreams:
         if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._failed.pop(peer, None)
             self._up.add(peer)
-            self._say(peer, self._hello().to_frames())
+            self._greet(peer)
         elif event["event"] & _FAILED:
             self._refused(peer, url, int(event["event"]), int(event["value"]))
         elif event["event"] == zmq.EVENT_DISCONNECTED:
@@ -267,10 +284,21 @@ class Upstreams:
             log.warning("a service's connection out: %s", text)
 
     def _lost(self, peer: bytes) -> None:
+        self._answered(peer)
+        self._probes.pop(peer, None)
+        self._brokers.discard(peer)  # its next incarnation may be another program
         if peer in self._up:
             self._up.discard(peer)
             if self._on_lost is not None:
                 self._on_lost(peer)
+
+    def _greet(self, peer: bytes) -> None:
+        # HELLO, then a PING: a broker answers it (see reroutes); a client that binds, or a
+        # broker older than this, ignores it.
+        self._say(peer, self._hello().to_frames())
+        if self._send is not None:
+            rid = self._probes[peer] = _ping_id()
+            self._say(peer, p.Ping(rid).to_frames())
 
     def _say(self, peer: bytes, frames: list[bytes]) -> None:
         if self._send is not None:
@@ -294,10 +322,49 @@ class Upstreams:
         self._loop.call_soon_threadsafe(run)
 
     def bye(self) -> None:
-        """Tell every connected peer that the service stops."""
+        """Tell every connected peer that the service stops, then PING each broker
+        (:meth:`reroutes`): its PONG says it read the BYE (see :meth:`bye_read`)."""
         frames = p.Bye().to_frames()
         for peer in self._up:
             self._say(peer, frames)
+            if peer in self._brokers:
+                rid = self._pinged[peer] = _ping_id()
+                self._say(peer, p.Ping(rid).to_frames())
+
+    async def bye_read(self, timeout: float) -> None:
+        """Wait until every broker told :meth:`bye` answered its PING, or lost its
+        connection, for at most ``timeout`` seconds. A broker keeps the order of what it
+        sends on one connection: once its PONG is here, so is every call it sent before it
+        read the BYE. Other peers (a client that binds, a broker older than this: they
+        answered no PING after the HELLO) are not waited for."""
+        if not self._pinged or timeout <= 0:
+            return
+        heard = self._heard = asyncio.Event()
+        try:
+            await asyncio.wait_for(heard.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.debug("%d peers did not confirm the service's goodbye", len(self._pinged))
+        finally:
+            self._heard = None
+            self._pinged.clear()
+
+    def pong(self, peer: bytes, rid: int) -> bool:
+        """A PONG from ``peer``: True if it is a peer this service connected to (a PONG from
+        it is never a fault: it answers a PING of :meth:`_greet` or :meth:`bye`, or is
+        ignored)."""
+        if peer not in self._ids:
+            return False
+        if self._probes.get(peer) == rid:
+            del self._probes[peer]
+            self._brokers.add(peer)
+        elif self._pinged.get(peer) == rid:
+            self._answered(peer)
+        return True
+
+    def _answered(self, peer: bytes) -> None:
+        answered = self._pinged.pop(peer, None) is not None
+        if answered and not self._pinged and self._heard is not None:
+            self._heard.set()
 
     def close(self) -> None:
         for task in self._asking.values():
