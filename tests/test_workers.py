@@ -139,12 +139,10 @@ async def until(check, what: str, timeout: float = 10.0) -> None:  # type: ignor
         await asyncio.sleep(0.02)
 
 
-async def test_a_worker_whose_loop_is_stuck_gets_no_new_calls(pool_env, ctx, client):
-    """A handler that blocks its worker's loop (here time.sleep; in life a deadlock or a
-    runaway loop) must not take the calls that follow down with it: its worker still holds its
-    connection (libzmq answers ZeroMQ's heartbeats), and its calls time out, which freed it at
-    the broker, so it looked idle and got every other call. The broker now stops sending to a
-    service that answers none of two pings in a row, and sends to it again once it does."""
+@contextlib.asynccontextmanager
+async def two_workers(ctx, client):  # type: ignore[no-untyped-def]
+    """A pool of 2 workers behind a broker pinging every 0.2 s, both seen serving: the pool,
+    and its broker's ``stats``."""
     url = tcp_url()
     async with WorkerPool(
         "_workers_service:service", 2, bind=url, context=ctx, heartbeat=0.2
@@ -153,7 +151,16 @@ async def test_a_worker_whose_loop_is_stuck_gets_no_new_calls(pool_env, ctx, cli
         client.connect(url)
         assert len(await pids_seen(client, 2)) == 2
         assert pool.broker is not None
-        stats = pool.broker.stats
+        yield pool, pool.broker.stats
+
+
+async def test_a_worker_whose_loop_is_stuck_gets_no_new_calls(pool_env, ctx, client):
+    """A handler that blocks its worker's loop (here time.sleep; in life a deadlock or a
+    runaway loop) must not take the calls that follow down with it: its worker still holds its
+    connection (libzmq answers ZeroMQ's heartbeats), and its calls time out, which freed it at
+    the broker, so it looked idle and got every other call. The broker now stops sending to a
+    service that answers none of two pings in a row, and sends to it again once it does."""
+    async with two_workers(ctx, client) as (pool, stats):
 
         def responsive() -> list[bool]:
             return [svc["responsive"] for svc in stats()["services"]]
@@ -184,15 +191,7 @@ async def test_workers_busy_with_a_backlog_are_not_taken_for_stuck(pool_env, ctx
     here, 3.2 s with 100 ms handlers), and the broker, hearing nothing for two pings, took
     both workers for stuck and held new calls in its queue (beyond ``max_queue``, refused
     them as busy)."""
-    url = tcp_url()
-    async with WorkerPool(
-        "_workers_service:service", 2, bind=url, context=ctx, heartbeat=0.2
-    ) as pool:
-        await pool.wait_ready()
-        client.connect(url)
-        assert len(await pids_seen(client, 2)) == 2
-        assert pool.broker is not None
-        stats = pool.broker.stats
+    async with two_workers(ctx, client) as (_, stats):
         backlog = [asyncio.ensure_future(client.call("spin", 0.025)) for _ in range(120)]
         flagged = []
         while not all(f.done() for f in backlog):
