@@ -194,13 +194,7 @@ class RouterCore:
     def coming_back(self, method: str, now: float) -> bool:
         """Whether ``method``'s last service left less than the rejoin grace ago (its calls
         wait for another, as at startup)."""
-        until = self._gone.get(method)
-        if until is None:
-            return False
-        if until > now:
-            return True
-        del self._gone[method]
-        return False
+        return self._gone.get(method, 0.0) > now  # (expired entries go in _left)
 
     def _left(self, svc: ServiceEntry) -> None:
         """``svc`` left (it is off the tables): its methods no other service has wait for one
@@ -279,8 +273,7 @@ class RouterCore:
             if svc is None:
                 continue
             svc.missed += 1
-            if svc.missed == UNRESPONSIVE_PINGS and not svc.unresponsive:
-                svc.unresponsive = True
+            if svc.missed == UNRESPONSIVE_PINGS:  # (from here on, svc.unresponsive)
                 self.errors["services_unresponsive"] += 1
                 self.log(
                     "unresponsive",
@@ -301,9 +294,9 @@ class RouterCore:
         svc = self.services.get(peer)
         if svc is None:
             return
+        was_unresponsive = svc.unresponsive
         svc.missed = 0
-        if svc.unresponsive:
-            svc.unresponsive = False
+        if was_unresponsive:
             self.log(
                 "responsive", logging.INFO, "netcall broker: service %s responds again", peer.hex()
             )

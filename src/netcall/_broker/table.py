@@ -51,7 +51,6 @@ class ServiceEntry:
         "routes",
         "served",
         "stalled",
-        "unresponsive",
     )
 
     def __init__(self, peer: bytes) -> None:
@@ -70,10 +69,19 @@ class ServiceEntry:
         #: stuck (a handler that blocks it). From UNRESPONSIVE_PINGS on it is unresponsive,
         #: and gets no new calls until it sends something again.
         self.missed = 0
-        self.unresponsive = False
+
+    @property
+    def unresponsive(self) -> bool:
+        """Whether it missed :data:`UNRESPONSIVE_PINGS` pings in a row (no new calls)."""
+        return self.missed >= UNRESPONSIVE_PINGS
 
     def has_room(self, now: float) -> bool:
-        if self.draining or self.stalled or self.unresponsive or self.cooldown > now:
+        if (
+            self.draining
+            or self.stalled
+            or self.missed >= UNRESPONSIVE_PINGS
+            or self.cooldown > now
+        ):
             return False
         return self.limit is None or self.inflight < self.limit
 
