@@ -317,3 +317,56 @@ def test_a_method_gone_for_longer_than_the_grace_is_not_found(wire: Wire) -> Non
     assert [head(f) for f in sent] == [(p.Kind.ERROR, 2), (p.Kind.ERROR, 3)]
     assert all(f[2] == p.ERR_METHOD_NOT_FOUND.encode() for f in sent)
     assert router.errors["not_found"] == 2
+
+
+def test_a_service_announcing_new_methods_is_routed_by_them(router: Router, wire: Wire) -> None:
+    """A repeated HELLO moves the service in the method index by what it changes: methods it
+    no longer has are not routed to it (nor kept once no service has them), new ones are."""
+    hello(router, b"S1", ["a", "b"])
+    hello(router, b"S2", ["b"])
+    hello(router, b"S1", ["b", "c"])  # drops "a", adds "c"
+    assert sorted(router.services.by_method) == ["b", "c"]
+    call(router, b"C", 1, "a")
+    [err] = wire.take("clients")
+    assert head(err) == (p.Kind.ERROR, 1) and err[2] == p.ERR_METHOD_NOT_FOUND.encode()
+    call(router, b"C", 2, "c")
+    assert [f[0] for f in wire.take("services")] == [b"S1"]
+    for _ in range(3):  # the same HELLO again: nothing moves, nothing is listed twice
+        hello(router, b"S1", ["b", "c"])
+    assert {m: [s.peer for s in ss] for m, ss in router.services.by_method.items()} == {
+        "b": [b"S1", b"S2"],
+        "c": [b"S1"],
+    }
+    router.service_gone(b"S1")
+    assert {m: [s.peer for s in ss] for m, ss in router.services.by_method.items()} == {
+        "b": [b"S2"]
+    }
+    assert router.stats()["methods"] == ["b"]
+
+
+@pytest.mark.timeout(30)
+def test_services_joining_and_leaving_are_logged_at_a_bounded_rate(
+    router: Router, wire: Wire, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer on the backend can join and leave (and say BYE) at will: before, each wrote an
+    INFO line. Now each kind is logged in full up to MEMBERSHIP_BURST per window, then
+    summarized, at INFO."""
+    from netcall._broker.core import MEMBERSHIP_BURST
+
+    caplog.set_level(logging.INFO, logger="netcall.broker")
+    for i in range(1000):
+        peer = b"S%d" % i
+        hello(router, peer, ["f"])
+        router.on_backend([peer, *p.Bye().to_frames()])  # (no calls: it leaves at once)
+    assert len(router.services) == 0 and router.services.by_method == {}
+    lines = [r.getMessage() for r in caplog.records if r.name == "netcall.broker"]
+    for kind in ("joined", "is stopping", "left"):
+        assert sum(kind in line for line in lines) == MEMBERSHIP_BURST, kind
+    assert router.membership.count("joined") == 1000
+    assert router.membership.count("left") == 1000
+    assert all(r.levelno == logging.INFO for r in caplog.records)
+    router.membership._clock = lambda: time.monotonic() + 60  # the window is over
+    router.flush_logs()
+    summaries = [r for r in caplog.records if "were not logged" in r.getMessage()]
+    assert len(summaries) == 3 and all(r.levelno == logging.INFO for r in summaries)
+    assert "968 more joined event(s)" in summaries[0].getMessage()

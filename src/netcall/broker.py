@@ -313,7 +313,7 @@ class Broker:
                 handle.cancel()
         self._timers.clear()
         if self.router is not None:
-            self.router.log.flush()
+            self.router.flush_logs()
         for driver in self._drivers:
             driver.close(linger=linger, queued=True)
         self._drivers = []
@@ -449,7 +449,7 @@ class Broker:
         if self.router is not None:
             # (ping_round notes the services that did not answer the last round)
             self._send_pings(self.router.ping_round())
-            self.router.log.flush()  # the summaries of suppressed log lines
+            self.router.flush_logs()  # the summaries of suppressed log lines
         self._ping_handle = self._loop.call_later(self.heartbeat, self._ping)
 
     def __repr__(self) -> str:

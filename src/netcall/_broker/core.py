@@ -15,9 +15,13 @@ from .. import protocol as p
 from .._ratelog import RateLimitedLog
 from .table import UNRESPONSIVE_PINGS, Route, ServiceEntry, Services, Waiting, WaitQueue
 
-__all__ = ["RouterCore", "Send"]
+__all__ = ["MEMBERSHIP_BURST", "RouterCore", "Send"]
 
 log = logging.getLogger("netcall.broker")
+
+#: Lines logged per 10 s for each of a service joining, stopping and leaving (a worker pool of
+#: that many restarting at once is logged in full); beyond it, a summary.
+MEMBERSHIP_BURST = 32
 
 
 Send = Callable[[list[Any]], None]
@@ -76,6 +80,10 @@ class RouterCore:
         #: bounded rate (5 lines per kind per 10 s, then a summary); call ``log.flush()`` now
         #: and then.
         self.log = RateLimitedLog(log)
+        #: Services joining, stopping and leaving, logged at INFO: at most
+        #: :data:`MEMBERSHIP_BURST` lines of each per 10 s (a peer can join and leave at will),
+        #: then an INFO summary.
+        self.membership = RateLimitedLog(log, burst=MEMBERSHIP_BURST)
         self.errors: dict[str, int] = {
             "malformed": 0,
             "not_found": 0,
@@ -262,6 +270,12 @@ class RouterCore:
             for brid in streams:
                 self._to_service([peer, *p.Cancel(brid).to_frames()])
             self.dispatch()
+
+    def flush_logs(self) -> None:
+        """Log the summaries of suppressed lines whose window is over (call it now and then,
+        and at the end)."""
+        self.log.flush()
+        self.membership.flush(logging.INFO)
 
     def ping_round(self) -> list[bytes]:
         """A heartbeat: the services to ping now. A service that sent nothing since the last

@@ -36,7 +36,6 @@ from .table import MAX_CREDIT, Route, Waiting
 
 __all__ = ["Router", "Send"]
 
-log = logging.getLogger("netcall.broker")
 
 _STREAM_FOLLOWUPS = frozenset({p.Kind.NEXT, p.Kind.THROW, p.Kind.CREDIT})
 _REPLY_KINDS = frozenset({p.Kind.RESULT, p.Kind.ERROR, p.Kind.ACK})
@@ -287,7 +286,9 @@ class FromServices(RouterCore):
         if isinstance(msg, p.Bye):
             svc = self.services.get(peer)
             if svc is not None:
-                log.info("netcall broker: service %s is stopping", peer.hex())
+                self.membership(
+                    "stopping", logging.INFO, "netcall broker: service %s is stopping", peer.hex()
+                )
                 svc.draining = True
                 if not svc.routes:
                     self.service_gone(peer, "the service stopped")
@@ -305,6 +306,13 @@ class FromServices(RouterCore):
             )
             return
         if joined:
+            self.membership(
+                "joined",
+                logging.INFO,
+                "netcall broker: service %s joined (%d methods)",
+                peer.hex(),
+                len(msg.methods),
+            )
             self._grace_until = min(self._grace_until, time.monotonic() + _JOIN_WINDOW)
         self.dispatch()
 
@@ -316,7 +324,9 @@ class FromServices(RouterCore):
         self._stalled.pop(peer, None)
         self._quiet.discard(peer)
         self._left(svc)
-        log.info("netcall broker: service %s left (%s)", peer.hex(), why)
+        self.membership(
+            "left", logging.INFO, "netcall broker: service %s left (%s)", peer.hex(), why
+        )
         self._fail_routes(svc, why)
         self.tick()
 

@@ -3,7 +3,6 @@ and the calls waiting for a service."""
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -20,7 +19,6 @@ __all__ = [
     "Waiting",
 ]
 
-log = logging.getLogger("netcall.broker")
 
 #: Services one broker tracks at most; announcements from more are ignored (the router counts
 #: and logs them, at a bounded rate).
@@ -153,32 +151,39 @@ class Services:
         return self.by_peer.get(peer)
 
     def hello(self, peer: bytes, msg: p.Hello) -> ServiceEntry | None:
-        """Add or update the service; ``None`` when there are already :data:`MAX_SERVICES`."""
+        """Add or update the service; ``None`` when there are already :data:`MAX_SERVICES`.
+        The method index changes only by what this HELLO changes (a peer may repeat its
+        HELLO at will: that must not cost a pass over every service)."""
         svc = self.by_peer.get(peer)
         if svc is None:
             if len(self.by_peer) >= MAX_SERVICES:
                 return None
             svc = self.by_peer[peer] = ServiceEntry(peer)
-            log.info("netcall broker: service %s joined (%d methods)", peer.hex(), len(msg.methods))
+        methods = frozenset(msg.methods)
+        self._index(svc, svc.methods, methods)
         svc.info = msg.methods
-        svc.methods = frozenset(msg.methods)
+        svc.methods = methods
         svc.limit = msg.max_concurrent
         svc.draining = False
-        self._reindex()
         return svc
 
     def remove(self, peer: bytes) -> ServiceEntry | None:
         svc = self.by_peer.pop(peer, None)
         if svc is not None:
-            self._reindex()
+            self._index(svc, svc.methods, frozenset())
         return svc
 
-    def _reindex(self) -> None:
-        by_method: dict[str, list[ServiceEntry]] = {}
-        for svc in self.by_peer.values():
-            for name in svc.methods:
-                by_method.setdefault(name, []).append(svc)
-        self.by_method = by_method
+    def _index(self, svc: ServiceEntry, old: frozenset[str], new: frozenset[str]) -> None:
+        """Move ``svc`` in the method index from the methods ``old`` to ``new`` (a method no
+        service has any more leaves the index)."""
+        by_method = self.by_method
+        for name in old - new:
+            services = by_method[name]
+            services.remove(svc)
+            if not services:
+                del by_method[name]
+        for name in new - old:
+            by_method.setdefault(name, []).append(svc)
 
     def pick(self, method: str, now: float) -> ServiceEntry | None:
         """A service with ``method`` and room: the fewest calls in flight, round robin among
