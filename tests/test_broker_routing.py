@@ -370,3 +370,37 @@ def test_services_joining_and_leaving_are_logged_at_a_bounded_rate(
     summaries = [r for r in caplog.records if "were not logged" in r.getMessage()]
     assert len(summaries) == 3 and all(r.levelno == logging.INFO for r in summaries)
     assert "968 more joined event(s)" in summaries[0].getMessage()
+
+
+def test_refusals_by_stopping_services_do_not_use_up_the_retries(wire: Wire) -> None:
+    """A rolling restart of several services at once: a call the broker sent before it read
+    each one's BYE may be refused as busy by more of them than the retry limit allows; those
+    refusals do not count (the call never started, and no more calls go to them). A busy
+    service that is not stopping still counts, and past the limit the caller hears."""
+    router = Router(wire.clients.append, wire.services.append, startup_grace=0)
+    peers = [b"S%d" % i for i in range(6)]
+    for peer in peers:
+        hello(router, peer, ["f"])
+    call(router, b"C", 1, "f")
+    for _ in range(5):  # five services, one after the other, stop with the call on them
+        [sent] = wire.take("services")
+        router.on_backend([sent[0], *p.Bye().to_frames()])
+        router.on_backend(
+            [sent[0], *p.Error(head(sent)[1], "netcall.Busy", "stopping").to_frames()]
+        )
+        router.services.get(sent[0]).cooldown = 0.0  # type: ignore[union-attr]
+    [sent] = wire.take("services")
+    assert wire.take("clients") == []
+    reply(router, sent[0], p.Kind.RESULT, head(sent)[1], b"\xc0")
+    [back] = wire.take("clients")
+    assert head(back) == (p.Kind.RESULT, 1)
+    # A service that is busy and not stopping: 3 more tries, then the caller hears.
+    call(router, b"C", 2, "f")
+    for _ in range(4):
+        [sent] = wire.take("services")
+        router.on_backend([sent[0], *p.Error(head(sent)[1], "netcall.Busy", "full").to_frames()])
+        router.services.get(sent[0]).cooldown = 0.0  # type: ignore[union-attr]
+        router.dispatch()  # (the cooldown over)
+    assert wire.take("services") == []
+    [err] = wire.take("clients")
+    assert head(err) == (p.Kind.ERROR, 2) and err[2] == b"netcall.Busy"

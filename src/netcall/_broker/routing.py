@@ -259,15 +259,22 @@ class FromServices(RouterCore):
         self._to_client(frames)
 
     def _busy(self, route: Route, frames: list[Any]) -> bool:
-        """A service refused a call as busy: queue it again (a few times), True if so."""
-        if len(frames) < 3 or bytes(frames[2]) != _BUSY.encode() or route.retries >= _BUSY_RETRIES:
+        """A service refused a call as busy: queue it again (a few times), True if so. A
+        refusal by a service that said BYE does not count: the call never started, and the
+        broker sends no more calls to it (in a rolling restart of several services at once,
+        a call could meet several of them)."""
+        if len(frames) < 3 or bytes(frames[2]) != _BUSY.encode():
+            return False
+        stopping = route.service.draining
+        if route.retries >= _BUSY_RETRIES and not stopping:
             return False
         call = route.call
         assert call is not None
         self._free(route)
         route.service.cooldown = time.monotonic() + _COOLDOWN
         self._count(route.client, 1)
-        self._waiting.push(Waiting(route.client, call, time.monotonic(), route.retries + 1), True)
+        retries = route.retries if stopping else route.retries + 1
+        self._waiting.push(Waiting(route.client, call, time.monotonic(), retries), True)
         self.dispatch()
         return True
 
