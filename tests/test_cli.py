@@ -322,6 +322,69 @@ def test_serve_a_file_a_class_and_options(workdir: Path, tmp_path: Path) -> None
     assert status == 0 and "Traceback" not in err, err
 
 
+def test_serve_workers_take_every_spec_and_option(workdir: Path, tmp_path: Path) -> None:
+    """`netcall serve SPEC --workers N` serves what `netcall serve SPEC` serves, built with the
+    same options. Before, the workers took only an RPCService ("module has no attribute
+    'service'") and --serializer, --executor and --max-concurrent were silently ignored."""
+    (tmp_path / "where.py").write_text(
+        textwrap.dedent(
+            """
+            import os
+            import threading
+
+            class Where:
+                def pid(self):
+                    return os.getpid()
+
+                def thread(self):
+                    return threading.current_thread().name
+            """
+        )
+    )
+    options = ["--workers", "2", "--serializer", "json", "--executor", "threads"]
+    server = Served(f"{tmp_path / 'where.py'}:Where", workdir, *options, "--max-concurrent", "4")
+    try:
+        pids = set()
+        for _ in range(40):  # (the broker spreads calls over both workers)
+            done = netcall(server.url, "pid", "--serializer", "json")
+            assert done.returncode == 0, done.stderr
+            pids.add(int(done.stdout))
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2 and server.proc.pid not in pids
+        done = netcall(server.url, "thread", "--serializer", "json")
+        assert done.stdout.startswith('"netcall-handler'), done.stdout  # --executor threads
+        line = one_line_error(netcall(server.url, "pid"))  # msgpack: not what they speak
+        assert "SerializerMismatchError" in line, line
+    finally:
+        server.interrupt()
+        status, _, err = server.finish()
+    assert status == 0 and "Traceback" not in err, err
+    module = Served("svcmod", workdir, "--workers", "1")  # a module's public functions
+    try:
+        assert netcall(module.url, "add", "2", "3").stdout == "5\n"
+    finally:
+        module.interrupt()
+        assert module.finish()[0] == 0
+
+
+def test_serve_workers_refuse_what_they_cannot_do(workdir: Path) -> None:
+    done = netcall(
+        "serve", "svcmod", "--workers", "2", "--bind", tcp_url(), "--connect", tcp_url(),
+        cwd=workdir,
+    )  # fmt: skip
+    assert "--connect does not go with --workers" in one_line_error(done, 2)
+    spec = str(ROOT / "examples" / "echo_service.py")  # a built service: its own options
+    done = netcall(
+        "serve", spec, "--workers", "1", "--bind", tcp_url(), "--max-concurrent", "2",
+        cwd=workdir,
+    )  # fmt: skip
+    assert done.returncode == 1, done
+    assert "--max-concurrent apply only to what netcall serve builds" in done.stderr
+    assert "the workers cannot load" in done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr
+
+
 def test_ctrl_c_during_a_long_call_is_graceful_then_immediate(workdir: Path) -> None:
     server = Served("svcmod", workdir, "--grace", "1.5")
     try:

@@ -352,6 +352,13 @@ async def _run_workers(ns: argparse.Namespace) -> int:
 
     if not ns.bind:
         raise CLIError("--workers needs at least one --bind URL", status=2)
+    if ns.connect:
+        raise CLIError(
+            "--connect does not go with --workers (the workers connect to their own broker, "
+            "bound on --bind): to add processes to another broker, run `netcall serve SPEC "
+            "--connect URL` once per process",
+            status=2,
+        )
     for url in ns.bind:
         check_endpoint(url)
     cwd = os.getcwd()
@@ -360,6 +367,13 @@ async def _run_workers(ns: argparse.Namespace) -> int:
     pool = WorkerPool(
         ns.spec, ns.workers, bind=ns.bind, grace=ns.grace, security=security_from(ns, server=True)
     )
+    # Each worker builds what `netcall serve SPEC` builds, with the same options.
+    pool._serve_options = {
+        "serializer": ns.serializer,
+        "executor": ns.executor,
+        "threads": ns.threads,
+        "max_concurrent": ns.max_concurrent,
+    }
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 

@@ -2,17 +2,19 @@
 
 ::
 
-    python -m netcall._worker <module:attribute> <backend url> <parent fd> <grace>
+    python -m netcall._worker <module:attribute> <backend url> <parent fd> <grace> [<options>]
 
-It loads the service (see :func:`load_service`), connects it out to the pool's broker and
-serves until it is told to stop, then stops gracefully (:meth:`RPCService.stop`). ``<parent fd>``
-is the read end of a pipe whose write end only the parent holds: the pool's stop writes the
-seconds of its grace that are left on it (a stop with that grace), and the worker reads
-end-of-file the moment the parent exits, however it died (a stop with ``<grace>``). SIGINT and
-SIGTERM are ignored: Ctrl-C, systemd's stop and ``kill -TERM -<pgid>`` reach the whole process
-group, and the parent orders the shutdown (a worker stopping on its own would refuse calls the
-broker still sends it, and its exit would look like a crash to the pool). SIGTERM has a handler
-that does nothing, not ``SIG_IGN``, so processes a handler starts do not inherit the ignoring.
+It loads the service (see :func:`load_service`; with ``<options>``, a JSON object of ``netcall
+serve``'s, it builds what ``netcall serve`` would: :func:`build_as_serve`), connects it out to
+the pool's broker and serves until it is told to stop, then stops gracefully
+(:meth:`RPCService.stop`). ``<parent fd>`` is the read end of a pipe whose write end only the
+parent holds: the pool's stop writes the seconds of its grace that are left on it (a stop with
+that grace), and the worker reads end-of-file the moment the parent exits, however it died (a
+stop with ``<grace>``). SIGINT and SIGTERM are ignored: Ctrl-C, systemd's stop and ``kill -TERM
+-<pgid>`` reach the whole process group, and the parent orders the shutdown (a worker stopping
+on its own would refuse calls the broker still sends it, and its exit would look like a crash to
+the pool). SIGTERM has a handler that does nothing, not ``SIG_IGN``, so processes a handler
+starts do not inherit the ignoring.
 
 Exit codes: 0 after a stop, :data:`BAD_TARGET` when the service cannot be loaded (the pool does
 not restart such a worker), 70 when a stop ordered over the pipe overran its grace by 2 s.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import os
 import signal
 import sys
@@ -32,7 +35,7 @@ from typing import Any
 
 from .service import RPCService
 
-__all__ = ["BAD_TARGET", "load_service"]
+__all__ = ["BAD_TARGET", "build_as_serve", "load_service"]
 
 #: The exit code of a worker whose service cannot be loaded.
 BAD_TARGET = 3
@@ -77,9 +80,46 @@ def _watch_parent(fd: int, loop: asyncio.AbstractEventLoop, stop: Any, grace: fl
     os._exit(70)
 
 
-async def _serve(spec: str, backend: str, parent_fd: int, grace: float) -> int:
+def build_as_serve(spec: str, grace: float, options: dict[str, Any]) -> RPCService:
+    """The service ``netcall serve SPEC`` would build, for ``netcall serve SPEC --workers N``:
+    ``spec`` is any of its forms (a module, a file, a class, an object, a function, an
+    RPCService or a subclass), and ``options`` are its ``serializer``, ``executor``,
+    ``threads`` and ``max_concurrent`` (CURVE is the pool's broker's, on the public endpoint).
+
+    Raises:
+        netcall._cli_util.CLIError: nothing to serve, the import failed, or options a
+            ready-made RPCService cannot take.
+    """
+    import argparse
+
+    from ._cli_serve import build_service, load_target
+
+    ns = argparse.Namespace(
+        spec=spec,
+        serializer=options.get("serializer"),
+        executor=options.get("executor", "inline"),
+        threads=options.get("threads"),
+        max_concurrent=options.get("max_concurrent"),
+        grace=grace,
+        curve_server_key=None,
+        curve_keypair=None,
+        allow=None,
+    )
+    obj, attr = load_target(spec)
+    service, _ = build_service(obj, attr, ns)
+    return service
+
+
+async def _serve(
+    spec: str, backend: str, parent_fd: int, grace: float, options: dict[str, Any] | None = None
+) -> int:
+    from ._cli_util import CLIError
+
     try:
-        service = load_service(spec)
+        service = load_service(spec) if options is None else build_as_serve(spec, grace, options)
+    except CLIError as exc:  # (netcall serve's own words: one line)
+        print(f"netcall: {exc}", file=sys.stderr, flush=True)
+        return BAD_TARGET
     except Exception:
         traceback.print_exc()
         return BAD_TARGET
@@ -98,10 +138,12 @@ async def _serve(spec: str, backend: str, parent_fd: int, grace: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    spec, backend, fd, grace = (argv if argv is not None else sys.argv[1:])[:4]
+    args = argv if argv is not None else sys.argv[1:]
+    spec, backend, fd, grace = args[:4]
+    options = json.loads(args[4]) if len(args) > 4 else None  # netcall serve's options
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: None)  # from the start: also while loading
-    return asyncio.run(_serve(spec, backend, int(fd), float(grace)))
+    return asyncio.run(_serve(spec, backend, int(fd), float(grace), options))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ Lifetimes:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -149,6 +150,10 @@ class WorkerPool:
         self._stopping = False
         self._stopped: asyncio.Future[None] | None = None
         self.failure: str | None = None
+        # netcall serve's options (a JSON object): the workers build the service as it does
+        # (any SPEC it takes, with --serializer, --executor, --max-concurrent); None: the
+        # target names an RPCService, a subclass or a factory (netcall._worker).
+        self._serve_options: dict[str, Any] | None = None
 
     @property
     def backend(self) -> str:
@@ -302,10 +307,11 @@ class WorkerPool:
         path = [p or os.getcwd() for p in sys.path]
         env["PYTHONPATH"] = os.pathsep.join(path)
         args = [sys.executable, "-m", "netcall._worker", self.spec, self.backend]
+        args += [str(read), str(self.grace)]
+        if self._serve_options is not None:
+            args.append(json.dumps(self._serve_options))
         try:
-            worker.proc = subprocess.Popen(
-                [*args, str(read), str(self.grace)], pass_fds=(read,), env=env
-            )
+            worker.proc = subprocess.Popen(args, pass_fds=(read,), env=env)
         except BaseException:
             os.close(write)
             raise
