@@ -404,3 +404,26 @@ def test_refusals_by_stopping_services_do_not_use_up_the_retries(wire: Wire) -> 
     assert wire.take("services") == []
     [err] = wire.take("clients")
     assert head(err) == (p.Kind.ERROR, 2) and err[2] == b"netcall.Busy"
+
+
+def test_a_stopping_service_that_goes_quiet_is_not_counted_unresponsive(
+    router: Router, wire: Wire, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A service that said BYE gets no new calls anyway: a handler blocking it while it
+    finishes its calls was counted in errors["services_unresponsive"] and logged as "no new
+    calls until it does", which read as a fault."""
+    caplog.set_level(logging.WARNING, logger="netcall.broker")
+    hello(router, b"S1", ["f"])
+    hello(router, b"S2", ["f"])
+    call(router, b"C", 1, "f")
+    [sent] = wire.take("services")
+    router.on_backend([sent[0], *p.Bye().to_frames()])  # stopping, with the call in flight
+    other = b"S2" if sent[0] == b"S1" else b"S1"
+    for _ in range(4):
+        router.ping_round()
+        router.on_backend([other, *p.Pong(0).to_frames()])
+    assert router.errors["services_unresponsive"] == 0
+    assert not [r for r in caplog.records if "answered none" in r.getMessage()]
+    for _ in range(3):  # the one still serving goes quiet: counted
+        router.ping_round()
+    assert router.errors["services_unresponsive"] == 1

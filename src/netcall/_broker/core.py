@@ -287,7 +287,9 @@ class RouterCore:
             if svc is None:
                 continue
             svc.missed += 1
-            if svc.missed == UNRESPONSIVE_PINGS:  # (from here on, svc.unresponsive)
+            # (from here on, svc.unresponsive; one that said BYE gets no new calls anyway: its
+            # silence, a handler blocking it as it finishes its calls, is not counted)
+            if svc.missed == UNRESPONSIVE_PINGS and not svc.draining:
                 self.errors["services_unresponsive"] += 1
                 self.log(
                     "unresponsive",
