@@ -19,10 +19,10 @@ class Procs:
         self.procs: list[asyncio.subprocess.Process] = []
 
     async def start(
-        self, *args: str, ready: str = "READY", prefix: Sequence[str] = ()
+        self, *args: str, ready: str = "READY", prefix: Sequence[str] = (), script: str = HELPER
     ) -> asyncio.subprocess.Process:
-        """Run ``_broker_helper.py args`` (under ``prefix``, e.g. ``ip netns exec ns``) and
-        wait for a line starting with ``ready``.
+        """Run ``_broker_helper.py args`` (or another ``script``) under ``prefix`` (e.g.
+        ``ip netns exec ns``) and wait for a line starting with ``ready``.
 
         Raises:
             AssertionError: the child did not get ready within 15 s (its stderr is shown).
@@ -30,7 +30,7 @@ class Procs:
         proc = await asyncio.create_subprocess_exec(
             *prefix,
             sys.executable,
-            HELPER,
+            script,
             *args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

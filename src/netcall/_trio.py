@@ -131,6 +131,9 @@ class TrioRunner:
 
     __slots__ = ("token",)
 
+    #: All in one trio run: a broker's PING waits for a no-op to run there (Runner.one_thread).
+    one_thread = True
+
     def __init__(self) -> None:
         self.token = trio.lowlevel.current_trio_token()
 

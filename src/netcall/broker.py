@@ -19,8 +19,10 @@ service killed outright is noticed within milliseconds; a silent link loss withi
 ``4 * heartbeat`` seconds (4 s by default). A service whose loop is stuck (a handler blocking
 it) still holds its connection, since libzmq's own thread answers ZeroMQ's heartbeats: one that
 answers none of two pings in a row gets no new calls (they go to the others, or wait) until it
-speaks again. (Only an asyncio service's loop reads its socket: a trio or gevent service, or one
-with an ``executor``, answers pings from netcall's own loop thread while its handlers are stuck.)
+speaks again. A gevent or trio service reads its socket on netcall's own loop thread and answers
+a ping only once its hub or trio run has run a no-op, so one whose hub or trio thread is stuck
+is seen too. A service with an ``executor`` answers from its loop: one stuck thread of its pool
+does not stop the others (a pool stuck in every thread is not seen).
 """
 
 from __future__ import annotations
@@ -63,10 +65,11 @@ class Broker:
         context: the ZeroMQ context (default: ``zmq.Context.instance()``).
         heartbeat: seconds between ZeroMQ heartbeats and service pings; a peer silent for
             three of them is dropped (default 1 s: a silent link loss is found within 4 s). A
-            service that answers none of two pings in a row (its loop is stuck: a handler
-            blocks it) gets no new calls until it sends something again; its calls in flight
-            stay with it. ``stats()`` shows it (``"responsive": False``, and
-            ``errors["services_unresponsive"]`` counts such episodes).
+            service that answers none of two pings in a row (its loop is stuck, or a gevent
+            service's hub, a trio service's run: a handler blocks it) gets no new calls until
+            it sends something again; its calls in flight stay with it. ``stats()`` shows it
+            (``"responsive": False``, and ``errors["services_unresponsive"]`` counts such
+            episodes).
         max_queue: calls that may wait for a free service at once (default 1000); beyond
             that, calls fail at once with :class:`~netcall.errors.ServiceBusyError`.
         max_per_client: calls and streams one client may have open or waiting at once

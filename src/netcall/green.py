@@ -195,6 +195,9 @@ class _GreenletRunner:
 
     __slots__ = ("port",)
 
+    #: All on one hub: a broker's PING waits for a no-op to run there (see Runner.one_thread).
+    one_thread = True
+
     def __init__(self) -> None:
         self.port: _bridge.HubPort | None = None  # set by start()
 

@@ -27,6 +27,7 @@ from ._service.binding import ServiceBinding
 from ._service.dispatch import Dispatcher
 from ._service.guard import Guard, Limits
 from ._service.inbox import Inbox
+from ._service.pongs import HookedPongs
 from ._service.registering import ServiceRegistering
 from ._service.registry import METHODS_NAME, HandlerRegistry, public_names
 from ._service.replies import Replies
@@ -83,7 +84,9 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         handler_runner: run sync handlers and sync generator steps through this hook (an async
             callable taking a zero-argument function; see
             :data:`~netcall._service.runner.HandlerRunner`) instead of inline or in
-            ``executor``. The gevent service plugs in here.
+            ``executor``. The gevent service plugs in here. A hook with a true ``one_thread``
+            attribute (it runs every handler on one thread, as gevent's hub) has a broker's
+            PING answered once a no-op has run through it: stuck, it gets no new calls.
         middleware: ``async def mw(ctx, call_next)`` functions run around every call and
             stream opening, outermost first (see :meth:`add_middleware`).
 
@@ -154,6 +157,7 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         self._registry.add_builtin(METHODS_NAME, self.methods)
         self._max_concurrent = max_concurrent
         self._upstreams = Upstreams(lambda: self.socket, self._hello, self.security)
+        self._hooked_pongs: HookedPongs | None = None  # see start()
 
     def _make_socket(
         self, heartbeat: float | None, max_message_size: int | None
@@ -228,7 +232,11 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         self._dispatch.refusing = None
         self._producers.start(loop)
         up = self._upstreams
-        inbox = Inbox(self._dispatch, self._producers, self._replies, up.vouches, up.pong)
+        pongs = None
+        if self._user_code.one_thread:  # a broker hears from it once its hub or trio run is free
+            pongs = HookedPongs(loop, self._user_code, up.is_upstream, self._replies.send)
+        self._hooked_pongs = pongs
+        inbox = Inbox(self._dispatch, self._producers, self._replies, up.vouches, up.pong, pongs)
         self._dispatch.reroutes = up.reroutes
         secure = self.security is not None  # then each message's sender key is read
         self._guard.is_upstream = self._upstreams.is_upstream
@@ -351,6 +359,8 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         self._dispatch.refusing = "the service is stopping"
         self._replies.driver = None
         self._producers.shutdown()
+        if self._hooked_pongs is not None:
+            self._hooked_pongs.close()
         self._upstreams.close()
         self._guard.close()
         if self._driver is not None:

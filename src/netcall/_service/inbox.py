@@ -1,7 +1,8 @@
 """A message arrives at the service: decode it and hand it to its room (a CALL to dispatch,
 NEXT/THROW/CREDIT to the producer streams, CANCEL to whichever holds the request, PING
-answered here, a PONG from a peer the service connected to, to its upstreams). A malformed
-message is answered with an ERROR when its id can be read."""
+answered here (a broker's, to a service whose handlers run on one thread through a hook, once
+that side has run a no-op: see :mod:`.pongs`), a PONG from a peer the service connected to, to its
+upstreams). A malformed message is answered with an ERROR when its id can be read."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from .. import protocol as p
 from .dispatch import Dispatcher
+from .pongs import HookedPongs
 from .replies import Replies
 from .streams import STREAM_KINDS, Producers
 
@@ -20,7 +22,15 @@ class Inbox:
     """Routes the service socket's incoming messages (``on_message`` gets the routing id of the
     peer, then the message's frames)."""
 
-    __slots__ = ("_dispatch", "_on_pong", "_open_streams", "_producers", "_replies", "_trusted")
+    __slots__ = (
+        "_dispatch",
+        "_hooked_pongs",
+        "_on_pong",
+        "_open_streams",
+        "_producers",
+        "_replies",
+        "_trusted",
+    )
 
     def __init__(
         self,
@@ -29,6 +39,7 @@ class Inbox:
         replies: Replies,
         trusted: Callable[[bytes], bool] = lambda peer: False,
         on_pong: Callable[[bytes, int], bool] = lambda peer, rid: False,
+        hooked_pongs: HookedPongs | None = None,
     ) -> None:
         self._dispatch = dispatch
         self._producers = producers
@@ -39,6 +50,8 @@ class Inbox:
         self._trusted = trusted
         # A PONG from a peer this service connected to (True: taken; else it is malformed).
         self._on_pong = on_pong
+        # Only where a hook runs user code on one thread (gevent, trio): PONGs sent later.
+        self._hooked_pongs = hooked_pongs
 
     def on_message(self, frames: list[Any]) -> None:
         peer = frames[0]
@@ -67,7 +80,9 @@ class Inbox:
                 self._replies.send(peer, p.End(msg.id).to_frames())
         elif kind is p.Ping:
             producers.touch(peer)
-            self._replies.send(peer, p.Pong(msg.id).to_frames())
+            later = self._hooked_pongs
+            if later is None or not later.defer(peer, msg.id):
+                self._replies.send(peer, p.Pong(msg.id).to_frames())
         elif kind in STREAM_KINDS:
             producers.on_message(peer, msg)  # type: ignore[arg-type]
         elif kind is p.Pong and self._on_pong(peer, msg.id):

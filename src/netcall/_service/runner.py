@@ -17,6 +17,8 @@ T = TypeVar("T")
 
 #: Runs a zero-argument callable somewhere and returns its result; cancelling the awaitable
 #: should stop the call if it can. It runs in the context of the call (``current_call()``).
+#: One with a true ``one_thread`` attribute runs all user code on one thread (see
+#: :attr:`Runner.one_thread`).
 HandlerRunner = Callable[[Callable[[], Any]], Awaitable[Any]]
 
 
@@ -42,6 +44,30 @@ class Runner:
             self.inline = hook is None
         self.async_hook = async_hook
 
+    @property
+    def one_thread(self) -> bool:
+        """Whether a hook runs user code all on one thread (a gevent hub, a trio run): one
+        stuck handler stops that whole side while the loop reading the socket runs on, so a
+        broker's PING waits for a no-op run through it (:meth:`no_op`). A hook says so with a
+        true ``one_thread`` attribute. Not a pool's hook (``ThreadingRPCService``), an
+        executor, or a hook that says nothing: one stuck thread does not stop the others."""
+        return _one_thread(self.async_hook) or _one_thread(self.hook)
+
+    async def no_op(self) -> None:
+        """Run nothing where user code runs on one thread: an async no-op through
+        ``async_hook`` (the trio run), else a sync no-op through ``hook`` (the gevent hub), if
+        that hook is :attr:`one_thread`; returns once it has run (at once without such a
+        hook). Cancelling it cancels the job as a call's.
+
+        Raises:
+            whatever the hook raises (ClientClosedError: the trio run has ended).
+        """
+        async_hook, hook = self.async_hook, self.hook
+        if async_hook is not None and _one_thread(async_hook):
+            await async_hook(_async_no_op)
+        elif hook is not None and _one_thread(hook):
+            await hook(_no_op)
+
     async def run(self, fn: Callable[[], T]) -> T:
         if self.hook is not None:
             return await self.hook(fn)  # type: ignore[no-any-return]
@@ -49,3 +75,15 @@ class Runner:
             ctx = contextvars.copy_context()
             return await asyncio.get_running_loop().run_in_executor(self.executor, ctx.run, fn)
         return fn()
+
+
+def _no_op() -> None:
+    pass
+
+
+async def _async_no_op() -> None:
+    pass
+
+
+def _one_thread(hook: HandlerRunner | None) -> bool:
+    return getattr(hook, "one_thread", False) is True
