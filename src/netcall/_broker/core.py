@@ -284,12 +284,12 @@ class RouterCore:
         sends something again (see :meth:`heard`)."""
         for peer in self._quiet:
             svc = self.services.get(peer)
-            if svc is None:
+            if svc is None or svc.draining:
+                # (one that said BYE gets no new calls anyway: its silence, a handler blocking
+                # it as it finishes its calls, is no fault)
                 continue
             svc.missed += 1
-            # (from here on, svc.unresponsive; one that said BYE gets no new calls anyway: its
-            # silence, a handler blocking it as it finishes its calls, is not counted)
-            if svc.missed == UNRESPONSIVE_PINGS and not svc.draining:
+            if svc.missed == UNRESPONSIVE_PINGS:  # (from here on, svc.unresponsive)
                 self.errors["services_unresponsive"] += 1
                 self.log(
                     "unresponsive",
