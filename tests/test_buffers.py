@@ -379,3 +379,109 @@ async def test_large_payloads_through_a_broker(ctx: Any) -> None:
             assert await client.echo(BIG) == BIG
             assert await client.echo(huge) == huge
             assert await asyncio.gather(*(client.echo(BIG) for _ in range(8))) == [BIG] * 8
+
+
+# ----------------------------------------------------------------------------- review (issue 14)
+
+
+async def test_a_buffer_changed_after_it_was_sent_goes_with_what_it_held_then(pair: Any) -> None:
+    """Sends are corked until the end of the loop's turn (and queued behind a full pipe), so
+    a bytearray, memoryview or numpy array is read when it goes out, not when it was handed
+    over: each is copied when sent, and a stream's items keep what each held when yielded."""
+    svc, cli, _ = pair
+
+    @svc.register
+    def changing(n: int) -> Any:
+        buf = bytearray(BIG)
+        for i in range(n):
+            buf[0] = i
+            yield buf
+
+    @svc.register
+    def changing_view(n: int) -> Any:
+        buf = bytearray(BIG)
+        for i in range(n):
+            buf[0] = i
+            yield memoryview(buf)
+
+    assert [x[0] async for x in cli.changing(5)] == [0, 1, 2, 3, 4]
+    assert [x[0] async for x in cli.changing_view(5)] == [0, 1, 2, 3, 4]
+
+    # The client's side: calls made in one turn, the buffer changed before the turn ends.
+    buf = bytearray(BIG)
+
+    async def call(i: int) -> Any:
+        buf[0] = i
+        return await cli.echo(buf)
+
+    assert [x[0] for x in await asyncio.gather(call(0), call(1), call(2))] == [0, 1, 2]
+
+
+async def test_a_numpy_array_changed_after_it_was_sent(pair: Any) -> None:
+    np = pytest.importorskip("numpy")
+    svc, cli, _ = pair
+
+    @svc.register
+    def frames(n: int) -> Any:
+        arr = np.zeros(1 << 16, dtype="f8")
+        for i in range(n):
+            arr[0] = i
+            yield arr
+
+    assert [float(x[0]) async for x in cli.frames(4)] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_numpy_scalars_travel_as_numbers() -> None:
+    np = pytest.importorskip("numpy")
+    ser = MsgpackSerializer()
+    value, _, _ = _round_trip(
+        ser, [np.int64(5), np.int8(-3), np.uint64(2**63), np.float32(1.5), np.bool_(True)]
+    )
+    assert value == [5, -3, 2**63, 1.5, True]
+    assert [type(v) for v in value] == [int, int, int, float, bool]
+    value, _, _ = _round_trip(ser, {"n": np.float64(0.25)})
+    assert value == {"n": 0.25}
+
+
+def test_a_large_bytes_subclass_goes_out_of_band() -> None:
+    class Blob(bytes):
+        pass
+
+    ser = MsgpackSerializer()
+    value, buffers, data = _round_trip(ser, [Blob(BIG)])
+    assert value == [BIG] and len(buffers) == 1 and len(data) < 100
+
+
+@pytest.mark.parametrize(
+    "view",
+    [
+        memoryview(bytearray(BIG))[::2],
+        memoryview(bytes(64))[::2],
+    ],
+    ids=["large", "small"],
+)
+def test_a_memoryview_that_is_not_contiguous_is_refused_clearly(view: memoryview) -> None:
+    with pytest.raises(SerializationError, match="contiguous"):
+        MsgpackSerializer().dumps_buffers([view], [])
+
+
+async def test_max_message_size_bounds_the_whole_message(
+    make_service: Callable[..., RPCService], make_client: Callable[..., RPCClient], make_url: Any
+) -> None:
+    """ZeroMQ's ZMQ_MAXMSGSIZE bounds each frame; out-of-band buffers make a message of many
+    frames, so the service adds them up too, and refuses the call clearly."""
+    from netcall.errors import RemoteProtocolError
+
+    svc = make_service(max_message_size=100_000)
+    svc.register(lambda *xs: sum(len(x) for x in xs), name="size")
+    url = make_url("tcp")
+    svc.bind(url)
+    svc.start()
+    cli = make_client(timeout=10.0)
+    cli.connect(url)
+    part = b"x" * 40_000  # each out of band, each frame under the limit
+    assert await cli.size(part, part) == 80_000
+    with pytest.raises(RemoteProtocolError, match="max_message_size=100000"):
+        await cli.size(part, part, part)
+    assert await cli.size(part) == 40_000  # the client is still served
+    assert svc.active_calls == 0

@@ -27,7 +27,6 @@ __all__ = [
     "ndarray_from",
     "ndarray_parts",
     "received",
-    "worth_a_look",
 ]
 
 EXT_BUFFER = 12
@@ -62,16 +61,6 @@ def buffer_ext(buf: Any, out: list[Any], minimum: int) -> Any:
         return buf
     out.append(buf)
     return msgpack.ExtType(EXT_BUFFER, (len(out) - 1).to_bytes(_INDEX, "big"))
-
-
-def worth_a_look(obj: Any) -> bool:
-    """A guess, cheap enough for every message: whether ``obj`` is a buffer, or a short list or
-    tuple starting or ending with one (a call's arguments). Then :func:`extract` runs before
-    packing; otherwise a payload is searched for buffers only when it packed large."""
-    t = type(obj)
-    if t is list or t is tuple:
-        return 0 < len(obj) <= 4 and (type(obj[0]) in _BUFFER_SET or type(obj[-1]) in _BUFFER_SET)
-    return t in _BUFFER_SET
 
 
 def extract(obj: Any, out: list[Any], minimum: int) -> Any:
@@ -114,6 +103,13 @@ def received(buffers: Sequence[Any], index: bytes, memoryviews: bool) -> Any:
 def is_ndarray(obj: Any) -> bool:
     np = sys.modules.get("numpy")
     return np is not None and isinstance(obj, np.ndarray)
+
+
+def is_numpy_scalar(obj: Any) -> bool:
+    """Whether ``obj`` is a numpy scalar (``numpy.int64(5)``): sent as the Python number it
+    holds (``.item()``), not as its bytes, though it has the buffer protocol."""
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(obj, np.generic)
 
 
 def ndarray_parts(arr: Any) -> tuple[str, list[int], Any]:

@@ -14,7 +14,7 @@ from . import _malloc
 from ._ratelog import RateLimitedLog
 from .protocol import MAX_FRAMES as MAX_MESSAGE_FRAMES
 
-__all__ = ["MAX_FRAMES", "VIEW_MIN", "ZERO_COPY_MIN", "recv_frames", "send_frames"]
+__all__ = ["MAX_FRAMES", "VIEW_MIN", "ZERO_COPY_MIN", "recv_frames", "send_frames", "settle"]
 
 log = logging.getLogger("netcall")
 # A hostile peer may send such messages endlessly: a few lines, then a summary now and then.
@@ -24,8 +24,8 @@ _dropped = RateLimitedLog(log)
 #: (benchmarks/cpu.py, CPU time per 1 MiB / 16 MiB echo, both ends in one process):
 #: pyzmq's zero-copy bookkeeping (a Frame, and its release through pyzmq's garbage-collector
 #: thread) cost more than copying a 1 MiB frame, and less than copying a 16 MiB one. Other
-#: buffers (bytearray, arrays) are always copied into the message when sent: the sender could
-#: change them before libzmq's I/O thread reads them.
+#: buffers (bytearray, arrays) are always copied into a message when handed over
+#: (:func:`settle`): the sender could change them before libzmq's I/O thread reads them.
 ZERO_COPY_MIN = 2 << 20
 #: Frames after the head at least this large are received as memoryviews over the ZeroMQ
 #: message (no copy; out-of-band buffers are copied at most once, into ``bytes``, after).
@@ -69,6 +69,31 @@ def send_frames(sock: zmq.Socket[Any], frames: list[Any]) -> None:
             _send(sock, frame.obj, flags, copy=False)
         else:
             _send(sock, frame, flags)
+
+
+def settle(frames: list[Any]) -> list[Any]:
+    """``frames`` with every frame its sender could still change (a ``bytearray``, a
+    writable ``memoryview``, a numpy array's data) copied now into a ZeroMQ message, which is
+    sent later without another copy. Sends are corked until the end of the loop's turn, and
+    queued behind a full pipe: without this a buffer changed meanwhile (a stream yielding one
+    array it fills again, a caller reusing a bytearray) would go out with its later content.
+    ``bytes``, read-only views over ``bytes`` and views over received ZeroMQ messages (which
+    netcall never writes to, and hands to users read-only) cannot change: kept.
+
+    Raises:
+        TypeError, BufferError: a frame that is not a contiguous buffer.
+    """
+    out = list(frames)
+    for i, frame in enumerate(out):
+        kind = type(frame)
+        if kind is bytes or kind is _Frame:
+            continue
+        if kind is memoryview:
+            owner = type(frame.obj)
+            if owner is _Frame or (owner is bytes and frame.readonly):
+                continue
+        out[i] = _Frame(frame, copy=True)
+    return out
 
 
 def _gc_thread_is_a_thread() -> bool:

@@ -221,7 +221,11 @@ class Codec:
             if -(2**63) <= obj < 2**64:
                 return int(obj)
             return msgpack.ExtType(_EXT_BIGINT, str(int(obj)).encode())
-        for base in (float, str, bytes, list, dict):
+        if isinstance(obj, bytes):  # a large one goes out of band, as plain bytes do
+            if self.out is not None and len(obj) >= self.minimum:
+                return _buffers.buffer_ext(bytes(obj), self.out, self.minimum)
+            return bytes(obj)
+        for base in (float, str, list, dict):
             if isinstance(obj, base):
                 return base(obj)  # type: ignore[arg-type]
         if isinstance(obj, bytearray | memoryview):
@@ -236,6 +240,8 @@ class Codec:
             else:
                 ref = flat.tobytes()
             return msgpack.ExtType(EXT_NDARRAY, pack([dtype, shape, ref]))
+        if _buffers.is_numpy_scalar(obj):  # numpy.int64(5) is 5, not its 8 bytes
+            return obj.item()
         try:
             view = memoryview(obj)  # any other buffer-protocol object (array.array, mmap...)
         except TypeError:

@@ -43,7 +43,7 @@ from typing import Any
 
 import zmq
 
-from ._frames import _NOBLOCK, _recv, recv_frames, send_frames
+from ._frames import _NOBLOCK, _recv, recv_frames, send_frames, settle
 
 __all__ = [
     "MAX_QUEUED",
@@ -227,6 +227,10 @@ class SocketDriver:
         """Queue ``frames`` (routing id first) for the next burst; never blocks."""
         if self._closed:
             return
+        for frame in frames:
+            if type(frame) is not bytes:  # a buffer the sender could change: copied now
+                frames = settle(frames)
+                break
         self._outbox.append(frames)
         self._outbox_bytes += len(frames[-1])
         if self._outbox_bytes >= _OUTBOX_BYTES or len(self._outbox) >= _OUTBOX_MESSAGES:

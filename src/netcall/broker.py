@@ -74,7 +74,10 @@ class Broker:
             that, calls fail at once with :class:`~netcall.errors.ServiceBusyError`.
         max_per_client: calls and streams one client may have open or waiting at once
             (default 10000).
-        max_message_size: drop (and disconnect) peers sending larger messages (bytes).
+        max_message_size: bytes per frame (ZMQ_MAXMSGSIZE, which bounds each frame, not a
+            whole message): a peer sending a larger frame is disconnected by ZeroMQ. Default
+            ``None``: no limit. A message has at most ``protocol.MAX_FRAMES`` (68) frames, so
+            this bounds a message too; services bound whole messages.
         max_queued: messages that may wait at the broker for one peer (a client or a service)
             whose ZeroMQ pipe is full (beyond the socket's 10,000 messages); default 10,000,
             as a service's ``Limits.max_queued``.

@@ -150,12 +150,18 @@ class MsgpackSerializer:
             SerializationError: as :meth:`dumps`.
         """
         codec = getattr(self._local, "codec", None) or self._codec()
-        # A guess, cheap enough for every message (see _buffers.worth_a_look): is this a
-        # buffer, or a call's arguments starting or ending with one? Then search it first.
+        # A guess, cheap enough for every message: is this a buffer, a call's arguments
+        # starting or ending with one, or a small dict holding one? Then search it first;
+        # otherwise a payload is searched only when it packed large (a buffer packed inline
+        # first is a copy thrown away: 3.2 ms for a dict holding 16 MiB).
         t = type(obj)
         if t is list or t is tuple:
             if obj and (type(obj[0]) in _NATIVE or type(obj[-1]) in _NATIVE) and len(obj) <= 4:
                 return self._dumps_large(codec, obj, buffers, None)
+        elif t is dict and len(obj) <= 8:
+            for v in obj.values():
+                if type(v) in _NATIVE and len(v) >= self.buffer_min:
+                    return self._dumps_large(codec, obj, buffers, None)
         elif t in _NATIVE:
             return self._dumps_large(codec, obj, buffers, None)
         codec.out = buffers  # the packer's default() sends numpy arrays and the like out of band

@@ -60,8 +60,11 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
             serializer object. Clients must use the same one.
         context: the ZeroMQ context (default: ``zmq.Context.instance()``).
         executor: run sync handlers and sync generator steps in this executor instead of inline.
-        max_message_size: drop incoming messages larger than this many bytes (ZMQ_MAXMSGSIZE;
-            a peer that sends one is disconnected by ZeroMQ).
+        max_message_size: bytes an incoming message may have (default ``None``: no limit).
+            ZeroMQ drops a single frame larger than this and disconnects its sender
+            (ZMQ_MAXMSGSIZE, which bounds each frame); a message whose frames add up to more
+            (out-of-band buffers) is dropped by the service, and the call refused with
+            :class:`~netcall.errors.RemoteProtocolError`.
         stream_lease: seconds a stream survives without hearing from its client (clients ping
             every third of it), after which the generator is closed.
         grace: default seconds :meth:`stop` lets in-flight calls finish.
@@ -236,7 +239,15 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         if self._user_code.one_thread:  # a broker hears from it once its hub or trio run is free
             pongs = HookedPongs(loop, self._user_code, up.is_upstream, self._replies.send)
         self._hooked_pongs = pongs
-        inbox = Inbox(self._dispatch, self._producers, self._replies, up.vouches, up.pong, pongs)
+        inbox = Inbox(
+            self._dispatch,
+            self._producers,
+            self._replies,
+            up.vouches,
+            up.pong,
+            pongs,
+            max_size=self._socket_options[1],
+        )
         self._dispatch.reroutes = up.reroutes
         secure = self.security is not None  # then each message's sender key is read
         self._guard.is_upstream = self._upstreams.is_upstream

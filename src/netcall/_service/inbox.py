@@ -25,6 +25,7 @@ class Inbox:
     __slots__ = (
         "_dispatch",
         "_hooked_pongs",
+        "_max_size",
         "_on_pong",
         "_open_streams",
         "_producers",
@@ -40,6 +41,7 @@ class Inbox:
         trusted: Callable[[bytes], bool] = lambda peer: False,
         on_pong: Callable[[bytes, int], bool] = lambda peer, rid: False,
         hooked_pongs: HookedPongs | None = None,
+        max_size: int | None = None,
     ) -> None:
         self._dispatch = dispatch
         self._producers = producers
@@ -52,6 +54,8 @@ class Inbox:
         self._on_pong = on_pong
         # Only where a hook runs user code on one thread (gevent, trio): PONGs sent later.
         self._hooked_pongs = hooked_pongs
+        # max_message_size: ZeroMQ bounds each frame (ZMQ_MAXMSGSIZE); this, the whole message.
+        self._max_size = max_size
 
     def on_message(self, frames: list[Any]) -> None:
         peer = frames[0]
@@ -59,6 +63,9 @@ class Inbox:
         producers = self._producers
         if self._open_streams:  # the lease clock of this peer's streams starts again
             producers.touch(peer)
+        if self._max_size is not None and sum(map(len, body)) > self._max_size:
+            self._too_large(peer, body)
+            return
         try:
             msg = p.decode(body)
         except Exception as exc:  # ProtocolError; anything else would be our bug
@@ -92,3 +99,11 @@ class Inbox:
             self._replies.refuse(
                 peer, msg.id, p.ERR_PROTOCOL, f"a client may not send {kind.__name__}"
             )
+
+    def _too_large(self, peer: bytes, body: list[Any]) -> None:
+        size = sum(map(len, body))
+        why = f"a message of {size} bytes, more than max_message_size={self._max_size}"
+        self._replies.guard.malformed(peer, why)
+        rid = p.request_id_of(body)
+        if rid is not None:
+            self._replies.refuse(peer, rid, p.ERR_PROTOCOL, f"refused {why}")

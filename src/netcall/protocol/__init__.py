@@ -46,10 +46,11 @@ What follows the header, by kind (``payload`` is the serializer's bytes, text is
                                          to it then knows it read what came before)
 
 A ``payload`` rides in the head after the header (small values: one frame, no extra copy on
-the ZeroMQ side), or, when the head is exactly the header, in a second frame (large values,
-sent without copying). Decoders accept both. Out-of-band buffers (large ``bytes``, arrays...:
-see :mod:`netcall.serializers`) travel as frames of their own, which the payload refers to by
-index: ``header | payload | count u16 | buffer 0 | buffer 1 ...``. A CALL with buffers sets
+the ZeroMQ side), or, when the head is exactly the header, in a second frame (large values;
+those of 2 MiB or more are sent without copying). Decoders accept both. Out-of-band
+buffers (large ``bytes``, arrays...: see :mod:`netcall.serializers`) travel as frames of
+their own, which the payload refers to by index:
+``header | payload | count u16 | buffer 0 | buffer 1 ...``. A CALL with buffers sets
 ``FLAG_BUFFERS``: its args and kwargs share one list of buffers. At most
 ``MAX_BUFFERS`` (64) buffers travel with a message; a message with more is refused.
 
