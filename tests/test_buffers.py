@@ -465,14 +465,19 @@ def test_a_memoryview_that_is_not_contiguous_is_refused_clearly(view: memoryview
         MsgpackSerializer().dumps_buffers([view], [])
 
 
+@pytest.mark.parametrize("limit", [100_000, -1], ids=["100000", "-1: no limit"])
 async def test_max_message_size_bounds_the_whole_message(
-    make_service: Callable[..., RPCService], make_client: Callable[..., RPCClient], make_url: Any
+    limit: int,
+    make_service: Callable[..., RPCService],
+    make_client: Callable[..., RPCClient],
+    make_url: Any,
 ) -> None:
     """ZeroMQ's ZMQ_MAXMSGSIZE bounds each frame; out-of-band buffers make a message of many
-    frames, so the service adds them up too, and refuses the call clearly."""
+    frames, so the service adds them up too, and refuses the call clearly. -1 is ZeroMQ's own
+    "no limit"."""
     from netcall.errors import RemoteProtocolError
 
-    svc = make_service(max_message_size=100_000)
+    svc = make_service(max_message_size=limit)
     svc.register(lambda *xs: sum(len(x) for x in xs), name="size")
     url = make_url("tcp")
     svc.bind(url)
@@ -481,7 +486,131 @@ async def test_max_message_size_bounds_the_whole_message(
     cli.connect(url)
     part = b"x" * 40_000  # each out of band, each frame under the limit
     assert await cli.size(part, part) == 80_000
+    if limit == -1:
+        assert await cli.size(b"", BIG, BIG) == 2 * len(BIG)
+        return
     with pytest.raises(RemoteProtocolError, match="max_message_size=100000"):
         await cli.size(part, part, part)
     assert await cli.size(part) == 40_000  # the client is still served
     assert svc.active_calls == 0
+
+
+def test_buffers_found_by_the_packer_are_not_sent_twice() -> None:
+    """A numpy array (found by the packer itself) beside a large bytes (found by the search
+    after packing) in a large value: each goes out once."""
+    np = pytest.importorskip("numpy")
+
+    class Blob(bytes):
+        pass
+
+    ser = MsgpackSerializer()
+    arr = np.arange(100_000, dtype="f8")
+    for first in (arr, Blob(BIG)):
+        value = [1, first, b"x" * 20_000, 2, 3]
+        out, buffers, _ = _round_trip(ser, value)
+        assert len(buffers) == 2
+        assert sorted(memoryview(b).nbytes for b in buffers) == [20_000, memoryview(first).nbytes]
+        assert out[2] == value[2] and bytes(memoryview(out[1])) == bytes(memoryview(first))
+    many = {f"k{i}": i for i in range(9)} | {"a": arr, "b": b"x" * 20_000}
+    _, buffers, _ = _round_trip(ser, many)
+    assert len(buffers) == 2
+
+
+def test_numpy_dates_and_odd_scalars() -> None:
+    import datetime as dt
+
+    np = pytest.importorskip("numpy")
+    ser = MsgpackSerializer()
+    value, _, _ = _round_trip(
+        ser,
+        [
+            np.datetime64("2020-01-02"),
+            np.datetime64("2020-01-02T03:04:05.123456789"),
+            np.timedelta64(5, "s"),
+            np.timedelta64(7_000, "ns"),
+            np.datetime64("NaT"),
+        ],
+    )
+    assert value == [
+        dt.date(2020, 1, 2),
+        dt.datetime(2020, 1, 2, 3, 4, 5, 123456),
+        dt.timedelta(seconds=5),
+        dt.timedelta(microseconds=7),
+        None,
+    ]
+    for odd in (np.complex128(1j), np.longdouble(1.5)):
+        with pytest.raises(SerializationError, match="cannot serialize"):
+            ser.dumps_buffers([odd], [])
+
+
+@pytest.mark.parametrize("bad", [0, -5, "100000", 1.5, True])
+def test_max_message_size_is_checked(bad: Any) -> None:
+    from netcall import Broker
+
+    with pytest.raises(ValueError, match="max_message_size"):
+        RPCService(max_message_size=bad)
+    with pytest.raises(ValueError, match="max_message_size"):
+        Broker("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", max_message_size=bad)
+
+
+class _OddBuffers:
+    """A serializer of the user's whose ``dumps_buffers`` hands over something that is not a
+    contiguous buffer for the value ``"odd"``."""
+
+    name = "odd"
+
+    def __init__(self, odd: Any) -> None:
+        self.odd = odd
+
+    def dumps(self, obj: Any) -> bytes:
+        return msgpack.packb(obj)  # type: ignore[no-any-return]
+
+    def loads(self, data: bytes) -> Any:
+        return msgpack.unpackb(data)
+
+    def dumps_buffers(self, obj: Any, buffers: list[Any]) -> bytes:
+        if obj in ("odd", ["odd"]):
+            buffers.append(self.odd)
+        return msgpack.packb(obj)  # type: ignore[no-any-return]
+
+    def loads_buffers(self, data: bytes, buffers: Any) -> Any:
+        return msgpack.unpackb(data)
+
+
+@pytest.mark.parametrize(
+    "odd", ["a str", 7, memoryview(bytes(64))[::2]], ids=["str", "int", "strided"]
+)
+async def test_a_serializer_handing_over_a_bad_buffer_fails_that_value_only(
+    odd: Any,
+    make_service: Callable[..., RPCService],
+    make_client: Callable[..., RPCClient],
+    make_url: Any,
+) -> None:
+    from netcall.errors import RemoteSerializationError
+
+    ser = _OddBuffers(odd)
+    svc = make_service(serializer=ser)
+    svc.register(lambda x: x, name="echo")
+    svc.register(lambda: "odd", name="odd")
+
+    @svc.register
+    def items() -> Any:
+        yield 1
+        yield "odd"
+
+    url = make_url("tcp")
+    svc.bind(url)
+    svc.start()
+    cli = make_client(ser, timeout=10.0)
+    cli.connect(url)
+    with pytest.raises(SerializationError, match="C-contiguous"):
+        await cli.echo("odd")
+    assert len(cli._calls) == 0  # nothing recorded for the call that could not be sent
+    with pytest.raises(RemoteSerializationError, match="C-contiguous"):
+        await cli.odd()
+    got = []
+    with pytest.raises(RemoteSerializationError, match="C-contiguous"):
+        async for item in cli.items():
+            got.append(item)
+    assert got == [1]
+    assert await cli.echo(2) == 2

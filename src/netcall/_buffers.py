@@ -112,6 +112,18 @@ def is_numpy_scalar(obj: Any) -> bool:
     return np is not None and isinstance(obj, np.generic)
 
 
+def numpy_scalar_value(obj: Any) -> Any:
+    """The Python value a numpy scalar holds (``.item()``): datetime64 and timedelta64 finer
+    than microseconds are taken to the microsecond first, so that they become ``datetime``
+    and ``timedelta`` (their ``.item()`` is a bare int of nanoseconds)."""
+    import numpy as np
+
+    kind = obj.dtype.kind
+    if kind in "mM" and np.datetime_data(obj.dtype)[0] in ("ns", "ps", "fs", "as"):
+        obj = obj.astype("M8[us]" if kind == "M" else "m8[us]")
+    return obj.item()
+
+
 def ndarray_parts(arr: Any) -> tuple[str, list[int], Any]:
     """``(dtype, shape, data)`` of a numpy array; ``data`` is a flat uint8 view (a copy only
     when the array is not C-contiguous).

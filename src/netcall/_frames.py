@@ -78,7 +78,8 @@ def settle(frames: list[Any]) -> list[Any]:
     queued behind a full pipe: without this a buffer changed meanwhile (a stream yielding one
     array it fills again, a caller reusing a bytearray) would go out with its later content.
     ``bytes``, read-only views over ``bytes`` and views over received ZeroMQ messages (which
-    netcall never writes to, and hands to users read-only) cannot change: kept.
+    netcall never writes to: what it hands on of them is ``bytes``, read-only memoryviews, or
+    a numpy array the receiver owns, which is copied here if sent) are kept.
 
     Raises:
         TypeError, BufferError: a frame that is not a contiguous buffer.

@@ -29,6 +29,7 @@ _EXT_BIGINT = 10
 _EXT_EXCEPTION = 11
 
 REUSE_MAX = 65536  # larger payloads are decoded in one pass, not through the reused Unpacker
+_PLAIN = frozenset({int, float, bool, str, bytes, type(None)})  # msgpack packs these itself
 
 
 def reason(exc: BaseException) -> str:
@@ -241,7 +242,12 @@ class Codec:
                 ref = flat.tobytes()
             return msgpack.ExtType(EXT_NDARRAY, pack([dtype, shape, ref]))
         if _buffers.is_numpy_scalar(obj):  # numpy.int64(5) is 5, not its 8 bytes
-            return obj.item()
+            value = _buffers.numpy_scalar_value(obj)
+            if type(value) in _PLAIN:
+                return value
+            if value is obj or _buffers.is_numpy_scalar(value):  # longdouble: no Python type
+                raise TypeError(f"cannot serialize a numpy {obj.dtype} scalar")
+            return self.default(value)  # a date, datetime, timedelta, tuple, complex...
         try:
             view = memoryview(obj)  # any other buffer-protocol object (array.array, mmap...)
         except TypeError:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import SerializationError
-from .serializers import Serializer
+from .serializers import MsgpackSerializer, PickleSerializer, Serializer
 
 __all__ = ["Dump", "Load", "buffers_loader", "dumper", "loader"]
 
@@ -24,11 +24,39 @@ def dumper(serializer: Serializer) -> Dump:
     """
     dumps_buffers = getattr(serializer, "dumps_buffers", None)
     if callable(dumps_buffers):
-        return dumps_buffers  # type: ignore[no-any-return]
+        if type(serializer) in (MsgpackSerializer, PickleSerializer):
+            return dumps_buffers  # type: ignore[no-any-return]
+        return _checked(serializer.name, dumps_buffers)
     dumps = serializer.dumps
 
     def dump(value: Any, buffers: list[Any]) -> bytes:
         return dumps(value)
+
+    return dump
+
+
+def _checked(name: str, dumps_buffers: Dump) -> Dump:
+    """A serializer of the user's ``dumps_buffers``, whose buffers are checked as they come:
+    each must be a C-contiguous buffer (what ZeroMQ can send as a frame). netcall's own
+    serializers make only such buffers."""
+
+    def dump(value: Any, buffers: list[Any]) -> bytes:
+        start = len(buffers)
+        data = dumps_buffers(value, buffers)
+        for buf in buffers[start:]:
+            if type(buf) is bytes:
+                continue
+            try:
+                contiguous = memoryview(buf).c_contiguous
+            except TypeError:
+                contiguous = False
+            if not contiguous:
+                del buffers[start:]
+                raise SerializationError(
+                    f"{name!r} serializer: an out-of-band buffer must be bytes or a C-contiguous "
+                    f"buffer, not {type(buf).__qualname__}"
+                )
+        return data
 
     return dump
 

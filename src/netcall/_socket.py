@@ -20,7 +20,14 @@ import zmq
 
 from ._edge import map_exceptions
 
-__all__ = ["QuietSocket", "make_router", "monitor_socket", "plain_context", "stop_monitor"]
+__all__ = [
+    "QuietSocket",
+    "make_router",
+    "max_message_size",
+    "monitor_socket",
+    "plain_context",
+    "stop_monitor",
+]
 
 #: Messages queued per peer before a send reports "busy" (ZeroMQ's high-water marks).
 HWM = 10000
@@ -93,6 +100,24 @@ def plain_context(context: zmq.Context[Any]) -> zmq.Context[Any]:
     if type(context) is zmq.Context or context.closed:
         return context
     return zmq.Context.shadow(context.underlying)
+
+
+def max_message_size(value: int | None) -> int | None:
+    """``max_message_size`` as given to a service or a broker: a positive number of bytes, or
+    ``None`` (no limit; ZeroMQ's ``-1`` is taken to mean the same).
+
+    Raises:
+        ValueError: zero, another negative number, or not an integer.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"max_message_size must be a number of bytes or None, not {value!r}")
+    if value == -1:
+        return None
+    if value < 1:
+        raise ValueError(f"max_message_size must be at least 1 byte, not {value}")
+    return value
 
 
 def make_router(

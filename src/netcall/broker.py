@@ -42,6 +42,7 @@ from ._broker.routing import Router
 from ._edge import map_exceptions
 from ._reactor import MAX_QUEUED, MAX_QUEUED_BYTES, STOP_LINGER, SocketDriver
 from ._socket import make_router, monitor_socket
+from ._socket import max_message_size as checked_max_message_size
 from .security import CurveServer, secure_socket
 
 __all__ = ["Broker"]
@@ -111,7 +112,9 @@ class Broker:
 
     Raises:
         TransportError: an endpoint cannot be bound (also a ``zmq.ZMQError``).
-        ValueError: ``heartbeat``, ``max_queued`` or ``max_queued_bytes`` is not positive.
+        ValueError: ``heartbeat``, ``max_queued`` or ``max_queued_bytes`` is not positive, or
+            ``max_message_size`` is not a positive number of bytes (``None`` or ``-1``: no
+            limit).
     """
 
     def __init__(
@@ -148,6 +151,7 @@ class Broker:
         self.frontend_urls = _urls(frontend)
         self.backend_urls = _urls(backend)
         self.security = security
+        max_message_size = checked_max_message_size(max_message_size)
         self._frontend = self._socket(max_message_size)
         self._zap = secure_socket(
             self._frontend, security, server=True, name=f"{self.name} frontend"

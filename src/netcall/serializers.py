@@ -157,13 +157,13 @@ class MsgpackSerializer:
         t = type(obj)
         if t is list or t is tuple:
             if obj and (type(obj[0]) in _NATIVE or type(obj[-1]) in _NATIVE) and len(obj) <= 4:
-                return self._dumps_large(codec, obj, buffers, None)
+                return self._dumps_large(codec, obj, buffers, None, len(buffers))
         elif t is dict and len(obj) <= 8:
             for v in obj.values():
                 if type(v) in _NATIVE and len(v) >= self.buffer_min:
-                    return self._dumps_large(codec, obj, buffers, None)
+                    return self._dumps_large(codec, obj, buffers, None, len(buffers))
         elif t in _NATIVE:
-            return self._dumps_large(codec, obj, buffers, None)
+            return self._dumps_large(codec, obj, buffers, None, len(buffers))
         codec.out = buffers  # the packer's default() sends numpy arrays and the like out of band
         start = len(buffers)
         try:
@@ -177,12 +177,14 @@ class MsgpackSerializer:
         codec.out = None
         if len(data) < self.buffer_min:
             return data
-        return self._dumps_large(codec, obj, buffers, data)
+        return self._dumps_large(codec, obj, buffers, data, start)
 
-    def _dumps_large(self, codec: Codec, obj: Any, buffers: list[Any], data: bytes | None) -> bytes:
+    def _dumps_large(
+        self, codec: Codec, obj: Any, buffers: list[Any], data: bytes | None, start: int
+    ) -> bytes:
         """Pack ``obj`` with its buffers out of band; ``data``: how it packed with msgpack's
-        own buffers inline (kept if it has none)."""
-        start = len(buffers)
+        own buffers inline (kept if it has none), whose own buffers (numpy arrays and the
+        like) were appended to ``buffers`` from ``start`` on."""
         minimum = self.buffer_min
         codec.out = buffers
         try:

@@ -35,6 +35,7 @@ from ._service.runner import HandlerRunner, Runner
 from ._service.streams import Producers
 from ._service.upstream import ServiceConnecting, Upstreams
 from ._socket import make_router
+from ._socket import max_message_size as checked_max_message_size
 from .client import RPCClient
 from .security import CurveServer, secure_socket
 from .serializers import Serializer, get_serializer
@@ -60,7 +61,8 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
             serializer object. Clients must use the same one.
         context: the ZeroMQ context (default: ``zmq.Context.instance()``).
         executor: run sync handlers and sync generator steps in this executor instead of inline.
-        max_message_size: bytes an incoming message may have (default ``None``: no limit).
+        max_message_size: bytes an incoming message may have (default ``None`` or ``-1``: no
+            limit).
             ZeroMQ drops a single frame larger than this and disconnects its sender
             (ZMQ_MAXMSGSIZE, which bounds each frame); a message whose frames add up to more
             (out-of-band buffers) is dropped by the service, and the call refused with
@@ -94,7 +96,8 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
             stream opening, outermost first (see :meth:`add_middleware`).
 
     Raises:
-        ValueError: ``stream_lease`` is not positive.
+        ValueError: ``stream_lease`` is not positive, or ``max_message_size`` is not a
+            positive number of bytes (``None`` or ``-1``: no limit).
         TypeError: a middleware is not callable.
         RPCError: ZeroMQ could not create the socket.
         TypeError: ``security`` is not ``Curve.server(...)``.
@@ -155,7 +158,7 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         # The socket opens when first needed (bind, start): an unused service holds none.
         self._socket: zmq.Socket[Any] | None = None
         self._zap: Any = None  # the ZAP handler secure_socket() starts with the socket
-        self._socket_options = (heartbeat, max_message_size)
+        self._socket_options = (heartbeat, checked_max_message_size(max_message_size))
         self._registry.add_subclass_methods(self, RPCService)
         self._registry.add_builtin(METHODS_NAME, self.methods)
         self._max_concurrent = max_concurrent
