@@ -136,6 +136,7 @@ from ._messages import (
     header,
     payload_frames,
     retag,
+    retime,
 )
 from .session import STREAM_ACCEPTS, ClientStreamState, StreamState
 
@@ -201,5 +202,6 @@ __all__ = [
     "payload_of",
     "request_id_of",
     "retag",
+    "retime",
     "split_inline",
 ]
