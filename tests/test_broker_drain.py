@@ -150,10 +150,10 @@ async def test_a_call_cut_short_by_a_service_stop_is_not_run_again(make_service,
 @pytest.mark.parametrize("answers", [True, False], ids=["broker", "older-peer"])
 async def test_a_call_that_arrives_after_bye(ctx, make_service, answers):
     # A raw peer that the service connects to. One that answers the PING after the HELLO is
-    # a broker: a call it sent before it read the BYE is refused as busy (it re-routes it),
-    # and the service keeps reading until the PONG to its PING after the BYE. One that
-    # answers no PING (a client that binds, an older broker) gets ServiceStoppingError, and
-    # is not waited for.
+    # a broker or a client that binds: a call it sent before it read the BYE is refused as
+    # busy (it re-routes it), and the service keeps reading until the PONG to its PING after
+    # the BYE. One that answers no PING (a broker or a client older than this) gets
+    # ServiceStoppingError, and is not waited for.
     url = tcp_url()
     peer = ctx.socket(zmq.ROUTER)
     peer.linger = 0
