@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 
+from _helpers import wait_until
 from conftest import TESTS_DIR, netcall_env
 
 HELPER = str(TESTS_DIR / "_broker_helper.py")
@@ -84,3 +87,58 @@ async def kill9(proc: asyncio.subprocess.Process) -> None:
     """SIGKILL ``proc`` and wait until it is dead."""
     proc.send_signal(signal.SIGKILL)
     assert await asyncio.wait_for(proc.wait(), 5) == -signal.SIGKILL
+
+
+async def rolling_restart(
+    procs: Procs, backends: str, call: Callable[[int], Awaitable[str]], rounds: int
+) -> None:
+    """A rolling restart: two ``math`` services (real processes, connected out to
+    ``backends``: a broker's backend, or a client that binds) stopped gracefully (SIGTERM) one
+    at a time, ``rounds`` times, each replaced, while 16 callers make ``call(i)`` (a call that
+    answers the service's name) in a loop. None of them may see an error.
+
+    Raises:
+        AssertionError: a caller got an error, a service got no calls, or did not exit cleanly.
+    """
+    services = {name: await procs.service(name, "math", backends) for name in ("math-0", "math-1")}
+    seen: set[str] = set()
+    deadline = time.monotonic() + 10
+    while seen != set(services):  # both joined
+        assert time.monotonic() < deadline, f"only {seen} answered"
+        try:
+            seen.add(await call(1))
+        except Exception:
+            await asyncio.sleep(0.05)
+    answered: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    running = True
+
+    async def caller(i: int) -> None:
+        while running:
+            try:
+                answered[await call(i)] += 1
+            except Exception as exc:
+                errors[f"{type(exc).__name__}: {exc}"] += 1
+
+    async def until_answered(name: str) -> None:
+        start = answered[name]
+        assert await wait_until(lambda: answered[name] >= start + 50, 10), f"{name} got no calls"
+
+    callers = [asyncio.ensure_future(caller(i)) for i in range(16)]
+    try:
+        live = ["math-0", "math-1"]
+        for round_ in range(rounds):
+            for name in live:
+                await until_answered(name)
+            proc = services[live[round_ % 2]]
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 10) == 0  # a clean exit
+            fresh = f"math-{round_ + 2}"
+            services[fresh] = await procs.service(fresh, "math", backends)
+            live[round_ % 2] = fresh
+        for name in live:
+            await until_answered(name)
+    finally:
+        running = False
+        await asyncio.gather(*callers)
+    assert not errors, dict(errors)

@@ -39,3 +39,15 @@ async def recv_within(sock: Any, timeout: float = 2.0) -> list[bytes]:
         except zmq.Again:
             await asyncio.sleep(0.005)
     raise AssertionError(f"no message within {timeout} s")
+
+
+def register_work(svc: Any, name: str, ran: list[str], started: asyncio.Event) -> None:
+    """Register ``work(seconds)`` on ``svc``: it appends ``name`` to ``ran``, sets
+    ``started``, sleeps ``seconds`` and returns ``name``."""
+
+    @svc.register
+    async def work(seconds: float) -> str:
+        ran.append(name)
+        started.set()
+        await asyncio.sleep(seconds)
+        return name

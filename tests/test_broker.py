@@ -5,13 +5,12 @@ with SIGKILL where a test says so."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from collections import Counter
 
 import pytest
 
-from _cluster import Procs, kill9
+from _cluster import Procs, kill9, rolling_restart
 from conftest import tcp_url
 from netcall import (
     ConnectionLostError,
@@ -396,46 +395,9 @@ async def test_rolling_restart_loses_no_call(procs, make_client):
     # one still running refused them (ServiceStoppingError, passed on by the broker).
     c = Cluster(procs, tcp_url(), tcp_url())
     await c.start_broker()
-    await asyncio.gather(c.start_service("math-0", "math"), c.start_service("math-1", "math"))
     cli = make_client(timeout=10)
     cli.connect(c.front)
-    await wait_names(cli, "math.whoami", {"math-0", "math-1"})
-    answered: Counter[str] = Counter()
-    errors: Counter[str] = Counter()
-    running = True
-
-    async def caller(i: int) -> None:
-        while running:
-            try:
-                # whoami finishes at once (a service with nothing running); slow does not
-                name = await (cli.math.whoami() if i % 2 else cli.math.slow(0.002))
-                answered[name] += 1
-            except Exception as exc:
-                errors[type(exc).__name__] += 1
-
-    async def until_answered(name: str) -> None:
-        start = answered[name]
-        deadline = time.monotonic() + 10
-        while answered[name] < start + 50:
-            assert time.monotonic() < deadline, f"{name} got no calls"
-            await asyncio.sleep(0.01)
-
-    callers = [asyncio.ensure_future(caller(i)) for i in range(16)]
-    try:
-        live = ["math-0", "math-1"]
-        for round_ in range(4):
-            for name in live:
-                await until_answered(name)
-            victim = live[round_ % 2]
-            proc = c.services[victim]
-            proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(proc.wait(), 10) == 0  # a clean exit
-            fresh = f"math-{round_ + 2}"
-            await c.start_service(fresh, "math")
-            live[round_ % 2] = fresh
-        for name in live:
-            await until_answered(name)
-    finally:
-        running = False
-        await asyncio.gather(*callers)
-    assert not errors, dict(errors)
+    # whoami finishes at once (a service with nothing running); slow does not
+    await rolling_restart(
+        procs, c.back, lambda i: cli.math.whoami() if i % 2 else cli.math.slow(0.002), rounds=4
+    )

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 import zmq
 
-from _helpers import wait_until
+from _helpers import register_work, wait_until
 from conftest import tcp_url
 from netcall import Broker, ConnectionLostError, RPCClient, RPCTimeoutError, ServiceStoppingError
 from netcall import protocol as p
@@ -119,16 +119,7 @@ async def test_a_call_cut_short_by_a_service_stop_is_not_run_again(make_service,
     services = {}
     for name in ("a", "b"):
         svc = services[name] = make_service(name=name)
-
-        def register(svc, name=name):  # type: ignore[no-untyped-def]
-            @svc.register
-            async def work(seconds: float) -> str:
-                ran.append(name)
-                started.set()
-                await asyncio.sleep(seconds)
-                return name
-
-        register(svc)
+        register_work(svc, name, ran, started)
         svc.connect(back)
     broker = Broker(front, back, context=ctx)
     broker.start()
@@ -159,10 +150,10 @@ async def test_a_call_cut_short_by_a_service_stop_is_not_run_again(make_service,
 @pytest.mark.parametrize("answers", [True, False], ids=["broker", "older-peer"])
 async def test_a_call_that_arrives_after_bye(ctx, make_service, answers):
     # A raw peer that the service connects to. One that answers the PING after the HELLO is
-    # a broker: a call it sent before it read the BYE is refused as busy (it re-routes it),
-    # and the service keeps reading until the PONG to its PING after the BYE. One that
-    # answers no PING (a client that binds, an older broker) gets ServiceStoppingError, and
-    # is not waited for.
+    # a broker or a client that binds: a call it sent before it read the BYE is refused as
+    # busy (it re-routes it), and the service keeps reading until the PONG to its PING after
+    # the BYE. One that answers no PING (a broker or a client older than this) gets
+    # ServiceStoppingError, and is not waited for.
     url = tcp_url()
     peer = ctx.socket(zmq.ROUTER)
     peer.linger = 0

@@ -1,15 +1,29 @@
 """Clients that bind: services connect to the client and announce themselves (no broker).
-Routing by method, least-loaded spreading, streams and liveness work in this direction too."""
+Routing by method, least-loaded spreading, streams, liveness and rolling restarts work in this
+direction too."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
+from collections import Counter
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from _cluster import Procs, kill9
-from netcall import ConnectionLostError, MethodNotFoundError, RPCClient, RPCError
+from _cluster import Procs, kill9, rolling_restart
+from _helpers import register_work, wait_until
+from netcall import (
+    ConnectionLostError,
+    MethodNotFoundError,
+    RPCClient,
+    RPCError,
+    RPCTimeoutError,
+    ServiceBusyError,
+    ServiceStoppingError,
+)
 from netcall.sync import SyncRPCClient
 
 pytestmark = pytest.mark.timeout(60)
@@ -31,6 +45,10 @@ def make_math(make_service, name: str, **kwargs):  # type: ignore[no-untyped-def
     async def count(n: int):  # type: ignore[no-untyped-def]
         for i in range(n):
             yield [name, i]
+
+    @svc.register(name="math.digest")
+    async def digest(data: bytes) -> list[str]:
+        return [name, hashlib.sha256(data).hexdigest()]
 
     return svc
 
@@ -93,7 +111,7 @@ async def test_services_connect_to_a_client_that_binds(make_client, make_service
     else:
         raise AssertionError("the new method was not announced")
     # A service that stops says goodbye: new calls go to the other (once the client has read
-    # the goodbye; calls sent before that fail).
+    # the goodbye; calls sent before that are refused there unstarted, and go to the other).
     await a.stop()
     await asyncio.sleep(0.05)
     assert set(await asyncio.gather(*[cli.math.whoami() for _ in range(10)])) == {"b"}
@@ -211,3 +229,204 @@ def test_bound_and_connected_are_local_sets_2014_spellings(adapter, ctx, tmp_pat
             assert isinstance(getattr(client, attr), set) and not getattr(client, other)
         finally:
             client.close()
+
+
+# ---------------------------------------------------------------- a service that stops
+
+
+async def test_calls_a_stopping_service_refused_go_to_another(make_client, make_service):
+    # A rolling restart without a broker: the calls the client sent a service before it read
+    # the service's BYE never start there; they go to another service, and callers see no
+    # error (streams too).
+    cli = make_client(timeout=10)
+    url = f"tcp://127.0.0.1:{cli.bind_ports()}"
+    names = ("a", "b", "c")
+    services = {name: make_math(make_service, name) for name in names}
+    for svc in services.values():
+        svc.connect(url)
+        svc.start()
+    await announced(cli, "math.whoami", set(names))
+    answered: Counter[str] = Counter()
+    errors: list[BaseException] = []
+    running = True
+
+    async def caller(i: int) -> None:
+        while running:
+            try:
+                answered[await (cli.math.whoami() if i % 2 else cli.math.slow(0.005))] += 1
+            except Exception as exc:
+                errors.append(exc)
+
+    async def items(n: int) -> set[str]:
+        return {name async for name, _ in cli.math.count(n)}
+
+    callers = [asyncio.ensure_future(caller(i)) for i in range(16)]
+    try:
+        assert await wait_until(lambda: all(answered[n] >= 20 for n in names), 10)
+        victim = services["a"]
+        # Sent in the loop turn the stop begins in: "a" reads them after it said BYE.
+        burst = [asyncio.ensure_future(cli.math.whoami()) for _ in range(30)]
+        streams = [asyncio.ensure_future(items(3)) for _ in range(6)]
+        # Out-of-band buffers, changed once sent: a call sent again carries what they held.
+        data = [bytearray(b"%d" % i * 40000) for i in range(6)]
+        digests = [hashlib.sha256(d).hexdigest() for d in data]
+        large = [asyncio.ensure_future(cli.math.digest(d)) for d in data]
+        asyncio.get_running_loop().call_soon(lambda: [d.__setitem__(0, 0) for d in data])
+        await asyncio.wait_for(victim.stop(), 5)
+        assert set(await asyncio.gather(*burst)) <= {"b", "c"}
+        assert set().union(*await asyncio.gather(*streams)) <= {"b", "c"}
+        got = await asyncio.gather(*large)
+        assert {name for name, _ in got} <= {"b", "c"}
+        assert [digest for _, digest in got] == digests
+        assert victim.stats()["refused"] >= 5  # refused there, answered elsewhere
+        before = dict(answered)
+        assert await wait_until(lambda: all(answered[n] >= before[n] + 20 for n in "bc"), 10)
+    finally:
+        running = False
+        await asyncio.gather(*callers)
+    assert not errors, errors[:5]
+    assert all(peer.inflight == 0 for peer in cli._peers.order)
+
+
+async def test_a_lone_stopping_service_s_refusals_fail(make_client, make_service):
+    # No other service to send them to: the calls a stopping service refused fail with
+    # ServiceStoppingError (not ServiceBusyError), and none ran.
+    cli = make_client(timeout=10)
+    url = f"tcp://127.0.0.1:{cli.bind_ports()}"
+    ran = []
+    svc = make_service(name="lone")
+
+    @svc.register
+    async def work() -> str:
+        ran.append(1)
+        return "lone"
+
+    svc.connect(url)
+    svc.start()
+    await announced(cli, "work", {"lone"})
+    ran.clear()
+    burst = [asyncio.ensure_future(cli.work()) for _ in range(10)]
+    await asyncio.wait_for(svc.stop(), 5)
+    results = await asyncio.gather(*burst, return_exceptions=True)
+    assert all(type(r) is ServiceStoppingError for r in results), results
+    assert not ran
+    assert all(peer.inflight == 0 for peer in cli._peers.order)
+
+
+async def test_a_call_cut_short_by_a_stop_is_not_sent_again(make_client, make_service):
+    # A call that ran and was cancelled at the end of the grace may have had effects: it
+    # fails with ServiceStoppingError and does not go to the other service.
+    cli = make_client(timeout=10)
+    url = f"tcp://127.0.0.1:{cli.bind_ports()}"
+    ran: list[str] = []
+    started = asyncio.Event()
+    services = {}
+    for name in ("a", "b"):
+        svc = services[name] = make_math(make_service, name)
+        register_work(svc, name, ran, started)
+        svc.connect(url)
+        svc.start()
+    await announced(cli, "math.whoami", {"a", "b"})
+    call = asyncio.ensure_future(cli.work(30))
+    await asyncio.wait_for(started.wait(), 5)
+    [victim] = ran
+    await asyncio.wait_for(services[victim].stop(grace=0.2), 5)
+    with pytest.raises(ServiceStoppingError, match="stopped before the call finished"):
+        await asyncio.wait_for(call, 5)
+    assert ran == [victim]
+    other = "b" if victim == "a" else "a"
+    assert await cli.work(0) == other
+
+
+async def test_a_resent_call_is_cancelled_where_it_went(make_client, make_service):
+    # A call sent again after a refusal is the new service's: a cancel or a timeout reaches
+    # it there, and each service's count of calls in flight stays right.
+    cli = make_client(timeout=10)
+    url = f"tcp://127.0.0.1:{cli.bind_ports()}"
+    started: Counter[str] = Counter()
+    cancelled: Counter[str] = Counter()
+    services = {}
+    for name in ("a", "b"):
+        svc = services[name] = make_math(make_service, name)
+
+        def register(svc, name=name):  # type: ignore[no-untyped-def]
+            @svc.register
+            async def hang() -> None:
+                started[name] += 1
+                try:
+                    await asyncio.sleep(60)
+                except asyncio.CancelledError:
+                    cancelled[name] += 1
+                    raise
+
+        register(svc)
+        svc.connect(url)
+        svc.start()
+    await announced(cli, "math.whoami", {"a", "b"})
+    calls = [asyncio.ensure_future(cli.hang()) for _ in range(6)]
+    timed = [asyncio.ensure_future(cli.call("hang", timeout=1.0)) for _ in range(6)]
+    await asyncio.wait_for(services["a"].stop(), 5)  # refuses what it gets: nothing runs
+    assert await wait_until(lambda: started["b"] == 12, 5), started
+    assert started["a"] == 0
+    [live] = [peer for peer in cli._peers.order if not peer.draining]
+    assert live.inflight == 12
+    for call in calls:
+        call.cancel()
+    await asyncio.gather(*calls, return_exceptions=True)
+    for call in timed:
+        with pytest.raises(RPCTimeoutError):
+            await call
+    assert await wait_until(lambda: cancelled["b"] == 12, 5), cancelled
+    assert await wait_until(lambda: services["b"].active_calls == 0, 5)
+    assert all(peer.inflight == 0 for peer in cli._peers.order)
+
+
+async def test_a_busy_service_that_is_not_stopping_is_not_bypassed(make_client, make_service):
+    # ServiceBusyError from a service at its max_concurrent (not stopping) reaches the caller.
+    cli = make_client(timeout=10)
+    url = f"tcp://127.0.0.1:{cli.bind_ports()}"
+    svc = make_math(make_service, "a", max_concurrent=1)
+    svc.connect(url)
+    svc.start()
+    await announced(cli, "math.whoami", {"a"})
+    first = asyncio.ensure_future(cli.math.slow(0.5))
+    await wait_until(lambda: svc.active_calls == 1, 5)
+    with pytest.raises(ServiceBusyError):
+        await cli.math.slow(0)
+    assert await first == "a"
+    assert all(peer.inflight == 0 for peer in cli._peers.order)
+
+
+@pytest.mark.timeout(90)
+async def test_rolling_restart_of_services_that_connect_loses_no_call(make_client):
+    procs = Procs()
+    try:
+        cli = make_client(timeout=10)
+        url = f"tcp://127.0.0.1:{cli.bind_ports()}"
+        await rolling_restart(
+            procs, url, lambda i: cli.math.whoami() if i % 2 else cli.math.slow(0.002), rounds=3
+        )
+        assert all(peer.inflight == 0 for peer in cli._peers.order)
+    finally:
+        await procs.cleanup()
+
+
+@pytest.mark.timeout(90)
+async def test_blocking_client_rolling_restart_loses_no_call(ctx):
+    procs = Procs()
+    cli = SyncRPCClient(timeout=10, context=ctx)
+    pool = ThreadPoolExecutor(16)
+    loop = asyncio.get_running_loop()
+    try:
+        url = f"tcp://127.0.0.1:{cli.bind_ports()}"
+
+        def call(i: int) -> Awaitable[str]:
+            fn = cli.math.whoami if i % 2 else lambda: cli.math.slow(0.002)
+            return loop.run_in_executor(pool, fn)
+
+        await rolling_restart(procs, url, call, rounds=3)
+        assert all(peer.inflight == 0 for peer in cli._client._peers.order)
+    finally:
+        pool.shutdown()
+        cli.close()
+        await procs.cleanup()

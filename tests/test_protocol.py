@@ -291,6 +291,14 @@ def test_retag_replaces_only_the_request_id() -> None:
             assert type(again) is type(msg) and again.id == 4242
 
 
+def test_retime_replaces_only_a_call_s_timeout() -> None:
+    call = p.Call(7, "svc.method", "msgpack", b"args", None, 2.5, p.FLAG_ONEWAY, 16)
+    frames = call.to_frames()
+    frames[0] = p.retime(frames[0], 0.75)
+    again = p.decode(frames)
+    assert again == p.Call(7, "svc.method", "msgpack", b"args", None, 0.75, p.FLAG_ONEWAY, 16)
+
+
 @pytest.mark.parametrize(
     "convert", [bytes, bytearray, lambda b: memoryview(bytearray(b)), memoryview]
 )

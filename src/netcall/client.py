@@ -232,7 +232,9 @@ class RPCClient(CallSurface, ClientBinding, Sending):
         self._timeouts = TimeoutQueues(loop, self._calls.by_id.__contains__, self._calls.expire)
         opened = functools.partial(self._keepalive.schedule, loop)  # a stream opened: its lease
         peers = self._peers
-        inbox = Inbox(self._calls, self._streams, self._send_cancel, opened, peers.on_announce)
+        inbox = Inbox(
+            self._calls, self._streams, self._send_cancel, opened, peers.on_announce, self._refused
+        )
         self._driver = SocketDriver(self.socket, loop, inbox.on_message, peers.gone)
         monitor = self._sockets.monitor
         assert monitor is not None
@@ -290,7 +292,7 @@ class RPCClient(CallSurface, ClientBinding, Sending):
             await asyncio.sleep(0)
         if parent is not None and self._propagate:
             timeout = effective_timeout(timeout, parent)
-        fut, rid, peer, timer = self._send_call(
+        fut, rid, pend, timer = self._send_call(
             driver, method, args, kwargs, timeout, oneway, prefetch, metadata
         )
         calls = self._calls.by_id
@@ -298,13 +300,13 @@ class RPCClient(CallSurface, ClientBinding, Sending):
             reply = await fut
         except asyncio.CancelledError:
             if rid in calls:
-                self._send_cancel(peer, rid)
+                self._send_cancel(pend.peer, rid)
             elif fut.done() and not fut.cancelled() and isinstance(fut.result(), RemoteGenerator):
                 # The stream opened just as we were cancelled: nobody will read it.
                 close_quietly(fut.result())
             raise
         finally:
-            self._call_over(rid, peer, timer)
+            self._call_over(rid, pend, timer)
         return self._reply_value(reply, method)
 
     def _ping(self) -> bool:

@@ -153,7 +153,9 @@ class MethodNotFoundError(RemoteRPCError, AttributeError, NotImplementedError):
 
 
 class ServiceStoppingError(RemoteRPCError):
-    """The service was stopped before it finished the call (its grace period ran out)."""
+    """The service is stopping: it refused the call (nothing ran; a broker, or a client that
+    binds, sends such a call to another service first), or it stopped before it finished
+    the call (its grace period ran out: the call may have had effects)."""
 
 
 class ServiceBusyError(RemoteRPCError):

@@ -316,16 +316,18 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         given before then is written: to a client that does not read, for at most 0.2 s more,
         then ZeroMQ has 0.2 s (the close's linger) to deliver what it holds.
 
-        Behind a broker (:meth:`connect`), the service says BYE (the broker sends it no new
-        calls) and keeps reading until the broker confirms it read the BYE (it answers a
-        PING), for at most ``min(grace, 1)`` seconds of the grace. The calls the broker sent
-        before then never started: they are refused as busy
-        (:class:`~netcall.errors.ServiceBusyError`) and the broker sends them to another
-        service. A broker that answered no PING after the service's HELLO (one older than
-        this), or a client that binds, is not waited for, and its calls are refused with
-        :class:`~netcall.errors.ServiceStoppingError`, as before. A client connected directly gets
-        :class:`~netcall.errors.ServiceStoppingError` for a new call, as for a call cancelled
-        at the end of the grace (from a broker too: it may have had effects).
+        Behind a broker, or connected out to a client that binds (:meth:`connect`), the
+        service says BYE (the peer sends it no new calls) and keeps reading until the peer
+        confirms it read the BYE (it answers a PING), for at most ``min(grace, 1)`` seconds of
+        the grace. The calls the peer sent before then never started: they are refused as
+        busy (:class:`~netcall.errors.ServiceBusyError`) and the peer sends them to another
+        service (a client that binds: to one that has the method; with none left, its caller
+        gets :class:`~netcall.errors.ServiceStoppingError`). A peer that answered no PING
+        after the service's HELLO (a broker or a client older than this) is not waited for,
+        and its calls are refused with :class:`~netcall.errors.ServiceStoppingError`, as
+        before. A client connected directly gets :class:`~netcall.errors.ServiceStoppingError`
+        for a new call, as for a call cancelled at the end of the grace (through a broker or
+        a client that binds too: it may have had effects, and is not sent elsewhere).
         """
         if self._closed:
             return

@@ -31,6 +31,12 @@ class ClientBinding:
         services the client connected to. With ``only=True`` the client ends up bound to
         exactly ``urls``.
 
+        A service that stops gracefully (:meth:`RPCService.stop <netcall.RPCService.stop>`)
+        says goodbye and gets no new calls; the calls sent to it before the client read the
+        goodbye never start there, and go to another service that has the method (at most
+        3 times for one call), or fail with :class:`~netcall.errors.ServiceStoppingError`
+        when none is left. A call the stop cut short is not sent again.
+
         Raises:
             TransportError: an endpoint cannot be bound (also a ``zmq.ZMQError``).
             ClientClosedError: the client is closed.

@@ -12,7 +12,19 @@ from .._deadline import MIN_REMAINING, SPENT
 from ..errors import ConnectionLostError, EncodingError, RPCError, RPCTimeoutError
 from .peers import Peer
 
-__all__ = ["Arguments", "CallRegistry", "PendingCall", "call_frames"]
+__all__ = [
+    "MAX_RESENDS",
+    "Arguments",
+    "CallRegistry",
+    "PendingCall",
+    "ResendableCall",
+    "call_frames",
+]
+
+#: How many times a call refused unstarted by stopping services is sent to another one (each
+#: goes to a service that had not said BYE when it was picked: in a rolling restart of several
+#: services at once a call may meet more than one).
+MAX_RESENDS = 3
 
 
 class PendingCall:
@@ -29,6 +41,31 @@ class PendingCall:
         # right after connect()) the next one, which ZeroMQ's queue hands it to. It is lost
         # when that connection breaks.
         self.connection = peer.connection if peer.up else peer.connection + 1
+
+
+class ResendableCall(PendingCall):
+    """A call to a service that connected to this client, which may say BYE and refuse it
+    unstarted: what it takes to send it to another service then (see
+    :meth:`netcall._client.sending.Sending._refused`). Calls to services the client connected
+    to are plain :class:`PendingCall`\\ s and keep nothing of this."""
+
+    __slots__ = ("frames", "method", "resends", "sent_at")
+
+    def __init__(
+        self,
+        future: asyncio.Future[Any],
+        peer: Peer,
+        timeout: float | None,
+        window: int,
+        method: str,
+        frames: list[Any],
+        sent_at: float,
+    ) -> None:
+        super().__init__(future, peer, timeout, window)
+        self.method = method
+        self.frames = frames  # as sent (routing id first); frames that could change are copies
+        self.sent_at = sent_at  # the loop's time, for the time a call sent again has left
+        self.resends = 0
 
 
 class CallRegistry:

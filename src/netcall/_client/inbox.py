@@ -1,6 +1,8 @@
 """A reply arrives at the client: RESULT/ERROR/ACK settle a pending call, STREAM opens a stream,
 ITEM/END/ERROR of a stream go to its consumer state. Inline RESULT and ITEM take a fast path
-that decodes nothing but the header."""
+that decodes nothing but the header. HELLO, BYE and PING come from services that connected to
+the client (the peer table answers the PING); an ERROR for a call to such a service may send
+the call to another (:meth:`~netcall._client.sending.Sending._refused`)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 
 from .. import protocol as p
 from .._ratelog import RateLimitedLog
-from .calls import CallRegistry
+from .calls import CallRegistry, ResendableCall
 from .generator import RemoteGenerator
 from .peers import Peer
 from .streams import ConsumerStreams
@@ -21,18 +23,23 @@ log = logging.getLogger("netcall")
 
 _RESULT = p.Kind.RESULT
 _split_inline = p.split_inline
+# What only a service that connected to this client says (to the peer table).
+_FROM_SERVICES = frozenset({p.Hello, p.Bye, p.Ping})
 
 
 class Inbox:
     """Routes the client socket's incoming messages. ``send_cancel(peer, rid)`` closes a stream
     that opened after its caller gave up; ``opened(lease)`` is told of every new stream (for
-    the keepalive)."""
+    the keepalive); ``announced(rid, msg)`` of a HELLO, BYE or PING; ``refused(rid, pend,
+    error)`` of an ERROR for a call to a service that connected to the client (it returns
+    the error for the caller, or None when the call went to another service)."""
 
     __slots__ = (
         "_announced",
         "_calls",
         "_log",
         "_opened",
+        "_refused",
         "_send_cancel",
         "_streams",
         "_streams_by_id",
@@ -44,14 +51,16 @@ class Inbox:
         streams: ConsumerStreams,
         send_cancel: Callable[[Peer, int], None],
         opened: Callable[[float], None],
-        announced: Callable[[bytes, p.Hello | p.Bye], None],
+        announced: Callable[[bytes, p.Hello | p.Bye | p.Ping], None],
+        refused: Callable[[int, ResendableCall, p.Error], p.Error | None],
     ) -> None:
         self._calls = calls.by_id
         self._streams = streams
         self._streams_by_id = streams.by_id
         self._send_cancel = send_cancel
         self._opened = opened
-        self._announced = announced  # a service that connected to us said HELLO or BYE
+        self._announced = announced  # a service that connected to us said HELLO, BYE or PING
+        self._refused = refused
         self._log = RateLimitedLog(log)  # a service sending garbage must not flood the log
 
     def on_message(self, frames: list[Any]) -> None:
@@ -78,8 +87,8 @@ class Inbox:
                 exc,
             )
             return
-        if type(msg) is p.Hello or type(msg) is p.Bye:
-            self._announced(frames[0], msg)
+        if type(msg) in _FROM_SERVICES:
+            self._announced(frames[0], msg)  # type: ignore[arg-type]
             return
         rid = msg.id
         pend = self._calls.pop(rid, None)
@@ -96,4 +105,9 @@ class Inbox:
             self._opened(msg.lease)
             fut.set_result(RemoteGenerator(state))
         elif not fut.done():
+            if type(pend) is ResendableCall and type(msg) is p.Error:
+                error = self._refused(rid, pend, msg)
+                if error is None:  # sent to another service: the caller waits on
+                    return
+                msg = error
             fut.set_result(msg)

@@ -15,7 +15,11 @@ A client may also *bind*: services then connect to it and announce themselves (H
 methods, and BYE when they stop). Such a peer is known by the routing id this socket gave its
 connection; it is gone when a send to it fails (``ROUTER_MANDATORY``), which the client
 provokes with a PING to every announced peer whenever the monitor sees a connection on a bound
-endpoint break."""
+endpoint break. The client answers such a service's PINGs (one after each HELLO and BYE), as a
+broker does: the service then refuses a call it gets after its BYE as busy (it never started),
+and the client sends it to another service (:meth:`Sending._refused
+<netcall._client.sending.Sending._refused>`); it also waits for the PONG to its BYE before it
+closes, so no call sent before the client read the BYE is lost."""
 
 from __future__ import annotations
 
@@ -279,9 +283,16 @@ class PeerTable:
         self.bound.add(f"tcp://{ip}:{chosen}")
         return chosen
 
-    def on_announce(self, rid: bytes, msg: p.Hello | p.Bye) -> None:
-        """A service that connected to us said HELLO (add or update it) or BYE."""
+    def on_announce(self, rid: bytes, msg: p.Hello | p.Bye | p.Ping) -> None:
+        """A service that connected to us said HELLO (add or update it), BYE, or PING (after
+        a HELLO or a BYE): the PONG tells it that this client read what came before, and that
+        it sends a call the service refuses as busy to another service (see
+        :meth:`netcall.RPCService.stop`)."""
         peer = self.announced.get(rid)
+        if isinstance(msg, p.Ping):
+            if peer is not None and self._send is not None:
+                self._send([rid, *p.Pong(msg.id).to_frames()])
+            return
         if isinstance(msg, p.Bye):
             if peer is not None:
                 peer.draining = True

@@ -10,14 +10,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol as p
+from .._deadline import MIN_REMAINING, SPENT
 from .._edge import serializer_error
+from .._frames import settle
 from .._metadata import check_metadata
 from .._reactor import SocketDriver
 from .._timers import TimeoutQueues
-from ..errors import ClientClosedError
+from ..errors import ClientClosedError, RPCError
 from ..protocol.session import first_credit
 from ..serializers import Serializer
-from .calls import CallRegistry, PendingCall, call_frames
+from .calls import MAX_RESENDS, CallRegistry, PendingCall, ResendableCall, call_frames
 from .generator import RemoteGenerator
 from .outgoing import ClientChain
 from .peers import Peer, PeerTable
@@ -57,9 +59,11 @@ class Sending:
         oneway: bool,
         prefetch: bool,
         metadata: Mapping[str, str] | None,
-    ) -> tuple[asyncio.Future[Any], int, Peer, asyncio.TimerHandle | None]:
+    ) -> tuple[asyncio.Future[Any], int, PendingCall, asyncio.TimerHandle | None]:
         """Encode and send one call, recorded as pending with its timeout: its future,
-        request id, peer and own timer (usually none); :meth:`_call_over` forgets it."""
+        request id, record and own timer (usually none); :meth:`_call_over` forgets it. The
+        record's ``peer`` is where the call is now (see :meth:`_refused`): a CANCEL goes
+        there."""
         if metadata:
             metadata = check_metadata(metadata)
         # Everything that can fail (encoding) comes before any state is recorded.
@@ -82,20 +86,67 @@ class Sending:
         loop = self._loop
         assert loop is not None
         fut = loop.create_future()
-        self._calls.by_id[rid] = PendingCall(fut, peer, timeout, window)
+        pend: PendingCall
+        if peer.methods is None:  # a service this client connected to
+            pend = PendingCall(fut, peer, timeout, window)
+        else:
+            # A service that connected to this client: it may say BYE and refuse the call
+            # unstarted, which then goes to another (_refused). Kept as sent: a buffer the
+            # caller changes later does not change the call.
+            if arguments[2]:
+                frames = settle(frames)
+            pend = ResendableCall(fut, peer, timeout, window, method, frames, loop.time())
+        self._calls.by_id[rid] = pend
         peer.inflight += 1
         driver.send(frames)
         timer = None
         if timeout is not None and not self._timeouts.add(timeout, rid):  # type: ignore[union-attr]
             timer = loop.call_later(timeout, self._calls.expire, rid)
-        return fut, rid, peer, timer
+        return fut, rid, pend, timer
 
-    def _call_over(self, rid: int, peer: Peer, timer: asyncio.TimerHandle | None) -> None:
+    def _call_over(self, rid: int, pend: PendingCall, timer: asyncio.TimerHandle | None) -> None:
         """A call is answered, failed or abandoned: forget it."""
         self._calls.by_id.pop(rid, None)
-        peer.inflight -= 1
+        pend.peer.inflight -= 1
         if timer is not None:
             timer.cancel()
+
+    def _refused(self, rid: int, pend: ResendableCall, error: p.Error) -> p.Error | None:
+        """A service that connected to this client answered ``error`` to the call: None when
+        the call went to another service instead (the caller waits on), else the error for
+        the caller. A service refuses as busy, after its BYE, only a call it never started
+        (one cut short by the stop is answered ServiceStopping: it may have had effects): the
+        call goes to another service that has the method, with the same request id and the
+        time it has left, at most :data:`MAX_RESENDS` times; with none left the caller gets
+        ServiceStoppingError. A service at its ``max_concurrent`` (busy, not stopping): the
+        caller gets ServiceBusyError, as from any service."""
+        old = pend.peer
+        if error.type_name != p.ERR_BUSY or not old.draining:
+            return error
+        driver = self._driver
+        peer = None
+        if pend.resends < MAX_RESENDS and driver is not None and not self._closed:
+            try:
+                peer = self._peers.pick(pend.method)  # never one that said BYE
+            except RPCError:  # none has the method (any more), or refused our handshake
+                pass
+        if peer is None or peer is old:
+            return p.Error(rid, p.ERR_SERVICE_STOPPING, error.message, error.traceback)
+        assert driver is not None
+        frames = pend.frames
+        head = frames[1]
+        timeout = pend.timeout
+        if timeout is not None:
+            left = timeout - (self._loop.time() - pend.sent_at)  # type: ignore[union-attr]
+            head = p.retime(head, left if left >= MIN_REMAINING else SPENT)
+        old.inflight -= 1
+        peer.inflight += 1
+        pend.peer = peer
+        pend.connection = peer.connection if peer.up else peer.connection + 1
+        pend.resends += 1
+        self._calls.by_id[rid] = pend
+        driver.send([peer.rid, head, *frames[2:]])
+        return None
 
     def _start_call(
         self, call: Call, done: Callable[[asyncio.Future[Any]], None]
@@ -113,7 +164,7 @@ class Sending:
             return None
         timeout = self.timeout if call._timeout is UNSET else call._timeout
         driver = self._start()
-        fut, rid, peer, timer = self._send_call(
+        fut, rid, pend, timer = self._send_call(
             driver,
             call._name,
             call._args,
@@ -127,8 +178,8 @@ class Sending:
         def over(fut: asyncio.Future[Any]) -> None:
             try:
                 if fut.cancelled() and rid in self._calls.by_id:  # abandoned by its waiter
-                    self._send_cancel(peer, rid)
-                self._call_over(rid, peer, timer)
+                    self._send_cancel(pend.peer, rid)
+                self._call_over(rid, pend, timer)
             finally:
                 done(fut)
 

@@ -58,7 +58,10 @@ class CallSurface:
             SerializationError: an argument or the result cannot be serialized.
             SerializerMismatchError: the service uses another serializer.
             EncodingError: the method name is not encodable (also a UnicodeEncodeError).
-            ServiceBusyError, ServiceStoppingError: the service refused the call.
+            ServiceBusyError, ServiceStoppingError: the service refused the call (a client
+                that binds first sends a call that a stopping service refused to another
+                service, see :meth:`bind`), or ServiceStoppingError: it stopped before the
+                call finished.
             ConnectionLostError: the connection broke with the call in flight.
             ClientClosedError: the client was closed.
             RPCError: not connected to any service.

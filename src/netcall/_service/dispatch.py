@@ -81,8 +81,8 @@ class Dispatcher:
         # The socket driver: a CURVE service's holds the key of the message being handled.
         self.keys: SocketDriver | None = None
         self.refusing: str | None = None  # why new calls are refused (the service is stopping)
-        #: Whether a peer is a broker that sends a call refused as busy to another service
-        #: (then a call refused while stopping is refused as busy).
+        #: Whether a peer (a broker, a client that binds) sends a call refused as busy to
+        #: another service (then a call refused while stopping is refused as busy).
         self.reroutes: Callable[[bytes], bool] = lambda peer: False
         self.name = "RPCService"  # the service's label in logs
 
@@ -246,8 +246,8 @@ class Dispatcher:
     def _admit(self, peer: bytes, msg: p.Call) -> tuple[str, str] | None:
         """Why the call is refused (error name, message), or None to run it."""
         if self.refusing is not None:
-            # A broker sends a call refused as busy to another service: this one never
-            # started (the broker sent it before it read the BYE).
+            # A broker, or a client that binds, sends a call refused as busy to another
+            # service: this one never started (the peer sent it before it read the BYE).
             busy = self.reroutes(peer)
             return (p.ERR_BUSY if busy else p.ERR_SERVICE_STOPPING), self.refusing
         if msg.serializer != self._serializer.name:

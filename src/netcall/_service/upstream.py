@@ -6,7 +6,10 @@ chose to connect to (the hook for trusting a broker's word about its caller's ke
 cannot see the service until it speaks, so on every successful handshake (the socket monitor's
 ``EVENT_HANDSHAKE_SUCCEEDED``, which also follows each reconnection: a restarted broker learns
 about the service again) the service sends a HELLO with its methods and ``max_concurrent``; it
-sends HELLO again when its methods change, and BYE when it stops.
+sends HELLO again when its methods change, and BYE when it stops. After each HELLO and BYE
+it sends a PING: a peer that answers it (a broker, or a client that binds) sends a call this
+service refuses as busy to another service, and confirms that it read the BYE (see
+:meth:`Upstreams.reroutes` and :meth:`Upstreams.bye_read`).
 
 A connection that breaks ends the calls and streams that came through it: their answers could
 only reach the peer's next incarnation, which knows nothing of them.
@@ -101,11 +104,12 @@ class Upstreams:
         self._announce_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._plain = own is None  # no CURVE on this socket (own: its Curve.server)
-        # The PING sent after each HELLO, by peer; the peers that answered it (brokers, which
-        # send a call refused as busy to another service; not a client that binds).
+        # The PING sent after each HELLO, by peer; the peers that answered it (brokers and
+        # clients that bind, which send a call refused as busy to another service; not a
+        # peer older than that).
         self._probes: dict[bytes, int] = {}
-        self._brokers: set[bytes] = set()
-        # After BYE: the PING each broker must answer (by peer), and who waits for them.
+        self._rerouting: set[bytes] = set()
+        # After BYE: the PING each of those must answer (by peer), and who waits for them.
         self._pinged: dict[bytes, int] = {}
         self._heard: asyncio.Event | None = None
 
@@ -119,9 +123,10 @@ class Upstreams:
         return peer in self._ids
 
     def reroutes(self, peer: bytes) -> bool:
-        """Whether ``peer`` answered the PING sent after the HELLO: a broker, which sends a
-        call this service refuses as busy to another service."""
-        return peer in self._brokers
+        """Whether ``peer`` answered the PING sent after the HELLO: a broker, or a client that
+        binds, which sends a call this service refuses as busy to another service (a peer
+        older than that answers no PING)."""
+        return peer in self._rerouting
 
     def vouches(self, peer: bytes) -> bool:
         """Whether ``peer`` may tell this service who its caller is (a broker's word): a peer
@@ -286,15 +291,15 @@ class Upstreams:
     def _lost(self, peer: bytes) -> None:
         self._answered(peer)
         self._probes.pop(peer, None)
-        self._brokers.discard(peer)  # its next incarnation may be another program
+        self._rerouting.discard(peer)  # its next incarnation may be another program
         if peer in self._up:
             self._up.discard(peer)
             if self._on_lost is not None:
                 self._on_lost(peer)
 
     def _greet(self, peer: bytes) -> None:
-        # HELLO, then a PING: a broker answers it (see reroutes); a client that binds, or a
-        # broker older than this, ignores it.
+        # HELLO, then a PING: a broker or a client that binds answers it (see reroutes); a
+        # peer older than that ignores it.
         self._say(peer, self._hello().to_frames())
         if self._send is not None:
             rid = self._probes[peer] = _ping_id()
@@ -322,21 +327,23 @@ class Upstreams:
         self._loop.call_soon_threadsafe(run)
 
     def bye(self) -> None:
-        """Tell every connected peer that the service stops, then PING each broker
+        """Tell every connected peer that the service stops, then PING each that re-routes
         (:meth:`reroutes`): its PONG says it read the BYE (see :meth:`bye_read`)."""
         frames = p.Bye().to_frames()
         for peer in self._up:
             self._say(peer, frames)
-            if peer in self._brokers:
+            if peer in self._rerouting:
                 rid = self._pinged[peer] = _ping_id()
                 self._say(peer, p.Ping(rid).to_frames())
 
     async def bye_read(self, timeout: float) -> None:
-        """Wait until every broker told :meth:`bye` answered its PING, or lost its
-        connection, for at most ``timeout`` seconds. A broker keeps the order of what it
-        sends on one connection: once its PONG is here, so is every call it sent before it
-        read the BYE. Other peers (a client that binds, a broker older than this: they
-        answered no PING after the HELLO) are not waited for."""
+        """Wait until every peer :meth:`bye` pinged (brokers, clients that bind) answered its
+        PING, or lost its connection, for at most ``timeout`` seconds. A peer keeps the order
+        of what it sends on one connection: once its PONG is here, so is every call it sent
+        before it read the BYE. Peers older than that (they answered no PING after the HELLO)
+        are not waited for. A blocking or gevent client that binds reads only while one of its
+        threads calls (or a thread of netcall's own runs its loop): an idle one is waited for
+        the whole ``timeout``."""
         if not self._pinged or timeout <= 0:
             return
         heard = self._heard = asyncio.Event()
@@ -356,7 +363,7 @@ class Upstreams:
             return False
         if self._probes.get(peer) == rid:
             del self._probes[peer]
-            self._brokers.add(peer)
+            self._rerouting.add(peer)
         elif self._pinged.get(peer) == rid:
             self._answered(peer)
         return True

@@ -41,9 +41,11 @@ What follows the header, by kind (``payload`` is the serializer's bytes, text is
     service -> a peer it connected to (a broker's backend, a client that binds)
       HELLO   head+ max_concurrent u32, flags u8; then frames: methods (JSON)
       BYE     -                          the service stops: send it no new calls
-      PING    -                          after HELLO and after BYE (a random id): a broker
-                                         answers PONG with that id (a service that connected
-                                         to it then knows it read what came before)
+      PING    -                          after HELLO and after BYE (a random id): a broker,
+                                         or a client that binds, answers PONG with that id
+                                         (a service that connected to it then knows it read
+                                         what came before, and that it sends a call refused
+                                         as busy to another service)
 
 A ``payload`` rides in the head after the header (small values: one frame, no extra copy on
 the ZeroMQ side), or, when the head is exactly the header, in a second frame (large values;
@@ -136,6 +138,7 @@ from ._messages import (
     header,
     payload_frames,
     retag,
+    retime,
 )
 from .session import STREAM_ACCEPTS, ClientStreamState, StreamState
 
@@ -201,5 +204,6 @@ __all__ = [
     "payload_of",
     "request_id_of",
     "retag",
+    "retime",
     "split_inline",
 ]

@@ -49,6 +49,7 @@ __all__ = [
     "header",
     "payload_frames",
     "retag",
+    "retime",
 ]
 
 MAGIC = b"NC"
@@ -155,6 +156,15 @@ def call_head(
         _CALL_FIXED.pack(MAGIC, VERSION, 1, request_id, timeout, flags, window, cached[0])
         + cached[1]
     )
+
+
+_TIMEOUT = struct.Struct("!d")
+
+
+def retime(head: bytes, timeout: float) -> bytes:
+    """A CALL's ``head`` (already checked) with its timeout (seconds remaining, 0 for none)
+    replaced: how a client sends a call again, to another service, with the time it has left."""
+    return head[:HEADER_SIZE] + _TIMEOUT.pack(timeout) + head[HEADER_SIZE + 8 :]
 
 
 def encode_metadata(metadata: Mapping[str, str]) -> bytes:
