@@ -3,12 +3,16 @@
 
     python benchmarks/workers.py                      # 5 interleaved reps of 3 s, 16 in flight
     python benchmarks/workers.py --reps 3 --time 2 --in-flight 32 --ms 1.0
+    python benchmarks/workers.py --cli                # through `netcall serve --workers N`
 
 Both pools (``netcall.workers.WorkerPool`` over ``tests/_workers_service.py``'s ``burn``) run
 side by side; repetitions alternate between them, so drift on the machine hits both alike. The
 handler's work is calibrated here to ``--ms`` milliseconds of *CPU time* (``process_time``),
 so a loaded machine does not shrink it. The client runs in this process, on the loop of the
 pools' brokers. Prints the medians, the ratio (2 workers / 1 worker) and the load average.
+
+With ``--cli`` the pools are ``netcall serve _workers_service --workers N`` processes (the
+command line's broker and workers), and this process is only the client.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import socket
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "src"), str(HERE.parent / "tests")]
@@ -73,11 +80,43 @@ async def measure(client: RPCClient, iterations: int, in_flight: int, seconds: f
     return done / (time.monotonic() - t0)
 
 
+class Served:
+    """``netcall serve _workers_service --workers N`` in a process of its own (``--cli``)."""
+
+    def __init__(self, n: int, port: int) -> None:
+        here = HERE.parent
+        env = dict(os.environ, PYTHONPATH=f"{here / 'src'}{os.pathsep}{here / 'tests'}")
+        url = f"tcp://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "netcall", "serve", "_workers_service", "--bind", url]
+        self.proc = subprocess.Popen(
+            [*cmd, "--workers", str(n)], env=env, stdout=subprocess.DEVNULL
+        )
+
+    @property
+    def pids(self) -> list[int]:
+        """The command's process and its workers."""
+        pid = self.proc.pid
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [pid, *map(int, f.read().split())]
+
+    def start(self) -> None:
+        pass
+
+    async def wait_ready(self) -> None:
+        pass  # the client's first calls wait for the workers (see main)
+
+    async def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(self.proc.wait, 30)
+
+
 async def main(a: argparse.Namespace) -> None:
     iterations = calibrate(a.ms)
     ports = {n: free_port() for n in (1, 2)}
-    pools = {
-        n: WorkerPool("_workers_service:service", n, bind=f"tcp://127.0.0.1:{p}")
+    pools: dict[int, Any] = {
+        n: Served(n, p)
+        if a.cli
+        else WorkerPool("_workers_service:service", n, bind=f"tcp://127.0.0.1:{p}")
         for n, p in ports.items()
     }
     clients = {}
@@ -87,6 +126,8 @@ async def main(a: argparse.Namespace) -> None:
         await pool.wait_ready()
         clients[n] = RPCClient(timeout=60)
         clients[n].connect(f"tcp://127.0.0.1:{ports[n]}")
+        for _ in range(n * 20):  # each worker has said HELLO to the broker
+            await clients[n].pid()
         await measure(clients[n], iterations, a.in_flight, 0.5)  # warm-up
     load0 = os.getloadavg()
     figures: dict[int, list[float]] = {1: [], 2: []}
@@ -119,10 +160,16 @@ async def main(a: argparse.Namespace) -> None:
         + ")"
     )
     w, p = statistics.median(workers_ms), statistics.median(parent_ms)
-    print(
-        f"CPU per call: {w:.3f} ms in a worker, {p:.3f} ms in this process (broker + client); "
-        f"so on 2 idle cores 2/1 would be about 2w/(w+p) = {2 * w / (w + p):.2f}"
-    )
+    if a.cli:
+        print(
+            f"CPU per call: {w:.3f} ms in netcall serve's processes (broker + workers), "
+            f"{p:.3f} ms in this process (the client)"
+        )
+    else:
+        print(
+            f"CPU per call: {w:.3f} ms in a worker, {p:.3f} ms in this process (broker + "
+            f"client); so on 2 idle cores 2/1 would be about 2w/(w+p) = {2 * w / (w + p):.2f}"
+        )
     print(f"cpus: {os.cpu_count()}  load average before: {load0[0]:.1f}  after: {load1[0]:.1f}")
 
 
@@ -132,4 +179,5 @@ if __name__ == "__main__":
     ap.add_argument("--time", type=float, default=3.0, help="seconds per measurement")
     ap.add_argument("--in-flight", type=int, default=16)
     ap.add_argument("--ms", type=float, default=1.0, help="CPU milliseconds per call")
+    ap.add_argument("--cli", action="store_true", help="pools started as `netcall serve`")
     asyncio.run(main(ap.parse_args()))
