@@ -140,3 +140,27 @@ def test_ab_script_compares_a_source_tree_with_a_raw_baseline(mode: str) -> None
     assert len(lines) == 3
     for line, system in zip(lines[1:], [str(ROOT / "src"), "raw-fd"], strict=True):
         assert line.startswith(system) and unit in line and "CPU per call: client" in line
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "script, options, expected",
+    [
+        ("threads.py", ["--threads", "4", "--rounds", "1", "--time", "0.2"], "socket-per-thread"),
+        ("workers.py", ["--reps", "1", "--time", "0.3", "--in-flight", "4"], "ratio 2/1"),
+        ("workers.py", ["--cli", "--reps", "1", "--time", "0.3", "--in-flight", "4"], "serve's"),
+    ],
+    ids=["threads", "workers", "workers-cli"],
+)
+def test_other_benchmark_scripts_run(script: str, options: list[str], expected: str) -> None:
+    """benchmarks/threads.py and benchmarks/workers.py (with and without --cli) run to the
+    end and print their figures."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *options],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert expected in done.stdout
