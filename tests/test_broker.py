@@ -401,3 +401,71 @@ async def test_rolling_restart_loses_no_call(procs, make_client):
     await rolling_restart(
         procs, c.back, lambda i: cli.math.whoami() if i % 2 else cli.math.slow(0.002), rounds=4
     )
+
+
+async def test_a_handler_that_lets_a_busy_error_through_runs_once(make_service, make_client):
+    """A broker sends a call refused as busy (``netcall.Busy``: it never ran) to a service
+    again. A handler that lets through the ServiceBusyError of a call it made did run: its
+    caller gets that error under another name, and the broker does not run it again."""
+    from netcall import Broker, RemoteRPCError, ServiceBusyError
+    from netcall.errors import HANDLER_BUSY
+
+    front, back, down_url = tcp_url(), tcp_url(), tcp_url()
+    started, release = asyncio.Event(), asyncio.Event()
+    down = make_service(max_concurrent=1)
+
+    @down.register
+    async def hold() -> None:
+        started.set()
+        await release.wait()
+
+    @down.register
+    async def other() -> int:
+        return 1
+
+    down.bind(down_url)
+    down.start()
+    to_down = make_client(timeout=5)
+    to_down.connect(down_url)
+    ran = 0
+    relay_service = make_service()
+
+    @relay_service.register
+    async def relay() -> int:
+        nonlocal ran
+        ran += 1
+        return await to_down.other()  # refused as busy: the error goes up as it is
+
+    async with Broker(front, back):
+        relay_service.connect(back)
+        relay_service.start()
+        client = make_client(timeout=10)
+        client.connect(front)
+        await wait_names_of(client, "relay")
+        holding = asyncio.ensure_future(to_down.hold())
+        await started.wait()
+        with pytest.raises(RemoteRPCError) as info:
+            await client.relay()
+        assert not isinstance(info.value, ServiceBusyError)
+        assert info.value.type_name == HANDLER_BUSY
+        assert "at its limit of 1" in info.value.message
+        assert ran == 1
+        # Directly too: the caller of a handler that ran never gets ServiceBusyError.
+        relay_direct = tcp_url()
+        relay_service.bind(relay_direct)
+        direct = make_client(timeout=10)
+        direct.connect(relay_direct)
+        with pytest.raises(RemoteRPCError, match="ServiceBusyError") as info:
+            await direct.relay()
+        assert not isinstance(info.value, ServiceBusyError) and ran == 2
+        release.set()
+        await holding
+        assert await client.relay() == 1
+
+
+async def wait_names_of(cli: RPCClient, method: str, timeout: float = 10.0) -> None:
+    """Wait until a service behind the broker offers ``method``."""
+    t0 = time.monotonic()
+    while method not in await cli.methods():
+        assert time.monotonic() - t0 < timeout, f"no service offers {method}"
+        await asyncio.sleep(0.01)

@@ -66,6 +66,7 @@ __all__ = [
     "StreamClosedError",
     "exception_from_remote",
     "exception_to_remote",
+    "handler_exception_to_remote",
     "remote_type_name",
 ]
 
@@ -160,7 +161,9 @@ class ServiceStoppingError(RemoteRPCError):
 
 class ServiceBusyError(RemoteRPCError):
     """The service refused the call: it already runs its ``max_concurrent`` calls and streams.
-    Nothing ran; retrying later (or on another service) is safe."""
+    Nothing ran; retrying later (or on another service) is safe. A handler that lets through
+    the ServiceBusyError of a call it made ran: its caller gets a :class:`RemoteRPCError` named
+    ``netcall.errors.ServiceBusyError`` instead, which is not retried by itself."""
 
 
 class RPCTimeoutError(RPCError, TimeoutError):
@@ -350,6 +353,23 @@ def exception_to_remote(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, RemoteRPCError):
         return exc.type_name, exc.message
     return remote_type_name(exc), exception_message(exc)
+
+
+#: The name a :class:`ServiceBusyError` a handler let through (a call it made was refused)
+#: travels under: not ``netcall.Busy``, which says that the call it answers never ran.
+HANDLER_BUSY = "netcall.errors.ServiceBusyError"
+
+
+def handler_exception_to_remote(exc: BaseException) -> tuple[str, str]:
+    """:func:`exception_to_remote` for what a handler or a generator raised. A
+    :class:`ServiceBusyError` from a call the handler made is not this service's refusal: it
+    travels as ``HANDLER_BUSY``, so that the caller gets a :class:`RemoteRPCError` of that
+    name, and a broker, or a client that binds, does not run the call again elsewhere (they do
+    for ``netcall.Busy``, which only a call refused unstarted gets)."""
+    type_name, message = exception_to_remote(exc)
+    if type_name == names.BUSY:
+        return HANDLER_BUSY, message
+    return type_name, message
 
 
 _NEVER_REBUILT = frozenset({"GeneratorExit", "KeyboardInterrupt", "SystemExit"})

@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import protocol as p
 from .._reactor import SocketDriver
-from ..errors import exception_to_remote
+from ..errors import handler_exception_to_remote
 from .guard import Guard
 
 __all__ = ["Replies"]
@@ -38,7 +38,7 @@ class Replies:
 
     def error(self, peer: bytes, rid: int, exc: BaseException) -> None:
         """An ERROR reporting ``exc``, raised by a handler or a generator."""
-        type_name, message = exception_to_remote(exc)
+        type_name, message = handler_exception_to_remote(exc)
         text = ""
         if self.tracebacks and exc.__traceback__ is not None:
             text = "".join(_traceback.format_exception(type(exc), exc, exc.__traceback__))
