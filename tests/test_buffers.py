@@ -528,7 +528,7 @@ def test_numpy_dates_and_odd_scalars() -> None:
             np.datetime64("2020-01-02T03:04:05.123456789"),
             np.timedelta64(5, "s"),
             np.timedelta64(7_000, "ns"),
-            np.datetime64("NaT"),
+            np.datetime64("NaT", "us"),
         ],
     )
     assert value == [

@@ -239,7 +239,7 @@ class RPCClient(CallSurface, ClientBinding, Sending):
         monitor = self._sockets.monitor
         assert monitor is not None
         self._monitor_driver = SocketDriver(monitor, loop, peers.on_monitor_event)
-        peers.start(loop, self._driver.send, self._driver.check_soon)
+        peers.start(loop, self._driver.send, self._driver.check_soon, self._driver.is_blocked)
         return self._driver
 
     def _lost(self, peer: Peer, why: str, every_call: bool, error: type[RPCError]) -> None:

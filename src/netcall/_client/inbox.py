@@ -63,15 +63,27 @@ class Inbox:
         self._refused = refused
         self._log = RateLimitedLog(log)  # a service sending garbage must not flood the log
 
+    def _from_elsewhere(self) -> None:
+        self._log(
+            "elsewhere",
+            logging.WARNING,
+            "dropped an answer to a call from a service the call was not sent to",
+        )
+
     def on_message(self, frames: list[Any]) -> None:
         if len(frames) == 2:
             fast = _split_inline(frames[1])
             if fast is not None:
                 kind, rid, payload = fast
                 if kind == _RESULT:
-                    pend = self._calls.pop(rid, None)
-                    if pend is not None and not pend.future.done():
-                        pend.future.set_result(payload)  # bytes: a result's payload
+                    calls = self._calls
+                    pend = calls.pop(rid, None)
+                    if pend is not None:
+                        if pend.peer.rid != frames[0]:  # not where the call went: dropped
+                            calls[rid] = pend
+                            self._from_elsewhere()
+                        elif not pend.future.done():
+                            pend.future.set_result(payload)  # bytes: a result's payload
                     return
                 stream = self._streams_by_id.get(rid)
                 if stream is not None:
@@ -94,6 +106,10 @@ class Inbox:
         pend = self._calls.pop(rid, None)
         if pend is None:
             self._streams.feed(msg)
+            return
+        if pend.peer.rid != frames[0]:  # not where the call went: dropped
+            self._calls[rid] = pend
+            self._from_elsewhere()
             return
         fut = pend.future
         if type(msg) is p.StreamOpen:

@@ -110,7 +110,9 @@ class PeerTable:
         self.bound: set[str] = set()
         self.announced: dict[bytes, Peer] = {}  # services that connected to us, by routing id
         self._send: Callable[[list[Any]], None] | None = None
+        self._blocked: Callable[[bytes], bool] = lambda rid: False
         self._check: Callable[[], None] | None = None
+        self._connected: set[bytes] = set()  # the routing ids of the services connected to
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe_again: asyncio.TimerHandle | None = None
         self._asking: dict[Peer, asyncio.Task[None]] = {}  # services asked for their mechanism
@@ -120,12 +122,15 @@ class PeerTable:
         loop: asyncio.AbstractEventLoop,
         send: Callable[[list[Any]], None],
         check: Callable[[], None],
+        blocked: Callable[[bytes], bool] = lambda rid: False,
     ) -> None:
         """The client's socket is driven: ``send(frames)`` sends one message, routing id first;
-        ``check()`` has the driver look at the socket again (see :meth:`_changed`)."""
+        ``check()`` has the driver look at the socket again (see :meth:`_changed`);
+        ``blocked(rid)`` tells whether what is sent to ``rid`` waits behind a full pipe."""
         self._loop = loop
         self._send = send
         self._check = check
+        self._blocked = blocked
 
     def _changed(self) -> None:
         # connect/bind/unbind/disconnect process the socket's pending commands, which can take
@@ -179,12 +184,14 @@ class PeerTable:
         with endpoint_change(f"cannot connect to {url!r}", self._check):
             self._socket().setsockopt(zmq.CONNECT_ROUTING_ID, rid)
             self._socket().connect(url)
+        self._connected.add(rid)
         return rid
 
     def disconnect(self, url: str) -> None:
         peer = self.by_url.pop(url, None)
         if peer is None:
             return
+        self._connected.discard(peer.rid)
         self.order.remove(peer)
         self._on_lost(peer, f"disconnected from {url}", True, ConnectionLostError)
         try:
@@ -200,6 +207,8 @@ class PeerTable:
 
         Raises:
             RPCError: no service at all.
+            ServiceStoppingError: only announced services, and every one that has ``method``
+                said BYE (it is stopping).
             MethodNotFoundError: only announced services, and none has ``method``.
             AuthenticationError: every service refused our handshake (within the last second).
         """
@@ -216,11 +225,13 @@ class PeerTable:
         else:
             self._rr = start = (self._rr + 1) % n
             found: Peer | None = None
+            stopping = False  # a service has the method, but said BYE
             for i in range(n):
                 peer = order[(start + i) % n]
                 if peer.methods is not None and (
                     peer.draining or (method not in peer.methods and not method.startswith("_"))
                 ):
+                    stopping = stopping or (peer.draining and method in peer.methods)
                     continue
                 if found is None or (peer.refused is None, peer.up, -peer.inflight) > (
                     found.refused is None,
@@ -228,6 +239,12 @@ class PeerTable:
                     -found.inflight,
                 ):
                     found = peer
+            if found is None and stopping:
+                raise exception_from_remote(
+                    p.ERR_SERVICE_STOPPING,
+                    f"every service connected to this client that has {method!r} is stopping",
+                    method=method,
+                )
             if found is None:
                 raise exception_from_remote(
                     p.ERR_METHOD_NOT_FOUND,
@@ -288,9 +305,13 @@ class PeerTable:
         a HELLO or a BYE): the PONG tells it that this client read what came before, and that
         it sends a call the service refuses as busy to another service (see
         :meth:`netcall.RPCService.stop`)."""
+        if rid in self._connected:
+            return  # a service this client connected to is not one that announces itself
         peer = self.announced.get(rid)
         if isinstance(msg, p.Ping):
-            if peer is not None and self._send is not None:
+            # One PONG at a time: a peer that sends PINGs and reads nothing fills its pipe,
+            # and then gets none (else they would queue here without bound).
+            if peer is not None and self._send is not None and not self._blocked(rid):
                 self._send([rid, *p.Pong(msg.id).to_frames()])
             return
         if isinstance(msg, p.Bye):
