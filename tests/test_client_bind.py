@@ -514,6 +514,36 @@ async def test_an_answer_from_a_service_the_call_did_not_go_to_is_dropped(make_c
             fake.close()
 
 
+async def test_stream_items_from_another_service_are_dropped(make_client, ctx):
+    from netcall import protocol as p
+
+    cli = make_client(timeout=5)
+    url = f"tcp://127.0.0.1:{cli.bind_ports()}"
+    a, h = FakeService(ctx, url, ["x"]), FakeService(ctx, url, ["other"])
+    dumps = cli.serializer.dumps
+    try:
+        a.hello()
+        h.hello()
+        await wait_until(lambda: len(cli._peers.announced) == 2)
+
+        async def consume() -> list[object]:
+            return [item async for item in cli.call("x")]
+
+        got = asyncio.ensure_future(consume())
+        x = await a.recv(p.Call)
+        a.send(p.StreamOpen(x.id, 30.0))
+        await wait_until(lambda: x.id in cli._streams.by_id)
+        for forged in (p.Item(x.id, dumps("forged")), p.Item(x.id, dumps(list(range(5000))))):
+            h.send(forged)  # inline, and large (decoded by the slow path)
+        h.send(p.End(x.id))
+        a.send(p.Item(x.id, dumps(1)))
+        a.send(p.End(x.id))
+        assert await got == [1]
+    finally:
+        a.close()
+        h.close()
+
+
 async def test_a_peer_that_pings_and_never_reads_gets_no_pile_of_pongs(make_client, ctx):
     """A PONG answers each PING of a service that connected; one that sends PINGs and reads
     nothing gets none once its pipe is full, so nothing piles up in the client."""

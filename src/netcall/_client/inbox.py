@@ -67,7 +67,7 @@ class Inbox:
         self._log(
             "elsewhere",
             logging.WARNING,
-            "dropped an answer to a call from a service the call was not sent to",
+            "dropped an answer to a call or a stream from a service it was not sent to",
         )
 
     def on_message(self, frames: list[Any]) -> None:
@@ -87,7 +87,10 @@ class Inbox:
                     return
                 stream = self._streams_by_id.get(rid)
                 if stream is not None:
-                    stream.feed_item(payload)
+                    if stream.peer.rid != frames[0]:  # not the stream's service: dropped
+                        self._from_elsewhere()
+                    else:
+                        stream.feed_item(payload)
                 return
         try:
             msg = p.decode(frames[1:])
@@ -105,7 +108,12 @@ class Inbox:
         rid = msg.id
         pend = self._calls.pop(rid, None)
         if pend is None:
-            self._streams.feed(msg)
+            stream = self._streams_by_id.get(rid)
+            if stream is not None:
+                if stream.peer.rid != frames[0]:  # not the stream's service: dropped
+                    self._from_elsewhere()
+                else:
+                    stream.feed(msg)
             return
         if pend.peer.rid != frames[0]:  # not where the call went: dropped
             self._calls[rid] = pend

@@ -72,11 +72,6 @@ class ConsumerStreams:
         self.by_id[rid] = stream
         return stream
 
-    def feed(self, msg: Any) -> None:
-        stream = self.by_id.get(msg.id)
-        if stream is not None:
-            stream.feed(msg)
-
     def done(self, rid: int) -> None:
         self.by_id.pop(rid, None)
 
