@@ -63,34 +63,38 @@ class Inbox:
         self._refused = refused
         self._log = RateLimitedLog(log)  # a service sending garbage must not flood the log
 
-    def _from_elsewhere(self) -> None:
+    def _from(self, peer: Peer, frames: list[Any]) -> bool:
+        """Whether ``frames`` came from ``peer`` (where a call or a stream went); else they
+        are dropped, and logged (at a bounded rate)."""
+        if peer.rid == frames[0]:
+            return True
         self._log(
             "elsewhere",
             logging.WARNING,
             "dropped an answer to a call or a stream from a service it was not sent to",
         )
+        return False
 
     def on_message(self, frames: list[Any]) -> None:
         if len(frames) == 2:
             fast = _split_inline(frames[1])
             if fast is not None:
                 kind, rid, payload = fast
+                # (The sender is checked inline here, the common case: a method call less.)
                 if kind == _RESULT:
-                    calls = self._calls
-                    pend = calls.pop(rid, None)
-                    if pend is not None:
-                        if pend.peer.rid != frames[0]:  # not where the call went: dropped
-                            calls[rid] = pend
-                            self._from_elsewhere()
-                        elif not pend.future.done():
+                    pend = self._calls.get(rid)
+                    if pend is not None and (
+                        pend.peer.rid == frames[0] or self._from(pend.peer, frames)
+                    ):
+                        del self._calls[rid]
+                        if not pend.future.done():
                             pend.future.set_result(payload)  # bytes: a result's payload
                     return
                 stream = self._streams_by_id.get(rid)
-                if stream is not None:
-                    if stream.peer.rid != frames[0]:  # not the stream's service: dropped
-                        self._from_elsewhere()
-                    else:
-                        stream.feed_item(payload)
+                if stream is not None and (
+                    stream.peer.rid == frames[0] or self._from(stream.peer, frames)
+                ):
+                    stream.feed_item(payload)
                 return
         try:
             msg = p.decode(frames[1:])
@@ -106,19 +110,15 @@ class Inbox:
             self._announced(frames[0], msg)  # type: ignore[arg-type]
             return
         rid = msg.id
-        pend = self._calls.pop(rid, None)
+        pend = self._calls.get(rid)
         if pend is None:
             stream = self._streams_by_id.get(rid)
-            if stream is not None:
-                if stream.peer.rid != frames[0]:  # not the stream's service: dropped
-                    self._from_elsewhere()
-                else:
-                    stream.feed(msg)
+            if stream is not None and self._from(stream.peer, frames):
+                stream.feed(msg)
             return
-        if pend.peer.rid != frames[0]:  # not where the call went: dropped
-            self._calls[rid] = pend
-            self._from_elsewhere()
+        if not self._from(pend.peer, frames):
             return
+        del self._calls[rid]
         fut = pend.future
         if type(msg) is p.StreamOpen:
             if fut.done():
