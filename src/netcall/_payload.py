@@ -36,9 +36,10 @@ def dumper(serializer: Serializer) -> Dump:
 
 
 def _checked(name: str, dumps_buffers: Dump) -> Dump:
-    """A serializer of the user's ``dumps_buffers``, whose buffers are checked as they come:
-    each must be a C-contiguous buffer (what ZeroMQ can send as a frame). netcall's own
-    serializers make only such buffers."""
+    """``dumps_buffers`` of a serializer of the user's, with the buffers it hands over
+    checked: each must be ``bytes`` or a C-contiguous buffer (what ZeroMQ can send as a
+    frame); else the value fails with :class:`SerializationError`. netcall's own serializers
+    make only such buffers."""
 
     def dump(value: Any, buffers: list[Any]) -> bytes:
         start = len(buffers)
