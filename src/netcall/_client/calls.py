@@ -39,7 +39,12 @@ class PendingCall:
         self.window = window
         # The connection it travels on: the live one, or (sent while the service is down, or
         # right after connect()) the next one, which ZeroMQ's queue hands it to. It is lost
-        # when that connection breaks.
+        # when that connection breaks. (What travels_to does, inline here: once per call.)
+        self.connection = peer.connection if peer.up else peer.connection + 1
+
+    def travels_to(self, peer: Peer) -> None:
+        """The call is sent again, to ``peer``: on its connection, as when it was made."""
+        self.peer = peer
         self.connection = peer.connection if peer.up else peer.connection + 1
 
 

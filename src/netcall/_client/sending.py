@@ -141,8 +141,7 @@ class Sending:
             head = p.retime(head, left if left >= MIN_REMAINING else SPENT)
         old.inflight -= 1
         peer.inflight += 1
-        pend.peer = peer
-        pend.connection = peer.connection if peer.up else peer.connection + 1
+        pend.travels_to(peer)
         pend.resends += 1
         self._calls.by_id[rid] = pend
         driver.send([peer.rid, head, *frames[2:]])

@@ -63,9 +63,11 @@ class Inbox:
         producers = self._producers
         if self._open_streams:  # the lease clock of this peer's streams starts again
             producers.touch(peer)
-        if self._max_size is not None and sum(map(len, body)) > self._max_size:
-            self._too_large(peer, body)
-            return
+        if self._max_size is not None:
+            size = sum(map(len, body))
+            if size > self._max_size:
+                self._too_large(peer, body, size)
+                return
         try:
             msg = p.decode(body)
         except Exception as exc:  # ProtocolError; anything else would be our bug
@@ -100,8 +102,7 @@ class Inbox:
                 peer, msg.id, p.ERR_PROTOCOL, f"a client may not send {kind.__name__}"
             )
 
-    def _too_large(self, peer: bytes, body: list[Any]) -> None:
-        size = sum(map(len, body))
+    def _too_large(self, peer: bytes, body: list[Any], size: int) -> None:
         why = f"a message of {size} bytes, more than max_message_size={self._max_size}"
         self._replies.guard.malformed(peer, why)
         rid = p.request_id_of(body)
