@@ -103,3 +103,133 @@ async def test_each_client_message_buys_at_most_the_limit(make_service, zsockets
         sock.send_multipart([header(CREDIT, rid) + struct.pack("!I", 2**32 - 1)])
         assert await _items_within(sock, 0.5) == 50
     assert svc.active_streams == 1
+
+
+def _endless_bytes(svc, size):
+    @svc.register
+    def chunks():
+        chunk = b"x" * size
+        while True:
+            yield chunk
+
+
+async def _open_endless(svc, zsockets) -> tuple[zmq.Socket[Any], int]:
+    """A raw client that opens ``chunks`` granting all the credit there is."""
+    url = tcp_url()
+    svc.bind(url)
+    svc.start()
+    sock = zsockets(zmq.DEALER)
+    sock.connect(url)
+    sock.send_multipart([call_head(1, "chunks", window=2**32 - 1), msgpack.packb([])])
+    head = (await recv_within(sock, 5.0))[0]
+    assert head[3] == STREAM
+    return sock, struct.unpack("!Q", head[4:12])[0]
+
+
+@pytest.mark.parametrize(
+    ("item_size", "limits", "per_message"),
+    [
+        (2**20, Limits(), 4),  # the default: 4 MiB per client message
+        (6 * 2**20, Limits(), 1),  # an item larger than that still goes, alone
+        (300, Limits(max_stream_window_bytes=1000), 4),  # small items inline: 3 fit under
+        (2**20, Limits(max_stream_window_bytes=3 * 2**20 + 1000), 4),  # 3 items and a head
+        (2**20, Limits(max_stream_window_bytes=3 * 2**20), 3),
+    ],
+)
+async def test_each_client_message_buys_at_most_the_byte_limit(
+    make_service, zsockets, item_size, limits, per_message
+):
+    # The first credit (16 items, granted before the client saw one) is whatever the client
+    # says, here all there is; the service still sends no more than max_stream_window_bytes
+    # (and at least one item) per message from the client: 16 items of 6 MiB went at once.
+    svc = make_service(limits=limits)
+    _endless_bytes(svc, item_size)
+    sock, rid = await _open_endless(svc, zsockets)
+    assert await _items_within(sock, 0.5) == per_message
+    for _ in range(2):
+        sock.send_multipart([header(CREDIT, rid) + struct.pack("!I", 1)])
+        assert await _items_within(sock, 0.5) == per_message
+    assert svc.active_streams == 1
+
+
+@pytest.mark.parametrize(
+    ("n", "item_size", "max_bytes", "window"),
+    [
+        (40, 2**20, 4 * 2**20, 1024),  # the defaults, 1 MiB items
+        (12, 5 * 2**20, 4 * 2**20, 1024),  # items over the limit: one per message
+        (2_000, 100, 1, 1024),  # a limit of 1 byte: one item per message, to the end
+        (500, 3000, 10_000, 16),
+    ],
+)
+async def test_any_byte_limit_streams_to_the_end(
+    make_service, make_client, n, item_size, max_bytes, window
+):
+    svc = make_service(limits=Limits(max_stream_window_bytes=max_bytes))
+
+    @svc.register
+    def chunks(n, size):
+        for i in range(n):
+            yield i.to_bytes(4, "big") * (size // 4)
+
+    url = tcp_url()
+    svc.bind(url)
+    svc.start()
+    cli = make_client(window=window, timeout=5.0)
+    cli.connect(url)
+
+    async def consume():
+        got = 0
+        async for x in cli.chunks(n, item_size):
+            assert len(x) == item_size // 4 * 4 and x[:4] == got.to_bytes(4, "big")
+            got += 1
+        return got
+
+    assert await asyncio.wait_for(consume(), 30.0) == n
+
+
+def test_the_byte_limit_is_checked():
+    assert Limits().max_stream_window_bytes == 4 * 2**20
+    with pytest.raises(ValueError, match="max_stream_window_bytes"):
+        Limits(max_stream_window_bytes=0)
+
+
+@pytest.mark.parametrize(
+    ("n", "item_size", "max_bytes", "window", "stream_buffer"),
+    [
+        (20, 2 * 2**20, 4 * 2**20, 1024, 4 * 2**20),  # the defaults, 2 MiB items
+        # The broker holds a stream's credit to 8192 items; a window beyond that, a byte
+        # limit that bites before the item limit, and a client budget that never does.
+        (60_000, 100, 64 * 2**10, 20_000, 2**30),
+    ],
+)
+async def test_the_byte_limit_through_a_broker(
+    make_service, make_client, n, item_size, max_bytes, window, stream_buffer
+):
+    from netcall import Broker
+
+    front, back = tcp_url(), tcp_url()
+    svc = make_service(limits=Limits(max_stream_window_bytes=max_bytes))
+
+    @svc.register
+    def chunks(n, size):
+        for i in range(n):
+            yield i.to_bytes(4, "big") * (size // 4)
+
+    async with Broker(front, back):
+        svc.connect(back)
+        svc.start()
+        cli = make_client(window=window, stream_buffer=stream_buffer, timeout=5.0)
+        cli.connect(front)
+        deadline = asyncio.get_running_loop().time() + 10
+        while "chunks" not in await cli.methods():
+            assert asyncio.get_running_loop().time() < deadline, "no service behind the broker"
+            await asyncio.sleep(0.01)
+
+        async def consume():
+            got = 0
+            async for x in cli.chunks(n, item_size):
+                assert x[:4] == got.to_bytes(4, "big")
+                got += 1
+            return got
+
+        assert await asyncio.wait_for(consume(), 40.0) == n

@@ -42,6 +42,11 @@ class Limits:
         max_stream_window: stream items sent to a client per message it sends: a stream sends
             at most this many after the CALL and after each CREDIT, whatever credit the client
             granted (more credit is kept, and used after its next CREDIT).
+        max_stream_window_bytes: bytes of stream items sent to a client per message it sends:
+            once this many went after the CALL or a CREDIT, a stream waits for the client's
+            next message (one item always goes, whatever its size). A client grants its first
+            16 items before it has seen one; this keeps 16 items of many MiB each from piling
+            up in both processes (4 MiB, like the client's ``stream_buffer``).
         send_hwm: messages ZeroMQ holds for one client before a send reports it busy (the
             socket's SNDHWM); then up to ``max_queued`` messages and ``max_queued_bytes`` bytes
             wait in netcall's own queue for it. A client over either is *cut off*: what waits
@@ -61,6 +66,7 @@ class Limits:
     receive_hwm: int = 100
     log_burst: int = DEFAULT_BURST
     log_interval: float = DEFAULT_INTERVAL
+    max_stream_window_bytes: int = 4 * 2**20
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

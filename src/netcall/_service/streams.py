@@ -35,6 +35,14 @@ STREAM_KINDS: dict[type, p.Kind] = {
 _S = p.StreamState
 
 
+def _size(payload: bytes, buffers: list[Any]) -> int:
+    """Bytes of an item: its payload and its out-of-band buffers."""
+    size = len(payload)
+    for buf in buffers:
+        size += len(buf) if type(buf) is bytes else memoryview(buf).nbytes
+    return size
+
+
 def is_generator(value: Any) -> bool:
     return inspect.isgenerator(value) or inspect.isasyncgen(value)
 
@@ -53,6 +61,7 @@ class _Stream:
         "peer",
         "rid",
         "sent",
+        "sent_bytes",
         "state",
         "task",
         "waiter",
@@ -69,10 +78,12 @@ class _Stream:
         self.context = context
         # An async generator, or a middleware's stream (anything but a plain generator).
         self.is_async = not inspect.isgenerator(gen)
-        # The client's credit (all of it, never capped), and the items sent since its CALL or
-        # last CREDIT: at most Limits.max_stream_window (see protocol.session.add_credit).
+        # The client's credit (all of it, never capped), and the items (and their bytes) sent
+        # since its CALL or last CREDIT: at most Limits.max_stream_window items, and no more
+        # once Limits.max_stream_window_bytes went (see protocol.session.may_send).
         self.credit = window
         self.sent = 0
+        self.sent_bytes = 0
         self.state = _S.FLOWING if window else _S.IDLE
         self.commands: list[tuple[str, Any]] = []
         self.waiter: asyncio.Future[None] | None = None
@@ -151,6 +162,7 @@ class Producers:
         if type(msg) is p.Credit:
             stream.credit = add_credit(stream.credit, msg.count)
             stream.sent = 0
+            stream.sent_bytes = 0
         elif type(msg) is p.Next:
             try:
                 value = self._load(msg)
@@ -224,6 +236,7 @@ class Producers:
         dump = self._dump
         replies = self._replies
         max_window = replies.guard.limits.max_stream_window
+        max_bytes = replies.guard.limits.max_stream_window_bytes
         produced = 0
         _current.set(stream.context)
         try:
@@ -232,7 +245,7 @@ class Producers:
                     op, value = stream.commands.pop(0)
                     lockstep = True
                 elif stream.state is _S.FLOWING and may_send(
-                    stream.credit, stream.sent, max_window
+                    stream.credit, stream.sent, max_window, stream.sent_bytes, max_bytes
                 ):
                     # Also wait while the socket is backed up for this peer: bounded memory.
                     if replies.is_blocked(stream.peer):
@@ -280,6 +293,8 @@ class Producers:
                 )
                 if lockstep:  # STEPPING -> IDLE (a flowing stream stays FLOWING)
                     stream.state = SERVICE_STREAM.get((stream.state, p.Kind.ITEM), stream.state)
+                else:
+                    stream.sent_bytes += _size(payload, buffers)
                 produced += 1
                 if produced % _STREAM_YIELD_EVERY == 0:
                     # Fairness: a generator that never awaits must not hold the loop.

@@ -22,6 +22,7 @@ A client message not allowed in a state is a protocol error: the service answers
 from __future__ import annotations
 
 import enum
+import math
 
 from ..errors import ProtocolError
 from ._messages import MAX_COUNT, Kind
@@ -146,14 +147,24 @@ def add_credit(credit: int, count: int) -> int:
     (see :func:`may_send`): however much credit a client grants, each of its messages makes
     the service send at most that many items. A client whose window is larger than the
     service's limit is held to it by the CREDIT it sends when it runs dry
-    (:func:`credit_when_starved`)."""
+    (:func:`credit_when_starved`). The same goes for the bytes a service sends per message
+    (``max_stream_window_bytes``)."""
     return min(credit + count, MAX_COUNT)
 
 
-def may_send(credit: int, sent: int, max_window: int) -> bool:
+def may_send(
+    credit: int, sent: int, max_window: int, sent_bytes: int = 0, max_bytes: float = math.inf
+) -> bool:
     """Whether a flowing stream may send one more item: it has ``credit``, and sent ``sent``
-    items since the CALL or the last CREDIT, fewer than the service's ``max_window``."""
-    return credit > 0 and sent < max_window
+    items since the CALL or the last CREDIT, fewer than the service's ``max_window``, and
+    ``sent_bytes`` bytes of them, fewer than its ``max_bytes``.
+
+    The byte bound is what keeps the first credit safe: a client grants :data:`FIRST_CREDIT`
+    items before it has seen any (16 items of 16 MiB would be 256 MiB buffered on both ends),
+    so a service sends items of any size while less than ``max_bytes`` went since the
+    client's last message, and then waits for the next one. At least one item goes per
+    message, so a stream never stalls (see :func:`credit_when_starved`)."""
+    return credit > 0 and sent < max_window and sent_bytes < max_bytes
 
 
 def update_item_size(average: float, size: int) -> float:
@@ -188,7 +199,8 @@ def credit_when_starved(granted: int, consumed: int, limit: int) -> int:
     """The credit a prefetching consumer sends when it finds nothing to read and consumed
     items since its last CREDIT: the top-up to ``limit``, and at least 1.
 
-    A service sends at most its ``max_stream_window`` items per CALL or CREDIT (see
+    A service sends at most its ``max_stream_window`` items per CALL or CREDIT, and no more
+    once ``max_stream_window_bytes`` bytes went (but always one) (see
     :func:`add_credit`), which may be less than half the client's window: the rest of a grant
     then waits for the client's next message, which :func:`credit_to_grant` alone would not
     send. With this rule the stream cannot stall: a consumer that waits has sent a CREDIT
