@@ -77,6 +77,19 @@ async def _items_within(sock: zmq.Socket[Any], quiet: float) -> int:
             got += 1
 
 
+async def _open_endless(svc, zsockets, method: str) -> tuple[zmq.Socket[Any], int]:
+    """A raw client that opens the stream ``method`` granting all the credit there is."""
+    url = tcp_url()
+    svc.bind(url)
+    svc.start()
+    sock = zsockets(zmq.DEALER)
+    sock.connect(url)
+    sock.send_multipart([call_head(1, method, window=2**32 - 1), msgpack.packb([])])
+    head = (await recv_within(sock, 5.0))[0]
+    assert head[3] == STREAM
+    return sock, struct.unpack("!Q", head[4:12])[0]
+
+
 async def test_each_client_message_buys_at_most_the_limit(make_service, zsockets):
     # A client that grants all the credit there is (window and CREDIT of 2**32 - 1) still
     # gets at most max_stream_window items per message it sends.
@@ -89,15 +102,7 @@ async def test_each_client_message_buys_at_most_the_limit(make_service, zsockets
             yield i
             i += 1
 
-    url = tcp_url()
-    svc.bind(url)
-    svc.start()
-    sock = zsockets(zmq.DEALER)
-    sock.connect(url)
-    sock.send_multipart([call_head(1, "endless", window=2**32 - 1), msgpack.packb([])])
-    head = (await recv_within(sock, 5.0))[0]
-    assert head[3] == STREAM
-    rid = struct.unpack("!Q", head[4:12])[0]
+    sock, rid = await _open_endless(svc, zsockets, "endless")
     assert await _items_within(sock, 0.5) == 50
     for _ in range(3):
         sock.send_multipart([header(CREDIT, rid) + struct.pack("!I", 2**32 - 1)])
@@ -111,19 +116,6 @@ def _endless_bytes(svc, size):
         chunk = b"x" * size
         while True:
             yield chunk
-
-
-async def _open_endless(svc, zsockets) -> tuple[zmq.Socket[Any], int]:
-    """A raw client that opens ``chunks`` granting all the credit there is."""
-    url = tcp_url()
-    svc.bind(url)
-    svc.start()
-    sock = zsockets(zmq.DEALER)
-    sock.connect(url)
-    sock.send_multipart([call_head(1, "chunks", window=2**32 - 1), msgpack.packb([])])
-    head = (await recv_within(sock, 5.0))[0]
-    assert head[3] == STREAM
-    return sock, struct.unpack("!Q", head[4:12])[0]
 
 
 @pytest.mark.parametrize(
@@ -144,7 +136,7 @@ async def test_each_client_message_buys_at_most_the_byte_limit(
     # (and at least one item) per message from the client: 16 items of 6 MiB went at once.
     svc = make_service(limits=limits)
     _endless_bytes(svc, item_size)
-    sock, rid = await _open_endless(svc, zsockets)
+    sock, rid = await _open_endless(svc, zsockets, "chunks")
     assert await _items_within(sock, 0.5) == per_message
     for _ in range(2):
         sock.send_multipart([header(CREDIT, rid) + struct.pack("!I", 1)])
