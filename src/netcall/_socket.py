@@ -12,8 +12,10 @@ the same socket: calls hung, and processes crashed (SIGSEGV, SIGABRT).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import zmq
@@ -22,6 +24,7 @@ from ._edge import map_exceptions
 
 __all__ = [
     "QuietSocket",
+    "connecting_out",
     "make_router",
     "max_message_size",
     "monitor_socket",
@@ -118,6 +121,29 @@ def max_message_size(value: int | None) -> int | None:
     if value < 1:
         raise ValueError(f"max_message_size must be at least 1 byte, not {value}")
     return value
+
+
+@contextlib.contextmanager
+def connecting_out(sock: zmq.Socket[Any]) -> Iterator[None]:
+    """Around a ``connect``: the connection made in the block has no ZeroMQ per-frame limit
+    (ZMQ_MAXMSGSIZE); the socket's own limit, for its binds, comes back after (ZeroMQ copies
+    a socket's options into each connection when it is made).
+
+    On the side that connected, libzmq ends a connection on which a frame over the limit came
+    and never makes it again (a protocol error ends the session; it does not reconnect): one
+    oversized call from any client would cut a service off its broker for good. Where the
+    socket connects out, only netcall's own check of the whole message applies (a message
+    over the limit is refused; the connection stays).
+    """
+    limit = sock.getsockopt(zmq.MAXMSGSIZE)
+    if limit == -1:
+        yield
+        return
+    sock.setsockopt(zmq.MAXMSGSIZE, -1)
+    try:
+        yield
+    finally:
+        sock.setsockopt(zmq.MAXMSGSIZE, limit)
 
 
 def make_router(

@@ -36,6 +36,7 @@ from ._context import CallContext
 from ._middleware import ClientMiddleware, OutgoingCall
 from ._reactor import SocketDriver
 from ._socket import make_router
+from ._socket import max_message_size as checked_max_message_size
 from ._timers import TimeoutQueues
 from .errors import ClientClosedError, RPCError
 from .security import CurveClient, secure_socket
@@ -65,6 +66,7 @@ class ClientOptions(TypedDict, total=False):
     name: str | None
     middleware: Sequence[ClientMiddleware] | None
     propagate_deadline: bool
+    max_message_size: int | None
 
 
 class RPCClient(CallSurface, ClientBinding, Sending):
@@ -105,9 +107,17 @@ class RPCClient(CallSurface, ClientBinding, Sending):
             stream opening, outermost first (see :meth:`add_middleware`).
         propagate_deadline: inside a handler, bound each call by the time the served call has
             left (default). ``False``: this client's calls keep their own timeouts.
-
+        max_message_size: bytes an incoming answer or stream item may have, all its frames
+            together (default ``None`` or ``-1``: no limit), against a service that sends more
+            than this client means to hold. A larger one is dropped as it arrives, and its
+            call or stream fails with :class:`~netcall.errors.ProtocolError` (a stream is
+            closed); nothing else is affected. On endpoints the client binds, ZeroMQ also
+            refuses a single frame over the limit before it takes it (ZMQ_MAXMSGSIZE) and
+            breaks that connection, which the service makes again. Not on the endpoints it
+            connects to: there libzmq would end the connection for good.
     Raises:
-        ValueError: ``window`` is below 1.
+        ValueError: ``window`` is below 1, or ``max_message_size`` is not a positive number
+            of bytes, ``None`` or -1.
         TypeError: a middleware is not callable.
         TransportError: ZeroMQ could not create the socket.
         TypeError: ``security`` is not ``Curve.client(...)``.
@@ -135,9 +145,11 @@ class RPCClient(CallSurface, ClientBinding, Sending):
         name: str | None = None,
         middleware: Sequence[ClientMiddleware] | None = None,
         propagate_deadline: bool = True,
+        max_message_size: int | None = None,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
+        self._max_size = checked_max_message_size(max_message_size)
         self._init_chain(middleware)
         self._propagate = propagate_deadline
         self.serializer = get_serializer(serializer)
@@ -163,7 +175,9 @@ class RPCClient(CallSurface, ClientBinding, Sending):
 
     def _make_socket(self, heartbeat: float | None) -> zmq.Socket[Any]:
         """The client's socket (a hook: security options go to :func:`make_router`)."""
-        sock = make_router(self.context, server=False, heartbeat=heartbeat)
+        sock = make_router(
+            self.context, server=False, heartbeat=heartbeat, max_message_size=self._max_size
+        )
         secure_socket(sock, self.security, server=False, name=self.name)
         return sock
 
@@ -233,9 +247,15 @@ class RPCClient(CallSurface, ClientBinding, Sending):
         opened = functools.partial(self._keepalive.schedule, loop)  # a stream opened: its lease
         peers = self._peers
         inbox = Inbox(
-            self._calls, self._streams, self._send_cancel, opened, peers.on_announce, self._refused
+            self._calls,
+            self._streams,
+            self._send_cancel,
+            opened,
+            peers.on_announce,
+            self._refused,
+            self._max_size,
         )
-        self._driver = SocketDriver(self.socket, loop, inbox.on_message, peers.gone)
+        self._driver = SocketDriver(self.socket, loop, inbox.handler, peers.gone)
         monitor = self._sockets.monitor
         assert monitor is not None
         self._monitor_driver = SocketDriver(monitor, loop, peers.on_monitor_event)

@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import protocol as p
 from .._ratelog import RateLimitedLog
+from ..errors import ProtocolError
 from .calls import CallRegistry, ResendableCall
 from .generator import RemoteGenerator
 from .peers import Peer
@@ -32,12 +33,15 @@ class Inbox:
     that opened after its caller gave up; ``opened(lease)`` is told of every new stream (for
     the keepalive); ``announced(rid, msg)`` of a HELLO, BYE or PING; ``refused(rid, pend,
     error)`` of an ERROR for a call to a service that connected to the client (it returns
-    the error for the caller, or None when the call went to another service)."""
+    the error for the caller, or None when the call went to another service).
+    ``max_size``: the client's ``max_message_size`` (ZeroMQ bounds each frame; this, a
+    message of several)."""
 
     __slots__ = (
         "_announced",
         "_calls",
         "_log",
+        "_max_size",
         "_opened",
         "_refused",
         "_send_cancel",
@@ -53,6 +57,7 @@ class Inbox:
         opened: Callable[[float], None],
         announced: Callable[[bytes, p.Hello | p.Bye | p.Ping], None],
         refused: Callable[[int, ResendableCall, p.Error], p.Error | None],
+        max_size: int | None = None,
     ) -> None:
         self._calls = calls.by_id
         self._streams = streams
@@ -62,6 +67,7 @@ class Inbox:
         self._announced = announced  # a service that connected to us said HELLO, BYE or PING
         self._refused = refused
         self._log = RateLimitedLog(log)  # a service sending garbage must not flood the log
+        self._max_size = max_size
 
     def _from(self, peer: Peer, frames: list[Any]) -> bool:
         """Whether ``frames`` came from ``peer`` (where a call or a stream went); else they
@@ -74,6 +80,39 @@ class Inbox:
             "dropped an answer to a call or a stream from a service it was not sent to",
         )
         return False
+
+    @property
+    def handler(self) -> Callable[[list[Any]], None]:
+        """What the socket's reader calls with each message: :meth:`on_message`, behind the
+        size check when the client has a ``max_message_size``."""
+        return self.on_message if self._max_size is None else self._on_message_checked
+
+    def _on_message_checked(self, frames: list[Any]) -> None:
+        size = sum(map(len, frames[1:]))
+        if size > self._max_size:  # type: ignore[operator]
+            self._too_large(frames, size)
+            return
+        self.on_message(frames)
+
+    def _too_large(self, frames: list[Any], size: int) -> None:
+        """Drop an answer or a stream item over ``max_size``; fail its call, or close its
+        stream, with ProtocolError."""
+        why = f"an answer of {size} bytes, more than max_message_size={self._max_size}"
+        self._log("too large", logging.WARNING, "dropped %s", why)
+        rid = p.request_id_of(frames[1:])
+        if rid is None:
+            return
+        error = ProtocolError(f"the service sent {why}")
+        pend = self._calls.get(rid)
+        if pend is not None:
+            if self._from(pend.peer, frames):
+                del self._calls[rid]
+                if not pend.future.done():
+                    pend.future.set_exception(error)
+            return
+        stream = self._streams_by_id.get(rid)
+        if stream is not None and self._from(stream.peer, frames):
+            stream.close_remote(error)
 
     def on_message(self, frames: list[Any]) -> None:
         if len(frames) == 2:

@@ -36,6 +36,7 @@ from .. import protocol as p
 from .._edge import endpoint_change
 from .._greeting import mismatch
 from .._reactor import SocketDriver
+from .._socket import connecting_out
 from ..errors import AuthenticationError, ConnectionLostError, RPCError, exception_from_remote
 from ..security import handshake_error, warn_if_exposed
 
@@ -181,7 +182,10 @@ class PeerTable:
     def _connect(self, url: str) -> bytes:
         """Connect ``url`` under a new routing id; return the id."""
         rid = b"s%d" % next(self._rids)
-        with endpoint_change(f"cannot connect to {url!r}", self._check):
+        with (
+            endpoint_change(f"cannot connect to {url!r}", self._check),
+            connecting_out(self._socket()),
+        ):
             self._socket().setsockopt(zmq.CONNECT_ROUTING_ID, rid)
             self._socket().connect(url)
         self._connected.add(rid)

@@ -37,7 +37,7 @@ from .. import protocol as p
 from .._edge import endpoint_change
 from .._greeting import mismatch
 from .._reactor import SocketDriver
-from .._socket import monitor_socket, stop_monitor
+from .._socket import connecting_out, monitor_socket, stop_monitor
 from ..security import CurveClient, CurveServer, handshake_error
 from .dispatch import Dispatcher
 from .registry import HandlerRegistry
@@ -158,7 +158,10 @@ class Upstreams:
                 if self._loop is not None:
                     self._watch(self._loop)
             peer = b"\x01up" + os.urandom(12)
-            with endpoint_change(f"cannot connect to {url!r}", self._check):
+            with (
+                endpoint_change(f"cannot connect to {url!r}", self._check),
+                connecting_out(self._sock()),
+            ):
                 self._sock().setsockopt(zmq.CONNECT_ROUTING_ID, peer)
                 self._connect(url, security)
             self._peers[url] = peer
