@@ -149,12 +149,13 @@ def test_ab_script_compares_a_source_tree_with_a_raw_baseline(mode: str) -> None
         ("threads.py", ["--threads", "4", "--rounds", "1", "--time", "0.2"], "socket-per-thread"),
         ("workers.py", ["--reps", "1", "--time", "0.3", "--in-flight", "4"], "ratio 2/1"),
         ("workers.py", ["--cli", "--reps", "1", "--time", "0.3", "--in-flight", "4"], "serve's"),
+        ("stream_memory.py", ["--item-mib", "1", "--wait", "0.2"], "client RSS +"),
     ],
-    ids=["threads", "workers", "workers-cli"],
+    ids=["threads", "workers", "workers-cli", "stream-memory"],
 )
 def test_other_benchmark_scripts_run(script: str, options: list[str], expected: str) -> None:
-    """benchmarks/threads.py and benchmarks/workers.py (with and without --cli) run to the
-    end and print their figures."""
+    """benchmarks/threads.py, benchmarks/workers.py (with and without --cli) and
+    benchmarks/stream_memory.py run to the end and print their figures."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), *options],
         capture_output=True,
