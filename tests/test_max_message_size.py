@@ -219,3 +219,35 @@ async def test_a_limit_below_the_inline_size_checks_small_answers_too(served, ma
     with pytest.raises(ProtocolError, match="max_message_size=1000"):
         [x async for x in cli.parts_stream(1, 2000)]
     assert await cli.echo(1) == 1
+
+
+async def test_a_client_that_binds_with_a_small_limit_still_hears_hellos(make_service, make_client):
+    # A service's HELLO lists its methods (up to 1 MiB, the protocol's own bound). With the
+    # client's limit applied to it, a client that binds never saw a service with more
+    # methods than its limit has room for (or ZeroMQ cut it off, and it said HELLO again,
+    # forever).
+    url = tcp_url()
+    cli = make_client(max_message_size=1000, timeout=5.0)
+    cli.bind(url)
+    svc = make_service()
+    register_basics(svc)
+    for i in range(30):
+
+        def method(x: int = i) -> int:
+            """A method with a docstring, so the HELLO is longer than the client's limit."""
+            return x
+
+        svc.register(method, name=f"method_{i:02d}")
+    svc.connect(url)
+    svc.start()
+    for _ in range(200):  # (methods() would answer with more than 1000 bytes)
+        try:
+            assert await cli.call("method_29", timeout=1.0) == 29
+            break
+        except RPCError:  # not announced yet
+            await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the client never heard the service's HELLO")
+    with pytest.raises(ProtocolError, match="max_message_size=1000"):
+        await cli.echo(b"x" * 2000)
+    assert await cli.echo("small") == "small"

@@ -111,10 +111,14 @@ class RPCClient(CallSurface, ClientBinding, Sending):
             together (default ``None`` or ``-1``: no limit), against a service that sends more
             than this client means to hold. A larger one is dropped as it arrives, and its
             call or stream fails with :class:`~netcall.errors.ProtocolError` (a stream is
-            closed); nothing else is affected. On endpoints the client binds, ZeroMQ also
-            refuses a single frame over the limit before it takes it (ZMQ_MAXMSGSIZE) and
-            breaks that connection, which the service makes again. Not on the endpoints it
-            connects to: there libzmq would end the connection for good.
+            closed); nothing else is affected. A service's HELLO (to a client that binds) is
+            bounded by the protocol instead (1 MiB). On the ``tcp`` and ``ipc`` endpoints the
+            client binds, ZeroMQ also refuses a single frame over the limit (or over 1 MiB,
+            for the HELLO) before it takes it (ZMQ_MAXMSGSIZE) and breaks that connection:
+            every call in flight on it fails with
+            :class:`~netcall.errors.ConnectionLostError`, and the service connects again. Not
+            on the endpoints it connects to: there libzmq would end the connection for good,
+            so a message is read whole before it is refused.
     Raises:
         ValueError: ``window`` is below 1, or ``max_message_size`` is not a positive number
             of bytes, ``None`` or -1.
@@ -175,8 +179,13 @@ class RPCClient(CallSurface, ClientBinding, Sending):
 
     def _make_socket(self, heartbeat: float | None) -> zmq.Socket[Any]:
         """The client's socket (a hook: security options go to :func:`make_router`)."""
+        # ZeroMQ's per-frame limit (on the endpoints the client binds) leaves room for a
+        # service's HELLO, which the protocol bounds itself (MAX_HELLO_BYTES).
+        frame_limit = self._max_size
+        if frame_limit is not None:
+            frame_limit = max(frame_limit, p.MAX_HELLO_BYTES + p.HEADER_SIZE)
         sock = make_router(
-            self.context, server=False, heartbeat=heartbeat, max_message_size=self._max_size
+            self.context, server=False, heartbeat=heartbeat, max_message_size=frame_limit
         )
         secure_socket(sock, self.security, server=False, name=self.name)
         return sock

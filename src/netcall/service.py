@@ -62,12 +62,14 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         context: the ZeroMQ context (default: ``zmq.Context.instance()``).
         executor: run sync handlers and sync generator steps in this executor instead of inline.
         max_message_size: bytes an incoming message may have (default ``None`` or ``-1``: no
-            limit). On the endpoints the service binds, ZeroMQ drops a single frame larger
-            than this and disconnects its sender (ZMQ_MAXMSGSIZE, which bounds each frame); a
-            message whose frames add up to more (out-of-band buffers), or any larger message
-            on a connection the service made (:meth:`connect`: a broker, a client that binds;
-            there libzmq would end the connection for good), is dropped by the service, and
-            the call refused with :class:`~netcall.errors.RemoteProtocolError`.
+            limit). On the ``tcp`` and ``ipc`` endpoints the service binds, ZeroMQ drops a
+            single frame larger than this and disconnects its sender (ZMQ_MAXMSGSIZE, which
+            bounds each frame); a message whose frames add up to more (out-of-band buffers),
+            or any larger message on ``inproc`` or on a connection the service made
+            (:meth:`connect`: a broker, a client that binds; there libzmq would end the
+            connection for good), is dropped by the service, and the call refused with
+            :class:`~netcall.errors.RemoteProtocolError`. Such a message is read whole first:
+            behind a broker, give the broker a ``max_message_size`` too, to bound memory.
         stream_lease: seconds a stream survives without hearing from its client (clients ping
             every third of it), after which the generator is closed.
         grace: default seconds :meth:`stop` lets in-flight calls finish.

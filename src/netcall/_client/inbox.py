@@ -23,6 +23,7 @@ __all__ = ["Inbox"]
 log = logging.getLogger("netcall")
 
 _RESULT = p.Kind.RESULT
+_HELLO = bytes([p.Kind.HELLO])
 _split_inline = p.split_inline
 # What only a service that connected to this client says (to the peer table).
 _FROM_SERVICES = frozenset({p.Hello, p.Bye, p.Ping})
@@ -89,7 +90,9 @@ class Inbox:
 
     def _on_message_checked(self, frames: list[Any]) -> None:
         size = sum(map(len, frames[1:]))
-        if size > self._max_size:  # type: ignore[operator]
+        if size > self._max_size and frames[1][3:4] != _HELLO:  # type: ignore[operator]
+            # (A HELLO, from a service that connected to a client that binds, is bounded by
+            # the protocol's MAX_HELLO_BYTES instead.)
             self._too_large(frames, size)
             return
         self.on_message(frames)
