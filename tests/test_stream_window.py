@@ -179,10 +179,25 @@ async def test_any_byte_limit_streams_to_the_end(
     assert await asyncio.wait_for(consume(), 30.0) == n
 
 
-def test_the_byte_limit_is_checked():
+@pytest.mark.parametrize(("count", "expected"), [(1, 4), (3, 4), (20, 20), (100, 100)])
+async def test_a_credit_buys_its_count_at_the_average_size(make_service, zsockets, count, expected):
+    # The client sizes a CREDIT from the items it has seen and its own stream_buffer, which
+    # may be larger than the service's limit (a slow link): a CREDIT of 20 items of 1 MiB
+    # buys 20 MiB. Only the credit granted blind, with the CALL, is held to the limit.
+    svc = make_service()
+    _endless_bytes(svc, 2**20)
+    sock, rid = await _open_endless(svc, zsockets, "chunks")
+    assert await _items_within(sock, 0.5) == 4
+    sock.send_multipart([header(CREDIT, rid) + struct.pack("!I", count)])
+    assert await _items_within(sock, 0.5) == expected
+
+
+@pytest.mark.parametrize("field", ["max_stream_window_bytes", "max_stream_window"])
+@pytest.mark.parametrize("bad", [0, -1, float("nan")])
+def test_the_limits_are_checked(field, bad):
     assert Limits().max_stream_window_bytes == 4 * 2**20
-    with pytest.raises(ValueError, match="max_stream_window_bytes"):
-        Limits(max_stream_window_bytes=0)
+    with pytest.raises(ValueError, match=field):
+        Limits(**{field: bad})
 
 
 @pytest.mark.parametrize(

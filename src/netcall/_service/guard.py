@@ -14,6 +14,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +47,9 @@ class Limits:
             once this many went after the CALL or a CREDIT, a stream waits for the client's
             next message (one item always goes, whatever its size). A client grants its first
             16 items before it has seen one; this keeps 16 items of many MiB each from piling
-            up in both processes (4 MiB, like the client's ``stream_buffer``).
+            up in both processes (4 MiB, like the client's ``stream_buffer``). A CREDIT buys
+            at least its count of items at the average size sent so far: the client sized it
+            from the items it saw and its own ``stream_buffer``, which may be larger.
         send_hwm: messages ZeroMQ holds for one client before a send reports it busy (the
             socket's SNDHWM); then up to ``max_queued`` messages and ``max_queued_bytes`` bytes
             wait in netcall's own queue for it. A client over either is *cut off*: what waits
@@ -72,7 +75,7 @@ class Limits:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             low = 0 if field.name == "log_burst" else 1
-            if not isinstance(value, int | float) or value < low:
+            if not isinstance(value, int | float) or math.isnan(value) or value < low:
                 raise ValueError(f"Limits.{field.name} must be a number >= {low}, not {value!r}")
         if self.max_stream_window > p.MAX_COUNT:
             raise ValueError(f"Limits.max_stream_window must be at most {p.MAX_COUNT}")

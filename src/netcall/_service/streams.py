@@ -8,6 +8,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any
@@ -17,7 +18,13 @@ from .._context import CallContext, _current
 from .._payload import dumper, loader
 from .._ratelog import RateLimitedLog
 from ..errors import ProtocolError, SerializationError, exception_for_throw
-from ..protocol.session import SERVICE_STREAM, add_credit, may_send, service_stream_next
+from ..protocol.session import (
+    SERVICE_STREAM,
+    add_credit,
+    byte_allowance,
+    may_send,
+    service_stream_next,
+)
 from ..serializers import Serializer
 from .replies import Replies
 from .runner import Runner
@@ -51,11 +58,14 @@ class _Stream:
     """A generator being streamed to one client."""
 
     __slots__ = (
+        "allowance",
+        "bytes_out",
         "commands",
         "context",
         "credit",
         "gen",
         "is_async",
+        "items_out",
         "key",
         "method",
         "peer",
@@ -68,7 +78,13 @@ class _Stream:
     )
 
     def __init__(
-        self, peer: bytes, msg: p.Call, gen: Any, context: CallContext, window: int
+        self,
+        peer: bytes,
+        msg: p.Call,
+        gen: Any,
+        context: CallContext,
+        window: int,
+        max_bytes: float = math.inf,
     ) -> None:
         self.peer = peer
         self.rid = msg.id
@@ -80,10 +96,14 @@ class _Stream:
         self.is_async = not inspect.isgenerator(gen)
         # The client's credit (all of it, never capped), and the items (and their bytes) sent
         # since its CALL or last CREDIT: at most Limits.max_stream_window items, and no more
-        # once Limits.max_stream_window_bytes went (see protocol.session.may_send).
+        # once ``allowance`` bytes went: Limits.max_stream_window_bytes, or what a CREDIT
+        # buys at the items' average size (see protocol.session.may_send, byte_allowance).
         self.credit = window
         self.sent = 0
         self.sent_bytes = 0
+        self.allowance = max_bytes
+        self.items_out = 0  # items sent on credit so far, and their bytes
+        self.bytes_out = 0
         self.state = _S.FLOWING if window else _S.IDLE
         self.commands: list[tuple[str, Any]] = []
         self.waiter: asyncio.Future[None] | None = None
@@ -135,7 +155,7 @@ class Producers:
         """The call ``msg`` returned ``gen``: tell the client, start producing."""
         assert self._loop is not None
         guard = self._replies.guard
-        stream = _Stream(peer, msg, gen, context, msg.window)
+        stream = _Stream(peer, msg, gen, context, msg.window, guard.limits.max_stream_window_bytes)
         self.by_key[stream.key] = stream
         guard.loaded(peer, stream=True)
         self.touch(peer)
@@ -163,6 +183,12 @@ class Producers:
             stream.credit = add_credit(stream.credit, msg.count)
             stream.sent = 0
             stream.sent_bytes = 0
+            stream.allowance = byte_allowance(
+                replies.guard.limits.max_stream_window_bytes,
+                msg.count,
+                stream.bytes_out,
+                stream.items_out,
+            )
         elif type(msg) is p.Next:
             try:
                 value = self._load(msg)
@@ -236,7 +262,6 @@ class Producers:
         dump = self._dump
         replies = self._replies
         max_window = replies.guard.limits.max_stream_window
-        max_bytes = replies.guard.limits.max_stream_window_bytes
         produced = 0
         _current.set(stream.context)
         try:
@@ -245,7 +270,7 @@ class Producers:
                     op, value = stream.commands.pop(0)
                     lockstep = True
                 elif stream.state is _S.FLOWING and may_send(
-                    stream.credit, stream.sent, max_window, stream.sent_bytes, max_bytes
+                    stream.credit, stream.sent, max_window, stream.sent_bytes, stream.allowance
                 ):
                     # Also wait while the socket is backed up for this peer: bounded memory.
                     if replies.is_blocked(stream.peer):
@@ -294,7 +319,10 @@ class Producers:
                 if lockstep:  # STEPPING -> IDLE (a flowing stream stays FLOWING)
                     stream.state = SERVICE_STREAM.get((stream.state, p.Kind.ITEM), stream.state)
                 else:
-                    stream.sent_bytes += _size(payload, buffers)
+                    size = _size(payload, buffers) if buffers else len(payload)
+                    stream.sent_bytes += size
+                    stream.bytes_out += size
+                    stream.items_out += 1
                 produced += 1
                 if produced % _STREAM_YIELD_EVERY == 0:
                     # Fairness: a generator that never awaits must not hold the loop.

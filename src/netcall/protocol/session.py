@@ -35,6 +35,7 @@ __all__ = [
     "ClientStreamState",
     "StreamState",
     "add_credit",
+    "byte_allowance",
     "client_stream_next",
     "credit_limit",
     "credit_to_grant",
@@ -161,10 +162,23 @@ def may_send(
 
     The byte bound is what keeps the first credit safe: a client grants :data:`FIRST_CREDIT`
     items before it has seen any (16 items of 16 MiB would be 256 MiB buffered on both ends),
-    so a service sends items of any size while less than ``max_bytes`` went since the
-    client's last message, and then waits for the next one. At least one item goes per
-    message, so a stream never stalls (see :func:`credit_when_starved`)."""
+    so a service sends items of any size while less than ``max_bytes`` (see
+    :func:`byte_allowance`) went since the client's last message, and then waits for the
+    next one. At least one item goes per message, so a stream never stalls (see
+    :func:`credit_when_starved`)."""
     return credit > 0 and sent < max_window and sent_bytes < max_bytes
+
+
+def byte_allowance(max_bytes: float, count: int, bytes_out: int, items_out: int) -> float:
+    """The bytes of items a service may send after a CREDIT of ``count`` items, having sent
+    ``items_out`` items of ``bytes_out`` bytes on credit so far: its ``max_bytes``
+    (``Limits.max_stream_window_bytes``), or ``count`` items of the average size so far when
+    that is more. A client sizes its CREDITs from the items it has seen and its own byte
+    budget (:func:`credit_limit`), so a budget larger than the service's is honoured; the
+    credit granted blind, with the CALL, is held to ``max_bytes``."""
+    if not items_out:
+        return max_bytes
+    return max(max_bytes, count * (bytes_out / items_out))
 
 
 def update_item_size(average: float, size: int) -> float:
