@@ -150,12 +150,14 @@ def test_ab_script_compares_a_source_tree_with_a_raw_baseline(mode: str) -> None
         ("workers.py", ["--reps", "1", "--time", "0.3", "--in-flight", "4"], "ratio 2/1"),
         ("workers.py", ["--cli", "--reps", "1", "--time", "0.3", "--in-flight", "4"], "serve's"),
         ("stream_memory.py", ["--item-mib", "1", "--wait", "0.2"], "client RSS +"),
+        ("slow_link.py", ["--delay", "0.01", "--items", "30", "--item-mib", "0.1"], "MiB/s"),
     ],
-    ids=["threads", "workers", "workers-cli", "stream-memory"],
+    ids=["threads", "workers", "workers-cli", "stream-memory", "slow-link"],
 )
 def test_other_benchmark_scripts_run(script: str, options: list[str], expected: str) -> None:
-    """benchmarks/threads.py, benchmarks/workers.py (with and without --cli) and
-    benchmarks/stream_memory.py run to the end and print their figures."""
+    """benchmarks/threads.py, benchmarks/workers.py (with and without --cli),
+    benchmarks/stream_memory.py and benchmarks/slow_link.py run to the end and print their
+    figures."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), *options],
         capture_output=True,

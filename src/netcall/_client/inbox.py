@@ -35,8 +35,8 @@ class Inbox:
     the keepalive); ``announced(rid, msg)`` of a HELLO, BYE or PING; ``refused(rid, pend,
     error)`` of an ERROR for a call to a service that connected to the client (it returns
     the error for the caller, or None when the call went to another service).
-    ``max_size``: the client's ``max_message_size`` (ZeroMQ bounds each frame; this, a
-    message of several)."""
+    ``max_size``: the client's ``max_message_size``, checked here on every message but a
+    HELLO (ZeroMQ's per-frame limit holds on the endpoints the client binds only)."""
 
     __slots__ = (
         "_announced",
