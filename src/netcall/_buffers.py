@@ -46,7 +46,13 @@ _MAX_DIMS = 32
 
 
 def nbytes(buf: Any) -> int:
-    return buf.nbytes if type(buf) is memoryview else len(buf)
+    """Bytes in ``buf``: ``bytes``, a memoryview, a received frame or any buffer (an array
+    handed over by a user's serializer, whose ``len`` counts elements)."""
+    if type(buf) is bytes:
+        return len(buf)
+    if type(buf) is memoryview:
+        return buf.nbytes
+    return memoryview(buf).nbytes
 
 
 def buffer_ext(buf: Any, out: list[Any], minimum: int) -> Any:

@@ -8,12 +8,12 @@ import asyncio
 import functools
 import inspect
 import logging
-import math
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any
 
 from .. import protocol as p
+from .._buffers import nbytes
 from .._context import CallContext, _current
 from .._payload import dumper, loader
 from .._ratelog import RateLimitedLog
@@ -40,14 +40,6 @@ STREAM_KINDS: dict[type, p.Kind] = {
     p.Credit: p.Kind.CREDIT,
 }
 _S = p.StreamState
-
-
-def _size(payload: bytes, buffers: list[Any]) -> int:
-    """Bytes of an item: its payload and its out-of-band buffers."""
-    size = len(payload)
-    for buf in buffers:
-        size += len(buf) if type(buf) is bytes else memoryview(buf).nbytes
-    return size
 
 
 def is_generator(value: Any) -> bool:
@@ -84,7 +76,7 @@ class _Stream:
         gen: Any,
         context: CallContext,
         window: int,
-        max_bytes: float = math.inf,
+        max_bytes: float,
     ) -> None:
         self.peer = peer
         self.rid = msg.id
@@ -319,7 +311,7 @@ class Producers:
                 if lockstep:  # STEPPING -> IDLE (a flowing stream stays FLOWING)
                     stream.state = SERVICE_STREAM.get((stream.state, p.Kind.ITEM), stream.state)
                 else:
-                    size = _size(payload, buffers) if buffers else len(payload)
+                    size = len(payload) + sum(map(nbytes, buffers)) if buffers else len(payload)
                     stream.sent_bytes += size
                     stream.bytes_out += size
                     stream.items_out += 1
