@@ -51,3 +51,19 @@ def register_work(svc: Any, name: str, ran: list[str], started: asyncio.Event) -
         started.set()
         await asyncio.sleep(seconds)
         return name
+
+
+async def offered(cli: Any, method: str, timeout: float = 10.0) -> None:
+    """Wait until a service the client can reach (behind a broker, or connected to a client
+    that binds) offers ``method``."""
+    from netcall import RPCError
+
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            if method in await cli.methods():
+                return
+        except RPCError:  # a client that binds: no service has connected yet
+            pass
+        assert time.monotonic() < end, f"no service offers {method}"
+        await asyncio.sleep(0.01)

@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 
 from _cluster import Procs, kill9, rolling_restart
+from _helpers import offered
 from conftest import tcp_url
 from netcall import (
     ConnectionLostError,
@@ -465,7 +466,4 @@ async def test_a_handler_that_lets_a_busy_error_through_runs_once(make_service, 
 
 async def wait_names_of(cli: RPCClient, method: str, timeout: float = 10.0) -> None:
     """Wait until a service behind the broker offers ``method``."""
-    t0 = time.monotonic()
-    while method not in await cli.methods():
-        assert time.monotonic() - t0 < timeout, f"no service offers {method}"
-        await asyncio.sleep(0.01)
+    await offered(cli, method, timeout)

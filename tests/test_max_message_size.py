@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from _helpers import offered
 from conftest import register_basics, tcp_url
 from netcall import (
     Broker,
@@ -131,17 +132,6 @@ async def test_the_blocking_client_takes_it_too(served, ctx):
     await asyncio.to_thread(blocking)
 
 
-async def _offered(cli: RPCClient, method: str) -> None:
-    for _ in range(500):
-        try:
-            if method in await cli.methods():
-                return
-        except RPCError:  # a client that binds: no service connected yet
-            pass
-        await asyncio.sleep(0.01)
-    pytest.fail(f"no service offers {method}")
-
-
 async def test_an_oversized_call_through_a_broker_leaves_the_service_joined(
     make_service, make_client
 ):
@@ -155,7 +145,7 @@ async def test_an_oversized_call_through_a_broker_leaves_the_service_joined(
         svc.start()
         cli = make_client(timeout=5.0)
         cli.connect(front)
-        await _offered(cli, "echo")
+        await offered(cli, "echo")
         for _ in range(3):
             with pytest.raises(RemoteProtocolError, match=f"max_message_size={LIMIT}"):
                 await cli.echo(b"x" * 2 * LIMIT)
@@ -170,7 +160,7 @@ async def test_an_oversized_call_from_a_client_that_binds(make_service, make_cli
     register_basics(svc)
     svc.connect(url)
     svc.start()
-    await _offered(cli, "echo")
+    await offered(cli, "echo")
     with pytest.raises(RemoteProtocolError, match="max_message_size"):
         await cli.echo(b"x" * 2 * LIMIT)
     assert await cli.echo("still here") == "still here"
@@ -205,7 +195,7 @@ async def test_a_service_connected_out_still_limits_its_binds(make_service, make
             pytest.fail("the client did not connect again")
         by_broker = make_client(timeout=5.0)
         by_broker.connect(front)
-        await _offered(by_broker, "echo")
+        await offered(by_broker, "echo")
         assert await by_broker.echo("through the broker") == "through the broker"
 
 

@@ -12,7 +12,7 @@ import msgpack
 import pytest
 import zmq
 
-from _helpers import recv_within
+from _helpers import offered, recv_within
 from conftest import tcp_url
 from fuzz_peer import CREDIT, ITEM, STREAM, call_head, header
 from netcall import Limits
@@ -20,28 +20,44 @@ from netcall import Limits
 pytestmark = pytest.mark.timeout(60)
 
 
-async def _stream_all(make_service, make_client, n, client_window, limits=None):
-    svc = make_service(limits=limits) if limits is not None else make_service()
+def _register_streams(svc) -> None:
+    """``count(n)``: 0 to n - 1; ``chunks(n, size)``: n items of ``size`` bytes, each its
+    number over and over."""
 
     @svc.register
     def count(n):
         yield from range(n)
 
-    url = tcp_url()
-    svc.bind(url)
-    svc.start()
-    # A step that waits for credit nobody sends fails after the client's timeout.
-    cli = make_client(window=client_window, timeout=2.0)
-    cli.connect(url)
+    @svc.register
+    def chunks(n, size):
+        for i in range(n):
+            yield i.to_bytes(4, "big") * (size // 4)
 
-    async def consume():
-        got = 0
+
+async def _consume(cli, n, item_size=None) -> int:
+    """Read ``count(n)``, or ``chunks(n, item_size)``, to the end, checking every item."""
+    got = 0
+    if item_size is None:
         async for x in cli.count(n):
             assert x == got
             got += 1
         return got
+    async for x in cli.chunks(n, item_size):
+        assert len(x) == item_size // 4 * 4 and x[:4] == got.to_bytes(4, "big")
+        got += 1
+    return got
 
-    assert await asyncio.wait_for(consume(), 30.0) == n
+
+async def _stream_all(make_service, make_client, n, client_window, limits=None, item_size=None):
+    svc = make_service(limits=limits) if limits is not None else make_service()
+    _register_streams(svc)
+    url = tcp_url()
+    svc.bind(url)
+    svc.start()
+    # A step that waits for credit nobody sends fails after the client's timeout.
+    cli = make_client(window=client_window, timeout=2.0 if item_size is None else 5.0)
+    cli.connect(url)
+    assert await asyncio.wait_for(_consume(cli, n, item_size), 30.0) == n
 
 
 async def test_a_client_window_beyond_twice_the_service_limit(make_service, make_client):
@@ -156,27 +172,8 @@ async def test_each_client_message_buys_at_most_the_byte_limit(
 async def test_any_byte_limit_streams_to_the_end(
     make_service, make_client, n, item_size, max_bytes, window
 ):
-    svc = make_service(limits=Limits(max_stream_window_bytes=max_bytes))
-
-    @svc.register
-    def chunks(n, size):
-        for i in range(n):
-            yield i.to_bytes(4, "big") * (size // 4)
-
-    url = tcp_url()
-    svc.bind(url)
-    svc.start()
-    cli = make_client(window=window, timeout=5.0)
-    cli.connect(url)
-
-    async def consume():
-        got = 0
-        async for x in cli.chunks(n, item_size):
-            assert len(x) == item_size // 4 * 4 and x[:4] == got.to_bytes(4, "big")
-            got += 1
-        return got
-
-    assert await asyncio.wait_for(consume(), 30.0) == n
+    limits = Limits(max_stream_window_bytes=max_bytes)
+    await _stream_all(make_service, make_client, n, window, limits, item_size)
 
 
 @pytest.mark.parametrize(("count", "expected"), [(1, 4), (3, 4), (20, 20), (100, 100)])
@@ -216,27 +213,12 @@ async def test_the_byte_limit_through_a_broker(
 
     front, back = tcp_url(), tcp_url()
     svc = make_service(limits=Limits(max_stream_window_bytes=max_bytes))
-
-    @svc.register
-    def chunks(n, size):
-        for i in range(n):
-            yield i.to_bytes(4, "big") * (size // 4)
-
+    _register_streams(svc)
     async with Broker(front, back):
         svc.connect(back)
         svc.start()
         cli = make_client(window=window, stream_buffer=stream_buffer, timeout=5.0)
         cli.connect(front)
-        deadline = asyncio.get_running_loop().time() + 10
-        while "chunks" not in await cli.methods():
-            assert asyncio.get_running_loop().time() < deadline, "no service behind the broker"
-            await asyncio.sleep(0.01)
+        await offered(cli, "chunks")
 
-        async def consume():
-            got = 0
-            async for x in cli.chunks(n, item_size):
-                assert x[:4] == got.to_bytes(4, "big")
-                got += 1
-            return got
-
-        assert await asyncio.wait_for(consume(), 40.0) == n
+        assert await asyncio.wait_for(_consume(cli, n, item_size), 40.0) == n
