@@ -625,3 +625,31 @@ async def test_when_every_service_with_the_method_stops_new_calls_say_so(make_cl
         await cli.math.nothing_of_the_kind()
     assert sorted(await asyncio.gather(*slow)) == ["a", "a", "b", "b"]
     await asyncio.gather(*stops)
+
+
+async def test_a_client_that_connects_and_binds_sends_announced_methods_where_they_are(
+    make_client, make_service
+):
+    """A client that both connects to a service (whose methods it does not know) and binds
+    (services there announce theirs) sends a call for a method only an announced service
+    lists to that service, never to the one it connected to; other calls still reach the
+    service it connected to."""
+    plain = make_service(name="plain")
+
+    @plain.register(name="who")
+    async def who_plain() -> str:
+        return "plain"
+
+    port = plain.bind_ports("127.0.0.1")
+    plain.start()
+    cli = make_client(timeout=5)
+    cli.connect(f"tcp://127.0.0.1:{port}")
+    url = f"tcp://127.0.0.1:{cli.bind_ports('127.0.0.1')}"
+    a = make_math(make_service, "a")
+    a.connect(url)
+    a.start()
+    await wait_until(lambda: bool(cli._peers.announced))
+    names = await asyncio.gather(*[cli.math.whoami() for _ in range(40)])
+    assert set(names) == {"a"}
+    # A method nobody announced goes to the service it connected to, which has it.
+    assert set(await asyncio.gather(*[cli.who() for _ in range(10)])) == {"plain"}

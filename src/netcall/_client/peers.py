@@ -206,8 +206,10 @@ class PeerTable:
 
     def pick(self, method: str) -> Peer:
         """The service for a new call: one that may have ``method`` (an announced service that
-        lists it, or any service connected to), live ones first, then the fewest calls in
-        flight, then round robin.
+        lists it, or any service connected to), live ones first, then one known to have it (a
+        client that both connects and binds sends a method an announced service lists there,
+        not to a service whose methods it does not know), then the fewest calls in flight,
+        then round robin.
 
         Raises:
             RPCError: no service at all.
@@ -237,9 +239,15 @@ class PeerTable:
                 ):
                     stopping = stopping or (peer.draining and method in peer.methods)
                     continue
-                if found is None or (peer.refused is None, peer.up, -peer.inflight) > (
+                if found is None or (
+                    peer.refused is None,
+                    peer.up,
+                    peer.methods is not None and method in peer.methods,
+                    -peer.inflight,
+                ) > (
                     found.refused is None,
                     found.up,
+                    found.methods is not None and method in found.methods,
                     -found.inflight,
                 ):
                     found = peer
