@@ -3,7 +3,6 @@
 Run: python examples/gevent_generator_client.py [ENDPOINT ...] (default: tcp://127.0.0.1:5555)
 """
 
-import gc
 import sys
 
 from netcall.green import GeventRPCClient
@@ -20,5 +19,4 @@ print(next(generator))
 print(generator.send(2))
 print(repr(generator.throw(TypeError("spam"))))
 generator = None  # implicitly call generator.close()
-gc.collect()
 client.close()

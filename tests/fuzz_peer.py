@@ -28,6 +28,7 @@ import random
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -387,6 +388,12 @@ def free_url() -> str:
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
+def read_to_end(stream: Any) -> None:
+    """Read ``stream`` to its end, keeping nothing."""
+    for _ in stream:
+        pass
+
+
 def campaign(args: argparse.Namespace) -> dict[str, Any]:
     import asyncio
 
@@ -412,6 +419,9 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
         if not line.startswith("READY"):
             raise RuntimeError(f"target did not start: {line!r}")
         pid = int(line.split()[1])
+        # The target writes a line per stream it closes: read them all, or once the pipe is
+        # full its next write blocks the whole service (a long campaign closes thousands).
+        threading.Thread(target=read_to_end, args=(target.stdout,), daemon=True).start()
 
         async def honest() -> dict[str, Any]:
             cli = RPCClient(args.serializer, timeout=5.0)

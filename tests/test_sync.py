@@ -130,6 +130,29 @@ def test_generator_closed_on_garbage_collection(
     assert wait_for(lambda: client.open_streams == 0)
 
 
+@pytest.mark.parametrize("form", ["instance", "type and message"])
+def test_a_generator_dropped_after_throw_is_closed_at_once(
+    client: SyncRPCClient, remote: ServiceThread, form: str
+) -> None:
+    """The seed's session: ``throw()``, then ``generator = None`` closes it, with no wait for
+    the cycle collector (the thrown exception's traceback held the generator's frame)."""
+    gen = client.echo_gen(1)
+    assert next(gen) == 1
+    if form == "instance":
+        assert gen.throw(TypeError("spam")) == "caught TypeError: spam"
+    else:
+        assert gen.throw(TypeError, "spam") == "caught TypeError: spam"
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        gen = None
+        assert wait_for(lambda: remote.closed == ["echo_gen"])
+    finally:
+        if collecting:
+            gc.enable()
+    assert wait_for(lambda: client.open_streams == 0)
+
+
 def test_generator_step_timeout(ctx: Any, remote: ServiceThread) -> None:
     with SyncRPCClient(context=ctx, timeout=0.3) as cli:
         cli.connect(remote.url)

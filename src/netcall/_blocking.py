@@ -133,8 +133,12 @@ def _drive(
         while True:
             try:
                 if error is not None:
-                    exc, error = error, None
-                    item = proxy.throw(exc)
+                    try:
+                        item = proxy.throw(error)
+                    finally:
+                        # Its traceback holds this frame: kept here, it would keep a dropped
+                        # generator alive until the cycle collector ran (no close meanwhile).
+                        error = None
                 elif value is not None:
                     item = proxy.send(value)
                 else:
