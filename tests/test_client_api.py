@@ -88,6 +88,38 @@ async def test_call_without_any_connection_is_a_clear_error(make_client):
 # ---------------------------------------------------------------- names
 
 
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        (lambda c, s: c.call(123), TypeError),
+        (lambda c, s: c.call(b"echo"), TypeError),
+        (lambda c, s: c.call("echo", 1, timeout="1"), TypeError),
+        (lambda c, s: c.call("echo", 1, timeout=True), TypeError),
+        (lambda c, s: c.call("echo", 1, timeout=float("nan")), ValueError),
+        (lambda c, s: c.with_options(timeout="1"), TypeError),
+        (lambda c, s: c.with_options(timeout=1).call(7), TypeError),
+        (lambda c, s: RPCClient(timeout="1"), TypeError),
+        (lambda c, s: RPCClient(timeout=float("nan")), ValueError),
+        (lambda c, s: c.connect(5555), TypeError),
+        (lambda c, s: c.connect(["tcp://127.0.0.1:5555", None]), TypeError),
+        (lambda c, s: c.bind(b"tcp://127.0.0.1:*"), TypeError),
+        (lambda c, s: s.bind(123), TypeError),
+        (lambda c, s: s.connect([1]), TypeError),
+    ],
+)
+async def test_misuse_is_a_clear_error_at_once(service, client, make, error):
+    """A wrong type for a method name, a timeout or an endpoint fails where it is given, with
+    a message that names it (not an AttributeError from deep inside, or later at a call)."""
+    with pytest.raises(error, match=r"method name|timeout|endpoint"):
+        make(client, service)
+    assert client.pending == 0
+    assert await client.echo("still fine") == "still fine"
+    # A number type other than float and int is taken as seconds.
+    from fractions import Fraction
+
+    assert await client.call("echo", 2, timeout=Fraction(5, 2)) == 2
+
+
 async def test_dotted_names(service, client):
     service.register(lambda a, b: a + b, name="math.add")
     service.register(lambda: "deep", name="a.b.c.d.e")

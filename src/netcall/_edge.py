@@ -6,14 +6,14 @@ whatever a third-party serializer raises. The original is always the ``__cause__
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import zmq
 
 from .errors import ClientClosedError, EncodingError, RPCError, SerializationError
 
-__all__ = ["TransportError", "endpoint_change", "map_exceptions", "translate"]
+__all__ = ["TransportError", "endpoint_change", "endpoints", "map_exceptions", "translate"]
 
 
 class TransportError(RPCError, zmq.ZMQError):
@@ -90,3 +90,21 @@ def endpoint_change(what: str, check: Callable[[], None] | None) -> Iterator[Non
     finally:
         if check is not None:
             check()
+
+
+def endpoints(urls: str | Iterable[str]) -> list[str]:
+    """``urls`` (one endpoint, or several) as a list.
+
+    Raises:
+        TypeError: an endpoint is not a ``str``.
+    """
+    if isinstance(urls, str):
+        return [urls]
+    try:
+        wanted = list(urls)
+    except TypeError:
+        wanted = [urls]  # type: ignore[list-item]
+    for url in wanted:
+        if not isinstance(url, str):
+            raise TypeError(f"an endpoint is a str such as 'tcp://host:port', not {url!r}")
+    return wanted

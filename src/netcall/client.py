@@ -27,7 +27,7 @@ from ._client.generator import RemoteGenerator, close_quietly
 from ._client.inbox import Inbox
 from ._client.outgoing import effective_timeout
 from ._client.peers import Keepalive, Peer, PeerTable
-from ._client.proxy import UNSET
+from ._client.proxy import UNSET, checked_timeout
 from ._client.sending import Sending
 from ._client.sockets import ClientSockets, check_loop_left
 from ._client.streams import ConsumerStreams
@@ -120,9 +120,9 @@ class RPCClient(CallSurface, ClientBinding, Sending):
             on the endpoints it connects to: there libzmq would end the connection for good,
             so a message is read whole before it is refused.
     Raises:
-        ValueError: ``window`` is below 1, or ``max_message_size`` is not a positive number
-            of bytes, ``None`` or -1.
-        TypeError: a middleware is not callable.
+        ValueError: ``window`` is below 1, ``timeout`` is NaN, or ``max_message_size`` is not
+            a positive number of bytes, ``None`` or -1.
+        TypeError: a middleware is not callable, or ``timeout`` not a number or ``None``.
         TransportError: ZeroMQ could not create the socket.
         TypeError: ``security`` is not ``Curve.client(...)``.
     """
@@ -158,7 +158,7 @@ class RPCClient(CallSurface, ClientBinding, Sending):
         self._propagate = propagate_deadline
         self.serializer = get_serializer(serializer)
         self.context = context or zmq.Context.instance()
-        self.timeout = timeout
+        self.timeout = checked_timeout(timeout)
         self.window = window
         self.stream_buffer = stream_buffer
         self.name = name or "RPCClient"
@@ -211,6 +211,7 @@ class RPCClient(CallSurface, ClientBinding, Sending):
 
         Raises:
             TransportError: a malformed endpoint (also a ``zmq.ZMQError``).
+            TypeError: an endpoint is not a ``str``.
             ClientClosedError: the client is closed.
         """
         if self._closed:

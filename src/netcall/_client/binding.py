@@ -39,6 +39,7 @@ class ClientBinding:
 
         Raises:
             TransportError: an endpoint cannot be bound (also a ``zmq.ZMQError``).
+            TypeError: an endpoint is not a ``str``.
             ClientClosedError: the client is closed.
         """
         if self._closed:

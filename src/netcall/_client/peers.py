@@ -33,7 +33,7 @@ import zmq
 import zmq.utils.monitor
 
 from .. import protocol as p
-from .._edge import endpoint_change
+from .._edge import endpoint_change, endpoints
 from .._greeting import mismatch
 from .._reactor import SocketDriver
 from .._socket import connecting_out
@@ -166,7 +166,7 @@ class PeerTable:
         self._asking.clear()
 
     def connect(self, urls: str | Iterable[str], only: bool) -> None:
-        wanted = [urls] if isinstance(urls, str) else list(urls)
+        wanted = endpoints(urls)
         if only:
             for url in set(self.by_url) - set(wanted):
                 self.disconnect(url)
@@ -284,7 +284,7 @@ class PeerTable:
     # -- services that connect to this client ---------------------------------------------
 
     def bind(self, urls: str | Iterable[str], only: bool) -> None:
-        wanted = [urls] if isinstance(urls, str) else list(urls)
+        wanted = endpoints(urls)
         if only:
             for url in self.bound - set(wanted):
                 self.unbind(url)

@@ -7,6 +7,7 @@ They hold only an :data:`Invoke` function (the client's way to make a call), nev
 from __future__ import annotations
 
 import asyncio
+import numbers
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from threading import get_ident
 from typing import Any, TypeVar
@@ -15,7 +16,7 @@ from .._context import CallContext, _current
 from ..errors import RPCError, RPCTimeoutError
 from .generator import RemoteGenerator
 
-__all__ = ["UNSET", "Call", "Invoke", "Method", "Options"]
+__all__ = ["UNSET", "Call", "Invoke", "Method", "Options", "checked_name", "checked_timeout"]
 
 #: ``timeout`` not given: the client's default applies.
 UNSET: Any = object()
@@ -30,6 +31,34 @@ Invoke = Callable[..., Awaitable[Any]]
 _Metadata = Mapping[str, str] | None
 
 
+def checked_timeout(timeout: Any) -> Any:
+    """``timeout`` as given: :data:`UNSET`, ``None`` or a number of seconds.
+
+    Raises:
+        TypeError: it is not a number (a bool is not one).
+        ValueError: it is NaN.
+    """
+    kind = type(timeout)
+    if kind is float or kind is int or timeout is UNSET or timeout is None:
+        if timeout != timeout:
+            raise ValueError("timeout must be a number of seconds or None, not NaN")
+        return timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds or None, not {kind.__name__}")
+    return checked_timeout(float(timeout))
+
+
+def checked_name(name: Any) -> str:
+    """``name``, a method's name.
+
+    Raises:
+        TypeError: it is not a ``str``.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"a method name is a str, not {type(name).__name__}")
+    return name
+
+
 class Options:
     """``client.with_options(...)``: calls through it carry these options."""
 
@@ -37,7 +66,7 @@ class Options:
 
     def __init__(self, invoke: Invoke, timeout: Any, oneway: bool, metadata: _Metadata) -> None:
         self._invoke = invoke
-        self._timeout = timeout
+        self._timeout = checked_timeout(timeout)
         self._oneway = oneway
         self._metadata = metadata
 
@@ -47,6 +76,7 @@ class Options:
         return Method(self._invoke, name, self._timeout, self._oneway, self._metadata)
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Call:
+        name = checked_name(name)
         return Call(self._invoke, name, args, kwargs, self._timeout, self._oneway, self._metadata)
 
     def typed(self, protocol: Callable[..., T]) -> T:

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from .._middleware import ClientMiddleware, OutgoingCall, check_middleware
 from .outgoing import ClientChain
-from .proxy import UNSET, Call, Method, Options
+from .proxy import UNSET, Call, Method, Options, checked_name, checked_timeout
 
 __all__ = ["CallSurface"]
 
@@ -66,8 +66,14 @@ class CallSurface:
             ClientClosedError: the client was closed.
             RPCError: not connected to any service.
             ValueError: the metadata breaks the rules or limits (nothing is sent).
+
+        Raises (at once):
+            TypeError: ``name`` is not a ``str``, or ``timeout`` not a number or ``None``.
+            ValueError: ``timeout`` is NaN.
         """
-        return Call(self._invoke, name, args, kwargs, timeout, oneway, metadata)
+        if timeout is not UNSET:
+            timeout = checked_timeout(timeout)
+        return Call(self._invoke, checked_name(name), args, kwargs, timeout, oneway, metadata)
 
     async def methods(self, timeout: float | None = UNSET) -> dict[str, dict[str, str]]:
         """The service's methods: ``{name: {"signature": ..., "doc": ...}}``.
@@ -86,7 +92,12 @@ class CallSurface:
         metadata: Mapping[str, str] | None = None,
     ) -> Options:
         """A view of this client whose calls use these options: ``client.with_options(
-        timeout=2, metadata={"request-id": "7"}).slow(x)``."""
+        timeout=2, metadata={"request-id": "7"}).slow(x)``.
+
+        Raises:
+            TypeError: ``timeout`` is not a number or ``None``.
+            ValueError: ``timeout`` is NaN.
+        """
         return Options(self._invoke, timeout, oneway, metadata)
 
     def typed(self, protocol: Callable[..., T]) -> T:

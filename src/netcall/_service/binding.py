@@ -9,7 +9,7 @@ from typing import Any
 
 import zmq
 
-from .._edge import endpoint_change
+from .._edge import endpoint_change, endpoints
 from .._reactor import SocketDriver
 from ..security import warn_if_exposed
 
@@ -44,8 +44,9 @@ class ServiceBinding:
         Raises:
             RPCError: an endpoint cannot be bound (address in use, bad address); the
                 ``zmq.ZMQError`` is its ``__cause__``.
+            TypeError: an endpoint is not a ``str``.
         """
-        wanted = [urls] if isinstance(urls, str) else list(urls)
+        wanted = endpoints(urls)
         if only:
             for url in self._bound - set(wanted):
                 self.unbind(url)

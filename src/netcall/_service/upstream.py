@@ -34,7 +34,7 @@ import zmq
 import zmq.utils.monitor
 
 from .. import protocol as p
-from .._edge import endpoint_change
+from .._edge import endpoint_change, endpoints
 from .._greeting import mismatch
 from .._reactor import SocketDriver
 from .._socket import connecting_out, monitor_socket, stop_monitor
@@ -142,14 +142,14 @@ class Upstreams:
 
         Raises:
             TransportError: a malformed endpoint.
-            TypeError: ``security`` is not ``Curve.client(...)``.
+            TypeError: ``security`` is not ``Curve.client(...)``, or an endpoint not a ``str``.
         """
         if security is not None and not isinstance(security, CurveClient):
             raise TypeError(
                 "service.connect(security=) takes Curve.client(<the peer's public key>, "
                 f"keypair=...), not {type(security).__name__}"
             )
-        for url in [urls] if isinstance(urls, str) else list(urls):
+        for url in endpoints(urls):
             if url in self._peers:
                 continue
             if self._monitor is None:
@@ -422,7 +422,7 @@ class ServiceConnecting:
 
         Raises:
             TransportError: a malformed endpoint (also a ``zmq.ZMQError``).
-            TypeError: ``security`` is not ``Curve.client(...)``.
+            TypeError: ``security`` is not ``Curve.client(...)``, or an endpoint not a ``str``.
             RuntimeError: the service is closed.
         """
         if self._closed:
