@@ -27,6 +27,7 @@ NETCALL = [sys.executable, "-X", "dev", "-W", "error", "-m", "netcall"]
 MODULE = '''
 import asyncio
 import datetime
+import time
 
 notes = []
 
@@ -54,6 +55,12 @@ def count(n):
 async def slow(seconds):
     print("slow started", flush=True)  # the tests wait for this line
     await asyncio.sleep(seconds)
+    return "done"
+
+
+def block(seconds):
+    print("block started", flush=True)  # a plain function: it holds the loop as it sleeps
+    time.sleep(seconds)
     return "done"
 
 
@@ -425,6 +432,66 @@ def test_ctrl_c_during_a_long_call_is_graceful_then_immediate(workdir: Path) -> 
         assert status == 130 and time.monotonic() - start < 5, err
         assert "stopping now" in err and "Traceback" not in err
         client.wait(timeout=15)
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("executor", ["inline", "threads"])
+def test_ctrl_c_during_a_plain_function_that_holds_on(workdir: Path, executor: str) -> None:
+    """A plain function served as it is runs on the loop (or in a handler thread) and cannot
+    be cancelled: the first Ctrl-C still says so at once, and the grace still bounds the stop
+    (the function is interrupted where it is, or its thread left behind); the caller gets
+    ServiceStoppingError."""
+    options = ["--executor", "threads"] if executor == "threads" else []
+    server = Served("svcmod", workdir, "--grace", "1", *options)
+    try:
+        client = subprocess.Popen(
+            [*NETCALL, server.url, "block", "30"],
+            env=netcall_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        server.wait_for("block started")
+        start = time.monotonic()
+        server.interrupt()
+        assert server.proc.stderr is not None
+        line = server.proc.stderr.readline()
+        assert "stopping, waiting up to 1 s for 1 call; Ctrl-C again to stop now" in line
+        assert time.monotonic() - start < 1.0
+        status, _, err = server.finish()
+        took = time.monotonic() - start
+        assert status == 0 and 0.9 < took < 6, (took, err)
+        assert "Traceback" not in err
+        if executor == "threads":
+            assert "leaving 1 handler thread still running" in err
+        _, client_err = client.communicate(timeout=15)
+        assert client.returncode == 1 and "ServiceStoppingError" in client_err, client_err
+    finally:
+        server.kill()
+
+
+def test_a_second_ctrl_c_interrupts_a_plain_function_that_holds_on(workdir: Path) -> None:
+    server = Served("svcmod", workdir, "--grace", "30")
+    try:
+        client = subprocess.Popen(
+            [*NETCALL, server.url, "block", "30"],
+            env=netcall_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        server.wait_for("block started")
+        start = time.monotonic()
+        server.interrupt()
+        assert server.proc.stderr is not None
+        assert "stopping, waiting up to 30 s for 1 call" in server.proc.stderr.readline()
+        server.interrupt()
+        status, _, err = server.finish()
+        assert status == 130 and time.monotonic() - start < 5, err
+        assert "stopping now" in err and "Traceback" not in err
+        _, client_err = client.communicate(timeout=15)
+        assert client.returncode == 1 and "interrupted" in client_err, client_err
     finally:
         server.kill()
 

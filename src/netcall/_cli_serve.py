@@ -27,11 +27,13 @@ import os
 import signal
 import sys
 import threading
+import time
 import types
 from typing import Any
 
 import zmq
 
+from ._cli_stop import Interrupts
 from ._cli_util import CLIError, add_security_options, check_endpoint, security_from
 from .service import RPCService
 
@@ -303,12 +305,10 @@ async def run(ns: argparse.Namespace) -> int:
         raise
     netcall_log.setLevel(logging.NOTSET)
     loop = asyncio.get_running_loop()
-    state = {"stops": 0}
     stopper: list[asyncio.Task[None]] = []
 
-    def on_signal() -> None:
-        state["stops"] += 1
-        if state["stops"] == 1:
+    def first(say: bool) -> None:  # on the loop, after the first Ctrl-C or SIGTERM
+        if say:
             busy = service.active_calls + service.active_streams
             print(
                 f"netcall: stopping, waiting up to {ns.grace:g} s for {busy} "
@@ -316,34 +316,44 @@ async def run(ns: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+        if not service.closed:
             stopper.append(loop.create_task(service.stop(grace=ns.grace)))
-        else:
-            print("netcall: stopping now", file=sys.stderr, flush=True)
-            service.close()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+    def second() -> None:
+        print("netcall: stopping now", file=sys.stderr, flush=True)
+        service.close()
+
+    interrupts = Interrupts(loop, service, ns.grace, first, second)
+    interrupts.install()
     endpoints = ", ".join([*sorted(service.bound), *ns.connect])
     print(f"serving {ns.spec} on {endpoints} (Ctrl-C to stop)", flush=True)
+    pool = getattr(ns, "pool", None)
     try:
         await service.serve()
-        if stopper and state["stops"] == 1:
+        if stopper and interrupts.stops == 1:
             await stopper[0]  # the graceful stop also waits for cancelled handlers to unwind
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        if not service.closed:
-            service.close()
-        for task in stopper:
-            task.cancel()
-        pool = getattr(ns, "pool", None)
+    except BaseException:
+        _close(service, stopper, interrupts)
         if pool is not None:
-            _shutdown_pool(pool, now=state["stops"] > 1)
-    if state["stops"] <= 1:
+            _shutdown_pool(pool, EXIT_STOPPED_NOW)
+        raise
+    _close(service, stopper, interrupts)
+    status = EXIT_STOPPED_NOW if interrupts.stops > 1 else 0
+    if status == 0:
         # ZeroMQ drops what is still queued when a process exits without terminating its
         # context: let the last replies leave (the service closed with a 200 ms linger).
         service.context.destroy(linger=200)
-    return EXIT_STOPPED_NOW if state["stops"] > 1 else 0
+    if pool is not None:
+        _shutdown_pool(pool, status)
+    return status
+
+
+def _close(service: RPCService, stopper: list[asyncio.Task[None]], interrupts: Interrupts) -> None:
+    interrupts.remove()
+    if not service.closed:
+        service.close()
+    for task in stopper:
+        task.cancel()
 
 
 async def _run_workers(ns: argparse.Namespace) -> int:
@@ -399,12 +409,21 @@ async def _run_workers(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _shutdown_pool(pool: concurrent.futures.ThreadPoolExecutor, now: bool) -> None:
-    pool.shutdown(wait=not now, cancel_futures=True)
-    if now:
-        busy = [t for t in threading.enumerate() if t.name.startswith("netcall-handler")]
-        if any(t.is_alive() for t in busy):
-            # A handler thread cannot be interrupted: "now" means leaving it behind.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(EXIT_STOPPED_NOW)
+def _shutdown_pool(pool: concurrent.futures.ThreadPoolExecutor, status: int) -> None:
+    """No new work for the handler threads; a handler still running after the stop (its call
+    was cancelled: a thread cannot be interrupted) is left behind, and the process exits with
+    ``status`` at once, instead of waiting for it."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    threads = [t for t in threading.enumerate() if t.name.startswith("netcall-handler")]
+    until = time.monotonic() + 0.5  # idle threads end as soon as they see the shutdown
+    for thread in threads:
+        thread.join(max(0.0, until - time.monotonic()))
+    busy = sum(thread.is_alive() for thread in threads)
+    if busy:
+        print(
+            f"netcall: leaving {busy} handler thread{'s' if busy != 1 else ''} still running",
+            file=sys.stderr,
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)

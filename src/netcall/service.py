@@ -335,7 +335,7 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         if self._closed:
             return
         calls = self._dispatch.calls
-        self._dispatch.refusing = "the service is stopping"
+        self._refuse_calls()
         self._upstreams.bye()  # a broker sends no new calls
         grace = self._grace if grace is None else grace
         loop = asyncio.get_running_loop()
@@ -361,7 +361,7 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         """Close at once: cancel everything running and close the socket (linger 0)."""
         if self._closed:
             return
-        self._dispatch.refusing = "the service is stopping"
+        self._refuse_calls()
         self._replies.driver = None  # nothing more is sent
         for task in list(self._dispatch.calls.values()):
             task.cancel()
@@ -372,10 +372,16 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         """:meth:`close` (the 2014 spelling)."""
         self.close()
 
+    def _refuse_calls(self) -> None:
+        # New calls are refused from now on, as the service is stopping (where every stop
+        # starts; ``netcall serve`` also calls it from a signal handler, while a handler holds
+        # the loop, so that the handler it interrupts is answered ServiceStoppingError).
+        self._dispatch.refusing = "the service is stopping"
+
     def _close(self, linger: int) -> None:
         log.info("%s stopped", self.name)
         self._closed = True
-        self._dispatch.refusing = "the service is stopping"
+        self._refuse_calls()
         self._replies.driver = None
         self._producers.shutdown()
         if self._hooked_pongs is not None:
