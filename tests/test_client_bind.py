@@ -10,11 +10,13 @@ import time
 from collections import Counter
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from _cluster import Procs, kill9, rolling_restart
 from _helpers import register_work, wait_until
+from conftest import ipc_url
 from netcall import (
     ConnectionLostError,
     MethodNotFoundError,
@@ -653,3 +655,26 @@ async def test_a_client_that_connects_and_binds_sends_announced_methods_where_th
     assert set(names) == {"a"}
     # A method nobody announced goes to the service it connected to, which has it.
     assert set(await asyncio.gather(*[cli.who() for _ in range(10)])) == {"plain"}
+
+
+async def test_ipc_files_are_removed_on_unbind_and_close(make_client, make_service, tmp_path):
+    """A client that binds an ipc endpoint removes its socket file when it unbinds or closes,
+    as a service does (libzmq removes it only if its I/O thread gets to it before exit)."""
+    paths = [Path(ipc_url(tmp_path)[len("ipc://") :]) for _ in range(4)]
+    cli = make_client()
+    cli.bind(f"ipc://{paths[0]}")
+    cli.bind(f"ipc://{paths[1]}")
+    assert paths[0].exists() and paths[1].exists()
+    cli.unbind(f"ipc://{paths[0]}")
+    assert not paths[0].exists() and paths[1].exists()
+    cli.close()
+    assert not paths[1].exists()
+    blocking = SyncRPCClient()
+    blocking.bind(f"ipc://{paths[2]}")
+    assert paths[2].exists()
+    blocking.close()
+    assert not paths[2].exists()
+    svc = make_service()
+    svc.bind(f"ipc://{paths[3]}")
+    svc.unbind(f"ipc://{paths[3]}")
+    assert not paths[3].exists()

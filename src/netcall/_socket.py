@@ -15,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from collections.abc import Iterator
+import stat
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import zmq
@@ -29,6 +30,7 @@ __all__ = [
     "max_message_size",
     "monitor_socket",
     "plain_context",
+    "remove_ipc_files",
     "stop_monitor",
 ]
 
@@ -181,3 +183,17 @@ def make_router(
             sock.close(linger=0)
             raise
     return sock
+
+
+def remove_ipc_files(endpoints: Iterable[str]) -> None:
+    """Remove the socket files of the ``ipc://`` endpoints a socket no longer listens on (it
+    closed, or unbound them): libzmq removes them only if its I/O thread gets to it before the
+    process exits. Abstract ones (``ipc://@name``) have no file."""
+    for url in endpoints:
+        if url.startswith("ipc://") and not url.startswith("ipc://@"):
+            path = url[len("ipc://") :]
+            try:
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)
+            except OSError:
+                pass

@@ -36,7 +36,7 @@ from .. import protocol as p
 from .._edge import endpoint_change, endpoints
 from .._greeting import mismatch
 from .._reactor import SocketDriver
-from .._socket import connecting_out
+from .._socket import connecting_out, remove_ipc_files
 from ..errors import AuthenticationError, ConnectionLostError, RPCError, exception_from_remote
 from ..security import handshake_error, warn_if_exposed
 
@@ -301,6 +301,7 @@ class PeerTable:
                 self._socket().unbind(url)
             except zmq.ZMQError:
                 pass
+            remove_ipc_files([url])
             self._changed()
 
     def bind_ports(self, ip: str, port: int, min_port: int, max_port: int) -> int:

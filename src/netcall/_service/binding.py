@@ -11,6 +11,7 @@ import zmq
 
 from .._edge import endpoint_change, endpoints
 from .._reactor import SocketDriver
+from .._socket import remove_ipc_files
 from ..security import warn_if_exposed
 
 __all__ = ["ServiceBinding"]
@@ -68,6 +69,7 @@ class ServiceBinding:
                 self.socket.unbind(url)
             except zmq.ZMQError:
                 pass
+            remove_ipc_files([url])
             self._changed()
 
     def bind_ports(

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import stat
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
+
+from .._socket import remove_ipc_files
 
 if TYPE_CHECKING:
     from ..service import RPCService
@@ -70,17 +70,6 @@ def _second_interrupt_cancels() -> Callable[[], None]:
 
 
 def closed(name: str, endpoints: Iterable[str], started: bool) -> None:
-    """The socket is closed: remove the files of its ``ipc://`` endpoints (libzmq removes
-    them only if its I/O thread gets to it before the process exits)."""
-    for url in endpoints:
-        if url.startswith("ipc://") and not url.startswith("ipc://@"):
-            remove_socket_file(url[len("ipc://") :])
+    """The socket is closed: remove the files of its ``ipc://`` endpoints."""
+    remove_ipc_files(endpoints)
     del name, started  # "stopped" is logged by the service
-
-
-def remove_socket_file(path: str) -> None:
-    try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
-    except OSError:
-        pass
