@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -302,12 +303,30 @@ def test_wrong_server_key_fails_the_handshake(
     server = net.server(Curve.server(keys["server"]))
     client = net.client(Curve.client(keys["other"].public), server.url)
     event, value = client.handshake()
-    assert _logged(caplog, "handshake")
+    assert _logged(caplog, "handshake could not be decrypted (it was given another service key)")
     assert event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     error = handshake_error(event, value, server.url, secure=True)
     assert isinstance(error, AuthenticationError) and "public key" in str(error)
     client.try_send(b"hello")
     assert not server.sock.poll(300)
+
+
+def test_a_connection_that_ends_before_its_handshake_refused_nothing(
+    net: Any, keys: dict[str, Keypair], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A TCP connection that closes before it says anything (a health check, a port scan,
+    ``netcall call`` looking whether anything listens) is no refusal: no warning, and the
+    rate-limited warning is still there for the next real refusal."""
+    caplog.set_level(logging.WARNING, logger="netcall.security")
+    server = net.server(Curve.server(keys["server"]))
+    host, port = server.url[len("tcp://") :].rsplit(":", 1)
+    for _ in range(3):
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    client = net.client(Curve.client(keys["other"].public), server.url)
+    client.handshake()
+    assert _logged(caplog, "another service key")
+    assert len(caplog.records) == 1, caplog.text
 
 
 def test_plain_client_is_refused_by_a_curve_service(

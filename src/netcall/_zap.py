@@ -332,19 +332,25 @@ if hasattr(os, "register_at_fork"):
 def refused_handshake(event: Any, policy: Allowlist) -> None:
     """Log (rate-limited, through ``policy``) a handshake that ZeroMQ failed before asking
     ZAP: a client without CURVE, or with another service key, as the socket's monitor reports
-    it (a parsed monitor event); other events are ignored."""
+    it (a parsed monitor event); other events are ignored. A connection that ended before its
+    handshake did (``HANDSHAKE_FAILED_NO_DETAIL`` here: a TCP health check, a port scan,
+    ``netcall call`` looking whether anything listens) refused nothing: DEBUG only, and it
+    does not use up the rate-limited warning a real refusal after it would get."""
+    raw = event["endpoint"]
+    endpoint = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
         value = int(event["value"])
         if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
             why = "it does not use CURVE"
+        elif value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+            why = "its handshake could not be decrypted (it was given another service key)"
         else:
             why = f"its handshake was malformed (protocol error {value:#x})"
     elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-        why = "its handshake failed"
+        log.debug("a connection on %s ended before its handshake finished", endpoint)
+        return
     else:
         return
-    raw = event["endpoint"]
-    endpoint = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     policy.refused(f"a client on {endpoint}: {why}", checked=False)
 
 
