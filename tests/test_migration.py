@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import textwrap
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -271,6 +272,46 @@ def test_threading_service_start_returns_serve_blocks(ctx: Any) -> None:
     svc.stop()
     serving.join(5)
     assert not serving.is_alive()
+
+
+def test_a_threading_handler_that_ends_after_the_service_is_quiet() -> None:
+    """Under monkey-patching, a ThreadingRPCService's handler still running in its pool when
+    the service closes (and its loop with it) ends without a traceback: nobody waits for it."""
+    code = in_subprocess_header(True) + textwrap.dedent(
+        """
+        import threading, time
+        from conftest import tcp_url
+        from netcall import RPCTimeoutError
+        from netcall.threading import ThreadingRPCClient, ThreadingRPCService
+
+        svc = ThreadingRPCService()
+        running = threading.Event()
+
+        @svc.register
+        def slow():
+            running.set()
+            time.sleep(0.5)
+            return "late"
+
+        url = tcp_url()
+        svc.bind(url)
+        svc.start()
+        with ThreadingRPCClient(timeout=0.2) as cli:
+            cli.connect(url)
+            try:
+                cli.slow()
+            except RPCTimeoutError:
+                pass
+        assert running.wait(5)
+        svc.shutdown()
+        time.sleep(1.0)  # the handler ends after the service and its loop are gone
+        print("OK")
+        """
+    )
+    proc = run_python(code, env=netcall_env(), timeout=45)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert proc.stdout.rstrip().endswith("OK"), proc.stdout
+    assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr, proc.stderr
 
 
 def test_every_client_and_service_has_shutdown(ctx: Any) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import functools
 import sys
 from collections.abc import Callable
 from types import TracebackType
@@ -191,7 +192,7 @@ class _PoolRunner:
                 return
             cf = self.pool.submit(ctx.run, _no_stop_iteration, fn)
             job.append(cf)
-            cf.add_done_callback(lambda cf: loop.call_soon_threadsafe(_settle, fut, cf))
+            cf.add_done_callback(functools.partial(_settle_on, loop, fut))
 
         port.submit(lambda: _spawn(submit))
         try:
@@ -199,6 +200,13 @@ class _PoolRunner:
         except asyncio.CancelledError:
             port.submit(lambda: _spawn(lambda: [cf.cancel() for cf in job]))
             raise
+
+
+def _settle_on(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[T], cf: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(_settle, fut, cf)
+    except RuntimeError:  # the loop is closed (the service too): nobody waits for the answer
+        pass
 
 
 def _spawn(fn: Callable[[], Any]) -> None:
