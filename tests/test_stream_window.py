@@ -12,10 +12,11 @@ import msgpack
 import pytest
 import zmq
 
-from _helpers import offered, recv_within
+from _helpers import offered, recv_within, wait_until
 from conftest import tcp_url
 from fuzz_peer import CREDIT, ITEM, STREAM, call_head, header
 from netcall import Limits
+from netcall._reactor import _OUTBOX_BYTES
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -222,3 +223,59 @@ async def test_the_byte_limit_through_a_broker(
         await offered(cli, "chunks")
 
         assert await asyncio.wait_for(_consume(cli, n, item_size), 40.0) == n
+
+
+async def test_a_stream_opened_as_its_client_is_cut_off_is_closed(make_service, ctx):
+    """A deaf client is cut off by the very send that says its stream is open (the burst is
+    full, so it is written at once, and the client's pipe is full): the stream is closed with
+    its generator, and no producer is left waiting for credit nobody holds (it used to be
+    left pending, to be destroyed by the garbage collector, its generator never closed)."""
+    import gc
+
+    made: list[Any] = []
+    svc = make_service(limits=Limits(send_hwm=1, max_queued=1, receive_hwm=1))
+
+    @svc.register
+    def echo(x):
+        return x
+
+    async def forever():
+        while True:
+            yield 0
+            await asyncio.sleep(0.01)
+
+    @svc.register
+    def endless():
+        made.append(forever())
+        return made[-1]
+
+    url = f"inproc://cut-off-{id(svc)}"
+    svc.bind(url)
+    svc.start()
+    deaf = ctx.socket(zmq.DEALER)
+    deaf.setsockopt(zmq.RCVHWM, 1)
+    deaf.setsockopt(zmq.LINGER, 0)
+    deaf.connect(url)
+    try:
+        tiny = msgpack.packb([1])
+        for rid in range(1, 4):  # fills its pipe (1 + 1) and the service's queue (1)
+            deaf.send_multipart([call_head(rid, "echo"), tiny])
+        assert await wait_until(lambda: svc.stats()["calls"] >= 3)
+        # An answer just under the bytes that make a burst go out at once, then the stream:
+        # its opening completes the burst, whose write cuts the client off. (The answer's
+        # last frame is the string and its 5-byte header; the opening's, 20 bytes.)
+        big = msgpack.packb(["x" * (_OUTBOX_BYTES - 16)])
+        deaf.send_multipart([call_head(4, "echo"), big])
+        deaf.send_multipart([call_head(5, "endless", window=16), msgpack.packb([])])
+        assert await wait_until(lambda: svc.stats()["peers_cut_off"] >= 1 and bool(made))
+        assert await wait_until(lambda: made[0].ag_frame is None)  # closed
+        assert svc.active_streams == 0
+        gc.collect()
+        pending = [
+            t
+            for t in asyncio.all_tasks()
+            if "Producers._run" in repr(t.get_coro()) and not t.done()
+        ]
+        assert not pending, pending
+    finally:
+        deaf.close(0)

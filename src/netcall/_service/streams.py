@@ -152,6 +152,11 @@ class Producers:
         guard.loaded(peer, stream=True)
         self.touch(peer)
         self._replies.send(peer, p.StreamOpen(msg.id, self.lease).to_frames())
+        if stream.state is _S.CLOSED:
+            # That send completed a burst, whose write cut the client off (it does not read):
+            # the stream is closed already, and nothing will ever step it.
+            close_generator_soon(gen)
+            return
         stream.task = self._loop.create_task(self._run(stream))
         self._schedule_reaper()
 
