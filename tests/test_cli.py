@@ -471,6 +471,36 @@ def test_ctrl_c_during_a_plain_function_that_holds_on(workdir: Path, executor: s
         server.kill()
 
 
+def test_the_grace_counts_from_the_ctrl_c_while_a_plain_function_holds_on(workdir: Path) -> None:
+    """The graceful stop for the other calls starts only once the held function lets go of the
+    loop: it gets what is left of the grace, not a whole one more."""
+    server = Served("svcmod", workdir, "--grace", "2")
+    try:
+        clients = []
+        for method in ("slow", "block"):
+            clients.append(
+                subprocess.Popen(
+                    [*NETCALL, server.url, method, "30"],
+                    env=netcall_env(),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            server.wait_for(f"{method} started")
+        start = time.monotonic()
+        server.interrupt()
+        status, _, err = server.finish()
+        took = time.monotonic() - start
+        assert status == 0 and 1.9 < took < 3.9, (took, err)
+        assert "for 2 calls" in err
+        for client in clients:
+            _, client_err = client.communicate(timeout=15)
+            assert client.returncode == 1 and "ServiceStoppingError" in client_err, client_err
+    finally:
+        server.kill()
+
+
 def test_a_second_ctrl_c_interrupts_a_plain_function_that_holds_on(workdir: Path) -> None:
     server = Served("svcmod", workdir, "--grace", "30")
     try:
@@ -491,7 +521,7 @@ def test_a_second_ctrl_c_interrupts_a_plain_function_that_holds_on(workdir: Path
         assert status == 130 and time.monotonic() - start < 5, err
         assert "stopping now" in err and "Traceback" not in err
         _, client_err = client.communicate(timeout=15)
-        assert client.returncode == 1 and "interrupted" in client_err, client_err
+        assert client.returncode == 1 and "ServiceStoppingError" in client_err, client_err
     finally:
         server.kill()
 

@@ -307,7 +307,7 @@ async def run(ns: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     stopper: list[asyncio.Task[None]] = []
 
-    def first(say: bool) -> None:  # on the loop, after the first Ctrl-C or SIGTERM
+    def first(say: bool, grace: float) -> None:  # on the loop, after the first signal
         if say:
             busy = service.active_calls + service.active_streams
             print(
@@ -317,10 +317,11 @@ async def run(ns: argparse.Namespace) -> int:
                 flush=True,
             )
         if not service.closed:
-            stopper.append(loop.create_task(service.stop(grace=ns.grace)))
+            stopper.append(loop.create_task(service.stop(grace=grace)))
 
-    def second() -> None:
-        print("netcall: stopping now", file=sys.stderr, flush=True)
+    def second(say: bool) -> None:
+        if say:
+            print("netcall: stopping now", file=sys.stderr, flush=True)
         service.close()
 
     interrupts = Interrupts(loop, service, ns.grace, first, second)

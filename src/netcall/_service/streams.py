@@ -127,6 +127,8 @@ class Producers:
         self._reaper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        #: The service is stopping (it refuses new calls).
+        self.stopping = False
 
     def __len__(self) -> int:
         return len(self.by_key)
@@ -325,7 +327,13 @@ class Producers:
                     # Fairness: a generator that never awaits must not hold the loop.
                     await asyncio.sleep(0)
         except asyncio.CancelledError:
-            pass
+            if stream.state is not _S.CLOSED and self.stopping:
+                # Cancelled where it ran, not closed (``netcall serve`` interrupts a step
+                # that still holds the loop at the end of the grace): told as close_all()
+                # tells the others.
+                replies.refuse(
+                    stream.peer, stream.rid, p.ERR_SERVICE_STOPPING, "the service stopped"
+                )
         finally:
             stream.state = _S.CLOSED
             self._forget(stream)
