@@ -130,18 +130,20 @@ def test_generator_closed_on_garbage_collection(
     assert wait_for(lambda: client.open_streams == 0)
 
 
-@pytest.mark.parametrize("form", ["instance", "type and message"])
+@pytest.mark.parametrize("form", ["instance", "type and message", "kept instance"])
 def test_a_generator_dropped_after_throw_is_closed_at_once(
     client: SyncRPCClient, remote: ServiceThread, form: str
 ) -> None:
     """The seed's session: ``throw()``, then ``generator = None`` closes it, with no wait for
-    the cycle collector (the thrown exception's traceback held the generator's frame)."""
+    the cycle collector (the thrown exception's traceback held the generator's frame), also
+    while the caller keeps the exception it threw."""
     gen = client.echo_gen(1)
     assert next(gen) == 1
-    if form == "instance":
-        assert gen.throw(TypeError("spam")) == "caught TypeError: spam"
-    else:
+    kept = TypeError("spam")
+    if form == "type and message":
         assert gen.throw(TypeError, "spam") == "caught TypeError: spam"
+    else:
+        assert gen.throw(kept) == "caught TypeError: spam"
     collecting = gc.isenabled()
     gc.disable()
     try:
@@ -151,6 +153,7 @@ def test_a_generator_dropped_after_throw_is_closed_at_once(
         if collecting:
             gc.enable()
     assert wait_for(lambda: client.open_streams == 0)
+    assert kept.args == ("spam",)
 
 
 def test_generator_step_timeout(ctx: Any, remote: ServiceThread) -> None:

@@ -154,6 +154,11 @@ def _drive(
             except GeneratorExit:
                 raise
             except BaseException as exc:  # gen.throw(...): goes to the remote generator
+                tb = exc.__traceback__
+                if tb is not None and tb.tb_frame.f_code is _DRIVE:
+                    # The entry for this frame, added as it arrived here: the caller may keep
+                    # the exception, which would keep this generator (and its stream) alive.
+                    exc.__traceback__ = tb.tb_next
                 error, value = exc, None
             if value is not None or error is not None:
                 if steps > PREFETCH_AFTER:
@@ -169,3 +174,10 @@ def _drive(
         if me[0]() is not None:
             proxy.close()
         raise
+    finally:
+        # An exception that left through here (and that its caller keeps) holds this frame:
+        # it must not hold the proxy, whose finalizer closes the remote generator.
+        del proxy
+
+
+_DRIVE = _drive.__code__
