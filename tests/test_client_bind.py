@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import zmq
 
 from _cluster import Procs, kill9, rolling_restart
 from _helpers import register_work, wait_until
@@ -678,3 +679,48 @@ async def test_ipc_files_are_removed_on_unbind_and_close(make_client, make_servi
     svc.bind(f"ipc://{paths[3]}")
     svc.unbind(f"ipc://{paths[3]}")
     assert not paths[3].exists()
+
+
+@pytest.mark.parametrize("how", ["unbind", "close"])
+@pytest.mark.parametrize("who", ["client", "service"])
+async def test_an_ipc_file_another_socket_took_over_is_left_alone(
+    make_client, make_service, ctx, tmp_path, how, who
+):
+    """A socket removes only the file its own bind made: another socket (another process,
+    usually) that bound the same path since keeps its file, and stays reachable."""
+    url = ipc_url(tmp_path)
+    path = Path(url[len("ipc://") :])
+    ours = make_client() if who == "client" else make_service()
+    ours.bind(url)
+    theirs = ctx.socket(zmq.ROUTER)
+    theirs.setsockopt(zmq.LINGER, 0)
+    try:
+        theirs.bind(url)  # ZeroMQ replaces the file
+        if how == "unbind":
+            ours.unbind(url)
+        else:
+            ours.close()
+        assert path.exists()
+        asker = ctx.socket(zmq.DEALER)
+        asker.setsockopt(zmq.LINGER, 0)
+        try:
+            asker.connect(url)
+            asker.send(b"still there?")
+            assert await asyncio.to_thread(theirs.poll, 5000)
+            assert theirs.recv_multipart()[1] == b"still there?"
+        finally:
+            asker.close(0)
+    finally:
+        theirs.close(0)
+
+
+async def test_a_wildcard_ipc_bind_is_listed_as_bound_and_unbinds(make_client, make_service):
+    """``bind("ipc://*")``: ``bound`` lists the endpoint ZeroMQ made, which unbinds."""
+    for ours in (make_client(), make_service()):
+        ours.bind("ipc://*")
+        (url,) = ours.bound
+        assert url.startswith("ipc://") and url != "ipc://*"
+        path = Path(url[len("ipc://") :])
+        assert path.exists()
+        ours.unbind(url)
+        assert not ours.bound and not path.exists()

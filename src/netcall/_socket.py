@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import zmq
@@ -24,13 +24,14 @@ import zmq
 from ._edge import map_exceptions
 
 __all__ = [
+    "IpcFiles",
     "QuietSocket",
+    "bound_endpoint",
     "connecting_out",
     "make_router",
     "max_message_size",
     "monitor_socket",
     "plain_context",
-    "remove_ipc_files",
     "stop_monitor",
 ]
 
@@ -185,15 +186,52 @@ def make_router(
     return sock
 
 
-def remove_ipc_files(endpoints: Iterable[str]) -> None:
-    """Remove the socket files of the ``ipc://`` endpoints a socket no longer listens on (it
-    closed, or unbound them): libzmq removes them only if its I/O thread gets to it before the
-    process exits. Abstract ones (``ipc://@name``) have no file."""
-    for url in endpoints:
-        if url.startswith("ipc://") and not url.startswith("ipc://@"):
-            path = url[len("ipc://") :]
-            try:
-                if stat.S_ISSOCK(os.lstat(path).st_mode):
-                    os.unlink(path)
-            except OSError:
-                pass
+class IpcFiles:
+    """The socket files a socket's ``ipc://`` binds made, removed when it unbinds them or
+    closes (libzmq removes them only if its I/O thread gets to it before the process exits):
+    each only while it is still the file that bind made (another process may have bound the
+    same path since), wherever the process's current directory is by then. Abstract
+    endpoints (``ipc://@name``) have no file."""
+
+    __slots__ = ("_made",)
+
+    def __init__(self) -> None:
+        self._made: dict[str, tuple[str, int, int]] = {}
+
+    def bound(self, url: str) -> None:
+        """``url`` was just bound (as ``bound`` lists it: a wildcard resolved)."""
+        if not url.startswith("ipc://") or url.startswith("ipc://@"):
+            return
+        path = os.path.abspath(url[len("ipc://") :])
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return
+        if stat.S_ISSOCK(st.st_mode):
+            self._made[url] = (path, st.st_dev, st.st_ino)
+
+    def remove(self, url: str) -> None:
+        """``url`` is no longer listened on: remove its file, if it is still ours."""
+        made = self._made.pop(url, None)
+        if made is None:
+            return
+        path, dev, ino = made
+        try:
+            st = os.lstat(path)
+            if (st.st_dev, st.st_ino) == (dev, ino):
+                os.unlink(path)
+        except OSError:
+            pass
+
+    def remove_all(self) -> None:
+        """The socket closed."""
+        for url in list(self._made):
+            self.remove(url)
+
+
+def bound_endpoint(sock: zmq.Socket[Any], url: str) -> str:
+    """The endpoint ``url`` was bound as: a wildcard (``tcp://host:*``, ``ipc://*``) is
+    resolved to what ZeroMQ chose, as clients must use it."""
+    if url.endswith(":*") or url == "ipc://*":
+        return sock.get_string(zmq.LAST_ENDPOINT)
+    return url

@@ -35,7 +35,7 @@ from ._client.surface import CallSurface
 from ._context import CallContext
 from ._middleware import ClientMiddleware, OutgoingCall
 from ._reactor import SocketDriver
-from ._socket import make_router, remove_ipc_files
+from ._socket import make_router
 from ._socket import max_message_size as checked_max_message_size
 from ._timers import TimeoutQueues
 from .errors import ClientClosedError, RPCError
@@ -364,7 +364,7 @@ class RPCClient(CallSurface, ClientBinding, Sending):
             [peer.rid, *p.Cancel(rid).to_frames()] for peer, rid in self._streams.open_ids()
         ]
         self._sockets.close(self._driver, self._monitor_driver, farewell)
-        remove_ipc_files(self._peers.bound)
+        self._peers.ipc.remove_all()
         closed = lambda: ClientClosedError("the client was closed")  # noqa: E731
         self._calls.fail_all(closed)
         self._streams.fail_all(closed)

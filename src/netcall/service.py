@@ -34,7 +34,7 @@ from ._service.replies import Replies
 from ._service.runner import HandlerRunner, Runner
 from ._service.streams import Producers
 from ._service.upstream import ServiceConnecting, Upstreams
-from ._socket import make_router
+from ._socket import IpcFiles, make_router
 from ._socket import max_message_size as checked_max_message_size
 from .client import RPCClient
 from .security import CurveServer, secure_socket
@@ -138,6 +138,7 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         self.name = name or type(self).__name__
         self._grace = grace
         self._bound: set[str] = set()
+        self._ipc = IpcFiles()
         self._driver: SocketDriver | None = None
         self._stopped: asyncio.Event | None = None
         self._closed = False
@@ -396,7 +397,7 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
             self._socket.close(linger=linger)
         if self._zap is not None:
             self._zap.close()
-        lifecycle.closed(self.name, self._bound, started=self._driver is not None)
+        self._ipc.remove_all()
         if self._stopped is not None:
             self._stopped.set()
 

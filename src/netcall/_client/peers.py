@@ -36,7 +36,7 @@ from .. import protocol as p
 from .._edge import endpoint_change, endpoints
 from .._greeting import mismatch
 from .._reactor import SocketDriver
-from .._socket import connecting_out, remove_ipc_files
+from .._socket import IpcFiles, bound_endpoint, connecting_out
 from ..errors import AuthenticationError, ConnectionLostError, RPCError, exception_from_remote
 from ..security import handshake_error, warn_if_exposed
 
@@ -109,6 +109,7 @@ class PeerTable:
         self._rr = 0
         self._rids = itertools.count(1)
         self.bound: set[str] = set()
+        self.ipc = IpcFiles()  # the socket files of the ipc endpoints bound
         self.announced: dict[bytes, Peer] = {}  # services that connected to us, by routing id
         self._send: Callable[[list[Any]], None] | None = None
         self._blocked: Callable[[bytes], bool] = lambda rid: False
@@ -292,6 +293,8 @@ class PeerTable:
             if url not in self.bound:
                 with endpoint_change(f"cannot bind {url!r}", self._check):
                     self._socket().bind(url)
+                url = bound_endpoint(self._socket(), url)  # a wildcard: what services can use
+                self.ipc.bound(url)
                 self.bound.add(url)
 
     def unbind(self, url: str) -> None:
@@ -301,7 +304,7 @@ class PeerTable:
                 self._socket().unbind(url)
             except zmq.ZMQError:
                 pass
-            remove_ipc_files([url])
+            self.ipc.remove(url)
             self._changed()
 
     def bind_ports(self, ip: str, port: int, min_port: int, max_port: int) -> int:

@@ -11,7 +11,7 @@ import zmq
 
 from .._edge import endpoint_change, endpoints
 from .._reactor import SocketDriver
-from .._socket import remove_ipc_files
+from .._socket import IpcFiles, bound_endpoint
 from ..security import warn_if_exposed
 
 __all__ = ["ServiceBinding"]
@@ -23,6 +23,7 @@ class ServiceBinding:
     """Listening endpoints."""
 
     _bound: set[str]
+    _ipc: IpcFiles
     _driver: SocketDriver | None
     name: str
     serializer: Any
@@ -55,8 +56,8 @@ class ServiceBinding:
             if url not in self._bound:
                 with endpoint_change(f"cannot bind {url!r}", self._changed):
                     self.socket.bind(url)
-                if url.endswith(":*"):  # a wildcard port: keep the endpoint clients can use
-                    url = self.socket.get_string(zmq.LAST_ENDPOINT)
+                url = bound_endpoint(self.socket, url)  # a wildcard: what clients can use
+                self._ipc.bound(url)
                 self._bound.add(url)
                 log.info("%s bound to %s", self.name, url)
                 warn_if_exposed(url, self.serializer.name, self.security, "bound")
@@ -69,7 +70,7 @@ class ServiceBinding:
                 self.socket.unbind(url)
             except zmq.ZMQError:
                 pass
-            remove_ipc_files([url])
+            self._ipc.remove(url)
             self._changed()
 
     def bind_ports(

@@ -1,5 +1,5 @@
 """The parts of starting and stopping a service that are not state: a cancelled ``serve()``
-(a graceful stop, logged), IPC files removed when the socket closes."""
+(a graceful stop, logged)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,13 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
-
-from .._socket import remove_ipc_files
 
 if TYPE_CHECKING:
     from ..service import RPCService
 
-__all__ = ["closed", "stop_when_cancelled"]
+__all__ = ["stop_when_cancelled"]
 
 log = logging.getLogger("netcall")
 
@@ -67,9 +65,3 @@ def _second_interrupt_cancels() -> Callable[[], None]:
         signal.signal(signal.SIGINT, previous)
 
     return restore
-
-
-def closed(name: str, endpoints: Iterable[str], started: bool) -> None:
-    """The socket is closed: remove the files of its ``ipc://`` endpoints."""
-    remove_ipc_files(endpoints)
-    del name, started  # "stopped" is logged by the service
