@@ -314,6 +314,49 @@ def test_a_threading_handler_that_ends_after_the_service_is_quiet() -> None:
     assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr, proc.stderr
 
 
+def test_a_threading_service_closed_under_gevent_closes_its_streams() -> None:
+    """Under monkey-patching, ThreadingRPCService.close() with a stream open runs the
+    generator's finally block (its close went to a greenlet that found the pool shut down,
+    and was lost with a traceback)."""
+    code = in_subprocess_header(True) + textwrap.dedent(
+        """
+        import time
+        from conftest import tcp_url
+        from netcall.threading import ThreadingRPCClient, ThreadingRPCService
+
+        closed = []
+        svc = ThreadingRPCService()
+
+        @svc.register
+        def numbers(n):
+            try:
+                for i in range(n):
+                    time.sleep(0.01)
+                    yield i
+            finally:
+                closed.append(True)
+
+        url = tcp_url()
+        svc.bind(url)
+        svc.start()
+        with ThreadingRPCClient(timeout=5) as cli:
+            cli.connect(url)
+            gen = cli.numbers(1000)
+            assert (next(gen), next(gen)) == (0, 1)
+            svc.close()
+            deadline = time.monotonic() + 5
+            while not closed and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert closed, "the generator's finally did not run"
+        print("OK")
+        """
+    )
+    proc = run_python(code, env=netcall_env(), timeout=45)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert proc.stdout.rstrip().endswith("OK"), proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_every_client_and_service_has_shutdown(ctx: Any) -> None:
     for cls in (RPCClient, TornadoRPCClient, SyncRPCClient, GreenRPCClient, ThreadingRPCClient):
         cli = cls(context=ctx)

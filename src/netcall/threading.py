@@ -190,7 +190,16 @@ class _PoolRunner:
         def submit() -> None:  # in a greenlet: starting a pool thread waits for it
             if fut.done():
                 return
-            cf = self.pool.submit(ctx.run, _no_stop_iteration, fn)
+            try:
+                cf = self.pool.submit(ctx.run, _no_stop_iteration, fn)
+            except RuntimeError:
+                # The pool shut down (the service closed) before this greenlet ran: what is
+                # left is closing generators, whose finally blocks run here instead.
+                cf = concurrent.futures.Future()
+                try:
+                    cf.set_result(ctx.run(_no_stop_iteration, fn))
+                except BaseException as exc:
+                    cf.set_exception(exc)
             job.append(cf)
             cf.add_done_callback(functools.partial(_settle_on, loop, fut))
 
