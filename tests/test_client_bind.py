@@ -289,7 +289,10 @@ async def test_calls_a_stopping_service_refused_go_to_another(make_client, make_
         got = await asyncio.gather(*large)
         assert {name for name, _ in got} <= {"b", "c"}
         assert [digest for _, digest in got] == digests
-        assert victim.stats()["refused"] >= 5  # refused there, answered elsewhere
+        # Refused there, answered elsewhere: usually 14-18 of the 42, but how many went to
+        # "a" depends on the calls it had in flight, and on when the client read its BYE (a
+        # CI run on 3.13 saw 2).
+        assert victim.stats()["refused"] >= 1
         before = dict(answered)
         assert await wait_until(lambda: all(answered[n] >= before[n] + 20 for n in "bc"), 10)
     finally:
@@ -714,13 +717,17 @@ async def test_an_ipc_file_another_socket_took_over_is_left_alone(
         theirs.close(0)
 
 
-async def test_a_wildcard_ipc_bind_is_listed_as_bound_and_unbinds(make_client, make_service):
-    """``bind("ipc://*")``: ``bound`` lists the endpoint ZeroMQ made, which unbinds."""
+async def test_a_wildcard_ipc_bind_is_listed_as_bound_and_unbinds(
+    make_client, make_service, tmp_path, monkeypatch
+):
+    """``bind("ipc://*")``: ``bound`` lists the endpoint ZeroMQ made (in a directory of its
+    own, under TMPDIR), which unbinds; the file and the directory go."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     for ours in (make_client(), make_service()):
         ours.bind("ipc://*")
         (url,) = ours.bound
         assert url.startswith("ipc://") and url != "ipc://*"
         path = Path(url[len("ipc://") :])
-        assert path.exists()
+        assert path.exists() and path.parent.parent == tmp_path
         ours.unbind(url)
-        assert not ours.bound and not path.exists()
+        assert not ours.bound and not path.exists() and not path.parent.exists()

@@ -196,10 +196,11 @@ class IpcFiles:
     __slots__ = ("_made",)
 
     def __init__(self) -> None:
-        self._made: dict[str, tuple[str, int, int]] = {}
+        self._made: dict[str, tuple[str, int, int, bool]] = {}
 
-    def bound(self, url: str) -> None:
-        """``url`` was just bound (as ``bound`` lists it: a wildcard resolved)."""
+    def bound(self, url: str, asked: str) -> None:
+        """``url`` was just bound, as ``bound`` lists it; ``asked``: as the caller wrote it
+        (``ipc://*``: libzmq made a directory for it, which goes too)."""
         if not url.startswith("ipc://") or url.startswith("ipc://@"):
             return
         path = os.path.abspath(url[len("ipc://") :])
@@ -208,18 +209,20 @@ class IpcFiles:
         except OSError:
             return
         if stat.S_ISSOCK(st.st_mode):
-            self._made[url] = (path, st.st_dev, st.st_ino)
+            self._made[url] = (path, st.st_dev, st.st_ino, asked == "ipc://*")
 
     def remove(self, url: str) -> None:
         """``url`` is no longer listened on: remove its file, if it is still ours."""
         made = self._made.pop(url, None)
         if made is None:
             return
-        path, dev, ino = made
+        path, dev, ino, in_own_dir = made
         try:
             st = os.lstat(path)
             if (st.st_dev, st.st_ino) == (dev, ino):
                 os.unlink(path)
+                if in_own_dir:  # (libzmq removes it only if it removes the file itself)
+                    os.rmdir(os.path.dirname(path))
         except OSError:
             pass
 

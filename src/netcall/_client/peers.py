@@ -293,8 +293,8 @@ class PeerTable:
             if url not in self.bound:
                 with endpoint_change(f"cannot bind {url!r}", self._check):
                     self._socket().bind(url)
-                url = bound_endpoint(self._socket(), url)  # a wildcard: what services can use
-                self.ipc.bound(url)
+                asked, url = url, bound_endpoint(self._socket(), url)  # what services can use
+                self.ipc.bound(url, asked)
                 self.bound.add(url)
 
     def unbind(self, url: str) -> None:

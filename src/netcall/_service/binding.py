@@ -56,8 +56,8 @@ class ServiceBinding:
             if url not in self._bound:
                 with endpoint_change(f"cannot bind {url!r}", self._changed):
                     self.socket.bind(url)
-                url = bound_endpoint(self.socket, url)  # a wildcard: what clients can use
-                self._ipc.bound(url)
+                asked, url = url, bound_endpoint(self.socket, url)  # what clients can use
+                self._ipc.bound(url, asked)
                 self._bound.add(url)
                 log.info("%s bound to %s", self.name, url)
                 warn_if_exposed(url, self.serializer.name, self.security, "bound")
