@@ -33,7 +33,7 @@ from typing import Any
 
 import zmq
 
-from ._cli_stop import Interrupts
+from ._cli_stop import Interrupts, stopping_message
 from ._cli_util import CLIError, add_security_options, check_endpoint, security_from
 from .service import RPCService
 
@@ -310,12 +310,7 @@ async def run(ns: argparse.Namespace) -> int:
     def first(say: bool, grace: float) -> None:  # on the loop, after the first signal
         if say:
             busy = service.active_calls + service.active_streams
-            print(
-                f"netcall: stopping, waiting up to {ns.grace:g} s for {busy} "
-                f"call{'s' if busy != 1 else ''}; Ctrl-C again to stop now",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(f"netcall: {stopping_message(ns.grace, busy)}", file=sys.stderr, flush=True)
         if not service.closed:
             stopper.append(loop.create_task(service.stop(grace=grace)))
 

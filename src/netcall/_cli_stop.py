@@ -37,7 +37,7 @@ from ._service.dispatch import Dispatcher
 from ._service.streams import Producers, close_generator_soon, sync_step
 from .service import RPCService
 
-__all__ = ["Interrupts"]
+__all__ = ["Interrupts", "stopping_message"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # netcall's and asyncio's own code (directories, so that a module named netcall_x is not).
@@ -93,6 +93,12 @@ def _uncounted(frame: types.FrameType | None) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def stopping_message(grace: float, busy: int) -> str:
+    """What the first Ctrl-C says (after ``netcall: ``)."""
+    calls = "call" if busy == 1 else "calls"
+    return f"stopping, waiting up to {grace:g} s for {busy} {calls}; Ctrl-C again to stop now"
 
 
 def _say(line: str) -> None:
@@ -156,11 +162,7 @@ class Interrupts:
             if held is not None:
                 self._service._refuse_calls()
                 busy = self._service.active_calls + self._service.active_streams
-                busy += _uncounted(frame)
-                _say(
-                    f"stopping, waiting up to {self._grace:g} s for {busy} "
-                    f"call{'s' if busy != 1 else ''}; Ctrl-C again to stop now"
-                )
+                _say(stopping_message(self._grace, busy + _uncounted(frame)))
             threading.Thread(target=self._watch, name="netcall-stop", daemon=True).start()
             self._to_loop(self._graceful, held is None)
         elif held is not None:
