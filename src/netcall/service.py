@@ -240,7 +240,6 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         loop = loop or asyncio.get_running_loop()
         self._dispatch.loop = loop
         self._dispatch.refusing = None
-        self._producers.stopping = False
         self._producers.start(loop)
         up = self._upstreams
         pongs = None
@@ -379,7 +378,6 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         # starts; ``netcall serve`` also calls it from a signal handler, while a handler holds
         # the loop, so that the handler it interrupts is answered ServiceStoppingError).
         self._dispatch.refusing = "the service is stopping"
-        self._producers.stopping = True
 
     def _close(self, linger: int) -> None:
         log.info("%s stopped", self.name)

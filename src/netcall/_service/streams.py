@@ -127,8 +127,6 @@ class Producers:
         self._reaper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        #: The service is stopping (it refuses new calls).
-        self.stopping = False
 
     def __len__(self) -> int:
         return len(self.by_key)
@@ -327,10 +325,10 @@ class Producers:
                     # Fairness: a generator that never awaits must not hold the loop.
                     await asyncio.sleep(0)
         except asyncio.CancelledError:
-            if stream.state is not _S.CLOSED and self.stopping:
-                # Cancelled where it ran, not closed (``netcall serve`` interrupts a step
-                # that still holds the loop at the end of the grace): told as close_all()
-                # tells the others.
+            if stream.state is not _S.CLOSED:
+                # Cancelled where it ran, not closed by this service (``netcall serve``
+                # interrupting a step that still holds the loop at the end of the grace, or
+                # the loop's own end): told as close_all() tells the others.
                 replies.refuse(
                     stream.peer, stream.rid, p.ERR_SERVICE_STOPPING, "the service stopped"
                 )
