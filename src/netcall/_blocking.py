@@ -133,12 +133,8 @@ def _drive(
         while True:
             try:
                 if error is not None:
-                    try:
-                        item = proxy.throw(error)
-                    finally:
-                        # Its traceback holds this frame: kept here, it would keep a dropped
-                        # generator alive until the cycle collector ran (no close meanwhile).
-                        error = None
+                    thrown, error = error, None
+                    item = proxy.throw(thrown)
                 elif value is not None:
                     item = proxy.send(value)
                 else:
@@ -156,8 +152,9 @@ def _drive(
             except BaseException as exc:  # gen.throw(...): goes to the remote generator
                 tb = exc.__traceback__
                 if tb is not None and tb.tb_frame.f_code is _DRIVE:
-                    # The entry for this frame, added as it arrived here: the caller may keep
-                    # the exception, which would keep this generator (and its stream) alive.
+                    # The entry for this frame, added as it arrived here: held by the caller
+                    # (who may keep the exception) or by this frame's own locals (a cycle),
+                    # it would keep a dropped generator, and its stream, alive.
                     exc.__traceback__ = tb.tb_next
                 error, value = exc, None
             if value is not None or error is not None:
