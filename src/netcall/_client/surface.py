@@ -71,8 +71,7 @@ class CallSurface:
             TypeError: ``name`` is not a ``str``, or ``timeout`` not a number or ``None``.
             ValueError: ``timeout`` is NaN.
         """
-        if timeout is not UNSET:
-            timeout = checked_timeout(timeout)
+        timeout = checked_timeout(timeout)
         return Call(self._invoke, checked_name(name), args, kwargs, timeout, oneway, metadata)
 
     async def methods(self, timeout: float | None = UNSET) -> dict[str, dict[str, str]]:
