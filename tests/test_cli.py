@@ -121,6 +121,19 @@ class Served:
         assert self.proc.stdout is not None
         assert self.proc.stdout.readline().strip() == line
 
+    def call(self, *words: str) -> subprocess.Popen[str]:
+        """``netcall URL WORDS...`` in a process of its own; once its method prints "METHOD
+        started" on the service's stdout, returns the client process."""
+        client = subprocess.Popen(
+            [*NETCALL, self.url, *words],
+            env=netcall_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.wait_for(f"{words[0]} started")
+        return client
+
     def interrupt(self) -> None:
         self.proc.send_signal(signal.SIGINT)
 
@@ -395,14 +408,7 @@ def test_serve_workers_refuse_what_they_cannot_do(workdir: Path) -> None:
 def test_ctrl_c_during_a_long_call_is_graceful_then_immediate(workdir: Path) -> None:
     server = Served("svcmod", workdir, "--grace", "1.5")
     try:
-        client = subprocess.Popen(
-            [*NETCALL, server.url, "slow", "20"],
-            env=netcall_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        server.wait_for("slow started")
+        client = server.call("slow", "20")
         start = time.monotonic()
         server.interrupt()
         status, _, err = server.finish()
@@ -416,13 +422,7 @@ def test_ctrl_c_during_a_long_call_is_graceful_then_immediate(workdir: Path) -> 
 
     server = Served("svcmod", workdir, "--grace", "30")
     try:
-        client = subprocess.Popen(
-            [*NETCALL, server.url, "slow", "20", "--timeout", "3"],
-            env=netcall_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        server.wait_for("slow started")
+        client = server.call("slow", "20", "--timeout", "3")
         start = time.monotonic()
         server.interrupt()
         assert server.proc.stderr is not None
@@ -431,7 +431,7 @@ def test_ctrl_c_during_a_long_call_is_graceful_then_immediate(workdir: Path) -> 
         status, _, err = server.finish()
         assert status == 130 and time.monotonic() - start < 5, err
         assert "stopping now" in err and "Traceback" not in err
-        client.wait(timeout=15)
+        client.communicate(timeout=15)
     finally:
         server.kill()
 
@@ -445,14 +445,7 @@ def test_ctrl_c_during_a_plain_function_that_holds_on(workdir: Path, executor: s
     options = ["--executor", "threads"] if executor == "threads" else []
     server = Served("svcmod", workdir, "--grace", "1", *options)
     try:
-        client = subprocess.Popen(
-            [*NETCALL, server.url, "block", "30"],
-            env=netcall_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        server.wait_for("block started")
+        client = server.call("block", "30")
         start = time.monotonic()
         server.interrupt()
         assert server.proc.stderr is not None
@@ -476,18 +469,7 @@ def test_the_grace_counts_from_the_ctrl_c_while_a_plain_function_holds_on(workdi
     loop: it gets what is left of the grace, not a whole one more."""
     server = Served("svcmod", workdir, "--grace", "2")
     try:
-        clients = []
-        for method in ("slow", "block"):
-            clients.append(
-                subprocess.Popen(
-                    [*NETCALL, server.url, method, "30"],
-                    env=netcall_env(),
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-            )
-            server.wait_for(f"{method} started")
+        clients = [server.call(method, "30") for method in ("slow", "block")]
         start = time.monotonic()
         server.interrupt()
         status, _, err = server.finish()
@@ -504,14 +486,7 @@ def test_the_grace_counts_from_the_ctrl_c_while_a_plain_function_holds_on(workdi
 def test_a_second_ctrl_c_interrupts_a_plain_function_that_holds_on(workdir: Path) -> None:
     server = Served("svcmod", workdir, "--grace", "30")
     try:
-        client = subprocess.Popen(
-            [*NETCALL, server.url, "block", "30"],
-            env=netcall_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        server.wait_for("block started")
+        client = server.call("block", "30")
         start = time.monotonic()
         server.interrupt()
         assert server.proc.stderr is not None
