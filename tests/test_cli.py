@@ -64,6 +64,12 @@ def block(seconds):
     return "done"
 
 
+async def block_async(seconds):
+    print("block_async started", flush=True)  # no await: it runs to its end where it is read
+    time.sleep(seconds)
+    return "done"
+
+
 def note(message):
     notes.append(message)
 
@@ -436,16 +442,21 @@ def test_ctrl_c_during_a_long_call_is_graceful_then_immediate(workdir: Path) -> 
         server.kill()
 
 
-@pytest.mark.parametrize("executor", ["inline", "threads"])
-def test_ctrl_c_during_a_plain_function_that_holds_on(workdir: Path, executor: str) -> None:
+@pytest.mark.parametrize(
+    ("executor", "method"),
+    [("inline", "block"), ("threads", "block"), ("inline", "block_async")],
+)
+def test_ctrl_c_during_a_plain_function_that_holds_on(
+    workdir: Path, executor: str, method: str
+) -> None:
     """A plain function served as it is runs on the loop (or in a handler thread) and cannot
-    be cancelled: the first Ctrl-C still says so at once, and the grace still bounds the stop
-    (the function is interrupted where it is, or its thread left behind); the caller gets
-    ServiceStoppingError."""
+    be cancelled, nor can an ``async def`` one with no await: the first Ctrl-C still says so
+    at once, and the grace still bounds the stop (the function is interrupted where it is, or
+    its thread left behind); the caller gets ServiceStoppingError."""
     options = ["--executor", "threads"] if executor == "threads" else []
     server = Served("svcmod", workdir, "--grace", "1", *options)
     try:
-        client = server.call("block", "30")
+        client = server.call(method, "30")
         start = time.monotonic()
         server.interrupt()
         assert server.proc.stderr is not None

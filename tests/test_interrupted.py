@@ -39,6 +39,10 @@ def cancel_me():
     raise asyncio.CancelledError
 
 @service.register
+async def cancel_me_async():
+    raise asyncio.CancelledError
+
+@service.register
 def echo(x):
     return x
 
@@ -88,14 +92,15 @@ async def test_system_exit_in_a_handler_is_answered_then_exits(
     assert proc.wait(timeout=10) == 3  # and then it left the loop, as from a task
 
 
-async def test_cancelled_error_in_a_sync_handler_gets_no_answer_and_the_service_goes_on(
-    service_process: Any,
+@pytest.mark.parametrize("method", ["cancel_me", "cancel_me_async"])
+async def test_cancelled_error_in_a_handler_run_inline_gets_no_answer_and_the_service_goes_on(
+    service_process: Any, method: str
 ) -> None:
     url, proc = service_process
     async with RPCClient(timeout=5) as client:
         client.connect(url)
         with pytest.raises(RPCTimeoutError):
-            await client.call("cancel_me", timeout=0.5)  # as for a cancelled task
+            await client.call(method, timeout=0.5)  # as for a cancelled task
         results = await asyncio.gather(*(client.echo(i) for i in range(20)))
         assert results == list(range(20))
     assert proc.poll() is None

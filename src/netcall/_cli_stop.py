@@ -48,6 +48,7 @@ _CALLERS = frozenset(
     for fn in (
         Dispatcher.invoke,
         _eager.start_task,
+        _eager.run_to_end,
         ServiceChain.run,
         ServiceChain.endpoint,
         Producers._step,
@@ -59,7 +60,9 @@ _CALLERS = frozenset(
 )
 # Callers whose user code is a call not counted in active_calls yet (run inline, or the
 # first step of its task).
-_UNCOUNTED = frozenset({Dispatcher.invoke.__code__, _eager.start_task.__code__})
+_UNCOUNTED = frozenset(
+    {Dispatcher.invoke.__code__, _eager.start_task.__code__, _eager.run_to_end.__code__}
+)
 
 
 def _ours(frame: types.FrameType) -> bool:

@@ -83,9 +83,11 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         max_concurrent: at most this many calls running (async handlers and executor calls)
             plus streams open at once; further calls are refused at once with
             :class:`~netcall.errors.ServiceBusyError` instead of queueing without bound
-            (``None``: no limit). Sync handlers running inline never count: they finish before
-            the next message is read; nor, on Python 3.11+, do async handlers that finish
-            without suspending (their first step runs at once).
+            (``None``: no limit). A call that cannot suspend is never counted nor refused: a
+            sync handler running inline, or an ``async def`` one with no ``await`` in its
+            body; each finishes before the next message is read. An async handler that
+            finishes in its first step all the same (Python 3.11+: that step runs at once)
+            may be refused, but never counts.
         security: ``Curve.server(keypair, allow=...)`` from :mod:`netcall.security`: CURVE
             encryption, the clients let in, and each caller's key in ``current_call()``.
         name: a label for logs.

@@ -20,7 +20,7 @@ from typing import Any
 from .. import protocol as p
 from .._context import CallContext, TaskStarting, _current
 from .._deadline import MIN_REMAINING, Deadline
-from .._eager import eager, start_task
+from .._eager import eager, run_to_end, start_task
 from .._metadata import check_metadata
 from .._middleware import ServiceMiddleware
 from .._payload import buffers_loader, dumper
@@ -39,6 +39,7 @@ __all__ = ["Dispatcher"]
 
 log = logging.getLogger("netcall")
 _debug = log.isEnabledFor
+_current_task = asyncio.current_task
 
 # What inspect.isgenerator / isasyncgen test, as one lookup (neither type can be subclassed).
 _GENERATORS = frozenset({types.GeneratorType, types.AsyncGeneratorType})
@@ -105,13 +106,23 @@ class Dispatcher:
         keys = self.keys
         return None if keys is None else keys.peer_key
 
-    def invoke(self, handler: Handler, args: Any, kwargs: dict[str, Any], ctx: CallContext) -> Any:
-        """The one place a handler is called: its result (sync handler run inline), or an
+    def invoke(
+        self,
+        handler: Handler,
+        args: Any,
+        kwargs: dict[str, Any],
+        ctx: CallContext,
+        to_end: bool = False,
+    ) -> Any:
+        """The one place a handler is called: its result (sync handler run inline; with
+        ``to_end``, an async handler that never suspends, run to its end here), or an
         awaitable for it (async handler, sync handler sent to the runner, middleware)."""
         if self.chain.middleware:
             return self.chain.run(handler, args, kwargs, ctx)
         runner = self._runner
         if handler.is_async:
+            if to_end:
+                return run_to_end(self.loop, handler.fn(*args, **kwargs))  # type: ignore[arg-type]
             if runner.async_hook is None:
                 return handler.fn(*args, **kwargs)
             return runner.async_hook(functools.partial(handler.fn, *args, **kwargs))
@@ -186,7 +197,19 @@ class Dispatcher:
         if msg.flags & p.FLAG_ONEWAY:
             replies.send(peer, p.Ack(rid).to_frames())
         middleware = self.chain.middleware
-        inline = not handler.is_async and self._runner.inline and not middleware
+        runner = self._runner
+        if handler.is_async:
+            # One with no await cannot suspend: run to its end here, as a def handler is (no
+            # task; under a host task: see _eager.run_to_end), unless a task is current.
+            inline = to_end = (
+                handler.never_suspends
+                and runner.async_hook is None
+                and not middleware
+                and _current_task(self.loop) is None
+            )
+        else:
+            inline = runner.inline and not middleware
+            to_end = False
         if not inline and self.at_limit(peer, rid):
             return
         guard.counts["calls"] += 1
@@ -195,9 +218,9 @@ class Dispatcher:
             log.debug("call %s from %s", msg.method, peer.hex())
         token = _current.set(ctx)
         try:
-            result = self.invoke(handler, args, kwargs, ctx)
-            if inline and not inspect.isawaitable(result):
-                # Fast path: a sync handler ran inline, no task.
+            result = self.invoke(handler, args, kwargs, ctx, to_end)
+            if to_end or (inline and not inspect.isawaitable(result)):
+                # Fast path: the handler ran inline, no task.
                 self._finish(peer, msg, ctx, result)
                 return
             # The task runs in a copy of this context, where current_call() is this call.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dis
 import inspect
 import logging
 from collections.abc import Callable, Iterable
@@ -32,7 +33,7 @@ class Handler:
     """One registered handler. ``allow``: the CURVE keys (Z85 text) that may call it, or
     ``None`` for every caller the service lets in."""
 
-    __slots__ = ("allow", "doc", "fn", "is_async", "name")
+    __slots__ = ("allow", "doc", "fn", "is_async", "name", "never_suspends")
 
     def __init__(
         self, name: str, fn: Callable[..., Any], allow: frozenset[str] | None = None
@@ -40,12 +41,32 @@ class Handler:
         self.name = name
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)
+        #: An ``async def`` with no ``await`` (nor ``async for``/``async with``) in its own
+        #: body: its coroutine ends in its first step, so the service runs it there and then,
+        #: as a ``def`` handler, with no task.
+        self.never_suspends = self.is_async and never_suspends(fn)
         self.doc = inspect.getdoc(fn) or ""
         self.allow = allow
 
     def permits(self, peer_key: str | None) -> bool:
         """Whether a caller with this key (``None``: no CURVE) may call the handler."""
         return self.allow is None or peer_key in self.allow
+
+
+# The opcodes a coroutine suspends at: every await (and async for/with) compiles to one of them.
+_SUSPENDS = frozenset(
+    dis.opmap[name] for name in ("YIELD_VALUE", "YIELD_FROM", "SEND") if name in dis.opmap
+)
+
+
+def never_suspends(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is an ``async def`` function (or a method of one) whose own code has no
+    point where its coroutine could suspend: it returns or raises in its first step."""
+    fn = getattr(fn, "__func__", fn)
+    code = getattr(fn, "__code__", None)
+    if not inspect.isfunction(fn) or code is None or not code.co_flags & inspect.CO_COROUTINE:
+        return False
+    return not any(ins.opcode in _SUSPENDS for ins in dis.get_instructions(code))
 
 
 class HandlerRegistry:
