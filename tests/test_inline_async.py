@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import types
 from typing import Any
 
 import pytest
@@ -203,3 +204,100 @@ async def test_what_needs_a_current_task_finds_one(service: Any, client: Any) ->
 
     assert await client.which() == ["asyncio", False, "netcall: handler with no await"]
     assert await client.which() == ["asyncio", False, "netcall: handler with no await"]
+
+
+_ran: list[int] = []
+
+
+async def _edited(x: int) -> int:
+    return x
+
+
+async def _after_the_edit(x: int) -> int:
+    _ran.append(x)
+    await asyncio.sleep(0)
+    return x * 2
+
+
+async def test_a_handler_whose_code_is_swapped_for_one_that_awaits(
+    service: Any, client: Any
+) -> None:
+    """A reload that replaces ``__code__`` (IPython's autoreload, jurigged) and adds an await:
+    the handler then runs as a task, once, as its new code says."""
+    _ran.clear()
+    handler = types.FunctionType(_edited.__code__, globals(), "edited")  # (one to edit)
+    service.register(handler, name="edited")
+    assert await client.edited(1) == 1
+    handler.__code__ = _after_the_edit.__code__
+    assert await client.edited(2) == 4
+    assert _ran == [2]
+
+
+async def test_generator_exit_inside_is_answered_and_nothing_more(
+    service: Any, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A BaseException that is neither KeyboardInterrupt nor SystemExit ends in the call, as
+    in a task: answered, and not raised again from the loop (no "Exception in callback")."""
+
+    class Abort(BaseException):
+        pass
+
+    @service.register
+    async def genexit() -> None:
+        raise GeneratorExit
+
+    @service.register
+    async def abort() -> None:
+        raise Abort
+
+    for method in ("genexit", "abort"):
+        with pytest.raises(RemoteRPCError) as info:
+            await client.call(method)
+        assert "the handler was interrupted" in str(info.value)
+    await asyncio.sleep(0.05)  # the loop's next turns, where a re-raise would land
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
+async def test_a_loop_task_factory_still_sees_the_handler(
+    make_service: Any, make_client: Any, endpoint: str
+) -> None:
+    made: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    def factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
+        made.append(coro.__qualname__)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    svc = make_service()
+
+    @svc.register
+    async def quick() -> int:
+        return 1
+
+    svc.bind(endpoint)
+    svc.start()
+    cli = make_client()
+    cli.connect(endpoint)
+    loop.set_task_factory(factory)
+    try:
+        assert await cli.quick() == 1
+    finally:
+        loop.set_task_factory(None)
+    assert any(name.endswith("quick") for name in made), made
+
+
+async def test_the_host_task_keeps_no_call(service: Any, client: Any) -> None:
+    """The host task outlives the calls; made in an empty context, it holds none of them."""
+    import gc
+
+    from netcall import CallContext
+
+    @service.register
+    async def first(blob: bytes) -> int:
+        return len(blob)
+
+    assert await client.first(b"x" * 1000) == 1000  # (the host is made during this call)
+    assert await client.first(b"y") == 1
+    gc.collect()
+    held = [o for o in gc.get_objects() if type(o) is CallContext and o.method == "first"]
+    assert held == [], "a call's context is still held"

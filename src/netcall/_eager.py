@@ -33,9 +33,11 @@ import threading
 # every task step use them).
 from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["EAGER_BEFORE_312", "eager", "run_to_end", "start_task"]
+
+_T = TypeVar("_T", bound=asyncio.Task[Any])
 
 #: On for 3.11, off for 3.10. On 3.10 a Ctrl-C is a KeyboardInterrupt raised wherever the
 #: main thread is, and with the first step run inside ``Dispatcher.on_call`` it lands there
@@ -57,7 +59,11 @@ if sys.version_info >= (3, 12):
     def start_task(
         loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]
     ) -> asyncio.Task[Any]:
-        """A task for ``coro`` whose first step has run (see the module docstring)."""
+        """A task for ``coro`` whose first step has run (see the module docstring); the
+        loop's task factory's, if it has one (whose first step waits its turn unless the
+        factory starts it eagerly: ``asyncio.eager_task_factory``)."""
+        if loop.get_task_factory() is not None:
+            return loop.create_task(coro)
         return asyncio.Task(coro, loop=loop, eager_start=True)
 
 else:
@@ -80,6 +86,13 @@ else:
             # inside another task, which the step could not replace as the current one (3.12
             # swaps them): a plain task, whose first step waits its turn.
             return loop.create_task(coro)
+        return _stepped(loop, coro, asyncio.Task)
+
+    def _stepped(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], task_type: type[_T]
+    ) -> _T:
+        """``task_type(coro, loop=loop)`` (a Task), its first step run now (called from a
+        callback of ``loop``, in its thread, with no task current)."""
         caught: list[tuple[Any, tuple[Any, ...], Any]] = []
         call_soon = loop.call_soon
 
@@ -94,9 +107,9 @@ else:
         try:
             loop.call_soon = catch  # type: ignore[method-assign,assignment]
         except AttributeError:  # a loop without an instance dictionary (uvloop)
-            return loop.create_task(coro)
+            return task_type(coro, loop=loop)
         try:
-            task = asyncio.Task(coro, loop=loop)
+            task = task_type(coro, loop=loop)
         finally:
             vars(loop).pop("call_soon", None)  # (a nested start may have removed it)
         for callback, args, context in caught:
@@ -122,15 +135,16 @@ else:
 def run_to_end(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> Any:
     """Run ``coro``, which cannot suspend (an ``async def`` with no ``await``: see
     ``netcall._service.registry.never_suspends``), to its end now: its result, or what it
-    raised. Called where no task is current (a callback of ``loop``, in its thread).
+    raised. Called from a callback of ``loop``, in its thread, with no task current.
 
     No task is made for it: that is what costs on 3.10/3.11 (a Task is made and registered,
     stepped, and its result read back; the handler itself is one step). It runs as a task's
     step would: in a copy of the current context (what it sets there stays there), and with a
     task current, so that ``asyncio.current_task()`` and what depends on it (sniffio, anyio)
     work. That task is the loop's *host*: one finished task per loop, named
-    ``netcall: handler with no await``, shared by every such call. Cancelling it does nothing
-    (it is done); a callback added to it runs on the loop's next turn.
+    ``netcall: handler with no await``, shared by every such call (so what keys on the task,
+    an anyio ``Lock`` held past the call, say, sees one owner for all of them). Cancelling it
+    does nothing (it is done); a callback added to it runs on the loop's next turn.
 
     Raises:
         whatever the coroutine raised.
@@ -143,7 +157,7 @@ def run_to_end(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) 
         return stop.value
     finally:
         _leave_task(loop, host)
-    coro.close()  # it suspended after all: its code was swapped after it was registered
+    coro.close()  # it suspended after all (its caller checks the code was not swapped)
     raise RuntimeError("a handler with no await suspended")
 
 
@@ -153,24 +167,32 @@ _hosts = threading.local()  # .host: the host of the last loop this thread ran s
 def _host(loop: asyncio.AbstractEventLoop) -> _Host:
     host: _Host | None = getattr(_hosts, "host", None)
     if host is None or host.get_loop() is not loop:
-        host = _hosts.host = _Host(loop)
+        # Made in an empty context: a task keeps the context it was made in, and this one
+        # lives as long as the loop is used (the call being served must not be kept with it).
+        host = _hosts.host = contextvars.Context().run(_new_host, loop)
     return host
 
 
-class _Host(asyncio.Task[None]):
-    """A task that does nothing (done from its first step), whose coroutine stays readable
-    once it is done: anyio's ``get_current_task()`` reads it (3.12+ forgets it)."""
+class _Host(asyncio.Task):  # type: ignore[type-arg]
+    """A task whose coroutine stays readable once it is done: anyio's ``get_current_task()``
+    reads it (3.12+ forgets it)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._nothing = coro = _nothing()
-        name = "netcall: handler with no await"
-        if sys.version_info >= (3, 12):
-            super().__init__(coro, loop=loop, name=name, eager_start=True)
-        else:  # done on the loop's next turn; current (and not done) until then
-            super().__init__(coro, loop=loop, name=name)
+    def __init__(self, coro: Coroutine[Any, Any, None], **kwargs: Any) -> None:
+        self._kept = coro
+        super().__init__(coro, **kwargs)
 
     def get_coro(self) -> Any:
-        return self._nothing
+        return self._kept
+
+
+def _new_host(loop: asyncio.AbstractEventLoop) -> _Host:
+    """A finished host task for ``loop`` (on uvloop before 3.12: finished on its next turn)."""
+    if sys.version_info >= (3, 12):
+        host = _Host(_nothing(), loop=loop, eager_start=True)
+    else:
+        host = _stepped(loop, _nothing(), _Host)
+    host.set_name("netcall: handler with no await")
+    return host
 
 
 async def _nothing() -> None:

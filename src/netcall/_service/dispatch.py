@@ -200,12 +200,14 @@ class Dispatcher:
         runner = self._runner
         if handler.is_async:
             # One with no await cannot suspend: run to its end here, as a def handler is (no
-            # task; under a host task: see _eager.run_to_end), unless a task is current.
+            # task; under a host task: see _eager.run_to_end), unless a task is current or
+            # the loop has a task factory (which sees every handler's task, as on 3.11).
             inline = to_end = (
                 handler.never_suspends
                 and runner.async_hook is None
                 and not middleware
                 and _current_task(self.loop) is None
+                and self.loop.get_task_factory() is None  # type: ignore[union-attr]
             )
         else:
             inline = runner.inline and not middleware
@@ -237,10 +239,12 @@ class Dispatcher:
         except BaseException as exc:
             # KeyboardInterrupt or SystemExit from a handler run here (inline, or the eager
             # first step on 3.12+): answered now, then raised from the loop's next turn, as
-            # from a task's step (the answer leaves with this wake-up's burst first).
+            # from a task's step (the answer leaves with this wake-up's burst first). Any
+            # other (GeneratorExit, a BaseException of the user's) ends there, as in a task.
             ctx._task = None
             replies.refuse(peer, rid, remote_type_name(exc), "the handler was interrupted")
-            self.loop.call_soon(_reraise, exc)  # type: ignore[union-attr]
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                self.loop.call_soon(_reraise, exc)  # type: ignore[union-attr]
             return
         finally:
             _current.reset(token)

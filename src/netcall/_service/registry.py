@@ -33,7 +33,7 @@ class Handler:
     """One registered handler. ``allow``: the CURVE keys (Z85 text) that may call it, or
     ``None`` for every caller the service lets in."""
 
-    __slots__ = ("allow", "doc", "fn", "is_async", "name", "never_suspends")
+    __slots__ = ("allow", "code", "doc", "fn", "func", "is_async", "name")
 
     def __init__(
         self, name: str, fn: Callable[..., Any], allow: frozenset[str] | None = None
@@ -41,12 +41,21 @@ class Handler:
         self.name = name
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)
-        #: An ``async def`` with no ``await`` (nor ``async for``/``async with``) in its own
-        #: body: its coroutine ends in its first step, so the service runs it there and then,
-        #: as a ``def`` handler, with no task.
-        self.never_suspends = self.is_async and never_suspends(fn)
+        # An ``async def`` with no ``await`` (nor ``async for``/``async with``) in its own
+        # body: its coroutine ends in its first step, so the service runs it there and then,
+        # as a ``def`` handler, with no task (see never_suspends).
+        self.func = getattr(fn, "__func__", fn)
+        self.code = self.func.__code__ if self.is_async and never_suspends(fn) else None
         self.doc = inspect.getdoc(fn) or ""
         self.allow = allow
+
+    @property
+    def never_suspends(self) -> bool:
+        """Whether the handler's coroutine cannot suspend: an ``async def`` with no await,
+        whose code is still what it was when it was registered (a reload that swaps
+        ``__code__``, IPython's autoreload say, may have added one)."""
+        code = self.code
+        return code is not None and self.func.__code__ is code
 
     def permits(self, peer_key: str | None) -> bool:
         """Whether a caller with this key (``None``: no CURVE) may call the handler."""
