@@ -18,8 +18,9 @@ factory of its own, gets a plain task.
 
 An ``async def`` handler with no ``await`` at all cannot suspend: ``run_to_end(loop, coro)``
 runs it with no task of its own, under the loop's host task (see there). On 3.11 that took
-the service's CPU per call from 32.5 to 24.1 µs (``benchmarks/ab.py``, 64 in flight); a Task
-made and stepped costs 3.5 µs alone there, against 0.6 µs for the step in a context copy.
+the service's CPU per call from 25.5 to 21.2 µs (``benchmarks/ab.py``, 64 in flight: see
+benchmarks/README.md, session 16); a Task made and stepped by :func:`start_task` costs about
+3.5 µs there, against 0.6 µs for the step in a copy of the context.
 """
 
 from __future__ import annotations
