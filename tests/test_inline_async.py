@@ -133,6 +133,30 @@ async def test_a_context_variable_set_inside_stays_inside(service: Any, client: 
     assert var.get() == "unset"
 
 
+async def test_what_a_sync_handler_sets_stays_in_its_call(service: Any, client: Any) -> None:
+    """A sync handler run inline runs in a copy of the context too: a value it sets is not
+    seen by the calls after it, another caller's included (it was, before session 16)."""
+
+    @service.register
+    def set_sync(value: str) -> str:
+        before = var.get()
+        var.set(value)
+        return before
+
+    @service.register
+    def read_sync() -> str:
+        return var.get()
+
+    @service.register
+    async def read_async() -> str:
+        return var.get()
+
+    assert await client.set_sync("caller one's secret") == "unset"
+    assert await client.read_sync() == "unset"
+    assert await client.read_async() == "unset"
+    assert await client.set_sync("again") == "unset"
+
+
 async def test_many_in_flight_and_streams_beside_them(service: Any, client: Any) -> None:
     @service.register
     async def square(x: int) -> int:

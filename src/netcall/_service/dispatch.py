@@ -9,6 +9,7 @@ only place a handler is called (middleware, thread offload).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import logging
@@ -127,7 +128,9 @@ class Dispatcher:
                 return handler.fn(*args, **kwargs)
             return runner.async_hook(functools.partial(handler.fn, *args, **kwargs))
         if runner.inline:
-            return handler.fn(*args, **kwargs)
+            # In a copy of the context, as a task or an executor thread would run it: what it
+            # sets in a context variable must not reach the calls after it (other callers').
+            return contextvars.copy_context().run(handler.fn, *args, **kwargs)
         return runner.run(functools.partial(handler.fn, *args, **kwargs))
 
     # -- admission ------------------------------------------------------------------------
