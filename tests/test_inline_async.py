@@ -157,6 +157,35 @@ async def test_what_a_sync_handler_sets_stays_in_its_call(service: Any, client: 
     assert await client.set_sync("again") == "unset"
 
 
+async def test_a_sync_handler_that_returns_a_coroutine_passes_its_context_on(
+    service: Any, client: Any
+) -> None:
+    """A sync decorator that sets up per-call state and returns the coroutine: the coroutine's
+    task runs in the context the sync part set (one call, one context), and the next call
+    starts afresh."""
+
+    def with_request_id(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            var.set(f"req-{current_call().method}")
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    @service.register
+    @with_request_id
+    async def decorated() -> str:
+        await asyncio.sleep(0)
+        return var.get()
+
+    @service.register
+    def read_sync() -> str:
+        return var.get()
+
+    assert await client.decorated() == "req-decorated"
+    assert await client.read_sync() == "unset"
+
+
 async def test_many_in_flight_and_streams_beside_them(service: Any, client: Any) -> None:
     @service.register
     async def square(x: int) -> int:

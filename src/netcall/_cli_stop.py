@@ -60,9 +60,8 @@ _CALLERS = frozenset(
 )
 # Callers whose user code is a call not counted in active_calls yet (run inline, or the
 # first step of its task).
-_UNCOUNTED = frozenset(
-    {Dispatcher.invoke.__code__, _eager.start_task.__code__, _eager.run_to_end.__code__}
-)
+# (An async handler with no await, run by _eager.run_to_end, is under Dispatcher.invoke.)
+_UNCOUNTED = frozenset({Dispatcher.invoke.__code__, _eager.start_task.__code__})
 
 
 def _ours(frame: types.FrameType) -> bool:

@@ -64,7 +64,7 @@ if sys.version_info >= (3, 12):
         loop's task factory's, if it has one (whose first step waits its turn unless the
         factory starts it eagerly: ``asyncio.eager_task_factory``)."""
         if loop.get_task_factory() is not None:
-            return loop.create_task(coro)
+            return _from_factory(loop, coro)
         return asyncio.Task(coro, loop=loop, eager_start=True)
 
 else:
@@ -86,7 +86,7 @@ else:
             # Not in a callback of this loop, in its thread; a factory of the loop's own; or
             # inside another task, which the step could not replace as the current one (3.12
             # swaps them): a plain task, whose first step waits its turn.
-            return loop.create_task(coro)
+            return _from_factory(loop, coro)
         return _stepped(loop, coro, asyncio.Task)
 
     def _stepped(
@@ -131,6 +131,18 @@ else:
 
     def _reraise(exc: BaseException) -> None:
         raise exc
+
+
+def _from_factory(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]
+) -> asyncio.Task[Any]:
+    """``loop.create_task(coro)``; ``coro`` is closed if that raises (a task factory's error:
+    the coroutine never ran, and must not be reported as never awaited)."""
+    try:
+        return loop.create_task(coro)
+    except BaseException:
+        coro.close()
+        raise
 
 
 def run_to_end(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> Any:
@@ -187,7 +199,8 @@ class _Host(asyncio.Task):  # type: ignore[type-arg]
 
 
 def _new_host(loop: asyncio.AbstractEventLoop) -> _Host:
-    """A finished host task for ``loop`` (on uvloop before 3.12: finished on its next turn)."""
+    """A finished host task for ``loop`` (before 3.12, on a loop whose ``call_soon`` cannot
+    be shadowed: finished on its next turn)."""
     if sys.version_info >= (3, 12):
         host = _Host(_nothing(), loop=loop, eager_start=True)
     else:

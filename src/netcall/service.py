@@ -85,7 +85,8 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
             :class:`~netcall.errors.ServiceBusyError` instead of queueing without bound
             (``None``: no limit). A call that cannot suspend is never counted nor refused: a
             sync handler running inline, or an ``async def`` one with no ``await`` in its
-            body; each finishes before the next message is read. An async handler that
+            body (without middleware, a loop task factory or trio, which give it a task);
+            each finishes before the next message is read. An async handler that
             finishes in its first step all the same (Python 3.11+: that step runs at once)
             may be refused, but never counts.
         security: ``Curve.server(keypair, allow=...)`` from :mod:`netcall.security`: CURVE

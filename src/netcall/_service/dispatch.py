@@ -128,9 +128,7 @@ class Dispatcher:
                 return handler.fn(*args, **kwargs)
             return runner.async_hook(functools.partial(handler.fn, *args, **kwargs))
         if runner.inline:
-            # In a copy of the context, as a task or an executor thread would run it: what it
-            # sets in a context variable must not reach the calls after it (other callers').
-            return contextvars.copy_context().run(handler.fn, *args, **kwargs)
+            return handler.fn(*args, **kwargs)  # (on_call runs this in a copy of the context)
         return runner.run(functools.partial(handler.fn, *args, **kwargs))
 
     # -- admission ------------------------------------------------------------------------
@@ -223,13 +221,24 @@ class Dispatcher:
             log.debug("call %s from %s", msg.method, peer.hex())
         token = _current.set(ctx)
         try:
-            result = self.invoke(handler, args, kwargs, ctx, to_end)
-            if to_end or (inline and not inspect.isawaitable(result)):
-                # Fast path: the handler ran inline, no task.
-                self._finish(peer, msg, ctx, result)
-                return
-            # The task runs in a copy of this context, where current_call() is this call.
-            task = _start_task(self.loop, result, ctx)  # type: ignore[arg-type]
+            if inline and not to_end:
+                # A sync handler run here, in a copy of this context as a task or a thread
+                # would run it (what it sets there must not reach the calls after it, other
+                # callers'), and so is the task of an awaitable it returns: one call, one
+                # context.
+                call_context = contextvars.copy_context()
+                result = call_context.run(self.invoke, handler, args, kwargs, ctx)
+                if not inspect.isawaitable(result):  # the fast path: no task
+                    self._finish(peer, msg, ctx, result)
+                    return
+                task = call_context.run(_start_task, self.loop, result, ctx)  # type: ignore[arg-type]
+            else:
+                result = self.invoke(handler, args, kwargs, ctx, to_end)
+                if to_end:  # an async handler with no await, run to its end: no task
+                    self._finish(peer, msg, ctx, result)
+                    return
+                # The task runs in a copy of this context, where current_call() is this call.
+                task = _start_task(self.loop, result, ctx)  # type: ignore[arg-type]
         except Exception as exc:
             ctx._task = None
             self._handler_failed(peer, msg, handler, args, kwargs, exc)

@@ -37,6 +37,8 @@ class Limits:
     Attributes:
         max_per_client: calls (async handlers, executor calls) and streams running for one
             client at once; more are refused with :class:`~netcall.errors.ServiceBusyError`.
+            A call that cannot suspend (a sync handler run inline, or an ``async def`` one
+            with no ``await``, without middleware) never counts and is never refused.
         max_streams_per_client: streams open for one client at once (they count towards
             ``max_per_client`` too): the loop serves open streams in turn, so this bounds how
             long one client's streams can delay everyone else.
