@@ -36,7 +36,7 @@ from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["EAGER_BEFORE_312", "eager", "run_to_end", "start_task"]
+__all__ = ["EAGER_BEFORE_312", "eager", "reraise", "run_to_end", "start_task"]
 
 _T = TypeVar("_T", bound=asyncio.Task[Any])
 
@@ -126,11 +126,14 @@ else:
                 # KeyboardInterrupt or SystemExit in the step (the task holds it too): it
                 # leaves the loop on its next turn, as from a step the loop ran, and the
                 # caller still gets its task (a service records and answers the call).
-                loop.call_soon(_reraise, exc)
+                loop.call_soon(reraise, exc)
         return task
 
-    def _reraise(exc: BaseException) -> None:
-        raise exc
+
+def reraise(exc: BaseException) -> None:
+    """Raise ``exc``: a loop callback that lets KeyboardInterrupt or SystemExit, caught where a
+    handler ran, leave the loop on its next turn, as from a task's step."""
+    raise exc
 
 
 def _from_factory(
@@ -151,9 +154,9 @@ def run_to_end(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) 
     raised. Called from a callback of ``loop``, in its thread, with no task current.
 
     No task is made for it: that is what costs on 3.10/3.11 (a Task is made and registered,
-    stepped, and its result read back; the handler itself is one step). It runs as a task's
-    step would: in a copy of the current context (what it sets there stays there), and with a
-    task current, so that ``asyncio.current_task()`` and what depends on it (sniffio, anyio)
+    stepped, and its result read back; the handler itself is one step). It runs in the current
+    context (the caller gives it a copy of its own, as a task would have), with a task
+    current, so that ``asyncio.current_task()`` and what depends on it (sniffio, anyio)
     work. That task is the loop's *host*: one finished task per loop, named
     ``netcall: handler with no await``, shared by every such call (so what keys on the task,
     an anyio ``Lock`` held past the call, say, sees one owner for all of them). Cancelling it
@@ -165,7 +168,7 @@ def run_to_end(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) 
     host = _host(loop)
     _enter_task(loop, host)
     try:
-        contextvars.copy_context().run(coro.send, None)
+        coro.send(None)
     except StopIteration as stop:
         return stop.value
     finally:

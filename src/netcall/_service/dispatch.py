@@ -21,7 +21,7 @@ from typing import Any
 from .. import protocol as p
 from .._context import CallContext, TaskStarting, _current
 from .._deadline import MIN_REMAINING, Deadline
-from .._eager import eager, run_to_end, start_task
+from .._eager import eager, reraise, run_to_end, start_task
 from .._metadata import check_metadata
 from .._middleware import ServiceMiddleware
 from .._payload import buffers_loader, dumper
@@ -117,7 +117,8 @@ class Dispatcher:
     ) -> Any:
         """The one place a handler is called: its result (sync handler run inline; with
         ``to_end``, an async handler that never suspends, run to its end here), or an
-        awaitable for it (async handler, sync handler sent to the runner, middleware)."""
+        awaitable for it (async handler, sync handler sent to the runner, middleware).
+        ``on_call`` runs it in a copy of the context when it runs the handler inline."""
         if self.chain.middleware:
             return self.chain.run(handler, args, kwargs, ctx)
         runner = self._runner
@@ -128,7 +129,7 @@ class Dispatcher:
                 return handler.fn(*args, **kwargs)
             return runner.async_hook(functools.partial(handler.fn, *args, **kwargs))
         if runner.inline:
-            return handler.fn(*args, **kwargs)  # (on_call runs this in a copy of the context)
+            return handler.fn(*args, **kwargs)
         return runner.run(functools.partial(handler.fn, *args, **kwargs))
 
     # -- admission ------------------------------------------------------------------------
@@ -221,23 +222,20 @@ class Dispatcher:
             log.debug("call %s from %s", msg.method, peer.hex())
         token = _current.set(ctx)
         try:
-            if inline and not to_end:
-                # A sync handler run here, in a copy of this context as a task or a thread
-                # would run it (what it sets there must not reach the calls after it, other
-                # callers'), and so is the task of an awaitable it returns: one call, one
-                # context.
+            if inline:
+                # A handler run here (sync, or async with no await) runs in a copy of this
+                # context, as a task or a thread would run it: what it sets there must not
+                # reach the calls after it (other callers'). So does the task of an awaitable
+                # a sync one returns: one call, one context.
                 call_context = contextvars.copy_context()
-                result = call_context.run(self.invoke, handler, args, kwargs, ctx)
-                if not inspect.isawaitable(result):  # the fast path: no task
+                result = call_context.run(self.invoke, handler, args, kwargs, ctx, to_end)
+                if to_end or not inspect.isawaitable(result):  # the fast path: no task
                     self._finish(peer, msg, ctx, result)
                     return
                 task = call_context.run(_start_task, self.loop, result, ctx)  # type: ignore[arg-type]
             else:
-                result = self.invoke(handler, args, kwargs, ctx, to_end)
-                if to_end:  # an async handler with no await, run to its end: no task
-                    self._finish(peer, msg, ctx, result)
-                    return
                 # The task runs in a copy of this context, where current_call() is this call.
+                result = self.invoke(handler, args, kwargs, ctx)
                 task = _start_task(self.loop, result, ctx)  # type: ignore[arg-type]
         except Exception as exc:
             ctx._task = None
@@ -256,7 +254,7 @@ class Dispatcher:
             ctx._task = None
             replies.refuse(peer, rid, remote_type_name(exc), "the handler was interrupted")
             if isinstance(exc, KeyboardInterrupt | SystemExit):
-                self.loop.call_soon(_reraise, exc)  # type: ignore[union-attr]
+                self.loop.call_soon(reraise, exc)  # type: ignore[union-attr]
             return
         finally:
             _current.reset(token)
@@ -424,10 +422,6 @@ class Dispatcher:
             )
             return
         self._replies.send(peer, p.payload_frames(p.Kind.RESULT, msg.id, payload, buffers))
-
-
-def _reraise(exc: BaseException) -> None:
-    raise exc
 
 
 def _running(ref: weakref.ref[asyncio.Future[Any]]) -> bool:
