@@ -291,13 +291,21 @@ class Broker:
         router = self.router
         if router is None or self._closed:
             return True
-        router.refusing = "the broker is stopping"
+        self.refuse_calls()
         deadline = time.monotonic() + grace
         while router.routes or router.queued:
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.01)
         return True
+
+    def refuse_calls(self) -> None:
+        """:meth:`drain`'s first step, taken now (from the broker's loop thread): new calls
+        fail at once with :class:`~netcall.errors.ServiceStoppingError`. A signal handler
+        takes it before the stop it starts gets to run, so that no call read meanwhile
+        starts."""
+        if self.router is not None and not self._closed:
+            self.router.refusing = "the broker is stopping"
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop gracefully: :meth:`drain` for ``grace`` seconds (default: the constructor's),

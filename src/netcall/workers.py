@@ -386,8 +386,14 @@ def serve_workers(
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
+
+        def stop() -> None:  # new calls are refused from now on, not once serve() ends
+            if pool.broker is not None:
+                pool.broker.refuse_calls()
+            task.cancel()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, stop)
         try:
             await pool.serve()
         except asyncio.CancelledError:
