@@ -220,13 +220,21 @@ async def test_slow_inline_handlers_answer_as_they_finish(pool_env, ctx, client)
         assert first < 1.0, f"the first answer came back after {first:.2f} s"
 
 
-def _parent(url: str, grace: float = 5, **popen: Any) -> subprocess.Popen[bytes]:
-    code = (
-        "import logging; from netcall.workers import serve_workers; logging.basicConfig(); "
-        f"serve_workers('_workers_service:service', 2, bind={url!r}, grace={grace})"
-    )
+def _parent(url: str, grace: float = 5, cli: bool = False, **popen: Any) -> subprocess.Popen[bytes]:
+    """A process running a pool of 2 workers: ``serve_workers``, or ``netcall serve --workers 2``
+    with ``cli``."""
+    if cli:
+        code = "import sys; from netcall.cli import main; sys.exit(main())"
+        args = ["serve", "_workers_service:service", "--bind", url, "--workers", "2"]
+        args += ["--grace", str(grace)]
+    else:
+        code = (
+            "import logging; from netcall.workers import serve_workers; logging.basicConfig(); "
+            f"serve_workers('_workers_service:service', 2, bind={url!r}, grace={grace})"
+        )
+        args = []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), str(TESTS)]))
-    return subprocess.Popen([sys.executable, "-c", code], env=env, **popen)
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=TESTS, **popen)
 
 
 async def test_workers_exit_when_the_parent_is_killed(ctx, client):
@@ -306,15 +314,18 @@ async def test_sigint_stops_gracefully_calls_in_flight_finish(ctx, client):
         parent.wait()
 
 
+@pytest.mark.parametrize("cli", [False, True], ids=["serve_workers", "cli"])
 @pytest.mark.parametrize("late", [0.0, 1.5])
-async def test_sigterm_to_the_process_group_stops_as_one_to_the_parent(ctx, client, late):
+async def test_sigterm_to_the_process_group_stops_as_one_to_the_parent(ctx, client, late, cli):
     # systemd's stop, `kill -TERM -<pgid>`: every process gets SIGTERM at once, and the stop
     # is the same as that of a SIGTERM to the parent alone. With ``late``, the parent handles
     # its own that much later (a loaded machine): the workers must not stop on their own
     # meanwhile (they did: their answers could find no broker reading them, and the pool took
-    # their exits for crashes, "restarting").
+    # their exits for crashes, "restarting"). The call made after the answers is refused:
+    # both signal handlers refuse new calls as they run (WorkerPool._begin_stop), not a loop
+    # turn later.
     url = tcp_url()
-    parent = _parent(url, start_new_session=True, stderr=subprocess.PIPE)
+    parent = _parent(url, cli=cli, start_new_session=True, stderr=subprocess.PIPE)
     try:
         client.connect(url)
         pids = await pids_seen(client, 2)

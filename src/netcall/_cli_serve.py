@@ -381,7 +381,7 @@ async def _run_workers(ns: argparse.Namespace) -> int:
         "max_concurrent": ns.max_concurrent,
     }
     loop = asyncio.get_running_loop()
-    stopping: list[asyncio.Task[None]] = []
+    stopping: list[asyncio.Future[None]] = []
 
     def on_signal() -> None:
         if stopping:
@@ -390,7 +390,7 @@ async def _run_workers(ns: argparse.Namespace) -> int:
             sys.stdout.flush()
             os._exit(EXIT_STOPPED_NOW)
         print(f"netcall: stopping {pool.size} workers (grace {ns.grace:g} s)", file=sys.stderr)
-        stopping.append(loop.create_task(pool.stop()))
+        stopping.append(pool._begin_stop())  # new calls are refused from now on
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)

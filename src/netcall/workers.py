@@ -264,10 +264,18 @@ class WorkerPool:
         running are cancelled; a worker still running 2 s after the grace is killed), then the
         broker closes (taking at most 0.5 s for its last answers) and the ipc directory is
         removed. The whole stop takes at most ``grace + 2.5`` seconds. Raises nothing."""
+        await asyncio.shield(self._begin_stop())  # a second caller waits for the first's stop
+
+    def _begin_stop(self) -> asyncio.Future[None]:
+        """Start :meth:`stop` now (on the pool's loop) and return the future of its end. New
+        calls are refused from this moment, not a loop turn later when the stop's task first
+        runs: a signal handler calls this, and a call read meanwhile would reach a worker."""
         if self._stopped is None:
             self._stopping = True
+            if self.broker is not None:
+                self.broker.refuse_calls()
             self._stopped = asyncio.ensure_future(self._stop())
-        await asyncio.shield(self._stopped)  # a second caller waits for the first's stop
+        return self._stopped
 
     async def _stop(self) -> None:
         if self._poll is not None:
@@ -388,8 +396,7 @@ def serve_workers(
         loop = asyncio.get_running_loop()
 
         def stop() -> None:  # new calls are refused from now on, not once serve() ends
-            if pool.broker is not None:
-                pool.broker.refuse_calls()
+            pool._begin_stop()
             task.cancel()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
