@@ -311,3 +311,43 @@ def test_a_call_head_of_any_buffer_type_decodes(convert: Any) -> None:
         msg = p.decode([convert(head), b"\x90"])
         assert isinstance(msg, p.Call)
         assert (msg.method, msg.serializer) == ("echo", "msgpack")
+
+
+def test_the_plain_call_shortcut_decodes_as_the_general_path() -> None:
+    """decode() takes a shortcut for the commonest CALL (two frames, a ``bytes`` head, no
+    metadata nor buffers, names seen before): it gives what the general path gives, the same
+    Call or the same ProtocolError, for good heads and bad, the first time and the next."""
+    from netcall.protocol import _decode
+
+    def general(frames: list[Any]) -> Any:
+        kind, rid = p.decode_header(frames[0])
+        return _decode._DECODERS[kind](rid, frames)
+
+    def outcome(decoder: Any, frames: list[Any]) -> Any:
+        try:
+            return decoder(frames)
+        except ProtocolError as exc:
+            return repr(exc)
+
+    rng = random.Random(2026)
+    names = [(b"msgpack", b"echo"), (b"json", b"a.b"), (b"msgpack", b""), (b"\xff", b"m")]
+    names += [(b"msgpack", "\u00e9t\u00e9".encode()), (b"", b"x")]
+    calls = shortcuts = 0
+    for _ in range(3000):
+        timeout = rng.choice([0.0, 2.5, -1.0, float("nan"), float("inf"), 1e-9])
+        flags = rng.choice([0, 0, p.FLAG_ONEWAY, p.FLAG_METADATA, p.FLAG_BUFFERS, 0xFF])
+        ser, method = rng.choice(names)
+        ser_len = rng.choice([len(ser), len(ser), len(ser), 0, 200])
+        options = p.CALL_OPTIONS.pack(timeout, flags, rng.randrange(2**32), ser_len)
+        head = p.header(p.Kind.CALL, rng.randrange(2**64)) + options + ser + method
+        if rng.random() < 0.1:
+            head = head[: rng.randrange(len(head))]
+        args = rng.choice([b"\x90", memoryview(b"\x91\x01"), bytearray(b"\x90")])
+        frames = [head, args]
+        for _ in range(2):  # the second time with the names the first one kept
+            want = outcome(general, frames)
+            assert outcome(p.decode, frames) == want
+            calls += isinstance(want, p.Call)
+            shortcuts += _decode._plain_call(head, args) is not None
+    assert calls > 500
+    assert shortcuts > 300  # (taken: bytes heads, names kept, neither metadata nor buffers)

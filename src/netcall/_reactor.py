@@ -43,7 +43,7 @@ from typing import Any
 
 import zmq
 
-from ._frames import _NOBLOCK, _recv, recv_frames, send_frames, settle
+from ._frames import _NOBLOCK, _recv, recv_frames, recv_routed, send_frames, settle
 
 __all__ = [
     "MAX_QUEUED",
@@ -145,7 +145,12 @@ class SocketDriver:
         # With identify (a CURVE service), each message's sender key (its User-Id property)
         # is in peer_key while on_message runs; without, nothing reads it.
         self.peer_key: str | None = None
-        self._recv = self._recv_identified if identify else recv_frames
+        if identify:
+            self._recv: Callable[[zmq.Socket[Any]], list[Any] | None] = self._recv_identified
+        elif sock.getsockopt(zmq.TYPE) == zmq.ROUTER:
+            self._recv = recv_routed
+        else:
+            self._recv = recv_frames
         self._loop = loop
         self._on_message = on_message
         self._on_unreachable = on_unreachable
