@@ -1188,7 +1188,7 @@ ALARM_IN_DECODE_SCRIPT = textwrap.dedent(
         "What a 'timeout decorator' raises from its SIGALRM handler."
 
     def on_alarm(signum, frame):  # the timeout, only while a (large) reply is decoded
-        if frame.f_code is Codec.loads_large.__code__:
+        if frame.f_code is Codec.loads_message.__code__:
             raise Alarm
 
     client = SyncRPCClient(timeout=5)

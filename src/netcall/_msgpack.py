@@ -28,7 +28,7 @@ _EXT_FROZENSET = 9
 _EXT_BIGINT = 10
 _EXT_EXCEPTION = 11
 
-REUSE_MAX = 65536  # larger payloads are decoded in one pass, not through the reused Unpacker
+REUSE_MAX = 65536  # larger extension values are decoded by an Unpacker of their own size
 _PLAIN = frozenset({int, float, bool, str, bytes, type(None)})  # msgpack packs these itself
 
 
@@ -65,7 +65,6 @@ class Codec:
         "out",
         "packer",
         "packers",
-        "unpacker",
         "unpackers",
     )
 
@@ -84,7 +83,6 @@ class Codec:
         self.unpackers: list[msgpack.Unpacker] = []
         self.busy = False  # a decode began and has not ended (interrupted: start afresh)
         self.packer = self._packer_at(0)
-        self.unpacker = self._unpacker_at(0)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -117,7 +115,7 @@ class Codec:
         sending failing messages could pile up megabytes of their buffers meanwhile."""
         self.packers.clear()
         self.unpackers.clear()
-        del self.packer, self.unpacker
+        del self.packer
 
     def _unpacker_at(self, depth: int) -> msgpack.Unpacker:
         unpackers = self.unpackers
@@ -165,11 +163,13 @@ class Codec:
         finally:
             self.depth = depth - 1
 
-    def loads_large(self, data: bytes) -> Any:
-        """Decode a large message payload (small ones go through ``self.unpacker``)."""
-        # One pass over the caller's buffer: no copy into (and growth of) a reused one, and
-        # unpackb bounds the lengths headers declare by the data's size. Once per message, its
-        # parse stack on the C stack is harmless (nested values never come back here).
+    def loads_message(self, data: bytes) -> Any:
+        """Decode a message's payload (the outermost value; trailing bytes are an error)."""
+        # One pass over the caller's buffer: no copy into (and growth of) a reused Unpacker,
+        # and unpackb bounds the lengths headers declare by the data's size. Once per message,
+        # its parse stack on the C stack is harmless (nested values never come back here).
+        # Measured for a 7-byte payload: 0.24 µs, against 0.39 µs through a reused Unpacker
+        # (feed, unpack, tell).
         return msgpack.unpackb(
             data, raw=False, strict_map_key=False, ext_hook=self.ext_hook, timestamp=0
         )

@@ -38,7 +38,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from . import _buffers
 from ._buffers import BUFFER_MIN, MAX_BUFFERS
-from ._msgpack import REUSE_MAX, Codec, reason
+from ._msgpack import Codec, reason
 from .errors import SerializationError
 
 __all__ = [
@@ -238,15 +238,7 @@ class MsgpackSerializer:
         codec = self._decoder()
         try:
             codec.busy = True
-            if len(data) > REUSE_MAX:
-                obj = codec.loads_large(data)
-            else:
-                unpacker = codec.unpacker  # inline: the commonest case, small payloads
-                start = unpacker.tell()
-                unpacker.feed(data)
-                obj = unpacker.unpack()
-                if unpacker.tell() - start != len(data):
-                    raise ValueError("extra data after the value")
+            obj = codec.loads_message(data)
             codec.busy = False
             return obj
         except Exception as exc:
