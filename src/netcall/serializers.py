@@ -235,7 +235,9 @@ class MsgpackSerializer:
             raise
 
     def loads(self, data: bytes) -> Any:
-        codec = self._decoder()
+        codec = getattr(self._local, "codec", None)  # self._decoder(), inline: the hot path
+        if codec is None or codec.busy:
+            codec = self._codec()
         try:
             codec.busy = True
             obj = codec.loads_message(data)

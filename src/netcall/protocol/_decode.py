@@ -126,15 +126,19 @@ def _fixed(frames: list[bytes], st: struct.Struct, name: str) -> tuple[Any, ...]
 
 
 _PREFIX = MAGIC + bytes([VERSION])
-_INLINE_KINDS = frozenset({Kind.RESULT, Kind.ITEM})
+# The first 4 bytes of a RESULT or ITEM head (magic, version, kind), to its kind.
+_INLINE_PREFIXES = {_PREFIX + bytes([kind]): int(kind) for kind in (Kind.RESULT, Kind.ITEM)}
+_unpack_id = struct.Struct("!Q").unpack_from
 
 
 def split_inline(head: bytes) -> tuple[int, int, bytes] | None:
     """Fast path for the commonest replies: ``(kind, id, payload)`` when ``head`` is, alone, a
-    RESULT or ITEM with its payload inline; ``None`` for anything else (use :func:`decode`)."""
-    if len(head) < HEADER_SIZE or not head.startswith(_PREFIX) or head[3] not in _INLINE_KINDS:
+    RESULT or ITEM with its payload inline; ``None`` for anything else (use :func:`decode`),
+    a head that is not ``bytes`` too."""
+    kind = _INLINE_PREFIXES.get(head[:4]) if type(head) is bytes else None
+    if kind is None or len(head) < HEADER_SIZE:
         return None
-    return head[3], int.from_bytes(head[4:HEADER_SIZE], "big"), head[HEADER_SIZE:]
+    return kind, _unpack_id(head, 4)[0], head[HEADER_SIZE:]
 
 
 def payload_of(frames: list[bytes], name: str = "message") -> bytes:
