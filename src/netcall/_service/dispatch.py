@@ -44,6 +44,7 @@ _current_task = asyncio.current_task
 
 # What inspect.isgenerator / isasyncgen test, as one lookup (neither type can be subclassed).
 _GENERATORS = frozenset({types.GeneratorType, types.AsyncGeneratorType})
+_SEQUENCES = (list, tuple)  # arguments (a tuple, not list | tuple: built once, checked faster)
 
 
 class Dispatcher:
@@ -189,7 +190,7 @@ class Dispatcher:
             replies.refuse(peer, rid, p.ERR_SERIALIZATION, f"bad arguments: {exc}")
             return
         if (
-            not isinstance(args, list | tuple)
+            not isinstance(args, _SEQUENCES)
             or not isinstance(kwargs, dict)
             or (kwargs and not all(isinstance(k, str) for k in kwargs))
         ):
