@@ -13,6 +13,7 @@ import zmq.utils.monitor
 
 from _helpers import wait_until
 from conftest import tcp_url
+from netcall import _frames
 from netcall._peerwatch import DisconnectWatch
 from netcall._reactor import SocketDriver
 
@@ -271,3 +272,39 @@ async def test_a_long_turn_writes_its_first_messages_before_it_ends(sockets):
         assert rest == [b"%d" % i for i in range(_OUTBOX_MESSAGES * 2, _OUTBOX_MESSAGES * 2 + 5)]
     finally:
         driver.close()
+
+
+async def test_a_message_cut_by_ctrl_c_does_not_take_the_next_one_with_it(
+    zsockets: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ROUTER's routing id is received as bytes, its ``more`` taken for granted. A
+    KeyboardInterrupt (a SIGINT handler's) between two frames of a message leaves the rest of
+    that message on the socket: it is read and dropped there and then, so the next read starts
+    at the next message, not inside this one (its last frame taken for a routing id would
+    have glued the next message onto it)."""
+    url = tcp_url()
+    router = zsockets(zmq.ROUTER)
+    router.bind(url)
+    peer = zsockets(zmq.DEALER)
+    peer.connect(url)
+    peer.send_multipart([b"head-1", b"payload-1"])
+    peer.send_multipart([b"head-2", b"payload-2"])
+    assert await wait_until(lambda: router.poll(0) != 0)
+    real = _frames._recv
+    reads = 0
+
+    def interrupted(sock: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads == 3:  # message 1's last frame: Ctrl-C lands just before it is read
+            raise KeyboardInterrupt
+        return real(sock, *args, **kwargs)
+
+    monkeypatch.setattr(_frames, "_recv", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _frames.recv_routed(router)
+    monkeypatch.setattr(_frames, "_recv", real)
+    assert await wait_until(lambda: router.poll(0) != 0)
+    frames = _frames.recv_routed(router)
+    assert frames is not None and frames[1:] == [b"head-2", b"payload-2"]
+    assert router.poll(0) == 0

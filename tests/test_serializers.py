@@ -116,6 +116,12 @@ def test_msgpack_garbage_is_a_serialization_error():
         MsgpackSerializer().loads(b"\xc1")
     with pytest.raises(SerializationError):
         MsgpackSerializer().loads(b"\x92\x01")  # truncated array
+    with pytest.raises(SerializationError, match="extra data after the value"):
+        MsgpackSerializer().loads(b"\x01\x02")  # one value, then more
+    ok = MsgpackSerializer()
+    with pytest.raises(SerializationError):
+        ok.loads(b"\xc1")
+    assert ok.loads(b"\x91\x01") == [1]  # the thread's codec starts afresh after a failure
 
 
 def test_get_serializer():

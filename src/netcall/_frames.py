@@ -157,7 +157,23 @@ def recv_routed(sock: zmq.Socket[Any]) -> list[Any] | None:
     Raises:
         zmq.Again: nothing is waiting.
     """
-    return _after_first(sock, [_recv(sock, _NOBLOCK)])
+    frames = [_recv(sock, _NOBLOCK)]
+    try:
+        return _after_first(sock, frames)
+    except BaseException:
+        # Interrupted (Ctrl-C) between two frames: the rest of this message must not be
+        # taken, next time, for the start of one (its first frame read as a routing id,
+        # with more assumed, would swallow the message after it).
+        _discard_rest(sock)
+        raise
+
+
+def _discard_rest(sock: zmq.Socket[Any]) -> None:
+    try:
+        while sock.getsockopt(zmq.RCVMORE):
+            _recv(sock, _NOBLOCK)
+    except zmq.ZMQError:  # closed meanwhile
+        pass
 
 
 def _after_first(sock: zmq.Socket[Any], frames: list[Any]) -> list[Any] | None:

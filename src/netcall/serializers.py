@@ -36,6 +36,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from msgpack import ExtraData
+
 from . import _buffers
 from ._buffers import BUFFER_MIN, MAX_BUFFERS
 from ._msgpack import Codec, reason
@@ -245,7 +247,8 @@ class MsgpackSerializer:
             return obj
         except Exception as exc:
             self._codec()  # drop whatever is left in the buffers
-            raise SerializationError(f"msgpack cannot deserialize: {reason(exc)}") from exc
+            why = "extra data after the value" if type(exc) is ExtraData else reason(exc)
+            raise SerializationError(f"msgpack cannot deserialize: {why}") from exc
         except BaseException:  # (Ctrl-C between feed and unpack: the next loads must not
             self._codec()  # return this value)
             raise
