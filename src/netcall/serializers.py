@@ -249,8 +249,8 @@ class MsgpackSerializer:
             self._codec()  # drop whatever is left in the buffers
             why = "extra data after the value" if type(exc) is ExtraData else reason(exc)
             raise SerializationError(f"msgpack cannot deserialize: {why}") from exc
-        except BaseException:  # (Ctrl-C between feed and unpack: the next loads must not
-            self._codec()  # return this value)
+        except BaseException:  # (Ctrl-C inside an extension value: its Unpacker may still
+            self._codec()  # hold part of this payload, which no later loads may return)
             raise
 
 
