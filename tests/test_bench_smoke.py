@@ -142,6 +142,9 @@ def test_ab_script_compares_a_source_tree_with_a_raw_baseline(mode: str) -> None
         assert line.startswith(system) and unit in line and "CPU per call: client" in line
 
 
+_INPROC = ["--runs", "1", "--rounds", "2", "--calls", "500", "--in-flight", "8"]
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     "script, options, expected",
@@ -151,13 +154,23 @@ def test_ab_script_compares_a_source_tree_with_a_raw_baseline(mode: str) -> None
         ("workers.py", ["--cli", "--reps", "1", "--time", "0.3", "--in-flight", "4"], "serve's"),
         ("stream_memory.py", ["--item-mib", "1", "--wait", "0.2"], "client RSS +"),
         ("slow_link.py", ["--delay", "0.01", "--items", "30", "--item-mib", "0.1"], "MiB/s"),
+        ("inproc.py", ["service", str(ROOT / "src"), *_INPROC], "CPU µs per call"),
+        ("inproc.py", ["client", str(ROOT / "src"), *_INPROC], "CPU µs per call"),
     ],
-    ids=["threads", "workers", "workers-cli", "stream-memory", "slow-link"],
+    ids=[
+        "threads",
+        "workers",
+        "workers-cli",
+        "stream-memory",
+        "slow-link",
+        "inproc-service",
+        "inproc-client",
+    ],
 )
 def test_other_benchmark_scripts_run(script: str, options: list[str], expected: str) -> None:
     """benchmarks/threads.py, benchmarks/workers.py (with and without --cli),
-    benchmarks/stream_memory.py and benchmarks/slow_link.py run to the end and print their
-    figures."""
+    benchmarks/stream_memory.py, benchmarks/slow_link.py and benchmarks/inproc.py (both
+    sides) run to the end and print their figures."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), *options],
         capture_output=True,
