@@ -10,6 +10,7 @@ from ..errors import ProtocolError
 from ._announce import Bye, Hello, decode_bye, decode_hello
 from ._messages import (
     BUFFER_COUNT,
+    CALL_FIXED,
     CALL_OPTIONS,
     COUNT,
     FLAG_BUFFERS,
@@ -20,6 +21,7 @@ from ._messages import (
     MAGIC,
     MAX_BUFFERS,
     NO_METADATA,
+    REQUEST_ID,
     VERSION,
     Ack,
     Call,
@@ -128,7 +130,7 @@ def _fixed(frames: list[bytes], st: struct.Struct, name: str) -> tuple[Any, ...]
 _PREFIX = MAGIC + bytes([VERSION])
 # The first 4 bytes of a RESULT or ITEM head (magic, version, kind), to its kind.
 _INLINE_PREFIXES = {_PREFIX + bytes([kind]): int(kind) for kind in (Kind.RESULT, Kind.ITEM)}
-_unpack_id = struct.Struct("!Q").unpack_from
+_unpack_id = REQUEST_ID.unpack_from
 
 
 def split_inline(head: bytes) -> tuple[int, int, bytes] | None:
@@ -342,9 +344,7 @@ def decode(frames: list[bytes]) -> Message | Hello | Bye:
 
 
 _CALL_PREFIX = MAGIC + bytes([VERSION, Kind.CALL])
-# The header and the CALL options, unpacked at once.
-_CALL_HEAD = struct.Struct(HEADER.format + CALL_OPTIONS.format.lstrip("!"))
-_PLAIN_CALL_SIZE = _CALL_HEAD.size
+_PLAIN_CALL_SIZE = CALL_FIXED.size
 
 
 def _plain_call(head: Any, args: Any) -> Call | None:
@@ -356,7 +356,7 @@ def _plain_call(head: Any, args: Any) -> Call | None:
         return None
     if len(head) < _PLAIN_CALL_SIZE:
         return None
-    _, _, _, rid, timeout, flags, window, _ = _CALL_HEAD.unpack_from(head)
+    _, _, _, rid, timeout, flags, window, _ = CALL_FIXED.unpack_from(head)
     if flags & (FLAG_METADATA | FLAG_BUFFERS) or not timeout >= 0:  # (NaN is not >= 0)
         return None
     known = _names.get(head[_PLAIN_CALL_SIZE - 1 :])

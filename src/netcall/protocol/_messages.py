@@ -13,6 +13,7 @@ from typing import Any
 
 __all__ = [
     "BUFFER_COUNT",
+    "CALL_FIXED",
     "CALL_OPTIONS",
     "COUNT",
     "FLAG_BUFFERS",
@@ -28,6 +29,7 @@ __all__ = [
     "MAX_FRAMES",
     "MAX_ID",
     "NO_METADATA",
+    "REQUEST_ID",
     "VERSION",
     "Ack",
     "Call",
@@ -106,13 +108,14 @@ def header(kind: int, request_id: int) -> bytes:
     return _pack_header(MAGIC, VERSION, kind, request_id)
 
 
-_ID = struct.Struct("!Q")
+#: A request id alone (where it sits in a header: after the first 4 bytes).
+REQUEST_ID = struct.Struct("!Q")
 
 
 def retag(head: bytes, request_id: int) -> bytes:
     """``head`` (any kind, already checked) with its request id replaced: how a broker
     forwards a message under the id it chose, without decoding the rest."""
-    return head[:4] + _ID.pack(request_id) + head[HEADER_SIZE:]
+    return head[:4] + REQUEST_ID.pack(request_id) + head[HEADER_SIZE:]
 
 
 def payload_frames(
@@ -132,7 +135,8 @@ def payload_frames(
     return [_pack_header(MAGIC, VERSION, kind, request_id), payload]
 
 
-_CALL_FIXED = struct.Struct("!2sBBQdBIB")  # the header, then the CALL options
+#: A CALL's head up to its names: the header, then the CALL options.
+CALL_FIXED = struct.Struct("!2sBBQdBIB")
 _call_tails: dict[tuple[str, str], tuple[int, bytes]] = {}
 
 
@@ -153,7 +157,7 @@ def call_head(
             _call_tails.clear()
         cached = _call_tails[key] = (len(ser), tail)
     return (
-        _CALL_FIXED.pack(MAGIC, VERSION, 1, request_id, timeout, flags, window, cached[0])
+        CALL_FIXED.pack(MAGIC, VERSION, 1, request_id, timeout, flags, window, cached[0])
         + cached[1]
     )
 
