@@ -175,16 +175,6 @@ class Call:
         return call
 
     def __await__(self) -> Generator[Any, None, Any]:
-        if self._parent is None:  # (_make, inline: the commonest case)
-            return self._invoke(
-                self._name,
-                self._args,
-                self._kwargs,
-                self._timeout,
-                self._oneway,
-                False,
-                self._metadata,
-            ).__await__()
         return self._make(False).__await__()
 
     def __aiter__(self) -> StreamIterator:
