@@ -373,14 +373,23 @@ CTRL_C_ANYWHERE_SCRIPT = textwrap.dedent(
                     frame = traceback.extract_tb(exc.__traceback__)[-1]
                     lost_lead_at.append(f"{frame.name}: {frame.line}")
 
-    while True:
-        try:
-            calls()
-            break
-        except KeyboardInterrupt:  # (landed in this loop itself)
-            interrupts[0] += 1
+    def guarded(depth=4):
+        # A Ctrl-C also lands in this script's own handlers (on a loaded machine the process
+        # can lose the CPU there while the next one is sent): each level catches the one that
+        # lands in the handler of the level below. Past the killer's exit none is sent.
+        while True:
+            try:
+                if depth:
+                    guarded(depth - 1)
+                else:
+                    calls()
+                    killer.wait(5)
+                return
+            except KeyboardInterrupt:  # (landed in calls() itself, or in a handler)
+                interrupts[0] += 1
+
+    guarded()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    killer.wait(5)
     assert bridge._threaded == (mode == "threaded")
     assert client.echo("after") == "after"
     client.close()
@@ -872,7 +881,7 @@ def test_sigalrm_timeout_handler_firing_during_calls(remote: ServiceThread) -> N
 CTRL_C_DECODE_SCRIPT = _STORM_HEAD + textwrap.dedent(
     """
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    url, killer_code, seconds = sys.argv[1], sys.argv[2], sys.argv[3]
+    url, killer_code, seconds, bound = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
     client = SyncRPCClient(timeout=5)
     client.connect(url)
     assert client.echo("warm") == "warm"
@@ -880,14 +889,23 @@ CTRL_C_DECODE_SCRIPT = _STORM_HEAD + textwrap.dedent(
     pad = "x" * 30000  # a longer decode: more of the Ctrl-Cs land in it
     st.update(calls=0, answers=0, interrupts=0, wrong=[], errors=[])
     end = time.monotonic() + float(seconds)
+    hard_end = time.monotonic() + float(bound)
     killer = subprocess.Popen(
-        [sys.executable, "-c", killer_code, str(os.getpid()), seconds, "0.0002", "0.001"]
+        [sys.executable, "-c", killer_code, str(os.getpid()), bound, "0.0002", "0.001"]
     )
 
+    def going():
+        # ``seconds`` of Ctrl-Cs, then on (up to ``bound``) until enough calls were answered
+        # and interrupted: on a loaded machine a call can outlast the gap between two Ctrl-Cs,
+        # and 3 s gave fewer than 300 answers.
+        now = time.monotonic()
+        enough = st["answers"] > 300 and st["interrupts"] > 300
+        return now < end or (now < hard_end and not enough)
+
     def calls():
-        while time.monotonic() < end:
+        while going():
             try:
-                while time.monotonic() < end:
+                while going():
                     st["calls"] += 1
                     asked = f"{pad}{st['calls']:08d}"  # distinct, and all as long
                     try:
@@ -903,16 +921,34 @@ CTRL_C_DECODE_SCRIPT = _STORM_HEAD + textwrap.dedent(
             except KeyboardInterrupt:
                 st["interrupts"] += 1
 
-    while True:
-        try:
-            calls()
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            break
-        except KeyboardInterrupt:  # (landed in the loop itself)
-            st["interrupts"] += 1
-    killer.wait(5)
+    def guarded(depth=4):
+        # A Ctrl-C also lands in this script's own handlers (on a loaded machine the process
+        # can lose the CPU there while the next one is sent): each level catches the one that
+        # lands in the handler of the level below. Past the killer's exit none is sent.
+        while True:
+            try:
+                if depth:
+                    guarded(depth - 1)
+                else:
+                    calls()
+                    killer.kill()
+                    killer.wait(5)
+                return
+            except KeyboardInterrupt:  # (landed in calls() itself, or in a handler)
+                st["interrupts"] += 1
+
+    guarded()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     progress[0] = time.monotonic()
     st["after"] = client.echo("after") == "after"
+    # An abandoned call whose cleanup outlasts a few turns (a loaded machine) has the
+    # bridge's thread take the loop over, by design, until a calm spell (one caller at a
+    # time, CALM_AFTER) hands it back: calls one at a time get it back, within a bound.
+    calm_end = time.monotonic() + 5
+    while bridge._threaded and time.monotonic() < calm_end:
+        client.echo("calm")
+        progress[0] = time.monotonic()
+        time.sleep(0.05)
     st["threaded"] = bridge._threaded
     client.close()
     print(json.dumps(st))
@@ -927,7 +963,9 @@ def test_ctrl_c_while_a_reply_is_decoded_never_returns_another_answer(
     distinct values of one length: a Ctrl-C between the msgpack unpacker's feed and unpack
     left the interrupted reply in it, and every later call returned the answer before its
     own."""
-    proc = run_python(CTRL_C_DECODE_SCRIPT, remote.url, KILLER, "3", env=netcall_env(), timeout=55)
+    proc = run_python(
+        CTRL_C_DECODE_SCRIPT, remote.url, KILLER, "3", "20", env=netcall_env(), timeout=55
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     st = json.loads(proc.stdout.splitlines()[-1])
     assert st["wrong"] == [], {**st, "wrong": st["wrong"][:5]}
