@@ -327,7 +327,27 @@ KILLER = textwrap.dedent(
     """
 )
 
-CTRL_C_ANYWHERE_SCRIPT = textwrap.dedent(
+#: Prepended to the Ctrl-C storm scripts: ``guarded(body, interrupted)`` runs ``body()`` to its
+#: end, calling ``interrupted()`` for each Ctrl-C that lands in it.
+_GUARDED = textwrap.dedent(
+    """
+    def guarded(body, interrupted, depth=4):
+        # A Ctrl-C also lands in the script's own handlers (on a loaded machine the process
+        # can lose the CPU there while the next one is sent): each level catches the one that
+        # lands in the handler of the level below. Past the killer's exit none is sent.
+        while True:
+            try:
+                if depth:
+                    guarded(body, interrupted, depth - 1)
+                else:
+                    body()
+                return
+            except KeyboardInterrupt:  # (landed in body() itself, or in a handler)
+                interrupted()
+    """
+)
+
+CTRL_C_ANYWHERE_SCRIPT = _GUARDED + textwrap.dedent(
     """
     import faulthandler, os, signal, subprocess, sys, threading, time, traceback
     faulthandler.dump_traceback_later(50, exit=True)
@@ -373,22 +393,14 @@ CTRL_C_ANYWHERE_SCRIPT = textwrap.dedent(
                     frame = traceback.extract_tb(exc.__traceback__)[-1]
                     lost_lead_at.append(f"{frame.name}: {frame.line}")
 
-    def guarded(depth=4):
-        # A Ctrl-C also lands in this script's own handlers (on a loaded machine the process
-        # can lose the CPU there while the next one is sent): each level catches the one that
-        # lands in the handler of the level below. Past the killer's exit none is sent.
-        while True:
-            try:
-                if depth:
-                    guarded(depth - 1)
-                else:
-                    calls()
-                    killer.wait(5)
-                return
-            except KeyboardInterrupt:  # (landed in calls() itself, or in a handler)
-                interrupts[0] += 1
+    def storm():
+        calls()
+        killer.wait(5)
 
-    guarded()
+    def interrupted():
+        interrupts[0] += 1
+
+    guarded(storm, interrupted)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     assert bridge._threaded == (mode == "threaded")
     assert client.echo("after") == "after"
@@ -878,8 +890,11 @@ def test_sigalrm_timeout_handler_firing_during_calls(remote: ServiceThread) -> N
     assert not st["threaded"]  # every call ran the loop in the main thread
 
 
-CTRL_C_DECODE_SCRIPT = _STORM_HEAD + textwrap.dedent(
-    """
+CTRL_C_DECODE_SCRIPT = (
+    _STORM_HEAD
+    + _GUARDED
+    + textwrap.dedent(
+        """
     signal.signal(signal.SIGINT, signal.default_int_handler)
     url, killer_code, seconds, bound = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
     client = SyncRPCClient(timeout=5)
@@ -921,23 +936,15 @@ CTRL_C_DECODE_SCRIPT = _STORM_HEAD + textwrap.dedent(
             except KeyboardInterrupt:
                 st["interrupts"] += 1
 
-    def guarded(depth=4):
-        # A Ctrl-C also lands in this script's own handlers (on a loaded machine the process
-        # can lose the CPU there while the next one is sent): each level catches the one that
-        # lands in the handler of the level below. Past the killer's exit none is sent.
-        while True:
-            try:
-                if depth:
-                    guarded(depth - 1)
-                else:
-                    calls()
-                    killer.kill()
-                    killer.wait(5)
-                return
-            except KeyboardInterrupt:  # (landed in calls() itself, or in a handler)
-                st["interrupts"] += 1
+    def storm():
+        calls()
+        killer.kill()
+        killer.wait(5)
 
-    guarded()
+    def interrupted():
+        st["interrupts"] += 1
+
+    guarded(storm, interrupted)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     progress[0] = time.monotonic()
     st["after"] = client.echo("after") == "after"
@@ -953,6 +960,7 @@ CTRL_C_DECODE_SCRIPT = _STORM_HEAD + textwrap.dedent(
     client.close()
     print(json.dumps(st))
     """
+    )
 )
 
 
