@@ -27,7 +27,12 @@ def burn(iterations: int) -> int:
 
 
 @service.register
-async def slow(seconds: float) -> int:
+async def slow(seconds: float, mark: str | None = None) -> int:
+    """Sleeps ``seconds``; with ``mark``, first appends one byte to that file (a test counts
+    the calls that reached a worker)."""
+    if mark is not None:
+        with open(mark, "ab") as f:
+            f.write(b".")
     await asyncio.sleep(seconds)
     return os.getpid()
 

@@ -47,7 +47,7 @@ async def test_stop_lets_calls_in_flight_finish_and_refuses_new_ones(make_servic
     broker, client = await cluster(make_service, ctx, grace=5)
     try:
         calls = [asyncio.ensure_future(client.slow(0.5)) for _ in range(5)]
-        await asyncio.sleep(0.1)
+        assert await wait_until(lambda: broker.stats()["in_flight"] == 5, timeout=5)
         t0 = time.monotonic()
         stopping = asyncio.ensure_future(broker.stop())
         await asyncio.sleep(0.05)
@@ -65,7 +65,7 @@ async def test_a_call_past_the_grace_is_cut_off(make_service, ctx):
     broker, client = await cluster(make_service, ctx, grace=0.2)
     try:
         call = asyncio.ensure_future(client.call("slow", 5, timeout=3))
-        await asyncio.sleep(0.1)
+        assert await wait_until(lambda: broker.stats()["in_flight"] == 1, timeout=5)
         t0 = time.monotonic()
         assert await broker.drain() is False
         assert 0.15 < time.monotonic() - t0 < 1.5

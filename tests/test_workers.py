@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from _helpers import wait_until
 from conftest import tcp_url
 from netcall import ConnectionLostError, RPCClient, RPCTimeoutError, ServiceStoppingError
 from netcall.workers import WorkerPool
@@ -220,6 +221,12 @@ async def test_slow_inline_handlers_answer_as_they_finish(pool_env, ctx, client)
         assert first < 1.0, f"the first answer came back after {first:.2f} s"
 
 
+async def _reached(mark: Path, n: int) -> None:
+    """Wait until ``n`` calls of ``slow(..., mark)`` have started in the workers."""
+    started = await wait_until(lambda: mark.exists() and mark.stat().st_size >= n, timeout=10)
+    assert started, "the calls did not reach the workers within 10 s"
+
+
 def _parent(url: str, grace: float = 5, cli: bool = False, **popen: Any) -> subprocess.Popen[bytes]:
     """A process running a pool of 2 workers: ``serve_workers``, or ``netcall serve --workers 2``
     with ``cli``."""
@@ -292,14 +299,15 @@ async def test_without_restart_a_dead_worker_is_reported(pool_env, ctx, client, 
         assert await pids_seen(client, 1) == set(pool.pids)
 
 
-async def test_sigint_stops_gracefully_calls_in_flight_finish(ctx, client):
+async def test_sigint_stops_gracefully_calls_in_flight_finish(ctx, client, tmp_path):
     url = tcp_url()
     parent = _parent(url)
     try:
         client.connect(url)
         pids = await pids_seen(client, 2)
-        calls = [asyncio.ensure_future(client.slow(1.0)) for _ in range(4)]
-        await asyncio.sleep(0.3)  # the calls reached the workers
+        mark = tmp_path / "started"
+        calls = [asyncio.ensure_future(client.slow(1.0, str(mark))) for _ in range(4)]
+        await _reached(mark, 4)
         parent.send_signal(signal.SIGINT)
         got = await asyncio.gather(*calls)
         assert set(got) <= pids
@@ -316,7 +324,9 @@ async def test_sigint_stops_gracefully_calls_in_flight_finish(ctx, client):
 
 @pytest.mark.parametrize("cli", [False, True], ids=["serve_workers", "cli"])
 @pytest.mark.parametrize("late", [0.0, 1.5])
-async def test_sigterm_to_the_process_group_stops_as_one_to_the_parent(ctx, client, late, cli):
+async def test_sigterm_to_the_process_group_stops_as_one_to_the_parent(
+    ctx, client, late, cli, tmp_path
+):
     # systemd's stop, `kill -TERM -<pgid>`: every process gets SIGTERM at once, and the stop
     # is the same as that of a SIGTERM to the parent alone. With ``late``, the parent handles
     # its own that much later (a loaded machine): the workers must not stop on their own
@@ -329,8 +339,9 @@ async def test_sigterm_to_the_process_group_stops_as_one_to_the_parent(ctx, clie
     try:
         client.connect(url)
         pids = await pids_seen(client, 2)
-        calls = [asyncio.ensure_future(client.slow(1.0)) for _ in range(4)]
-        await asyncio.sleep(0.3)  # the calls reached the workers
+        mark = tmp_path / "started"
+        calls = [asyncio.ensure_future(client.slow(1.0, str(mark))) for _ in range(4)]
+        await _reached(mark, 4)
         if late:
             os.kill(parent.pid, signal.SIGSTOP)
         os.killpg(parent.pid, signal.SIGTERM)
