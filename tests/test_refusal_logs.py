@@ -17,6 +17,7 @@ import pytest
 from _helpers import wait_until
 from conftest import ipc_url, netcall_env
 from netcall import AuthenticationError, RPCClient, RPCService
+from netcall._greeting import _OPENING
 from netcall.broker import Broker
 from netcall.security import Curve, Keypair
 
@@ -24,9 +25,7 @@ pytestmark = pytest.mark.timeout(30)
 
 
 #: A whole ZMTP 3.0 greeting offering the NULL mechanism (no CURVE), sent at once.
-_NULL_GREETING = (
-    b"\xff" + bytes(7) + b"\x01\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0") + bytes(32)
-)
+_NULL_GREETING = _OPENING + b"\x00" + b"NULL".ljust(20, b"\0") + bytes(32)
 
 
 async def _greet_without_curve(url: str) -> None:
