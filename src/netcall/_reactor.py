@@ -44,6 +44,9 @@ from typing import Any
 import zmq
 
 from ._frames import _NOBLOCK, _recv, recv_frames, recv_routed, send_frames, settle
+from ._ratelog import RateLimitedLog
+from .errors import ProtocolError
+from .protocol import _bundle
 
 __all__ = [
     "MAX_QUEUED",
@@ -57,6 +60,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("netcall")
+_dropped = RateLimitedLog(log)  # a hostile peer may send malformed bundles endlessly
 
 #: ms a graceful stop (a service's, a broker's) gives the answers it queued: to peers whose
 #: pipe is full (drained for this long before closing), then to ZeroMQ to deliver them (the
@@ -87,6 +91,19 @@ _OUTBOX_MESSAGES = 32
 _CORK_SECONDS = 0.005
 _clock = time.monotonic
 
+# Bundles (netcall.protocol._bundle): messages up to this size go into one; at most this many
+# peers are remembered as reading them (a peer forgotten is learned again from its next call
+# or bundle).
+_BUNDLE_ITEM_MAX = 8192
+_BUNDLE_BUDGET = _bundle.BUNDLE_MAX_BYTES - 5
+_BUNDLE_MESSAGES = _bundle.BUNDLE_MAX_MESSAGES
+_BUNDLE_FRAMES = _bundle.BUNDLE_MAX_FRAMES + 1  # with the routing id
+_BUNDLE_MAGIC = _bundle.BUNDLE_MAGIC
+_MAX_READERS = 65536
+_TOO_BIG = _BUNDLE_ITEM_MAX + 1
+_bundle_of = _bundle.bundle
+_unbundle = _bundle.unbundle
+
 _RETRY_MIN = 0.0005
 _RETRY_MAX = 0.02
 
@@ -98,12 +115,20 @@ def _size(frames: list[Any]) -> int:
     return sum(len(f) for f in frames)
 
 
+def _packed(run: list[list[Any]]) -> list[Any]:
+    # One message as it is; several as one bundle to their peer.
+    if len(run) == 1:
+        return run[0]
+    return [run[0][0], _bundle_of(run, 1)]
+
+
 class SocketDriver:
     """Reads and writes one ROUTER socket on an asyncio loop (see the module docstring)."""
 
     __slots__ = (
         "_blocked",
         "_blocked_bytes",
+        "_bundles",
         "_check_scheduled",
         "_closed",
         "_cut",
@@ -125,6 +150,7 @@ class SocketDriver:
         "max_queued",
         "max_queued_bytes",
         "peer_key",
+        "readers",
         "sock",
     )
 
@@ -140,6 +166,7 @@ class SocketDriver:
         max_queued_bytes: int | None = None,
         on_overflow: OnUnreachable | None = None,
         unbounded: Callable[[bytes], bool] | None = None,
+        bundles: bool = False,
     ) -> None:
         self.sock = sock
         # With identify (a CURVE service), each message's sender key (its User-Id property)
@@ -151,6 +178,12 @@ class SocketDriver:
             self._recv = recv_routed
         else:
             self._recv = recv_frames
+            bundles = False
+        # Whether this end sends bundles (to the peers in _readers): a routed socket whose
+        # owner accepts messages of BUNDLE_MAX_BYTES. Every routed driver reads them.
+        self._bundles = bundles
+        #: The peers known to read bundles (see :meth:`learn`).
+        self.readers: set[bytes] = set()
         self._loop = loop
         self._on_message = on_message
         self._on_unreachable = on_unreachable
@@ -187,6 +220,20 @@ class SocketDriver:
         except zmq.ZMQError:  # inproc: no security mechanism, no key
             self.peer_key = None
         return recv_frames(sock, frame)
+
+    def learn(self, peer: bytes) -> None:
+        """``peer`` reads bundles (its call said so): what this end sends it may be bundled,
+        when this end sends bundles at all."""
+        if self._bundles and peer not in self.readers:
+            readers = self.readers
+            if len(readers) >= _MAX_READERS:  # peers that come and go cannot grow this
+                readers.clear()
+            readers.add(peer)
+
+    def forget(self, peer: bytes) -> None:
+        """``peer``'s connection changed: send it single messages until it shows again that
+        it reads bundles (the new connection may be to an older netcall)."""
+        self.readers.discard(peer)
 
     def is_blocked(self, peer: bytes) -> bool:
         """Whether messages to ``peer`` are queued behind a full pipe."""
@@ -265,8 +312,61 @@ class SocketDriver:
             return
         self._outbox = []
         self._outbox_bytes = 0
+        if self.readers and len(outbox) > 1:
+            outbox = self._coalesce(outbox)
         for frames in outbox:
             self._send_now(frames)
+
+    def _coalesce(self, outbox: list[list[Any]]) -> list[list[Any]]:
+        """``outbox`` with the small messages to each peer that reads bundles put in bundles,
+        each peer's messages in their order (the order between peers may change)."""
+        readers = self.readers
+        runs: dict[bytes, list[list[Any]]] = {}
+        sizes: dict[bytes, int] = {}
+        out: list[list[Any]] = []
+        for frames in outbox:
+            peer = frames[0]
+            if peer not in readers:
+                out.append(frames)
+                continue
+            n = len(frames)
+            if n == 2:  # an answer, a stream item (one frame): the commonest
+                head = frames[1]
+                size = 5 + len(head) if type(head) is bytes else _TOO_BIG
+            elif n == 3:  # a call: head and arguments
+                head, args = frames[1], frames[2]
+                if type(head) is bytes and type(args) is bytes:
+                    size = 9 + len(head) + len(args)
+                else:
+                    size = _TOO_BIG
+            elif 3 < n <= _BUNDLE_FRAMES:
+                size = 1
+                for i in range(1, n):
+                    frame = frames[i]
+                    if type(frame) is not bytes:
+                        size = _TOO_BIG
+                        break
+                    size += 4 + len(frame)
+            else:
+                size = _TOO_BIG
+            run = runs.get(peer)
+            if size > _BUNDLE_ITEM_MAX:  # goes alone, after what came before it
+                if run is not None:
+                    out.append(_packed(runs.pop(peer)))
+                out.append(frames)
+            elif run is None:
+                runs[peer] = [frames]
+                sizes[peer] = size
+            elif sizes[peer] + size > _BUNDLE_BUDGET or len(run) >= _BUNDLE_MESSAGES:
+                out.append(_packed(run))
+                runs[peer] = [frames]
+                sizes[peer] = size
+            else:
+                run.append(frames)
+                sizes[peer] += size
+        for run in runs.values():
+            out.append(_packed(run))
+        return out
 
     def _send_now(self, frames: list[Any]) -> None:
         if self._cut and frames[0] in self._cut:
@@ -291,6 +391,7 @@ class SocketDriver:
                 raise
 
     def _unreachable(self, peer: bytes) -> None:
+        self.readers.discard(peer)
         self._blocked.pop(peer, None)
         self._release(peer)
         if self._on_unreachable is not None:
@@ -375,10 +476,13 @@ class SocketDriver:
                         if frames is not None:
                             if self._cut:
                                 self._cut.discard(frames[0])
-                            try:
-                                on_message(frames)
-                            except Exception:  # a handler bug must never kill the reader
-                                log.exception("error while handling a message")
+                            if len(frames) == 2 and frames[1][:2] == _BUNDLE_MAGIC:
+                                handled += self._take_bundle(frames)
+                            else:
+                                try:
+                                    on_message(frames)
+                                except Exception:  # a handler bug must never kill the reader
+                                    log.exception("error while handling a message")
                             if self._outbox and _clock() - written >= _CORK_SECONDS:
                                 # Slow handlers: what they answered leaves now, not after
                                 # the next ones (EVENTS is read again below).
@@ -407,6 +511,37 @@ class SocketDriver:
             self._flush_outbox()
         if self._blocked and self._retry_handle is None:
             self._schedule_retry()
+
+    def _take_bundle(self, frames: list[Any]) -> int:
+        """Hand on each message of a bundle, as if it came alone; how many there were, after
+        the first. A malformed bundle is dropped whole, and logged (at a bounded rate)."""
+        peer = frames[0]
+        if self._recv is recv_frames:  # (not routed: a monitor's event, never a bundle)
+            try:
+                self._on_message(frames)
+            except Exception:  # a handler bug must never kill the reader
+                log.exception("error while handling a message")
+            return 0
+        try:
+            messages = _unbundle(frames[1], peer)
+        except ProtocolError as exc:
+            _dropped("bundle", logging.WARNING, "dropped a malformed bundle: %s", exc)
+            return 0
+        self.learn(peer)  # a peer that sends bundles reads them
+        on_message = self._on_message
+        sock = self.sock
+        written = _clock()
+        for message in messages:
+            try:
+                on_message(message)
+            except Exception:  # a handler bug must never kill the reader
+                log.exception("error while handling a message")
+            if sock.closed:  # a handler closed us: the rest is dropped, as unread ones are
+                break
+            if self._outbox and _clock() - written >= _CORK_SECONDS:
+                self._write_outbox()  # slow handlers: as in _on_ready
+                written = _clock()
+        return len(messages) - 1
 
     def read_waiting(self) -> None:
         """Read what is waiting on the socket now, as the reader would (a no-op inside the

@@ -154,6 +154,8 @@ class RPCClient(CallSurface, ClientBinding, Sending):
         if window < 1:
             raise ValueError("window must be at least 1")
         self._max_size = checked_max_message_size(max_message_size)
+        # Answers may come in bundles, unless they could be over max_message_size.
+        self._call_flags = p.FLAG_BUNDLES if p.bundles_allowed(self._max_size) else 0
         self._init_chain(middleware)
         self._propagate = propagate_deadline
         self.serializer = get_serializer(serializer)
@@ -265,11 +267,19 @@ class RPCClient(CallSurface, ClientBinding, Sending):
             self._refused,
             self._max_size,
         )
-        self._driver = SocketDriver(self.socket, loop, inbox.handler, peers.gone)
+        self._driver = SocketDriver(
+            self.socket, loop, inbox.handler, peers.gone, bundles=bool(self._call_flags)
+        )
         monitor = self._sockets.monitor
         assert monitor is not None
         self._monitor_driver = SocketDriver(monitor, loop, peers.on_monitor_event)
-        peers.start(loop, self._driver.send, self._driver.check_soon, self._driver.is_blocked)
+        peers.start(
+            loop,
+            self._driver.send,
+            self._driver.check_soon,
+            self._driver.is_blocked,
+            self._driver.forget,
+        )
         return self._driver
 
     def _lost(self, peer: Peer, why: str, every_call: bool, error: type[RPCError]) -> None:

@@ -268,8 +268,10 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
             self._replies.send,
             identify=secure,
             monitor_listeners=self._upstreams.listeners,
+            bundles=p.bundles_allowed(self._socket_options[1]),
         )
         self._replies.driver = self._driver = self._dispatch.keys = driver
+        inbox.bundle_to(driver, self._upstreams.is_upstream)
         self._upstreams.start(loop, self._replies.send, self._upstream_lost, driver.check_soon)
 
     async def serve(self) -> None:

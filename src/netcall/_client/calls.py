@@ -134,13 +134,16 @@ def call_frames(
     window: int,
     arguments: Arguments,
     metadata: Mapping[str, str] | None = None,
+    flags: int = 0,
 ) -> list[Any]:
     """The frames of a CALL to ``peer``, routing id first (metadata, checked, last).
+    ``flags``: the client's own (``FLAG_BUNDLES``).
 
     Raises:
         EncodingError: the method name cannot be encoded.
     """
-    flags = p.FLAG_ONEWAY if oneway else 0
+    if oneway:
+        flags |= p.FLAG_ONEWAY
     if metadata:
         flags |= p.FLAG_METADATA
     try:

@@ -118,6 +118,7 @@ class PeerTable:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe_again: asyncio.TimerHandle | None = None
         self._asking: dict[Peer, asyncio.Task[None]] = {}  # services asked for their mechanism
+        self._forget: Callable[[bytes], None] = lambda rid: None
 
     def start(
         self,
@@ -125,14 +126,17 @@ class PeerTable:
         send: Callable[[list[Any]], None],
         check: Callable[[], None],
         blocked: Callable[[bytes], bool] = lambda rid: False,
+        forget: Callable[[bytes], None] = lambda rid: None,
     ) -> None:
         """The client's socket is driven: ``send(frames)`` sends one message, routing id first;
         ``check()`` has the driver look at the socket again (see :meth:`_changed`);
-        ``blocked(rid)`` tells whether what is sent to ``rid`` waits behind a full pipe."""
+        ``blocked(rid)`` tells whether what is sent to ``rid`` waits behind a full pipe;
+        ``forget(rid)``: a new connection under ``rid`` must show it reads bundles again."""
         self._loop = loop
         self._send = send
         self._check = check
         self._blocked = blocked
+        self._forget = forget
 
     def _changed(self) -> None:
         # connect/bind/unbind/disconnect process the socket's pending commands, which can take
@@ -365,6 +369,7 @@ class PeerTable:
             return
         kind = event["event"]
         if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._forget(peer.rid)  # (the service there now may be an older netcall)
             peer.connection += 1
             peer.up = True
             peer.refused = None
@@ -382,6 +387,9 @@ class PeerTable:
             was_up, peer.up = peer.up, False
             if was_up:
                 self._on_lost(peer, f"the connection to {url} broke", False, ConnectionLostError)
+            # After what the connection left was read (a bundle there teaches it again): calls
+            # made now wait for the next connection, maybe to an older netcall.
+            self._forget(peer.rid)
 
     def _refused(self, peer: Peer, why: str) -> None:
         peer.refused, peer.refused_at = why, time.monotonic()

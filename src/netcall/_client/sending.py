@@ -39,6 +39,7 @@ class Sending:
     timeout: float | None
     window: int
     _calls: CallRegistry
+    _call_flags: int
     _chain: ClientChain
     _closed: bool
     _driver: SocketDriver | None
@@ -81,7 +82,16 @@ class Sending:
         peer = self._peers.pick(method)
         window = first_credit(self.window) if prefetch else 0
         frames = call_frames(
-            peer, rid, method, self.serializer.name, timeout, oneway, window, arguments, metadata
+            peer,
+            rid,
+            method,
+            self.serializer.name,
+            timeout,
+            oneway,
+            window,
+            arguments,
+            metadata,
+            self._call_flags,
         )
         loop = self._loop
         assert loop is not None

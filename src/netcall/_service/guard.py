@@ -138,6 +138,7 @@ class Guard:
         send: Callable[[bytes, list[Any]], None],
         identify: bool = False,
         monitor_listeners: list[Callable[[dict[str, Any]], None]] | None = None,
+        bundles: bool = False,
     ) -> SocketDriver:
         """The service socket's driver, with the per-client send bounds, and the watch that
         finds clients whose connection closed."""
@@ -153,6 +154,7 @@ class Guard:
             max_queued_bytes=lim.max_queued_bytes,
             on_overflow=self.cut_off,
             unbounded=lambda peer: self.is_upstream(peer),
+            bundles=bundles,
         )
         self._watch = DisconnectWatch(loop, self.probe)
         if monitor_listeners is not None:

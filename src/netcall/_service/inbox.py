@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import protocol as p
+from .._reactor import SocketDriver
 from .dispatch import Dispatcher
 from .pongs import HookedPongs
 from .replies import Replies
@@ -17,14 +18,18 @@ from .streams import STREAM_KINDS, Producers
 
 __all__ = ["Inbox"]
 
+_FLAG_BUNDLES = p.FLAG_BUNDLES
+
 
 class Inbox:
     """Routes the service socket's incoming messages (``on_message`` gets the routing id of the
     peer, then the message's frames)."""
 
     __slots__ = (
+        "_bundle_readers",
         "_dispatch",
         "_hooked_pongs",
+        "_learn",
         "_max_size",
         "_on_pong",
         "_open_streams",
@@ -56,6 +61,22 @@ class Inbox:
         self._hooked_pongs = hooked_pongs
         # max_message_size: ZeroMQ bounds each frame (ZMQ_MAXMSGSIZE); this, the whole message.
         self._max_size = max_size
+        # The clients known to read bundles (the driver's set), and who learns of another.
+        self._bundle_readers: set[bytes] | frozenset[bytes] = frozenset()
+        self._learn: Callable[[bytes], None] = lambda peer: None
+
+    def bundle_to(self, driver: SocketDriver, connected_to: Callable[[bytes], bool]) -> None:
+        """Answers to a client whose calls say it reads bundles go in bundles (see
+        :mod:`netcall.protocol._bundle`). Not to a peer this service connected to
+        (``connected_to``: a broker, a client that binds), which forwards or accepts messages
+        within limits of its own."""
+
+        def learn(peer: bytes) -> None:
+            if not connected_to(peer):
+                driver.learn(peer)
+
+        self._bundle_readers = driver.readers
+        self._learn = learn
 
     def on_message(self, frames: list[Any]) -> None:
         peer = frames[0]
@@ -79,6 +100,8 @@ class Inbox:
         kind = type(msg)
         if kind is p.Call:
             call: p.Call = msg  # type: ignore[assignment]
+            if call.flags & _FLAG_BUNDLES and peer not in self._bundle_readers:
+                self._learn(peer)
             if call.metadata and p.META_PEER_KEY in call.metadata and not self._trusted(peer):
                 call.metadata = {k: v for k, v in call.metadata.items() if k != p.META_PEER_KEY}
             self._dispatch.on_call(peer, msg)  # type: ignore[arg-type]

@@ -62,13 +62,21 @@ two hosts' clocks need not agree; time spent in transit and in the service's que
 counted). The service refuses a call whose deadline passed, and cancels a handler still
 running at its deadline. ``flags``: ``FLAG_ONEWAY`` (no result wanted), ``FLAG_METADATA``
 (the last frame is the call's metadata: string pairs, each string UTF-8 after its u16
-length; absent when there is none). ``window`` in a CALL is the number of items a stream may
-produce before the client asks (0: strict lock-step). ``lease`` is how long a service keeps a
+length; absent when there is none), ``FLAG_BUNDLES`` (the caller reads bundles, below).
+``window`` in a CALL is the number of items a stream may produce before the client asks (0:
+strict lock-step). ``lease`` is how long a service keeps a
 stream whose client has gone silent; a client holding streams pings more often than that.
 
 HELLO and BYE (request id 0) are sent by a service on every connection it makes, as soon as
 the handshake succeeds, and HELLO again when its methods change: the peer cannot otherwise
 see a service that connected to it. See :mod:`netcall.protocol._announce`.
+
+Several small messages to one peer may travel as one BUNDLE, a single frame that starts with
+``b"NB"`` instead of the header and holds whole messages (at most 64, 64 KiB in all): under
+load, what a message costs is mostly the message itself, on both ends and in libzmq. A peer
+sends bundles only to a peer known to read them: a service to a client whose CALLs carry
+``FLAG_BUNDLES``, a client to a service that sent it a bundle. See
+:mod:`netcall.protocol._bundle`.
 
 Stream states on both ends are the tables in :mod:`netcall.protocol.session`.
 
@@ -91,6 +99,15 @@ from .._wire_names import STREAM_CLOSED as ERR_STREAM_CLOSED
 from .._wire_names import TIMEOUT as ERR_TIMEOUT
 from ..errors import ProtocolError
 from ._announce import MAX_HELLO_BYTES, MAX_METHODS, Bye, Hello
+from ._bundle import (
+    BUNDLE_MAGIC,
+    BUNDLE_MAX_BYTES,
+    BUNDLE_MAX_FRAMES,
+    BUNDLE_MAX_MESSAGES,
+    bundle,
+    bundles_allowed,
+    unbundle,
+)
 from ._decode import (
     decode,
     decode_header,
@@ -105,6 +122,7 @@ from ._messages import (
     CALL_OPTIONS,
     COUNT,
     FLAG_BUFFERS,
+    FLAG_BUNDLES,
     FLAG_METADATA,
     FLAG_ONEWAY,
     HEADER,
@@ -144,6 +162,10 @@ from .session import STREAM_ACCEPTS, ClientStreamState, StreamState
 
 __all__ = [
     "BUFFER_COUNT",
+    "BUNDLE_MAGIC",
+    "BUNDLE_MAX_BYTES",
+    "BUNDLE_MAX_FRAMES",
+    "BUNDLE_MAX_MESSAGES",
     "CALL_OPTIONS",
     "COUNT",
     "ERR_BUSY",
@@ -156,6 +178,7 @@ __all__ = [
     "ERR_STREAM_CLOSED",
     "ERR_TIMEOUT",
     "FLAG_BUFFERS",
+    "FLAG_BUNDLES",
     "FLAG_METADATA",
     "FLAG_ONEWAY",
     "HEADER",
@@ -193,6 +216,8 @@ __all__ = [
     "StreamOpen",
     "StreamState",
     "Throw",
+    "bundle",
+    "bundles_allowed",
     "call_head",
     "decode",
     "decode_header",
@@ -206,4 +231,5 @@ __all__ = [
     "retag",
     "retime",
     "split_inline",
+    "unbundle",
 ]

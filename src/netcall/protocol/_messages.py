@@ -17,6 +17,7 @@ __all__ = [
     "CALL_OPTIONS",
     "COUNT",
     "FLAG_BUFFERS",
+    "FLAG_BUNDLES",
     "FLAG_METADATA",
     "FLAG_ONEWAY",
     "HEADER",
@@ -77,6 +78,7 @@ MAX_FRAMES = MAX_BUFFERS + 4
 FLAG_ONEWAY = 0x01
 FLAG_METADATA = 0x02  # the CALL's last frame is its metadata
 FLAG_BUFFERS = 0x04  # the CALL has a kwargs frame (maybe empty), then out-of-band buffers
+FLAG_BUNDLES = 0x08  # the caller reads bundles (see _bundle): answers may come in them
 
 #: The metadata of a call that has none (shared, read-only: costs nothing per call).
 NO_METADATA: Mapping[str, str] = MappingProxyType({})
