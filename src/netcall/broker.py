@@ -152,6 +152,7 @@ class Broker:
         self.backend_urls = _urls(backend)
         self.security = security
         max_message_size = checked_max_message_size(max_message_size)
+        self._bundles = p.bundles_allowed(max_message_size)
         self._frontend = self._socket(max_message_size)
         self._zap = secure_socket(
             self._frontend, security, server=True, name=f"{self.name} frontend"
@@ -233,6 +234,7 @@ class Broker:
             self._client_unreachable,
             secure,
             on_overflow=self._client_cut_off,
+            bundles=self._bundles,
             **bounds,
         )
         back = SocketDriver(
@@ -241,6 +243,7 @@ class Broker:
             self._on_service,
             self._service_unreachable,
             on_overflow=self._service_cut_off,
+            bundles=self._bundles,
             **bounds,
         )
         self.router = Router(
@@ -250,6 +253,8 @@ class Broker:
             max_per_client=self._max_per_client,
             startup_grace=self._startup_grace,
             caller_key=(lambda: front.peer_key) if secure else None,
+            client_bundles=front.learn,
+            service_bundles=back.learn,
         )
         self._drivers = [
             front,

@@ -279,6 +279,7 @@ class RPCClient(CallSurface, ClientBinding, Sending):
             self._driver.check_soon,
             self._driver.is_blocked,
             self._driver.forget,
+            self._driver.learn,
         )
         return self._driver
 

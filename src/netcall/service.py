@@ -272,7 +272,9 @@ class RPCService(ServiceRegistering, ServiceBinding, ServiceConnecting):
         )
         self._replies.driver = self._driver = self._dispatch.keys = driver
         inbox.bundle_to(driver, self._upstreams.is_upstream)
-        self._upstreams.start(loop, self._replies.send, self._upstream_lost, driver.check_soon)
+        self._upstreams.start(
+            loop, self._replies.send, self._upstream_lost, driver.check_soon, driver.forget
+        )
 
     async def serve(self) -> None:
         """Serve until :meth:`stop` (or :meth:`close`) is called. Cancelling it (Ctrl-C under

@@ -47,6 +47,9 @@ class RouterCore:
         caller_key: the authenticated key of the client whose message is being handled
             (read during :meth:`on_frontend`; the hook for a CURVE frontend), forwarded to the
             service in the call's metadata under ``p.META_PEER_KEY``. ``None``: no key.
+        client_bundles: called with a client whose call carries ``FLAG_BUNDLES`` (it reads
+            bundles: the frontend may send it some).
+        service_bundles: called with a service whose HELLO carries ``HELLO_BUNDLES``.
     """
 
     def __init__(
@@ -59,9 +62,13 @@ class RouterCore:
         startup_grace: float = 1.5,
         caller_key: Callable[[], str | None] | None = None,
         rejoin_grace: float | None = None,
+        client_bundles: Callable[[bytes], None] = lambda peer: None,
+        service_bundles: Callable[[bytes], None] = lambda peer: None,
     ) -> None:
         self._to_client = to_client
         self._to_service = to_service
+        self._client_bundles = client_bundles
+        self._service_bundles = service_bundles
         self._caller_key = caller_key
         self.max_queue = max_queue
         self.max_per_client = max_per_client

@@ -132,6 +132,8 @@ class FromClients(RouterCore):
 
     def _on_call(self, client: bytes, msg: p.Call, frames: list[Any] | None) -> None:
         rid = msg.id
+        if msg.flags & p.FLAG_BUNDLES:
+            self._client_bundles(client)
         key = self._caller_key() if self._caller_key is not None else None
         if key is not None or p.META_PEER_KEY in msg.metadata:
             # Only the broker may say who the caller is (its frontend's authentication): a key
@@ -303,6 +305,8 @@ class FromServices(RouterCore):
         if not isinstance(msg, p.Hello):
             return
         joined = peer not in self.services
+        if msg.flags & p.HELLO_BUNDLES:
+            self._service_bundles(peer)
         if self.services.hello(peer, msg) is None:  # one service too many: a peer can repeat it
             self.errors["malformed"] += 1
             self.log(

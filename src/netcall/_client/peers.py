@@ -119,6 +119,7 @@ class PeerTable:
         self._probe_again: asyncio.TimerHandle | None = None
         self._asking: dict[Peer, asyncio.Task[None]] = {}  # services asked for their mechanism
         self._forget: Callable[[bytes], None] = lambda rid: None
+        self._learn: Callable[[bytes], None] = lambda rid: None
 
     def start(
         self,
@@ -127,16 +128,19 @@ class PeerTable:
         check: Callable[[], None],
         blocked: Callable[[bytes], bool] = lambda rid: False,
         forget: Callable[[bytes], None] = lambda rid: None,
+        learn: Callable[[bytes], None] = lambda rid: None,
     ) -> None:
         """The client's socket is driven: ``send(frames)`` sends one message, routing id first;
         ``check()`` has the driver look at the socket again (see :meth:`_changed`);
         ``blocked(rid)`` tells whether what is sent to ``rid`` waits behind a full pipe;
-        ``forget(rid)``: a new connection under ``rid`` must show it reads bundles again."""
+        ``forget(rid)``: a new connection under ``rid`` must show it reads bundles again;
+        ``learn(rid)``: a service that connected to us said it reads them."""
         self._loop = loop
         self._send = send
         self._check = check
         self._blocked = blocked
         self._forget = forget
+        self._learn = learn
 
     def _changed(self) -> None:
         # connect/bind/unbind/disconnect process the socket's pending commands, which can take
@@ -344,6 +348,8 @@ class PeerTable:
             self.order.append(peer)
         peer.methods = frozenset(msg.methods)
         peer.draining = False
+        if msg.flags & p.HELLO_BUNDLES:
+            self._learn(rid)
 
     def gone(self, rid: bytes) -> None:
         """A send to ``rid`` failed: the connection is gone. An announced service is dropped

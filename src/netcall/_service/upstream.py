@@ -98,6 +98,7 @@ class Upstreams:
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._send: Callable[[bytes, list[Any]], None] | None = None
         self._on_lost: Callable[[bytes], None] | None = None
+        self._forget: Callable[[bytes], None] = lambda peer: None
         # Once the service runs: its socket driver checks EVENTS again (connect and disconnect
         # process the socket's pending commands, which can take the FD's edge).
         self._check: Callable[[], None] = _nothing
@@ -214,14 +215,17 @@ class Upstreams:
         send: Callable[[bytes, list[Any]], None],
         on_lost: Callable[[bytes], None],
         check: Callable[[], None],
+        forget: Callable[[bytes], None] = lambda peer: None,
     ) -> None:
         """Begin announcing through ``send(peer, frames)``; ``on_lost(peer)`` is called when a
         connection out breaks; ``check()`` after each connect or disconnect (the socket's
-        driver looks at it again)."""
+        driver looks at it again); ``forget(peer)`` when a connection out is made or breaks
+        (the peer there next must show again that it reads bundles)."""
         self._loop = loop
         self._send = send
         self._on_lost = on_lost
         self._check = check
+        self._forget = forget
         if self._monitor is None:  # the disconnect watch needs it even with no connection out
             self._monitor = monitor_socket(self._sock(), _EVENTS)
         self._watch(loop)
@@ -246,12 +250,14 @@ class Upstreams:
         if peer is None:  # a client connected to one of the service's bound endpoints
             return
         if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._forget(peer)
             self._failed.pop(peer, None)
             self._up.add(peer)
             self._greet(peer)
         elif event["event"] & _FAILED:
             self._refused(peer, url, int(event["event"]), int(event["value"]))
         elif event["event"] == zmq.EVENT_DISCONNECTED:
+            self._forget(peer)
             self._lost(peer)
 
     def _refused(self, peer: bytes, url: str, event: int, value: int) -> None:
@@ -400,6 +406,7 @@ class ServiceConnecting:
     _producers: Producers
     _registry: HandlerRegistry
     _max_concurrent: int | None
+    _socket_options: tuple[float | None, int | None]
 
     @property
     def connected(self) -> set[str]:
@@ -434,7 +441,8 @@ class ServiceConnecting:
         self._upstreams.disconnect(url)
 
     def _hello(self) -> p.Hello:
-        return p.Hello(self._registry.describe(), self._max_concurrent)
+        flags = p.HELLO_BUNDLES if p.bundles_allowed(self._socket_options[1]) else 0
+        return p.Hello(self._registry.describe(), self._max_concurrent, flags)
 
     def _upstream_lost(self, peer: bytes) -> None:
         # Answers to that peer's calls could only reach its next incarnation: end them.

@@ -98,7 +98,7 @@ from .._wire_names import SERVICE_STOPPING as ERR_SERVICE_STOPPING
 from .._wire_names import STREAM_CLOSED as ERR_STREAM_CLOSED
 from .._wire_names import TIMEOUT as ERR_TIMEOUT
 from ..errors import ProtocolError
-from ._announce import MAX_HELLO_BYTES, MAX_METHODS, Bye, Hello
+from ._announce import HELLO_BUNDLES, MAX_HELLO_BYTES, MAX_METHODS, Bye, Hello
 from ._bundle import (
     BUNDLE_MAGIC,
     BUNDLE_MAX_BYTES,
@@ -183,6 +183,7 @@ __all__ = [
     "FLAG_ONEWAY",
     "HEADER",
     "HEADER_SIZE",
+    "HELLO_BUNDLES",
     "INLINE_MAX",
     "LEASE",
     "MAGIC",

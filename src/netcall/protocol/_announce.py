@@ -4,7 +4,8 @@ A service that *connects out* (to a broker's backend, or to a client that binds)
 connecting side, so the binder cannot know it is there, nor what it serves, until it speaks.
 It speaks first, on every (re)connection::
 
-    HELLO  head+ max_concurrent u32 (0: no limit), flags u8
+    HELLO  head+ max_concurrent u32 (0: no limit), flags u8 (HELLO_BUNDLES: the service
+           reads bundles, see ``_bundle``)
            then one frame: the service's methods, as UTF-8 JSON
            ``{name: {"signature": str, "doc": str}}`` (what ``client.methods()`` shows)
     BYE    -                      the service is stopping: send it no new calls
@@ -25,9 +26,19 @@ from dataclasses import dataclass, field
 from ..errors import ProtocolError
 from ._messages import HEADER_SIZE, MAX_COUNT, Kind, header
 
-__all__ = ["MAX_HELLO_BYTES", "MAX_METHODS", "Bye", "Hello", "decode_bye", "decode_hello"]
+__all__ = [
+    "HELLO_BUNDLES",
+    "MAX_HELLO_BYTES",
+    "MAX_METHODS",
+    "Bye",
+    "Hello",
+    "decode_bye",
+    "decode_hello",
+]
 
 _OPTIONS = struct.Struct("!IB")
+#: HELLO flag: the service reads bundles (the peer it connected to may send it some).
+HELLO_BUNDLES = 0x01
 #: A HELLO larger than this is refused (its JSON frame).
 MAX_HELLO_BYTES = 2**20
 #: A HELLO listing more methods than this is refused.

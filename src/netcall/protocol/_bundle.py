@@ -14,12 +14,16 @@ for the whole bundle); the receiver handles each as if it had come alone, in ord
 
 Who may send one (the session rule): a peer sends bundles only to a peer known to read them,
 since a netcall older than bundles drops one as malformed. A client says it reads them with
-``FLAG_BUNDLES`` on its CALLs; a peer that sends a bundle reads them too. So a service bundles
-only to clients (and brokers forwarding their calls) whose calls carried the flag, and a
-client or a broker bundles only to a peer that sent it a bundle. A bundle is at most
-:data:`BUNDLE_MAX_BYTES` (a peer that limits its messages below that never sends one, and
-never sets the flag) and holds at most :data:`BUNDLE_MAX_MESSAGES`; a receiver drops a larger
-or malformed one, whole.
+``FLAG_BUNDLES`` on its CALLs, a service that connects out with ``HELLO_BUNDLES`` in its HELLO,
+and a peer that sends a bundle reads them too. So a service or a broker bundles its answers
+to a client whose calls carried the flag; a broker, or a client that binds, bundles calls to
+a service whose HELLO carried its flag; and a client bundles its calls to a service (a
+service its answers to a broker) that sent it a bundle. A service never takes the flag on a
+call from a peer it connected to for its own: a broker forwards its clients' flags.
+
+A bundle is at most :data:`BUNDLE_MAX_BYTES` (a peer that limits its messages below that never
+sends one, and sets neither flag) and holds at most :data:`BUNDLE_MAX_MESSAGES`; a receiver
+drops a larger or malformed one, whole.
 """
 
 from __future__ import annotations
