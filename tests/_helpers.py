@@ -67,3 +67,17 @@ async def offered(cli: Any, method: str, timeout: float = 10.0) -> None:
             pass
         assert time.monotonic() < end, f"no service offers {method}"
         await asyncio.sleep(0.01)
+
+
+def bind_again(sock: zmq.Socket[Any], url: str, timeout: float = 5.0) -> None:
+    """Bind ``url``, which a socket closed just now may still hold (its tcp port is let go by
+    that context's I/O thread, a moment after the close)."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            sock.bind(url)
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() > end:
+                raise
+            time.sleep(0.01)

@@ -25,7 +25,7 @@ import pytest
 import zmq
 
 from _adapter_helpers import ServiceThread
-from _helpers import recv_within, wait_until
+from _helpers import bind_again, recv_within, wait_until
 from conftest import register_basics, tcp_url
 from netcall import RemoteRPCError, RPCService, _reactor, current_call
 from netcall import protocol as p
@@ -156,15 +156,7 @@ async def raw_service(zsockets: Callable[[int], zmq.Socket[Any]]) -> Any:
     def make(url: str) -> RawService:
         sock = zsockets(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        end = time.monotonic() + 5.0
-        while True:  # a tcp port a closed socket held is released by its I/O thread
-            try:
-                sock.bind(url)
-                break
-            except zmq.ZMQError as exc:
-                if exc.errno != zmq.EADDRINUSE or time.monotonic() > end:
-                    raise
-                time.sleep(0.01)
+        bind_again(sock, url)
         made.append(RawService(sock))
         return made[-1]
 

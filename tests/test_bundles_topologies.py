@@ -18,7 +18,7 @@ import msgpack
 import pytest
 import zmq
 
-from _helpers import wait_until
+from _helpers import bind_again, wait_until
 from conftest import register_basics, tcp_url
 from netcall import RPCService
 from netcall import protocol as p
@@ -71,23 +71,35 @@ async def make_broker(ctx: Any) -> Any:
         broker.close()
 
 
+@pytest.fixture
+def behind_broker(
+    make_broker: Any, make_service: Callable[..., RPCService], make_client: Any
+) -> Callable[..., Any]:
+    """``await behind_broker(front, back, broker={...}, service={...})`` -> (broker, service,
+    client): a broker, a service with the basics connected to its backend, and a client
+    connected to its frontend, once a call went through."""
+
+    async def make(
+        front: str, back: str, broker: dict[str, Any] | None = None, **service: Any
+    ) -> tuple[Broker, RPCService, Any]:
+        made = make_broker(front, back, **(broker or {}))
+        svc = make_service(**service)
+        register_basics(svc)
+        svc.connect(back)
+        svc.start()
+        cli = make_client()
+        cli.connect(front)
+        await offered(cli)
+        return made, svc, cli
+
+    return make
+
+
 @pytest.mark.parametrize("transport", ["tcp", "ipc"])
 async def test_both_hops_of_a_broker_bundle_both_ways(
-    transport: str,
-    make_url: Callable[[str], str],
-    make_broker: Any,
-    make_service: Callable[..., RPCService],
-    make_client: Any,
+    transport: str, make_url: Callable[[str], str], behind_broker: Any
 ) -> None:
-    front, back = make_url(transport), make_url(transport)
-    broker = make_broker(front, back)
-    svc = make_service()
-    register_basics(svc)
-    svc.connect(back)
-    svc.start()
-    cli = make_client()
-    cli.connect(front)
-    await offered(cli)
+    broker, svc, cli = await behind_broker(make_url(transport), make_url(transport))
     await bursts(cli)
     items = [x async for x in await cli.count(3000)]
     assert items == list(range(3000))
@@ -99,17 +111,9 @@ async def test_both_hops_of_a_broker_bundle_both_ways(
 
 
 async def test_a_broker_with_a_small_limit_sends_and_learns_no_bundles(
-    make_broker: Any, make_service: Callable[..., RPCService], make_client: Any
+    behind_broker: Any,
 ) -> None:
-    front, back = tcp_url(), tcp_url()
-    broker = make_broker(front, back, max_message_size=4096)
-    svc = make_service()
-    register_basics(svc)
-    svc.connect(back)
-    svc.start()
-    cli = make_client()
-    cli.connect(front)
-    await offered(cli)
+    broker, svc, cli = await behind_broker(tcp_url(), tcp_url(), {"max_message_size": 4096})
     await bursts(cli)
     to_clients, to_services = drivers(broker)
     assert not to_clients.readers and not to_services.readers
@@ -117,17 +121,9 @@ async def test_a_broker_with_a_small_limit_sends_and_learns_no_bundles(
 
 
 async def test_a_service_with_a_small_limit_does_not_say_it_reads_bundles(
-    make_broker: Any, make_service: Callable[..., RPCService], make_client: Any
+    behind_broker: Any,
 ) -> None:
-    front, back = tcp_url(), tcp_url()
-    broker = make_broker(front, back)
-    svc = make_service(max_message_size=4096)
-    register_basics(svc)
-    svc.connect(back)
-    svc.start()
-    cli = make_client()
-    cli.connect(front)
-    await offered(cli)
+    broker, svc, cli = await behind_broker(tcp_url(), tcp_url(), max_message_size=4096)
     await bursts(cli)
     _, to_services = drivers(broker)
     assert not to_services.readers, "the broker bundled to a service that cannot take them"
@@ -215,15 +211,7 @@ def old_broker(zsockets: Callable[[int], zmq.Socket[Any]]) -> Callable[[str], Ol
     def make(url: str) -> OldBroker:
         sock = zsockets(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        end = time.monotonic() + 5.0
-        while True:  # (a port a closed broker held is released by its I/O thread)
-            try:
-                sock.bind(url)
-                break
-            except zmq.ZMQError as exc:
-                if exc.errno != zmq.EADDRINUSE or time.monotonic() > end:
-                    raise
-                time.sleep(0.01)
+        bind_again(sock, url)
         return OldBroker(sock)
 
     return make
@@ -247,20 +235,10 @@ async def test_a_service_never_bundles_to_an_older_broker(
 
 
 async def test_a_service_forgets_a_broker_replaced_by_an_older_one(
-    make_broker: Any,
-    make_service: Callable[..., RPCService],
-    make_client: Any,
-    old_broker: Callable[[str], OldBroker],
+    behind_broker: Any, old_broker: Callable[[str], OldBroker]
 ) -> None:
-    front, back = tcp_url(), tcp_url()
-    broker = make_broker(front, back)
-    svc = make_service()
-    register_basics(svc)
-    svc.connect(back)
-    svc.start()
-    cli = make_client()
-    cli.connect(front)
-    await offered(cli)
+    back = tcp_url()
+    broker, svc, cli = await behind_broker(tcp_url(), back)
     await bursts(cli)
     assert svc._driver.readers  # it bundles to the broker
     await broker.stop(grace=0)
