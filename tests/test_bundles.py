@@ -668,11 +668,11 @@ async def test_the_inner_messages_of_a_bundle_are_handled_as_if_alone(
     assert (error.type_name, error.message) == (lone.type_name, lone.message)
     assert svc.marks == ["first", "second", "last"]  # in order; the inner bundle never ran
     assert await wait_until(lambda: svc.active_calls == 0)  # the CANCEL reached the sleep
-    # A peer that sent a bundle reads them: what it is sent next may be bundled.
-    assert len(svc._driver.readers) == 1
+    # Each call is the peer's latest word: the bundle's last one did not say it reads them.
+    assert not svc._driver.readers
     before = len(got.messages)
-    for i in range(40):
-        dealer.send_multipart(raw_call(100 + i, "echo", i))
+    for i in range(40):  # these say so: what the peer is sent next may be bundled
+        dealer.send_multipart(raw_call(100 + i, "echo", i, flags=p.FLAG_BUNDLES))
     await take(dealer, got, before + 40)
     assert [result_of(m) for m in got.messages[before:]] == list(range(40))
     assert got.bundles  # answers came bundled

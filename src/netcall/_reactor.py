@@ -27,6 +27,12 @@ plain non-blocking calls. Rules this file keeps:
   what it queued once it has run for ``_CORK_SECONDS`` too: else the first answer of a backlog
   of 100 ms handlers waited for 31 more (3.2 s), and the broker, hearing nothing from a service
   that answers a call every 100 ms, took it for stuck (``RouterCore.ping_round``).
+- Within a burst, the small messages to a peer known to read bundles (:attr:`SocketDriver.readers`,
+  see :mod:`netcall.protocol._bundle`) leave as one ZeroMQ message, and a bundle received is
+  handed on message by message, as if each had come alone (a malformed one is dropped whole).
+  Per message, ZeroMQ's send and receive and libzmq's I/O threads cost more than the bundling:
+  64 calls in flight, two processes, 33.5k -> 46.1k calls/s (``benchmarks/README.md``,
+  session 20).
 - Everything runs on the loop's thread; only :meth:`SocketDriver.close` may be called from
   elsewhere through ``loop.call_soon_threadsafe``.
 """
@@ -115,11 +121,27 @@ def _size(frames: list[Any]) -> int:
     return sum(len(f) for f in frames)
 
 
+class _Bundle(list):  # type: ignore[type-arg]
+    """A bundle's frames (routing id, bundle), with the messages in it: one waiting behind a
+    full pipe counts as that many against ``max_queued``."""
+
+    __slots__ = ("run",)
+
+    def __init__(self, run: list[list[Any]]) -> None:
+        super().__init__((run[0][0], _bundle_of(run, 1)))
+        self.run = run
+
+
+def _count(frames: list[Any]) -> int:
+    # Messages in what waits for a peer: a bundle's, or one.
+    return len(frames.run) if type(frames) is _Bundle else 1
+
+
 def _packed(run: list[list[Any]]) -> list[Any]:
     # One message as it is; several as one bundle to their peer.
     if len(run) == 1:
         return run[0]
-    return [run[0][0], _bundle_of(run, 1)]
+    return _Bundle(run)
 
 
 class SocketDriver:
@@ -128,6 +150,7 @@ class SocketDriver:
     __slots__ = (
         "_blocked",
         "_blocked_bytes",
+        "_blocked_count",
         "_bundles",
         "_check_scheduled",
         "_closed",
@@ -179,7 +202,7 @@ class SocketDriver:
         else:
             self._recv = recv_frames
             bundles = False
-        # Whether this end sends bundles (to the peers in _readers): a routed socket whose
+        # Whether this end sends bundles (to the peers in readers): a routed socket whose
         # owner accepts messages of BUNDLE_MAX_BYTES. Every routed driver reads them.
         self._bundles = bundles
         #: The peers known to read bundles (see :meth:`learn`).
@@ -198,6 +221,7 @@ class SocketDriver:
         self.cut_off = 0
         self._blocked: dict[bytes, deque[list[Any]]] = {}
         self._blocked_bytes: dict[bytes, int] = {}
+        self._blocked_count: dict[bytes, int] = {}  # messages (a bundle's count as many)
         self._cut: set[bytes] = set()  # peers cut off, until they send again
         self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._retry_handle: asyncio.TimerHandle | None = None
@@ -251,6 +275,7 @@ class SocketDriver:
 
     def _release(self, peer: bytes) -> None:
         self._blocked_bytes.pop(peer, None)
+        self._blocked_count.pop(peer, None)
         for fut in self._waiters.pop(peer, ()):
             if not fut.done():
                 fut.set_result(None)
@@ -259,9 +284,10 @@ class SocketDriver:
         peer = frames[0]
         queue.append(frames)
         size = self._blocked_bytes[peer] = self._blocked_bytes.get(peer, 0) + _size(frames)
+        count = self._blocked_count[peer] = self._blocked_count.get(peer, 0) + _count(frames)
         limit, limit_bytes = self.max_queued, self.max_queued_bytes
         if (
-            (limit is not None and len(queue) > limit)
+            (limit is not None and count > limit)
             or (limit_bytes is not None and size > limit_bytes)
         ) and not (self._unbounded is not None and self._unbounded(peer)):
             self._cut_off(peer)
@@ -381,6 +407,7 @@ class SocketDriver:
         except zmq.Again:
             self._blocked[frames[0]] = deque([frames])
             self._blocked_bytes[frames[0]] = _size(frames)
+            self._blocked_count[frames[0]] = _count(frames)
             self._schedule_retry()
         except zmq.ZMQError as exc:
             if exc.errno == errno.EHOSTUNREACH:
@@ -447,6 +474,7 @@ class SocketDriver:
                     raise
                 sent = queue.popleft()
                 self._blocked_bytes[peer] -= _size(sent)
+                self._blocked_count[peer] -= _count(sent)
             else:
                 del self._blocked[peer]
                 self._release(peer)

@@ -47,8 +47,8 @@ class RouterCore:
         caller_key: the authenticated key of the client whose message is being handled
             (read during :meth:`on_frontend`; the hook for a CURVE frontend), forwarded to the
             service in the call's metadata under ``p.META_PEER_KEY``. ``None``: no key.
-        client_bundles: called with a client whose call carries ``FLAG_BUNDLES`` (it reads
-            bundles: the frontend may send it some).
+        client_bundles: called with each client that sends a call, and whether the call
+            carries ``FLAG_BUNDLES`` (the client reads bundles: the frontend may send it some).
         service_bundles: called with a service whose HELLO carries ``HELLO_BUNDLES``.
     """
 
@@ -62,7 +62,7 @@ class RouterCore:
         startup_grace: float = 1.5,
         caller_key: Callable[[], str | None] | None = None,
         rejoin_grace: float | None = None,
-        client_bundles: Callable[[bytes], None] = lambda peer: None,
+        client_bundles: Callable[[bytes, bool], None] = lambda peer, reads: None,
         service_bundles: Callable[[bytes], None] = lambda peer: None,
     ) -> None:
         self._to_client = to_client

@@ -132,8 +132,7 @@ class FromClients(RouterCore):
 
     def _on_call(self, client: bytes, msg: p.Call, frames: list[Any] | None) -> None:
         rid = msg.id
-        if msg.flags & p.FLAG_BUNDLES:
-            self._client_bundles(client)
+        self._client_bundles(client, bool(msg.flags & p.FLAG_BUNDLES))
         key = self._caller_key() if self._caller_key is not None else None
         if key is not None or p.META_PEER_KEY in msg.metadata:
             # Only the broker may say who the caller is (its frontend's authentication): a key

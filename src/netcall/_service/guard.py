@@ -53,8 +53,9 @@ class Limits:
             at least its count of items at the average size sent so far: the client sized it
             from the items it saw and its own ``stream_buffer``, which may be larger.
         send_hwm: messages ZeroMQ holds for one client before a send reports it busy (the
-            socket's SNDHWM); then up to ``max_queued`` messages and ``max_queued_bytes`` bytes
-            wait in netcall's own queue for it. A client over either is *cut off*: what waits
+            socket's SNDHWM; a bundle of answers, up to 64 KiB, is one); then up to
+            ``max_queued`` messages (a bundle's counted one by one) and ``max_queued_bytes``
+            bytes wait in netcall's own queue for it. A client over either is *cut off*: what waits
             for it is dropped, its calls are cancelled, its streams closed; other clients are
             not affected. A stream waits while its client is backed up.
         receive_hwm: messages ZeroMQ reads ahead from one client (the socket's RCVHWM).

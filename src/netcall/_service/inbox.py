@@ -63,7 +63,7 @@ class Inbox:
         self._max_size = max_size
         # The clients known to read bundles (the driver's set), and who learns of another.
         self._bundle_readers: set[bytes] | frozenset[bytes] = frozenset()
-        self._learn: Callable[[bytes], None] = lambda peer: None
+        self._learn: Callable[[bytes, bool], None] = lambda peer, reads: None
 
     def bundle_to(self, driver: SocketDriver, connected_to: Callable[[bytes], bool]) -> None:
         """Answers to a client whose calls say it reads bundles go in bundles (see
@@ -71,9 +71,13 @@ class Inbox:
         (``connected_to``: a broker, a client that binds), which forwards or accepts messages
         within limits of its own."""
 
-        def learn(peer: bytes) -> None:
-            if not connected_to(peer):
+        def learn(peer: bytes, reads: bool) -> None:
+            if connected_to(peer):
+                return  # (learned from its own bundles: a broker forwards others' calls)
+            if reads:
                 driver.learn(peer)
+            else:
+                driver.forget(peer)
 
         self._bundle_readers = driver.readers
         self._learn = learn
@@ -100,8 +104,11 @@ class Inbox:
         kind = type(msg)
         if kind is p.Call:
             call: p.Call = msg  # type: ignore[assignment]
-            if call.flags & _FLAG_BUNDLES and peer not in self._bundle_readers:
-                self._learn(peer)
+            if call.flags & _FLAG_BUNDLES:
+                if peer not in self._bundle_readers:
+                    self._learn(peer, True)
+            elif peer in self._bundle_readers:  # a peer under a reader's routing id that
+                self._learn(peer, False)  # does not read them (a reused ROUTING_ID)
             if call.metadata and p.META_PEER_KEY in call.metadata and not self._trusted(peer):
                 call.metadata = {k: v for k, v in call.metadata.items() if k != p.META_PEER_KEY}
             self._dispatch.on_call(peer, msg)  # type: ignore[arg-type]

@@ -19,7 +19,13 @@ and a peer that sends a bundle reads them too. So a service or a broker bundles 
 to a client whose calls carried the flag; a broker, or a client that binds, bundles calls to
 a service whose HELLO carried its flag; and a client bundles its calls to a service (a
 service its answers to a broker) that sent it a bundle. A service never takes the flag on a
-call from a peer it connected to for its own: a broker forwards its clients' flags.
+call from a peer it connected to for its own: a broker forwards its clients' flags. Each call
+is its sender's latest word: one without the flag, under the routing id of a peer that had
+set it (a ``ROUTING_ID`` reused by an older peer), stops the bundles to that id.
+
+A bundle is one ZeroMQ message: a receiver that takes its peers' messages in turn (ZeroMQ's
+fair queueing) takes all of a bundle's in one turn, so under load a peer that bundles is
+served up to :data:`BUNDLE_MAX_MESSAGES` calls per turn where one that does not is served one.
 
 A bundle is at most :data:`BUNDLE_MAX_BYTES` (a peer that limits its messages below that never
 sends one, and sets neither flag) and holds at most :data:`BUNDLE_MAX_MESSAGES`; a receiver
