@@ -26,7 +26,7 @@ import zmq
 
 from _adapter_helpers import ServiceThread
 from _helpers import bind_again, recv_within, wait_until
-from conftest import register_basics, tcp_url
+from conftest import inproc_url, register_basics, tcp_url
 from netcall import RemoteRPCError, RPCService, _reactor, current_call
 from netcall import protocol as p
 from netcall._ratelog import RateLimitedLog
@@ -453,6 +453,40 @@ async def test_a_peer_that_sends_a_bundle_is_learned_and_its_messages_come_in_or
     finally:
         sending.close()
         reading.close()
+
+
+async def test_a_ctrl_c_in_a_handler_leaves_the_rest_of_its_bundle_for_later(zsockets):
+    # A KeyboardInterrupt raised by a handler (a blocking client running the loop in the
+    # caller's thread, a loop that catches it) ends the wake-up; the bundle's later messages,
+    # already read from the socket, are handed on at the next one, not lost.
+    url = inproc_url()
+    router = zsockets(zmq.ROUTER)
+    router.bind(url)
+    dealer = zsockets(zmq.DEALER)
+    dealer.setsockopt(zmq.ROUTING_ID, b"d")
+    dealer.connect(url)
+    messages = [[b"m%d" % i] for i in range(5)]
+    dealer.send(p.bundle(messages))
+    assert await wait_until(lambda: router.poll(0) != 0)
+    seen: list[list[Any]] = []
+    interrupted = False
+
+    def on_message(frames: list[Any]) -> None:
+        nonlocal interrupted
+        seen.append(frames)
+        if frames[1] == b"m2" and not interrupted:
+            interrupted = True
+            raise KeyboardInterrupt
+
+    driver = SocketDriver(router, asyncio.get_running_loop(), on_message)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            driver._on_ready()  # (as the loop would: the Ctrl-C then leaves the loop)
+        assert [m[1] for m in seen] == [b"m0", b"m1", b"m2"]
+        assert await wait_until(lambda: len(seen) == 5)  # the next wake-up
+        assert seen == [[b"d", *m] for m in messages]
+    finally:
+        driver.close()
 
 
 # ---------------------------------------------------------------- 2: netcall to netcall

@@ -158,6 +158,7 @@ class SocketDriver:
         "_fd",
         "_flush_scheduled",
         "_in_ready",
+        "_leftover",
         "_loop",
         "_on_message",
         "_on_overflow",
@@ -231,6 +232,7 @@ class SocketDriver:
         self._outbox_bytes = 0  # payload bytes in the outbox (last frames)
         self._flush_scheduled = False
         self._in_ready = False
+        self._leftover: list[list[Any]] | None = None
         self._closed = False
         self._fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]
         loop.add_reader(self._fd, self._on_ready)
@@ -484,6 +486,9 @@ class SocketDriver:
         self._check_scheduled = False
         if self._closed:
             return
+        if self._leftover is not None:  # the rest of a bundle a Ctrl-C cut short
+            rest, self._leftover = self._leftover, None
+            self._hand_on(rest)
         if self._outbox:
             self._write_outbox()
         sock = self.sock
@@ -556,20 +561,31 @@ class SocketDriver:
             _dropped("bundle", logging.WARNING, "dropped a malformed bundle: %s", exc)
             return 0
         self.learn(peer)  # a peer that sends bundles reads them
+        self._hand_on(messages)
+        return len(messages) - 1
+
+    def _hand_on(self, messages: list[list[Any]]) -> None:
+        # A bundle's messages, in order. A KeyboardInterrupt in a handler (bridge-lead mode,
+        # a loop that catches it) leaves the rest for the next wake-up, as it leaves messages
+        # not yet read on the socket: they are not lost.
         on_message = self._on_message
         sock = self.sock
         written = _clock()
-        for message in messages:
+        for i, message in enumerate(messages):
             try:
                 on_message(message)
             except Exception:  # a handler bug must never kill the reader
                 log.exception("error while handling a message")
+            except BaseException:
+                if i + 1 < len(messages) and not sock.closed:
+                    self._leftover = messages[i + 1 :]
+                    self._schedule_check()
+                raise
             if sock.closed:  # a handler closed us: the rest is dropped, as unread ones are
                 break
             if self._outbox and _clock() - written >= _CORK_SECONDS:
                 self._write_outbox()  # slow handlers: as in _on_ready
                 written = _clock()
-        return len(messages) - 1
 
     def read_waiting(self) -> None:
         """Read what is waiting on the socket now, as the reader would (a no-op inside the

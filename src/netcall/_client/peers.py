@@ -205,6 +205,7 @@ class PeerTable:
         if peer is None:
             return
         self._connected.discard(peer.rid)
+        self._forget(peer.rid)
         self.order.remove(peer)
         self._on_lost(peer, f"disconnected from {url}", True, ConnectionLostError)
         try:
