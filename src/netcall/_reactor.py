@@ -31,7 +31,7 @@ plain non-blocking calls. Rules this file keeps:
   see :mod:`netcall.protocol._bundle`) leave as one ZeroMQ message, and a bundle received is
   handed on message by message, as if each had come alone (a malformed one is dropped whole).
   Per message, ZeroMQ's send and receive and libzmq's I/O threads cost more than the bundling:
-  64 calls in flight, two processes, 33.5k -> 46.1k calls/s (``benchmarks/README.md``,
+  64 calls in flight, two processes, 34.4k -> 49.6k calls/s (``benchmarks/README.md``,
   session 20).
 - Everything runs on the loop's thread; only :meth:`SocketDriver.close` may be called from
   elsewhere through ``loop.call_soon_threadsafe``.
