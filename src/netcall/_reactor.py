@@ -101,7 +101,7 @@ _clock = time.monotonic
 # peers are remembered as reading them (a peer forgotten is learned again from its next call
 # or bundle).
 _BUNDLE_ITEM_MAX = 8192
-_BUNDLE_BUDGET = _bundle.BUNDLE_MAX_BYTES - 5
+_BUNDLE_BUDGET = _bundle.BUNDLE_MAX_BYTES - _bundle.BUNDLE_HEAD_SIZE
 _BUNDLE_MESSAGES = _bundle.BUNDLE_MAX_MESSAGES
 _BUNDLE_FRAMES = _bundle.BUNDLE_MAX_FRAMES + 1  # with the routing id
 _BUNDLE_MAGIC = _bundle.BUNDLE_MAGIC
@@ -255,6 +255,14 @@ class SocketDriver:
             if len(readers) >= _MAX_READERS:  # peers that come and go cannot grow this
                 readers.clear()
             readers.add(peer)
+
+    def told(self, peer: bytes, reads: bool) -> None:
+        """A call from ``peer`` says whether it reads bundles (``FLAG_BUNDLES``): each call is
+        its sender's latest word (:meth:`learn` or :meth:`forget`)."""
+        if reads:
+            self.learn(peer)
+        else:
+            self.readers.discard(peer)
 
     def forget(self, peer: bytes) -> None:
         """``peer``'s connection changed: send it single messages until it shows again that

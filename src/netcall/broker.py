@@ -253,7 +253,7 @@ class Broker:
             max_per_client=self._max_per_client,
             startup_grace=self._startup_grace,
             caller_key=(lambda: front.peer_key) if secure else None,
-            client_bundles=lambda peer, reads: front.learn(peer) if reads else front.forget(peer),
+            client_bundles=front.told,
             service_bundles=back.learn,
         )
         self._drivers = [

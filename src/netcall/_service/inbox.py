@@ -72,12 +72,8 @@ class Inbox:
         within limits of its own."""
 
         def learn(peer: bytes, reads: bool) -> None:
-            if connected_to(peer):
-                return  # (learned from its own bundles: a broker forwards others' calls)
-            if reads:
-                driver.learn(peer)
-            else:
-                driver.forget(peer)
+            if not connected_to(peer):  # (learned from its own bundles: a broker forwards
+                driver.told(peer, reads)  # other clients' calls)
 
         self._bundle_readers = driver.readers
         self._learn = learn

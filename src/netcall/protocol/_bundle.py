@@ -41,6 +41,7 @@ from typing import Any
 from ..errors import ProtocolError
 
 __all__ = [
+    "BUNDLE_HEAD_SIZE",
     "BUNDLE_MAGIC",
     "BUNDLE_MAX_BYTES",
     "BUNDLE_MAX_FRAMES",
@@ -53,7 +54,7 @@ __all__ = [
 BUNDLE_MAGIC = b"NB"
 _VERSION = 1
 _HEAD = struct.Struct("!2sBH")
-_HEAD_SIZE = _HEAD.size
+_HEAD_SIZE = BUNDLE_HEAD_SIZE = _HEAD.size  # magic, version, message count
 #: The largest bundle (bytes, the whole frame) a peer sends or accepts.
 BUNDLE_MAX_BYTES = 65536
 #: The most messages in one bundle.
