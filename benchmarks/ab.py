@@ -5,10 +5,13 @@ client process per system and repetition, calls/s and CPU per call on each side.
     python benchmarks/ab.py SRC_A SRC_B                 # 3 reps of 2 s, 64 in flight
     python benchmarks/ab.py raw-fd src /tmp/old/src --reps 5 --mode seq
     python benchmarks/ab.py src --mode c64 --in-flight 512
+    python benchmarks/ab.py src src@gevent /tmp/old/src@gevent src@sync
 
 A system is a directory holding the ``netcall`` package (``src`` of a checkout, or a tree made
 with ``git archive <commit> src | tar -x -C /tmp/old``), or ``raw-fd`` / ``raw-asyncio``
-(``raw.py``'s baselines). Repetitions alternate between the systems, so drift on the machine
+(``raw.py``'s baselines). ``DIR@gevent`` and ``DIR@sync`` measure that tree's bridged clients
+(``GeventRPCClient`` in greenlets, ``SyncRPCClient`` in threads) against the same service; a
+bridged client's CPU per call is its whole process's, from ``/proc``. Repetitions alternate between the systems, so drift on the machine
 hits each alike; the medians are printed, with the range. CPU per call counts every thread of
 each process (libzmq's I/O thread too): the client's from ``time.process_time()``, the
 service's from ``/proc/PID/stat`` (Linux).
@@ -94,6 +97,54 @@ async def main():
 asyncio.run(main())
 """
 
+# The bridged clients: N greenlets (gevent, no monkey patching) or N threads, each calling in turn.
+BRIDGED = r"""
+import sys, threading, time
+kind, mode, seconds, endpoint, here, in_flight = sys.argv[1:7]
+seconds, in_flight = float(seconds), int(in_flight)
+if kind == "netcall-gevent":
+    import gevent
+    from netcall.green import GeventRPCClient as Client
+    def run_all(fn, n):
+        gevent.joinall([gevent.spawn(fn) for _ in range(n)])
+else:
+    from netcall.sync import SyncRPCClient as Client
+    def run_all(fn, n):
+        ts = [threading.Thread(target=fn) for _ in range(n)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+c = Client()
+c.connect(endpoint)
+for _ in range(300):
+    c.echo("hello")
+payload = b"y" * (1 << 20) if mode in ("mib", "mib64") else "hello"
+counts = []
+end = time.perf_counter() + seconds
+def worker():
+    n = 0
+    while time.perf_counter() < end:
+        c.echo(payload)
+        n += 1
+    counts.append(n)
+t0, c0 = time.perf_counter(), time.process_time()
+print("go", flush=True)
+if mode == "stream":
+    n = 0
+    for _ in c.count(10**9):
+        n += 1
+        if n % 1000 == 0 and time.perf_counter() > end:
+            break
+    counts.append(n)
+else:
+    run_all(worker, 1 if mode in ("seq", "mib") else in_flight)
+n = sum(counts)
+elapsed = time.perf_counter() - t0
+print(n / elapsed, (time.process_time() - c0) / n * 1e6, n, flush=True)
+c.close()
+"""
+
 
 def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
@@ -104,10 +155,11 @@ def _cpu_seconds(pid: int) -> float:
 def _one(system: str, mode: str, seconds: float, in_flight: int) -> tuple[float, float, float]:
     """(calls/s, client CPU µs per call, service CPU µs per call) of one repetition."""
     raw = system.startswith("raw-")
-    kind = system if raw else "netcall"
+    tree, _, bridge = system.partition("@")
+    kind = system if raw else f"netcall-{bridge}" if bridge else "netcall"
     env = dict(os.environ)
     if not raw:
-        env["PYTHONPATH"] = str(Path(system).resolve())
+        env["PYTHONPATH"] = str(Path(tree).resolve())
     py = sys.executable
     service = subprocess.Popen(
         [py, "-c", SERVICE, kind, str(HERE)], env=env, stdout=subprocess.PIPE, text=True
@@ -117,7 +169,10 @@ def _one(system: str, mode: str, seconds: float, in_flight: int) -> tuple[float,
         endpoint = service.stdout.readline().strip()
         args = [kind, mode, str(seconds), endpoint, str(HERE), str(in_flight)]
         client = subprocess.Popen(
-            [py, "-c", CLIENT, *args], env=env, stdout=subprocess.PIPE, text=True
+            [py, "-c", BRIDGED if bridge else CLIENT, *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert client.stdout is not None
         if client.stdout.readline().strip() != "go":
@@ -135,7 +190,11 @@ def _one(system: str, mode: str, seconds: float, in_flight: int) -> tuple[float,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("systems", nargs="+", help="netcall source dirs, raw-fd or raw-asyncio")
+    ap.add_argument(
+        "systems",
+        nargs="+",
+        help="netcall source dirs (DIR@gevent, DIR@sync: its bridged clients), raw-fd or raw-asyncio",
+    )
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--time", type=float, default=2.0, help="seconds per repetition")
     ap.add_argument("--mode", default="c64", choices=["seq", "c64", "mib", "mib64", "stream"])

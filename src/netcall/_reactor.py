@@ -23,6 +23,9 @@ plain non-blocking calls. Rules this file keeps:
   the peer start on the first ones while this end makes the rest, where a turn's whole burst
   (64 replies, 64 new calls) made the two ends take turns, each idle while the other worked
   (64 calls in flight, two processes: 28k -> 37k calls/s; ``benchmarks/README.md``, session 8).
+  The exception: the first message since the last wake-up, sent from the last callback of a
+  turn (nothing else ready: a lone caller) with nothing queued, goes out at once, as the fd
+  loop's do: a sequential call then costs one turn of the loop less.
   A reader that goes on handling messages (a backlog of slow sync handlers, run inline) writes
   what it queued once it has run for ``_CORK_SECONDS`` too: else the first answer of a backlog
   of 100 ms handlers waited for 31 more (3.2 s), and the broker, hearing nothing from a service
@@ -168,6 +171,7 @@ class SocketDriver:
         "_recv",
         "_retry_delay",
         "_retry_handle",
+        "_sent_alone",
         "_unbounded",
         "_waiters",
         "cut_off",
@@ -232,6 +236,7 @@ class SocketDriver:
         self._outbox_bytes = 0  # payload bytes in the outbox (last frames)
         self._flush_scheduled = False
         self._in_ready = False
+        self._sent_alone = False  # a message went out at once since the last _on_ready
         self._leftover: list[list[Any]] | None = None
         self._closed = False
         self._fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]
@@ -319,6 +324,32 @@ class SocketDriver:
             if type(frame) is not bytes:  # a buffer the sender could change: copied now
                 frames = settle(frames)
                 break
+        else:
+            if (
+                not self._outbox
+                and not self._in_ready
+                and not self._sent_alone
+                and not self._blocked
+                and not self._cut
+                and not getattr(self._loop, "_ready", True)  # (asyncio's; elsewhere: corked)
+            ):
+                # The last callback of this turn (nothing else ready), nothing queued, and the
+                # first message since the last wake-up: a lone caller's message leaves now,
+                # not a turn later. What the same callback sends next is corked as usual.
+                # (Only bytes: nothing can fail after the first frame.)
+                try:
+                    send_frames(self.sock, frames)
+                except zmq.ZMQError:  # (full pipe, peer gone, closing: nothing was sent;
+                    pass  # the burst below retries it and deals with the error, as for any)
+                else:
+                    try:  # (the send may have taken the FD's edge: EVENTS now)
+                        taken = _get(self.sock, _EVENTS) & _POLLIN  # type: ignore[operator]
+                    except zmq.ZMQError:
+                        taken = True  # (closed meanwhile: the check finds out)
+                    if taken:
+                        self._schedule_check()
+                    self._sent_alone = True
+                    return
         self._outbox.append(frames)
         self._outbox_bytes += len(frames[-1])
         if self._outbox_bytes >= _OUTBOX_BYTES or len(self._outbox) >= _OUTBOX_MESSAGES:
@@ -492,6 +523,7 @@ class SocketDriver:
 
     def _on_ready(self) -> None:
         self._check_scheduled = False
+        self._sent_alone = False
         if self._closed:
             return
         if self._leftover is not None:  # the rest of a bundle a Ctrl-C cut short

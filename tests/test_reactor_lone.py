@@ -1,0 +1,158 @@
+"""A lone message goes out at once (session 21): the first message since the driver's last
+wake-up, sent from the last callback of a loop turn with nothing queued, is written in
+``send()`` itself instead of one turn later; everything else is corked as before. Real
+sockets over tcp and ipc; "at once" is shown by a peer that receives the message while the
+sending coroutine still holds the loop (it blocks in ``poll``, so no later turn can run)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import zmq
+
+from _helpers import wait_until
+from conftest import tcp_url
+from netcall._reactor import SocketDriver
+
+pytestmark = pytest.mark.timeout(30)
+
+GONE = 0.2  # seconds a peer waits for a message that must not have left yet
+
+
+async def _driver_and_peer(zsockets: Any, url: str, **opts: int) -> tuple[Any, Any, list[Any]]:
+    router = zsockets(zmq.ROUTER)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    for name, value in opts.items():
+        router.setsockopt(getattr(zmq, name), value)
+    router.bind(url)
+    peer = zsockets(zmq.DEALER)
+    peer.setsockopt(zmq.ROUTING_ID, b"peer")
+    peer.connect(url)
+    peer.send(b"hello")
+    seen: list[Any] = []
+    gone: list[bytes] = []
+    driver = SocketDriver(
+        router, asyncio.get_running_loop(), lambda f: seen.append(f[-1]), on_unreachable=gone.append
+    )
+    assert await wait_until(lambda: seen == [b"hello"])
+    seen.append(gone)  # (last: what on_unreachable reported)
+    return driver, peer, seen
+
+
+async def _alone_in_the_turn() -> None:
+    """Come back as the only callback of a loop turn (a timer's wake-up of this task)."""
+    loop = asyncio.get_running_loop()
+    assert await wait_until(lambda: not loop._ready)  # type: ignore[attr-defined]
+
+
+def _now(peer: Any, timeout: float = 5.0) -> bytes | None:
+    """The peer's next message, waiting without yielding to the loop; None if none came."""
+    if not peer.poll(int(timeout * 1000)):
+        return None
+    return peer.recv()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("kind", ["tcp", "ipc", "inproc"])
+async def test_a_lone_message_leaves_before_the_turn_ends_and_the_next_is_corked(
+    zsockets: Any, make_url: Any, kind: str
+) -> None:
+    driver, peer, seen = await _driver_and_peer(zsockets, make_url(kind))
+    try:
+        await _alone_in_the_turn()
+        driver.send([b"peer", b"one"])
+        assert _now(peer) == b"one"  # out while this coroutine still holds the loop
+        driver.send([b"peer", b"two"])  # the same callback again: corked until the turn ends
+        driver.send([b"peer", b"three"])
+        assert _now(peer, GONE) is None
+        await asyncio.sleep(0)
+        assert _now(peer) == b"two"
+        assert _now(peer) == b"three"
+        # After the driver's next wake-up (the peer's answer), a lone message goes at once again.
+        peer.send(b"answer")
+        assert await wait_until(lambda: seen[-1] == b"answer")
+        await _alone_in_the_turn()
+        driver.send([b"peer", b"four"])
+        assert _now(peer) == b"four"
+    finally:
+        driver.close()
+
+
+async def test_a_message_sent_while_other_callbacks_wait_is_corked(zsockets: Any) -> None:
+    driver, peer, _seen = await _driver_and_peer(zsockets, tcp_url())
+    try:
+        await _alone_in_the_turn()
+        asyncio.get_running_loop().call_soon(lambda: None)  # another callback in this turn
+        driver.send([b"peer", b"later"])
+        assert _now(peer, GONE) is None
+        await asyncio.sleep(0)
+        assert _now(peer) == b"later"
+    finally:
+        driver.close()
+
+
+async def test_a_buffer_the_sender_may_change_is_never_written_at_once(zsockets: Any) -> None:
+    driver, peer, _seen = await _driver_and_peer(zsockets, tcp_url())
+    try:
+        await _alone_in_the_turn()
+        buf = bytearray(b"first")
+        driver.send([b"peer", buf])  # copied now (settled), written at the turn's end
+        buf[:] = b"later"
+        assert _now(peer, GONE) is None
+        await asyncio.sleep(0)
+        assert _now(peer) == b"first"
+    finally:
+        driver.close()
+
+
+async def test_lone_messages_to_a_full_pipe_wait_in_order(zsockets: Any) -> None:
+    # The peer does not read: its pipe fills, a lone message's send raises EAGAIN, and that
+    # message waits in the peer's queue like any other, before every later one.
+    driver, peer, _seen = await _driver_and_peer(zsockets, tcp_url(), SNDHWM=1, SNDBUF=4096)
+    peer.setsockopt(zmq.RCVHWM, 1)
+    try:
+        sent = []
+        for i in range(120):
+            if i % 40 == 0:
+                await _alone_in_the_turn()
+            else:
+                await asyncio.sleep(0.001)  # (the next send alone in its turn, mostly)
+            frame = b"%d:" % i + b"x" * 4096
+            driver.send([b"peer", frame])
+            sent.append(frame)
+        assert await wait_until(lambda: driver.is_blocked(b"peer"))
+        got = []
+        while len(got) < len(sent):  # (the loop runs meanwhile: its retries move the queue)
+            assert await wait_until(lambda: bool(peer.poll(0)), interval=0.001), len(got)
+            got.append(peer.recv())
+        assert got == sent
+    finally:
+        driver.close()
+
+
+async def test_a_lone_message_to_a_peer_that_left_is_reported_not_raised(zsockets: Any) -> None:
+    driver, _peer, seen = await _driver_and_peer(zsockets, tcp_url())
+    gone = seen[-1]
+    try:
+        await _alone_in_the_turn()
+        driver.send([b"nobody", b"x"])  # EHOSTUNREACH: never raised from send()
+        assert await wait_until(lambda: gone == [b"nobody"])
+    finally:
+        driver.close()
+
+
+async def test_sequential_calls_each_in_a_turn_of_their_own(
+    service: Any, client: Any, endpoint: str
+) -> None:
+    # Calls made one at a time, each from a coroutine alone in its turn: every call's message
+    # leaves at once; answers and their order are unchanged, over many calls, a burst and a
+    # reconnect (each transport).
+    for i in range(300):
+        assert await client.echo(i) == i
+    results = await asyncio.gather(*(client.echo(i) for i in range(100)))
+    assert results == list(range(100))
+    client.disconnect(endpoint)
+    client.connect(endpoint)
+    for i in range(50):
+        assert await client.echo([i, "x"]) == [i, "x"]
