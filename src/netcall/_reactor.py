@@ -174,6 +174,7 @@ class SocketDriver:
         "_sent_alone",
         "_unbounded",
         "_waiters",
+        "_writing",
         "cut_off",
         "max_queued",
         "max_queued_bytes",
@@ -237,6 +238,7 @@ class SocketDriver:
         self._flush_scheduled = False
         self._in_ready = False
         self._sent_alone = False  # a message went out at once since the last _on_ready
+        self._writing = False  # a burst is being written (a callback may send meanwhile)
         self._leftover: list[list[Any]] | None = None
         self._closed = False
         self._fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]
@@ -328,6 +330,7 @@ class SocketDriver:
             if (
                 not self._outbox
                 and not self._in_ready
+                and not self._writing
                 and not self._sent_alone
                 and not self._blocked
                 and not self._cut
@@ -381,8 +384,14 @@ class SocketDriver:
         self._outbox_bytes = 0
         if self.readers and len(outbox) > 1:
             outbox = self._coalesce(outbox)
-        for frames in outbox:
-            self._send_now(frames)
+        # on_unreachable may send (the broker's backend: service_gone -> dispatch) while the
+        # rest of this burst waits in the local list: such a message must not go out at once.
+        writing, self._writing = self._writing, True
+        try:
+            for frames in outbox:
+                self._send_now(frames)
+        finally:
+            self._writing = writing
 
     def _coalesce(self, outbox: list[list[Any]]) -> list[list[Any]]:
         """``outbox`` with the small messages to each peer that reads bundles put in bundles,
