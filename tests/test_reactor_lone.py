@@ -156,3 +156,38 @@ async def test_sequential_calls_each_in_a_turn_of_their_own(
     client.connect(endpoint)
     for i in range(50):
         assert await client.echo([i, "x"]) == [i, "x"]
+
+
+async def test_what_a_reader_or_a_timer_callback_sends_is_corked(zsockets: Any) -> None:
+    # Only a task sends at once. A broker forwards from another driver's reader callback, a
+    # heartbeat from a timer: their messages leave at the end of the turn as before, so what
+    # those callbacks send keeps its order with the rest of their turn (and a SIGTERM handled
+    # in the same turn is handled before a client can hear back; test_workers.py).
+    driver, peer, _seen = await _driver_and_peer(zsockets, tcp_url())
+    other, other_peer, _other_seen = await _driver_and_peer(zsockets, tcp_url())
+    out: list[Any] = []
+
+    def forward(frames: list[Any]) -> None:  # the other driver's reader callback
+        driver.send([b"peer", b"forwarded"])
+        out.append(peer.poll(int(GONE * 1000)))
+
+    other._on_message = forward
+    try:
+        other_peer.send(b"call")
+        assert await wait_until(lambda: len(out) == 1)
+        assert out == [0]  # not out before the turn ended
+        assert _now(peer) == b"forwarded"
+        await _alone_in_the_turn()
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:  # a timer callback, alone in its turn
+            driver.send([b"peer", b"ping"])
+            out.append(peer.poll(int(GONE * 1000)))
+
+        loop.call_soon(tick)
+        assert await wait_until(lambda: len(out) == 2)
+        assert out[1] == 0
+        assert _now(peer) == b"ping"
+    finally:
+        driver.close()
+        other.close()

@@ -23,9 +23,10 @@ plain non-blocking calls. Rules this file keeps:
   the peer start on the first ones while this end makes the rest, where a turn's whole burst
   (64 replies, 64 new calls) made the two ends take turns, each idle while the other worked
   (64 calls in flight, two processes: 28k -> 37k calls/s; ``benchmarks/README.md``, session 8).
-  The exception: the first message since the last wake-up, sent from the last callback of a
-  turn (nothing else ready: a lone caller) with nothing queued, goes out at once, as the fd
-  loop's do: a sequential call then costs one turn of the loop less.
+  The exception: the first message since the last wake-up, sent by a task (a caller, a
+  handler) that is the last callback of its turn (nothing else ready: a lone caller) with
+  nothing queued, goes out at once, as the fd loop's do: a sequential call then costs one turn
+  of the loop less.
   A reader that goes on handling messages (a backlog of slow sync handlers, run inline) writes
   what it queued once it has run for ``_CORK_SECONDS`` too: else the first answer of a backlog
   of 100 ms handlers waited for 31 more (3.2 s), and the broker, hearing nothing from a service
@@ -91,6 +92,7 @@ _PEEK = 3
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _get = zmq.backend.Socket.get
+_current_task = asyncio.current_task
 
 # The outbox is written at once when it holds this much (else at the end of the wake-up).
 _OUTBOX_BYTES = 1 << 20
@@ -335,10 +337,13 @@ class SocketDriver:
                 and not self._blocked
                 and not self._cut
                 and not getattr(self._loop, "_ready", True)  # (asyncio's; elsewhere: corked)
+                and _current_task(self._loop) is not None
             ):
-                # The last callback of this turn (nothing else ready), nothing queued, and the
-                # first message since the last wake-up: a lone caller's message leaves now,
-                # not a turn later. What the same callback sends next is corked as usual.
+                # A task (a caller, a handler), the last callback of this turn (nothing else
+                # ready), nothing queued, and the first message since the last wake-up: a lone
+                # caller's message leaves now, not a turn later. What the same callback sends
+                # next is corked as usual; so is what a reader or timer callback sends (a
+                # broker forwarding: other peers' messages keep their order with it).
                 # (Only bytes: nothing can fail after the first frame.)
                 try:
                     send_frames(self.sock, frames)
