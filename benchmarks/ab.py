@@ -10,9 +10,8 @@ client process per system and repetition, calls/s and CPU per call on each side.
 A system is a directory holding the ``netcall`` package (``src`` of a checkout, or a tree made
 with ``git archive <commit> src | tar -x -C /tmp/old``), or ``raw-fd`` / ``raw-asyncio``
 (``raw.py``'s baselines). ``DIR@gevent`` and ``DIR@sync`` measure that tree's bridged clients
-(``GeventRPCClient`` in greenlets, ``SyncRPCClient`` in threads) against the same service; a
-bridged client's CPU per call is its whole process's, from ``/proc``. Repetitions alternate between the systems, so drift on the machine
-hits each alike; the medians are printed, with the range. CPU per call counts every thread of
+(``GeventRPCClient`` in greenlets, ``SyncRPCClient`` in threads) against the same service.
+Repetitions alternate between the systems, so drift on the machine hits each alike; the medians are printed, with the range. CPU per call counts every thread of
 each process (libzmq's I/O thread too): the client's from ``time.process_time()``, the
 service's from ``/proc/PID/stat`` (Linux).
 

@@ -47,6 +47,14 @@ async def _alone_in_the_turn() -> None:
     assert await wait_until(lambda: not loop._ready)  # type: ignore[attr-defined]
 
 
+async def _at_the_turns_end(peer: Any, *expected: bytes) -> None:
+    """Nothing has reached ``peer`` yet (corked); after one turn of the loop, ``expected``."""
+    assert _now(peer, GONE) is None
+    await asyncio.sleep(0)
+    for message in expected:
+        assert _now(peer) == message
+
+
 def _now(peer: Any, timeout: float = 5.0) -> bytes | None:
     """The peer's next message, waiting without yielding to the loop; None if none came."""
     if not peer.poll(int(timeout * 1000)):
@@ -65,10 +73,7 @@ async def test_a_lone_message_leaves_before_the_turn_ends_and_the_next_is_corked
         assert _now(peer) == b"one"  # out while this coroutine still holds the loop
         driver.send([b"peer", b"two"])  # the same callback again: corked until the turn ends
         driver.send([b"peer", b"three"])
-        assert _now(peer, GONE) is None
-        await asyncio.sleep(0)
-        assert _now(peer) == b"two"
-        assert _now(peer) == b"three"
+        await _at_the_turns_end(peer, b"two", b"three")
         # After the driver's next wake-up (the peer's answer), a lone message goes at once again.
         peer.send(b"answer")
         assert await wait_until(lambda: seen[-1] == b"answer")
@@ -85,9 +90,7 @@ async def test_a_message_sent_while_other_callbacks_wait_is_corked(zsockets: Any
         await _alone_in_the_turn()
         asyncio.get_running_loop().call_soon(lambda: None)  # another callback in this turn
         driver.send([b"peer", b"later"])
-        assert _now(peer, GONE) is None
-        await asyncio.sleep(0)
-        assert _now(peer) == b"later"
+        await _at_the_turns_end(peer, b"later")
     finally:
         driver.close()
 
@@ -99,9 +102,7 @@ async def test_a_buffer_the_sender_may_change_is_never_written_at_once(zsockets:
         buf = bytearray(b"first")
         driver.send([b"peer", buf])  # copied now (settled), written at the turn's end
         buf[:] = b"later"
-        assert _now(peer, GONE) is None
-        await asyncio.sleep(0)
-        assert _now(peer) == b"first"
+        await _at_the_turns_end(peer, b"first")
     finally:
         driver.close()
 

@@ -72,8 +72,10 @@ class Inbox:
         within limits of its own."""
 
         def learn(peer: bytes, reads: bool) -> None:
-            if not connected_to(peer):  # (learned from its own bundles: a broker forwards
-                driver.told(peer, reads)  # other clients' calls)
+            # A peer this service connected to (a broker) is learned from its own bundles:
+            # the flags of the calls it forwards are other clients'.
+            if not connected_to(peer):
+                driver.told(peer, reads)
 
         self._bundle_readers = driver.readers
         self._learn = learn
