@@ -64,6 +64,7 @@ from typing import Any, TypeVar
 from ._bridge_green import GreenletCalls
 from ._bridge_lead import CALM_AFTER, HAND_BACK_WAIT, LoopLead, cancel_all, run_all, safely
 from ._hub import HubPort, current_port, port_for
+from ._reactor import LONE_STARTS
 from ._real import RealThreadExecutor, main_thread_ident, new_selector
 from ._real import original as _original
 from ._real import real_lock as _real_lock
@@ -342,10 +343,12 @@ class Bridge(LoopLead, GreenletCalls):
                 if self._wake_pending:
                     return True
                 if not wake:
-                    # One turn later: what came while nobody ran the loop (a broken
-                    # connection, a service that announced itself) is read before this call
-                    # goes out.
-                    self.loop.call_soon(self.loop.call_soon, self._drain_inbox)
+                    # A timer already due: asyncio runs it after the callbacks of what the
+                    # turn's select found, in the same turn. So what came while nobody ran
+                    # the loop (a broken connection, a service that announced itself) is
+                    # read before this call goes out, and the call goes out in that first
+                    # turn (it is alone: see _drain_inbox).
+                    self.loop.call_at(self.loop.time(), self._drain_inbox)
                     self._wake_pending = True
                     return True
                 if self._in_main_thread():
@@ -386,6 +389,23 @@ class Bridge(LoopLead, GreenletCalls):
             inbox, self._inbox = self._inbox, deque()
             self._wake_pending = False
             closing = self._closing
+        if len(inbox) == 1 and not closing:
+            # One caller's call: its message goes out at once, not at the end of the turn
+            # (as a lone task's does; see SocketDriver.send).
+            loop = self.loop
+            LONE_STARTS.add(loop)
+            try:
+                self._start_all(inbox, closing)
+            finally:
+                LONE_STARTS.discard(loop)
+            return
+        self._start_all(inbox, closing)
+
+    def _start_all(
+        self,
+        inbox: deque[tuple[Callable[[Any, Any], Any], Any, list[Any], Callable[..., None]]],
+        closing: bool,
+    ) -> None:
         create_task = self.loop.create_task
         for start, coro, futures, done in inbox:
             fut = None

@@ -59,6 +59,7 @@ from .errors import ProtocolError
 from .protocol import _bundle
 
 __all__ = [
+    "LONE_STARTS",
     "MAX_QUEUED",
     "MAX_QUEUED_BYTES",
     "STOP_LINGER",
@@ -93,6 +94,10 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _get = zmq.backend.Socket.get
 _current_task = asyncio.current_task
+
+#: Loops amid a callback that starts one lone caller's call (a bridged client's inbox, see
+#: :mod:`netcall._bridge`): what it sends goes out at once, as a lone task's message does.
+LONE_STARTS: set[asyncio.AbstractEventLoop] = set()
 
 # The outbox is written at once when it holds this much (else at the end of the wake-up).
 _OUTBOX_BYTES = 1 << 20
@@ -336,15 +341,22 @@ class SocketDriver:
                 and not self._sent_alone
                 and not self._blocked
                 and not self._cut
-                and not getattr(self._loop, "_ready", True)  # (asyncio's; elsewhere: corked)
-                and _current_task(self._loop) is not None
+                and (
+                    (
+                        not getattr(self._loop, "_ready", True)  # (asyncio's; elsewhere: corked)
+                        and _current_task(self._loop) is not None
+                    )
+                    or self._loop in LONE_STARTS
+                )
             ):
                 # A task (a caller, a handler), the last callback of this turn (nothing else
                 # ready), nothing queued, and the first message since the last wake-up: a lone
                 # caller's message leaves now, not a turn later. What the same callback sends
                 # next is corked as usual; so is what a reader or timer callback sends (a
-                # broker forwarding: other peers' messages keep their order with it).
-                # (Only bytes: nothing can fail after the first frame.)
+                # broker forwarding: other peers' messages keep their order with it). A
+                # bridged client's inbox starting the call of its one caller counts as that
+                # caller's task (LONE_STARTS). (Only bytes: nothing can fail after the first
+                # frame.)
                 try:
                     send_frames(self.sock, frames)
                 except zmq.ZMQError:  # (full pipe, peer gone, closing: nothing was sent;
