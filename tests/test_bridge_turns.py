@@ -150,3 +150,48 @@ def test_a_lone_greenlets_call_takes_three_turns(patched: bool) -> None:
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.stdout.rstrip().endswith("OK"), proc.stdout
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+STRAY_STOP = """
+import asyncio
+import gevent
+from _gevent_lone import remote
+from netcall.green import GeventRPCClient
+
+with remote() as url:
+    client = GeventRPCClient(timeout=5)
+    client.connect(url)
+    bridge = client._bridge
+    loop = bridge.loop
+    selector = loop._selector
+    real = selector.select
+    turns = []
+
+    def select(timeout=None):
+        turns.append(timeout)
+        return real(timeout)
+
+    assert gevent.spawn(lambda: [client.echo(i) for i in range(20)]).get() == list(range(20))
+    # A stray loop.stop() (a thread's call that ended, a deferred signal's wake-up) ends a
+    # greenlet's turns in a turn where the check that ends them had scheduled itself again.
+    loop.call_soon(loop.stop)
+    gevent.spawn(bridge.run, asyncio.sleep(0)).get()
+    selector.select = select
+    for _ in range(3):
+        turns.clear()
+        assert gevent.spawn(client.slow, 0.3, "x").get() == "x"
+        # (a check left behind turned the loop, and the greenlet's waits at 0 s, for good:
+        # thousands of selects while the call waited)
+        assert len(turns) <= 10, len(turns)
+    del selector.select
+    client.close()
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("patched", [False, True], ids=["plain", "patched"])
+def test_a_stray_stop_amid_a_greenlets_turns_leaves_no_spin(patched: bool) -> None:
+    proc = run_python(in_subprocess_header(patched) + STRAY_STOP, env=netcall_env(), timeout=50)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.stdout.rstrip().endswith("OK"), proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr

@@ -130,6 +130,7 @@ class Bridge(LoopLead, GreenletCalls):
         self._hand_back_notify: list[Callable[[], None]] = []  # greenlets asking for it
         self._green_driver = False  # a greenlet runs the loop, turn by turn, for its call
         self._turns_left = 0
+        self._turn_check: asyncio.TimerHandle | None = None  # a greenlet's turns' (_turns)
         self._turn_greenlet: Any = None
         # A watcher of the selector per gevent hub (HubPort), for greenlets running the loop.
         self._readers: weakref.WeakKeyDictionary[HubPort, Any] = weakref.WeakKeyDictionary()

@@ -31,8 +31,9 @@ class GreenletCalls(BridgeState):
         loop = self.loop
         self._turns_left -= 1
         if loop._ready and self._turns_left > 0:  # type: ignore[attr-defined]
-            loop.call_at(loop.time(), self._stop_when_idle)
+            self._turn_check = loop.call_at(loop.time(), self._stop_when_idle)
         else:
+            self._turn_check = None
             loop.stop()
 
     def _wait_green(
@@ -208,8 +209,17 @@ class GreenletCalls(BridgeState):
         if start is not None:
             self._enqueue(start, coro, futures, done, wake=False)
         self._turns_left = 8
-        self.loop.call_at(self.loop.time(), self._stop_when_idle)  # (after the start, if any)
-        self.loop.run_forever()
+        loop = self.loop
+        self._turn_check = loop.call_at(loop.time(), self._stop_when_idle)  # (after the start)
+        try:
+            loop.run_forever()
+        finally:
+            # Stopped by another loop.stop() (a signal's wake-up, a thread's call that ended):
+            # the check still scheduled must not outlive these turns (it would keep the loop
+            # turning at every later turn, and the greenlet's waits at 0 s: a spin).
+            check, self._turn_check = self._turn_check, None
+            if check is not None:
+                check.cancel()
 
     def _green_turn(self, run: Callable[..., Any], *args: Any) -> None:
         """``run(*args)`` as this greenlet's turn at the loop: the caller took ``_lead``,

@@ -59,6 +59,7 @@ class BridgeState:
     _hand_back_notify: list[Callable[[], None]]  # greenlets asking for the hand-back
     _green_driver: bool  # a greenlet runs the loop, turn by turn, for its call
     _turns_left: int
+    _turn_check: asyncio.TimerHandle | None  # the check ending a greenlet's turns, if due
     _turn_greenlet: Any  # the greenlet amid a turn of the loop (_turns), if any
     _readers: Any  # a watcher of the selector per gevent hub port
     _calm_timer: asyncio.TimerHandle | None
