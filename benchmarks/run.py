@@ -797,6 +797,7 @@ def plot(results: dict[str, Any], path: str) -> str | None:
     ):
         return "[bench] plot skipped: no calls-in-flight figures in this run"
     fig, ax = plt.subplots(figsize=(8, 5))
+    looks = _looks(list(results["systems"]))
     for s, r in results["systems"].items():
         xs, ys = [], []
         for c in results["config"]["inflight"]:
@@ -810,9 +811,9 @@ def plot(results: dict[str, Any], path: str) -> str | None:
                 xs,
                 ys,
                 style,
-                marker="o",
                 label=s,
                 linewidth=2.5 if s.startswith("netcall-asyncio") else 1.5,
+                **looks[s],
             )
     ax.set_xscale("log", base=2)
     ax.set_xticks(results["config"]["inflight"])
@@ -827,6 +828,19 @@ def plot(results: dict[str, Any], path: str) -> str | None:
     ax.legend(fontsize=8)
     _save(fig, results, path)
     return None
+
+
+def _looks(systems: list[str]) -> dict[str, dict[str, Any]]:
+    """A color and a marker per system, none shared (matplotlib's default cycle has 10
+    colors, and a full run plots 16 systems)."""
+    import matplotlib
+
+    colors = matplotlib.colormaps["tab20"].colors
+    markers = "osD^v<>ph*"
+    return {
+        s: {"color": colors[i % len(colors)], "marker": markers[i % len(markers)]}
+        for i, s in enumerate(systems)
+    }
 
 
 def _provenance(results: dict[str, Any]) -> str:
@@ -870,11 +884,12 @@ def plot_sweep(results: dict[str, Any], path: str) -> str | None:
     if not lines:
         return "[bench] payload plot skipped: no payload-size sweep in this run"
     fig, (ax_mib, ax_calls) = plt.subplots(1, 2, figsize=(12, 5))
+    looks = _looks(list(results["systems"]))
     for s, (xs, mib, calls) in lines.items():
         style = "--" if s.startswith("raw") else "-"
         width = 2.5 if s == "netcall-asyncio" else 1.5
-        ax_mib.plot(xs, mib, style, marker="o", label=s, linewidth=width)
-        ax_calls.plot(xs, calls, style, marker="o", label=s, linewidth=width)
+        ax_mib.plot(xs, mib, style, label=s, linewidth=width, **looks[s])
+        ax_calls.plot(xs, calls, style, label=s, linewidth=width, **looks[s])
     for ax, ylabel in (
         (ax_mib, "MiB/s of payload each way (calls/s * size)"),
         (ax_calls, "calls/s"),
