@@ -31,6 +31,10 @@ Rules of this file:
   :func:`release`\\ s it on close; the last release closes it (and joins its thread).
   ``atexit`` closes whatever is left; after ``fork()`` the child starts from nothing (the
   thread does not exist there).
+- A lone caller running the loop itself starts its call in the loop's first turn, after the
+  callbacks of what that turn's select found (an already-due timer: what came while nobody
+  ran the loop, a broken connection or a service's HELLO, is read first), and its message
+  goes out at once (``_reactor.LONE_STARTS``): 3 turns per sequential call.
 - Work crosses to the loop through an inbox, woken once per batch. A plain call is not a
   task: the core starts it at once (:meth:`Bridge.run_started` with
   ``RPCClient._start_call``) and hands back its pending future, whose raw reply the waiting
