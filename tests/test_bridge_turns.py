@@ -94,8 +94,8 @@ def test_a_lone_threads_call_takes_three_turns(lone_client: SyncRPCClient) -> No
 
 
 def test_a_call_that_cannot_be_encoded_leaves_nothing_behind(lone_client: SyncRPCClient) -> None:
-    """A lone start that raises (the arguments do not encode) unmarks the loop: the next
-    call's message is sent as any other, and what a reader sends later stays corked."""
+    """A lone start that raises (the arguments do not encode) unmarks the loop, leaves no call
+    pending, and the calls after it still take three turns each."""
     bridge = lone_client._bridge
     assert lone_client.echo(1) == 1
     with pytest.raises(SerializationError):
