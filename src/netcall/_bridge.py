@@ -394,38 +394,30 @@ class Bridge(LoopLead, GreenletCalls):
             inbox, self._inbox = self._inbox, deque()
             self._wake_pending = False
             closing = self._closing
-        if len(inbox) == 1 and not closing:
-            # One caller's call: its message goes out at once, not at the end of the turn
-            # (as a lone task's does; see SocketDriver.send).
-            loop = self.loop
+        loop = self.loop
+        # One caller's call: its message goes out at once, not at the end of the turn (as a
+        # lone task's does; see SocketDriver.send).
+        lone = len(inbox) == 1 and not closing
+        if lone:
             LONE_STARTS.add(loop)
-            try:
-                self._start_all(inbox, closing)
-            finally:
-                LONE_STARTS.discard(loop)
-            return
-        self._start_all(inbox, closing)
-
-    def _start_all(
-        self,
-        inbox: deque[tuple[Callable[[Any, Any], Any], Any, list[Any], Callable[..., None]]],
-        closing: bool,
-    ) -> None:
-        create_task = self.loop.create_task
-        for start, coro, futures, done in inbox:
-            fut = None
-            if not closing:  # at shutdown everything is a task, cancelled with the rest
-                try:
-                    fut = start(coro, done)
-                except BaseException as exc:  # failed before it started: the waiter hears
-                    coro.close()
-                    fut = self.loop.create_future()
-                    fut.set_exception(exc)
+        try:
+            for start, coro, futures, done in inbox:
+                fut = None
+                if not closing:  # at shutdown everything is a task, cancelled with the rest
+                    try:
+                        fut = start(coro, done)
+                    except BaseException as exc:  # failed before it started: the waiter hears
+                        coro.close()
+                        fut = loop.create_future()
+                        fut.set_exception(exc)
+                        fut.add_done_callback(done)
+                if fut is None:
+                    fut = loop.create_task(coro)
                     fut.add_done_callback(done)
-            if fut is None:
-                fut = create_task(coro)
-                fut.add_done_callback(done)
-            futures.append(fut)
+                futures.append(fut)
+        finally:
+            if lone:
+                LONE_STARTS.discard(loop)
 
     def _wait_in_thread(
         self,

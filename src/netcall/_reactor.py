@@ -24,9 +24,10 @@ plain non-blocking calls. Rules this file keeps:
   (64 replies, 64 new calls) made the two ends take turns, each idle while the other worked
   (64 calls in flight, two processes: 28k -> 37k calls/s; ``benchmarks/README.md``, session 8).
   The exception: the first message since the last wake-up, sent by a task (a caller, a
-  handler) that is the last callback of its turn (nothing else ready: a lone caller) with
-  nothing queued, goes out at once, as the fd loop's do: a sequential call then costs one turn
-  of the loop less.
+  handler) that is the last callback of its turn (nothing else ready: a lone caller), or by a
+  bridged client's inbox starting its one caller's call (``LONE_STARTS``), with nothing queued,
+  goes out at once, as the fd loop's do: a sequential call then costs one turn of the loop
+  less.
   A reader that goes on handling messages (a backlog of slow sync handlers, run inline) writes
   what it queued once it has run for ``_CORK_SECONDS`` too: else the first answer of a backlog
   of 100 ms handlers waited for 31 more (3.2 s), and the broker, hearing nothing from a service
