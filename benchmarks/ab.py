@@ -11,9 +11,10 @@ A system is a directory holding the ``netcall`` package (``src`` of a checkout, 
 with ``git archive <commit> src | tar -x -C /tmp/old``), or ``raw-fd`` / ``raw-asyncio``
 (``raw.py``'s baselines). ``DIR@gevent`` and ``DIR@sync`` measure that tree's bridged clients
 (``GeventRPCClient`` in greenlets, ``SyncRPCClient`` in threads) against the same service.
-Repetitions alternate between the systems, so drift on the machine hits each alike; the medians are printed, with the range. CPU per call counts every thread of
-each process (libzmq's I/O thread too): the client's from ``time.process_time()``, the
-service's from ``/proc/PID/stat`` (Linux).
+Repetitions alternate between the systems, so drift on the machine hits each alike; the
+medians are printed, with the range. CPU per call counts every thread of each process
+(libzmq's I/O thread too): the client's from ``time.process_time()``, the service's from
+``/proc/PID/stat`` (Linux).
 
 Modes: ``seq`` (one call at a time), ``c64`` (``--in-flight`` coroutines calling at once, 64 by
 default), ``mib`` and ``mib64`` (a 1 MiB ``bytes`` echo, sequential and at 64 in flight),
