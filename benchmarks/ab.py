@@ -8,8 +8,8 @@ client process per system and repetition, calls/s and CPU per call on each side.
     python benchmarks/ab.py src src@gevent /tmp/old/src@gevent src@sync
 
 A system is a directory holding the ``netcall`` package (``src`` of a checkout, or a tree made
-with ``git archive <commit> src | tar -x -C /tmp/old``), or ``raw-fd`` / ``raw-asyncio``
-(``raw.py``'s baselines). ``DIR@gevent`` and ``DIR@sync`` measure that tree's bridged clients
+with ``git archive <commit> src | tar -x -C /tmp/old``), or ``raw-fd``, ``raw-asyncio`` or
+``raw-floor`` (``raw.py``'s baselines). ``DIR@gevent`` and ``DIR@sync`` measure that tree's bridged clients
 (``GeventRPCClient`` in greenlets, ``SyncRPCClient`` in threads) against the same service.
 Repetitions alternate between the systems, so drift on the machine hits each alike; the
 medians are printed, with the range. CPU per call counts every thread of each process
@@ -42,7 +42,7 @@ kind = sys.argv[1]
 sys.path.insert(0, sys.argv[2])
 if kind.startswith("raw"):
     import raw
-    serve = raw.serve_fd if kind == "raw-fd" else raw.serve_asyncio
+    serve = {"raw-fd": raw.serve_fd, "raw-floor": raw.serve_floor}.get(kind, raw.serve_asyncio)
 else:
     import netcall_systems
     serve = netcall_systems.serve
@@ -58,7 +58,8 @@ sys.path.insert(0, here)
 async def main():
     if kind.startswith("raw"):
         import raw
-        c = raw.FdClient(endpoint) if kind == "raw-fd" else raw.AsyncioClient(endpoint)
+        cls = {"raw-fd": raw.FdClient, "raw-floor": raw.FloorClient}.get(kind, raw.AsyncioClient)
+        c = cls(endpoint)
         stream = lambda: c.stream(10**9)
     else:
         import netcall
@@ -193,7 +194,8 @@ def main() -> None:
     ap.add_argument(
         "systems",
         nargs="+",
-        help="netcall source dirs (DIR@gevent, DIR@sync: its bridged clients), raw-fd or raw-asyncio",
+        help="netcall source dirs (DIR@gevent, DIR@sync: its bridged clients), raw-fd, raw-asyncio "
+        "or raw-floor",
     )
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--time", type=float, default=2.0, help="seconds per repetition")

@@ -30,6 +30,8 @@ if HERE not in sys.path:
 SYSTEMS: dict[str, tuple[str, str, str | None]] = {
     "raw-zmq-asyncio": ("raw-asyncio", "async", "asyncio"),
     "raw-zmq-fd": ("raw-fd", "async", "asyncio"),
+    # the fd loop with payloads in frames of their own and glibc tuned: the payloads' floor
+    "raw-zmq-floor": ("raw-floor", "async", "asyncio"),
     "netcall-asyncio": ("netcall", "async", "asyncio"),
     "netcall-uvloop": ("netcall-uvloop", "async", "uvloop"),
     "netcall-gevent": ("netcall", "blocking", None),
@@ -104,6 +106,10 @@ def run_server(kind: str, ready: str) -> None:
         import raw
 
         coro_fn = raw.serve_fd
+    elif kind == "raw-floor":
+        import raw
+
+        coro_fn = raw.serve_floor
     elif kind in ("netcall", "netcall-uvloop"):
         import netcall_systems
 
@@ -332,6 +338,10 @@ async def _async_client(system: str, endpoint: str, cfg: dict[str, Any], rec: Re
         import raw
 
         cli = raw.FdClient(endpoint)
+    elif system == "raw-zmq-floor":
+        import raw
+
+        cli = raw.FloorClient(endpoint)
     elif system in ("netcall-asyncio", "netcall-uvloop", "netcall-trio") or system.startswith(
         "netcall-broker-"
     ):
