@@ -313,6 +313,56 @@ def test_malloc_tuning_once_and_opt_out(setting: str, expected: str) -> None:
     assert out.stdout.split() == [expected, expected], out.stderr
 
 
+_SENDER = """
+import asyncio, sys
+import netcall
+from netcall import _malloc
+
+async def main():
+    client = netcall.RPCClient(timeout=20.0)
+    client.connect(sys.argv[1])
+    before = list(_malloc._state)
+    size = await client.size(b"x" * int(sys.argv[2]))
+    print(before, size, list(_malloc._state))
+    client.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("size, tuned", [(1 << 20, "[True]"), (1000, "[]")])
+async def test_a_process_that_only_sends_large_frames_tunes_malloc(
+    make_service: Callable[..., RPCService], make_url: Callable[[str], str], size: int, tuned: str
+) -> None:
+    """A process that sends large frames and never receives one (a client uploading, a
+    service streaming large items) allocates a fresh ZeroMQ message per frame as a receiver
+    does: glibc's thresholds are raised at its first large send too. Small frames leave
+    malloc alone."""
+    import sys
+
+    from conftest import netcall_env
+
+    if not sys.platform.startswith("linux"):
+        tuned = "[False]" if size >= 65536 else "[]"
+    svc = make_service()
+    svc.register(len, name="size")
+    url = make_url("tcp")
+    svc.bind(url)
+    svc.start()
+    env = {k: v for k, v in netcall_env().items() if not k.startswith(("MALLOC_", "GLIBC_"))}
+    env.pop("NETCALL_MALLOC_TUNING", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SENDER, url, str(size), env=env, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert out.decode().strip().split(maxsplit=2) == ["[]", str(size), tuned]
+
+
 def test_a_received_buffer_sent_on_is_not_copied(ctx: Any) -> None:
     """A large frame received as a memoryview and sent on as it is (a broker forwarding a
     payload, a handler returning the memoryview it was given) goes out as the same ZeroMQ

@@ -69,6 +69,11 @@ def send_frames(sock: zmq.Socket[Any], frames: list[Any]) -> None:
         flags = _MORE_NOBLOCK if i < last else _NOBLOCK
         kind = type(frame)
         if kind is bytes:
+            if len(frame) < VIEW_MIN:
+                _send(sock, frame, flags)
+                continue
+            if not _malloc_tuned:
+                _tune_malloc()
             if len(frame) >= ZERO_COPY_MIN and _gc_thread_is_a_thread():
                 _send(sock, frame, flags, copy=False)
             else:
@@ -76,6 +81,8 @@ def send_frames(sock: zmq.Socket[Any], frames: list[Any]) -> None:
         elif kind is memoryview and _received(frame):
             _send(sock, frame.obj, flags, copy=False)
         else:
+            if not _malloc_tuned and kind is _Frame and len(frame) >= VIEW_MIN:
+                _tune_malloc()  # (a buffer settled into a ZeroMQ message)
             _send(sock, frame, flags)
 
 
@@ -202,7 +209,9 @@ _malloc_tuned = False
 
 
 def _tune_malloc() -> None:
-    # The first large frame this process receives: glibc settings for large messages (once).
+    # The first large frame this process receives or sends: glibc settings for large messages
+    # (once). A sender allocates as much as a receiver: each large frame sent is copied into a
+    # fresh ZeroMQ message (a service streaming large items may never receive one).
     global _malloc_tuned
     _malloc_tuned = True
     _malloc.tune()

@@ -1,5 +1,5 @@
 """glibc malloc settings for large messages, applied once, the first time a process receives
-a large frame (64 KiB or more after the head: ``netcall._frames.VIEW_MIN``).
+or sends a large frame (64 KiB or more after the head: ``netcall._frames.VIEW_MIN``).
 
 Why: every large frame (a payload, an out-of-band buffer) is a fresh allocation: ZeroMQ's
 message, then the ``bytes`` handed to the user. Above glibc's mmap threshold each one is mapped,
